@@ -1,0 +1,41 @@
+"""Merge, validate and inspect the HDF5 embedding shards of a multi-GPU run.
+
+>>> import virnucpro_merge
+>>> virnucpro_merge.CHUNK_SIZE
+10000
+"""
+
+from ._version import __version__
+from .errors import (
+    DuplicateIdError,
+    ExpectedIdsError,
+    MergeError,
+    MissingIdsError,
+    OutputError,
+    ShardError,
+    UnreadableShardError,
+    ValidationError,
+)
+from .expected import read_expected_ids
+from .merge import CHUNK_SIZE, aggregate_shards
+from .report import read_merge_report
+from .shards import get_shard_info
+from .validation import validate_shard_completeness
+
+__all__ = [
+    "__version__",
+    "CHUNK_SIZE",
+    "aggregate_shards",
+    "validate_shard_completeness",
+    "get_shard_info",
+    "read_merge_report",
+    "read_expected_ids",
+    "MergeError",
+    "ShardError",
+    "UnreadableShardError",
+    "ExpectedIdsError",
+    "OutputError",
+    "ValidationError",
+    "DuplicateIdError",
+    "MissingIdsError",
+]

@@ -1,0 +1,179 @@
+"""The ``virnucpro-merge`` command: parse, call the API, map errors to exit codes.
+
+Exit status: 0 success, 1 the data failed validation (duplicates, missing IDs),
+2 bad usage or unreadable input, 130 interrupted. Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from ._version import __version__
+from .errors import MergeError, ValidationError
+from .expected import read_expected_ids
+from .merge import CHUNK_SIZE, aggregate_shards
+from .plan import plan_merge
+from .report import format_report, read_merge_report
+from .shards import expand_shard_args, get_shard_info
+from .synthetic import make_demo_run
+
+__all__ = ["main"]
+
+PROG = "virnucpro-merge"
+logger = logging.getLogger("virnucpro_merge")
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Merge, validate and inspect the HDF5 shards of a multi-GPU embedding run."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    noise.add_argument("-v", "--verbose", action="store_true", help="log every shard and chunk")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    shards_help = "shard files, or folders whose shard_<N>.h5 files are taken in numeric order"
+    agg = sub.add_parser("aggregate", help="merge shards into one file")
+    agg.add_argument("shards", nargs="+", metavar="SHARD_OR_DIR", help=shards_help)
+    agg.add_argument("-o", "--output", required=True, type=Path, help="the merged file to write")
+    agg.add_argument("--expected", type=Path, metavar="FILE", help="expected IDs: text, FASTA or index JSON")
+    agg.add_argument("--chunk-size", type=_positive_int, default=CHUNK_SIZE, metavar="N",
+                     help=f"rows copied at a time (default {CHUNK_SIZE})")
+    agg.add_argument("--partial", action="store_true",
+                     help="skip failed shards and record missing IDs instead of failing")
+    agg.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="show a progress bar (default: when stderr is a terminal)")
+
+    val = sub.add_parser("validate", help="check shards against the expected IDs, writing nothing")
+    val.add_argument("shards", nargs="+", metavar="SHARD_OR_DIR", help=shards_help)
+    val.add_argument("--expected", type=Path, required=True, metavar="FILE",
+                     help="expected IDs: text, FASTA or index JSON")
+
+    info = sub.add_parser("info", help="describe a shard or a merged file")
+    info.add_argument("path", type=Path, metavar="SHARD_OR_MERGED")
+
+    demo = sub.add_parser("demo", help="make a synthetic 8-worker run, merge it and report")
+    demo.add_argument("directory", nargs="?", type=Path, default=Path("demo_run"), metavar="DIR",
+                      help="folder for the run (default: ./demo_run)")
+    return parser
+
+
+def _cmd_aggregate(args: argparse.Namespace) -> int:
+    shards = expand_shard_args(args.shards)
+    expected = read_expected_ids(args.expected) if args.expected else None
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    redirect = logging_redirect_tqdm(loggers=[logger]) if progress else contextlib.nullcontext()
+    with redirect:
+        output = aggregate_shards(
+            shards, args.output, expected, chunk_size=args.chunk_size, partial=args.partial, progress=progress
+        )
+    report = read_merge_report(output)
+    if report["partial"]:
+        logger.warning(
+            "Partial merge: %d failed shards, %d missing sequences", len(report["failed_shards"]),
+            report["num_missing"],
+        )
+    return EXIT_OK
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    shards = expand_shard_args(args.shards)
+    expected = read_expected_ids(args.expected)
+    plan = plan_merge(shards, expected, partial=True)
+    print(f"{len(shards)} shards, {plan.total_sequences} sequences, {plan.num_expected} expected IDs")
+    for shard in plan.failed_shards:
+        print(f"failed: {shard.path}: {shard.error}")
+    print(f"missing: {len(plan.missing_ids)}" + (f" (first 10: {plan.missing_ids[:10]})" if plan.missing_ids else ""))
+    print(f"extra: {plan.num_extra}")
+    if plan.failed_shards:
+        return EXIT_USAGE
+    return EXIT_INVALID if plan.missing_ids else EXIT_OK
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    info = get_shard_info(args.path)
+    print(f"path: {info['path']}")
+    print(f"sequences: {info['num_sequences']}")
+    print(f"embedding dimension: {info['embedding_dim']}")
+    print(f"dtype: {info['dtype']}")
+    print(f"first IDs: {', '.join(info['sequence_ids_sample'])}")
+    if info["merged"]:
+        print()
+        print(format_report(read_merge_report(args.path)))
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    run = make_demo_run(args.directory)
+    print(f"Synthetic run in {run.directory}: {len(run.sequence_ids)} sequences over {run.world_size} workers")
+    print(f"  truncated shard: ranks {list(run.truncated)}; no file: ranks {list(run.absent)}; "
+          f"empty (0, 0) shard: ranks {list(run.empty)}; died part-way: ranks {sorted(run.short)}")
+    output = run.directory / "embeddings.h5"
+    aggregate_shards(run.shard_files, output, read_expected_ids(run.index), partial=True)
+    print(f"Merged with --partial into {output}\n")
+    print(format_report(read_merge_report(output)))
+    return EXIT_OK
+
+
+COMMANDS = {"aggregate": _cmd_aggregate, "validate": _cmd_validate, "info": _cmd_info, "demo": _cmd_demo}
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(args: argparse.Namespace):
+    """Show the package's log on stderr for the length of one command."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter("%(message)s"))
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.ERROR if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        with _logging_to_stderr(args):
+            return COMMANDS[args.command](args)
+    except ValidationError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    except MergeError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:
+        print(f"{PROG}: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,84 @@
+"""The exceptions raised by virnucpro_merge.
+
+Every error is a :class:`MergeError`, itself a :class:`ValueError`, so callers that
+catch ``ValueError`` (as the contract promises) catch them all. Messages are one line
+and name the file and the problem.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MergeError",
+    "ShardError",
+    "UnreadableShardError",
+    "ExpectedIdsError",
+    "OutputError",
+    "ValidationError",
+    "DuplicateIdError",
+    "MissingIdsError",
+]
+
+
+class MergeError(ValueError):
+    """Base class of every error this package raises on purpose."""
+
+
+class ShardError(MergeError):
+    """A shard file is absent, unreadable, or not shaped like a shard.
+
+    Attributes
+    ----------
+    path : str
+        The offending shard file, as given.
+    """
+
+    def __init__(self, path: object, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class UnreadableShardError(ShardError):
+    """A shard file is absent, truncated, corrupt or half-written.
+
+    This is what a crashed worker leaves behind; ``partial=True`` merges skip such
+    shards and record them, where every other :class:`ShardError` still stops the merge.
+    """
+
+
+class ExpectedIdsError(MergeError):
+    """A file of expected sequence IDs cannot be read or parsed."""
+
+
+class OutputError(MergeError):
+    """The output path cannot be written (missing folder, an input shard, ...)."""
+
+
+class ValidationError(MergeError):
+    """The shards are readable but their sequence IDs fail validation."""
+
+
+class DuplicateIdError(ValidationError):
+    """The same sequence ID occurs twice, within one shard or across shards."""
+
+    def __init__(self, sequence_id: str, shard: object, first_shard: object) -> None:
+        self.sequence_id = sequence_id
+        self.shard = str(shard)
+        self.first_shard = str(first_shard)
+        where = (
+            f"twice in {self.shard}"
+            if self.shard == self.first_shard
+            else f"in {self.shard} (already in {self.first_shard})"
+        )
+        super().__init__(f"Duplicate sequence ID found: {sequence_id} {where}")
+
+
+class MissingIdsError(ValidationError):
+    """Some expected sequence IDs are in no shard."""
+
+    def __init__(self, missing: list[str]) -> None:
+        self.missing = missing
+        super().__init__(
+            f"Missing {len(missing)} expected sequences. "
+            f"First 10 missing IDs: {missing[:10]}"
+        )

@@ -1,0 +1,161 @@
+"""The planning step: read every shard's metadata and IDs, decide, write nothing.
+
+A merge that would fail (a duplicate, a missing sequence, a broken shard, a
+dimension mismatch) fails here, in the time it takes to read the IDs, before a
+single embedding is copied.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MergeError, MissingIdsError, ShardError, UnreadableShardError
+from .shards import open_shard, read_shard_meta
+from .validation import IdRegistry, as_id_set, read_all_ids, warn_extra
+
+__all__ = ["ShardPlan", "MergePlan", "plan_merge", "OK", "EMPTY", "ABSENT", "FAILED"]
+
+logger = logging.getLogger("virnucpro_merge")
+
+OK, EMPTY, ABSENT, FAILED = "ok", "empty", "absent", "failed"
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """One input shard, as the merge will treat it."""
+
+    path: Path
+    status: str
+    num_sequences: int = 0
+    offset: int = 0
+    embedding_dim: int = 0
+    dtype: np.dtype | None = None
+    data_offset: int | None = None
+    error: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.status in (OK, EMPTY)
+
+
+@dataclass
+class MergePlan:
+    """Everything the write step needs, worked out from metadata and IDs alone."""
+
+    shards: list[ShardPlan]
+    total_sequences: int
+    embedding_dim: int
+    missing_ids: list[str] = field(default_factory=list)
+    num_extra: int = 0
+    num_expected: int | None = None
+
+    @property
+    def failed_shards(self) -> list[ShardPlan]:
+        return [s for s in self.shards if not s.usable]
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.failed_shards or self.missing_ids)
+
+
+def _check_dims(metas: list[ShardPlan]) -> int:
+    """The run's embedding dimension; every shard that has one must agree."""
+    dims = [s for s in metas if s.usable and s.embedding_dim > 0]
+    if not dims:
+        return 0
+    first = dims[0]
+    for shard in dims[1:]:
+        if shard.embedding_dim != first.embedding_dim:
+            raise ShardError(
+                shard.path,
+                f"embedding dimension {shard.embedding_dim} differs from "
+                f"{first.embedding_dim} in {first.path}",
+            )
+    return first.embedding_dim
+
+
+def _scan_shard(path: Path, registry: IdRegistry) -> ShardPlan:
+    with open_shard(path) as handle:
+        meta = read_shard_meta(handle, path)
+        ids = read_all_ids(handle, path)
+    registry.add_shard(path, ids)
+    return ShardPlan(
+        path=path,
+        status=OK if meta.num_sequences else EMPTY,
+        num_sequences=meta.num_sequences,
+        embedding_dim=meta.embedding_dim,
+        dtype=meta.dtype,
+        data_offset=meta.data_offset,
+    )
+
+
+def plan_merge(
+    shard_files: Sequence[str | os.PathLike[str]],
+    expected_sequence_ids: Collection[str] | None = None,
+    *,
+    partial: bool = False,
+) -> MergePlan:
+    """Read every shard's metadata and IDs and decide what the merge will write.
+
+    Raises
+    ------
+    MergeError
+        No shards; with ``partial=False``, any unreadable or absent shard or any
+        missing expected ID; always, a duplicate ID, a shard of an unsupported
+        shape or dtype, or shards of different embedding dimensions.
+    """
+    if not shard_files:
+        raise MergeError("No shard files provided")
+    registry = IdRegistry()
+    shards: list[ShardPlan] = []
+    for path in map(Path, shard_files):
+        try:
+            shard = _scan_shard(path, registry)
+        except UnreadableShardError as err:
+            if not partial:
+                raise
+            status = ABSENT if not path.exists() else FAILED
+            logger.warning("Skipping %s (partial merge)", err)
+            shard = ShardPlan(path=path, status=status, error=err.problem)
+        logger.debug("Planned %s: %s, %d sequences", path, shard.status, shard.num_sequences)
+        shards.append(shard)
+
+    dim = _check_dims(shards)
+    offset = 0
+    placed = []
+    for shard in shards:
+        placed.append(replace(shard, offset=offset))
+        offset += shard.num_sequences
+    plan = MergePlan(shards=placed, total_sequences=offset, embedding_dim=dim)
+
+    if expected_sequence_ids is not None:
+        expected = as_id_set(expected_sequence_ids)
+        plan.num_expected = len(expected)
+        missing = sorted(expected - registry.seen)
+        extra = registry.seen - expected
+        plan.num_extra = len(extra)
+        warn_extra(extra)
+        if missing:
+            if not partial:
+                raise MissingIdsError(missing)
+            logger.warning(
+                "Missing %d expected sequences (partial merge). First 10 missing IDs: %s",
+                len(missing),
+                missing[:10],
+            )
+            plan.missing_ids = missing
+    logger.info(
+        "Plan: %d shards (%d failed), %d sequences, dimension %d",
+        len(shards),
+        len(plan.failed_shards),
+        plan.total_sequences,
+        dim,
+    )
+    return plan
+

@@ -1,0 +1,136 @@
+"""The merge report: the run's provenance, stored inside the merged file.
+
+Layout inside the output (beside ``embeddings`` and ``sequence_ids``)::
+
+    merge_report/            group, attribute ``format_version``
+        summary              scalar UTF-8 string: JSON of everything but the IDs
+        missing_ids          (m,) variable-length UTF-8 strings
+
+The summary is a dataset rather than an attribute so that a run of thousands of
+shards never meets HDF5's 64 KiB attribute limit.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ._version import __version__
+from .errors import MergeError
+from .plan import MergePlan
+from .shards import open_shard
+
+__all__ = ["build_report", "write_report", "read_merge_report", "format_report", "REPORT_GROUP"]
+
+REPORT_GROUP = "merge_report"
+FORMAT_VERSION = 1
+
+
+def build_report(plan: MergePlan, chunk_size: int) -> dict:
+    """The report of a planned merge, as the dict :func:`read_merge_report` returns."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "created_by": f"virnucpro_merge {__version__}",
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "total_sequences": plan.total_sequences,
+        "embedding_dim": plan.embedding_dim,
+        "chunk_size": chunk_size,
+        "partial": plan.partial,
+        "shards": [
+            {
+                "path": str(s.path),
+                "num_sequences": s.num_sequences,
+                "offset": s.offset,
+                "status": s.status,
+                "dtype": None if s.dtype is None else str(s.dtype),
+                "error": s.error,
+            }
+            for s in plan.shards
+        ],
+        "failed_shards": [str(s.path) for s in plan.failed_shards],
+        "num_expected": plan.num_expected,
+        "num_missing": len(plan.missing_ids),
+        "num_extra": plan.num_extra,
+        "missing_ids": list(plan.missing_ids),
+    }
+
+
+def write_report(handle: h5py.File, report: dict) -> None:
+    """Store ``report`` in an open output file."""
+    group = handle.create_group(REPORT_GROUP)
+    group.attrs["format_version"] = FORMAT_VERSION
+    summary = {k: v for k, v in report.items() if k != "missing_ids"}
+    group.create_dataset("summary", data=json.dumps(summary), dtype=h5py.string_dtype())
+    group.create_dataset(
+        "missing_ids",
+        data=np.array(report["missing_ids"], dtype=object),
+        shape=(len(report["missing_ids"]),),
+        dtype=h5py.string_dtype(),
+    )
+
+
+def read_merge_report(merged_path: str | os.PathLike[str]) -> dict:
+    """Read the provenance a merge stored in its output.
+
+    Parameters
+    ----------
+    merged_path : path-like
+        A file written by :func:`aggregate_shards`.
+
+    Returns
+    -------
+    dict
+        ``total_sequences``, ``embedding_dim``, ``partial``, ``shards`` (each with
+        ``path``, ``num_sequences``, ``offset``, ``status``: ``ok``, ``empty``,
+        ``absent`` or ``failed``, and ``error``), ``failed_shards``, ``missing_ids``,
+        ``num_missing``, ``num_extra``, ``num_expected``, ``chunk_size``,
+        ``created_by`` and ``created_at``.
+
+    Raises
+    ------
+    MergeError
+        The file is unreadable or carries no merge report (a plain shard).
+    """
+    path = Path(merged_path)
+    with open_shard(path) as handle:
+        group = handle.get(REPORT_GROUP)
+        if not isinstance(group, h5py.Group):
+            raise MergeError(f"{path}: not a merged output (no '{REPORT_GROUP}' in it)")
+        try:
+            report = json.loads(group["summary"].asstr()[()])
+            report["missing_ids"] = group["missing_ids"].asstr()[:].tolist()
+        except (KeyError, OSError, ValueError) as err:
+            raise MergeError(f"{path}: damaged merge report ({err})") from err
+    return report
+
+
+def format_report(report: dict) -> str:
+    """A merge report as a short text table, for terminals and notebooks."""
+    width = max([len(Path(s["path"]).name) for s in report["shards"]] + [5])
+    lines = [f"{'shard':<{width}}  {'status':<7} {'rows':>9} {'offset':>9}  problem"]
+    for shard in report["shards"]:
+        lines.append(
+            f"{Path(shard['path']).name:<{width}}  {shard['status']:<7} "
+            f"{shard['num_sequences']:>9} {shard['offset']:>9}  {shard.get('error') or ''}".rstrip()
+        )
+    lines.append("")
+    lines.append(
+        f"{report['total_sequences']} sequences of dimension {report['embedding_dim']} "
+        f"from {len(report['shards']) - len(report['failed_shards'])} of {len(report['shards'])} shards"
+    )
+    if report["failed_shards"]:
+        names = ", ".join(Path(p).name for p in report["failed_shards"])
+        lines.append(f"failed shards: {len(report['failed_shards'])} ({names})")
+    if report.get("num_expected") is not None:
+        lines.append(f"missing sequences: {report['num_missing']} of {report['num_expected']} expected")
+        if report["missing_ids"]:
+            lines.append(f"first missing IDs: {', '.join(report['missing_ids'][:10])}")
+        if report.get("num_extra"):
+            lines.append(f"extra sequences (not expected): {report['num_extra']}")
+    lines.append(f"partial: {report['partial']}")
+    return "\n".join(lines)

@@ -1,0 +1,211 @@
+"""Reading shard files: open safely, check their shape, read their IDs in chunks.
+
+A shard holds two datasets: ``embeddings`` ``(n, D)`` float32 (or float16) and
+``sequence_ids`` ``(n,)`` variable-length UTF-8 strings. An idle worker writes
+``embeddings`` of shape ``(0, 0)``. Everything here reads metadata and IDs only;
+the embeddings are read by :mod:`virnucpro_merge.merge`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .errors import MergeError, ShardError, UnreadableShardError
+
+__all__ = ["ShardMeta", "open_shard", "read_shard_meta", "iter_id_chunks", "get_shard_info", "expand_shard_args"]
+
+EMBEDDINGS = "embeddings"
+SEQUENCE_IDS = "sequence_ids"
+SUPPORTED_DTYPES = (np.dtype("float32"), np.dtype("float16"))
+
+# IDs are small: read them in larger slices than the embedding chunks.
+ID_CHUNK = 65536
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class ShardMeta:
+    """What the planning step knows about one readable shard."""
+
+    path: Path
+    num_sequences: int
+    embedding_dim: int
+    dtype: np.dtype
+    #: byte offset of contiguous, uncompressed embeddings in the file (else None)
+    data_offset: int | None
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (h5py's can run to several)."""
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _diagnose_unopenable(path: Path, err: OSError) -> UnreadableShardError:
+    """Explain why h5py could not open ``path``, in words a user can act on."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(len(_HDF5_SIGNATURE))
+    except OSError as os_err:
+        return UnreadableShardError(path, f"cannot read file ({os_err.strerror or os_err})")
+    if size == 0:
+        return UnreadableShardError(path, "empty file (0 bytes): the worker died before writing it")
+    if head != _HDF5_SIGNATURE:
+        return UnreadableShardError(path, "not an HDF5 file")
+    message = first_line(err)
+    if "truncated" in message or "eof" in message.lower():
+        return UnreadableShardError(path, f"truncated HDF5 file ({size} bytes): the worker died while writing it")
+    if "lock" in message.lower():
+        return UnreadableShardError(path, "file is locked: is a worker still writing it?")
+    return UnreadableShardError(path, f"corrupt HDF5 file ({message})")
+
+
+@contextmanager
+def open_shard(path: str | os.PathLike[str]) -> Iterator[h5py.File]:
+    """Open a shard read-only, turning every failure into a one-line ShardError."""
+    path = Path(path)
+    if not path.exists():
+        raise UnreadableShardError(path, "file does not exist")
+    if path.is_dir():
+        raise ShardError(path, "is a directory, not a shard file")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as err:
+        raise _diagnose_unopenable(path, err) from err
+    with handle:
+        yield handle
+
+
+def _dataset(handle: h5py.File, name: str, path: Path) -> h5py.Dataset:
+    if name not in handle:
+        raise UnreadableShardError(path, f"no '{name}' dataset (was the worker killed before writing it?)")
+    node = handle.get(name)
+    if not isinstance(node, h5py.Dataset):
+        raise ShardError(path, f"'{name}' is a {type(node).__name__.lower()}, not a dataset")
+    return node
+
+
+def _contiguous_offset(dset: h5py.Dataset, path: Path) -> int | None:
+    """File offset of a contiguous dataset's raw bytes, checked against the file size."""
+    if dset.chunks is not None or dset.compression is not None or dset.size == 0:
+        return None
+    offset = dset.id.get_offset()
+    if offset is None:  # never written: HDF5 returns its fill value
+        raise UnreadableShardError(path, f"'{dset.name.lstrip('/')}' was never written")
+    end = offset + dset.id.get_storage_size()
+    size = path.stat().st_size
+    if end > size:
+        raise UnreadableShardError(
+            path, f"truncated: '{dset.name.lstrip('/')}' ends at byte {end} but the file has {size}"
+        )
+    return offset
+
+
+def read_shard_meta(handle: h5py.File, path: str | os.PathLike[str]) -> ShardMeta:
+    """Check an open shard's structure and return its metadata (no data is read)."""
+    path = Path(path)
+    emb = _dataset(handle, EMBEDDINGS, path)
+    ids = _dataset(handle, SEQUENCE_IDS, path)
+    if emb.ndim != 2:
+        raise ShardError(path, f"'embeddings' must be 2-D (rows, dim), got shape {emb.shape}")
+    if emb.dtype not in SUPPORTED_DTYPES:
+        raise ShardError(path, f"'embeddings' has dtype {emb.dtype}; expected float32 or float16")
+    if ids.ndim != 1:
+        raise ShardError(path, f"'sequence_ids' must be 1-D, got shape {ids.shape}")
+    if h5py.check_string_dtype(ids.dtype) is None:
+        raise ShardError(path, f"'sequence_ids' holds {ids.dtype}, not strings")
+    rows, dim = emb.shape
+    if rows != ids.shape[0]:
+        raise UnreadableShardError(
+            path, f"'embeddings' has {rows} rows but 'sequence_ids' has {ids.shape[0]} IDs"
+        )
+    if rows > 0 and dim == 0:
+        raise ShardError(path, f"'embeddings' has {rows} rows of dimension 0")
+    return ShardMeta(
+        path=path,
+        num_sequences=rows,
+        embedding_dim=dim,
+        dtype=emb.dtype,
+        data_offset=_contiguous_offset(emb, path),
+    )
+
+
+def iter_id_chunks(
+    handle: h5py.File, path: str | os.PathLike[str], chunk: int = ID_CHUNK
+) -> Iterator[list[str]]:
+    """Yield a shard's sequence IDs as lists of str, ``chunk`` at a time."""
+    dset = handle[SEQUENCE_IDS].asstr(encoding="utf-8")
+    total = handle[SEQUENCE_IDS].shape[0]
+    for start in range(0, total, chunk):
+        try:
+            yield dset[start : start + chunk].tolist()
+        except UnicodeDecodeError as err:
+            raise ShardError(path, f"a sequence ID near row {start} is not valid UTF-8") from err
+        except OSError as err:
+            raise UnreadableShardError(path, f"cannot read 'sequence_ids' ({first_line(err)})") from err
+
+
+def get_shard_info(shard_path: str | os.PathLike[str]) -> dict:
+    """Describe a shard (or a merged output) without reading its embeddings.
+
+    Parameters
+    ----------
+    shard_path : path-like
+        A shard file or a merged output.
+
+    Returns
+    -------
+    dict
+        ``path``, ``num_sequences``, ``embedding_dim``, ``dtype``,
+        ``sequence_ids_sample`` (the first 5 IDs, as str) and ``merged`` (True when
+        the file carries a merge report).
+
+    Raises
+    ------
+    ShardError
+        The file is absent, unreadable or not shaped like a shard.
+    """
+    with open_shard(shard_path) as handle:
+        meta = read_shard_meta(handle, shard_path)
+        sample = next(iter_id_chunks(handle, shard_path, chunk=5), [])
+        merged = "merge_report" in handle
+    return {
+        "path": str(shard_path),
+        "num_sequences": meta.num_sequences,
+        "embedding_dim": meta.embedding_dim,
+        "dtype": str(meta.dtype),
+        "sequence_ids_sample": sample,
+        "merged": merged,
+    }
+
+
+_SHARD_NAME = re.compile(r"^shard_(\d+)\.h5$")
+
+
+def expand_shard_args(args: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Turn command-line arguments into shard paths.
+
+    A directory stands for its ``shard_<rank>.h5`` files in numeric rank order
+    (``shard_2`` before ``shard_10``); a file stands for itself.
+    """
+    paths: list[Path] = []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            found = [(int(m.group(1)), p) for p in path.iterdir() if (m := _SHARD_NAME.match(p.name))]
+            if not found:
+                raise MergeError(f"{path}: no shard_<N>.h5 files in this folder")
+            paths.extend(p for _, p in sorted(found))
+        else:
+            paths.append(path)
+    return paths

@@ -1,0 +1,214 @@
+"""Synthetic multi-GPU runs, seeded and realistic, for the demo, notebooks and tests.
+
+A run folder looks like what the upstream embedding pipeline leaves behind::
+
+    sequences.fasta        the input sequences
+    sequence_index.json    {"sequences": [{"sequence_id", "length", "file_path",
+                            "byte_offset"}, ...]} in run order
+    shard_<rank>.h5        one per worker; rank r embedded index positions
+                           r, r + N, r + 2N, ... (stride distribution)
+
+Chosen workers can fail the ways real ones do: a truncated file (died while
+writing), no file at all (died before writing), an empty ``(0, 0)`` shard (returned
+without embedding anything), a shard holding only the first part of its assignment
+(died part-way, after a flush), or a batch written twice (a retried batch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+__all__ = [
+    "DemoRun",
+    "make_demo_run",
+    "stride_positions",
+    "synthetic_embeddings",
+    "write_shard",
+    "FASTA_NAME",
+    "INDEX_NAME",
+]
+
+FASTA_NAME = "sequences.fasta"
+INDEX_NAME = "sequence_index.json"
+_BLOCK = 1024  # rows of synthetic embeddings drawn from one seeded generator
+_FASTA_WIDTH = 60
+
+
+def stride_positions(n_sequences: int, world_size: int, rank: int) -> np.ndarray:
+    """Index positions assigned to ``rank``: ``rank, rank + N, rank + 2N, ...``."""
+    return np.arange(rank, n_sequences, world_size)
+
+
+def synthetic_embeddings(positions: Sequence[int] | np.ndarray, dim: int, seed: int) -> np.ndarray:
+    """A stand-in for the model: a fixed float32 vector per index position.
+
+    The same position always gets the same vector (for a given ``dim`` and
+    ``seed``), so a re-run of a missing sequence reproduces its embedding.
+    """
+    positions = np.asarray(positions, dtype=np.int64)
+    out = np.empty((positions.size, dim), dtype=np.float32)
+    blocks = positions // _BLOCK
+    for block in np.unique(blocks):
+        rows = np.flatnonzero(blocks == block)
+        table = np.random.default_rng([seed, int(block)]).standard_normal((_BLOCK, dim), dtype=np.float32)
+        out[rows] = table[positions[rows] % _BLOCK]
+    return out
+
+
+def write_shard(
+    path: str | os.PathLike[str],
+    sequence_ids: Sequence[str],
+    embeddings: np.ndarray,
+) -> Path:
+    """Write a shard exactly as a worker does (``create_dataset(data=...)``).
+
+    An empty ``sequence_ids`` writes the idle worker's ``(0, 0)`` embeddings.
+    """
+    path = Path(path)
+    if len(sequence_ids) == 0:
+        embeddings = np.empty((0, 0), dtype=np.float32)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("embeddings", data=embeddings)
+        f.create_dataset(
+            "sequence_ids", data=np.array(list(sequence_ids), dtype=object), dtype=h5py.string_dtype()
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """A synthetic run folder and what went wrong in it."""
+
+    directory: Path
+    fasta: Path
+    index: Path
+    shard_files: list[Path]
+    sequence_ids: list[str]
+    world_size: int
+    dim: int
+    seed: int
+    truncated: tuple[int, ...] = ()
+    absent: tuple[int, ...] = ()
+    empty: tuple[int, ...] = ()
+    short: Mapping[int, float] = field(default_factory=dict)
+    duplicated: tuple[int, ...] = ()
+
+    @property
+    def failed_ranks(self) -> tuple[int, ...]:
+        """Workers whose shard a merge cannot read (truncated or absent)."""
+        return tuple(sorted(self.truncated + self.absent))
+
+
+def _write_fasta(path: Path, ids: list[str], rng: np.random.Generator, lengths: np.ndarray) -> list[int]:
+    """Write random DNA records; return each record's byte offset."""
+    offsets = []
+    position = 0
+    with open(path, "wb") as fh:
+        for seq_id, length in zip(ids, lengths):
+            bases = np.frombuffer(b"ACGT", dtype=np.uint8)[rng.integers(0, 4, int(length))].tobytes()
+            lines = [bases[i : i + _FASTA_WIDTH] for i in range(0, len(bases), _FASTA_WIDTH)]
+            record = b">" + seq_id.encode() + b"\n" + b"\n".join(lines) + b"\n"
+            offsets.append(position)
+            fh.write(record)
+            position += len(record)
+    return offsets
+
+
+def make_demo_run(
+    directory: str | os.PathLike[str],
+    n_sequences: int = 2000,
+    world_size: int = 8,
+    dim: int = 64,
+    seed: int = 0,
+    *,
+    truncated: Sequence[int] = (3,),
+    absent: Sequence[int] = (5,),
+    empty: Sequence[int] = (7,),
+    short: Mapping[int, float] | None = None,
+    duplicated: Sequence[int] = (),
+    batch_size: int = 32,
+) -> DemoRun:
+    """Write a seeded synthetic run with chosen worker failures.
+
+    Parameters
+    ----------
+    directory : path-like
+        Folder to write into (created if needed; existing run files are replaced).
+    n_sequences, world_size, dim, seed : int
+        Size of the run, number of workers, embedding dimension, random seed.
+    truncated : sequence of int
+        Ranks that died while writing: their file is cut to half its size.
+    absent : sequence of int
+        Ranks that died before writing: no file.
+    empty : sequence of int
+        Ranks that wrote a valid but empty ``(0, 0)`` shard.
+    short : mapping of int to float, optional
+        Rank -> fraction of its assignment it wrote before dying (default
+        ``{6: 0.6}``; pass ``{}`` for none).
+    duplicated : sequence of int
+        Ranks that wrote their first batch twice (a duplicate-ID error).
+    batch_size : int
+        Rows in the batch that ``duplicated`` ranks repeat.
+
+    Returns
+    -------
+    DemoRun
+        Paths of the run's files (``shard_files`` lists every rank, absent
+        ones included) and its sequence IDs in index order.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    short = {6: 0.6} if short is None else dict(short)
+    rng = np.random.default_rng(seed)
+
+    ids = [f"seq{i:06d}" for i in range(n_sequences)]
+    lengths = rng.integers(150, 600, n_sequences)
+    fasta = directory / FASTA_NAME
+    offsets = _write_fasta(fasta, ids, rng, lengths)
+    index = directory / INDEX_NAME
+    records = [
+        {"sequence_id": i, "length": int(n), "file_path": FASTA_NAME, "byte_offset": o}
+        for i, n, o in zip(ids, lengths, offsets)
+    ]
+    index.write_text(json.dumps({"sequences": records}, indent=1) + "\n")
+
+    shard_files = []
+    for rank in range(world_size):
+        path = directory / f"shard_{rank}.h5"
+        shard_files.append(path)
+        path.unlink(missing_ok=True)
+        if rank in absent:
+            continue
+        positions = stride_positions(n_sequences, world_size, rank)
+        if rank in empty:
+            positions = positions[:0]
+        if rank in short:
+            positions = positions[: int(len(positions) * short[rank])]
+        if rank in duplicated:
+            positions = np.concatenate([positions, positions[:batch_size]])
+        write_shard(path, [ids[p] for p in positions], synthetic_embeddings(positions, dim, seed))
+        if rank in truncated:
+            os.truncate(path, path.stat().st_size // 2)
+
+    return DemoRun(
+        directory=directory,
+        fasta=fasta,
+        index=index,
+        shard_files=shard_files,
+        sequence_ids=ids,
+        world_size=world_size,
+        dim=dim,
+        seed=seed,
+        truncated=tuple(truncated),
+        absent=tuple(absent),
+        empty=tuple(empty),
+        short=short,
+        duplicated=tuple(duplicated),
+    )

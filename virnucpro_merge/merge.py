@@ -107,7 +107,7 @@ def _write(plan: MergePlan, temp: Path, report: dict, *, chunk_size: int, progre
         )
         buffer = np.empty((min(chunk_size, max(plan.total_sequences, 1)), dim), dtype="float32")
         with tqdm(
-            total=plan.total_sequences, unit="seq", desc="Merging", disable=not progress, leave=False
+            total=plan.total_sequences, unit="seq", desc="Merging", disable=not progress
         ) as bar:
             for shard in plan.shards:
                 if shard.status == "ok":

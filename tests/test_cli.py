@@ -1,0 +1,165 @@
+"""The command line, run in-process through ``main([...])``: exit codes, files, messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import read_datasets
+from virnucpro_merge import read_merge_report
+from virnucpro_merge.cli import main
+
+
+@pytest.fixture
+def run_dir(tmp_path, make_shard):
+    """Ranks 0, 1, 2 and 10 in a folder (numeric order matters), IDs r<rank>_<i>."""
+    for rank in (10, 2, 1, 0):
+        make_shard(f"shard_{rank}", [f"r{rank}_{i}" for i in range(3)])
+    return tmp_path
+
+
+ALL_IDS = [f"r{rank}_{i}" for rank in (0, 1, 2, 10) for i in range(3)]
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("virnucpro-merge: error:")]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+class TestAggregate:
+    def test_folder_in_numeric_order(self, run_dir, capsys):
+        out = run_dir / "merged.h5"
+        assert main(["aggregate", str(run_dir), "-o", str(out), "--no-progress"]) == 0
+        assert read_datasets(out)[1] == ALL_IDS
+        assert f"Aggregation complete: {out}, 12 sequences" in capsys.readouterr().err
+
+    @pytest.mark.parametrize("form", ["txt", "fasta", "json"])
+    def test_expected_forms(self, run_dir, form, capsys):
+        path = run_dir / f"expected.{form}"
+        if form == "txt":
+            path.write_text("# ids\n" + "\n".join(ALL_IDS + ["lost"]) + "\n")
+        elif form == "fasta":
+            path.write_text("".join(f">{i} desc\nACGT\n" for i in ALL_IDS + ["lost"]))
+        else:
+            path.write_text(json.dumps({"sequences": [{"sequence_id": i} for i in ALL_IDS + ["lost"]]}))
+        out = run_dir / "merged.h5"
+        code = main(["aggregate", str(run_dir), "-o", str(out), "--expected", str(path)])
+        assert code == 1
+        line = one_error_line(capsys.readouterr().err)
+        assert "Missing 1 expected sequences" in line and "['lost']" in line
+        assert not out.exists()
+
+    def test_duplicate_exits_1(self, run_dir, make_shard, capsys):
+        make_shard("shard_3", ["r0_1"])
+        assert main(["aggregate", str(run_dir), "-o", str(run_dir / "m.h5")]) == 1
+        line = one_error_line(capsys.readouterr().err)
+        assert "Duplicate sequence ID found: r0_1" in line and "shard_3.h5" in line
+
+    def test_unreadable_shard_exits_2(self, run_dir, capsys):
+        (run_dir / "shard_1.h5").write_bytes(b"")
+        assert main(["aggregate", str(run_dir), "-o", str(run_dir / "m.h5")]) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert "shard_1.h5" in line and "empty file" in line
+
+    def test_partial_merge(self, run_dir, capsys):
+        (run_dir / "shard_1.h5").write_bytes(b"")
+        expected = run_dir / "ids.txt"
+        expected.write_text("\n".join(ALL_IDS))
+        out = run_dir / "m.h5"
+        assert main(["aggregate", str(run_dir), "-o", str(out), "--expected", str(expected), "--partial"]) == 0
+        report = read_merge_report(out)
+        assert report["partial"] is True and report["num_missing"] == 3
+        assert "Partial merge: 1 failed shards, 3 missing sequences" in capsys.readouterr().err
+
+    def test_chunk_size_and_progress(self, run_dir, capsys):
+        out = run_dir / "m.h5"
+        assert main(["aggregate", str(run_dir), "-o", str(out), "--chunk-size", "2", "--progress"]) == 0
+        assert "12/12" in capsys.readouterr().err
+        assert read_merge_report(out)["chunk_size"] == 2
+
+    def test_quiet(self, run_dir, capsys):
+        assert main(["-q", "aggregate", str(run_dir), "-o", str(run_dir / "m.h5")]) == 0
+        assert capsys.readouterr().err == ""
+
+    @pytest.mark.parametrize(
+        "argv",
+        [
+            ["aggregate", "x.h5"],  # no -o
+            ["aggregate", "x.h5", "-o", "m.h5", "--chunk-size", "0"],
+            ["validate", "x.h5"],  # no --expected
+            ["frobnicate"],
+        ],
+    )
+    def test_bad_usage_exits_2(self, argv, capsys):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+
+    def test_missing_expected_file_exits_2(self, run_dir, capsys):
+        assert main(["aggregate", str(run_dir), "-o", str(run_dir / "m.h5"), "--expected", "nope.txt"]) == 2
+        assert "nope.txt: expected-ID file does not exist" in one_error_line(capsys.readouterr().err)
+
+
+class TestValidate:
+    def test_complete(self, run_dir, capsys):
+        (run_dir / "ids.txt").write_text("\n".join(ALL_IDS))
+        assert main(["validate", str(run_dir), "--expected", str(run_dir / "ids.txt")]) == 0
+        out = capsys.readouterr().out
+        assert "4 shards, 12 sequences, 12 expected IDs" in out and "missing: 0" in out
+        assert not list(run_dir.glob("*.partial")) and not (run_dir / "embeddings.h5").exists()
+
+    def test_missing_exits_1(self, run_dir, capsys):
+        (run_dir / "ids.txt").write_text("\n".join(ALL_IDS + ["x9", "x1"]))
+        assert main(["validate", str(run_dir), "--expected", str(run_dir / "ids.txt")]) == 1
+        assert "missing: 2 (first 10: ['x1', 'x9'])" in capsys.readouterr().out
+
+    def test_failed_shard_exits_2_and_lists_everything(self, run_dir, capsys):
+        (run_dir / "shard_2.h5").write_bytes(b"junk")
+        (run_dir / "ids.txt").write_text("\n".join(ALL_IDS))
+        assert main(["validate", str(run_dir), "--expected", str(run_dir / "ids.txt")]) == 2
+        out = capsys.readouterr().out
+        assert "shard_2.h5: not an HDF5 file" in out and "missing: 3" in out
+
+
+class TestInfo:
+    def test_shard(self, run_dir, capsys):
+        assert main(["info", str(run_dir / "shard_10.h5")]) == 0
+        out = capsys.readouterr().out
+        assert "sequences: 3" in out and "embedding dimension: 8" in out and "r10_0, r10_1, r10_2" in out
+
+    def test_merged_shows_report(self, run_dir, capsys):
+        out = run_dir / "m.h5"
+        main(["-q", "aggregate", str(run_dir), "-o", str(out)])
+        assert main(["info", str(out)]) == 0
+        text = capsys.readouterr().out
+        assert "shard_10.h5" in text and "partial: False" in text
+
+    def test_unreadable(self, tmp_path, capsys):
+        assert main(["info", str(tmp_path / "none.h5")]) == 2
+        assert "none.h5: file does not exist" in one_error_line(capsys.readouterr().err)
+
+
+def test_demo(tmp_path, capsys):
+    assert main(["-q", "demo", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "shard_3.h5  failed" in out and "shard_5.h5  absent" in out and "shard_7.h5  empty" in out
+    report = read_merge_report(tmp_path / "run" / "embeddings.h5")
+    assert report["partial"] is True
+    assert f"missing sequences: {report['num_missing']} of 2000 expected" in out
+    assert report["num_missing"] == 850  # ranks 3, 5, 7 whole (3 x 250) and 40% of rank 6's 250
+
+
+def test_python_dash_m(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "virnucpro_merge", "info", str(tmp_path / "x.h5")],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"virnucpro-merge: error: {tmp_path / 'x.h5'}: file does not exist"

@@ -1,0 +1,184 @@
+"""aggregate_shards beyond the seed tests: partial runs, dtypes, atomic output, report."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.helpers import ids, read_datasets
+from virnucpro_merge import (
+    MergeError,
+    MissingIdsError,
+    OutputError,
+    UnreadableShardError,
+    aggregate_shards,
+    read_merge_report,
+)
+
+
+@pytest.fixture
+def crashed_run(make_shard, tmp_path):
+    """Four workers: 0 fine, 1 truncated, 2 never wrote, 3 idle (0, 0)."""
+    good = make_shard("shard_0", ["a", "b"])
+    truncated = make_shard("shard_1", ["c", "d"])
+    os.truncate(truncated, truncated.stat().st_size // 2)
+    absent = tmp_path / "shard_2.h5"
+    idle = make_shard("shard_3", [])
+    return [good, truncated, absent, idle]
+
+
+class TestPartial:
+    def test_strict_merge_stops_at_the_crashed_worker(self, crashed_run, tmp_path):
+        with pytest.raises(UnreadableShardError, match="shard_1.h5: truncated"):
+            aggregate_shards(crashed_run, tmp_path / "out.h5")
+        assert not (tmp_path / "out.h5").exists()
+
+    def test_absent_shard_is_named(self, make_shard, tmp_path):
+        with pytest.raises(ValueError, match=r"shard_9\.h5: file does not exist"):
+            aggregate_shards([make_shard("shard_0", ["a"]), tmp_path / "shard_9.h5"], tmp_path / "out.h5")
+
+    def test_partial_merge_skips_and_records(self, crashed_run, tmp_path):
+        out = aggregate_shards(crashed_run, tmp_path / "out.h5", {"a", "b", "c", "d", "e"}, partial=True)
+        emb, seq = read_datasets(out)
+        assert seq == ["a", "b"] and emb.shape == (2, 8)
+        report = read_merge_report(out)
+        assert report["partial"] is True
+        assert [s["status"] for s in report["shards"]] == ["ok", "failed", "absent", "empty"]
+        assert report["failed_shards"] == [str(crashed_run[1]), str(crashed_run[2])]
+        assert report["missing_ids"] == ["c", "d", "e"]
+        assert report["num_missing"] == 3 and report["num_expected"] == 5
+        assert "truncated" in report["shards"][1]["error"]
+
+    def test_partial_with_missing_ids_only(self, make_shard, tmp_path):
+        out = aggregate_shards([make_shard("shard_0", ["a"])], tmp_path / "o.h5", ["a", "z"], partial=True)
+        report = read_merge_report(out)
+        assert report["partial"] is True and report["failed_shards"] == []
+        assert report["missing_ids"] == ["z"]
+
+    def test_partial_flag_false_when_nothing_failed(self, make_shard, tmp_path):
+        out = aggregate_shards([make_shard("shard_0", ["a"])], tmp_path / "o.h5", ["a"], partial=True)
+        assert read_merge_report(out)["partial"] is False
+
+    def test_partial_still_refuses_incompatible_shards(self, make_shard, tmp_path):
+        a = make_shard("shard_0", ["a"], dim=4)
+        b = make_shard("shard_1", ["b"], dim=5)
+        with pytest.raises(ValueError, match="embedding dimension"):
+            aggregate_shards([a, b], tmp_path / "o.h5", partial=True)
+
+    def test_partial_logs_what_it_skipped(self, crashed_run, tmp_path, caplog):
+        with caplog.at_level(logging.INFO, logger="virnucpro_merge"):
+            aggregate_shards(crashed_run, tmp_path / "out.h5", {"a", "b", "q"}, partial=True)
+        text = caplog.text
+        assert "shard_1.h5" in text and "shard_2.h5" in text
+        assert "Missing 1 expected sequences" in text
+        assert f"Aggregation complete: {tmp_path / 'out.h5'}, 2 sequences" in text
+
+
+class TestDtypesAndIds:
+    def test_float16_is_upcast_exactly(self, make_shard, tmp_path):
+        half = np.array([[0.1, 65504.0, -2.0**-24, np.inf], [np.nan, 1.0, -0.0, 3.0]], dtype=np.float16)
+        a = make_shard("shard_0", ["h1", "h2"], embeddings=half)
+        b = make_shard("shard_1", ["f1"], embeddings=np.array([[1, 2, 3, 4]], np.float32))
+        emb, _ = read_datasets(aggregate_shards([a, b], tmp_path / "o.h5", chunk_size=1))
+        assert emb.dtype == np.float32
+        np.testing.assert_array_equal(emb[:2], half.astype(np.float32))
+        assert np.signbit(emb[1, 2])
+
+    def test_unicode_and_odd_ids_round_trip(self, make_shard, tmp_path):
+        odd = ["NC_045512.2|ORF1ab", "β-coronavirus", "病毒_1", "emoji🦠", " padded ", "", "tab\tid"]
+        emb, seq = read_datasets(aggregate_shards([make_shard("shard_0", odd)], tmp_path / "o.h5"))
+        assert seq == odd
+
+    def test_merged_file_is_a_valid_shard(self, make_shard, tmp_path):
+        first = aggregate_shards([make_shard("shard_0", ["a"]), make_shard("shard_1", ["b"])], tmp_path / "m1.h5")
+        second = aggregate_shards([first, make_shard("shard_2", ["c"])], tmp_path / "m2.h5", ["a", "b", "c"])
+        emb, seq = read_datasets(second)
+        assert seq == ["a", "b", "c"]
+        np.testing.assert_array_equal(emb[:2], read_datasets(first)[0])
+
+
+class TestOutput:
+    def test_layout_is_contiguous_or_whole_row_chunks(self, make_shard, tmp_path):
+        out = aggregate_shards([make_shard("shard_0", ids("s", 50), dim=1280)], tmp_path / "o.h5")
+        with h5py.File(out) as f:
+            chunks = f["embeddings"].chunks
+            assert chunks is None or chunks[1] == 1280
+            assert h5py.check_string_dtype(f["sequence_ids"].dtype).encoding == "utf-8"
+
+    def test_replaces_existing_output_on_success(self, make_shard, tmp_path):
+        target = tmp_path / "o.h5"
+        target.write_bytes(b"old contents")
+        aggregate_shards([make_shard("shard_0", ["new"])], target)
+        assert read_datasets(target)[1] == ["new"]
+        assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
+
+    def test_existing_output_survives_missing_ids(self, make_shard, tmp_path):
+        target = tmp_path / "o.h5"
+        target.write_bytes(b"previous good merge")
+        with pytest.raises(MissingIdsError):
+            aggregate_shards([make_shard("shard_0", ["a"])], target, ["a", "b"])
+        assert target.read_bytes() == b"previous good merge"
+
+    def test_output_permissions_follow_umask(self, make_shard, tmp_path):
+        old = os.umask(0o022)
+        try:
+            out = aggregate_shards([make_shard("shard_0", ["a"])], tmp_path / "o.h5")
+        finally:
+            os.umask(old)
+        assert out.stat().st_mode & 0o777 == 0o644
+
+    def test_output_folder_missing(self, make_shard, tmp_path):
+        with pytest.raises(OutputError, match="does not exist"):
+            aggregate_shards([make_shard("shard_0", ["a"])], tmp_path / "nope" / "o.h5")
+
+    def test_output_is_an_input(self, make_shard, tmp_path):
+        shard = make_shard("shard_0", ["a"])
+        before = shard.read_bytes()
+        with pytest.raises(OutputError, match="also an input shard"):
+            aggregate_shards([shard], tmp_path / "." / "shard_0.h5")
+        assert shard.read_bytes() == before
+
+    @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+    def test_output_folder_not_writable(self, make_shard, tmp_path):
+        folder = tmp_path / "ro"
+        folder.mkdir(mode=0o555)
+        with pytest.raises(OutputError, match="cannot write"):
+            aggregate_shards([make_shard("shard_0", ["a"])], folder / "o.h5")
+
+    @pytest.mark.parametrize("bad", [0, -5, 2.5, True])
+    def test_bad_chunk_size(self, make_shard, tmp_path, bad):
+        with pytest.raises(MergeError, match="chunk_size"):
+            aggregate_shards([make_shard("shard_0", ["a"])], tmp_path / "o.h5", chunk_size=bad)
+
+    def test_progress_bar(self, make_shard, tmp_path, capsys):
+        aggregate_shards([make_shard("shard_0", ids("s", 30))], tmp_path / "o.h5", chunk_size=10, progress=True)
+        assert "30/30" in capsys.readouterr().err
+
+    def test_no_progress_bar_by_default(self, make_shard, tmp_path, capsys):
+        aggregate_shards([make_shard("shard_0", ids("s", 30))], tmp_path / "o.h5")
+        assert capsys.readouterr().err == ""
+
+
+class TestReport:
+    def test_offsets_and_counts(self, make_shard, tmp_path):
+        shards = [make_shard(f"shard_{r}", ids(f"r{r}_", n)) for r, n in enumerate([3, 0, 5, 2])]
+        report = read_merge_report(aggregate_shards(shards, tmp_path / "o.h5", chunk_size=2))
+        assert [s["offset"] for s in report["shards"]] == [0, 3, 3, 8]
+        assert [s["num_sequences"] for s in report["shards"]] == [3, 0, 5, 2]
+        assert [s["path"] for s in report["shards"]] == [str(s) for s in shards]
+        assert report["total_sequences"] == 10 and report["embedding_dim"] == 8
+        assert report["partial"] is False and report["failed_shards"] == [] and report["missing_ids"] == []
+
+    def test_many_missing_ids_are_stored(self, make_shard, tmp_path):
+        expected = ["have"] + ids("gone", 20000)
+        out = aggregate_shards([make_shard("shard_0", ["have"])], tmp_path / "o.h5", expected, partial=True)
+        assert read_merge_report(out)["missing_ids"] == sorted(ids("gone", 20000))
+
+    def test_plain_shard_has_no_report(self, make_shard):
+        shard = make_shard("shard_0", ["a"])
+        with pytest.raises(MergeError, match="not a merged output"):
+            read_merge_report(shard)

@@ -148,7 +148,7 @@ class TestInfo:
 def test_demo(tmp_path, capsys):
     assert main(["-q", "demo", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
-    assert "shard_3.h5  failed" in out and "shard_5.h5  absent" in out and "shard_7.h5  empty" in out
+    assert "shard_3.h5  failed" in out and "shard_5.h5  failed" in out and "shard_7.h5  empty" in out
     report = read_merge_report(tmp_path / "run" / "embeddings.h5")
     assert report["partial"] is True
     assert f"missing sequences: {report['num_missing']} of 2000 expected" in out

@@ -47,11 +47,12 @@ class TestPartial:
         assert seq == ["a", "b"] and emb.shape == (2, 8)
         report = read_merge_report(out)
         assert report["partial"] is True
-        assert [s["status"] for s in report["shards"]] == ["ok", "failed", "absent", "empty"]
+        assert [s["status"] for s in report["shards"]] == ["ok", "failed", "failed", "empty"]
         assert report["failed_shards"] == [str(crashed_run[1]), str(crashed_run[2])]
         assert report["missing_ids"] == ["c", "d", "e"]
         assert report["num_missing"] == 3 and report["num_expected"] == 5
         assert "truncated" in report["shards"][1]["error"]
+        assert report["shards"][2]["error"] == "file does not exist"
 
     def test_partial_with_missing_ids_only(self, make_shard, tmp_path):
         out = aggregate_shards([make_shard("shard_0", ["a"])], tmp_path / "o.h5", ["a", "z"], partial=True)

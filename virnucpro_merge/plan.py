@@ -19,11 +19,13 @@ from .errors import MergeError, MissingIdsError, ShardError, UnreadableShardErro
 from .shards import open_shard, read_shard_meta
 from .validation import IdRegistry, as_id_set, read_all_ids, warn_extra
 
-__all__ = ["ShardPlan", "MergePlan", "plan_merge", "OK", "EMPTY", "ABSENT", "FAILED"]
+__all__ = ["ShardPlan", "MergePlan", "plan_merge", "OK", "EMPTY", "FAILED"]
 
 logger = logging.getLogger("virnucpro_merge")
 
-OK, EMPTY, ABSENT, FAILED = "ok", "empty", "absent", "failed"
+# A shard is "ok" (rows to copy), "empty" (a valid shard with no rows) or "failed"
+# (absent or unreadable; skipped by a partial merge, its reason in ``error``).
+OK, EMPTY, FAILED = "ok", "empty", "failed"
 
 
 @dataclass(frozen=True)
@@ -120,9 +122,8 @@ def plan_merge(
         except UnreadableShardError as err:
             if not partial:
                 raise
-            status = ABSENT if not path.exists() else FAILED
             logger.warning("Skipping %s (partial merge)", err)
-            shard = ShardPlan(path=path, status=status, error=err.problem)
+            shard = ShardPlan(path=path, status=FAILED, error=err.problem)
         logger.debug("Planned %s: %s, %d sequences", path, shard.status, shard.num_sequences)
         shards.append(shard)
 

@@ -86,8 +86,8 @@ def read_merge_report(merged_path: str | os.PathLike[str]) -> dict:
     -------
     dict
         ``total_sequences``, ``embedding_dim``, ``partial``, ``shards`` (each with
-        ``path``, ``num_sequences``, ``offset``, ``status``: ``ok``, ``empty``,
-        ``absent`` or ``failed``, and ``error``), ``failed_shards``, ``missing_ids``,
+        ``path``, ``num_sequences``, ``offset``, ``status``: ``ok``, ``empty``
+        or ``failed``, and ``error``), ``failed_shards``, ``missing_ids``,
         ``num_missing``, ``num_extra``, ``num_expected``, ``chunk_size``,
         ``created_by`` and ``created_at``.
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MergeError, MissingIdsError, ShardError, UnreadableShardError
-from .shards import open_shard, read_shard_meta
-from .validation import IdRegistry, as_id_set, read_all_ids, warn_extra
+from .errors import DuplicateIdError, MergeError, MissingIdsError, ShardError, UnreadableShardError
+from .shards import iter_id_chunks, open_shard, read_shard_meta
+from .validation import IdIndex, as_id_set, warn_extra
 
 __all__ = ["ShardPlan", "MergePlan", "plan_merge", "OK", "EMPTY", "FAILED"]
 
@@ -82,11 +82,10 @@ def _check_dims(metas: list[ShardPlan]) -> int:
     return first.embedding_dim
 
 
-def _scan_shard(path: Path, registry: IdRegistry) -> ShardPlan:
+def _scan_shard(path: Path, index: IdIndex) -> ShardPlan:
     with open_shard(path) as handle:
         meta = read_shard_meta(handle, path)
-        ids = read_all_ids(handle, path)
-    registry.add_shard(path, ids)
+        index.add_shard(path, iter_id_chunks(handle, path))
     return ShardPlan(
         path=path,
         status=OK if meta.num_sequences else EMPTY,
@@ -114,11 +113,12 @@ def plan_merge(
     """
     if not shard_files:
         raise MergeError("No shard files provided")
-    registry = IdRegistry()
+    expected = None if expected_sequence_ids is None else as_id_set(expected_sequence_ids)
+    index = IdIndex(expected)
     shards: list[ShardPlan] = []
     for path in map(Path, shard_files):
         try:
-            shard = _scan_shard(path, registry)
+            shard = _scan_shard(path, index)
         except UnreadableShardError as err:
             if not partial:
                 raise
@@ -128,6 +128,9 @@ def plan_merge(
         shards.append(shard)
 
     dim = _check_dims(shards)
+    duplicate = index.find_duplicate()
+    if duplicate is not None:
+        raise DuplicateIdError(*duplicate)
     offset = 0
     placed = []
     for shard in shards:
@@ -135,13 +138,11 @@ def plan_merge(
         offset += shard.num_sequences
     plan = MergePlan(shards=placed, total_sequences=offset, embedding_dim=dim)
 
-    if expected_sequence_ids is not None:
-        expected = as_id_set(expected_sequence_ids)
+    if expected is not None:
         plan.num_expected = len(expected)
-        missing = sorted(expected - registry.seen)
-        extra = registry.seen - expected
-        plan.num_extra = len(extra)
-        warn_extra(extra)
+        missing = index.missing()
+        plan.num_extra = len(index.extra)
+        warn_extra(index.extra)
         if missing:
             if not partial:
                 raise MissingIdsError(missing)

@@ -1,0 +1,84 @@
+"""The ID index gives exact answers even when its 64-bit hashes collide."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from virnucpro_merge import DuplicateIdError, aggregate_shards, validate_shard_completeness
+from virnucpro_merge import validation
+from virnucpro_merge.validation import IdIndex
+
+
+@pytest.fixture(params=["python hash", "colliding hash"])
+def hashing(request, monkeypatch):
+    """Run each test with the real hash and with one where many IDs collide."""
+    if request.param == "colliding hash":
+        monkeypatch.setattr(validation, "_id_hash", lambda s: len(s) % 3)
+    return request.param
+
+
+def index_of(make_shard, shards: dict[str, list[str]]) -> IdIndex:
+    """An IdIndex over real shard files (its exact re-check re-reads them)."""
+    index = IdIndex()
+    for name, ids in shards.items():
+        path = make_shard(name, ids)
+        index.add_shard(path, [ids[:2], ids[2:]])
+    return index
+
+
+def test_no_duplicates(make_shard, hashing):
+    assert index_of(make_shard, {"s0": ["a", "bb", "ccc"], "s1": ["dd", "e"]}).find_duplicate() is None
+
+
+def test_first_duplicate_in_shard_order(make_shard, hashing):
+    index = index_of(make_shard, {"s0": ["a", "b"], "s1": ["c", "d", "x"], "s2": ["x", "b"]})
+    sequence_id, shard, first_shard = index.find_duplicate()
+    assert (sequence_id, shard.name, first_shard.name) == ("x", "s2.h5", "s1.h5")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_missing_and_extra_match_set_algebra(make_shard, hashing, seed):
+    rng = np.random.default_rng(seed)
+    pool = [f"id{i}" for i in range(300)]
+    present = [p for p in pool if rng.random() < 0.7]
+    cut = sorted(rng.choice(len(present) + 1, 3))
+    shards = [make_shard(f"shard_{k}", present[a:b]) for k, (a, b) in enumerate(zip([0, *cut], [*cut, len(present)]))]
+    expected = {p for p in pool if rng.random() < 0.8}
+    missing, extra = validate_shard_completeness(shards, expected)
+    assert missing == expected - set(present)
+    assert extra == set(present) - expected
+
+
+def test_validate_completeness_tolerates_duplicates(make_shard, hashing):
+    a = make_shard("shard_0", ["a", "b"])
+    b = make_shard("shard_1", ["b", "c"])
+    assert validate_shard_completeness([a, b], {"a", "b", "c", "d"}) == ({"d"}, set())
+
+
+def test_merge_finds_real_duplicates_among_collisions(make_shard, tmp_path, hashing):
+    a = make_shard("shard_0", ["aa", "bb", "cc"])
+    b = make_shard("shard_1", ["dd", "bb"])
+    with pytest.raises(DuplicateIdError, match="Duplicate sequence ID found: bb in .*shard_1.h5 .*shard_0.h5"):
+        aggregate_shards([a, b], tmp_path / "m.h5")
+
+
+def test_merge_is_not_fooled_by_collisions(make_shard, tmp_path, hashing):
+    a = make_shard("shard_0", ["aa", "bb"])
+    b = make_shard("shard_1", ["cc", "d"])
+    with pytest.raises(ValueError, match=r"Missing 2 expected sequences. First 10 missing IDs: \['ee', 'ff'\]"):
+        aggregate_shards([a, b], tmp_path / "m.h5", ["aa", "bb", "cc", "d", "ee", "ff"])
+
+
+def test_index_memory_is_a_few_bytes_per_id():
+    index = IdIndex({f"e{i}" for i in range(10)})
+    index.add_shard("s", [[f"s{i}" for i in range(100_000)]])
+    assert sum(h.nbytes for h in index._hashes) == 8 * 100_000
+    assert len(index.extra) == 100_000 and index.num_present == 0
+
+
+def test_missing_id_hidden_by_a_collision_is_still_found(make_shard, monkeypatch):
+    monkeypatch.setattr(validation, "_id_hash", lambda s: len(s) % 3)
+    shard = make_shard("shard_0", ["aa", "b"])  # hashes 2 and 1: no repeat among the shard IDs
+    # "cc" hashes like "aa": by hash alone it would look present
+    assert validate_shard_completeness([shard], {"aa", "b", "cc"}) == ({"cc"}, set())

@@ -183,3 +183,58 @@ class TestReport:
         shard = make_shard("shard_0", ["a"])
         with pytest.raises(MergeError, match="not a merged output"):
             read_merge_report(shard)
+
+
+class TestCopyPaths:
+    """Raw-byte copies and h5py copies give the same bytes, in any mix."""
+
+    @pytest.fixture
+    def mixed(self, make_shard, tmp_path, rng):
+        plain = make_shard("shard_0", ids("a", 37), dim=16)
+        half = make_shard("shard_1", ids("b", 23), dim=16, dtype="float16")
+        packed = tmp_path / "shard_2.h5"
+        with h5py.File(packed, "w") as f:
+            f.create_dataset("embeddings", data=rng.standard_normal((41, 16)).astype("f4"),
+                             chunks=(8, 16), compression="gzip")
+            f.create_dataset("sequence_ids", data=ids("c", 41), dtype=h5py.string_dtype())
+        big_endian = tmp_path / "shard_3.h5"
+        with h5py.File(big_endian, "w") as f:
+            f.create_dataset("embeddings", data=rng.standard_normal((5, 16)).astype(">f4"))
+            f.create_dataset("sequence_ids", data=ids("d", 5), dtype=h5py.string_dtype())
+        return [plain, half, packed, big_endian]
+
+    def expected(self, shards):
+        return np.concatenate([read_datasets(s)[0].astype("f4") for s in shards])
+
+    def test_mixed_layouts(self, mixed, tmp_path):
+        emb, seq = read_datasets(aggregate_shards(mixed, tmp_path / "o.h5", chunk_size=6))
+        np.testing.assert_array_equal(emb, self.expected(mixed))
+        assert seq == ids("a", 37) + ids("b", 23) + ids("c", 41) + ids("d", 5)
+
+    @pytest.mark.parametrize("errno_name", ["ENOSYS", "EXDEV"])
+    def test_fallback_without_copy_file_range(self, mixed, tmp_path, monkeypatch, errno_name):
+        import errno as errno_module
+
+        def refuse(*args):
+            code = getattr(errno_module, errno_name)
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+        emb, _ = read_datasets(aggregate_shards(mixed, tmp_path / "o.h5", chunk_size=6))
+        np.testing.assert_array_equal(emb, self.expected(mixed))
+
+    def test_shard_changed_after_planning(self, make_shard, tmp_path, monkeypatch):
+        from virnucpro_merge import merge
+
+        shard = make_shard("shard_0", ids("a", 10))
+        plan_merge = merge.plan_merge
+
+        def plan_then_rewrite(*args, **kwargs):
+            plan = plan_merge(*args, **kwargs)
+            make_shard("shard_0", ids("a", 12))  # a worker rewrote its file meanwhile
+            return plan
+
+        monkeypatch.setattr(merge, "plan_merge", plan_then_rewrite)
+        with pytest.raises(ValueError, match="shard_0.h5: changed while the merge was running"):
+            aggregate_shards([shard], tmp_path / "o.h5")
+        assert not (tmp_path / "o.h5").exists()

@@ -24,7 +24,6 @@ __all__ = ["ShardMeta", "open_shard", "read_shard_meta", "iter_id_chunks", "get_
 
 EMBEDDINGS = "embeddings"
 SEQUENCE_IDS = "sequence_ids"
-SUPPORTED_DTYPES = (np.dtype("float32"), np.dtype("float16"))
 
 # IDs are small: read them in larger slices than the embedding chunks.
 ID_CHUNK = 65536
@@ -118,7 +117,7 @@ def read_shard_meta(handle: h5py.File, path: str | os.PathLike[str]) -> ShardMet
     ids = _dataset(handle, SEQUENCE_IDS, path)
     if emb.ndim != 2:
         raise ShardError(path, f"'embeddings' must be 2-D (rows, dim), got shape {emb.shape}")
-    if emb.dtype not in SUPPORTED_DTYPES:
+    if emb.dtype.kind != "f" or emb.dtype.itemsize not in (2, 4):  # float32/16, either byte order
         raise ShardError(path, f"'embeddings' has dtype {emb.dtype}; expected float32 or float16")
     if ids.ndim != 1:
         raise ShardError(path, f"'sequence_ids' must be 1-D, got shape {ids.shape}")

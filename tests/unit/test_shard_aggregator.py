@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import ids, read_datasets
+from virnucpro_merge import _copy
 from virnucpro_merge import (
     CHUNK_SIZE,
     aggregate_shards,
@@ -18,11 +19,25 @@ from virnucpro_merge import (
 )
 
 
+class EmbeddingReads(list):
+    """Rows moved per read of an input shard's embeddings, by h5py or as raw bytes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raw_bytes: list[int] = []
+
+    def rows(self, row_bytes: int) -> list[int]:
+        """Every read in rows: the h5py ones, then the raw copies of ``row_bytes`` rows."""
+        assert all(n % row_bytes == 0 for n in self.raw_bytes)
+        return list(self) + [n // row_bytes for n in self.raw_bytes]
+
+
 @pytest.fixture
 def embedding_reads(monkeypatch):
-    """Record the number of rows of every read of an input shard's ``embeddings``."""
-    reads: list[int] = []
+    """Spy on every read of an input shard's ``embeddings``, whichever way it is done."""
+    reads = EmbeddingReads()
     getitem, read_direct = h5py.Dataset.__getitem__, h5py.Dataset.read_direct
+    copy_bytes = _copy._copy_bytes
 
     def rows(dset, selection) -> int:
         first = selection[0] if isinstance(selection, tuple) and selection else selection
@@ -45,8 +60,13 @@ def embedding_reads(monkeypatch):
             reads.append(rows(self, source_sel))
         return read_direct(self, dest, source_sel, dest_sel)
 
+    def spy_copy_bytes(src, dst, count, src_offset, dst_offset):
+        reads.raw_bytes.append(count)
+        return copy_bytes(src, dst, count, src_offset, dst_offset)
+
     monkeypatch.setattr(h5py.Dataset, "__getitem__", spy_getitem)
     monkeypatch.setattr(h5py.Dataset, "read_direct", spy_read_direct)
+    monkeypatch.setattr(_copy, "_copy_bytes", spy_copy_bytes)
     return reads
 
 
@@ -61,18 +81,20 @@ class TestAggregateShards:
         assert emb.dtype == np.float32
         assert seq == ids("a", 5) + ids("b", 3)
 
-    def test_chunk_wise_memory(self, make_shard, tmp_path, embedding_reads):
-        shard = make_shard("shard_0", ids("s", 1050))
+    @pytest.mark.parametrize("dtype", ["float32", "float16"])  # raw-byte and h5py paths
+    def test_chunk_wise_memory(self, make_shard, tmp_path, embedding_reads, dtype):
+        shard = make_shard("shard_0", ids("s", 1050), dtype=dtype)
         aggregate_shards([shard], tmp_path / "merged.h5", chunk_size=100)
-        assert embedding_reads, "the spy saw no read of the embeddings"
-        assert max(embedding_reads) <= 100
-        assert sum(embedding_reads) == 1050
-        assert len(embedding_reads) == math.ceil(1050 / 100)
+        reads = embedding_reads.rows(row_bytes=8 * 4)
+        assert reads, "the spy saw no read of the embeddings"
+        assert max(reads) <= 100
+        assert sum(reads) == 1050
+        assert len(reads) == math.ceil(1050 / 100)
 
     def test_default_chunk_size_bounds_reads(self, make_shard, tmp_path, embedding_reads):
         shard = make_shard("shard_0", ids("s", CHUNK_SIZE + 7), dim=2)
         aggregate_shards([shard], tmp_path / "merged.h5")
-        assert sorted(embedding_reads) == [7, CHUNK_SIZE]
+        assert sorted(embedding_reads.rows(row_bytes=2 * 4)) == [7, CHUNK_SIZE]
 
     def test_output_contains_all_embeddings(self, make_shard, tmp_path):
         shards = [make_shard(f"shard_{r}", ids(f"r{r}_", 40 + r)) for r in range(4)]
@@ -214,18 +236,21 @@ class TestExceptionSafety:
         assert not (tmp_path / "merged.h5").exists()
         assert sorted(p.name for p in tmp_path.iterdir()) == ["shard_0.h5", "shard_1.h5"]
 
-    def test_cleanup_when_copy_fails_midway(self, make_shard, tmp_path, monkeypatch):
-        shard = make_shard("shard_0", ids("s", 100))
+    @pytest.mark.parametrize("dtype, target", [("float32", "raw"), ("float16", "h5py"), ("float32", "ids")])
+    def test_cleanup_when_copy_fails_midway(self, make_shard, tmp_path, monkeypatch, dtype, target):
+        shard = make_shard("shard_0", ids("s", 100), dtype=dtype)
         calls = {"n": 0}
-        write_direct = h5py.Dataset.write_direct
+        owner, name = {"raw": (_copy, "_copy_bytes"), "h5py": (h5py.Dataset, "write_direct"),
+                       "ids": (h5py.Dataset, "__setitem__")}[target]
+        original = getattr(owner, name)
 
-        def failing_write(self, *args, **kwargs):
+        def fail_on_third(*args, **kwargs):
             calls["n"] += 1
             if calls["n"] == 3:
                 raise KeyboardInterrupt  # the user pressed Ctrl-C mid-copy
-            return write_direct(self, *args, **kwargs)
+            return original(*args, **kwargs)
 
-        monkeypatch.setattr(h5py.Dataset, "write_direct", failing_write)
+        monkeypatch.setattr(owner, name, fail_on_third)
         with pytest.raises(KeyboardInterrupt):
             aggregate_shards([shard], tmp_path / "merged.h5", chunk_size=10)
         assert calls["n"] == 3

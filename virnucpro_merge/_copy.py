@@ -1,0 +1,179 @@
+"""Moving a shard's rows into the output, ``chunk_size`` rows at a time.
+
+Two ways, chosen per shard:
+
+- **raw bytes**: a contiguous, uncompressed little-endian float32 shard holds its
+  embeddings as one run of bytes at a known file offset, exactly as the output's
+  contiguous dataset stores them. Those bytes are copied file to file by the kernel
+  (``os.copy_file_range``; ``pread``/``pwrite`` where that is unavailable), with no
+  trip through Python memory.
+- **h5py**: anything else (float16, chunked or compressed shards) is read with
+  ``read_direct`` into one reused float32 buffer (float16 cast exactly by numpy)
+  and written with ``write_direct``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .errors import ShardError, UnreadableShardError
+from .plan import ShardPlan
+from .shards import EMBEDDINGS, SEQUENCE_IDS, first_line, open_shard, read_shard_meta
+
+__all__ = ["raw_copyable", "recheck", "copy_embeddings_h5py", "copy_ids", "raw_copy_in_background"]
+
+OUTPUT_DTYPE = np.dtype("<f4")
+
+_NO_COPY_FILE_RANGE = {errno.ENOSYS, errno.EXDEV, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.EPERM}
+
+
+def raw_copyable(shard: ShardPlan) -> bool:
+    """Whether the shard's embedding bytes are already in the output's layout."""
+    return shard.data_offset is not None and shard.dtype == OUTPUT_DTYPE
+
+
+def recheck(shard: ShardPlan) -> None:
+    """Refuse a shard that changed between planning and copying."""
+    with open_shard(shard.path) as handle:
+        meta = read_shard_meta(handle, shard.path)
+    now = (meta.num_sequences, meta.embedding_dim, meta.dtype, meta.data_offset)
+    if now != (shard.num_sequences, shard.embedding_dim, shard.dtype, shard.data_offset):
+        raise ShardError(shard.path, "changed while the merge was running")
+
+
+def _chunks(total: int, chunk_size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, total, chunk_size):
+        yield start, min(start + chunk_size, total)
+
+
+def copy_embeddings_h5py(
+    shard: ShardPlan, emb_out: h5py.Dataset, buffer: np.ndarray, on_rows: Callable[[int], object]
+) -> None:
+    """Copy one shard's embeddings through ``buffer`` (``chunk_size`` rows)."""
+    with open_shard(shard.path) as handle:
+        emb = handle[EMBEDDINGS]
+        for chunk_start, chunk_end in _chunks(shard.num_sequences, buffer.shape[0]):
+            rows = chunk_end - chunk_start
+            try:
+                if emb.dtype == buffer.dtype:
+                    emb.read_direct(buffer, np.s_[chunk_start:chunk_end], np.s_[0:rows])
+                else:  # float16 -> float32: numpy's cast is exact
+                    buffer[:rows] = emb[chunk_start:chunk_end]
+            except OSError as err:
+                raise UnreadableShardError(
+                    shard.path, f"cannot read rows {chunk_start}-{chunk_end} ({first_line(err)})"
+                ) from err
+            offset = shard.offset + chunk_start
+            emb_out.write_direct(buffer, np.s_[0:rows], np.s_[offset : offset + rows])
+            on_rows(rows)
+
+
+def copy_ids(shard: ShardPlan, ids_out: h5py.Dataset, chunk_size: int) -> None:
+    """Copy one shard's sequence IDs, as stored (UTF-8 bytes; fixed-length ones decoded)."""
+    with open_shard(shard.path) as handle:
+        ids = handle[SEQUENCE_IDS]
+        if h5py.check_vlen_dtype(ids.dtype) is None:  # fixed-length strings
+            ids = ids.asstr(encoding="utf-8")
+        for chunk_start, chunk_end in _chunks(shard.num_sequences, chunk_size):
+            try:
+                values = ids[chunk_start:chunk_end]
+            except OSError as err:
+                raise UnreadableShardError(shard.path, f"cannot read 'sequence_ids' ({first_line(err)})") from err
+            ids_out[shard.offset + chunk_start : shard.offset + chunk_end] = values
+
+
+def _pread_pwrite(src: int, dst: int, count: int, src_offset: int, dst_offset: int) -> int:
+    data = os.pread(src, count, src_offset)
+    return os.pwrite(dst, data, dst_offset) if data else 0
+
+
+def _copy_bytes(src: int, dst: int, count: int, src_offset: int, dst_offset: int) -> int:
+    """Copy up to ``count`` bytes between two files; return how many were copied."""
+    try:
+        return os.copy_file_range(src, dst, count, src_offset, dst_offset)
+    except AttributeError:  # not Linux
+        return _pread_pwrite(src, dst, count, src_offset, dst_offset)
+    except OSError as err:
+        if err.errno not in _NO_COPY_FILE_RANGE:
+            raise
+        return _pread_pwrite(src, dst, count, src_offset, dst_offset)
+
+
+def copy_embeddings_raw(
+    shard: ShardPlan,
+    dst: int,
+    dst_data_offset: int,
+    chunk_size: int,
+    on_rows: Callable[[int], object],
+    stop: threading.Event,
+) -> None:
+    """Copy one raw-copyable shard's embedding bytes into the output file ``dst``."""
+    assert shard.data_offset is not None
+    row_bytes = shard.embedding_dim * OUTPUT_DTYPE.itemsize
+    with open(shard.path, "rb") as src_file:
+        src = src_file.fileno()
+        for chunk_start, chunk_end in _chunks(shard.num_sequences, chunk_size):
+            if stop.is_set():
+                return
+            src_offset = shard.data_offset + chunk_start * row_bytes
+            dst_offset = dst_data_offset + (shard.offset + chunk_start) * row_bytes
+            remaining = (chunk_end - chunk_start) * row_bytes
+            while remaining:
+                copied = _copy_bytes(src, dst, remaining, src_offset, dst_offset)
+                if copied == 0:
+                    raise UnreadableShardError(shard.path, "truncated: the embeddings end early")
+                src_offset, dst_offset, remaining = src_offset + copied, dst_offset + copied, remaining - copied
+            on_rows(chunk_end - chunk_start)
+
+
+def _copy_all_raw(
+    shards: Sequence[ShardPlan],
+    output: Path,
+    dst_data_offset: int,
+    chunk_size: int,
+    on_rows: Callable[[int], object],
+    stop: threading.Event,
+) -> None:
+    fd = os.open(output, os.O_WRONLY)
+    try:
+        for shard in shards:
+            copy_embeddings_raw(shard, fd, dst_data_offset, chunk_size, on_rows, stop)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def raw_copy_in_background(
+    shards: Sequence[ShardPlan],
+    output: Path,
+    dst_data_offset: int | None,
+    chunk_size: int,
+    on_rows: Callable[[int], object],
+) -> Iterator[None]:
+    """Copy raw-copyable shards on a second thread while the body runs.
+
+    The body must not do HDF5 I/O on the output's ``embeddings`` (the bytes being
+    written); IDs and the report are fine. A failure on either side stops both.
+    """
+    if not shards:
+        yield
+        return
+    assert dst_data_offset is not None
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="virnucpro-copy") as pool:
+        future = pool.submit(_copy_all_raw, shards, output, dst_data_offset, chunk_size, on_rows, stop)
+        try:
+            yield
+        except BaseException:
+            stop.set()
+            raise
+        future.result()

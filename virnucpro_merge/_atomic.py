@@ -1,31 +1,78 @@
 """Write a file so that it appears whole or not at all.
 
 The data goes to a hidden temporary file beside the target
-(``.<name>.<random>.partial``), which is flushed to disk and then renamed onto the
-target with :func:`os.replace`. On any failure, ``KeyboardInterrupt`` included, the
-temporary file is removed and an existing target is left untouched.
+(``.<name>.<host>.<pid>.<random>.partial``), which is flushed to disk and then
+renamed onto the target with :func:`os.replace`. On any failure, ``KeyboardInterrupt``
+included, the temporary file is removed and an existing target is left untouched.
+
+A merge killed outright (SIGKILL, power loss) cannot clean up; the next merge into
+the same target removes such stale temporary files: those of this host whose process
+is gone. Temporary files of live processes and of other hosts are left alone.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import re
+import resource
 import secrets
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from .errors import OutputError
 
-__all__ = ["atomic_output", "TEMP_SUFFIX"]
+__all__ = ["atomic_output", "check_room", "remove_stale_temps", "TEMP_SUFFIX"]
+
+logger = logging.getLogger("virnucpro_merge")
 
 TEMP_SUFFIX = ".partial"
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+_TEMP_TAIL = re.compile(r"\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]{8}" + re.escape(TEMP_SUFFIX) + "$")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temps(target: Path) -> list[Path]:
+    """Remove temp files of ``target`` left by killed merges on this host; return them."""
+    prefix = f".{target.name}"
+    removed = []
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        match = _TEMP_TAIL.search(name) if name.startswith(prefix) else None
+        if match is None or match.start() != len(prefix):
+            continue
+        if match["host"] != _HOST or _process_alive(int(match["pid"])):
+            continue
+        try:
+            entry.unlink()
+        except OSError:
+            continue
+        logger.info("Removed %s, left by a merge that was killed", entry)
+        removed.append(entry)
+    return removed
 
 
 def _create_temp(target: Path) -> Path:
     """Create an empty, uniquely named temp file beside ``target`` (mode as umask allows)."""
     while True:
-        temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+        token = f"{_HOST}.{os.getpid()}.{secrets.token_hex(4)}"
+        temp = target.with_name(f".{target.name}.{token}{TEMP_SUFFIX}")
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
@@ -38,6 +85,31 @@ def _create_temp(target: Path) -> Path:
         return temp
 
 
+def _size(nbytes: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if nbytes < 1024 or unit == "TiB":
+            return f"{nbytes:.0f} {unit}" if unit == "bytes" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    raise AssertionError
+
+
+def check_room(target: Path, nbytes: int) -> None:
+    """Refuse to start a write of ``nbytes`` that the disk or ``ulimit -f`` cannot hold."""
+    stats = os.statvfs(target.parent)
+    free = stats.f_bavail * stats.f_frsize
+    if nbytes > free:
+        raise OutputError(
+            f"{target}: not enough free space in {target.parent}: "
+            f"the merge needs about {_size(nbytes)}, {_size(free)} is free"
+        )
+    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if limit != resource.RLIM_INFINITY and nbytes > limit:
+        raise OutputError(
+            f"{target}: the merge needs about {_size(nbytes)}, over this process's "
+            f"file size limit (ulimit -f) of {_size(limit)}"
+        )
+
+
 def _fsync(path: Path, *, directory: bool = False) -> None:
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
@@ -47,16 +119,25 @@ def _fsync(path: Path, *, directory: bool = False) -> None:
 
 
 @contextmanager
-def atomic_output(target: Path) -> Iterator[Path]:
-    """Yield a temp path to write; on success move it onto ``target`` durably."""
+def atomic_output(target: Path, size_hint: int = 0) -> Iterator[Path]:
+    """Yield a temp path to write; on success move it onto ``target`` durably.
+
+    ``size_hint`` (bytes) is checked against the free space and the file size
+    limit before anything is written.
+    """
     if not target.parent.is_dir():
         raise OutputError(f"{target}: output folder {target.parent} does not exist")
     if target.is_dir():
         raise OutputError(f"{target}: is a directory")
+    remove_stale_temps(target)
+    check_room(target, size_hint)
     temp = _create_temp(target)
     try:
+        logger.debug("phase: write %s", temp)
         yield temp
+        logger.debug("phase: sync")
         _fsync(temp)
+        logger.debug("phase: replace")
         os.replace(temp, target)
     except BaseException:
         with suppress(FileNotFoundError):

@@ -1,7 +1,8 @@
 """The ``virnucpro-merge`` command: parse, call the API, map errors to exit codes.
 
 Exit status: 0 success, 1 the data failed validation (duplicates, missing IDs),
-2 bad usage or unreadable input, 130 interrupted. Errors are one line on stderr.
+2 bad usage or unreadable input, 130 interrupted (SIGINT), 143 terminated
+(SIGTERM). Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,7 +32,28 @@ __all__ = ["main"]
 PROG = "virnucpro-merge"
 logger = logging.getLogger("virnucpro_merge")
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C, so temp files are removed on the way out."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """While a command runs, turn SIGTERM into an exception (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _positive_int(text: str) -> int:
@@ -163,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
     try:
-        with _logging_to_stderr(args):
+        with _logging_to_stderr(args), _sigterm_unwinds():
             return COMMANDS[args.command](args)
     except ValidationError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
@@ -175,5 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
+        print(f"{PROG}: interrupted; the output was left as it was", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        print(f"{PROG}: terminated; the output was left as it was", file=sys.stderr)
+        return EXIT_TERMINATED

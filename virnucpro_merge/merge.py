@@ -88,13 +88,16 @@ def aggregate_shards(
     output = Path(output_path)
     _check_output_path(output, shard_paths)
 
+    logger.debug("phase: plan")
     plan = plan_merge(shard_paths, expected_sequence_ids, partial=partial)
     report = build_report(plan, chunk_size)
-    with atomic_output(output) as temp:
+    with atomic_output(output, plan.output_bytes) as temp:
         try:
             _write(plan, temp, report, chunk_size=chunk_size, progress=progress)
-        except OSError as err:  # reads raise ShardError, so this is the output side
+        except (OSError, RuntimeError) as err:  # reads raise ShardError: this is the output side
+            # (h5py reports a failed final flush, e.g. a full disk, as RuntimeError)
             raise OutputError(f"{output}: cannot write the merged file ({first_line(err)})") from err
+    logger.debug("phase: done")
     logger.info("Aggregation complete: %s, %d sequences", output, plan.total_sequences)
     return output
 

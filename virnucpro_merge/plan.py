@@ -56,6 +56,15 @@ class MergePlan:
     missing_ids: list[str] = field(default_factory=list)
     num_extra: int = 0
     num_expected: int | None = None
+    id_chars: int = 0
+
+    @property
+    def output_bytes(self) -> int:
+        """A generous estimate of the merged file's size (for the free-space check)."""
+        embeddings = self.total_sequences * self.embedding_dim * 4
+        ids = self.id_chars * 4 + 32 * self.total_sequences  # worst-case UTF-8, heap overhead
+        missing = sum(map(len, self.missing_ids)) * 4 + 32 * len(self.missing_ids)
+        return embeddings + ids + missing + 2**20
 
     @property
     def failed_shards(self) -> list[ShardPlan]:
@@ -136,7 +145,7 @@ def plan_merge(
     for shard in shards:
         placed.append(replace(shard, offset=offset))
         offset += shard.num_sequences
-    plan = MergePlan(shards=placed, total_sequences=offset, embedding_dim=dim)
+    plan = MergePlan(shards=placed, total_sequences=offset, embedding_dim=dim, id_chars=index.num_chars)
 
     if expected is not None:
         plan.num_expected = len(expected)

@@ -63,6 +63,7 @@ class IdIndex:
         self.expected = expected
         self.shards: list[Path] = []
         self.num_ids = 0
+        self.num_chars = 0  # total length of the IDs, to size the output
         self.num_present = 0  # IDs that are in ``expected``
         self.extra: list[str] = []
         self._hashes: list[np.ndarray] = []
@@ -70,9 +71,10 @@ class IdIndex:
 
     def add_shard(self, path: Path, chunks: Iterable[list[str]]) -> None:
         """Take in one shard's IDs, all or nothing (a read that fails adds none)."""
-        hashes, extra, present = [], [], 0
+        hashes, extra, present, chars = [], [], 0, 0
         for chunk in chunks:
             hashes.append(_hashes(chunk))
+            chars += sum(map(len, chunk))
             if self.expected is not None:
                 known = np.fromiter(map(self.expected.__contains__, chunk), dtype=bool, count=len(chunk))
                 num_known = int(known.sum())
@@ -82,6 +84,7 @@ class IdIndex:
         self._hashes.append(np.concatenate(hashes) if hashes else np.empty(0, np.int64))
         self.shards.append(path)
         self.num_ids += self._hashes[-1].size
+        self.num_chars += chars
         self.num_present += present
         self.extra.extend(extra)
         self._sorted = None

@@ -11,6 +11,7 @@ from .errors import (
     ExpectedIdsError,
     MergeError,
     MissingIdsError,
+    NonFiniteError,
     OutputError,
     ShardError,
     UnreadableShardError,
@@ -38,4 +39,5 @@ __all__ = [
     "ValidationError",
     "DuplicateIdError",
     "MissingIdsError",
+    "NonFiniteError",
 ]

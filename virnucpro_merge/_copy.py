@@ -29,7 +29,14 @@ from .errors import ShardError, UnreadableShardError
 from .plan import ShardPlan
 from .shards import EMBEDDINGS, SEQUENCE_IDS, first_line, open_shard, read_shard_meta
 
-__all__ = ["raw_copyable", "recheck", "copy_embeddings_h5py", "copy_ids", "raw_copy_in_background"]
+__all__ = [
+    "raw_copyable",
+    "recheck",
+    "copy_embeddings_h5py",
+    "copy_ids",
+    "count_nonfinite_raw",
+    "raw_copy_in_background",
+]
 
 OUTPUT_DTYPE = np.dtype("<f4")
 
@@ -55,10 +62,22 @@ def _chunks(total: int, chunk_size: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + chunk_size, total)
 
 
+def nonfinite_rows(block: np.ndarray) -> int:
+    """How many rows of ``block`` hold a NaN or an Inf (one fast pass when there are none)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(block.sum()):  # NaN and Inf poison a sum; a finite sum proves there are none
+            return 0
+    return int(block.shape[0] - np.isfinite(block).all(axis=1).sum())
+
+
 def copy_embeddings_h5py(
     shard: ShardPlan, emb_out: h5py.Dataset, buffer: np.ndarray, on_rows: Callable[[int], object]
-) -> None:
-    """Copy one shard's embeddings through ``buffer`` (``chunk_size`` rows)."""
+) -> int:
+    """Copy one shard's embeddings through ``buffer`` (``chunk_size`` rows).
+
+    Returns the number of rows holding NaN or Inf.
+    """
+    nonfinite = 0
     with open_shard(shard.path) as handle:
         emb = handle[EMBEDDINGS]
         for chunk_start, chunk_end in _chunks(shard.num_sequences, buffer.shape[0]):
@@ -72,9 +91,31 @@ def copy_embeddings_h5py(
                 raise UnreadableShardError(
                     shard.path, f"cannot read rows {chunk_start}-{chunk_end} ({first_line(err)})"
                 ) from err
+            nonfinite += nonfinite_rows(buffer[:rows])
             offset = shard.offset + chunk_start
             emb_out.write_direct(buffer, np.s_[0:rows], np.s_[offset : offset + rows])
             on_rows(rows)
+    return nonfinite
+
+
+def count_nonfinite_raw(shard: ShardPlan, buffer: np.ndarray) -> int:
+    """Rows holding NaN or Inf in a raw-copied shard, read back through ``buffer``.
+
+    Runs beside the kernel's copy of the same bytes (which are then in the page
+    cache), on the other core.
+    """
+    assert shard.data_offset is not None
+    row_bytes = shard.embedding_dim * OUTPUT_DTYPE.itemsize
+    nonfinite = 0
+    with open(shard.path, "rb", buffering=0) as src:
+        for chunk_start, chunk_end in _chunks(shard.num_sequences, buffer.shape[0]):
+            block = buffer[: chunk_end - chunk_start]
+            view = memoryview(block).cast("B")
+            got = os.preadv(src.fileno(), [view], shard.data_offset + chunk_start * row_bytes)
+            if got != block.nbytes:
+                raise UnreadableShardError(shard.path, "truncated: the embeddings end early")
+            nonfinite += nonfinite_rows(block)
+    return nonfinite
 
 
 def copy_ids(shard: ShardPlan, ids_out: h5py.Dataset, chunk_size: int) -> None:

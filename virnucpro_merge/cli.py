@@ -85,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
                      help=f"rows copied at a time (default {CHUNK_SIZE})")
     agg.add_argument("--partial", action="store_true",
                      help="skip failed shards and record missing IDs instead of failing")
+    agg.add_argument("--fail-on-nonfinite", action="store_true",
+                     help="fail (exit 1) if any embedding holds NaN or Inf; by default they are counted")
     agg.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="show a progress bar (default: when stderr is a terminal)")
 
@@ -109,7 +111,13 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
     redirect = logging_redirect_tqdm(loggers=[logger]) if progress else contextlib.nullcontext()
     with redirect:
         output = aggregate_shards(
-            shards, args.output, expected, chunk_size=args.chunk_size, partial=args.partial, progress=progress
+            shards,
+            args.output,
+            expected,
+            chunk_size=args.chunk_size,
+            partial=args.partial,
+            progress=progress,
+            fail_on_nonfinite=args.fail_on_nonfinite,
         )
     report = read_merge_report(output)
     if report["partial"]:

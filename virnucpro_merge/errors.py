@@ -16,6 +16,7 @@ __all__ = [
     "ValidationError",
     "DuplicateIdError",
     "MissingIdsError",
+    "NonFiniteError",
 ]
 
 
@@ -81,4 +82,16 @@ class MissingIdsError(ValidationError):
         super().__init__(
             f"Missing {len(missing)} expected sequences. "
             f"First 10 missing IDs: {missing[:10]}"
+        )
+
+
+class NonFiniteError(ValidationError):
+    """Embeddings hold NaN or Inf (``fail_on_nonfinite=True``)."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.counts = {path: n for path, n in counts.items() if n}
+        shards = ", ".join(f"{path} ({n})" for path, n in self.counts.items())
+        super().__init__(
+            f"{sum(self.counts.values())} rows of embeddings hold NaN or Inf, in {len(self.counts)} "
+            f"shards: {shards}"
         )

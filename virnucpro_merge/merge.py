@@ -12,10 +12,18 @@ import numpy as np
 from tqdm import tqdm
 
 from ._atomic import atomic_output
-from ._copy import OUTPUT_DTYPE, copy_embeddings_h5py, copy_ids, raw_copy_in_background, raw_copyable, recheck
-from .errors import MergeError, OutputError
+from ._copy import (
+    OUTPUT_DTYPE,
+    copy_embeddings_h5py,
+    copy_ids,
+    count_nonfinite_raw,
+    raw_copy_in_background,
+    raw_copyable,
+    recheck,
+)
+from .errors import MergeError, NonFiniteError, OutputError
 from .plan import OK, MergePlan, plan_merge
-from .report import build_report, write_report
+from .report import build_report, record_nonfinite, write_report
 from .shards import EMBEDDINGS, SEQUENCE_IDS, first_line
 
 __all__ = ["CHUNK_SIZE", "aggregate_shards"]
@@ -44,6 +52,7 @@ def aggregate_shards(
     chunk_size: int = CHUNK_SIZE,
     partial: bool = False,
     progress: bool = False,
+    fail_on_nonfinite: bool = False,
 ) -> Path:
     """Merge shard files into one HDF5 file, checking that no sequence is lost.
 
@@ -67,6 +76,10 @@ def aggregate_shards(
         record missing IDs instead of raising. Duplicates are still an error.
     progress : bool
         Show a progress bar (tqdm) while copying.
+    fail_on_nonfinite : bool
+        Refuse embeddings holding NaN or Inf (:class:`NonFiniteError`). Either
+        way, the rows holding them are counted per shard in the report
+        (``nonfinite_rows``).
 
     Returns
     -------
@@ -77,7 +90,8 @@ def aggregate_shards(
     ------
     MergeError
         (a ``ValueError``) No shards; a duplicate ID (:class:`DuplicateIdError`);
-        missing expected IDs (:class:`MissingIdsError`); a bad shard
+        missing expected IDs (:class:`MissingIdsError`); NaN or Inf with
+        ``fail_on_nonfinite`` (:class:`NonFiniteError`); a bad shard
         (:class:`ShardError`); an unusable output path (:class:`OutputError`).
     """
     if not shard_files:
@@ -93,10 +107,12 @@ def aggregate_shards(
     report = build_report(plan, chunk_size)
     with atomic_output(output, plan.output_bytes) as temp:
         try:
-            _write(plan, temp, report, chunk_size=chunk_size, progress=progress)
+            nonfinite = _write(plan, temp, report, chunk_size=chunk_size, progress=progress)
         except (OSError, RuntimeError) as err:  # reads raise ShardError: this is the output side
             # (h5py reports a failed final flush, e.g. a full disk, as RuntimeError)
             raise OutputError(f"{output}: cannot write the merged file ({first_line(err)})") from err
+        if fail_on_nonfinite and any(nonfinite.values()):
+            raise NonFiniteError(nonfinite)
     logger.debug("phase: done")
     logger.info("Aggregation complete: %s, %d sequences", output, plan.total_sequences)
     return output
@@ -114,8 +130,10 @@ def _create_embeddings(out: h5py.File, rows: int, dim: int) -> h5py.Dataset:
     return out.create_dataset(EMBEDDINGS, shape=(rows, dim), dtype=OUTPUT_DTYPE, dcpl=dcpl, fill_time="never")
 
 
-def _write(plan: MergePlan, temp: Path, report: dict, *, chunk_size: int, progress: bool) -> None:
+def _write(plan: MergePlan, temp: Path, report: dict, *, chunk_size: int, progress: bool) -> dict[str, int]:
+    """Write the output file; return the rows holding NaN or Inf, per shard path."""
     shards = [s for s in plan.shards if s.status == OK]
+    nonfinite: dict[str, int] = {}
     for shard in shards:
         recheck(shard)
     raw = [s for s in shards if raw_copyable(s)]
@@ -126,12 +144,20 @@ def _write(plan: MergePlan, temp: Path, report: dict, *, chunk_size: int, progre
         ids_out = out.create_dataset(SEQUENCE_IDS, shape=(plan.total_sequences,), dtype=h5py.string_dtype())
         for shard in shards:
             if shard not in raw:
-                copy_embeddings_h5py(shard, emb_out, buffer, bar.update)
+                nonfinite[str(shard.path)] = copy_embeddings_h5py(shard, emb_out, buffer, bar.update)
         out.flush()
         data_offset = emb_out.id.get_offset() if raw else None
         with raw_copy_in_background(raw, temp, data_offset, chunk_size, bar.update):
             for shard in shards:
                 copy_ids(shard, ids_out, chunk_size)
+            for shard in raw:
+                nonfinite[str(shard.path)] = count_nonfinite_raw(shard, buffer)
+            record_nonfinite(report, nonfinite)
             write_report(out, report)
         for shard in shards:
             logger.debug("Merged %s: %d sequences at row %d", shard.path, shard.num_sequences, shard.offset)
+    nonfinite = {str(s.path): nonfinite[str(s.path)] for s in shards}  # in shard order
+    if any(nonfinite.values()):
+        logger.warning("%d rows of embeddings hold NaN or Inf (see the report's nonfinite_rows)",
+                       sum(nonfinite.values()))
+    return nonfinite

@@ -91,6 +91,15 @@ def _check_dims(metas: list[ShardPlan]) -> int:
     return first.embedding_dim
 
 
+def _refuse_repeated_paths(paths: list[Path]) -> None:
+    first: dict[Path, Path] = {}
+    for path in paths:
+        key = path.resolve()
+        if key in first:
+            raise ShardError(path, f"listed twice (also as {first[key]})")
+        first[key] = path
+
+
 def _scan_shard(path: Path, index: IdIndex) -> ShardPlan:
     with open_shard(path) as handle:
         meta = read_shard_meta(handle, path)
@@ -122,6 +131,7 @@ def plan_merge(
     """
     if not shard_files:
         raise MergeError("No shard files provided")
+    _refuse_repeated_paths([Path(p) for p in shard_files])
     expected = None if expected_sequence_ids is None else as_id_set(expected_sequence_ids)
     index = IdIndex(expected)
     shards: list[ShardPlan] = []

@@ -25,7 +25,7 @@ from .errors import MergeError
 from .plan import MergePlan
 from .shards import open_shard
 
-__all__ = ["build_report", "write_report", "read_merge_report", "format_report", "REPORT_GROUP"]
+__all__ = ["build_report", "record_nonfinite", "write_report", "read_merge_report", "format_report", "REPORT_GROUP"]
 
 REPORT_GROUP = "merge_report"
 FORMAT_VERSION = 1
@@ -49,6 +49,7 @@ def build_report(plan: MergePlan, chunk_size: int) -> dict:
                 "status": s.status,
                 "dtype": None if s.dtype is None else str(s.dtype),
                 "error": s.error,
+                "nonfinite_rows": 0,
             }
             for s in plan.shards
         ],
@@ -56,8 +57,16 @@ def build_report(plan: MergePlan, chunk_size: int) -> dict:
         "num_expected": plan.num_expected,
         "num_missing": len(plan.missing_ids),
         "num_extra": plan.num_extra,
+        "nonfinite_rows": 0,
         "missing_ids": list(plan.missing_ids),
     }
+
+
+def record_nonfinite(report: dict, counts: dict[str, int]) -> None:
+    """Put the rows holding NaN or Inf, per shard path, into ``report``."""
+    for shard in report["shards"]:
+        shard["nonfinite_rows"] = counts.get(shard["path"], 0)
+    report["nonfinite_rows"] = sum(counts.values())
 
 
 def write_report(handle: h5py.File, report: dict) -> None:
@@ -132,5 +141,7 @@ def format_report(report: dict) -> str:
             lines.append(f"first missing IDs: {', '.join(report['missing_ids'][:10])}")
         if report.get("num_extra"):
             lines.append(f"extra sequences (not expected): {report['num_extra']}")
+    if report.get("nonfinite_rows"):
+        lines.append(f"rows holding NaN or Inf: {report['nonfinite_rows']}")
     lines.append(f"partial: {report['partial']}")
     return "\n".join(lines)

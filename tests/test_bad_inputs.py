@@ -1,0 +1,158 @@
+"""The bad-input catalogue (README): each kind gets a clear error or a defined behaviour.
+
+Structural problems of a single shard are in ``test_shards.py`` and expected-ID file
+problems in ``test_expected.py``; this file holds the rest.
+"""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.helpers import ids, read_datasets
+from virnucpro_merge import (
+    NonFiniteError,
+    OutputError,
+    ShardError,
+    UnreadableShardError,
+    aggregate_shards,
+    read_merge_report,
+)
+from virnucpro_merge.cli import main
+
+
+def raw_shard(path, embeddings, sequence_ids, ids_dtype=None):
+    with h5py.File(path, "w") as f:
+        f.create_dataset("embeddings", data=embeddings)
+        f.create_dataset("sequence_ids", data=sequence_ids, dtype=ids_dtype)
+    return path
+
+
+def test_fixed_length_byte_ids_are_decoded(tmp_path):
+    shard = raw_shard(tmp_path / "s.h5", np.ones((2, 3), "f4"), np.array(["α1".encode(), b"b2"], dtype="S4"))
+    _, seq = read_datasets(aggregate_shards([shard], tmp_path / "o.h5", {"α1", "b2"}))
+    assert seq == ["α1", "b2"]
+
+
+def test_non_utf8_ids(tmp_path):
+    shard = raw_shard(tmp_path / "s.h5", np.ones((2, 3), "f4"), np.array([b"ok", b"\xff\xfe"], dtype=object),
+                      ids_dtype=h5py.string_dtype("utf-8"))
+    with pytest.raises(ShardError, match=r"s\.h5: a sequence ID near row 0 is not valid UTF-8"):
+        aggregate_shards([shard], tmp_path / "o.h5")
+
+
+def test_empty_and_padded_ids_kept_exactly(make_shard, tmp_path):
+    odd = ["", " lead", "trail ", "\tx\n"]
+    out = aggregate_shards([make_shard("shard_0", odd)], tmp_path / "o.h5", set(odd))
+    assert read_datasets(out)[1] == odd
+
+
+def test_same_shard_listed_twice(make_shard, tmp_path):
+    shard = make_shard("shard_0", ["a"])
+    with pytest.raises(ShardError, match=r"shard_0\.h5: listed twice \(also as .*shard_0\.h5\)"):
+        aggregate_shards([shard, tmp_path / "." / "shard_0.h5"], tmp_path / "o.h5")
+
+
+def test_extra_datasets_are_ignored(make_shard, tmp_path):
+    shard = make_shard("shard_0", ["a", "b"])
+    with h5py.File(shard, "a") as f:
+        f.create_dataset("attention", data=np.zeros((2, 5)))
+        f.create_group("meta").attrs["model"] = "esm2_t33_650M"
+    emb, seq = read_datasets(aggregate_shards([shard], tmp_path / "o.h5"))
+    with h5py.File(tmp_path / "o.h5") as f:
+        assert sorted(f) == ["embeddings", "merge_report", "sequence_ids"]
+    assert seq == ["a", "b"]
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "S8"])
+def test_complex_or_string_embeddings(tmp_path, dtype):
+    shard = raw_shard(tmp_path / "s.h5", np.zeros((1, 2), dtype), np.array([b"a"]))
+    with pytest.raises(ShardError, match=rf"s\.h5: 'embeddings' has dtype .*; expected float32 or float16"):
+        aggregate_shards([shard], tmp_path / "o.h5")
+
+
+def test_thousand_shards_one_file_open_at_a_time(tmp_path):
+    """1,000 shards merge with the process allowed only 64 open files."""
+    rng = np.random.default_rng(0)
+    for rank in range(1000):
+        raw_shard(tmp_path / f"shard_{rank}.h5", rng.standard_normal((2, 4)).astype("f4"),
+                  np.array([f"r{rank}a", f"r{rank}b"], dtype=object), ids_dtype=h5py.string_dtype())
+    out = tmp_path / "out" / "merged.h5"
+    out.parent.mkdir()
+
+    def few_files():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    done = subprocess.run([sys.executable, "-m", "virnucpro_merge", "-q", "aggregate", str(tmp_path), "-o", str(out)],
+                          capture_output=True, text=True, preexec_fn=few_files, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = read_merge_report(out)
+    assert report["total_sequences"] == 2000 and len(report["shards"]) == 1000
+    assert read_datasets(out)[1][-2:] == ["r999a", "r999b"]
+
+
+def test_shard_still_being_written(make_shard, tmp_path):
+    """HDF5 file locking: a worker that still has its shard open for writing."""
+    shard = make_shard("shard_0", ["a"])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import h5py, sys; f = h5py.File(sys.argv[1], 'a'); print('open', flush=True); sys.stdin.read()",
+         str(shard)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        try:
+            aggregate_shards([shard], tmp_path / "o.h5")
+        except UnreadableShardError as err:
+            assert str(err) == f"{shard}: file is locked: is a worker still writing it?"
+        else:
+            pytest.skip("this filesystem does not enforce HDF5 file locks")
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_output_folder_read_only(make_shard, tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        with pytest.raises(OutputError, match=r"ro/o\.h5: cannot write in folder .*ro \(Read-only file system\)"):
+            aggregate_shards([make_shard("shard_0", ["a"])], folder / "o.h5")
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+class TestNonFinite:
+    @pytest.fixture
+    def shards(self, make_shard):
+        clean = make_shard("shard_0", ids("c", 30))
+        bad32 = np.ones((25, 8), "f4")
+        bad32[[3, 7, 7, 20], [0, 1, 2, 5]] = [np.nan, np.inf, -np.inf, np.nan]
+        bad16 = np.ones((10, 8), "f2")
+        bad16[9, 0] = np.inf  # what an overflow in unstable fp16 inference leaves
+        return [clean, make_shard("shard_1", ids("x", 25), embeddings=bad32),
+                make_shard("shard_2", ids("y", 10), embeddings=bad16)]
+
+    def test_counted_per_shard(self, shards, tmp_path):
+        report = read_merge_report(aggregate_shards(shards, tmp_path / "o.h5", chunk_size=4))
+        assert [s["nonfinite_rows"] for s in report["shards"]] == [0, 3, 1]
+        assert report["nonfinite_rows"] == 4
+
+    def test_fail_on_nonfinite(self, shards, tmp_path):
+        with pytest.raises(NonFiniteError, match=r"4 rows of embeddings hold NaN or Inf, in 2 shards: .*shard_1\.h5 \(3\), .*shard_2\.h5 \(1\)"):
+            aggregate_shards(shards, tmp_path / "o.h5", fail_on_nonfinite=True)
+        assert list(tmp_path.glob("o.h5*")) == [] and list(tmp_path.glob(".o.h5*")) == []
+
+    def test_cli_flag_exits_1(self, shards, tmp_path, capsys):
+        argv = ["aggregate", *map(str, shards), "-o", str(tmp_path / "o.h5")]
+        assert main([*argv, "--fail-on-nonfinite"]) == 1
+        assert "hold NaN or Inf" in capsys.readouterr().err
+        assert main(argv) == 0
+        assert "4 rows of embeddings hold NaN or Inf" in capsys.readouterr().err

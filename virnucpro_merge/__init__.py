@@ -18,7 +18,7 @@ from .errors import (
     ValidationError,
 )
 from .expected import read_expected_ids
-from .merge import CHUNK_SIZE, aggregate_shards
+from .merge import CHUNK_SIZE, aggregate_shards, materialize
 from .report import read_merge_report
 from .shards import get_shard_info
 from .validation import validate_shard_completeness
@@ -27,6 +27,7 @@ __all__ = [
     "__version__",
     "CHUNK_SIZE",
     "aggregate_shards",
+    "materialize",
     "validate_shard_completeness",
     "get_shard_info",
     "read_merge_report",

@@ -21,7 +21,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ._version import __version__
 from .errors import MergeError, ValidationError
 from .expected import read_expected_ids
-from .merge import CHUNK_SIZE, aggregate_shards
+from .merge import CHUNK_SIZE, aggregate_shards, materialize
 from .plan import plan_merge
 from .report import format_report, read_merge_report
 from .shards import expand_shard_args, get_shard_info
@@ -85,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
                      help=f"rows copied at a time (default {CHUNK_SIZE})")
     agg.add_argument("--partial", action="store_true",
                      help="skip failed shards and record missing IDs instead of failing")
+    agg.add_argument("--layout", choices=("contiguous", "virtual"), default="contiguous",
+                     help="virtual: copy no embeddings, map the shards in place (default: contiguous)")
+    agg.add_argument("--order", choices=("shards", "index"), default="shards",
+                     help="index: rows in the order of --expected (a sequence index or ID list); "
+                          "default: shard by shard")
     agg.add_argument("--fail-on-nonfinite", action="store_true",
                      help="fail (exit 1) if any embedding holds NaN or Inf; by default they are counted")
     agg.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -98,17 +103,32 @@ def _parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="describe a shard or a merged file")
     info.add_argument("path", type=Path, metavar="SHARD_OR_MERGED")
 
+    mat = sub.add_parser("materialize", help="copy a virtual output's embeddings into a self-contained file")
+    mat.add_argument("virtual", type=Path, metavar="VIRTUAL")
+    mat.add_argument("-o", "--output", required=True, type=Path, help="the self-contained file to write")
+    mat.add_argument("--chunk-size", type=_positive_int, default=CHUNK_SIZE, metavar="N",
+                     help=f"rows copied at a time (default {CHUNK_SIZE})")
+    mat.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="show a progress bar (default: when stderr is a terminal)")
+
     demo = sub.add_parser("demo", help="make a synthetic 8-worker run, merge it and report")
     demo.add_argument("directory", nargs="?", type=Path, default=Path("demo_run"), metavar="DIR",
                       help="folder for the run (default: ./demo_run)")
     return parser
 
 
+def _progress(args: argparse.Namespace) -> tuple[bool, contextlib.AbstractContextManager]:
+    """Whether to show a bar, and the context that keeps log lines from breaking it."""
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    return progress, logging_redirect_tqdm(loggers=[logger]) if progress else contextlib.nullcontext()
+
+
 def _cmd_aggregate(args: argparse.Namespace) -> int:
     shards = expand_shard_args(args.shards)
     expected = read_expected_ids(args.expected) if args.expected else None
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
-    redirect = logging_redirect_tqdm(loggers=[logger]) if progress else contextlib.nullcontext()
+    if args.order == "index" and expected is None:
+        raise MergeError("--order index needs --expected (the run's sequence index, or IDs in index order)")
+    progress, redirect = _progress(args)
     with redirect:
         output = aggregate_shards(
             shards,
@@ -118,6 +138,8 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
             partial=args.partial,
             progress=progress,
             fail_on_nonfinite=args.fail_on_nonfinite,
+            layout=args.layout,
+            order=args.order,
         )
     report = read_merge_report(output)
     if report["partial"]:
@@ -142,6 +164,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_INVALID if plan.missing_ids else EXIT_OK
 
 
+def _cmd_materialize(args: argparse.Namespace) -> int:
+    progress, redirect = _progress(args)
+    with redirect:
+        materialize(args.virtual, args.output, chunk_size=args.chunk_size, progress=progress)
+    return EXIT_OK
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     info = get_shard_info(args.path)
     print(f"path: {info['path']}")
@@ -150,8 +179,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"dtype: {info['dtype']}")
     print(f"first IDs: {', '.join(info['sequence_ids_sample'])}")
     if info["merged"]:
+        report = read_merge_report(args.path)
         print()
-        print(format_report(read_merge_report(args.path)))
+        print(format_report(report))
+        if report.get("source_problems"):
+            return EXIT_INVALID
     return EXIT_OK
 
 
@@ -167,7 +199,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"aggregate": _cmd_aggregate, "validate": _cmd_validate, "info": _cmd_info, "demo": _cmd_demo}
+COMMANDS = {
+    "aggregate": _cmd_aggregate,
+    "validate": _cmd_validate,
+    "info": _cmd_info,
+    "materialize": _cmd_materialize,
+    "demo": _cmd_demo,
+}
 
 
 class _Formatter(logging.Formatter):

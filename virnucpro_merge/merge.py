@@ -22,11 +22,13 @@ from ._copy import (
     recheck,
 )
 from .errors import MergeError, NonFiniteError, OutputError
+from ._reorder import RowOrder, index_order, write_in_order
 from .plan import OK, MergePlan, plan_merge
-from .report import build_report, record_nonfinite, write_report
+from .report import build_report, read_merge_report, record_nonfinite, write_report
 from .shards import EMBEDDINGS, SEQUENCE_IDS, first_line
+from .sources import fingerprint, relative_source, resolve_source
 
-__all__ = ["CHUNK_SIZE", "aggregate_shards"]
+__all__ = ["CHUNK_SIZE", "aggregate_shards", "materialize", "write_merge"]
 
 logger = logging.getLogger("virnucpro_merge")
 
@@ -44,6 +46,26 @@ def _check_output_path(output: Path, shard_files: Sequence[Path]) -> None:
             raise OutputError(f"{output}: the output path is also an input shard")
 
 
+LAYOUTS = ("contiguous", "virtual")
+ORDERS = ("shards", "index")
+
+
+def _check_options(chunk_size: int, layout: str, order: str, expected, fail_on_nonfinite: bool) -> None:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise MergeError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    if layout not in LAYOUTS:
+        raise MergeError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if order not in ORDERS:
+        raise MergeError(f"order must be one of {ORDERS}, got {order!r}")
+    if order == "index":
+        if layout == "virtual":
+            raise MergeError("order='index' writes the embeddings, so it needs layout='contiguous'")
+        if expected is None or isinstance(expected, (set, frozenset)):
+            raise MergeError("order='index' needs expected_sequence_ids in index order (a list, not a set)")
+    if fail_on_nonfinite and layout == "virtual":
+        raise MergeError("fail_on_nonfinite reads every embedding, which layout='virtual' never does")
+
+
 def aggregate_shards(
     shard_files: Sequence[str | os.PathLike[str]],
     output_path: str | os.PathLike[str],
@@ -53,6 +75,8 @@ def aggregate_shards(
     partial: bool = False,
     progress: bool = False,
     fail_on_nonfinite: bool = False,
+    layout: str = "contiguous",
+    order: str = "shards",
 ) -> Path:
     """Merge shard files into one HDF5 file, checking that no sequence is lost.
 
@@ -63,7 +87,8 @@ def aggregate_shards(
     Parameters
     ----------
     shard_files : sequence of path-like
-        The shards, merged in this order (then in-shard row order).
+        The shards, merged in this order (then in-shard row order). A merged
+        output is a valid shard too (a re-run loop); its lineage is recorded.
     output_path : path-like
         The merged file to write. An existing file is replaced only on success.
     expected_sequence_ids : collection of str, optional
@@ -80,6 +105,15 @@ def aggregate_shards(
         Refuse embeddings holding NaN or Inf (:class:`NonFiniteError`). Either
         way, the rows holding them are counted per shard in the report
         (``nonfinite_rows``).
+    layout : {"contiguous", "virtual"}
+        ``"virtual"`` copies no embeddings: the output maps each shard's rows in
+        place (an HDF5 virtual dataset, NaN where a source goes missing), with
+        the IDs and the report stored for real. The shards must then stay where
+        they are; :func:`materialize` makes a self-contained copy.
+    order : {"shards", "index"}
+        ``"index"`` writes rows in the order of ``expected_sequence_ids`` (a
+        list in index order), missing ones left out and their index positions
+        recorded (``missing_positions``); IDs not in the index come last.
 
     Returns
     -------
@@ -96,18 +130,43 @@ def aggregate_shards(
     """
     if not shard_files:
         raise MergeError("No shard files provided")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise MergeError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    _check_options(chunk_size, layout, order, expected_sequence_ids, fail_on_nonfinite)
     shard_paths = [Path(p) for p in shard_files]
     output = Path(output_path)
     _check_output_path(output, shard_paths)
 
     logger.debug("phase: plan")
     plan = plan_merge(shard_paths, expected_sequence_ids, partial=partial)
-    report = build_report(plan, chunk_size)
-    with atomic_output(output, plan.output_bytes) as temp:
+    report = build_report(plan, chunk_size, layout=layout, order=order)
+    row_order = None
+    if order == "index":
+        row_order = index_order(plan, list(expected_sequence_ids))
+        report["missing_positions"] = row_order.missing_positions.tolist()
+    write_merge(plan, output, report, chunk_size=chunk_size, progress=progress,
+                fail_on_nonfinite=fail_on_nonfinite, row_order=row_order)
+    return output
+
+
+def write_merge(
+    plan: MergePlan,
+    output: Path,
+    report: dict,
+    *,
+    chunk_size: int,
+    progress: bool,
+    fail_on_nonfinite: bool = False,
+    row_order: RowOrder | None = None,
+) -> None:
+    """The write step: the planned merge into ``output``, atomically."""
+    virtual = report["layout"] == "virtual"
+    size = plan.output_bytes - (plan.total_sequences * plan.embedding_dim * 4 if virtual else 0)
+    with atomic_output(output, size) as temp:
         try:
-            nonfinite = _write(plan, temp, report, chunk_size=chunk_size, progress=progress)
+            if virtual:
+                _write_virtual(plan, temp, output, report, chunk_size=chunk_size)
+                nonfinite = {}
+            else:
+                nonfinite = _write(plan, temp, report, chunk_size=chunk_size, progress=progress, row_order=row_order)
         except (OSError, RuntimeError) as err:  # reads raise ShardError: this is the output side
             # (h5py reports a failed final flush, e.g. a full disk, as RuntimeError)
             raise OutputError(f"{output}: cannot write the merged file ({first_line(err)})") from err
@@ -115,6 +174,44 @@ def aggregate_shards(
             raise NonFiniteError(nonfinite)
     logger.debug("phase: done")
     logger.info("Aggregation complete: %s, %d sequences", output, plan.total_sequences)
+
+
+def materialize(
+    virtual_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    progress: bool = False,
+) -> Path:
+    """Turn a virtual output into a self-contained one (embeddings copied in).
+
+    The source shards are checked first (present and unchanged since the virtual
+    merge); the copy then takes the normal fast path. The new report keeps the
+    virtual one's findings (missing IDs, failed shards, partial) and names it in
+    ``materialized_from``.
+
+    Raises
+    ------
+    MergeError
+        The file is not a virtual output, or a source shard is missing or changed.
+    """
+    virtual, output = Path(virtual_path), Path(output_path)
+    old = read_merge_report(virtual)
+    if old.get("layout") != "virtual":
+        raise MergeError(f"{virtual}: not a virtual output (its embeddings are already in the file)")
+    if old["source_problems"]:
+        raise MergeError(old["source_problems"][0])
+    sources = [resolve_source(s["path"], virtual) for s in old["sources"]]
+    _check_output_path(output, [virtual, *sources])
+    plan = plan_merge(sources)
+    if plan.total_sequences != old["total_sequences"]:
+        raise MergeError(f"{virtual}: its sources hold {plan.total_sequences} rows, not {old['total_sequences']}")
+    report = build_report(plan, chunk_size)
+    keep = ("shards", "failed_shards", "lineage", "num_expected", "num_missing", "num_extra", "partial", "missing_ids")
+    report.update({k: old[k] for k in keep}, materialized_from=str(virtual))
+    for shard in report["shards"]:
+        shard["nonfinite_rows"] = 0
+    write_merge(plan, output, report, chunk_size=chunk_size, progress=progress)
     return output
 
 
@@ -130,25 +227,29 @@ def _create_embeddings(out: h5py.File, rows: int, dim: int) -> h5py.Dataset:
     return out.create_dataset(EMBEDDINGS, shape=(rows, dim), dtype=OUTPUT_DTYPE, dcpl=dcpl, fill_time="never")
 
 
-def _write(plan: MergePlan, temp: Path, report: dict, *, chunk_size: int, progress: bool) -> dict[str, int]:
-    """Write the output file; return the rows holding NaN or Inf, per shard path."""
+def _write(
+    plan: MergePlan, temp: Path, report: dict, *, chunk_size: int, progress: bool, row_order: RowOrder | None
+) -> dict[str, int]:
+    """Write a self-contained output; return the rows holding NaN or Inf, per shard path."""
     shards = [s for s in plan.shards if s.status == OK]
     nonfinite: dict[str, int] = {}
     for shard in shards:
         recheck(shard)
-    raw = [s for s in shards if raw_copyable(s)]
+    raw = [s for s in shards if raw_copyable(s)] if row_order is None else []
     buffer = np.empty((min(chunk_size, max(plan.total_sequences, 1)), plan.embedding_dim), OUTPUT_DTYPE)
     bar = tqdm(total=plan.total_sequences, unit="seq", desc="Merging", disable=not progress)
     with bar, h5py.File(temp, "w") as out:
         emb_out = _create_embeddings(out, plan.total_sequences, plan.embedding_dim)
         ids_out = out.create_dataset(SEQUENCE_IDS, shape=(plan.total_sequences,), dtype=h5py.string_dtype())
+        if row_order is not None:
+            nonfinite = write_in_order(plan, row_order, emb_out, ids_out, buffer, bar.update)
         for shard in shards:
-            if shard not in raw:
+            if shard not in raw and row_order is None:
                 nonfinite[str(shard.path)] = copy_embeddings_h5py(shard, emb_out, buffer, bar.update)
         out.flush()
         data_offset = emb_out.id.get_offset() if raw else None
         with raw_copy_in_background(raw, temp, data_offset, chunk_size, bar.update):
-            for shard in shards:
+            for shard in shards if row_order is None else []:
                 copy_ids(shard, ids_out, chunk_size)
             for shard in raw:
                 nonfinite[str(shard.path)] = count_nonfinite_raw(shard, buffer)
@@ -161,3 +262,28 @@ def _write(plan: MergePlan, temp: Path, report: dict, *, chunk_size: int, progre
         logger.warning("%d rows of embeddings hold NaN or Inf (see the report's nonfinite_rows)",
                        sum(nonfinite.values()))
     return nonfinite
+
+
+def _write_virtual(plan: MergePlan, temp: Path, output: Path, report: dict, *, chunk_size: int) -> None:
+    """Write a virtual output: IDs and report for real, embeddings mapped from the shards."""
+    shards = [s for s in plan.shards if s.status == OK]
+    report["sources"] = []
+    layout = h5py.VirtualLayout(shape=(plan.total_sequences, plan.embedding_dim), dtype=OUTPUT_DTYPE)
+    for shard in shards:
+        recheck(shard)
+        stored = relative_source(shard.path, output)
+        shape = (shard.num_sequences, shard.embedding_dim)
+        layout[shard.offset : shard.offset + shard.num_sequences] = h5py.VirtualSource(
+            stored, EMBEDDINGS, shape=shape, dtype=shard.dtype
+        )
+        report["sources"].append({"path": stored, **fingerprint(shard.path)})
+    record_nonfinite(report, None)  # never read: not counted
+    with h5py.File(temp, "w") as out:
+        if plan.total_sequences:
+            out.create_virtual_dataset(EMBEDDINGS, layout, fillvalue=np.nan)
+        else:
+            out.create_dataset(EMBEDDINGS, shape=(0, plan.embedding_dim), dtype=OUTPUT_DTYPE)
+        ids_out = out.create_dataset(SEQUENCE_IDS, shape=(plan.total_sequences,), dtype=h5py.string_dtype())
+        for shard in shards:
+            copy_ids(shard, ids_out, chunk_size)
+        write_report(out, report)

@@ -40,6 +40,7 @@ class ShardPlan:
     dtype: np.dtype | None = None
     data_offset: int | None = None
     error: str | None = None
+    merged_from: dict | None = None  # the report summary, when the input is itself a merge
 
     @property
     def usable(self) -> bool:
@@ -57,6 +58,7 @@ class MergePlan:
     num_extra: int = 0
     num_expected: int | None = None
     id_chars: int = 0
+    ids: IdIndex | None = field(default=None, repr=False)  # the IDs' hashes, for order="index"
 
     @property
     def output_bytes(self) -> int:
@@ -111,6 +113,7 @@ def _scan_shard(path: Path, index: IdIndex) -> ShardPlan:
         embedding_dim=meta.embedding_dim,
         dtype=meta.dtype,
         data_offset=meta.data_offset,
+        merged_from=meta.merged_from,
     )
 
 
@@ -155,7 +158,9 @@ def plan_merge(
     for shard in shards:
         placed.append(replace(shard, offset=offset))
         offset += shard.num_sequences
-    plan = MergePlan(shards=placed, total_sequences=offset, embedding_dim=dim, id_chars=index.num_chars)
+    plan = MergePlan(
+        shards=placed, total_sequences=offset, embedding_dim=dim, id_chars=index.num_chars, ids=index
+    )
 
     if expected is not None:
         plan.num_expected = len(expected)

@@ -3,8 +3,10 @@
 Layout inside the output (beside ``embeddings`` and ``sequence_ids``)::
 
     merge_report/            group, attribute ``format_version``
-        summary              scalar UTF-8 string: JSON of everything but the IDs
-        missing_ids          (m,) variable-length UTF-8 strings
+        summary              scalar UTF-8 string: JSON of everything but the lists below
+        missing_ids          (m,) variable-length UTF-8 strings, sorted
+        missing_positions    (m,) int64: index positions of the missing IDs
+                             (only for ``order="index"``)
 
 The summary is a dataset rather than an attribute so that a run of thousands of
 shards never meets HDF5's 64 KiB attribute limit.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -23,15 +26,29 @@ import numpy as np
 from ._version import __version__
 from .errors import MergeError
 from .plan import MergePlan
-from .shards import open_shard
+from .shards import REPORT_GROUP, open_shard, read_report_summary
+from .sources import source_problems
 
 __all__ = ["build_report", "record_nonfinite", "write_report", "read_merge_report", "format_report", "REPORT_GROUP"]
 
-REPORT_GROUP = "merge_report"
+logger = logging.getLogger("virnucpro_merge")
+
 FORMAT_VERSION = 1
+#: Report fields kept as datasets (they grow with the run), with their HDF5 types.
+_ARRAYS = {"missing_ids": h5py.string_dtype(), "missing_positions": np.dtype("int64")}
 
 
-def build_report(plan: MergePlan, chunk_size: int) -> dict:
+def _lineage(plan: MergePlan) -> list[dict]:
+    """The earlier merges this one takes as input (a re-run loop), in input order."""
+    keep = ("created_at", "total_sequences", "partial", "num_missing", "failed_shards")
+    return [
+        {"path": str(s.path), **{k: s.merged_from.get(k) for k in keep}}
+        for s in plan.shards
+        if s.merged_from is not None
+    ]
+
+
+def build_report(plan: MergePlan, chunk_size: int, *, layout: str = "contiguous", order: str = "shards") -> dict:
     """The report of a planned merge, as the dict :func:`read_merge_report` returns."""
     return {
         "format_version": FORMAT_VERSION,
@@ -40,20 +57,24 @@ def build_report(plan: MergePlan, chunk_size: int) -> dict:
         "total_sequences": plan.total_sequences,
         "embedding_dim": plan.embedding_dim,
         "chunk_size": chunk_size,
+        "layout": layout,
+        "order": order,
         "partial": plan.partial,
         "shards": [
             {
                 "path": str(s.path),
                 "num_sequences": s.num_sequences,
-                "offset": s.offset,
+                "offset": s.offset if order == "shards" else None,
                 "status": s.status,
                 "dtype": None if s.dtype is None else str(s.dtype),
                 "error": s.error,
+                "merged": s.merged_from is not None,
                 "nonfinite_rows": 0,
             }
             for s in plan.shards
         ],
         "failed_shards": [str(s.path) for s in plan.failed_shards],
+        "lineage": _lineage(plan),
         "num_expected": plan.num_expected,
         "num_missing": len(plan.missing_ids),
         "num_extra": plan.num_extra,
@@ -62,29 +83,32 @@ def build_report(plan: MergePlan, chunk_size: int) -> dict:
     }
 
 
-def record_nonfinite(report: dict, counts: dict[str, int]) -> None:
-    """Put the rows holding NaN or Inf, per shard path, into ``report``."""
+def record_nonfinite(report: dict, counts: dict[str, int] | None) -> None:
+    """Put the rows holding NaN or Inf, per shard path, into ``report`` (None: not counted)."""
     for shard in report["shards"]:
-        shard["nonfinite_rows"] = counts.get(shard["path"], 0)
-    report["nonfinite_rows"] = sum(counts.values())
+        shard["nonfinite_rows"] = None if counts is None else counts.get(shard["path"], 0)
+    report["nonfinite_rows"] = None if counts is None else sum(counts.values())
 
 
 def write_report(handle: h5py.File, report: dict) -> None:
     """Store ``report`` in an open output file."""
     group = handle.create_group(REPORT_GROUP)
     group.attrs["format_version"] = FORMAT_VERSION
-    summary = {k: v for k, v in report.items() if k != "missing_ids"}
+    summary = {k: v for k, v in report.items() if k not in _ARRAYS}
     group.create_dataset("summary", data=json.dumps(summary), dtype=h5py.string_dtype())
-    group.create_dataset(
-        "missing_ids",
-        data=np.array(report["missing_ids"], dtype=object),
-        shape=(len(report["missing_ids"]),),
-        dtype=h5py.string_dtype(),
-    )
+    for name, dtype in _ARRAYS.items():
+        if name in report:
+            values = report[name]
+            data = np.array(values, dtype=object if dtype.kind == "O" else dtype)
+            group.create_dataset(name, data=data, shape=(len(values),), dtype=dtype)
 
 
 def read_merge_report(merged_path: str | os.PathLike[str]) -> dict:
     """Read the provenance a merge stored in its output.
+
+    For a virtual output, every source shard is checked too: any that is missing or
+    changed since the merge is listed in ``source_problems`` and logged as a warning
+    (reads of its rows would silently give NaN).
 
     Parameters
     ----------
@@ -96,9 +120,13 @@ def read_merge_report(merged_path: str | os.PathLike[str]) -> dict:
     dict
         ``total_sequences``, ``embedding_dim``, ``partial``, ``shards`` (each with
         ``path``, ``num_sequences``, ``offset``, ``status``: ``ok``, ``empty``
-        or ``failed``, and ``error``), ``failed_shards``, ``missing_ids``,
-        ``num_missing``, ``num_extra``, ``num_expected``, ``chunk_size``,
-        ``created_by`` and ``created_at``.
+        or ``failed``, ``error``, ``nonfinite_rows``), ``failed_shards``,
+        ``missing_ids``, ``num_missing``, ``num_extra``, ``num_expected``,
+        ``nonfinite_rows``, ``layout`` (``contiguous`` or ``virtual``), ``order``
+        (``shards`` or ``index``), ``lineage`` (earlier merges taken as input),
+        ``chunk_size``, ``created_by`` and ``created_at``; for a virtual output
+        ``sources`` and ``source_problems``; for ``order="index"``,
+        ``missing_positions``.
 
     Raises
     ------
@@ -107,14 +135,21 @@ def read_merge_report(merged_path: str | os.PathLike[str]) -> dict:
     """
     path = Path(merged_path)
     with open_shard(path) as handle:
-        group = handle.get(REPORT_GROUP)
-        if not isinstance(group, h5py.Group):
+        report = read_report_summary(handle, path)
+        if report is None:
             raise MergeError(f"{path}: not a merged output (no '{REPORT_GROUP}' in it)")
+        group = handle[REPORT_GROUP]
         try:
-            report = json.loads(group["summary"].asstr()[()])
-            report["missing_ids"] = group["missing_ids"].asstr()[:].tolist()
-        except (KeyError, OSError, ValueError) as err:
+            for name, dtype in _ARRAYS.items():
+                if name in group:
+                    values = group[name].asstr()[:] if dtype.kind == "O" else group[name][:]
+                    report[name] = values.tolist()
+        except (OSError, ValueError) as err:
             raise MergeError(f"{path}: damaged merge report ({err})") from err
+    if report.get("layout") == "virtual":
+        report["source_problems"] = source_problems(path, report.get("sources", []))
+        for problem in report["source_problems"]:
+            logger.warning("%s: reads of its rows give NaN", problem)
     return report
 
 
@@ -141,6 +176,10 @@ def format_report(report: dict) -> str:
             lines.append(f"first missing IDs: {', '.join(report['missing_ids'][:10])}")
         if report.get("num_extra"):
             lines.append(f"extra sequences (not expected): {report['num_extra']}")
+    if report.get("layout") == "virtual":
+        lines.append(f"virtual: embeddings stay in {len(report.get('sources', []))} source shards")
+        for problem in report.get("source_problems", []):
+            lines.append(f"PROBLEM: {problem}")
     if report.get("nonfinite_rows"):
         lines.append(f"rows holding NaN or Inf: {report['nonfinite_rows']}")
     lines.append(f"partial: {report['partial']}")

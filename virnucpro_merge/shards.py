@@ -8,6 +8,7 @@ the embeddings are read by :mod:`virnucpro_merge.merge`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -19,11 +20,13 @@ import h5py
 import numpy as np
 
 from .errors import MergeError, ShardError, UnreadableShardError
+from .sources import source_problems
 
-__all__ = ["ShardMeta", "open_shard", "read_shard_meta", "iter_id_chunks", "get_shard_info", "expand_shard_args"]
+__all__ = ["ShardMeta", "open_shard", "open_shard_file", "read_shard_meta", "iter_id_chunks", "get_shard_info", "expand_shard_args"]
 
 EMBEDDINGS = "embeddings"
 SEQUENCE_IDS = "sequence_ids"
+REPORT_GROUP = "merge_report"
 
 # IDs are small: read them in larger slices than the embedding chunks.
 ID_CHUNK = 65536
@@ -41,6 +44,8 @@ class ShardMeta:
     dtype: np.dtype
     #: byte offset of contiguous, uncompressed embeddings in the file (else None)
     data_offset: int | None
+    #: the merge report's summary when the shard is itself a merged output
+    merged_from: dict | None = None
 
 
 def first_line(err: BaseException) -> str:
@@ -69,19 +74,23 @@ def _diagnose_unopenable(path: Path, err: OSError) -> UnreadableShardError:
     return UnreadableShardError(path, f"corrupt HDF5 file ({message})")
 
 
-@contextmanager
-def open_shard(path: str | os.PathLike[str]) -> Iterator[h5py.File]:
-    """Open a shard read-only, turning every failure into a one-line ShardError."""
+def open_shard_file(path: str | os.PathLike[str]) -> h5py.File:
+    """Open a shard read-only (the caller closes it); every failure is a one-line ShardError."""
     path = Path(path)
     if not path.exists():
         raise UnreadableShardError(path, "file does not exist")
     if path.is_dir():
         raise ShardError(path, "is a directory, not a shard file")
     try:
-        handle = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except OSError as err:
         raise _diagnose_unopenable(path, err) from err
-    with handle:
+
+
+@contextmanager
+def open_shard(path: str | os.PathLike[str]) -> Iterator[h5py.File]:
+    """``with open_shard(path) as handle:`` -- :func:`open_shard_file`, closed on exit."""
+    with open_shard_file(path) as handle:
         yield handle
 
 
@@ -96,7 +105,7 @@ def _dataset(handle: h5py.File, name: str, path: Path) -> h5py.Dataset:
 
 def _contiguous_offset(dset: h5py.Dataset, path: Path) -> int | None:
     """File offset of a contiguous dataset's raw bytes, checked against the file size."""
-    if dset.chunks is not None or dset.compression is not None or dset.size == 0:
+    if dset.is_virtual or dset.chunks is not None or dset.compression is not None or dset.size == 0:
         return None
     offset = dset.id.get_offset()
     if offset is None:  # never written: HDF5 returns its fill value
@@ -110,8 +119,12 @@ def _contiguous_offset(dset: h5py.Dataset, path: Path) -> int | None:
     return offset
 
 
-def read_shard_meta(handle: h5py.File, path: str | os.PathLike[str]) -> ShardMeta:
-    """Check an open shard's structure and return its metadata (no data is read)."""
+def read_shard_meta(handle: h5py.File, path: str | os.PathLike[str], *, check_sources: bool = True) -> ShardMeta:
+    """Check an open shard's structure and return its metadata (no data is read).
+
+    A virtual output whose source shards are missing or changed is refused
+    (``check_sources=False`` describes it anyway).
+    """
     path = Path(path)
     emb = _dataset(handle, EMBEDDINGS, path)
     ids = _dataset(handle, SEQUENCE_IDS, path)
@@ -130,13 +143,30 @@ def read_shard_meta(handle: h5py.File, path: str | os.PathLike[str]) -> ShardMet
         )
     if rows > 0 and dim == 0:
         raise ShardError(path, f"'embeddings' has {rows} rows of dimension 0")
+    summary = read_report_summary(handle, path)
+    if emb.is_virtual and check_sources:
+        problems = source_problems(path, (summary or {}).get("sources", []))
+        if problems:  # reading on would silently give NaN rows
+            raise UnreadableShardError(path, f"virtual output with {len(problems)} lost sources: {problems[0]}")
     return ShardMeta(
         path=path,
         num_sequences=rows,
         embedding_dim=dim,
         dtype=emb.dtype,
         data_offset=_contiguous_offset(emb, path),
+        merged_from=summary,
     )
+
+
+def read_report_summary(handle: h5py.File, path: str | os.PathLike[str]) -> dict | None:
+    """The JSON summary of a merged file's report, or None for a plain shard."""
+    group = handle.get(REPORT_GROUP)
+    if not isinstance(group, h5py.Group):
+        return None
+    try:
+        return json.loads(group["summary"].asstr()[()])
+    except (KeyError, OSError, ValueError) as err:
+        raise ShardError(path, f"damaged merge report ({first_line(err)})") from err
 
 
 def iter_id_chunks(
@@ -175,9 +205,9 @@ def get_shard_info(shard_path: str | os.PathLike[str]) -> dict:
         The file is absent, unreadable or not shaped like a shard.
     """
     with open_shard(shard_path) as handle:
-        meta = read_shard_meta(handle, shard_path)
+        meta = read_shard_meta(handle, shard_path, check_sources=False)
         sample = next(iter_id_chunks(handle, shard_path, chunk=5), [])
-        merged = "merge_report" in handle
+        merged = REPORT_GROUP in handle
     return {
         "path": str(shard_path),
         "num_sequences": meta.num_sequences,

@@ -1,0 +1,96 @@
+"""order="index": rows in the run's input order, equal to a reference reordering."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.helpers import read_datasets
+from virnucpro_merge import MergeError, aggregate_shards, read_expected_ids, read_merge_report
+from virnucpro_merge.cli import main
+from virnucpro_merge.synthetic import make_demo_run, write_shard
+
+
+def reference(shard_order_file, index_ids):
+    """Reorder a shard-order merge by the index, in plain Python."""
+    emb, seq = read_datasets(shard_order_file)
+    row = {sequence_id: i for i, sequence_id in enumerate(seq)}
+    present = [i for i in index_ids if i in row]
+    extra = [i for i in seq if i not in set(index_ids)]
+    order = [row[i] for i in present + extra]
+    return emb[order], present + extra
+
+
+@pytest.mark.parametrize("chunk_size", [7, 100, 10000])
+def test_demo_run_in_index_order(tmp_path, chunk_size):
+    run = make_demo_run(tmp_path / "run", n_sequences=600)
+    index_ids = read_expected_ids(run.index)
+    plain = aggregate_shards(run.shard_files, tmp_path / "plain.h5", index_ids, partial=True)
+    ordered = aggregate_shards(run.shard_files, tmp_path / "ordered.h5", index_ids, partial=True,
+                               order="index", chunk_size=chunk_size)
+    emb, seq = read_datasets(ordered)
+    ref_emb, ref_seq = reference(plain, index_ids)
+    assert seq == ref_seq
+    np.testing.assert_array_equal(emb, ref_emb)
+    report = read_merge_report(ordered)
+    missing = read_merge_report(plain)["missing_ids"]
+    assert report["order"] == "index"
+    assert [index_ids[p] for p in report["missing_positions"]] == sorted(missing, key=index_ids.index)
+    assert all(s["offset"] is None for s in report["shards"])
+
+
+def test_scattered_assignment_and_extras(tmp_path):
+    """Not a stride run: positions dealt at random, shuffled within shards, plus IDs not in the index."""
+    rng = np.random.default_rng(11)
+    index_ids = [f"q{i:04d}" for i in range(500)]
+    owner = rng.integers(0, 3, 500)
+    shards = []
+    for rank in range(3):
+        mine = rng.permutation(np.flatnonzero(owner == rank))[: 150]
+        ids = [index_ids[p] for p in mine] + [f"extra{rank}_{k}" for k in range(4)]
+        dtype = "f2" if rank == 1 else "f4"
+        shards.append(write_shard(tmp_path / f"shard_{rank}.h5", ids, rng.standard_normal((len(ids), 8)).astype(dtype)))
+    plain = aggregate_shards(shards, tmp_path / "plain.h5", index_ids, partial=True)
+    ordered = aggregate_shards(shards, tmp_path / "ordered.h5", index_ids, partial=True, order="index", chunk_size=32)
+    emb, seq = read_datasets(ordered)
+    ref_emb, ref_seq = reference(plain, index_ids)
+    assert seq == ref_seq and seq[-12:] == [f"extra{r}_{k}" for r in range(3) for k in range(4)]
+    np.testing.assert_array_equal(emb, ref_emb)
+
+
+def test_strict_and_complete(tmp_path):
+    run = make_demo_run(tmp_path / "run", n_sequences=300, truncated=(), absent=(), empty=(), short={})
+    index_ids = read_expected_ids(run.index)
+    emb, seq = read_datasets(aggregate_shards(run.shard_files, tmp_path / "o.h5", index_ids, order="index"))
+    assert seq == index_ids
+    from virnucpro_merge.synthetic import synthetic_embeddings
+
+    np.testing.assert_array_equal(emb, synthetic_embeddings(np.arange(300), run.dim, run.seed))
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(expected_sequence_ids={"a"}), "in index order \\(a list, not a set\\)"),
+        (dict(expected_sequence_ids=None), "in index order"),
+        (dict(expected_sequence_ids=["a"], layout="virtual"), "needs layout='contiguous'"),
+        (dict(expected_sequence_ids=["a", "a"]), "without repeated sequence IDs"),
+        (dict(expected_sequence_ids=["a"], order="random"), "order must be one of"),
+    ],
+)
+def test_bad_options(make_shard, tmp_path, kwargs, words):
+    kwargs = {"order": "index", **kwargs}
+    with pytest.raises(MergeError, match=words):
+        aggregate_shards([make_shard("shard_0", ["a"])], tmp_path / "o.h5", **kwargs)
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_cli(tmp_path, capsys):
+    run = make_demo_run(tmp_path / "run", n_sequences=200)
+    out = tmp_path / "o.h5"
+    args = ["-q", "aggregate", str(run.directory), "-o", str(out), "--partial", "--order", "index"]
+    assert main(args) == 2
+    assert "--order index needs --expected" in capsys.readouterr().err
+    assert main([*args, "--expected", str(run.index)]) == 0
+    seq = read_datasets(out)[1]
+    assert seq == sorted(seq)  # the demo's IDs sort in index order

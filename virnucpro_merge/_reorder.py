@@ -1,0 +1,151 @@
+"""Writing the output in the run's input order (``order="index"``).
+
+Stride distribution interleaves a run: worker ``r`` of ``N`` holds index positions
+``r, r+N, ...``. To write rows in index order with bounded memory, the output is
+filled block by block (``chunk_size`` rows): each block's rows are gathered from
+every shard that holds some of them (one contiguous span read per shard for a
+stride run), then written in one piece.
+
+Where each index position's row is found comes from the planning step's 64-bit ID
+hashes (8 bytes an ID); every ID is then compared, as a string, with the ID actually
+read from the shard, so a hash collision cannot put a row in the wrong place.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ._copy import nonfinite_rows
+from .errors import ExpectedIdsError, ShardError, UnreadableShardError
+from .plan import OK, MergePlan, ShardPlan
+from .shards import EMBEDDINGS, SEQUENCE_IDS, first_line, open_shard_file
+from .validation import _hashes
+
+__all__ = ["RowOrder", "index_order", "write_in_order"]
+
+# Read a shard's span covering a block's rows when it is at most this many times
+# longer than the rows wanted (always true for stride runs); else read row by row.
+_SPAN_SLACK = 4
+_MAX_OPEN = 32
+
+
+@dataclass
+class RowOrder:
+    """Output row ``i`` is global source row ``source_rows[i]`` (shards concatenated)."""
+
+    source_rows: np.ndarray
+    ordered_ids: np.ndarray  # the index's IDs of the first ``len(ordered_ids)`` output rows
+    missing_positions: np.ndarray  # index positions with no row (missing sequences)
+
+
+def index_order(plan: MergePlan, index_ids: Sequence[str]) -> RowOrder:
+    """Work out where each output row comes from, from the planning step's hashes."""
+    assert plan.ids is not None
+    if len(set(index_ids)) != len(index_ids):
+        raise ExpectedIdsError("order='index' needs an index without repeated sequence IDs")
+    hashes = np.concatenate([h for h in plan.ids._hashes] or [np.empty(0, np.int64)])
+    by_hash = np.argsort(hashes, kind="stable")
+    ordered = hashes[by_hash]
+    wanted = _hashes(index_ids)
+    where = np.minimum(np.searchsorted(ordered, wanted), max(ordered.size - 1, 0))
+    found = ordered[where] == wanted if ordered.size else np.zeros(wanted.size, bool)
+    rows = by_hash[where[found]]
+    used = np.zeros(hashes.size, bool)
+    used[rows] = True
+    return RowOrder(
+        source_rows=np.concatenate([rows, np.flatnonzero(~used)]),  # extra IDs go last
+        ordered_ids=np.array(index_ids, dtype=object)[found],
+        missing_positions=np.flatnonzero(~found),
+    )
+
+
+class _OpenShards:
+    """Keep the most recently used shard files open (at most ``_MAX_OPEN``)."""
+
+    def __init__(self) -> None:
+        self._open: OrderedDict[Path, h5py.File] = OrderedDict()
+
+    def get(self, shard: ShardPlan) -> h5py.File:
+        handle = self._open.pop(shard.path, None)
+        if handle is None:
+            handle = open_shard_file(shard.path)
+            if len(self._open) >= _MAX_OPEN:
+                self._open.popitem(last=False)[1].close()
+        self._open[shard.path] = handle
+        return handle
+
+    def close(self) -> None:
+        for handle in self._open.values():
+            handle.close()
+        self._open.clear()
+
+
+def _read_rows(dset: h5py.Dataset, local: np.ndarray) -> np.ndarray:
+    """``dset[local]`` for sorted, distinct ``local`` rows, reading one span when it pays."""
+    low, high = int(local[0]), int(local[-1]) + 1
+    if high - low <= _SPAN_SLACK * local.size:
+        return dset[low:high][local - low]
+    return dset[local]
+
+
+def write_in_order(
+    plan: MergePlan,
+    order: RowOrder,
+    emb_out: h5py.Dataset,
+    ids_out: h5py.Dataset,
+    buffer: np.ndarray,
+    on_rows: Callable[[int], object],
+) -> dict[str, int]:
+    """Fill the output block by block; return the rows holding NaN or Inf, per shard."""
+    shards = [s for s in plan.shards if s.status == OK]
+    starts = np.array([s.offset for s in shards], dtype=np.int64)
+    nonfinite = {str(s.path): 0 for s in shards}
+    block_rows = buffer.shape[0]
+    handles = _OpenShards()
+    try:
+        for out_start in range(0, order.source_rows.size, block_rows):
+            source = order.source_rows[out_start : out_start + block_rows]
+            owner = np.searchsorted(starts, source, side="right") - 1
+            block = buffer[: source.size]
+            block_ids = np.empty(source.size, dtype=object)
+            for k in np.unique(owner):
+                shard = shards[k]
+                slots = np.flatnonzero(owner == k)
+                local = source[slots] - shard.offset
+                sort = np.argsort(local)
+                handle = handles.get(shard)
+                try:
+                    block[slots[sort]] = _read_rows(handle[EMBEDDINGS], local[sort])
+                    block_ids[slots[sort]] = _read_rows(handle[SEQUENCE_IDS].asstr(), local[sort])
+                except OSError as err:
+                    raise UnreadableShardError(shard.path, f"cannot read rows ({first_line(err)})") from err
+                nonfinite[str(shard.path)] += nonfinite_rows(block[slots])
+            _check_ids(block_ids, order, out_start, shards, owner)
+            stop = out_start + source.size
+            emb_out.write_direct(buffer, np.s_[0 : source.size], np.s_[out_start:stop])
+            ids_out[out_start:stop] = block_ids
+            on_rows(source.size)
+    finally:
+        handles.close()
+    return nonfinite
+
+
+def _check_ids(block_ids: np.ndarray, order: RowOrder, out_start: int, shards, owner) -> None:
+    """Each ordered row's ID, read from its shard, must be the index's ID at that place."""
+    stop = min(out_start + block_ids.size, order.ordered_ids.size)
+    if stop <= out_start:
+        return
+    expected = order.ordered_ids[out_start:stop]
+    got = block_ids[: stop - out_start]
+    if not np.array_equal(got, expected):
+        bad = int(np.flatnonzero(got != expected)[0])
+        raise ShardError(
+            shards[owner[bad]].path,
+            f"row for {expected[bad]!r} holds {got[bad]!r} (64-bit hash collision; please report)",
+        )

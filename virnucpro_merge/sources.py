@@ -1,0 +1,50 @@
+"""The shard files a virtual output reads from: where they are and whether they changed.
+
+A virtual output stores no embeddings; its ``embeddings`` dataset maps each shard's
+rows in place. HDF5 does not fail when a source file is later moved or deleted: it
+silently returns the fill value. So every source is recorded with its size and
+modification time, and checked whenever the output is read through this package.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["fingerprint", "relative_source", "resolve_source", "source_problems"]
+
+
+def relative_source(shard: Path, output: Path) -> str:
+    """The shard's path as a virtual output should store it: relative to the output's folder.
+
+    HDF5 resolves a relative source path against the folder of the virtual file, so
+    the run folder can be moved or copied as a whole.
+    """
+    try:
+        return os.path.relpath(shard.resolve(), output.resolve().parent)
+    except ValueError:  # another drive (Windows): only an absolute path works
+        return str(shard.resolve())
+
+
+def resolve_source(stored: str, output: Path) -> Path:
+    """Where a stored source path points, seen from the output's folder."""
+    path = Path(stored)
+    return path if path.is_absolute() else output.resolve().parent / path
+
+
+def fingerprint(path: Path) -> dict:
+    """Size and modification time of a source file: cheap, and changed by any rewrite."""
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def source_problems(output: Path, sources: list[dict]) -> list[str]:
+    """One line for each recorded source that is missing or changed since the merge."""
+    problems = []
+    for source in sources:
+        path = resolve_source(source["path"], output)
+        if not path.exists():
+            problems.append(f"{path}: source shard of the virtual output {output} is missing")
+        elif fingerprint(path) != {"size": source["size"], "mtime_ns": source["mtime_ns"]}:
+            problems.append(f"{path}: source shard of the virtual output {output} changed since the merge")
+    return problems

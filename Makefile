@@ -4,13 +4,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := demo_run
+REPORT := reports
+# nbval: the kernel is this venv's Python; the sanitize file masks what varies by machine.
+NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 
 # Same hash seed for storing and re-running notebooks (set ordering, see NOTEBOOKS.md).
 export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test unit bench clean
+.PHONY: help install demo report notebooks test unit nbval torture bench clean
 
 help: ## Show this list of targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,13 +28,30 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP) ## Create .venv and install the package with its test extras
 
-demo: $(STAMP) ## Build the synthetic 8-worker run, merge it, print the report
+demo: $(STAMP) ## Build the synthetic 8-worker run, merge it, print the report, render reports/*.html
 	$(BIN)/virnucpro-merge demo $(DEMO)
+	$(BIN)/python notebooks/render.py html --output-dir $(REPORT)
+
+report: $(STAMP) ## Execute the notebooks and render them to reports/*.html (no demo run)
+	$(BIN)/python notebooks/render.py html --output-dir $(REPORT)
+
+notebooks: $(STAMP) ## Re-execute the notebooks in place, strip metadata (review the diff, then commit)
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+		--ExecutePreprocessor.kernel_name=python3 --ExecutePreprocessor.record_timing=False \
+		notebooks/[0-9][0-9]_*.ipynb
+	$(BIN)/python notebooks/render.py clean
 
 unit: $(STAMP) ## Run the unit tests only
 	$(BIN)/python -m pytest tests
 
+nbval: $(STAMP) ## Run the notebooks under nbval only (outputs compared)
+	$(BIN)/python -m pytest $(NBVAL) notebooks
+
 test: unit ## Run the unit tests, then the notebooks under nbval
+	$(BIN)/python -m pytest $(NBVAL) notebooks
+
+torture: $(STAMP) ## Kill 50 merges at random moments; print which phases the kills hit
+	$(BIN)/python -m tests.killing --trials 50
 
 bench: $(STAMP) ## Run the merge benchmark (several minutes)
 	$(BIN)/python benchmarks/bench_merge.py

@@ -163,3 +163,19 @@ def test_python_dash_m(tmp_path):
     )
     assert done.returncode == 2
     assert done.stderr.strip() == f"virnucpro-merge: error: {tmp_path / 'x.h5'}: file does not exist"
+
+
+def test_rerun(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["-q", "demo", str(run_dir)]) == 0
+    capsys.readouterr()
+    fasta = tmp_path / "missing.fasta"
+    assert main(["rerun", str(run_dir / "embeddings.h5"), "--index", str(run_dir / "sequence_index.json"),
+                 "-o", str(fasta)]) == 0
+    assert "Wrote 850 missing sequences" in capsys.readouterr().err
+    headers = [line for line in fasta.read_text().splitlines() if line.startswith(">")]
+    assert len(headers) == 850 and headers[0] == ">seq000003"
+    (run_dir / "sequences.fasta").write_bytes(b"\n" + (run_dir / "sequences.fasta").read_bytes())
+    assert main(["rerun", str(run_dir / "embeddings.h5"), "--index", str(run_dir / "sequence_index.json"),
+                 "-o", str(tmp_path / "again.fasta")]) == 2
+    assert "should start the record of seq000003" in one_error_line(capsys.readouterr().err)

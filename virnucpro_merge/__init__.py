@@ -9,6 +9,7 @@ from ._version import __version__
 from .errors import (
     DuplicateIdError,
     ExpectedIdsError,
+    IndexMismatchError,
     MergeError,
     MissingIdsError,
     NonFiniteError,
@@ -20,6 +21,7 @@ from .errors import (
 from .expected import read_expected_ids
 from .merge import CHUNK_SIZE, aggregate_shards, materialize
 from .report import read_merge_report
+from .rerun import write_missing_fasta
 from .shards import get_shard_info
 from .validation import validate_shard_completeness
 
@@ -32,10 +34,12 @@ __all__ = [
     "get_shard_info",
     "read_merge_report",
     "read_expected_ids",
+    "write_missing_fasta",
     "MergeError",
     "ShardError",
     "UnreadableShardError",
     "ExpectedIdsError",
+    "IndexMismatchError",
     "OutputError",
     "ValidationError",
     "DuplicateIdError",

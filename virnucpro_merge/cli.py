@@ -24,6 +24,7 @@ from .expected import read_expected_ids
 from .merge import CHUNK_SIZE, aggregate_shards, materialize
 from .plan import plan_merge
 from .report import format_report, read_merge_report
+from .rerun import write_missing_fasta
 from .shards import expand_shard_args, get_shard_info
 from .synthetic import make_demo_run
 
@@ -111,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
     mat.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="show a progress bar (default: when stderr is a terminal)")
 
+    rerun = sub.add_parser("rerun", help="write the FASTA of the sequences a partial merge lacks")
+    rerun.add_argument("merged", type=Path, metavar="MERGED")
+    rerun.add_argument("--index", required=True, type=Path, metavar="INDEX",
+                       help="the run's sequence-index JSON (sequence_id, file_path, byte_offset)")
+    rerun.add_argument("-o", "--output", required=True, type=Path, help="the FASTA file to write")
+
     demo = sub.add_parser("demo", help="make a synthetic 8-worker run, merge it and report")
     demo.add_argument("directory", nargs="?", type=Path, default=Path("demo_run"), metavar="DIR",
                       help="folder for the run (default: ./demo_run)")
@@ -171,6 +178,12 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_rerun(args: argparse.Namespace) -> int:
+    written = write_missing_fasta(args.merged, args.index, args.output)
+    logger.info("Wrote %d missing sequences to %s", written, args.output)
+    return EXIT_OK
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     info = get_shard_info(args.path)
     print(f"path: {info['path']}")
@@ -204,6 +217,7 @@ COMMANDS = {
     "validate": _cmd_validate,
     "info": _cmd_info,
     "materialize": _cmd_materialize,
+    "rerun": _cmd_rerun,
     "demo": _cmd_demo,
 }
 

@@ -12,6 +12,7 @@ __all__ = [
     "ShardError",
     "UnreadableShardError",
     "ExpectedIdsError",
+    "IndexMismatchError",
     "OutputError",
     "ValidationError",
     "DuplicateIdError",
@@ -49,6 +50,15 @@ class UnreadableShardError(ShardError):
 
 class ExpectedIdsError(MergeError):
     """A file of expected sequence IDs cannot be read or parsed."""
+
+
+class IndexMismatchError(MergeError):
+    """A run's sequence index cannot be followed to the sequences it lists.
+
+    Its FASTA file is absent, unreadable or gzip-compressed, the record at a byte
+    offset is not the one the index names (or is of another length), or a sequence
+    the merged file lacks is not in the index at all.
+    """
 
 
 class OutputError(MergeError):

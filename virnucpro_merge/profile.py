@@ -7,6 +7,12 @@ while the callable runs. Allocations by C libraries (HDF5, numpy) count as well 
 Python's own. Optionally :mod:`tracemalloc` also reports the peak of memory allocated
 through Python's allocators (numpy arrays included, HDF5's internal buffers not).
 
+Memory a program frees is often kept by the C allocator for reuse rather than handed
+back to the operating system, so one call's leftovers can hide the next call's needs
+(the RSS does not rise while the freed memory is reused). :func:`profile_memory`
+therefore first collects garbage and, with glibc, calls ``malloc_trim(0)`` to return
+free heap memory to the system before it takes the baseline.
+
 Sampling can miss a spike shorter than ``interval``; the peak is the largest sample,
 so it is a lower bound of the true peak. The numbers are not deterministic: show them,
 but test conclusions drawn from them (one peak well below another), not the values.
@@ -16,6 +22,10 @@ but test conclusions drawn from them (one peak well below another), not the valu
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import gc
 import threading
 import time
 import tracemalloc
@@ -25,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MemoryProfile", "profile_memory", "MIB"]
+__all__ = ["MemoryProfile", "profile_memory", "release_free_memory", "MIB"]
 
 #: Bytes in a mebibyte, for printing RSS values.
 MIB = 1024**2
@@ -68,6 +78,29 @@ class MemoryProfile:
         return max(self.peak - self.baseline, 0)
 
 
+def release_free_memory() -> bool:
+    """Collect garbage and hand free C-heap memory back to the OS (glibc only).
+
+    Returns True when ``malloc_trim`` was available and called.
+    """
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None on other C libraries."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+
+
 class _Sampler(threading.Thread):
     """Read the RSS every ``interval`` seconds until stopped."""
 
@@ -94,7 +127,7 @@ class _Sampler(threading.Thread):
 
 
 def profile_memory(
-    func: Callable[[], Any], *, interval: float = 0.005, trace_python: bool = False
+    func: Callable[[], Any], *, interval: float = 0.005, trace_python: bool = False, release: bool = True
 ) -> MemoryProfile:
     """Run ``func()`` while sampling the process's resident memory.
 
@@ -108,6 +141,10 @@ def profile_memory(
     trace_python : bool
         Also measure the peak of Python-level allocations with :mod:`tracemalloc`
         (slows allocation-heavy code down; off by default).
+    release : bool
+        Before the baseline, collect garbage and return free heap memory to the
+        OS (:func:`release_free_memory`), so earlier work's freed memory is not
+        silently reused by ``func``.
 
     Returns
     -------
@@ -137,6 +174,8 @@ def profile_memory(
     import psutil
 
     process = psutil.Process()
+    if release:
+        release_free_memory()
     start = time.perf_counter()
     sampler = _Sampler(process, interval, start)
     sampler.sample()

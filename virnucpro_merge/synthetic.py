@@ -25,12 +25,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .errors import IndexMismatchError
+from .expected import _fasta_ids, read_sequence_index
+
 __all__ = [
     "DemoRun",
     "make_demo_run",
     "stride_positions",
     "synthetic_embeddings",
     "write_shard",
+    "embed_fasta_like_run",
     "FASTA_NAME",
     "INDEX_NAME",
 ]
@@ -80,6 +84,56 @@ def write_shard(
             "sequence_ids", data=np.array(list(sequence_ids), dtype=object), dtype=h5py.string_dtype()
         )
     return path
+
+
+def embed_fasta_like_run(
+    fasta_path: str | os.PathLike[str],
+    index_path: str | os.PathLike[str],
+    shard_path: str | os.PathLike[str],
+    dim: int,
+    seed: int,
+) -> Path:
+    """Simulate a re-run worker: embed a FASTA's sequences as the run would have.
+
+    Each sequence gets :func:`synthetic_embeddings` of its position in the run's
+    sequence index, so a re-run of missing sequences reproduces exactly the rows
+    the failed workers should have written. Rows follow the FASTA's order; a FASTA
+    without records gives an idle worker's empty shard.
+
+    Parameters
+    ----------
+    fasta_path : path-like
+        The sequences to embed (e.g. from :func:`~virnucpro_merge.rerun.write_missing_fasta`).
+    index_path : path-like
+        The run's sequence-index JSON, which gives each ID its position.
+    shard_path : path-like
+        The shard to write.
+    dim, seed : int
+        The run's embedding dimension and seed (``DemoRun.dim``, ``DemoRun.seed``).
+
+    Returns
+    -------
+    Path
+        ``shard_path``.
+
+    Raises
+    ------
+    IndexMismatchError
+        A sequence of the FASTA is not in the index.
+    """
+    with open(fasta_path, encoding="utf-8") as fh:
+        ids = list(_fasta_ids(fh))
+    wanted = set(ids)
+    positions = {
+        r["sequence_id"]: i for i, r in enumerate(read_sequence_index(index_path)) if r["sequence_id"] in wanted
+    }
+    unknown = [seq_id for seq_id in ids if seq_id not in positions]
+    if unknown:
+        raise IndexMismatchError(
+            f"{index_path}: {len(unknown)} sequences of {fasta_path} are not in it: {unknown[:10]}"
+        )
+    rows = [positions[seq_id] for seq_id in ids]
+    return write_shard(shard_path, ids, synthetic_embeddings(rows, dim, seed))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,142 @@
+"""Per-shard summaries and the missing-ID matrix (virnucpro_merge.inspection)."""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pytest
+
+import virnucpro_merge.inspection
+from virnucpro_merge import read_expected_ids, validate_shard_completeness
+from virnucpro_merge.inspection import (
+    ABSENT,
+    DUPLICATED,
+    EMPTY,
+    FAILED,
+    INCOMPLETE,
+    OK,
+    format_shard_table,
+    inspect_run,
+    rank_paths,
+    write_id_list,
+)
+from virnucpro_merge.synthetic import make_demo_run, write_shard
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The default demo run: 2000 sequences, 8 ranks; 3 truncated, 5 absent, 6 short, 7 empty."""
+    run = make_demo_run(tmp_path_factory.mktemp("demo"))
+    return run, inspect_run(run.shard_files, run.sequence_ids)
+
+
+def test_demo_summary_matches_the_failures(demo):
+    run, found = demo
+    assert [s.rank for s in found.shards] == list(range(8))
+    assert [s.expected for s in found.shards] == [250] * 8
+    assert [s.present for s in found.shards] == [250, 250, 250, 0, 250, 0, 150, 0]
+    assert [s.missing for s in found.shards] == [0, 0, 0, 250, 0, 250, 100, 250]
+    assert [s.status for s in found.shards] == [OK, OK, OK, FAILED, OK, ABSENT, INCOMPLETE, EMPTY]
+    assert "truncated" in found.shards[3].error
+    assert found.shards[5].error == "file does not exist"
+    assert found.shards[0].error is None
+
+
+def test_demo_missing_matrix_is_what_the_failures_imply(demo):
+    run, found = demo
+    expected = np.zeros((8, 250), dtype=bool)
+    expected[[3, 5, 7], :] = True  # lost shards: whole rows
+    expected[6, 150:] = True  # died after 60 % of its 250: the tail
+    assert found.missing.dtype == bool
+    np.testing.assert_array_equal(found.missing, expected)
+    assert found.assigned.all()
+    assert found.num_missing == 850
+
+
+def test_missing_ids_agree_with_validation(demo):
+    run, found = demo
+    readable = [p for r, p in enumerate(run.shard_files) if r not in run.failed_ranks]
+    missing, extra = validate_shard_completeness(readable, run.sequence_ids)
+    assert found.missing_ids == sorted(missing)
+    assert extra == set()
+    # Cell (r, j) is index position r + j * N.
+    assert found.missing_ids[:3] == ["seq000003", "seq000005", "seq000007"]
+    assert all(int(i[3:]) % 8 in (3, 5, 6, 7) for i in found.missing_ids)
+
+
+def test_uneven_assignment_is_padded_and_masked(tmp_path):
+    # 10 sequences over 4 ranks: ranks 0, 1 get 3; ranks 2, 3 get 2.
+    run = make_demo_run(tmp_path, n_sequences=10, world_size=4, dim=4,
+                        truncated=(), absent=(3,), empty=(), short={})
+    found = inspect_run(run.shard_files, run.sequence_ids)
+    assert found.missing.shape == found.assigned.shape == (4, 3)
+    assert found.assigned.tolist() == [[True] * 3, [True] * 3, [True, True, False], [True, True, False]]
+    assert found.missing.tolist() == [[False] * 3, [False] * 3, [False] * 3, [True, True, False]]
+    assert [s.expected for s in found.shards] == [3, 3, 2, 2]
+    assert found.missing_ids == ["seq000003", "seq000007"]
+
+
+def test_more_ranks_than_sequences(tmp_path):
+    run = make_demo_run(tmp_path, n_sequences=2, world_size=3, dim=4,
+                        truncated=(), absent=(), empty=(), short={})
+    found = inspect_run(run.shard_files, run.sequence_ids)
+    # rank 2 was assigned nothing and wrote a (0, 0) shard: that is fine.
+    assert [(s.expected, s.present, s.status) for s in found.shards] == [(1, 1, OK), (1, 1, OK), (0, 0, OK)]
+    assert found.num_missing == 0
+
+
+def test_duplicates_within_and_across_shards(tmp_path):
+    ids = ["a", "b", "c", "d"]
+    emb = np.zeros((2, 3), dtype=np.float32)
+    write_shard(tmp_path / "shard_0.h5", ["a", "a"], emb)  # a, c expected
+    write_shard(tmp_path / "shard_1.h5", ["b", "a"], emb)  # b, d expected; a is rank 0's
+    found = inspect_run(rank_paths(tmp_path, 2), ids)
+    assert [s.status for s in found.shards] == [DUPLICATED, DUPLICATED]
+    assert found.missing_ids == ["c", "d"]
+
+
+def test_a_directory_or_garbage_file_is_failed_not_raised(tmp_path):
+    (tmp_path / "shard_0.h5").mkdir()
+    (tmp_path / "shard_1.h5").write_bytes(b"not hdf5 at all")
+    (tmp_path / "shard_2.h5").write_bytes(b"")
+    found = inspect_run(rank_paths(tmp_path, 3), ["x", "y", "z"])
+    assert [s.status for s in found.shards] == [FAILED] * 3
+    assert "not an HDF5 file" in found.shards[1].error
+    assert "0 bytes" in found.shards[2].error
+    assert found.missing.all()
+
+
+def test_no_shards_is_an_error():
+    with pytest.raises(ValueError, match="No shard files provided"):
+        inspect_run([], ["a"])
+
+
+def test_counts_and_table(demo):
+    _, found = demo
+    counts = found.counts()
+    assert counts["present"] == [s.present for s in found.shards]
+    assert counts["status"][3] == FAILED
+    table = format_shard_table(found.shards).splitlines()
+    assert len(table) == 1 + 8 + 1
+    assert table[4].split() == ["3", "shard_3.h5", "250", "0", "250", "failed"]
+    assert table[-1].split() == ["total", "2000", "1150", "850"]
+    assert "/" not in "\n".join(table)  # file names only, never the folder
+
+
+def test_write_id_list_round_trips(tmp_path, demo):
+    _, found = demo
+    out = write_id_list(found.missing_ids, tmp_path / "rerun.txt")
+    assert out == tmp_path / "rerun.txt"
+    assert read_expected_ids(out) == found.missing_ids
+    assert out.read_bytes().count(b"\n") == 850
+
+
+def test_rank_paths_include_absent_files(tmp_path):
+    paths = rank_paths(tmp_path, 12)
+    assert [p.name for p in paths[9:]] == ["shard_9.h5", "shard_10.h5", "shard_11.h5"]
+    assert not any(p.exists() for p in paths)
+
+
+def test_docstring_examples():
+    assert doctest.testmod(virnucpro_merge.inspection).failed == 0

@@ -1,0 +1,121 @@
+"""The figures (virnucpro_merge.plots), drawn headless with Agg."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.colors import to_hex  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from virnucpro_merge.inspection import inspect_run  # noqa: E402
+from virnucpro_merge.plots import (  # noqa: E402
+    STATUS_COLORS,
+    plot_memory_profile,
+    plot_missing_heatmap,
+    plot_peak_scaling,
+    plot_shard_counts,
+)
+from virnucpro_merge.profile import MIB, MemoryProfile  # noqa: E402
+from virnucpro_merge.synthetic import make_demo_run  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def found(tmp_path_factory):
+    run = make_demo_run(tmp_path_factory.mktemp("demo"), n_sequences=203, world_size=8, dim=4)
+    return inspect_run(run.shard_files, run.sequence_ids)
+
+
+def _profile(peak_mib: float, n: int = 5) -> MemoryProfile:
+    rss = (100 + np.r_[0, np.full(n - 2, peak_mib), 0]) * MIB
+    return MemoryProfile(times=np.linspace(0, 1, n), rss=rss.astype(np.int64), baseline=100 * MIB,
+                         peak=int(rss.max()), elapsed=1.0)
+
+
+def test_shard_counts_two_bars_per_rank_coloured_by_status(found):
+    fig = plot_shard_counts(found.shards)
+    assert isinstance(fig, Figure)
+    (ax,) = fig.axes
+    bars = ax.patches
+    assert len(bars) == 2 * 8
+    expected, present = bars[:8], bars[8:]
+    assert [b.get_height() for b in expected] == [s.expected for s in found.shards]
+    assert [b.get_height() for b in present] == [s.present for s in found.shards]
+    assert [to_hex(b.get_facecolor()) for b in present] == [STATUS_COLORS[s.status].lower() for s in found.shards]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[3] == "3\nfailed" and labels[5] == "5\nabsent"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["expected", "present: ok", "present: incomplete", "present: empty",
+                      "present: failed", "present: absent"]
+
+
+def test_missing_heatmap_shows_the_matrix_and_the_padding(found):
+    fig = plot_missing_heatmap(found)
+    (ax,) = fig.axes
+    (image,) = ax.get_images()
+    cells = np.asarray(image.get_array())
+    assert cells.shape == (8, 26)  # ceil(203 / 8)
+    np.testing.assert_array_equal(cells == 1, found.missing)
+    # 203 = 8 * 25 + 3: ranks 3..7 have 25 positions, their 26th cell is padding.
+    assert (cells[3:, 25] == 2).all() and (cells[:3, 25] != 2).all()
+    assert ax.get_title() == f"Missing sequences: {found.num_missing} of 203"
+    assert [t.get_text() for t in ax.get_yticklabels()][0] == "rank 0"
+
+
+def test_memory_profile_one_line_per_call():
+    fig = plot_memory_profile({"chunked": _profile(10), "naive": _profile(200)})
+    (ax,) = fig.axes
+    lines = ax.get_lines()
+    assert len(lines) == 2
+    assert lines[1].get_ydata().max() == pytest.approx(200)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "chunked (peak +10 MiB)", "naive (peak +200 MiB)"]
+
+
+def test_peak_scaling_in_mib():
+    fig = plot_peak_scaling([1, 2, 4], {"naive": [MIB, 2 * MIB, 4 * MIB], "chunked": [MIB] * 3})
+    (ax,) = fig.axes
+    assert [line.get_label() for line in ax.get_lines()] == ["naive", "chunked"]
+    assert ax.get_lines()[0].get_ydata().tolist() == [1, 2, 4]
+
+
+def test_draws_on_a_given_axes_and_saves_png(found, tmp_path):
+    fig, (left, right) = plt.subplots(1, 2)
+    assert plot_shard_counts(found.shards, ax=left) is fig
+    assert plot_missing_heatmap(found, ax=right) is fig
+    fig.savefig(tmp_path / "both.png", dpi=50)
+    assert (tmp_path / "both.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_never_show(monkeypatch, found):
+    monkeypatch.setattr(plt, "show", lambda *a, **k: pytest.fail("plt.show() called by the library"))
+    plot_shard_counts(found.shards)
+    plot_missing_heatmap(found)
+    plot_memory_profile({"a": _profile(1)})
+    plot_peak_scaling([1], {"a": [1]})
+
+
+def test_shard_counts_marks_shards_without_rows(found):
+    (ax,) = plot_shard_counts(found.shards).axes
+    (crosses,) = ax.collections
+    xs = crosses.get_offsets()[:, 0]
+    assert xs.tolist() == pytest.approx([3.2, 5.2, 7.2])  # failed, absent, empty
+    assert [to_hex(c) for c in crosses.get_facecolors()] == [
+        STATUS_COLORS[s].lower() for s in ("failed", "absent", "empty")]
+
+
+def test_shard_counts_many_ranks_only_numbers(tmp_path):
+    run = make_demo_run(tmp_path, n_sequences=64, world_size=16, dim=4, short={})
+    (ax,) = plot_shard_counts(inspect_run(run.shard_files, run.sequence_ids).shards).axes
+    assert [t.get_text() for t in ax.get_xticklabels()][:3] == ["0", "1", "2"]
+    assert len(ax.patches) == 32

@@ -1,0 +1,284 @@
+"""The re-run loop: the FASTA of exactly the sequences a partial merge lacks.
+
+A ``partial=True`` merge records in its report which expected IDs it lacks. The
+run's sequence index (``{"sequences": [{"sequence_id", "length", "file_path",
+"byte_offset"}, ...]}``) says where each sequence's record starts in its FASTA
+file, so those records are read by seeking, never by scanning the input. The
+FASTA written here is what re-run workers embed; their shards are then merged
+with the partial output into a complete one::
+
+    write_missing_fasta("embeddings.h5", "sequence_index.json", "missing.fasta")
+    # ... re-embed missing.fasta into rerun_0.h5 ...
+    aggregate_shards(["embeddings.h5", "rerun_0.h5"], "complete.h5", expected)
+
+An index that no longer matches its FASTA files (edited, re-generated, compressed
+or moved since the run) is refused with an :class:`IndexMismatchError` that names
+the file, the byte offset and what was found there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+from ._atomic import atomic_output
+from .errors import IndexMismatchError, OutputError
+from .expected import read_sequence_index
+from .report import read_merge_report
+
+__all__ = ["write_missing_fasta"]
+
+logger = logging.getLogger("virnucpro_merge")
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_MAX_OPEN = 32  # FASTA files kept open at once; an index groups its records by file
+_SHOWN = 60  # characters of a wrong header quoted in an error
+_NEARBY = 4096  # bytes searched either side of a wrong offset for the right header
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """Where the index says one missing sequence's record is."""
+
+    sequence_id: str
+    fasta: Path
+    byte_offset: int
+    length: int | None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _select(records: list[dict], missing: set[str], index_path: Path, merged_path: Path) -> list[_Wanted]:
+    """The index records of the ``missing`` IDs, in index order, checked for shape."""
+    wanted: list[_Wanted] = []
+    seen: set[str] = set()
+    fastas: dict[str, Path] = {}  # file_path as written -> resolved, one Path per file
+    for position, record in enumerate(records):
+        seq_id = record["sequence_id"]
+        if seq_id not in missing:
+            continue
+        if seq_id in seen:
+            raise IndexMismatchError(f"{index_path}: {seq_id} is listed twice (second time at position {position})")
+        seen.add(seq_id)
+        file_path, offset, length = record.get("file_path"), record.get("byte_offset"), record.get("length")
+        if not (isinstance(file_path, str) and file_path and _is_int(offset) and offset >= 0) or not (
+            length is None or (_is_int(length) and length >= 0)
+        ):
+            raise IndexMismatchError(
+                f"{index_path}: the record of {seq_id} (position {position}) needs a file_path, "
+                f"a byte_offset >= 0 and optionally a length, it has {record!r}"
+            )
+        fasta = fastas.get(file_path)
+        if fasta is None:
+            fasta = fastas[file_path] = index_path.parent / file_path  # an absolute file_path stays absolute
+        wanted.append(_Wanted(seq_id, fasta, offset, length))
+    absent = missing - seen
+    if absent:
+        names = sorted(absent)
+        if len(names) == 1:
+            problem = f"{names[0]}, missing from {merged_path}, is not in this index"
+        else:
+            problem = f"{len(names)} IDs missing from {merged_path} are not in this index (first 10: {names[:10]})"
+        raise IndexMismatchError(f"{index_path}: {problem}: is it the index of this run?")
+    return wanted
+
+
+def _show(line: bytes) -> str:
+    """A line found where a header should be, quoted for an error message."""
+    if not line:
+        return "the end of the file"
+    text = line.rstrip(b"\r\n").decode("utf-8", "replace")
+    if not text.strip():
+        return "a blank line"
+    return repr(text[:_SHOWN] + "..." if len(text) > _SHOWN else text)
+
+
+class _FastaReader:
+    """Read FASTA records by byte offset, opening each file on first use."""
+
+    def __init__(self, index_path: Path) -> None:
+        self._index_name = index_path.name
+        self._handles: OrderedDict[Path, BinaryIO] = OrderedDict()
+
+    def __enter__(self) -> _FastaReader:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        while self._handles:
+            self._handles.popitem()[1].close()
+
+    def _handle(self, path: Path) -> BinaryIO:
+        """The open file ``path`` (opened and checked on first use)."""
+        handle = self._handles.get(path)
+        if handle is not None:
+            self._handles.move_to_end(path)
+            return handle
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 - closed by __exit__ or eviction
+        except FileNotFoundError as err:
+            raise IndexMismatchError(f"{path}: FASTA file does not exist (named by {self._index_name})") from err
+        except IsADirectoryError as err:
+            raise IndexMismatchError(f"{path}: is a directory, not a FASTA file (named by {self._index_name})") from err
+        except OSError as err:
+            raise IndexMismatchError(f"{path}: cannot read FASTA file ({err.strerror or err})") from err
+        if handle.read(2) == _GZIP_MAGIC:
+            handle.close()
+            raise IndexMismatchError(
+                f"{path}: gzip-compressed FASTA, which byte offsets cannot address: "
+                f"decompress it and point {self._index_name} at the plain file"
+            )
+        if len(self._handles) >= _MAX_OPEN:
+            self._handles.popitem(last=False)[1].close()
+        self._handles[path] = handle
+        return handle
+
+    def _hint(self, handle: BinaryIO, want: _Wanted) -> str:
+        """Where the right header is, if it sits near the wrong offset."""
+        start = max(0, want.byte_offset - _NEARBY)
+        handle.seek(start)
+        prefix = b"" if start else b"\n"  # a header at byte 0 follows no newline
+        window = prefix + handle.read(want.byte_offset + _NEARBY - start)
+        target = b"\n>" + want.sequence_id.encode()
+        at = window.find(target)
+        while at >= 0:
+            if window[at + len(target) : at + len(target) + 1] in (b"", b"\n", b"\r", b" ", b"\t"):
+                byte = start + at + 1 - len(prefix)
+                return f"; its header is at byte {byte}: was the FASTA changed after the index was made?"
+            at = window.find(target, at + 1)
+        return "; was the FASTA changed after the index was made?"
+
+    def read(self, want: _Wanted) -> bytes:
+        """The record of ``want``, verbatim, checked against the index."""
+        handle = self._handle(want.fasta)
+        handle.seek(want.byte_offset)
+        try:
+            header = handle.readline()
+            words = header[1:].split(maxsplit=1) if header.startswith(b">") else []
+            if not words or words[0] != want.sequence_id.encode():
+                found = _show(header)
+                if not header:
+                    found += f" ({os.fstat(handle.fileno()).st_size} bytes)"
+                raise IndexMismatchError(
+                    f"{want.fasta}: byte {want.byte_offset} should start the record of {want.sequence_id} "
+                    f"(from {self._index_name}), found {found}{self._hint(handle, want)}"
+                )
+            parts = [header]
+            residues = 0
+            while True:
+                line = handle.readline()
+                if not line or line.startswith(b">"):
+                    break
+                parts.append(line)
+                residues += len(line.strip())
+        except OSError as err:
+            raise IndexMismatchError(f"{want.fasta}: cannot read FASTA file ({err.strerror or err})") from err
+        if want.length is not None and residues != want.length:
+            raise IndexMismatchError(
+                f"{want.fasta}: the record of {want.sequence_id} at byte {want.byte_offset} holds "
+                f"{residues} residues, {self._index_name} says {want.length}"
+            )
+        record = b"".join(parts)
+        return record if record.endswith(b"\n") else record + b"\n"
+
+
+def _refuse_overwriting_inputs(output: Path, inputs: list[Path]) -> None:
+    """Stop before a FASTA, index or merged file is replaced by the output."""
+    resolved = output.resolve()
+    for path in inputs:
+        if path.resolve() == resolved:
+            raise OutputError(f"{output}: is an input of this re-run; choose another output path")
+
+
+def write_missing_fasta(
+    merged_path: str | os.PathLike[str],
+    index_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+) -> int:
+    """Write the FASTA records of the sequences a partial merge lacks.
+
+    The missing IDs come from the merged file's report; each is looked up in the
+    run's sequence index and its record read by byte offset (each FASTA file is
+    opened once and never read whole). Every record is checked: its header's
+    first word must be the ID, and its sequence must have the index's
+    ``length`` where the index gives one. Records are written verbatim, in index
+    order. A merge that lacks nothing gives an empty FASTA.
+
+    Parameters
+    ----------
+    merged_path : path-like
+        A file written by :func:`aggregate_shards`, usually with ``partial=True``
+        and expected IDs.
+    index_path : path-like
+        The run's sequence-index JSON. Relative ``file_path`` entries are taken
+        relative to its folder.
+    output_path : path-like
+        The FASTA to write; it appears atomically, whole or not at all.
+
+    Returns
+    -------
+    int
+        The number of sequences written.
+
+    Raises
+    ------
+    MergeError
+        ``merged_path`` is unreadable or carries no merge report.
+    ExpectedIdsError
+        ``index_path`` is absent, unreadable or not a sequence index.
+    IndexMismatchError
+        A missing ID is not in the index, or the index no longer matches its
+        FASTA files: a file is absent, unreadable or gzip-compressed, or the
+        record at an offset is another sequence or of another length.
+    OutputError
+        ``output_path`` cannot be written, or is one of the inputs.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from virnucpro_merge import aggregate_shards, read_expected_ids
+    >>> from virnucpro_merge.synthetic import make_demo_run
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> run = make_demo_run(folder, n_sequences=40, world_size=4, absent=(1,), truncated=(), empty=(), short={})
+    >>> merged = aggregate_shards(run.shard_files, folder / "merged.h5", read_expected_ids(run.index), partial=True)
+    >>> write_missing_fasta(merged, run.index, folder / "missing.fasta")
+    10
+    """
+    merged_path, index_path, output_path = Path(merged_path), Path(index_path), Path(output_path)
+    report = read_merge_report(merged_path)
+    missing = set(report["missing_ids"])
+    wanted = _select(read_sequence_index(index_path), missing, index_path, merged_path)
+    fastas = list(dict.fromkeys(w.fasta for w in wanted))
+    _refuse_overwriting_inputs(output_path, [merged_path, index_path, *fastas])
+
+    if not wanted:
+        if report.get("num_expected") is None:
+            logger.warning(
+                "%s was merged without expected IDs, so it records none missing; writing an empty %s",
+                merged_path,
+                output_path,
+            )
+        else:
+            logger.info("%s lacks no expected sequence; writing an empty %s", merged_path, output_path)
+
+    size_hint = sum((w.length or 0) + len(w.sequence_id) + 2 for w in wanted)
+    with atomic_output(output_path, size_hint) as temp, _FastaReader(index_path) as reader, open(temp, "wb") as out:
+        for want in wanted:
+            out.write(reader.read(want))
+    if wanted:
+        logger.info(
+            "Wrote the %d sequences missing from %s (from %d FASTA files) to %s",
+            len(wanted),
+            merged_path,
+            len(fastas),
+            output_path,
+        )
+    return len(wanted)

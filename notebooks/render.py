@@ -94,9 +94,10 @@ ul {{ list-style: none; padding: 0; }} li {{ margin-bottom: 2rem; }} h2 {{ margi
 img {{ max-width: 28rem; border: 1px solid #ddd; }}
 </style></head><body>
 <h1>virnucpro_merge: run report</h1>
-<p>The four notebooks, executed afresh. Notebooks 01 to 03 use the seeded synthetic run of
+<p>The notebooks, executed afresh. Notebooks 01 to 03 and 05 use the seeded synthetic run of
 <code>virnucpro-merge demo</code> (8 workers, 2000 sequences, four of the workers failed);
-04 measures merges of clean runs of 10&nbsp;000 to 40&nbsp;000 sequences. To open them
+04 measures merges of clean runs of 10&nbsp;000 to 40&nbsp;000 sequences; 05 re-runs the
+missing sequences, merges without copying (virtual) and in the run's input order. To open them
 interactively: <code>pip install -e '.[jupyter]'</code>, then <code>jupyter lab notebooks/</code>.</p>
 <ul>
 {items}

@@ -26,6 +26,7 @@ MIN_FIGURES = {
     "02_per_shard_counts.ipynb": 1,
     "03_missing_id_heatmap.ipynb": 1,
     "04_memory_profile.ipynb": 2,
+    "05_rerun_missing.ipynb": 2,
 }
 MAX_BYTES = 200_000
 ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:tmp|home|root|work|Users|private|var/folders)/")
@@ -76,7 +77,7 @@ def _texts(cell: nbformat.NotebookNode) -> list[str]:
     return texts
 
 
-def test_the_four_notebooks_and_only_those():
+def test_the_numbered_notebooks_and_only_those():
     assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(MIN_FIGURES)
 
 
@@ -150,6 +151,17 @@ def test_the_demo_notebooks_show_the_strict_failure():
     (error,) = [o for o in failing.outputs if o.output_type == "error"]
     assert error.ename == "UnreadableShardError"
     assert error.evalue.startswith("demo_run/shard_3.h5: truncated")
+
+
+def test_the_rerun_notebook_shows_the_stale_index_failure_and_closes_the_loop():
+    cells = _code_cells(_load("05_rerun_missing.ipynb"))
+    (failing,) = [c for c in cells if "raises-exception" in _markers(c)]
+    (error,) = [o for o in failing.outputs if o.output_type == "error"]
+    assert error.ename == "IndexMismatchError"
+    assert error.evalue.startswith("demo_run/sequences.fasta: byte ")
+    texts = "\n".join(t for c in cells for t in _texts(c))
+    assert "partial: False" in texts and "missing sequences: 0 of 2000 expected" in texts
+    assert "rows now NaN: 850" in texts and "IDs equal the sequence index: True" in texts
 
 
 def test_the_memory_notebook_concludes_true():

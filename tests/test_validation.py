@@ -82,3 +82,26 @@ def test_missing_id_hidden_by_a_collision_is_still_found(make_shard, monkeypatch
     shard = make_shard("shard_0", ["aa", "b"])  # hashes 2 and 1: no repeat among the shard IDs
     # "cc" hashes like "aa": by hash alone it would look present
     assert validate_shard_completeness([shard], {"aa", "b", "cc"}) == ({"cc"}, set())
+
+
+def test_errors_survive_pickling():
+    """Dask workers send exceptions back pickled: they must arrive whole."""
+    import pickle
+
+    from virnucpro_merge import (
+        DuplicateIdError,
+        MissingIdsError,
+        NonFiniteError,
+        ShardError,
+        UnreadableShardError,
+    )
+
+    for err in (
+        ShardError("s.h5", "bad"),
+        UnreadableShardError("s.h5", "truncated"),
+        DuplicateIdError("x", "b.h5", "a.h5"),
+        MissingIdsError(["a", "b"]),
+        NonFiniteError({"s.h5": 3}),
+    ):
+        again = pickle.loads(pickle.dumps(err))
+        assert type(again) is type(err) and str(again) == str(err)

@@ -6,6 +6,7 @@
 """
 
 from ._version import __version__
+from .cluster import to_dask
 from .errors import (
     DuplicateIdError,
     ExpectedIdsError,
@@ -25,6 +26,7 @@ from .rerun import write_missing_fasta
 from .shards import get_shard_info
 from .validation import validate_shard_completeness
 
+
 __all__ = [
     "__version__",
     "CHUNK_SIZE",
@@ -35,6 +37,7 @@ __all__ = [
     "read_merge_report",
     "read_expected_ids",
     "write_missing_fasta",
+    "to_dask",
     "MergeError",
     "ShardError",
     "UnreadableShardError",

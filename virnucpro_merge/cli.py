@@ -100,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("shards", nargs="+", metavar="SHARD_OR_DIR", help=shards_help)
     val.add_argument("--expected", type=Path, required=True, metavar="FILE",
                      help="expected IDs: text, FASTA or index JSON")
+    for command in (agg, val):
+        dask = command.add_mutually_exclusive_group()
+        dask.add_argument("--scheduler", metavar="ADDRESS",
+                          help="check IDs on this Dask scheduler's workers (needs the dask extra)")
+        dask.add_argument("--workers", type=_positive_int, metavar="N",
+                          help="check IDs on a local Dask cluster of N worker processes")
 
     info = sub.add_parser("info", help="describe a shard or a merged file")
     info.add_argument("path", type=Path, metavar="SHARD_OR_MERGED")
@@ -130,23 +136,44 @@ def _progress(args: argparse.Namespace) -> tuple[bool, contextlib.AbstractContex
     return progress, logging_redirect_tqdm(loggers=[logger]) if progress else contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def _dask_client(args: argparse.Namespace):
+    """The Dask client that --scheduler or --workers asks for, or None."""
+    if not (args.scheduler or args.workers):
+        yield None
+        return
+    from .cluster import connect
+
+    with connect(args.scheduler, args.workers) as client:
+        logger.info("Dask cluster with %d workers; dashboard: %s",
+                    len(client.scheduler_info()["workers"]), client.dashboard_link)
+        yield client
+
+
+def _expected_for(args: argparse.Namespace, client) -> object:
+    """The expected IDs: read here, or (on a cluster) the file, streamed by each worker."""
+    if args.expected is None:
+        return None
+    return args.expected if client is not None else read_expected_ids(args.expected)
+
+
 def _cmd_aggregate(args: argparse.Namespace) -> int:
     shards = expand_shard_args(args.shards)
-    expected = read_expected_ids(args.expected) if args.expected else None
-    if args.order == "index" and expected is None:
+    if args.order == "index" and args.expected is None:
         raise MergeError("--order index needs --expected (the run's sequence index, or IDs in index order)")
     progress, redirect = _progress(args)
-    with redirect:
+    with redirect, _dask_client(args) as client:
         output = aggregate_shards(
             shards,
             args.output,
-            expected,
+            _expected_for(args, client),
             chunk_size=args.chunk_size,
             partial=args.partial,
             progress=progress,
             fail_on_nonfinite=args.fail_on_nonfinite,
             layout=args.layout,
             order=args.order,
+            client=client,
         )
     report = read_merge_report(output)
     if report["partial"]:
@@ -159,8 +186,8 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     shards = expand_shard_args(args.shards)
-    expected = read_expected_ids(args.expected)
-    plan = plan_merge(shards, expected, partial=True)
+    with _dask_client(args) as client:
+        plan = plan_merge(shards, _expected_for(args, client), partial=True, client=client)
     print(f"{len(shards)} shards, {plan.total_sequences} sequences, {plan.num_expected} expected IDs")
     for shard in plan.failed_shards:
         print(f"failed: {shard.path}: {shard.error}")

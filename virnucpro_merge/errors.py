@@ -39,6 +39,9 @@ class ShardError(MergeError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):  # picklable, so that Dask workers can raise it
+        return type(self), (self.path, self.problem)
+
 
 class UnreadableShardError(ShardError):
     """A shard file is absent, truncated, corrupt or half-written.
@@ -83,6 +86,9 @@ class DuplicateIdError(ValidationError):
         )
         super().__init__(f"Duplicate sequence ID found: {sequence_id} {where}")
 
+    def __reduce__(self):
+        return type(self), (self.sequence_id, self.shard, self.first_shard)
+
 
 class MissingIdsError(ValidationError):
     """Some expected sequence IDs are in no shard."""
@@ -93,6 +99,9 @@ class MissingIdsError(ValidationError):
             f"Missing {len(missing)} expected sequences. "
             f"First 10 missing IDs: {missing[:10]}"
         )
+
+    def __reduce__(self):
+        return type(self), (self.missing,)
 
 
 class NonFiniteError(ValidationError):
@@ -105,3 +114,6 @@ class NonFiniteError(ValidationError):
             f"{sum(self.counts.values())} rows of embeddings hold NaN or Inf, in {len(self.counts)} "
             f"shards: {shards}"
         )
+
+    def __reduce__(self):
+        return type(self), (self.counts,)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .errors import ExpectedIdsError
 
-__all__ = ["read_expected_ids", "read_sequence_index"]
+__all__ = ["iter_expected_ids", "read_expected_ids", "read_sequence_index"]
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -72,6 +72,28 @@ def _text_ids(lines: Iterator[str]) -> Iterator[str]:
             yield stripped
 
 
+def iter_expected_ids(path: str | os.PathLike[str]) -> Iterator[str]:
+    """Yield the expected IDs of a text, FASTA or sequence-index JSON file, in file order.
+
+    Text and FASTA files are streamed line by line; a JSON index is parsed whole.
+    """
+    path = Path(path)
+    with _open_text(path) as fh:
+        try:
+            first = ""
+            for first in fh:
+                if first.strip():
+                    break
+            if first.lstrip().startswith("{"):
+                fh.close()
+                yield from (r["sequence_id"] for r in read_sequence_index(path))
+            else:
+                lines = _chain(first, fh)
+                yield from (_fasta_ids(lines) if first.startswith(">") else _text_ids(lines))
+        except UnicodeDecodeError as err:
+            raise ExpectedIdsError(f"{path}: not UTF-8 text") from err
+
+
 def read_expected_ids(path: str | os.PathLike[str]) -> list[str]:
     """Read expected sequence IDs from a text, FASTA or sequence-index JSON file.
 
@@ -90,21 +112,7 @@ def read_expected_ids(path: str | os.PathLike[str]) -> list[str]:
     ExpectedIdsError
         The file is absent, unreadable, malformed, or holds no ID.
     """
-    path = Path(path)
-    with _open_text(path) as fh:
-        try:
-            first = ""
-            for first in fh:
-                if first.strip():
-                    break
-            if first.lstrip().startswith("{"):
-                fh.close()
-                ids = [r["sequence_id"] for r in read_sequence_index(path)]
-            else:
-                lines = _chain(first, fh)
-                ids = list(_fasta_ids(lines) if first.startswith(">") else _text_ids(lines))
-        except UnicodeDecodeError as err:
-            raise ExpectedIdsError(f"{path}: not UTF-8 text") from err
+    ids = list(iter_expected_ids(path))
     if not ids:
         raise ExpectedIdsError(f"{path}: no sequence IDs in this file")
     return ids

@@ -77,6 +77,7 @@ def aggregate_shards(
     fail_on_nonfinite: bool = False,
     layout: str = "contiguous",
     order: str = "shards",
+    client: object | None = None,
 ) -> Path:
     """Merge shard files into one HDF5 file, checking that no sequence is lost.
 
@@ -114,6 +115,11 @@ def aggregate_shards(
         ``"index"`` writes rows in the order of ``expected_sequence_ids`` (a
         list in index order), missing ones left out and their index positions
         recorded (``missing_positions``); IDs not in the index come last.
+    client : dask.distributed.Client, optional
+        Plan on this Dask cluster: shards scanned by its workers, IDs checked
+        hash-partitioned across them (:mod:`virnucpro_merge.cluster`); then
+        write as usual. ``expected_sequence_ids`` may then be the path
+        (``pathlib.Path``) of an expected-ID file, read by the workers.
 
     Returns
     -------
@@ -131,12 +137,14 @@ def aggregate_shards(
     if not shard_files:
         raise MergeError("No shard files provided")
     _check_options(chunk_size, layout, order, expected_sequence_ids, fail_on_nonfinite)
+    if client is not None and order == "index":
+        raise MergeError("order='index' is not available with a Dask client (it needs the IDs in one place)")
     shard_paths = [Path(p) for p in shard_files]
     output = Path(output_path)
     _check_output_path(output, shard_paths)
 
     logger.debug("phase: plan")
-    plan = plan_merge(shard_paths, expected_sequence_ids, partial=partial)
+    plan = plan_merge(shard_paths, expected_sequence_ids, partial=partial, client=client)
     report = build_report(plan, chunk_size, layout=layout, order=order)
     row_order = None
     if order == "index":

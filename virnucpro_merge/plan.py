@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DuplicateIdError, MergeError, MissingIdsError, ShardError, UnreadableShardError
-from .shards import iter_id_chunks, open_shard, read_shard_meta
+from .shards import ShardMeta, iter_id_chunks, open_shard, read_shard_meta
 from .validation import IdIndex, as_id_set, warn_extra
 
 __all__ = ["ShardPlan", "MergePlan", "plan_merge", "OK", "EMPTY", "FAILED"]
@@ -102,12 +102,10 @@ def _refuse_repeated_paths(paths: list[Path]) -> None:
         first[key] = path
 
 
-def _scan_shard(path: Path, index: IdIndex) -> ShardPlan:
-    with open_shard(path) as handle:
-        meta = read_shard_meta(handle, path)
-        index.add_shard(path, iter_id_chunks(handle, path))
+def shard_plan(meta: ShardMeta) -> ShardPlan:
+    """The plan of a shard that was read (and found sound)."""
     return ShardPlan(
-        path=path,
+        path=meta.path,
         status=OK if meta.num_sequences else EMPTY,
         num_sequences=meta.num_sequences,
         embedding_dim=meta.embedding_dim,
@@ -117,13 +115,68 @@ def _scan_shard(path: Path, index: IdIndex) -> ShardPlan:
     )
 
 
+def failed_shard(err: UnreadableShardError, *, partial: bool) -> ShardPlan:
+    """A crashed worker's shard: skipped by a partial merge, an error otherwise."""
+    if not partial:
+        raise err
+    logger.warning("Skipping %s (partial merge)", err)
+    return ShardPlan(path=Path(err.path), status=FAILED, error=err.problem)
+
+
+def _scan_shard(path: Path, index: IdIndex) -> ShardPlan:
+    with open_shard(path) as handle:
+        meta = read_shard_meta(handle, path)
+        index.add_shard(path, iter_id_chunks(handle, path))
+    return shard_plan(meta)
+
+
+def assemble_plan(
+    shards: list[ShardPlan],
+    *,
+    duplicate: tuple[str, Path, Path] | None,
+    id_chars: int,
+    ids: IdIndex | None = None,
+) -> MergePlan:
+    """Check dimensions and duplicates, then place the shards' rows one after another."""
+    dim = _check_dims(shards)
+    if duplicate is not None:
+        raise DuplicateIdError(*duplicate)
+    offset, placed = 0, []
+    for shard in shards:
+        placed.append(replace(shard, offset=offset))
+        offset += shard.num_sequences
+    return MergePlan(shards=placed, total_sequences=offset, embedding_dim=dim, id_chars=id_chars, ids=ids)
+
+
+def apply_expected(
+    plan: MergePlan, *, num_expected: int, missing: list[str], extra: Collection[str], partial: bool
+) -> None:
+    """Record the comparison with the expected IDs; missing ones raise unless partial."""
+    plan.num_expected = num_expected
+    plan.num_extra = len(extra)
+    warn_extra(extra)
+    if missing:
+        if not partial:
+            raise MissingIdsError(missing)
+        logger.warning(
+            "Missing %d expected sequences (partial merge). First 10 missing IDs: %s",
+            len(missing),
+            missing[:10],
+        )
+        plan.missing_ids = missing
+
+
 def plan_merge(
     shard_files: Sequence[str | os.PathLike[str]],
     expected_sequence_ids: Collection[str] | None = None,
     *,
     partial: bool = False,
+    client: object | None = None,
 ) -> MergePlan:
     """Read every shard's metadata and IDs and decide what the merge will write.
+
+    With a Dask ``client``, the shards are read by its workers and the IDs checked
+    hash-partitioned across them (:mod:`virnucpro_merge.cluster`); the plan is the same.
 
     Raises
     ------
@@ -135,6 +188,12 @@ def plan_merge(
     if not shard_files:
         raise MergeError("No shard files provided")
     _refuse_repeated_paths([Path(p) for p in shard_files])
+    if client is not None:
+        from .cluster import plan_on_cluster
+
+        plan = plan_on_cluster(list(map(Path, shard_files)), expected_sequence_ids, partial=partial, client=client)
+        _log_plan(plan)
+        return plan
     expected = None if expected_sequence_ids is None else as_id_set(expected_sequence_ids)
     index = IdIndex(expected)
     shards: list[ShardPlan] = []
@@ -142,46 +201,23 @@ def plan_merge(
         try:
             shard = _scan_shard(path, index)
         except UnreadableShardError as err:
-            if not partial:
-                raise
-            logger.warning("Skipping %s (partial merge)", err)
-            shard = ShardPlan(path=path, status=FAILED, error=err.problem)
+            shard = failed_shard(err, partial=partial)
         logger.debug("Planned %s: %s, %d sequences", path, shard.status, shard.num_sequences)
         shards.append(shard)
 
-    dim = _check_dims(shards)
-    duplicate = index.find_duplicate()
-    if duplicate is not None:
-        raise DuplicateIdError(*duplicate)
-    offset = 0
-    placed = []
-    for shard in shards:
-        placed.append(replace(shard, offset=offset))
-        offset += shard.num_sequences
-    plan = MergePlan(
-        shards=placed, total_sequences=offset, embedding_dim=dim, id_chars=index.num_chars, ids=index
-    )
-
+    plan = assemble_plan(shards, duplicate=index.find_duplicate(), id_chars=index.num_chars, ids=index)
     if expected is not None:
-        plan.num_expected = len(expected)
-        missing = index.missing()
-        plan.num_extra = len(index.extra)
-        warn_extra(index.extra)
-        if missing:
-            if not partial:
-                raise MissingIdsError(missing)
-            logger.warning(
-                "Missing %d expected sequences (partial merge). First 10 missing IDs: %s",
-                len(missing),
-                missing[:10],
-            )
-            plan.missing_ids = missing
+        apply_expected(plan, num_expected=len(expected), missing=index.missing(), extra=index.extra, partial=partial)
+    _log_plan(plan)
+    return plan
+
+
+def _log_plan(plan: MergePlan) -> None:
     logger.info(
         "Plan: %d shards (%d failed), %d sequences, dimension %d",
-        len(shards),
+        len(plan.shards),
         len(plan.failed_shards),
         plan.total_sequences,
-        dim,
+        plan.embedding_dim,
     )
-    return plan
 

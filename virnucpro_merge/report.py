@@ -149,7 +149,7 @@ def read_merge_report(merged_path: str | os.PathLike[str]) -> dict:
     if report.get("layout") == "virtual":
         report["source_problems"] = source_problems(path, report.get("sources", []))
         for problem in report["source_problems"]:
-            logger.warning("%s: reads of its rows give NaN", problem)
+            logger.warning("%s: its rows read as NaN (or from a same-named file in the current folder)", problem)
     return report
 
 

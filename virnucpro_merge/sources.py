@@ -2,8 +2,10 @@
 
 A virtual output stores no embeddings; its ``embeddings`` dataset maps each shard's
 rows in place. HDF5 does not fail when a source file is later moved or deleted: it
-silently returns the fill value. So every source is recorded with its size and
-modification time, and checked whenever the output is read through this package.
+silently returns the fill value (NaN here), or, for a relative source path, the
+rows of any same-named file it finds in the current working folder. So every source
+is recorded with its size and modification time, and checked whenever the output is
+read through this package.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ def relative_source(shard: Path, output: Path) -> str:
 
 
 def resolve_source(stored: str, output: Path) -> Path:
-    """Where a stored source path points, seen from the output's folder."""
+    """Where a stored source path points, seen from the output's folder (as the user named it)."""
     path = Path(stored)
-    return path if path.is_absolute() else output.resolve().parent / path
+    return path if path.is_absolute() else Path(output).parent / path
 
 
 def fingerprint(path: Path) -> dict:
@@ -44,6 +46,8 @@ def source_problems(output: Path, sources: list[dict]) -> list[str]:
     for source in sources:
         path = resolve_source(source["path"], output)
         if not path.exists():
+            # HDF5 then reads NaN -- or, for a relative path, a same-named file in the
+            # current folder if there is one: either way not what was merged.
             problems.append(f"{path}: source shard of the virtual output {output} is missing")
         elif fingerprint(path) != {"size": source["size"], "mtime_ns": source["mtime_ns"]}:
             problems.append(f"{path}: source shard of the virtual output {output} changed since the merge")

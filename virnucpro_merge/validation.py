@@ -142,7 +142,10 @@ def warn_extra(extra: Collection[str]) -> None:
 
 
 def validate_shard_completeness(
-    shard_files: Sequence[str | os.PathLike[str]], expected_ids: Collection[str]
+    shard_files: Sequence[str | os.PathLike[str]],
+    expected_ids: Collection[str],
+    *,
+    client: object | None = None,
 ) -> tuple[set[str], set[str]]:
     """Compare the IDs in some shards with the IDs a run should have produced.
 
@@ -153,7 +156,11 @@ def validate_shard_completeness(
     shard_files : sequence of path-like
         The shard files to read.
     expected_ids : collection of str
-        Every sequence ID the run was given.
+        Every sequence ID the run was given. With a ``client``, also the path
+        (``pathlib.Path``) of an expected-ID file, which the workers then read.
+    client : dask.distributed.Client, optional
+        Scan the shards on this cluster's workers and check the IDs
+        hash-partitioned across them, so that no process holds them all.
 
     Returns
     -------
@@ -170,6 +177,10 @@ def validate_shard_completeness(
     >>> validate_shard_completeness([], {"a"})
     ({'a'}, set())
     """
+    if client is not None:
+        from .cluster import validate_on_cluster
+
+        return validate_on_cluster(shard_files, expected_ids, client=client)
     index = IdIndex(as_id_set(expected_ids))
     for path in map(Path, shard_files):
         with open_shard(path) as handle:

@@ -1,0 +1,152 @@
+"""Validation on a Dask LocalCluster (2 worker processes) equals the single-process path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
+
+from tests.helpers import ids, read_datasets  # noqa: E402
+from virnucpro_merge import (  # noqa: E402
+    DuplicateIdError,
+    MissingIdsError,
+    aggregate_shards,
+    read_expected_ids,
+    to_dask,
+    validate_shard_completeness,
+)
+from virnucpro_merge.cluster import partition_of  # noqa: E402
+from virnucpro_merge.plan import plan_merge  # noqa: E402
+from virnucpro_merge.synthetic import make_demo_run  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    with distributed.Client(cluster) as client:
+        yield client
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    run = make_demo_run(tmp_path_factory.mktemp("demo"), n_sequences=900)
+    return run, read_expected_ids(run.index)
+
+
+def test_partition_is_the_same_in_every_process():
+    sample = ["seq000001", "β-coronavirus", "", "NC_045512.2|ORF1ab", "x" * 70]
+    here = partition_of(sample, 7).tolist()
+    code = f"from virnucpro_merge.cluster import partition_of; print(partition_of({sample!r}, 7).tolist())"
+    for seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": seed})
+        assert out.stdout.strip() == str(here)
+    assert set(partition_of([f"id{i}" for i in range(1000)], 7).tolist()) == set(range(7))
+
+
+def plan_facts(plan):
+    return (
+        [(s.path, s.status, s.num_sequences, s.offset, s.embedding_dim) for s in plan.shards],
+        plan.total_sequences, plan.embedding_dim, plan.missing_ids, plan.num_extra, plan.num_expected, plan.partial,
+    )
+
+
+def test_plan_equals_single_process(client, demo):
+    run, expected = demo
+    local = plan_merge(run.shard_files, expected + ["not-in-any-shard"], partial=True)
+    spread = plan_merge(run.shard_files, expected + ["not-in-any-shard"], partial=True, client=client)
+    assert plan_facts(spread) == plan_facts(local)
+
+
+def test_expected_file_read_by_the_workers(client, demo):
+    run, expected = demo
+    local = plan_merge(run.shard_files, expected, partial=True)
+    spread = plan_merge(run.shard_files, Path(run.index), partial=True, client=client)
+    assert plan_facts(spread) == plan_facts(local)
+
+
+def test_completeness_equals_single_process(client, demo, make_shard):
+    run, expected = demo
+    present = [p for p in run.shard_files if p.exists() and p not in [run.shard_files[r] for r in run.truncated]]
+    extra = make_shard("extra", ["stray1", "stray2"])
+    want = set(expected[::2]) | {"ghost"}
+    assert validate_shard_completeness([*present, extra], want, client=client) == \
+        validate_shard_completeness([*present, extra], want)
+
+
+def test_same_duplicate_error(client, tmp_path):
+    run = make_demo_run(tmp_path, n_sequences=400, truncated=(), absent=(), duplicated=(2, 5))
+    with pytest.raises(DuplicateIdError) as local:
+        plan_merge(run.shard_files)
+    with pytest.raises(DuplicateIdError) as spread:
+        plan_merge(run.shard_files, client=client)
+    assert str(spread.value) == str(local.value)
+
+
+def test_same_duplicate_across_shards(client, make_shard):
+    shards = [make_shard("shard_0", ids("a", 50)), make_shard("shard_1", []), make_shard("shard_2", ["b", "a7", "a3"])]
+    with pytest.raises(DuplicateIdError) as local:
+        plan_merge(shards)
+    with pytest.raises(DuplicateIdError) as spread:
+        plan_merge(shards, client=client)
+    assert str(spread.value) == str(local.value)
+    assert "Duplicate sequence ID found: a7" in str(spread.value)
+
+
+def test_strict_missing(client, demo):
+    run, expected = demo
+    complete = [p for p in run.shard_files if p.exists() and p != run.shard_files[3]]
+    with pytest.raises(MissingIdsError) as local:
+        plan_merge(complete, expected)
+    with pytest.raises(MissingIdsError) as spread:
+        plan_merge(complete, expected, client=client)
+    assert str(spread.value) == str(local.value)
+
+
+def test_aggregate_with_client_writes_the_same(client, demo, tmp_path):
+    run, expected = demo
+    a = aggregate_shards(run.shard_files, tmp_path / "local.h5", expected, partial=True)
+    b = aggregate_shards(run.shard_files, tmp_path / "spread.h5", expected, partial=True, client=client)
+    (ea, ia), (eb, ib) = read_datasets(a), read_datasets(b)
+    assert ia == ib
+    np.testing.assert_array_equal(ea, eb)
+
+
+def test_to_dask(client, demo, tmp_path):
+    run, expected = demo
+    merged = aggregate_shards(run.shard_files, tmp_path / "m.h5", expected, partial=True)
+    array = to_dask(merged, rows_per_chunk=100)
+    emb, _ = read_datasets(merged)
+    assert array.shape == emb.shape and array.chunks[0][0] == 100 and len(array.chunks[1]) == 1
+    np.testing.assert_array_equal(array.compute(), emb)
+    np.testing.assert_allclose(client.compute(array.mean(axis=0)).result(), emb.mean(axis=0), atol=1e-6)
+
+
+def test_to_dask_on_virtual(demo, tmp_path, make_shard):
+    shards = [make_shard(f"shard_{r}", ids(f"r{r}_", 30)) for r in range(3)]
+    virtual = aggregate_shards(shards, tmp_path / "v.h5", layout="virtual")
+    np.testing.assert_array_equal(to_dask(virtual).compute(), read_datasets(virtual)[0])
+    shards[1].unlink()
+    with pytest.raises(ValueError, match="shard_1.h5: source shard of the virtual output .* is missing"):
+        to_dask(virtual)
+
+
+def test_cli_local_cluster(demo, tmp_path, capsys):
+    from virnucpro_merge.cli import main
+
+    run, _ = demo
+    assert main(["validate", str(run.directory), "--expected", str(run.index), "--workers", "2"]) == 2
+    captured = capsys.readouterr()
+    assert "Dask cluster with 2 workers; dashboard: http" in captured.err
+    assert "missing: 382" in captured.out and "shard_3.h5: truncated" in captured.out
+    out = tmp_path / "m.h5"
+    assert main(["-q", "aggregate", str(run.directory), "-o", str(out), "--partial", "--expected", str(run.index),
+                 "--workers", "2"]) == 0
+    assert read_datasets(out)[0].shape == (900 - 382, 64)

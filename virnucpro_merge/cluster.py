@@ -1,0 +1,298 @@
+"""Validating very large runs on a Dask cluster, so that no process holds every ID.
+
+A run of 10^8 sequences outgrows one process's memory for the ID check long before
+the copy is a problem. Here the check is spread over a ``dask.distributed`` cluster:
+
+1. **scan**: one task per shard (on the workers) reads its metadata and IDs and
+   splits them into ``P`` partitions by a hash of the ID that every process
+   computes alike (FNV-1a of the UTF-8 bytes);
+2. **shuffle**: partition ``p`` of every shard goes to one task, with partition
+   ``p`` of the expected IDs (scattered from the client, or read by the task itself
+   from an expected-ID file, streamed);
+3. **check**: that task finds duplicates exactly (by string, with shard and row),
+   and missing and extra IDs, for its partition alone.
+
+The client gathers only shard metadata and the answers (the duplicate, the missing
+and extra IDs). The plan is the same as the single-process one, and
+:func:`~virnucpro_merge.aggregate_shards` then writes as usual.
+
+Dask is optional: ``pip install 'virnucpro-merge[dask]'``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .errors import MergeError, ShardError, UnreadableShardError
+from .expected import iter_expected_ids
+from .plan import MergePlan, ShardPlan, apply_expected, assemble_plan, failed_shard, shard_plan
+from .shards import EMBEDDINGS, ShardMeta, iter_id_chunks, open_shard, read_shard_meta
+from .sources import source_problems
+
+__all__ = ["plan_on_cluster", "validate_on_cluster", "partition_of", "to_dask", "connect"]
+
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+_BATCH = 65536
+_TARGET_CHUNK_BYTES = 64 * 2**20
+
+
+def _require_dask():
+    try:
+        import dask.array  # noqa: F401
+        import distributed  # noqa: F401
+    except ImportError as err:
+        raise MergeError("this needs Dask: pip install 'virnucpro-merge[dask]'") from err
+
+
+def partition_of(ids: Sequence[str], parts: int) -> np.ndarray:
+    """The partition (``0 .. parts-1``) of each ID: the same in every process.
+
+    Python's own ``hash`` is salted per process, so it cannot route IDs between
+    workers; this is FNV-1a over the UTF-8 bytes, vectorised across the IDs.
+    """
+    if not len(ids):
+        return np.empty(0, dtype=np.int64)
+    raw = np.array([i.encode() for i in ids], dtype=bytes)
+    width = raw.dtype.itemsize
+    table = raw.view(np.uint8).reshape(len(ids), width) if width else np.zeros((len(ids), 0), np.uint8)
+    lengths = np.char.str_len(raw).astype(np.uint64)
+    state = np.full(len(ids), _FNV_OFFSET, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for column in range(width):
+            live = lengths > column  # bytes past an ID's end are padding
+            state = np.where(live, (state ^ table[:, column]) * _FNV_PRIME, state)
+        state = (state ^ lengths) * _FNV_PRIME
+    return (state % np.uint64(parts)).astype(np.int64)
+
+
+@dataclass
+class _Scan:
+    """What a worker learned of one shard: its metadata, or why it cannot be read."""
+
+    path: Path
+    meta: ShardMeta | None = None
+    unreadable: UnreadableShardError | None = None
+    fatal: ShardError | None = None
+    id_chars: int = 0
+    pieces: list[tuple[list[str], np.ndarray]] = field(default_factory=list)
+
+
+def _scan(path: Path, parts: int) -> _Scan:
+    """Worker task: read one shard's metadata and IDs, split the IDs by partition."""
+    scan = _Scan(path)
+    try:
+        with open_shard(path) as handle:
+            scan.meta = read_shard_meta(handle, path)
+            buckets: list[list[tuple[list[str], np.ndarray]]] = [[] for _ in range(parts)]
+            row = 0
+            for chunk in iter_id_chunks(handle, path):
+                scan.id_chars += sum(map(len, chunk))
+                owner = partition_of(chunk, parts)
+                order = np.argsort(owner, kind="stable")
+                bounds = np.searchsorted(owner[order], np.arange(parts + 1))
+                for p in range(parts):
+                    take = order[bounds[p] : bounds[p + 1]]
+                    if take.size:
+                        buckets[p].append(([chunk[i] for i in take], take + row))
+                row += len(chunk)
+    except UnreadableShardError as err:
+        return _Scan(path, unreadable=err)
+    except ShardError as err:
+        return _Scan(path, fatal=err)
+    scan.pieces = [_join(bucket) for bucket in buckets]
+    return scan
+
+
+def _join(bucket: list[tuple[list[str], np.ndarray]]) -> tuple[list[str], np.ndarray]:
+    ids = [i for chunk_ids, _ in bucket for i in chunk_ids]
+    rows = np.concatenate([rows for _, rows in bucket]) if bucket else np.empty(0, np.int64)
+    return ids, rows
+
+
+def _piece(scan: _Scan, p: int) -> tuple[list[str], np.ndarray]:
+    return scan.pieces[p] if scan.pieces else ([], np.empty(0, np.int64))
+
+
+def _expected_piece(source: Path, p: int, parts: int) -> list[str]:
+    """Worker task: partition ``p`` of an expected-ID file, streamed."""
+    piece: list[str] = []
+    batch: list[str] = []
+    for sequence_id in iter_expected_ids(source):
+        batch.append(sequence_id)
+        if len(batch) == _BATCH:
+            piece.extend(_keep(batch, p, parts))
+            batch = []
+    piece.extend(_keep(batch, p, parts))
+    return piece
+
+
+def _keep(batch: list[str], p: int, parts: int) -> list[str]:
+    return [batch[i] for i in np.flatnonzero(partition_of(batch, parts) == p)]
+
+
+@dataclass
+class _Verdict:
+    """One partition's answer."""
+
+    duplicate: tuple[int, int, str, int] | None  # (shard, row) of the repeat, the ID, its first shard
+    missing: list[str]
+    extra: list[str]
+    num_expected: int
+
+
+def _check(pieces: list[tuple[list[str], np.ndarray]], expected: list[str] | None) -> _Verdict:
+    """Worker task: exact duplicate, missing and extra checks for one partition."""
+    first: dict[str, int] = {}
+    duplicate = None
+    for shard, (ids, rows) in enumerate(pieces):
+        for sequence_id, row in zip(ids, rows.tolist()):
+            if sequence_id in first:
+                candidate = (shard, row, sequence_id, first[sequence_id])
+                duplicate = candidate if duplicate is None else min(duplicate, candidate)
+            else:
+                first[sequence_id] = shard
+    if expected is None:
+        return _Verdict(duplicate, [], [], 0)
+    wanted = set(expected)
+    return _Verdict(duplicate, sorted(wanted.difference(first)), sorted(first.keys() - wanted), len(wanted))
+
+
+def _default_parts(client) -> int:
+    """Partitions: a few per worker, so each check task holds a small share of the IDs."""
+    workers = max(len(client.scheduler_info().get("workers", {})), 1)
+    return 4 * workers
+
+
+def _run(shard_files: Sequence[Path], expected, client, parts: int | None):
+    """Scan on the workers, shuffle by partition, check; return (scans, verdicts)."""
+    _require_dask()
+    parts = parts or _default_parts(client)
+    scans = client.map(_scan, list(shard_files), parts=parts, pure=False)
+    if expected is None:
+        expected_pieces = [None] * parts
+    elif isinstance(expected, os.PathLike):
+        expected_pieces = client.map(_expected_piece, [Path(expected)] * parts, range(parts), parts=parts, pure=False)
+    else:
+        ids = list(expected)
+        owner = partition_of(ids, parts)
+        expected_pieces = client.scatter([[ids[i] for i in np.flatnonzero(owner == p)] for p in range(parts)])
+    verdicts = []
+    for p in range(parts):
+        pieces = [client.submit(_piece, scan, p, pure=False) for scan in scans]
+        verdicts.append(client.submit(_check, pieces, expected_pieces[p], pure=False))
+    return _gather_metadata(client, scans), client.gather(verdicts)
+
+
+def _strip(scan: _Scan) -> _Scan:
+    """Worker task: the scan without its IDs, for the client."""
+    return _Scan(scan.path, scan.meta, scan.unreadable, scan.fatal, scan.id_chars)
+
+
+def _gather_metadata(client, scans) -> list[_Scan]:
+    return client.gather([client.submit(_strip, scan, pure=False) for scan in scans])
+
+
+def _combine(verdicts: Iterable[_Verdict], scans: list[_Scan]):
+    verdicts = list(verdicts)
+    duplicates = [v.duplicate for v in verdicts if v.duplicate is not None]
+    duplicate = None
+    if duplicates:
+        shard, _, sequence_id, first = min(duplicates)
+        duplicate = (sequence_id, scans[shard].path, scans[first].path)
+    missing = list(heapq.merge(*(v.missing for v in verdicts)))
+    extra = list(heapq.merge(*(v.extra for v in verdicts)))
+    return duplicate, missing, extra, sum(v.num_expected for v in verdicts)
+
+
+def plan_on_cluster(
+    shard_files: Sequence[Path],
+    expected: Collection[str] | os.PathLike | None,
+    *,
+    partial: bool,
+    client,
+    parts: int | None = None,
+) -> MergePlan:
+    """:func:`~virnucpro_merge.plan.plan_merge` with the ID work done by a Dask cluster.
+
+    ``expected`` may be a collection of IDs (partitioned by the client) or the
+    path of an expected-ID file (``os.PathLike``), which each partition task then
+    streams itself, so that not even the client holds every expected ID.
+    """
+    scans, verdicts = _run(shard_files, expected, client, parts)
+    shards: list[ShardPlan] = []
+    for scan in scans:
+        if scan.fatal is not None:
+            raise scan.fatal
+        shards.append(failed_shard(scan.unreadable, partial=partial) if scan.unreadable else shard_plan(scan.meta))
+    duplicate, missing, extra, num_expected = _combine(verdicts, scans)
+    plan = assemble_plan(shards, duplicate=duplicate, id_chars=sum(s.id_chars for s in scans))
+    if expected is not None:
+        apply_expected(plan, num_expected=num_expected, missing=missing, extra=extra, partial=partial)
+    return plan
+
+
+def validate_on_cluster(
+    shard_files: Sequence[str | os.PathLike[str]],
+    expected: Collection[str] | os.PathLike,
+    *,
+    client,
+    parts: int | None = None,
+) -> tuple[set[str], set[str]]:
+    """:func:`~virnucpro_merge.validate_shard_completeness` on a Dask cluster."""
+    scans, verdicts = _run([Path(p) for p in shard_files], expected, client, parts)
+    for scan in scans:
+        if scan.unreadable or scan.fatal:
+            raise scan.unreadable or scan.fatal
+    _, missing, extra, _ = _combine(verdicts, scans)
+    return set(missing), set(extra)
+
+
+def connect(scheduler: str | None = None, workers: int | None = None):
+    """A Dask client: to a running scheduler, or to a new local cluster of ``workers`` processes."""
+    _require_dask()
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        return Client(scheduler)
+    cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    return Client(cluster)
+
+
+class _Rows:
+    """A picklable, lazily opened view of a merged file's embeddings, for dask.array."""
+
+    def __init__(self, path: Path, shape: tuple[int, int], dtype: np.dtype) -> None:
+        self.path, self.shape, self.dtype, self.ndim = path, shape, dtype, 2
+
+    def __getitem__(self, key):
+        with h5py.File(self.path, "r") as f:
+            return f[EMBEDDINGS][key]
+
+
+def to_dask(path: str | os.PathLike[str], rows_per_chunk: int | None = None):
+    """A ``dask.array`` over a merged (or virtual) output's embeddings, chunked by rows.
+
+    Each chunk opens the file itself, so the array works on any worker that sees
+    the file. A virtual output whose sources are missing or changed is refused.
+    """
+    _require_dask()
+    import dask.array as da
+
+    path = Path(path)
+    with open_shard(path) as handle:
+        meta = read_shard_meta(handle, path, check_sources=False)
+    if meta.merged_from and meta.merged_from.get("layout") == "virtual":
+        problems = source_problems(path, meta.merged_from.get("sources", []))
+        if problems:
+            raise MergeError(problems[0])
+    shape = (meta.num_sequences, meta.embedding_dim)
+    rows = rows_per_chunk or max(1, _TARGET_CHUNK_BYTES // max(1, meta.embedding_dim * meta.dtype.itemsize))
+    return da.from_array(_Rows(path, shape, meta.dtype), chunks=(rows, shape[1] or 1), asarray=True, fancy=False)

@@ -238,3 +238,11 @@ class TestCopyPaths:
         with pytest.raises(ValueError, match="shard_0.h5: changed while the merge was running"):
             aggregate_shards([shard], tmp_path / "o.h5")
         assert not (tmp_path / "o.h5").exists()
+
+
+def test_h5py_rows_next_to_raw_rows(make_shard, tmp_path):
+    """Small h5py-path writes just before raw-copied rows must not be written back over them."""
+    kinds = ["float16", "float32", "float16", "float32", "float32", "float16"]
+    shards = [make_shard(f"shard_{r}", ids(f"r{r}_", 30 + r), dtype=k) for r, k in enumerate(kinds)]
+    emb, _ = read_datasets(aggregate_shards(shards, tmp_path / "o.h5", chunk_size=32))
+    np.testing.assert_array_equal(emb, np.concatenate([read_datasets(s)[0].astype("f4") for s in shards]))

@@ -100,7 +100,7 @@ def write_in_order(
     emb_out: h5py.Dataset,
     ids_out: h5py.Dataset,
     buffer: np.ndarray,
-    on_rows: Callable[[int], object],
+    on_written: Callable[[int, int], object],
 ) -> dict[str, int]:
     """Fill the output block by block; return the rows holding NaN or Inf, per shard."""
     shards = [s for s in plan.shards if s.status == OK]
@@ -130,7 +130,7 @@ def write_in_order(
             stop = out_start + source.size
             emb_out.write_direct(buffer, np.s_[0 : source.size], np.s_[out_start:stop])
             ids_out[out_start:stop] = block_ids
-            on_rows(source.size)
+            on_written(out_start, stop)
     finally:
         handles.close()
     return nonfinite

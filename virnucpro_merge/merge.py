@@ -14,6 +14,7 @@ from tqdm import tqdm
 from ._atomic import atomic_output
 from ._copy import (
     OUTPUT_DTYPE,
+    Written,
     copy_embeddings_h5py,
     copy_ids,
     count_nonfinite_raw,
@@ -144,7 +145,7 @@ def aggregate_shards(
     _check_output_path(output, shard_paths)
 
     logger.debug("phase: plan")
-    plan = plan_merge(shard_paths, expected_sequence_ids, partial=partial, client=client)
+    plan = plan_merge(shard_paths, expected_sequence_ids, partial=partial, client=client, keep_ids=order == "index")
     report = build_report(plan, chunk_size, layout=layout, order=order)
     row_order = None
     if order == "index":
@@ -223,6 +224,19 @@ def materialize(
     return output
 
 
+def _create_output(temp: Path) -> h5py.File:
+    """The output file, opened by HDF5 without a sieve buffer.
+
+    Raw bytes are copied into the embeddings beside HDF5's own writes; a sieve
+    buffer (HDF5's cache of a small stretch of raw data) could hold a stale copy of
+    rows copied meanwhile and write it back over them when the file closes.
+    """
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_sieve_buf_size(0)
+    fapl.set_fclose_degree(h5py.h5f.CLOSE_STRONG)
+    return h5py.File(h5py.h5f.create(os.fsencode(temp), h5py.h5f.ACC_TRUNC, fapl=fapl))
+
+
 def _create_embeddings(out: h5py.File, rows: int, dim: int) -> h5py.Dataset:
     """A contiguous float32 dataset whose bytes are placed in the file right away.
 
@@ -244,25 +258,29 @@ def _write(
     for shard in shards:
         recheck(shard)
     raw = [s for s in shards if raw_copyable(s)] if row_order is None else []
-    buffer = np.empty((min(chunk_size, max(plan.total_sequences, 1)), plan.embedding_dim), OUTPUT_DTYPE)
+    rows = min(chunk_size, plan.total_sequences) if len(raw) < len(shards) else 0
+    buffer = np.empty((rows, plan.embedding_dim), OUTPUT_DTYPE)  # only the h5py paths use it
     bar = tqdm(total=plan.total_sequences, unit="seq", desc="Merging", disable=not progress)
-    with bar, h5py.File(temp, "w") as out:
+    with bar, _create_output(temp) as out:
         emb_out = _create_embeddings(out, plan.total_sequences, plan.embedding_dim)
         ids_out = out.create_dataset(SEQUENCE_IDS, shape=(plan.total_sequences,), dtype=h5py.string_dtype())
-        if row_order is not None:
-            nonfinite = write_in_order(plan, row_order, emb_out, ids_out, buffer, bar.update)
-        for shard in shards:
-            if shard not in raw and row_order is None:
-                nonfinite[str(shard.path)] = copy_embeddings_h5py(shard, emb_out, buffer, bar.update)
-        out.flush()
-        data_offset = emb_out.id.get_offset() if raw else None
-        with raw_copy_in_background(raw, temp, data_offset, chunk_size, bar.update):
-            for shard in shards if row_order is None else []:
-                copy_ids(shard, ids_out, chunk_size)
-            for shard in raw:
-                nonfinite[str(shard.path)] = count_nonfinite_raw(shard, buffer)
-            record_nonfinite(report, nonfinite)
-            write_report(out, report)
+        written = Written(temp, emb_out.id.get_offset(), plan.embedding_dim * OUTPUT_DTYPE.itemsize, bar)
+        try:
+            if row_order is not None:
+                nonfinite = write_in_order(plan, row_order, emb_out, ids_out, buffer, written)
+            for shard in shards:
+                if shard not in raw and row_order is None:
+                    nonfinite[str(shard.path)] = copy_embeddings_h5py(shard, emb_out, buffer, written)
+            out.flush()  # every HDF5 write to the embeddings is on disk before raw bytes arrive
+            with raw_copy_in_background(raw, temp, written.data_offset, chunk_size, written):
+                for shard in shards if row_order is None else []:
+                    copy_ids(shard, ids_out, chunk_size)
+                for shard in raw:
+                    nonfinite[str(shard.path)] = count_nonfinite_raw(shard, chunk_size)
+                record_nonfinite(report, nonfinite)
+                write_report(out, report)
+        finally:
+            written.close()
         for shard in shards:
             logger.debug("Merged %s: %d sequences at row %d", shard.path, shard.num_sequences, shard.offset)
     nonfinite = {str(s.path): nonfinite[str(s.path)] for s in shards}  # in shard order

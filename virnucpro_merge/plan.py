@@ -172,11 +172,14 @@ def plan_merge(
     *,
     partial: bool = False,
     client: object | None = None,
+    keep_ids: bool = False,
 ) -> MergePlan:
     """Read every shard's metadata and IDs and decide what the merge will write.
 
     With a Dask ``client``, the shards are read by its workers and the IDs checked
     hash-partitioned across them (:mod:`virnucpro_merge.cluster`); the plan is the same.
+    ``keep_ids`` keeps the IDs' hashes in the plan (``plan.ids``, 8 bytes an ID), for
+    writing in index order; otherwise they are let go before the copy starts.
 
     Raises
     ------
@@ -208,6 +211,10 @@ def plan_merge(
     plan = assemble_plan(shards, duplicate=index.find_duplicate(), id_chars=index.num_chars, ids=index)
     if expected is not None:
         apply_expected(plan, num_expected=len(expected), missing=index.missing(), extra=index.extra, partial=partial)
+    index.extra = []
+    index.drop_sorted()
+    if not keep_ids:
+        plan.ids = None
     _log_plan(plan)
     return plan
 

@@ -94,6 +94,10 @@ class IdIndex:
             self._sorted = np.sort(np.concatenate(self._hashes or [np.empty(0, np.int64)]))
         return self._sorted
 
+    def drop_sorted(self) -> None:
+        """Let go of the sorted copy of the hashes (8 bytes an ID) once checks are done."""
+        self._sorted = None
+
     def has_repeated_hash(self) -> bool:
         ordered = self._sorted_hashes()
         return bool(np.any(ordered[1:] == ordered[:-1]))

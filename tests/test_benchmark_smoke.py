@@ -1,0 +1,48 @@
+"""The merge benchmark (benchmarks/bench_merge.py) still runs, and still checks its outputs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_merge.py"
+# Rows that must always be there (package variants come and go with its keywords).
+CORE_METHODS = ["raw-copy", "raw-copy+fsync", "seed-plan", "naive", "virnucpro_merge"]
+
+
+def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(BENCH), "--smoke", "--no-json", "--workdir", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_smoke_run_prints_a_verified_row_per_method(tmp_path):
+    proc = _bench(tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    header = re.search(r"^\s+methods\s+(.+)$", proc.stdout, re.MULTILINE)
+    assert header, proc.stdout
+    methods = header.group(1).split(", ")
+    assert set(CORE_METHODS) <= set(methods), methods
+    for method in methods:
+        row = re.search(rf"^tiny\s+{re.escape(method)}\s+(.*)$", proc.stdout, re.MULTILINE)
+        assert row, f"no table row for {method}:\n{proc.stdout}"
+        assert re.search(r"\sok\s", row.group(1)), f"{method} not verified: {row.group(0)}"
+    assert f"verification: all outputs verified ({len(methods)} runs)" in proc.stdout
+    assert "FAILED" not in proc.stdout + proc.stderr
+    assert list(tmp_path.iterdir()) == [], "temporary files left behind"
+
+
+@pytest.mark.parametrize("method", ["virnucpro_merge"])
+def test_smoke_run_catches_a_wrong_output(tmp_path, method):
+    proc = _bench(tmp_path, "--methods", method, "--_corrupt", method)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "VERIFICATION FAILED" in proc.stderr
+    assert re.search(rf"^tiny\s+{re.escape(method)}\s+FAILED: .*differ", proc.stdout, re.MULTILINE)
+    assert list(tmp_path.iterdir()) == []

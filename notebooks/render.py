@@ -97,8 +97,10 @@ img {{ max-width: 28rem; border: 1px solid #ddd; }}
 <p>The notebooks, executed afresh. Notebooks 01 to 03 and 05 use the seeded synthetic run of
 <code>virnucpro-merge demo</code> (8 workers, 2000 sequences, four of the workers failed);
 04 measures merges of clean runs of 10&nbsp;000 to 40&nbsp;000 sequences; 05 re-runs the
-missing sequences, merges without copying (virtual) and in the run's input order. To open them
-interactively: <code>pip install -e '.[jupyter]'</code>, then <code>jupyter lab notebooks/</code>.</p>
+missing sequences, merges without copying (virtual) and in the run's input order; 06 checks the
+same run, ten times larger (20&nbsp;000 sequences), on a local Dask cluster of two worker processes
+and gets the single-process answer. To open them interactively:
+<code>pip install -e '.[jupyter]'</code>, then <code>jupyter lab notebooks/</code>.</p>
 <ul>
 {items}
 </ul></body></html>

@@ -150,3 +150,46 @@ def test_cli_local_cluster(demo, tmp_path, capsys):
     assert main(["-q", "aggregate", str(run.directory), "-o", str(out), "--partial", "--expected", str(run.index),
                  "--workers", "2"]) == 0
     assert read_datasets(out)[0].shape == (900 - 382, 64)
+
+
+@pytest.mark.parametrize("form", ["text", "fasta", "json", "gzip"])
+def test_expected_file_in_byte_ranges(client, demo, tmp_path, form):
+    """The workers read the expected file in many small ranges: the same IDs come out."""
+    import gzip
+    import json as json_module
+
+    from virnucpro_merge.cluster import plan_on_cluster
+
+    run, expected = demo
+    wanted = expected + ["not-in-any-shard", "β-ghost"]
+    path = tmp_path / f"expected.{form}"
+    if form == "text":
+        path.write_text("\ufeff# run 7\n" + "\r\n".join(wanted) + "\n")
+    elif form == "fasta":
+        path.write_text("".join(f">{i} some description\nACGT\nAC\n" for i in wanted))
+    elif form == "json":
+        path.write_text(json_module.dumps({"sequences": [{"sequence_id": i, "length": 4} for i in wanted]}, indent=1))
+    else:
+        path.write_bytes(gzip.compress("\n".join(wanted).encode()))
+    local = plan_merge(run.shard_files, wanted, partial=True)
+    spread = plan_on_cluster(run.shard_files, path, partial=True, client=client, range_bytes=97)
+    assert plan_facts(spread) == plan_facts(local)
+
+
+def test_connect_closes_its_cluster():
+    from virnucpro_merge.cluster import connect
+
+    with connect(workers=1) as client:
+        cluster = client.cluster
+        assert len(client.scheduler_info()["workers"]) == 1
+    assert cluster.status.name == "closed"
+
+
+def test_relative_paths_reach_the_workers(client, demo, monkeypatch):
+    run, expected = demo
+    monkeypatch.chdir(run.directory)
+    relative = [Path(p.name) for p in run.shard_files]
+    spread = plan_merge(relative, expected, partial=True, client=client)
+    local = plan_merge(relative, expected, partial=True)
+    assert plan_facts(spread) == plan_facts(local)
+    assert str(spread.failed_shards[0].path) == "shard_3.h5"

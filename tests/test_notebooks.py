@@ -27,6 +27,7 @@ MIN_FIGURES = {
     "03_missing_id_heatmap.ipynb": 1,
     "04_memory_profile.ipynb": 2,
     "05_rerun_missing.ipynb": 2,
+    "06_distributed_validation.ipynb": 1,
 }
 MAX_BYTES = 200_000
 ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:tmp|home|root|work|Users|private|var/folders)/")
@@ -170,6 +171,19 @@ def test_the_memory_notebook_concludes_true():
                    for line in t.splitlines() if line.endswith((": True", ": False"))]
     assert len(conclusions) >= 4
     assert all(line.endswith(": True") for line in conclusions), conclusions
+
+
+def test_the_cluster_notebook_agrees_with_one_process_and_closes_its_cluster():
+    cells = _code_cells(_load("06_distributed_validation.ipynb"))
+    ignored = [c for c in cells if IGNORE_MARKER in _markers(c)]
+    assert [c.source.count("dashboard_link") for c in ignored] == [1], "only the dashboard link is ignored"
+    texts = "\n".join(t for c in cells if IGNORE_MARKER not in _markers(c) for t in _texts(c))
+    for conclusion in ("the same on a worker: True", "same as one process: True", "same shards: True",
+                       "same missing IDs: True", "same message: True", "cluster mean equals numpy's: True",
+                       "hash within 1 % of an even share: True"):
+        assert conclusion in texts
+    assert "missing: 8500  extra: 0" in texts and "distributed." not in texts, "no Dask log lines in outputs"
+    assert "client.close()" in cells[-1].source and "cluster.close()" in cells[-1].source
 
 
 def _sanitize_blocks() -> list[tuple[str, str, str, str]]:

@@ -22,15 +22,19 @@ Dask is optional: ``pip install 'virnucpro-merge[dask]'``.
 from __future__ import annotations
 
 import heapq
+import json
+import operator
 import os
-from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+import re
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from .errors import MergeError, ShardError, UnreadableShardError
+from .errors import ExpectedIdsError, MergeError, ShardError, UnreadableShardError
 from .expected import iter_expected_ids
 from .plan import MergePlan, ShardPlan, apply_expected, assemble_plan, failed_shard, shard_plan
 from .shards import EMBEDDINGS, ShardMeta, iter_id_chunks, open_shard, read_shard_meta
@@ -40,7 +44,6 @@ __all__ = ["plan_on_cluster", "validate_on_cluster", "partition_of", "to_dask", 
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
-_BATCH = 65536
 _TARGET_CHUNK_BYTES = 64 * 2**20
 
 
@@ -121,21 +124,81 @@ def _piece(scan: _Scan, p: int) -> tuple[list[str], np.ndarray]:
     return scan.pieces[p] if scan.pieces else ([], np.empty(0, np.int64))
 
 
-def _expected_piece(source: Path, p: int, parts: int) -> list[str]:
-    """Worker task: partition ``p`` of an expected-ID file, streamed."""
-    piece: list[str] = []
-    batch: list[str] = []
-    for sequence_id in iter_expected_ids(source):
-        batch.append(sequence_id)
-        if len(batch) == _BATCH:
-            piece.extend(_keep(batch, p, parts))
-            batch = []
-    piece.extend(_keep(batch, p, parts))
-    return piece
+_RANGE_BYTES = 32 * 2**20  # an expected-ID file is read in ranges of about this size
+_JSON_ID = re.compile(rb'"sequence_id"\s*:\s*("(?:[^"\\]|\\.)*")')
 
 
-def _keep(batch: list[str], p: int, parts: int) -> list[str]:
-    return [batch[i] for i in np.flatnonzero(partition_of(batch, parts) == p)]
+def _expected_form(path: Path) -> str:
+    """How to read an expected-ID file: 'text', 'fasta' or 'json' (as ``read_expected_ids`` tells)."""
+    with open(path, "rb") as fh:
+        if fh.read(2) == b"\x1f\x8b":
+            return "gzip"
+        fh.seek(0)
+        for line in fh:
+            stripped = line.lstrip(b"\xef\xbb\xbf").strip()
+            if stripped:
+                return "json" if stripped.startswith(b"{") else "fasta" if stripped.startswith(b">") else "text"
+    raise ExpectedIdsError(f"{path}: no sequence IDs in this file")
+
+
+def _range_lines(path: Path, start: int, end: int) -> Iterator[bytes]:
+    """The lines of a file that start in bytes ``[start, end)``."""
+    with open(path, "rb") as fh:
+        fh.seek(max(start - 1, 0))
+        if start > 0:
+            fh.readline()  # the line under way at ``start`` belongs to the range before
+        while fh.tell() < end:
+            line = fh.readline()
+            if not line:
+                return
+            yield line
+
+
+def _range_ids(path: Path, start: int, end: int, form: str) -> Iterator[str]:
+    for line in _range_lines(path, start, end):
+        if start == 0:
+            line = line.removeprefix(b"\xef\xbb\xbf")
+        if form == "json":  # the index's records, found by key (the file is not parsed whole)
+            yield from (json.loads(m) for m in _JSON_ID.findall(line))
+            continue
+        text = line.decode("utf-8").strip()
+        if form == "fasta":
+            if text.startswith(">") and text[1:].split(maxsplit=1):
+                yield text[1:].split(maxsplit=1)[0]
+        elif text and not text.startswith("#"):
+            yield text
+
+
+def _scan_expected(path: Path, start: int, end: int, form: str, parts: int) -> list[list[str]]:
+    """Worker task: the expected IDs in one byte range of a file, split by partition."""
+    try:
+        ids = list(iter_expected_ids(path)) if form == "gzip" else list(_range_ids(path, start, end, form))
+    except UnicodeDecodeError as err:
+        raise ExpectedIdsError(f"{path}: not UTF-8 text") from err
+    owner = partition_of(ids, parts)
+    return [[ids[i] for i in np.flatnonzero(owner == p)] for p in range(parts)]
+
+
+def _expected_pieces(client, expected, parts: int, range_bytes: int = _RANGE_BYTES) -> list:
+    """Partition ``p`` of the expected IDs for each ``p``: futures, or None without expected IDs."""
+    if expected is None:
+        return [None] * parts
+    if not isinstance(expected, os.PathLike):  # IDs in memory here: partition and send them
+        ids = list(expected)
+        owner = partition_of(ids, parts)
+        return client.scatter([[ids[i] for i in np.flatnonzero(owner == p)] for p in range(parts)])
+    path = Path(expected).resolve()
+    if not path.is_file():
+        raise ExpectedIdsError(f"{expected}: expected-ID file does not exist")
+    form, size = _expected_form(path), path.stat().st_size
+    bounds = [0, size] if form == "gzip" else list(range(0, size, range_bytes)) + [size]
+    scans = [client.submit(_scan_expected, path, a, b, form, parts, pure=False) for a, b in zip(bounds, bounds[1:])]
+    return [client.submit(_concat, [client.submit(operator.getitem, scan, p, pure=False) for scan in scans],
+                          pure=False) for p in range(parts)]
+
+
+def _concat(pieces: list[list[str]]) -> list[str]:
+    return [i for piece in pieces for i in piece]
 
 
 @dataclass
@@ -171,24 +234,31 @@ def _default_parts(client) -> int:
     return 4 * workers
 
 
-def _run(shard_files: Sequence[Path], expected, client, parts: int | None):
+def _run(shard_files: Sequence[Path], expected, client, parts: int | None, range_bytes: int = _RANGE_BYTES):
     """Scan on the workers, shuffle by partition, check; return (scans, verdicts)."""
     _require_dask()
     parts = parts or _default_parts(client)
-    scans = client.map(_scan, list(shard_files), parts=parts, pure=False)
-    if expected is None:
-        expected_pieces = [None] * parts
-    elif isinstance(expected, os.PathLike):
-        expected_pieces = client.map(_expected_piece, [Path(expected)] * parts, range(parts), parts=parts, pure=False)
-    else:
-        ids = list(expected)
-        owner = partition_of(ids, parts)
-        expected_pieces = client.scatter([[ids[i] for i in np.flatnonzero(owner == p)] for p in range(parts)])
+    # Workers may run elsewhere: give them absolute paths (of a shared filesystem).
+    scans = client.map(_scan, [Path(p).resolve() for p in shard_files], parts=parts, pure=False)
+    expected_pieces = _expected_pieces(client, expected, parts, range_bytes)
     verdicts = []
     for p in range(parts):
         pieces = [client.submit(_piece, scan, p, pure=False) for scan in scans]
         verdicts.append(client.submit(_check, pieces, expected_pieces[p], pure=False))
-    return _gather_metadata(client, scans), client.gather(verdicts)
+    return [_as_given(s, p) for s, p in zip(_gather_metadata(client, scans), shard_files)], client.gather(verdicts)
+
+
+def _as_given(scan: _Scan, path: Path) -> _Scan:
+    """A scan made on an absolute path, told again with the path the user gave."""
+    path = Path(path)
+    scan.path = path
+    if scan.meta is not None:
+        scan.meta = replace(scan.meta, path=path)
+    if scan.unreadable is not None:
+        scan.unreadable = type(scan.unreadable)(path, scan.unreadable.problem)
+    if scan.fatal is not None:
+        scan.fatal = type(scan.fatal)(path, scan.fatal.problem)
+    return scan
 
 
 def _strip(scan: _Scan) -> _Scan:
@@ -219,14 +289,18 @@ def plan_on_cluster(
     partial: bool,
     client,
     parts: int | None = None,
+    range_bytes: int = _RANGE_BYTES,
 ) -> MergePlan:
     """:func:`~virnucpro_merge.plan.plan_merge` with the ID work done by a Dask cluster.
 
     ``expected`` may be a collection of IDs (partitioned by the client) or the
-    path of an expected-ID file (``os.PathLike``), which each partition task then
-    streams itself, so that not even the client holds every expected ID.
+    path of an expected-ID file (``os.PathLike``), which the workers read in byte
+    ranges of ``range_bytes`` and shuffle like the shards' IDs, so that not even the
+    client holds every expected ID. (A JSON index is scanned for its
+    ``"sequence_id"`` entries line by line rather than parsed; a gzipped file is
+    read by one task.)
     """
-    scans, verdicts = _run(shard_files, expected, client, parts)
+    scans, verdicts = _run(shard_files, expected, client, parts, range_bytes)
     shards: list[ShardPlan] = []
     for scan in scans:
         if scan.fatal is not None:
@@ -245,9 +319,10 @@ def validate_on_cluster(
     *,
     client,
     parts: int | None = None,
+    range_bytes: int = _RANGE_BYTES,
 ) -> tuple[set[str], set[str]]:
     """:func:`~virnucpro_merge.validate_shard_completeness` on a Dask cluster."""
-    scans, verdicts = _run([Path(p) for p in shard_files], expected, client, parts)
+    scans, verdicts = _run([Path(p) for p in shard_files], expected, client, parts, range_bytes)
     for scan in scans:
         if scan.unreadable or scan.fatal:
             raise scan.unreadable or scan.fatal
@@ -255,15 +330,23 @@ def validate_on_cluster(
     return set(missing), set(extra)
 
 
-def connect(scheduler: str | None = None, workers: int | None = None):
-    """A Dask client: to a running scheduler, or to a new local cluster of ``workers`` processes."""
+@contextmanager
+def connect(scheduler: str | None = None, workers: int | None = None) -> Iterator[object]:
+    """``with connect(...) as client``: a Dask client, closed (with its cluster) on exit.
+
+    With ``scheduler``, a client of that running scheduler; otherwise a new local
+    cluster of ``workers`` processes (default 2), one thread each.
+    """
     _require_dask()
     from distributed import Client, LocalCluster
 
     if scheduler:
-        return Client(scheduler)
-    cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, dashboard_address=":0")
-    return Client(cluster)
+        with Client(scheduler) as client:
+            yield client
+        return
+    with LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        yield client
 
 
 class _Rows:
@@ -286,7 +369,7 @@ def to_dask(path: str | os.PathLike[str], rows_per_chunk: int | None = None):
     _require_dask()
     import dask.array as da
 
-    path = Path(path)
+    path = Path(path).resolve()  # the chunks may be read by workers elsewhere
     with open_shard(path) as handle:
         meta = read_shard_meta(handle, path, check_sources=False)
     if meta.merged_from and meta.merged_from.get("layout") == "virtual":

@@ -168,7 +168,7 @@ def apply_expected(
 
 def plan_merge(
     shard_files: Sequence[str | os.PathLike[str]],
-    expected_sequence_ids: Collection[str] | None = None,
+    expected_sequence_ids: Collection[str] | os.PathLike[str] | None = None,
     *,
     partial: bool = False,
     client: object | None = None,

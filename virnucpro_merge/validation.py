@@ -147,7 +147,7 @@ def warn_extra(extra: Collection[str]) -> None:
 
 def validate_shard_completeness(
     shard_files: Sequence[str | os.PathLike[str]],
-    expected_ids: Collection[str],
+    expected_ids: Collection[str] | os.PathLike[str],
     *,
     client: object | None = None,
 ) -> tuple[set[str], set[str]]:

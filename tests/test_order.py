@@ -94,3 +94,19 @@ def test_cli(tmp_path, capsys):
     assert main([*args, "--expected", str(run.index)]) == 0
     seq = read_datasets(out)[1]
     assert seq == sorted(seq)  # the demo's IDs sort in index order
+
+
+def test_nonfinite_counted_per_shard_in_index_order(tmp_path):
+    run = make_demo_run(tmp_path / "run", n_sequences=160, truncated=(), absent=(), empty=(), short={})
+    from virnucpro_merge.synthetic import synthetic_embeddings
+
+    for rank, bad_rows in ((2, [0, 5]), (6, [19])):
+        emb = synthetic_embeddings(np.arange(rank, 160, 8), run.dim, run.seed)
+        emb[bad_rows, 3] = np.nan
+        write_shard(run.shard_files[rank], read_datasets(run.shard_files[rank])[1], emb)
+    index_ids = read_expected_ids(run.index)
+    plain = read_merge_report(aggregate_shards(run.shard_files, tmp_path / "p.h5", index_ids))
+    ordered = read_merge_report(aggregate_shards(run.shard_files, tmp_path / "o.h5", index_ids, order="index",
+                                                 chunk_size=7))
+    assert [s["nonfinite_rows"] for s in ordered["shards"]] == [s["nonfinite_rows"] for s in plain["shards"]]
+    assert ordered["nonfinite_rows"] == 3

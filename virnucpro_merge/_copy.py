@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 OUTPUT_DTYPE = np.dtype("<f4")
+_WINDOW_BYTES = 8 * 2**20
 
 _NO_COPY_FILE_RANGE = {errno.ENOSYS, errno.EXDEV, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.EPERM}
 
@@ -104,14 +105,16 @@ def count_nonfinite_raw(shard: ShardPlan, chunk_size: int) -> int:
     """Rows holding NaN or Inf in a raw-copied shard, read through a memory map.
 
     Runs beside the kernel's copy of the same bytes (which are then in the page
-    cache), on the other core; one window of ``chunk_size`` rows is mapped at a time.
+    cache), on the other core. One window of at most ``chunk_size`` rows (and about
+    8 MiB: mapped pages count in the process's RSS) is mapped at a time.
     """
     assert shard.data_offset is not None
     dim = shard.embedding_dim
     row_bytes = dim * OUTPUT_DTYPE.itemsize
+    window_rows = max(1, min(chunk_size, _WINDOW_BYTES // row_bytes))
     nonfinite = 0
     with open(shard.path, "rb") as src:
-        for chunk_start, chunk_end in _chunks(shard.num_sequences, chunk_size):
+        for chunk_start, chunk_end in _chunks(shard.num_sequences, window_rows):
             offset = shard.data_offset + chunk_start * row_bytes
             base = offset - offset % mmap.ALLOCATIONGRANULARITY
             length = (chunk_end - chunk_start) * row_bytes

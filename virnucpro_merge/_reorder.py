@@ -94,6 +94,30 @@ def _read_rows(dset: h5py.Dataset, local: np.ndarray) -> np.ndarray:
     return dset[local]
 
 
+def _gather(dset: h5py.Dataset, local: np.ndarray, block: np.ndarray, slots: np.ndarray) -> None:
+    """``block[slots] = dset[local]`` for sorted ``local`` rows.
+
+    In a stride run a shard's rows in a block are consecutive in the shard and
+    evenly spaced in the output: HDF5 then reads them straight into place (one
+    strided read, no copy); otherwise through :func:`_read_rows`.
+    """
+    low, count = int(local[0]), local.size
+    step = int(slots[1] - slots[0]) if count > 1 else 1
+    evenly = step > 0 and np.array_equal(slots, slots[0] + step * np.arange(count))
+    if evenly and int(local[-1]) - low + 1 == count and dset.dtype == block.dtype:
+        first = int(slots[0])
+        dset.read_direct(block, np.s_[low : low + count], np.s_[first : first + step * (count - 1) + 1 : step])
+    else:
+        block[slots] = _read_rows(dset, local)
+
+
+def _nonfinite_mask(block: np.ndarray) -> np.ndarray | None:
+    """Which rows of ``block`` hold NaN or Inf, or None when none do (one fast pass)."""
+    if not nonfinite_rows(block):
+        return None
+    return ~np.isfinite(block).all(axis=1)
+
+
 def write_in_order(
     plan: MergePlan,
     order: RowOrder,
@@ -118,14 +142,18 @@ def write_in_order(
                 shard = shards[k]
                 slots = np.flatnonzero(owner == k)
                 local = source[slots] - shard.offset
-                sort = np.argsort(local)
+                sort = np.argsort(local, kind="stable")
+                slots, local = slots[sort], local[sort]
                 handle = handles.get(shard)
                 try:
-                    block[slots[sort]] = _read_rows(handle[EMBEDDINGS], local[sort])
-                    block_ids[slots[sort]] = _read_rows(handle[SEQUENCE_IDS].asstr(), local[sort])
+                    _gather(handle[EMBEDDINGS], local, block, slots)
+                    block_ids[slots] = _read_rows(handle[SEQUENCE_IDS].asstr(), local)
                 except OSError as err:
                     raise UnreadableShardError(shard.path, f"cannot read rows ({first_line(err)})") from err
-                nonfinite[str(shard.path)] += nonfinite_rows(block[slots])
+            bad = _nonfinite_mask(block)
+            if bad is not None:
+                for k, n in zip(*np.unique(owner[bad], return_counts=True)):
+                    nonfinite[str(shards[k].path)] += int(n)
             _check_ids(block_ids, order, out_start, shards, owner)
             stop = out_start + source.size
             emb_out.write_direct(buffer, np.s_[0 : source.size], np.s_[out_start:stop])

@@ -37,7 +37,7 @@ import numpy as np
 from .errors import ExpectedIdsError, MergeError, ShardError, UnreadableShardError
 from .expected import iter_expected_ids
 from .plan import MergePlan, ShardPlan, apply_expected, assemble_plan, failed_shard, shard_plan
-from .shards import EMBEDDINGS, ShardMeta, iter_id_chunks, open_shard, read_shard_meta
+from .shards import EMBEDDINGS, ID_CHUNK as _ID_CHUNK, SEQUENCE_IDS, ShardMeta, first_line, open_shard, read_shard_meta
 from .sources import source_problems
 
 __all__ = ["plan_on_cluster", "validate_on_cluster", "partition_of", "to_dask", "connect"]
@@ -55,25 +55,44 @@ def _require_dask():
         raise MergeError("this needs Dask: pip install 'virnucpro-merge[dask]'") from err
 
 
-def partition_of(ids: Sequence[str], parts: int) -> np.ndarray:
+def _as_bytes(ids: Sequence[str] | np.ndarray) -> np.ndarray:
+    """IDs as a fixed-width bytes array (UTF-8): compact, quick to pickle and to sort.
+
+    Byte order of UTF-8 is code point order, so bytes sort as the strings do.
+    """
+    if isinstance(ids, np.ndarray) and ids.dtype.kind == "S":
+        return ids
+    return np.array([i.encode() for i in ids], dtype=bytes) if len(ids) else np.empty(0, dtype="S1")
+
+
+def partition_of(ids: Sequence[str] | np.ndarray, parts: int) -> np.ndarray:
     """The partition (``0 .. parts-1``) of each ID: the same in every process.
 
     Python's own ``hash`` is salted per process, so it cannot route IDs between
     workers; this is FNV-1a over the UTF-8 bytes, vectorised across the IDs.
+    ``ids`` are str, or a bytes array (``dtype='S'``) of their UTF-8.
     """
-    if not len(ids):
+    raw = _as_bytes(ids)
+    if not raw.size:
         return np.empty(0, dtype=np.int64)
-    raw = np.array([i.encode() for i in ids], dtype=bytes)
     width = raw.dtype.itemsize
-    table = raw.view(np.uint8).reshape(len(ids), width) if width else np.zeros((len(ids), 0), np.uint8)
+    table = raw.view(np.uint8).reshape(raw.size, width)
     lengths = np.char.str_len(raw).astype(np.uint64)
-    state = np.full(len(ids), _FNV_OFFSET, dtype=np.uint64)
+    state = np.full(raw.size, _FNV_OFFSET, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for column in range(width):
             live = lengths > column  # bytes past an ID's end are padding
             state = np.where(live, (state ^ table[:, column]) * _FNV_PRIME, state)
         state = (state ^ lengths) * _FNV_PRIME
     return (state % np.uint64(parts)).astype(np.int64)
+
+
+def _split(ids: np.ndarray, parts: int, *extra: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+    """``ids`` (and arrays that go with them) cut into their partitions, order kept."""
+    owner = partition_of(ids, parts)
+    order = np.argsort(owner, kind="stable")
+    bounds = np.searchsorted(owner[order], np.arange(parts + 1))
+    return [tuple(a[order[bounds[p] : bounds[p + 1]]] for a in (ids, *extra)) for p in range(parts)]
 
 
 @dataclass
@@ -85,7 +104,25 @@ class _Scan:
     unreadable: UnreadableShardError | None = None
     fatal: ShardError | None = None
     id_chars: int = 0
-    pieces: list[tuple[list[str], np.ndarray]] = field(default_factory=list)
+    pieces: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (IDs as bytes, rows)
+
+
+def _read_id_bytes(handle: h5py.File, path: Path) -> np.ndarray:
+    """A shard's IDs as UTF-8 bytes, checked to be valid UTF-8 (without making str of them)."""
+    dset = handle[SEQUENCE_IDS]
+    blocks = []
+    for start in range(0, dset.shape[0], _ID_CHUNK):
+        try:
+            raw = dset[start : start + _ID_CHUNK]
+        except OSError as err:
+            raise UnreadableShardError(path, f"cannot read 'sequence_ids' ({first_line(err)})") from err
+        raw = raw if raw.dtype.kind == "S" else np.array(raw.tolist(), dtype=bytes)
+        try:
+            b"\x00".join(raw.tolist()).decode("utf-8")  # one C-level pass checks them all
+        except UnicodeDecodeError as err:
+            raise ShardError(path, f"a sequence ID near row {start} is not valid UTF-8") from err
+        blocks.append(raw)
+    return np.concatenate(blocks) if blocks else np.empty(0, dtype="S1")
 
 
 def _scan(path: Path, parts: int) -> _Scan:
@@ -94,34 +131,19 @@ def _scan(path: Path, parts: int) -> _Scan:
     try:
         with open_shard(path) as handle:
             scan.meta = read_shard_meta(handle, path)
-            buckets: list[list[tuple[list[str], np.ndarray]]] = [[] for _ in range(parts)]
-            row = 0
-            for chunk in iter_id_chunks(handle, path):
-                scan.id_chars += sum(map(len, chunk))
-                owner = partition_of(chunk, parts)
-                order = np.argsort(owner, kind="stable")
-                bounds = np.searchsorted(owner[order], np.arange(parts + 1))
-                for p in range(parts):
-                    take = order[bounds[p] : bounds[p + 1]]
-                    if take.size:
-                        buckets[p].append(([chunk[i] for i in take], take + row))
-                row += len(chunk)
+            ids = _read_id_bytes(handle, path)
     except UnreadableShardError as err:
         return _Scan(path, unreadable=err)
     except ShardError as err:
         return _Scan(path, fatal=err)
-    scan.pieces = [_join(bucket) for bucket in buckets]
+    scan.id_chars = int(np.char.str_len(ids).sum()) if ids.size else 0
+    rows = np.arange(ids.size, dtype=np.int32 if ids.size < 2**31 else np.int64)
+    scan.pieces = _split(ids, parts, rows)
     return scan
 
 
-def _join(bucket: list[tuple[list[str], np.ndarray]]) -> tuple[list[str], np.ndarray]:
-    ids = [i for chunk_ids, _ in bucket for i in chunk_ids]
-    rows = np.concatenate([rows for _, rows in bucket]) if bucket else np.empty(0, np.int64)
-    return ids, rows
-
-
-def _piece(scan: _Scan, p: int) -> tuple[list[str], np.ndarray]:
-    return scan.pieces[p] if scan.pieces else ([], np.empty(0, np.int64))
+def _piece(scan: _Scan, p: int) -> tuple[np.ndarray, np.ndarray]:
+    return scan.pieces[p] if scan.pieces else (np.empty(0, "S1"), np.empty(0, np.int64))
 
 
 _RANGE_BYTES = 32 * 2**20  # an expected-ID file is read in ranges of about this size
@@ -169,14 +191,13 @@ def _range_ids(path: Path, start: int, end: int, form: str) -> Iterator[str]:
             yield text
 
 
-def _scan_expected(path: Path, start: int, end: int, form: str, parts: int) -> list[list[str]]:
+def _scan_expected(path: Path, start: int, end: int, form: str, parts: int) -> list[np.ndarray]:
     """Worker task: the expected IDs in one byte range of a file, split by partition."""
     try:
         ids = list(iter_expected_ids(path)) if form == "gzip" else list(_range_ids(path, start, end, form))
     except UnicodeDecodeError as err:
         raise ExpectedIdsError(f"{path}: not UTF-8 text") from err
-    owner = partition_of(ids, parts)
-    return [[ids[i] for i in np.flatnonzero(owner == p)] for p in range(parts)]
+    return [piece for piece, in _split(_as_bytes(ids), parts)]
 
 
 def _expected_pieces(client, expected, parts: int, range_bytes: int = _RANGE_BYTES) -> list:
@@ -184,9 +205,7 @@ def _expected_pieces(client, expected, parts: int, range_bytes: int = _RANGE_BYT
     if expected is None:
         return [None] * parts
     if not isinstance(expected, os.PathLike):  # IDs in memory here: partition and send them
-        ids = list(expected)
-        owner = partition_of(ids, parts)
-        return client.scatter([[ids[i] for i in np.flatnonzero(owner == p)] for p in range(parts)])
+        return client.scatter([piece for piece, in _split(_as_bytes(list(expected)), parts)])
     path = Path(expected).resolve()
     if not path.is_file():
         raise ExpectedIdsError(f"{expected}: expected-ID file does not exist")
@@ -197,8 +216,8 @@ def _expected_pieces(client, expected, parts: int, range_bytes: int = _RANGE_BYT
                           pure=False) for p in range(parts)]
 
 
-def _concat(pieces: list[list[str]]) -> list[str]:
-    return [i for piece in pieces for i in piece]
+def _concat(pieces: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(pieces) if pieces else np.empty(0, "S1")
 
 
 @dataclass
@@ -206,32 +225,40 @@ class _Verdict:
     """One partition's answer."""
 
     duplicate: tuple[int, int, str, int] | None  # (shard, row) of the repeat, the ID, its first shard
-    missing: list[str]
-    extra: list[str]
+    missing: np.ndarray  # sorted, as bytes
+    extra: np.ndarray
     num_expected: int
 
 
-def _check(pieces: list[tuple[list[str], np.ndarray]], expected: list[str] | None) -> _Verdict:
-    """Worker task: exact duplicate, missing and extra checks for one partition."""
-    first: dict[str, int] = {}
+def _check(pieces: list[tuple[np.ndarray, np.ndarray]], expected: np.ndarray | None) -> _Verdict:
+    """Worker task: exact duplicate, missing and extra checks for one partition (vectorised)."""
+    ids = _concat([piece_ids for piece_ids, _ in pieces])
+    shard = np.concatenate([np.full(len(piece_ids), k, np.int32) for k, (piece_ids, _) in enumerate(pieces)] or [[]])
+    row = np.concatenate([rows for _, rows in pieces] or [[]])
+    order = np.argsort(ids, kind="stable")  # equal IDs stay in (shard, row) order
+    ordered = ids[order]
+    repeat = ordered[1:] == ordered[:-1]
     duplicate = None
-    for shard, (ids, rows) in enumerate(pieces):
-        for sequence_id, row in zip(ids, rows.tolist()):
-            if sequence_id in first:
-                candidate = (shard, row, sequence_id, first[sequence_id])
-                duplicate = candidate if duplicate is None else min(duplicate, candidate)
-            else:
-                first[sequence_id] = shard
+    if repeat.any():
+        second = order[1:][repeat].min()  # the earliest second sighting, in shard order
+        first = np.flatnonzero(ids == ids[second])[0]
+        duplicate = (int(shard[second]), int(row[second]), ids[second].decode(), int(shard[first]))
+    present = ordered[np.concatenate(([True], ~repeat))] if ordered.size else ordered
     if expected is None:
-        return _Verdict(duplicate, [], [], 0)
-    wanted = set(expected)
-    return _Verdict(duplicate, sorted(wanted.difference(first)), sorted(first.keys() - wanted), len(wanted))
+        return _Verdict(duplicate, np.empty(0, "S1"), np.empty(0, "S1"), 0)
+    wanted = np.unique(expected)
+    return _Verdict(
+        duplicate,
+        np.setdiff1d(wanted, present, assume_unique=True),
+        np.setdiff1d(present, wanted, assume_unique=True),
+        int(wanted.size),
+    )
 
 
 def _default_parts(client) -> int:
-    """Partitions: a few per worker, so each check task holds a small share of the IDs."""
+    """Partitions: several per worker, so each check task holds a small share of the IDs."""
     workers = max(len(client.scheduler_info().get("workers", {})), 1)
-    return 4 * workers
+    return 8 * workers
 
 
 def _run(shard_files: Sequence[Path], expected, client, parts: int | None, range_bytes: int = _RANGE_BYTES):
@@ -241,11 +268,14 @@ def _run(shard_files: Sequence[Path], expected, client, parts: int | None, range
     # Workers may run elsewhere: give them absolute paths (of a shared filesystem).
     scans = client.map(_scan, [Path(p).resolve() for p in shard_files], parts=parts, pure=False)
     expected_pieces = _expected_pieces(client, expected, parts, range_bytes)
-    verdicts = []
-    for p in range(parts):
-        pieces = [client.submit(_piece, scan, p, pure=False) for scan in scans]
-        verdicts.append(client.submit(_check, pieces, expected_pieces[p], pure=False))
-    return [_as_given(s, p) for s, p in zip(_gather_metadata(client, scans), shard_files)], client.gather(verdicts)
+    metadata = [client.submit(_strip, scan, pure=False) for scan in scans]
+    verdicts = [
+        client.submit(_check, [client.submit(_piece, scan, p, pure=False) for scan in scans], expected_pieces[p],
+                      pure=False)
+        for p in range(parts)
+    ]
+    del scans, expected_pieces  # held by no one here, each shard's IDs go once its pieces are taken
+    return [_as_given(m, path) for m, path in zip(client.gather(metadata), shard_files)], client.gather(verdicts)
 
 
 def _as_given(scan: _Scan, path: Path) -> _Scan:
@@ -266,10 +296,6 @@ def _strip(scan: _Scan) -> _Scan:
     return _Scan(scan.path, scan.meta, scan.unreadable, scan.fatal, scan.id_chars)
 
 
-def _gather_metadata(client, scans) -> list[_Scan]:
-    return client.gather([client.submit(_strip, scan, pure=False) for scan in scans])
-
-
 def _combine(verdicts: Iterable[_Verdict], scans: list[_Scan]):
     verdicts = list(verdicts)
     duplicates = [v.duplicate for v in verdicts if v.duplicate is not None]
@@ -277,8 +303,8 @@ def _combine(verdicts: Iterable[_Verdict], scans: list[_Scan]):
     if duplicates:
         shard, _, sequence_id, first = min(duplicates)
         duplicate = (sequence_id, scans[shard].path, scans[first].path)
-    missing = list(heapq.merge(*(v.missing for v in verdicts)))
-    extra = list(heapq.merge(*(v.extra for v in verdicts)))
+    missing = [i.decode() for i in heapq.merge(*(v.missing.tolist() for v in verdicts))]
+    extra = [i.decode() for i in heapq.merge(*(v.extra.tolist() for v in verdicts))]
     return duplicate, missing, extra, sum(v.num_expected for v in verdicts)
 
 

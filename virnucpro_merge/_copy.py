@@ -38,6 +38,7 @@ __all__ = [
     "count_nonfinite_raw",
     "raw_copy_in_background",
     "Written",
+    "BlockWriter",
 ]
 
 OUTPUT_DTYPE = np.dtype("<f4")
@@ -158,6 +159,44 @@ def _copy_bytes(src: int, dst: int, count: int, src_offset: int, dst_offset: int
         if err.errno not in _NO_COPY_FILE_RANGE:
             raise
         return _pread_pwrite(src, dst, count, src_offset, dst_offset)
+
+
+class BlockWriter:
+    """Writes blocks of output rows as raw bytes on a second thread, one at a time.
+
+    The output's embeddings are contiguous at a known offset, so a block is one
+    ``pwrite``; the caller gathers the next block meanwhile (and must not refill a
+    block until the next call to :meth:`write` has returned).
+    """
+
+    def __init__(self, output: Path, data_offset: int, row_bytes: int, written: Callable[[int, int], object]):
+        self.fd = os.open(output, os.O_WRONLY)
+        self.data_offset, self.row_bytes, self.written = data_offset, row_bytes, written
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="virnucpro-write")
+        self.pending = None
+
+    def _write(self, block: np.ndarray, start: int) -> None:
+        view, offset = memoryview(block).cast("B"), self.data_offset + start * self.row_bytes
+        while view:
+            done = os.pwrite(self.fd, view, offset)
+            view, offset = view[done:], offset + done
+        self.written(start, start + block.shape[0])
+
+    def write(self, block: np.ndarray, start: int) -> None:
+        self.wait()
+        self.pending = self.pool.submit(self._write, block, start)
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
+
+    def close(self) -> None:
+        """Wait for the last write (unless failing already), then let go of the thread and file."""
+        try:
+            self.pool.shutdown(wait=True)
+        finally:
+            os.close(self.fd)
 
 
 class Written:

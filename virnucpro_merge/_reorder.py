@@ -21,7 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ._copy import nonfinite_rows
+from ._copy import OUTPUT_DTYPE, BlockWriter, nonfinite_rows
 from .errors import ExpectedIdsError, ShardError, UnreadableShardError
 from .plan import OK, MergePlan, ShardPlan
 from .shards import EMBEDDINGS, SEQUENCE_IDS, first_line, open_shard_file
@@ -33,6 +33,7 @@ __all__ = ["RowOrder", "index_order", "write_in_order"]
 # longer than the rows wanted (always true for stride runs); else read row by row.
 _SPAN_SLACK = 4
 _MAX_OPEN = 32
+_BLOCK_BYTES = 32 * 2**20  # each of the two block buffers holds at most this (and chunk_size rows)
 
 
 @dataclass
@@ -121,22 +122,31 @@ def _nonfinite_mask(block: np.ndarray) -> np.ndarray | None:
 def write_in_order(
     plan: MergePlan,
     order: RowOrder,
-    emb_out: h5py.Dataset,
+    writer: BlockWriter,
     ids_out: h5py.Dataset,
-    buffer: np.ndarray,
-    on_written: Callable[[int, int], object],
+    block_rows: int,
 ) -> dict[str, int]:
-    """Fill the output block by block; return the rows holding NaN or Inf, per shard."""
+    """Fill the output block by block; return the rows holding NaN or Inf, per shard.
+
+    Two block buffers take turns: while ``writer`` writes one on its thread, the
+    next is gathered here.
+    """
     shards = [s for s in plan.shards if s.status == OK]
     starts = np.array([s.offset for s in shards], dtype=np.int64)
     nonfinite = {str(s.path): 0 for s in shards}
-    block_rows = buffer.shape[0]
+    row_bytes = max(plan.embedding_dim, 1) * OUTPUT_DTYPE.itemsize
+    block_rows = max(1, min(block_rows, _BLOCK_BYTES // row_bytes))
+    buffers = [np.empty((min(block_rows, order.source_rows.size), plan.embedding_dim), OUTPUT_DTYPE)
+               for _ in range(2)]
+    ordered = order.ordered_ids.size
+    for start in range(0, ordered, block_rows):  # the index's IDs first, before the disk is busy
+        ids_out[start : min(start + block_rows, ordered)] = order.ordered_ids[start : start + block_rows]
     handles = _OpenShards()
     try:
-        for out_start in range(0, order.source_rows.size, block_rows):
+        for turn, out_start in enumerate(range(0, order.source_rows.size, block_rows)):
             source = order.source_rows[out_start : out_start + block_rows]
             owner = np.searchsorted(starts, source, side="right") - 1
-            block = buffer[: source.size]
+            block = buffers[turn % 2][: source.size]
             block_ids = np.empty(source.size, dtype=object)
             for k in np.unique(owner):
                 shard = shards[k]
@@ -155,10 +165,11 @@ def write_in_order(
                 for k, n in zip(*np.unique(owner[bad], return_counts=True)):
                     nonfinite[str(shards[k].path)] += int(n)
             _check_ids(block_ids, order, out_start, shards, owner)
-            stop = out_start + source.size
-            emb_out.write_direct(buffer, np.s_[0 : source.size], np.s_[out_start:stop])
-            ids_out[out_start:stop] = block_ids
-            on_written(out_start, stop)
+            writer.write(block, out_start)  # waits for the write of two blocks ago
+            if out_start + source.size > ordered:  # IDs not in the index, read from the shards
+                first = max(out_start, ordered)
+                ids_out[first : out_start + source.size] = block_ids[first - out_start :]
+        writer.wait()
     finally:
         handles.close()
     return nonfinite

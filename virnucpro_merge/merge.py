@@ -14,6 +14,7 @@ from tqdm import tqdm
 from ._atomic import atomic_output
 from ._copy import (
     OUTPUT_DTYPE,
+    BlockWriter,
     Written,
     copy_embeddings_h5py,
     copy_ids,
@@ -258,7 +259,7 @@ def _write(
     for shard in shards:
         recheck(shard)
     raw = [s for s in shards if raw_copyable(s)] if row_order is None else []
-    rows = min(chunk_size, plan.total_sequences) if len(raw) < len(shards) else 0
+    rows = min(chunk_size, plan.total_sequences) if row_order is None and len(raw) < len(shards) else 0
     buffer = np.empty((rows, plan.embedding_dim), OUTPUT_DTYPE)  # only the h5py paths use it
     bar = tqdm(total=plan.total_sequences, unit="seq", desc="Merging", disable=not progress)
     with bar, _create_output(temp) as out:
@@ -267,7 +268,11 @@ def _write(
         written = Written(temp, emb_out.id.get_offset(), plan.embedding_dim * OUTPUT_DTYPE.itemsize, bar)
         try:
             if row_order is not None:
-                nonfinite = write_in_order(plan, row_order, emb_out, ids_out, buffer, written)
+                writer = BlockWriter(temp, written.data_offset, written.row_bytes, written)
+                try:
+                    nonfinite = write_in_order(plan, row_order, writer, ids_out, chunk_size)
+                finally:
+                    writer.close()
             for shard in shards:
                 if shard not in raw and row_order is None:
                     nonfinite[str(shard.path)] = copy_embeddings_h5py(shard, emb_out, buffer, written)

@@ -40,3 +40,24 @@ def make_shard(tmp_path: Path, rng: np.random.Generator) -> ShardFactory:
 
     return factory
 
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path):
+    """``tmpfs("size=2m")``: a fresh folder with a tmpfs mounted on it (skip where that is refused)."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(options: str) -> Path:
+        folder = tmp_path / f"tmpfs{len(mounted)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs ({options}) here: {done.stderr.decode().strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=True)

@@ -165,3 +165,12 @@ def test_virtual_refuses_fail_on_nonfinite(run):
     folder, shards = run
     with pytest.raises(MergeError, match="fail_on_nonfinite"):
         aggregate_shards(shards, folder / "v.h5", layout="virtual", fail_on_nonfinite=True)
+
+
+def test_materialize_counts_nonfinite_per_source(make_shard, tmp_path):
+    bad = np.ones((4, 8), "f4")
+    bad[1, 2] = np.inf
+    shards = [make_shard("shard_0", ids("a", 3)), make_shard("shard_1", ids("b", 4), embeddings=bad)]
+    virtual = aggregate_shards(shards, tmp_path / "v.h5", layout="virtual")
+    report = read_merge_report(materialize(virtual, tmp_path / "solid.h5"))
+    assert [s["nonfinite_rows"] for s in report["shards"]] == [0, 1] and report["nonfinite_rows"] == 1

@@ -196,9 +196,9 @@ def materialize(
     """Turn a virtual output into a self-contained one (embeddings copied in).
 
     The source shards are checked first (present and unchanged since the virtual
-    merge); the copy then takes the normal fast path. The new report keeps the
-    virtual one's findings (missing IDs, failed shards, partial) and names it in
-    ``materialized_from``.
+    merge); the copy then takes the normal fast path. The new report lists those
+    sources as its shards, keeps the virtual one's findings (missing IDs, failed
+    shards, partial, lineage) and names it in ``materialized_from``.
 
     Raises
     ------
@@ -216,11 +216,9 @@ def materialize(
     plan = plan_merge(sources)
     if plan.total_sequences != old["total_sequences"]:
         raise MergeError(f"{virtual}: its sources hold {plan.total_sequences} rows, not {old['total_sequences']}")
-    report = build_report(plan, chunk_size)
-    keep = ("shards", "failed_shards", "lineage", "num_expected", "num_missing", "num_extra", "partial", "missing_ids")
+    report = build_report(plan, chunk_size)  # its shards: the sources it was copied from
+    keep = ("failed_shards", "lineage", "num_expected", "num_missing", "num_extra", "partial", "missing_ids")
     report.update({k: old[k] for k in keep}, materialized_from=str(virtual))
-    for shard in report["shards"]:
-        shard["nonfinite_rows"] = 0
     write_merge(plan, output, report, chunk_size=chunk_size, progress=progress)
     return output
 

@@ -72,7 +72,7 @@ def test_extra_datasets_are_ignored(make_shard, tmp_path):
 @pytest.mark.parametrize("dtype", ["complex64", "S8"])
 def test_complex_or_string_embeddings(tmp_path, dtype):
     shard = raw_shard(tmp_path / "s.h5", np.zeros((1, 2), dtype), np.array([b"a"]))
-    with pytest.raises(ShardError, match=rf"s\.h5: 'embeddings' has dtype .*; expected float32 or float16"):
+    with pytest.raises(ShardError, match=r"s\.h5: 'embeddings' has dtype .*; expected float32 or float16"):
         aggregate_shards([shard], tmp_path / "o.h5")
 
 

@@ -14,7 +14,7 @@ read from the shard, so a hash collision cannot put a row in the wrong place.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from ._copy import OUTPUT_DTYPE, BlockWriter, nonfinite_rows
 from .errors import ExpectedIdsError, ShardError, UnreadableShardError
 from .plan import OK, MergePlan, ShardPlan
 from .shards import EMBEDDINGS, SEQUENCE_IDS, first_line, open_shard_file
-from .validation import _hashes
+from .validation import id_hashes
 
 __all__ = ["RowOrder", "index_order", "write_in_order"]
 
@@ -50,10 +50,10 @@ def index_order(plan: MergePlan, index_ids: Sequence[str]) -> RowOrder:
     assert plan.ids is not None
     if len(set(index_ids)) != len(index_ids):
         raise ExpectedIdsError("order='index' needs an index without repeated sequence IDs")
-    hashes = np.concatenate([h for h in plan.ids._hashes] or [np.empty(0, np.int64)])
+    hashes = plan.ids.row_hashes()
     by_hash = np.argsort(hashes, kind="stable")
     ordered = hashes[by_hash]
-    wanted = _hashes(index_ids)
+    wanted = id_hashes(index_ids)
     where = np.minimum(np.searchsorted(ordered, wanted), max(ordered.size - 1, 0))
     found = ordered[where] == wanted if ordered.size else np.zeros(wanted.size, bool)
     rows = by_hash[where[found]]

@@ -24,7 +24,7 @@ import numpy as np
 
 from .shards import iter_id_chunks, open_shard, read_shard_meta
 
-__all__ = ["IdIndex", "validate_shard_completeness", "as_id_set", "warn_extra"]
+__all__ = ["IdIndex", "id_hashes", "validate_shard_completeness", "as_id_set", "warn_extra"]
 
 logger = logging.getLogger("virnucpro_merge")
 
@@ -38,7 +38,8 @@ def as_id_set(ids: Collection[str]) -> set[str] | frozenset[str]:
 _id_hash = hash
 
 
-def _hashes(ids: Collection[str]) -> np.ndarray:
+def id_hashes(ids: Collection[str]) -> np.ndarray:
+    """The 64-bit hash of each ID (this process's; not for sending to others)."""
     return np.fromiter(map(_id_hash, ids), dtype=np.int64, count=len(ids))
 
 
@@ -73,7 +74,7 @@ class IdIndex:
         """Take in one shard's IDs, all or nothing (a read that fails adds none)."""
         hashes, extra, present, chars = [], [], 0, 0
         for chunk in chunks:
-            hashes.append(_hashes(chunk))
+            hashes.append(id_hashes(chunk))
             chars += sum(map(len, chunk))
             if self.expected is not None:
                 known = np.fromiter(map(self.expected.__contains__, chunk), dtype=bool, count=len(chunk))
@@ -89,9 +90,13 @@ class IdIndex:
         self.extra.extend(extra)
         self._sorted = None
 
+    def row_hashes(self) -> np.ndarray:
+        """Every ID's hash, in row order of the accepted shards (one after another)."""
+        return np.concatenate(self._hashes or [np.empty(0, np.int64)])
+
     def _sorted_hashes(self) -> np.ndarray:
         if self._sorted is None:
-            self._sorted = np.sort(np.concatenate(self._hashes or [np.empty(0, np.int64)]))
+            self._sorted = np.sort(self.row_hashes())
         return self._sorted
 
     def drop_sorted(self) -> None:
@@ -125,7 +130,7 @@ class IdIndex:
         if num_missing == 0:
             return []
         ordered = self._sorted_hashes()
-        wanted = _hashes(self.expected)
+        wanted = id_hashes(self.expected)
         where = np.minimum(np.searchsorted(ordered, wanted), max(ordered.size - 1, 0))
         absent = ordered[where] != wanted if ordered.size else np.ones(wanted.size, bool)
         surely_missing = list(itertools.compress(self.expected, absent))

@@ -62,6 +62,8 @@ def execute(path: Path) -> nbformat.NotebookNode:
 
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, kernel_name=KERNEL, timeout=TIMEOUT, record_timing=False,
+                   # the kernel's own start-up chatter (a TCP warning) is not for this report
+                   extra_arguments=["--IPKernelApp.log_level=ERROR"],
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     return clean(nb)
 

@@ -16,13 +16,13 @@ from virnucpro_merge.cli import main
 
 @pytest.fixture
 def run_dir(tmp_path, make_shard):
-    """Ranks 0, 1, 2 and 10 in a folder (numeric order matters), IDs r<rank>_<i>."""
-    for rank in (10, 2, 1, 0):
+    """Ranks 0 to 10 in a folder (numeric order matters: 2 before 10), IDs r<rank>_<i>."""
+    for rank in reversed(range(11)):
         make_shard(f"shard_{rank}", [f"r{rank}_{i}" for i in range(3)])
     return tmp_path
 
 
-ALL_IDS = [f"r{rank}_{i}" for rank in (0, 1, 2, 10) for i in range(3)]
+ALL_IDS = [f"r{rank}_{i}" for rank in range(11) for i in range(3)]
 
 
 def one_error_line(stderr: str) -> str:
@@ -37,7 +37,15 @@ class TestAggregate:
         out = run_dir / "merged.h5"
         assert main(["aggregate", str(run_dir), "-o", str(out), "--no-progress"]) == 0
         assert read_datasets(out)[1] == ALL_IDS
-        assert f"Aggregation complete: {out}, 12 sequences" in capsys.readouterr().err
+        assert f"Aggregation complete: {out}, 33 sequences" in capsys.readouterr().err
+
+    def test_a_rank_without_a_file_is_a_dead_worker(self, run_dir, capsys):
+        (run_dir / "shard_4.h5").unlink()
+        out = run_dir / "merged.h5"
+        assert main(["aggregate", str(run_dir), "-o", str(out)]) == 2
+        assert f"{run_dir / 'shard_4.h5'}: file does not exist" in one_error_line(capsys.readouterr().err)
+        assert main(["-q", "aggregate", str(run_dir), "-o", str(out), "--partial"]) == 0
+        assert read_merge_report(out)["failed_shards"] == [str(run_dir / "shard_4.h5")]
 
     @pytest.mark.parametrize("form", ["txt", "fasta", "json"])
     def test_expected_forms(self, run_dir, form, capsys):
@@ -80,7 +88,7 @@ class TestAggregate:
     def test_chunk_size_and_progress(self, run_dir, capsys):
         out = run_dir / "m.h5"
         assert main(["aggregate", str(run_dir), "-o", str(out), "--chunk-size", "2", "--progress"]) == 0
-        assert "12/12" in capsys.readouterr().err
+        assert "33/33" in capsys.readouterr().err
         assert read_merge_report(out)["chunk_size"] == 2
 
     def test_quiet(self, run_dir, capsys):
@@ -111,7 +119,7 @@ class TestValidate:
         (run_dir / "ids.txt").write_text("\n".join(ALL_IDS))
         assert main(["validate", str(run_dir), "--expected", str(run_dir / "ids.txt")]) == 0
         out = capsys.readouterr().out
-        assert "4 shards, 12 sequences, 12 expected IDs" in out and "missing: 0" in out
+        assert "11 shards, 33 sequences, 33 expected IDs" in out and "missing: 0" in out
         assert not list(run_dir.glob("*.partial")) and not (run_dir / "embeddings.h5").exists()
 
     def test_missing_exits_1(self, run_dir, capsys):

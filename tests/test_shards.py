@@ -129,8 +129,15 @@ def test_expand_orders_shards_numerically(tmp_path, make_shard):
         make_shard(f"shard_{rank}", [f"r{rank}"])
     (tmp_path / "shard_x.h5").write_bytes(b"")  # not a rank: ignored
     (tmp_path / "notes.txt").write_text("hi")
-    names = [p.name for p in expand_shard_args([tmp_path])]
-    assert names == ["shard_0.h5", "shard_1.h5", "shard_2.h5", "shard_10.h5"]
+    paths = expand_shard_args([tmp_path])
+    assert [p.name for p in paths] == [f"shard_{rank}.h5" for rank in range(11)]
+    assert [p.exists() for p in paths] == [True, True, True] + [False] * 7 + [True]  # 3..9: dead workers
+
+
+def test_expand_keeps_odd_rank_spellings(tmp_path, make_shard):
+    make_shard("shard_00", ["a"])
+    make_shard("shard_1", ["b"])
+    assert [p.name for p in expand_shard_args([tmp_path])] == ["shard_00.h5", "shard_1.h5"]
 
 
 def test_expand_keeps_files_as_given(tmp_path):

@@ -225,16 +225,19 @@ def expand_shard_args(args: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Turn command-line arguments into shard paths.
 
     A directory stands for its ``shard_<rank>.h5`` files in numeric rank order
-    (``shard_2`` before ``shard_10``); a file stands for itself.
+    (``shard_2`` before ``shard_10``), ranks ``0 .. highest``: a rank without a file
+    in between is a worker that never wrote one, and is listed all the same (a
+    strict merge then names it; a partial one records it as failed). A file stands
+    for itself.
     """
     paths: list[Path] = []
     for arg in args:
         path = Path(arg)
         if path.is_dir():
-            found = [(int(m.group(1)), p) for p in path.iterdir() if (m := _SHARD_NAME.match(p.name))]
+            found = {int(m.group(1)): p for p in path.iterdir() if (m := _SHARD_NAME.match(p.name))}
             if not found:
                 raise MergeError(f"{path}: no shard_<N>.h5 files in this folder")
-            paths.extend(p for _, p in sorted(found))
+            paths.extend(found.get(rank, path / f"shard_{rank}.h5") for rank in range(max(found) + 1))
         else:
             paths.append(path)
     return paths

@@ -53,8 +53,9 @@ test: unit ## Run the unit tests, then the notebooks under nbval
 torture: $(STAMP) ## Kill 50 merges at random moments; print which phases the kills hit
 	$(BIN)/python -m tests.killing --trials 50
 
-bench: $(STAMP) ## Run the merge benchmark (several minutes)
+bench: $(STAMP) ## Run the merge and ID-validation benchmarks (several minutes)
 	$(BIN)/python benchmarks/bench_merge.py
+	$(BIN)/python benchmarks/bench_validation.py
 
 clean: ## Remove the virtualenv, the demo run and build leftovers
 	rm -rf $(VENV) $(DEMO) reports *.egg-info .pytest_cache

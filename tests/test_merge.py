@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import h5py
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 
 from tests.helpers import ids, read_datasets
 from virnucpro_merge import (
+    DuplicateIdError,
     MergeError,
     MissingIdsError,
     OutputError,
@@ -223,21 +225,24 @@ class TestCopyPaths:
         emb, _ = read_datasets(aggregate_shards(mixed, tmp_path / "o.h5", chunk_size=6))
         np.testing.assert_array_equal(emb, self.expected(mixed))
 
-    def test_shard_changed_after_planning(self, make_shard, tmp_path, monkeypatch):
+    @pytest.mark.parametrize("step, order", [("read_layout", "shards"), ("plan_merge", "index"),
+                                             ("refuse_changed", "shards"), ("refuse_changed", "index")])
+    def test_shard_changed_after_planning(self, make_shard, tmp_path, monkeypatch, step, order):
+        """A worker rewrites its file after the merge read it: before or during the copy."""
         from virnucpro_merge import merge
 
         shard = make_shard("shard_0", ids("a", 10))
-        plan_merge = merge.plan_merge
+        original = getattr(merge, step)
 
-        def plan_then_rewrite(*args, **kwargs):
-            plan = plan_merge(*args, **kwargs)
-            make_shard("shard_0", ids("a", 12))  # a worker rewrote its file meanwhile
-            return plan
+        def then_rewrite(*args, **kwargs):
+            result = original(*args, **kwargs)
+            make_shard("shard_0", ids("a", 12))
+            return result
 
-        monkeypatch.setattr(merge, "plan_merge", plan_then_rewrite)
+        monkeypatch.setattr(merge, step, then_rewrite)
         with pytest.raises(ValueError, match="shard_0.h5: changed while the merge was running"):
-            aggregate_shards([shard], tmp_path / "o.h5")
-        assert not (tmp_path / "o.h5").exists()
+            aggregate_shards([shard], tmp_path / "o.h5", ids("a", 10), order=order)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["shard_0.h5"]
 
 
 def test_h5py_rows_next_to_raw_rows(make_shard, tmp_path):
@@ -246,3 +251,105 @@ def test_h5py_rows_next_to_raw_rows(make_shard, tmp_path):
     shards = [make_shard(f"shard_{r}", ids(f"r{r}_", 30 + r), dtype=k) for r, k in enumerate(kinds)]
     emb, _ = read_datasets(aggregate_shards(shards, tmp_path / "o.h5", chunk_size=32))
     np.testing.assert_array_equal(emb, np.concatenate([read_datasets(s)[0].astype("f4") for s in shards]))
+
+
+def _break_ids(shard):
+    """Damage the heap holding a shard's IDs: its metadata still reads, its IDs do not."""
+    data = bytearray(shard.read_bytes())
+    at = data.find(b"GCOL")
+    assert at > 0
+    data[at : at + 4] = b"XXXX"
+    shard.write_bytes(data)
+    return shard
+
+
+class TestCopyWhileChecking:
+    """A plain merge copies embeddings into its temp file while the IDs are checked."""
+
+    def test_a_duplicate_stops_the_copy(self, make_shard, tmp_path, monkeypatch):
+        from virnucpro_merge import _copy
+
+        shards = [make_shard(f"shard_{r}", ids(f"r{r}_", 100)) for r in range(3)]
+        shards.append(make_shard("shard_3", ["r0_0"]))
+        out = tmp_path / "o.h5"
+        out.write_bytes(b"previous good merge")
+        copy_bytes, calls = _copy._copy_bytes, []
+
+        def slow_copy(*args):
+            calls.append(args[2])
+            time.sleep(0.05)
+            return copy_bytes(*args)
+
+        monkeypatch.setattr(_copy, "_copy_bytes", slow_copy)
+        with pytest.raises(DuplicateIdError, match="r0_0"):
+            aggregate_shards(shards, out, chunk_size=10)
+        assert 1 <= len(calls) < 30 // 2  # 31 chunks in all; the check takes milliseconds
+        assert out.read_bytes() == b"previous good merge"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["o.h5"] + [s.name for s in shards]
+
+    def test_unreadable_ids_in_a_partial_merge(self, make_shard, tmp_path):
+        """Metadata fine, IDs not: the rows after that shard move, and the merge starts over."""
+        first = make_shard("shard_0", ids("a", 20), dim=4)
+        broken = _break_ids(make_shard("shard_1", ids("b", 5), dim=4))
+        last = make_shard("shard_2", ids("c", 7), dim=4, dtype="float16")
+        out = aggregate_shards([first, broken, last], tmp_path / "o.h5", chunk_size=6, partial=True)
+        emb, seq = read_datasets(out)
+        assert seq == ids("a", 20) + ids("c", 7)
+        np.testing.assert_array_equal(emb, np.concatenate([read_datasets(s)[0].astype("f4") for s in (first, last)]))
+        report = read_merge_report(out)
+        assert [s["status"] for s in report["shards"]] == ["ok", "failed", "ok"]
+        assert "cannot read 'sequence_ids'" in report["shards"][1]["error"]
+        assert [s["offset"] for s in report["shards"] if s["status"] == "ok"] == [0, 20]
+
+    def test_unreadable_ids_in_a_strict_merge(self, make_shard, tmp_path):
+        shards = [make_shard("shard_0", ids("a", 20)), _break_ids(make_shard("shard_1", ids("b", 5)))]
+        with pytest.raises(UnreadableShardError, match=r"shard_1.h5: cannot read 'sequence_ids'"):
+            aggregate_shards(shards, tmp_path / "o.h5")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["shard_0.h5", "shard_1.h5"]
+
+    def test_a_duplicate_is_named_before_a_full_disk(self, make_shard, tmpfs):
+        shards = [make_shard("shard_0", ["x", "y"], dim=512 * 1024)]  # 4 MiB of embeddings
+        shards.append(make_shard("shard_1", ["x"], dim=512 * 1024))
+        small = tmpfs("size=2m")
+        with pytest.raises(DuplicateIdError):
+            aggregate_shards(shards, small / "o.h5")
+        with pytest.raises(OutputError, match="not enough free space"):
+            aggregate_shards(shards[:1], small / "o.h5")
+        assert list(small.iterdir()) == []
+
+    def test_the_space_is_reserved_before_copying(self, make_shard, tmpfs, monkeypatch):
+        """Past the free-space estimate (here: switched off), a full disk fails at once."""
+        from virnucpro_merge import _atomic, _copy, merge
+
+        shard = make_shard("shard_0", ["x", "y"], dim=512 * 1024)
+        small = tmpfs("size=2m")
+        copies = []
+        monkeypatch.setattr(merge, "check_room", lambda *args: None)
+        monkeypatch.setattr(_atomic, "check_room", lambda *args: None)
+        monkeypatch.setattr(_copy, "_copy_bytes", lambda *args: copies.append(args))
+        with pytest.raises(OutputError, match=r"o.h5: cannot write the merged file \(\[Errno 28\]"):
+            aggregate_shards([shard], small / "o.h5")
+        assert copies == [] and list(small.iterdir()) == []
+
+    def test_every_written_row_is_sent_to_disk(self, make_shard, tmp_path, monkeypatch):
+        """Reserved once, written back span by span: together, exactly the embeddings."""
+        from virnucpro_merge import _copy
+
+        calls = []
+        call = _copy._libc_call
+
+        def spy(name, argtypes, *args):
+            calls.append((name, args[-3:-1] if name == "sync_file_range" else args[-2:]))
+            return call(name, argtypes, *args)
+
+        monkeypatch.setattr(_copy, "_libc_call", spy)
+        shards = [make_shard("shard_0", ids("a", 25), dim=16), make_shard("shard_1", ids("b", 9), dim=16, dtype="float16")]
+        out = aggregate_shards(shards, tmp_path / "o.h5", chunk_size=10)
+        with h5py.File(out) as f:
+            start, size = f["embeddings"].id.get_offset(), 34 * 16 * 4
+        assert [args for name, args in calls if name == "fallocate"] == [(start, size)]
+        spans = sorted(args for name, args in calls if name == "sync_file_range")
+        assert len(spans) == 4  # 3 chunks copied raw, 1 through h5py
+        assert spans[0][0] == start
+        assert all(a + n == b for (a, n), (b, _) in zip(spans, spans[1:]))
+        assert spans[-1][0] + spans[-1][1] == start + size

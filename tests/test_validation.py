@@ -37,8 +37,10 @@ def test_first_duplicate_in_shard_order(make_shard, hashing):
     assert (sequence_id, shard.name, first_shard.name) == ("x", "s2.h5", "s1.h5")
 
 
+@pytest.mark.parametrize("block", [3, IdIndex.BLOCK])
 @pytest.mark.parametrize("seed", range(5))
-def test_missing_and_extra_match_set_algebra(make_shard, hashing, seed):
+def test_missing_and_extra_match_set_algebra(make_shard, hashing, seed, block, monkeypatch):
+    monkeypatch.setattr(IdIndex, "BLOCK", block)  # IDs matched a few at a time: unexpected ones in some blocks
     rng = np.random.default_rng(seed)
     pool = [f"id{i}" for i in range(300)]
     present = [p for p in pool if rng.random() < 0.7]
@@ -74,7 +76,7 @@ def test_index_memory_is_a_few_bytes_per_id():
     index = IdIndex({f"e{i}" for i in range(10)})
     index.add_shard("s", [[f"s{i}" for i in range(100_000)]])
     assert sum(h.nbytes for h in index._hashes) == 8 * 100_000
-    assert len(index.extra) == 100_000 and index.num_present == 0
+    assert len(index.extra) == 100_000 and len(index.missing()) == 10
 
 
 def test_missing_id_hidden_by_a_collision_is_still_found(make_shard, monkeypatch):
@@ -82,6 +84,25 @@ def test_missing_id_hidden_by_a_collision_is_still_found(make_shard, monkeypatch
     shard = make_shard("shard_0", ["aa", "b"])  # hashes 2 and 1: no repeat among the shard IDs
     # "cc" hashes like "aa": by hash alone it would look present
     assert validate_shard_completeness([shard], {"aa", "b", "cc"}) == ({"cc"}, set())
+
+
+def test_a_shard_that_fails_midway_leaves_its_ids_missing(make_shard):
+    """Its first chunk was taken off the unseen IDs before the read failed: they count as missing."""
+    from virnucpro_merge import UnreadableShardError
+
+    good = make_shard("shard_0", ["a", "b"])
+    broken = make_shard("shard_1", ["c", "d", "e"])
+    index = IdIndex({"a", "b", "c", "d", "e", "f"})
+    index.add_shard(good, [["a", "b"]])
+
+    def chunks():
+        yield ["c", "d"]
+        raise UnreadableShardError(broken, "cannot read 'sequence_ids'")
+
+    with pytest.raises(UnreadableShardError):
+        index.add_shard(broken, chunks())
+    assert index.shards == [good]
+    assert index.missing() == ["c", "d", "e", "f"]
 
 
 def test_errors_survive_pickling():

@@ -1,15 +1,17 @@
 """The planning step: read every shard's metadata and IDs, decide, write nothing.
 
-A merge that would fail (a duplicate, a missing sequence, a broken shard, a
-dimension mismatch) fails here, in the time it takes to read the IDs, before a
-single embedding is copied.
+Two passes: :func:`read_layout` reads metadata only (shapes, dtypes, where each
+shard's rows go); :func:`check_ids` then reads the IDs and decides. A merge that
+would fail (a duplicate, a missing sequence, a broken shard, a dimension mismatch)
+fails in the time it takes to read the IDs: a plain merge copies embeddings into
+its temporary file meanwhile, and throws them away.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,9 +19,10 @@ import numpy as np
 
 from .errors import DuplicateIdError, MergeError, MissingIdsError, ShardError, UnreadableShardError
 from .shards import ShardMeta, iter_id_chunks, open_shard, read_shard_meta
+from .sources import fingerprint
 from .validation import IdIndex, as_id_set, warn_extra
 
-__all__ = ["ShardPlan", "MergePlan", "plan_merge", "OK", "EMPTY", "FAILED"]
+__all__ = ["ShardPlan", "MergePlan", "plan_merge", "read_layout", "check_ids", "refuse_changed", "OK", "EMPTY", "FAILED"]
 
 logger = logging.getLogger("virnucpro_merge")
 
@@ -41,6 +44,7 @@ class ShardPlan:
     data_offset: int | None = None
     error: str | None = None
     merged_from: dict | None = None  # the report summary, when the input is itself a merge
+    fingerprint: dict | None = None  # size and mtime when planned
 
     @property
     def usable(self) -> bool:
@@ -112,6 +116,7 @@ def shard_plan(meta: ShardMeta) -> ShardPlan:
         dtype=meta.dtype,
         data_offset=meta.data_offset,
         merged_from=meta.merged_from,
+        fingerprint=meta.fingerprint,
     )
 
 
@@ -121,13 +126,6 @@ def failed_shard(err: UnreadableShardError, *, partial: bool) -> ShardPlan:
         raise err
     logger.warning("Skipping %s (partial merge)", err)
     return ShardPlan(path=Path(err.path), status=FAILED, error=err.problem)
-
-
-def _scan_shard(path: Path, index: IdIndex) -> ShardPlan:
-    with open_shard(path) as handle:
-        meta = read_shard_meta(handle, path)
-        index.add_shard(path, iter_id_chunks(handle, path))
-    return shard_plan(meta)
 
 
 def assemble_plan(
@@ -166,6 +164,80 @@ def apply_expected(
         plan.missing_ids = missing
 
 
+def refuse_changed(shard: ShardPlan) -> None:
+    """Refuse a shard whose file was rewritten or removed since ``shard`` was planned."""
+    try:
+        now = fingerprint(shard.path)
+    except OSError:
+        now = None
+    if now != shard.fingerprint:
+        raise ShardError(shard.path, "changed while the merge was running")
+
+
+IdsHook = Callable[[ShardPlan, Iterator[list[str]]], Iterator[list[str]]]
+
+
+def read_layout(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool = False) -> MergePlan:
+    """Read every shard's metadata (no IDs) and place the shards' rows one after another.
+
+    Raises
+    ------
+    MergeError
+        As :func:`plan_merge`, for everything found without reading IDs.
+    """
+    if not shard_files:
+        raise MergeError("No shard files provided")
+    paths = [Path(p) for p in shard_files]
+    _refuse_repeated_paths(paths)
+    shards = []
+    for path in paths:
+        try:
+            with open_shard(path) as handle:
+                shards.append(shard_plan(read_shard_meta(handle, path)))
+        except UnreadableShardError as err:
+            shards.append(failed_shard(err, partial=partial))
+    return assemble_plan(shards, duplicate=None, id_chars=0)
+
+
+def check_ids(
+    layout: MergePlan,
+    expected: set[str] | frozenset[str] | None,
+    *,
+    partial: bool = False,
+    keep_ids: bool = False,
+    on_ids: IdsHook | None = None,
+) -> MergePlan:
+    """Read the IDs of the shards of ``layout`` and check them; return the final plan.
+
+    ``on_ids(shard, chunks)`` may wrap each shard's stream of ID chunks (a merge
+    writes them out as they go by). A shard whose IDs cannot be read is failed (with
+    ``partial``), which moves the rows of the shards after it: compare offsets.
+    """
+    index = IdIndex(expected)
+    shards: list[ShardPlan] = []
+    for shard in layout.shards:
+        if shard.usable:
+            try:
+                refuse_changed(shard)
+                with open_shard(shard.path) as handle:
+                    chunks = iter_id_chunks(handle, shard.path)
+                    index.add_shard(shard.path, chunks if on_ids is None else on_ids(shard, chunks))
+            except UnreadableShardError as err:
+                shard = failed_shard(err, partial=partial)
+        logger.debug("Planned %s: %s, %d sequences", shard.path, shard.status, shard.num_sequences)
+        shards.append(shard)
+
+    missing = index.missing()  # first: it lets go of the unseen IDs before the hashes are sorted
+    plan = assemble_plan(shards, duplicate=index.find_duplicate(), id_chars=index.num_chars, ids=index)
+    if expected is not None:
+        apply_expected(plan, num_expected=len(expected), missing=missing, extra=index.extra, partial=partial)
+    index.let_go()
+    if not keep_ids:
+        plan.ids = None
+    _log_plan(plan)
+    return plan
+
+
 def plan_merge(
     shard_files: Sequence[str | os.PathLike[str]],
     expected_sequence_ids: Collection[str] | os.PathLike[str] | None = None,
@@ -190,33 +262,16 @@ def plan_merge(
     """
     if not shard_files:
         raise MergeError("No shard files provided")
-    _refuse_repeated_paths([Path(p) for p in shard_files])
     if client is not None:
         from .cluster import plan_on_cluster
 
+        _refuse_repeated_paths([Path(p) for p in shard_files])
         plan = plan_on_cluster(list(map(Path, shard_files)), expected_sequence_ids, partial=partial, client=client)
         _log_plan(plan)
         return plan
     expected = None if expected_sequence_ids is None else as_id_set(expected_sequence_ids)
-    index = IdIndex(expected)
-    shards: list[ShardPlan] = []
-    for path in map(Path, shard_files):
-        try:
-            shard = _scan_shard(path, index)
-        except UnreadableShardError as err:
-            shard = failed_shard(err, partial=partial)
-        logger.debug("Planned %s: %s, %d sequences", path, shard.status, shard.num_sequences)
-        shards.append(shard)
-
-    plan = assemble_plan(shards, duplicate=index.find_duplicate(), id_chars=index.num_chars, ids=index)
-    if expected is not None:
-        apply_expected(plan, num_expected=len(expected), missing=index.missing(), extra=index.extra, partial=partial)
-    index.extra = []
-    index.drop_sorted()
-    if not keep_ids:
-        plan.ids = None
-    _log_plan(plan)
-    return plan
+    layout = read_layout(shard_files, partial=partial)
+    return check_ids(layout, expected, partial=partial, keep_ids=keep_ids)
 
 
 def _log_plan(plan: MergePlan) -> None:

@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 
 from .errors import MergeError, ShardError, UnreadableShardError
-from .sources import source_problems
+from .sources import fingerprint, source_problems
 
 __all__ = ["ShardMeta", "open_shard", "open_shard_file", "read_shard_meta", "iter_id_chunks", "get_shard_info", "expand_shard_args"]
 
@@ -46,6 +46,8 @@ class ShardMeta:
     data_offset: int | None
     #: the merge report's summary when the shard is itself a merged output
     merged_from: dict | None = None
+    #: the file's size and modification time when read (a rewrite changes them)
+    fingerprint: dict | None = None
 
 
 def first_line(err: BaseException) -> str:
@@ -155,6 +157,7 @@ def read_shard_meta(handle: h5py.File, path: str | os.PathLike[str], *, check_so
         dtype=emb.dtype,
         data_offset=_contiguous_offset(emb, path),
         merged_from=summary,
+        fingerprint=fingerprint(path),
     )
 
 
@@ -173,15 +176,17 @@ def iter_id_chunks(
     handle: h5py.File, path: str | os.PathLike[str], chunk: int = ID_CHUNK
 ) -> Iterator[list[str]]:
     """Yield a shard's sequence IDs as lists of str, ``chunk`` at a time."""
-    dset = handle[SEQUENCE_IDS].asstr(encoding="utf-8")
-    total = handle[SEQUENCE_IDS].shape[0]
-    for start in range(0, total, chunk):
+    dset = handle[SEQUENCE_IDS]
+    for start in range(0, dset.shape[0], chunk):
         try:
-            yield dset[start : start + chunk].tolist()
-        except UnicodeDecodeError as err:
-            raise ShardError(path, f"a sequence ID near row {start} is not valid UTF-8") from err
+            raw = dset[start : start + chunk].tolist()  # bytes (vlen or fixed-length strings)
         except OSError as err:
             raise UnreadableShardError(path, f"cannot read 'sequence_ids' ({first_line(err)})") from err
+        try:
+            ids = list(map(bytes.decode, raw)) if raw and isinstance(raw[0], bytes) else raw
+        except UnicodeDecodeError as err:
+            raise ShardError(path, f"a sequence ID near row {start} is not valid UTF-8") from err
+        yield ids
 
 
 def get_shard_info(shard_path: str | os.PathLike[str]) -> dict:

@@ -1,19 +1,20 @@
 """Sequence-ID checks: duplicates within and across shards, missing and extra IDs.
 
 The run's IDs are kept as 64-bit hashes (8 bytes an ID), not as strings: a run of
-10^7 IDs is checked in ~100 MB rather than ~1 GB. Hashes only ever *suggest*; every
-answer is exact:
+10^7 IDs is checked in ~100 MB rather than ~1 GB. Hashes only ever *suggest*
+duplicates: no two equal hashes means no two equal IDs, and equal hashes send the
+check to an exact re-read of the IDs (rare: a real duplicate, or a 1-in-10^12
+collision).
 
-- no two equal hashes means no two equal IDs; equal hashes send the check to an
-  exact re-read of the IDs (rare: a real duplicate, or a 1-in-10^12 collision);
-- whether an ID is expected is asked of the expected set itself, so the number of
-  expected IDs present is exact; an expected ID whose hash is in no shard is surely
-  missing, and when those sure ones account for the exact missing count, they are
-  all of them (otherwise, once in a blue moon, an exact set difference is made).
+Missing and extra IDs are exact set algebra on the strings: a working set of the
+expected IDs not yet found (about 27 bytes an ID, the strings being the caller's)
+loses each ID as a shard shows it, so what is left at the end is missing; a block
+of IDs that did not all match is looked up one by one for the IDs not expected.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -60,35 +61,53 @@ class IdIndex:
         The IDs the run should have produced.
     """
 
+    #: IDs matched against the expected ones at a time: a block holding an
+    #: unexpected ID is looked up again, ID by ID
+    BLOCK = 1024
+
     def __init__(self, expected: set[str] | frozenset[str] | None = None) -> None:
         self.expected = expected
         self.shards: list[Path] = []
         self.num_ids = 0
         self.num_chars = 0  # total length of the IDs, to size the output
-        self.num_present = 0  # IDs that are in ``expected``
         self.extra: list[str] = []
+        self._unseen = None if expected is None else set(iter(expected))  # sized to fit, unlike set.copy()
+        self._unseen_exact = True  # False once a shard that took IDs off it failed
+        self._missing: list[str] | None = None
         self._hashes: list[np.ndarray] = []
         self._sorted: np.ndarray | None = None
 
     def add_shard(self, path: Path, chunks: Iterable[list[str]]) -> None:
         """Take in one shard's IDs, all or nothing (a read that fails adds none)."""
-        hashes, extra, present, chars = [], [], 0, 0
-        for chunk in chunks:
-            hashes.append(id_hashes(chunk))
-            chars += sum(map(len, chunk))
-            if self.expected is not None:
-                known = np.fromiter(map(self.expected.__contains__, chunk), dtype=bool, count=len(chunk))
-                num_known = int(known.sum())
-                present += num_known
-                if num_known < len(chunk):
-                    extra.extend(itertools.compress(chunk, ~known))
+        hashes, extra, chars = [], [], 0
+        try:
+            for chunk in chunks:
+                hashes.append(id_hashes(chunk))
+                chars += sum(map(len, chunk))
+                if self.expected is not None:
+                    extra.extend(self._take_off(chunk))
+        except BaseException:
+            if hashes and self.expected is not None:
+                self._unseen_exact = False  # this shard's first IDs were taken off: missing() re-reads
+            raise
         self._hashes.append(np.concatenate(hashes) if hashes else np.empty(0, np.int64))
         self.shards.append(path)
         self.num_ids += self._hashes[-1].size
         self.num_chars += chars
-        self.num_present += present
         self.extra.extend(extra)
         self._sorted = None
+
+    def _take_off(self, chunk: list[str]) -> list[str]:
+        """Take ``chunk``'s IDs off the unseen ones; return those not expected."""
+        extra = []
+        for start in range(0, len(chunk), self.BLOCK):
+            block = chunk[start : start + self.BLOCK]
+            before = len(self._unseen)
+            collections.deque(map(self._unseen.discard, block), maxlen=0)  # (difference_update may
+            # copy the whole table to clear away deleted entries: twice its memory for a moment)
+            if before - len(self._unseen) < len(block):  # not expected, or seen already
+                extra.extend(itertools.filterfalse(self.expected.__contains__, block))
+        return extra
 
     def row_hashes(self) -> np.ndarray:
         """Every ID's hash, in row order of the accepted shards (one after another)."""
@@ -96,12 +115,14 @@ class IdIndex:
 
     def _sorted_hashes(self) -> np.ndarray:
         if self._sorted is None:
-            self._sorted = np.sort(self.row_hashes())
+            self._sorted = self.row_hashes()  # a new array: sorted in place
+            self._sorted.sort()
         return self._sorted
 
-    def drop_sorted(self) -> None:
-        """Let go of the sorted copy of the hashes (8 bytes an ID) once checks are done."""
-        self._sorted = None
+    def let_go(self) -> None:
+        """Keep only the row hashes: drop the sorted copy, the unseen set and the extras."""
+        self._sorted = self._unseen = self._missing = None
+        self.extra = []
 
     def has_repeated_hash(self) -> bool:
         ordered = self._sorted_hashes()
@@ -120,24 +141,20 @@ class IdIndex:
         return None
 
     def missing(self) -> list[str]:
-        """The expected IDs found in no shard, sorted."""
+        """The expected IDs found in no accepted shard, sorted.
+
+        Final: ask once every shard is in (the working set is let go then).
+        """
         if not self.expected:
             return []
-        if self.has_repeated_hash():  # counts are unreliable with duplicates: be plain
-            seen = {sequence_id for _, sequence_id in _iter_shard_ids(self.shards)}
-            return sorted(self.expected - seen)
-        num_missing = len(self.expected) - self.num_present
-        if num_missing == 0:
-            return []
-        ordered = self._sorted_hashes()
-        wanted = id_hashes(self.expected)
-        where = np.minimum(np.searchsorted(ordered, wanted), max(ordered.size - 1, 0))
-        absent = ordered[where] != wanted if ordered.size else np.ones(wanted.size, bool)
-        surely_missing = list(itertools.compress(self.expected, absent))
-        if len(surely_missing) == num_missing:
-            return sorted(surely_missing)
-        seen = {sequence_id for _, sequence_id in _iter_shard_ids(self.shards)}
-        return sorted(self.expected - seen)
+        if self._missing is None:
+            if self._unseen_exact:
+                self._missing = sorted(self._unseen)
+            else:
+                seen = {sequence_id for _, sequence_id in _iter_shard_ids(self.shards)}
+                self._missing = sorted(self.expected - seen)
+            self._unseen = None
+        return self._missing
 
 
 def warn_extra(extra: Collection[str]) -> None:

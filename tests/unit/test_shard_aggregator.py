@@ -238,9 +238,9 @@ class TestExceptionSafety:
 
     @pytest.mark.parametrize("dtype, target", [("float32", "raw"), ("float16", "h5py"), ("float32", "ids")])
     def test_cleanup_when_copy_fails_midway(self, make_shard, tmp_path, monkeypatch, dtype, target):
-        shard = make_shard("shard_0", ids("s", 100), dtype=dtype)
+        shards = [make_shard(f"shard_{r}", ids(f"s{r}_", 30), dtype=dtype) for r in range(3)]
         calls = {"n": 0}
-        owner, name = {"raw": (_copy, "_copy_bytes"), "h5py": (h5py.Dataset, "write_direct"),
+        owner, name = {"raw": (_copy, "_copy_bytes"), "h5py": (_copy, "write_block"),
                        "ids": (h5py.Dataset, "__setitem__")}[target]
         original = getattr(owner, name)
 
@@ -252,9 +252,9 @@ class TestExceptionSafety:
 
         monkeypatch.setattr(owner, name, fail_on_third)
         with pytest.raises(KeyboardInterrupt):
-            aggregate_shards([shard], tmp_path / "merged.h5", chunk_size=10)
+            aggregate_shards(shards, tmp_path / "merged.h5", chunk_size=10)
         assert calls["n"] == 3
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["shard_0.h5"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["shard_0.h5", "shard_1.h5", "shard_2.h5"]
 
     def test_existing_output_survives_failure(self, make_shard, tmp_path):
         good = aggregate_shards([make_shard("shard_0", ["a"])], tmp_path / "merged.h5")

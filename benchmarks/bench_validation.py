@@ -2,9 +2,9 @@
 
 Builds runs of N IDs (``contig_000000000``, ...) in 64 shards (stride distribution:
 shard r holds positions r, r + 64, ...; embeddings of shape (rows, 1) float32, since
-this is about IDs; ``sequence_ids`` vlen str). About 1% of the expected IDs are
-left out of the shards and ~0.1% unexpected IDs added, so that both "missing" and
-"extra" have answers. Then every method checks the IDs (read every ID from the
+this is about IDs; ``sequence_ids`` vlen str). By default 1% of the expected IDs
+are left out of the shards and 0.1% unexpected IDs added, so that both "missing"
+and "extra" have answers (``--missing 0 --extra 0``: a complete run). Then every method checks the IDs (read every ID from the
 shards, look for duplicates, compare with the N expected IDs) in its own fresh
 Python process, methods alternating round by round::
 
@@ -110,13 +110,15 @@ BASELINE = "seed-plan"  # the denominator of the ratios
 # --------------------------------------------------------------------------- building runs
 
 
-def build(folder: Path, n: int, seed: int = 0) -> dict:
-    """Write a run of ``n`` expected IDs; return its truth (numbers of missing and extra)."""
+def build(folder: Path, n: int, seed: int = 0, missing: float = 0.01, extra: float = 0.001) -> dict:
+    """Write a run of ``n`` expected IDs, a fraction ``missing`` of them left out of the
+    shards and ``extra`` * n unexpected ones added; return its truth (numbers of
+    missing and extra)."""
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     dropped = np.zeros(n, dtype=bool)
-    dropped[rng.choice(n, n // 100, replace=False)] = True  # ~1% missing from the shards
-    num_extra = max(1, n // 1000)  # ~0.1% in the shards but not expected: IDs past N
+    dropped[rng.choice(n, round(n * missing), replace=False)] = True  # missing from the shards
+    num_extra = round(n * extra)  # in the shards but not expected: IDs past N
     shards = []
     for rank in range(SHARDS):
         positions = np.arange(rank, n, SHARDS)
@@ -263,6 +265,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="rounds of all methods, alternating (default 5)")
     parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_IDS:,} IDs, 1 round: checks the benchmark works")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--missing", type=float, default=0.01, help="fraction of expected IDs left out (default 0.01)")
+    parser.add_argument("--extra", type=float, default=0.001, help="unexpected IDs added, as a fraction (default 0.001)")
     parser.add_argument("--workdir", type=Path, default=None, help="where temporary runs go (default: system temp)")
     parser.add_argument("--json", type=Path, default=None, help="results file (default benchmarks/results/...)")
     parser.add_argument("--no-json", action="store_true", help="do not write a results file")
@@ -298,13 +302,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key, value in facts.items():
         print(f"  {key:<16} {value}")
     sizes = "; ".join(f"{n:,} IDs" for n in args.sizes)
-    print(f"  {'runs':<16} {sizes} in {SHARDS} shards, ~1% missing, ~0.1% extra")
+    print(f"  {'runs':<16} {sizes} in {SHARDS} shards, {args.missing:.1%} missing, {args.extra:.1%} extra")
     print(f"  {'rounds':<16} {args.rounds} (methods alternate; each in a fresh process)", flush=True)
     results: dict[int, tuple[dict, dict[str, dict]]] = {}
     try:
         for n in args.sizes:
             started = time.perf_counter()
-            run = build(workdir / f"run_{n}", n, seed=args.seed)
+            run = build(workdir / f"run_{n}", n, seed=args.seed, missing=args.missing, extra=args.extra)
             took = time.perf_counter() - started
             log(f"built {n:,} IDs ({run['missing']:,} missing, {run['extra']:,} extra) in {took:.1f} s")
             results[n] = (run, bench_size(run, args.rounds, args.corrupt, log))

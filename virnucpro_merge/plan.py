@@ -227,11 +227,11 @@ def check_ids(
         logger.debug("Planned %s: %s, %d sequences", shard.path, shard.status, shard.num_sequences)
         shards.append(shard)
 
-    missing = index.missing()  # first: it lets go of the unseen IDs before the hashes are sorted
     plan = assemble_plan(shards, duplicate=index.find_duplicate(), id_chars=index.num_chars, ids=index)
     if expected is not None:
-        apply_expected(plan, num_expected=len(expected), missing=missing, extra=index.extra, partial=partial)
-    index.let_go()
+        apply_expected(plan, num_expected=len(expected), missing=index.missing(), extra=index.extra, partial=partial)
+    index.extra = []
+    index.drop_sorted()
     if not keep_ids:
         plan.ids = None
     _log_plan(plan)

@@ -59,6 +59,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from procmem import reset_peak, rss_now, rss_peak  # beside this script
+
 HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
 RESULT_TAG = "BENCH-RESULT "  # prefix of the child's one-line JSON answer
@@ -372,39 +374,6 @@ def locate_package(workdir: Path, snapshot: bool) -> PackageSource:
 # --------------------------------------------------------------------------- the child
 
 
-def _status_kb(field: str) -> int:
-    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``), in bytes."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _rss_now() -> int:
-    """Current resident set size of this process, in bytes."""
-    return _status_kb("VmRSS")
-
-
-def _reset_peak() -> bool:
-    """Reset this process's peak RSS (VmHWM) to its current RSS, if the kernel lets us."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _rss_peak() -> int:
-    """Peak resident set size of this process, in bytes.
-
-    VmHWM, not ``ru_maxrss``: Linux keeps ``ru_maxrss`` across ``execve``, so a
-    child would report its parent's peak at fork time whenever that is larger.
-    """
-    return _status_kb("VmHWM")
-
-
 def child_main(spec: dict) -> None:
     """Run one method once and print its measurements as one JSON line."""
     try:  # every child imports the same modules, so the baselines are comparable
@@ -413,7 +382,7 @@ def child_main(spec: dict) -> None:
         package_file = virnucpro_merge.__file__
     except Exception:  # noqa: BLE001 - the other rows can still run
         package_file = None
-    rss_imports = _rss_now()
+    rss_imports = rss_now()
     method = BY_NAME[spec["method"]]
     expected = None
     if spec["expected"]:
@@ -421,9 +390,9 @@ def child_main(spec: dict) -> None:
             lines = (line.rstrip("\n") for line in fh)
             expected = list(lines) if method.expected == "list" else set(lines)
     gc.collect()
-    peak_setup = _rss_peak()
-    peak_reset = _reset_peak()  # so the peak below is the merge's, not the setup's
-    rss_base = _rss_now()
+    peak_setup = rss_peak()
+    peak_reset = reset_peak()  # so the peak below is the merge's, not the setup's
+    rss_base = rss_now()
     shards = [Path(p) for p in spec["shards"]]
     out = Path(spec["out"])
     profiler = None
@@ -449,7 +418,7 @@ def child_main(spec: dict) -> None:
         "rss_base": rss_base,
         "peak_setup": peak_setup,
         "peak_reset": peak_reset,
-        "peak": _rss_peak(),
+        "peak": rss_peak(),
         "package_file": package_file,
     }
     print(RESULT_TAG + json.dumps(result), flush=True)

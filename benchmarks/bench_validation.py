@@ -50,6 +50,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from procmem import reset_peak, rss_now, rss_peak  # beside this script
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent  # the working tree: virnucpro_merge is imported from here
 sys.path.insert(0, str(ROOT))
@@ -140,25 +142,6 @@ def build(folder: Path, n: int, seed: int = 0, missing: float = 0.01, extra: flo
 # --------------------------------------------------------------------------- the child
 
 
-def _status(field: str) -> int:
-    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``), in bytes."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    """Reset this process's peak RSS (VmHWM) to its current RSS, if the kernel lets us."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def child_main(spec: dict) -> None:
     """Run one method once; print its measurements and answer as one JSON line."""
     import virnucpro_merge  # every child imports the same modules: comparable baselines
@@ -167,12 +150,12 @@ def child_main(spec: dict) -> None:
     with open(spec["expected"]) as fh:
         expected = set(fh.read().splitlines())
     gc.collect()
-    peak_reset = _reset_peak()  # so the peak below is the validation's, not the setup's
-    rss_base = _status("VmRSS")
+    peak_reset = reset_peak()  # so the peak below is the validation's, not the setup's
+    rss_base = rss_now()
     start = time.perf_counter()
     missing, extra = METHODS[spec["method"]]([Path(p) for p in spec["shards"]], expected)
     wall = time.perf_counter() - start
-    result = {"wall": wall, "rss_base": rss_base, "peak": _status("VmHWM"), "peak_reset": peak_reset,
+    result = {"wall": wall, "rss_base": rss_base, "peak": rss_peak(), "peak_reset": peak_reset,
               "missing": missing, "extra": extra, "package_file": virnucpro_merge.__file__}
     print(RESULT_TAG + json.dumps(result), flush=True)
 

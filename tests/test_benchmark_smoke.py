@@ -1,4 +1,4 @@
-"""The merge benchmark (benchmarks/bench_merge.py) still runs, and still checks its outputs."""
+"""The benchmarks (benchmarks/bench_merge.py, bench_validation.py) still run, and still check their answers."""
 
 from __future__ import annotations
 
@@ -9,22 +9,23 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_merge.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 # Rows that must always be there (package variants come and go with its keywords).
 CORE_METHODS = ["raw-copy", "raw-copy+fsync", "seed-plan", "naive", "virnucpro_merge"]
+VALIDATION_METHODS = ["seed-plan", "plan_merge", "validate_shard_completeness"]
 
 
-def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def _bench(script: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(BENCH), "--smoke", "--no-json", "--workdir", str(tmp_path), *args],
+        [sys.executable, str(BENCHMARKS / script), "--smoke", "--no-json", "--workdir", str(tmp_path), *args],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
     )
 
 
-def test_smoke_run_prints_a_verified_row_per_method(tmp_path):
-    proc = _bench(tmp_path)
+def test_merge_smoke_run_prints_a_verified_row_per_method(tmp_path):
+    proc = _bench("bench_merge.py", tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     header = re.search(r"^\s+methods\s+(.+)$", proc.stdout, re.MULTILINE)
     assert header, proc.stdout
@@ -40,9 +41,31 @@ def test_smoke_run_prints_a_verified_row_per_method(tmp_path):
 
 
 @pytest.mark.parametrize("method", ["virnucpro_merge"])
-def test_smoke_run_catches_a_wrong_output(tmp_path, method):
-    proc = _bench(tmp_path, "--methods", method, "--_corrupt", method)
+def test_merge_smoke_run_catches_a_wrong_output(tmp_path, method):
+    proc = _bench("bench_merge.py", tmp_path, "--methods", method, "--_corrupt", method)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "VERIFICATION FAILED" in proc.stderr
     assert re.search(rf"^tiny\s+{re.escape(method)}\s+FAILED: .*differ", proc.stdout, re.MULTILINE)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_validation_smoke_run_prints_a_verified_row_per_method(tmp_path):
+    proc = _bench("bench_validation.py", tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for method in VALIDATION_METHODS:
+        row = re.search(rf"^\s*20,000\s+{re.escape(method)}\s+(.*)$", proc.stdout, re.MULTILINE)
+        assert row, f"no table row for {method}:\n{proc.stdout}"
+        assert row.group(1).rstrip().endswith("ok"), f"{method} not verified: {row.group(0)}"
+    assert "verification: OK" in proc.stdout
+    assert "FAILED" not in proc.stdout + proc.stderr
+    assert list(tmp_path.iterdir()) == [], "temporary files left behind"
+
+
+@pytest.mark.parametrize("method", ["plan_merge"])
+def test_validation_smoke_run_catches_a_wrong_answer(tmp_path, method):
+    proc = _bench("bench_validation.py", tmp_path, "--_corrupt", method)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert f"VERIFICATION FAILED: {method} found" in proc.stderr
+    assert re.search(rf"^\s*20,000\s+{re.escape(method)}\s+FAILED: VERIFICATION FAILED", proc.stdout, re.MULTILINE)
+    assert "verification: OK" not in proc.stdout
     assert list(tmp_path.iterdir()) == []

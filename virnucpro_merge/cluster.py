@@ -103,7 +103,6 @@ class _Scan:
     meta: ShardMeta | None = None
     unreadable: UnreadableShardError | None = None
     fatal: ShardError | None = None
-    id_chars: int = 0
     pieces: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (IDs as bytes, rows)
 
 
@@ -136,7 +135,6 @@ def _scan(path: Path, parts: int) -> _Scan:
         return _Scan(path, unreadable=err)
     except ShardError as err:
         return _Scan(path, fatal=err)
-    scan.id_chars = int(np.char.str_len(ids).sum()) if ids.size else 0
     rows = np.arange(ids.size, dtype=np.int32 if ids.size < 2**31 else np.int64)
     scan.pieces = _split(ids, parts, rows)
     return scan
@@ -293,7 +291,7 @@ def _as_given(scan: _Scan, path: Path) -> _Scan:
 
 def _strip(scan: _Scan) -> _Scan:
     """Worker task: the scan without its IDs, for the client."""
-    return _Scan(scan.path, scan.meta, scan.unreadable, scan.fatal, scan.id_chars)
+    return _Scan(scan.path, scan.meta, scan.unreadable, scan.fatal)
 
 
 def _combine(verdicts: Iterable[_Verdict], scans: list[_Scan]):
@@ -333,7 +331,7 @@ def plan_on_cluster(
             raise scan.fatal
         shards.append(failed_shard(scan.unreadable, partial=partial) if scan.unreadable else shard_plan(scan.meta))
     duplicate, missing, extra, num_expected = _combine(verdicts, scans)
-    plan = assemble_plan(shards, duplicate=duplicate, id_chars=sum(s.id_chars for s in scans))
+    plan = assemble_plan(shards, duplicate=duplicate)
     if expected is not None:
         apply_expected(plan, num_expected=num_expected, missing=missing, extra=extra, partial=partial)
     return plan

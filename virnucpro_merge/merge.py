@@ -211,18 +211,6 @@ def _planned_ids(plan: MergePlan, report: dict, *, chunk_size: int, written: boo
     return step
 
 
-def _estimated_bytes(layout: MergePlan) -> int:
-    """The merged file's size, before the IDs are read: the embeddings, plus what
-    the shards hold besides theirs (mostly IDs)."""
-    embeddings = layout.total_sequences * layout.embedding_dim * 4
-    besides = sum(
-        max(0, s.path.stat().st_size - s.num_sequences * s.embedding_dim * s.dtype.itemsize)
-        for s in layout.shards
-        if s.usable
-    )
-    return embeddings + besides + 2**20
-
-
 def _merge_while_checking(
     paths: list[Path],
     output: Path,
@@ -243,7 +231,7 @@ def _merge_while_checking(
     """
     expected = None if expected_ids is None else as_id_set(expected_ids)
     layout = read_layout(paths, partial=partial)
-    size = _estimated_bytes(layout)
+    size = layout.output_bytes
     try:
         check_room(output, size)
     except (OSError, MergeError):

@@ -61,16 +61,21 @@ class MergePlan:
     missing_ids: list[str] = field(default_factory=list)
     num_extra: int = 0
     num_expected: int | None = None
-    id_chars: int = 0
     ids: IdIndex | None = field(default=None, repr=False)  # the IDs' hashes, for order="index"
 
     @property
     def output_bytes(self) -> int:
-        """A generous estimate of the merged file's size (for the free-space check)."""
+        """A generous estimate of the merged file's size, known before any ID is read
+        (for the free-space check): the float32 embeddings, plus what each shard holds
+        besides its own (mostly IDs: at least 64 bytes a row), plus the missing IDs."""
         embeddings = self.total_sequences * self.embedding_dim * 4
-        ids = self.id_chars * 4 + 32 * self.total_sequences  # worst-case UTF-8, heap overhead
+        besides = sum(
+            max(s.fingerprint["size"] - s.num_sequences * s.embedding_dim * s.dtype.itemsize, 64 * s.num_sequences)
+            for s in self.shards
+            if s.usable and s.fingerprint is not None
+        )
         missing = sum(map(len, self.missing_ids)) * 4 + 32 * len(self.missing_ids)
-        return embeddings + ids + missing + 2**20
+        return embeddings + besides + missing + 2**20
 
     @property
     def failed_shards(self) -> list[ShardPlan]:
@@ -132,7 +137,6 @@ def assemble_plan(
     shards: list[ShardPlan],
     *,
     duplicate: tuple[str, Path, Path] | None,
-    id_chars: int,
     ids: IdIndex | None = None,
 ) -> MergePlan:
     """Check dimensions and duplicates, then place the shards' rows one after another."""
@@ -143,7 +147,7 @@ def assemble_plan(
     for shard in shards:
         placed.append(replace(shard, offset=offset))
         offset += shard.num_sequences
-    return MergePlan(shards=placed, total_sequences=offset, embedding_dim=dim, id_chars=id_chars, ids=ids)
+    return MergePlan(shards=placed, total_sequences=offset, embedding_dim=dim, ids=ids)
 
 
 def apply_expected(
@@ -196,7 +200,7 @@ def read_layout(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool 
                 shards.append(shard_plan(read_shard_meta(handle, path)))
         except UnreadableShardError as err:
             shards.append(failed_shard(err, partial=partial))
-    return assemble_plan(shards, duplicate=None, id_chars=0)
+    return assemble_plan(shards, duplicate=None)
 
 
 def check_ids(
@@ -227,7 +231,7 @@ def check_ids(
         logger.debug("Planned %s: %s, %d sequences", shard.path, shard.status, shard.num_sequences)
         shards.append(shard)
 
-    plan = assemble_plan(shards, duplicate=index.find_duplicate(), id_chars=index.num_chars, ids=index)
+    plan = assemble_plan(shards, duplicate=index.find_duplicate(), ids=index)
     if expected is not None:
         apply_expected(plan, num_expected=len(expected), missing=index.missing(), extra=index.extra, partial=partial)
     index.extra = []

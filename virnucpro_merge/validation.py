@@ -77,7 +77,6 @@ class IdIndex:
         self.expected = expected
         self.shards: list[Path] = []
         self.num_ids = 0
-        self.num_chars = 0  # total length of the IDs, to size the output
         self.num_present = 0  # IDs that are in ``expected``
         self.extra: list[str] = []
         self._hashes: list[np.ndarray] = []
@@ -85,16 +84,14 @@ class IdIndex:
 
     def add_shard(self, path: Path, chunks: Iterable[list[str]]) -> None:
         """Take in one shard's IDs, all or nothing (a read that fails adds none)."""
-        hashes, extra, present, chars = [], [], 0, 0
+        hashes, extra, present = [], [], 0
         for chunk in chunks:
             hashes.append(id_hashes(chunk))
-            chars += sum(map(len, chunk))
             if self.expected is not None:
                 present += self._look_up(chunk, extra)
         self._hashes.append(np.concatenate(hashes) if hashes else np.empty(0, np.int64))
         self.shards.append(path)
         self.num_ids += self._hashes[-1].size
-        self.num_chars += chars
         self.num_present += present
         self.extra.extend(extra)
         self._sorted = None

@@ -207,21 +207,24 @@ class BlockWriter(RowWriter):
 
 
 @functools.cache
-def _libc() -> ctypes.CDLL | None:
-    """The C library's functions (those of the running program), on POSIX systems."""
-    return ctypes.CDLL(None, use_errno=True) if os.name == "posix" else None
+def _libc_function(name: str, argtypes: tuple) -> Callable[..., int] | None:
+    """A C library function of the running program, typed once; None where it does not exist."""
+    libc = ctypes.CDLL(None, use_errno=True) if os.name == "posix" else None
+    function = getattr(libc, name, None)
+    if function is not None:
+        function.argtypes, function.restype = list(argtypes), ctypes.c_int
+    return function
 
 
-def _libc_call(name: str, argtypes: list, *args: int) -> bool | None:
+def _libc_call(name: str, argtypes: tuple, *args: int) -> bool | None:
     """Call a Linux-only libc function; None where it does not exist here.
 
     Raises OSError when the call fails for a reason other than not being
     supported (by the kernel or the filesystem).
     """
-    function = getattr(_libc(), name, None)
+    function = _libc_function(name, argtypes)
     if function is None:
         return None
-    function.argtypes, function.restype = argtypes, ctypes.c_int
     if function(*args) == 0:
         return True
     code = ctypes.get_errno()
@@ -246,7 +249,7 @@ def reserve(path: Path, offset: int, length: int) -> None:
         return
     fd = os.open(path, os.O_WRONLY)
     try:
-        _libc_call("fallocate", [ctypes.c_int, ctypes.c_int, _OFF_T, _OFF_T], fd, 0, offset, length)
+        _libc_call("fallocate", (ctypes.c_int, ctypes.c_int, _OFF_T, _OFF_T), fd, 0, offset, length)
     finally:
         os.close(fd)
 
@@ -282,7 +285,7 @@ class Written:
 
     def _start_writeback(self, offset: int, length: int) -> None:
         try:
-            args = [ctypes.c_int, _OFF_T, _OFF_T, ctypes.c_uint]
+            args = (ctypes.c_int, _OFF_T, _OFF_T, ctypes.c_uint)
             started = _libc_call("sync_file_range", args, self.fd, offset, length, _SYNC_FILE_RANGE_WRITE)
             if started is None and hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_DONTNEED)

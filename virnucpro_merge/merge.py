@@ -199,13 +199,15 @@ def _checking_ids(layout: MergePlan, expected: set[str] | frozenset[str] | None,
     return step
 
 
-def _planned_ids(plan: MergePlan, report: dict, *, chunk_size: int, written: bool = False) -> IdStep:
-    """The ID step of a merge planned beforehand: copy the IDs (unless ``written`` already)."""
+def _planned_ids(plan: MergePlan, report: dict, *, chunk_size: int, copy: bool) -> IdStep:
+    """The ID step of a merge planned beforehand: copy the IDs, if ``copy`` (index order
+    writes them itself)."""
 
     def step(ids_out: h5py.Dataset) -> tuple[MergePlan, dict]:
-        for shard in [] if written else plan.shards:
-            if shard.status == OK:
-                copy_ids(shard, ids_out, chunk_size)
+        if copy:
+            for shard in plan.shards:
+                if shard.status == OK:
+                    copy_ids(shard, ids_out, chunk_size)
         return plan, report
 
     return step
@@ -290,7 +292,7 @@ def write_merge(
         if virtual:
             _write_virtual(plan, temp, output, report, chunk_size=chunk_size)
         else:
-            ids = _planned_ids(plan, report, chunk_size=chunk_size, written=row_order is not None)
+            ids = _planned_ids(plan, report, chunk_size=chunk_size, copy=row_order is None)
             _, nonfinite = _write(plan, temp, ids, chunk_size=chunk_size, progress=progress, row_order=row_order)
             _refuse_nonfinite(nonfinite, fail_on_nonfinite)
     _log_done(output, plan)

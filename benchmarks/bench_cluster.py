@@ -57,7 +57,7 @@ def _peak_mb() -> float:
 def measure(method: str, folder: Path, workers: int) -> dict:
     """Runs in a fresh process: plan the merge, report time and peak memory."""
     from virnucpro_merge import read_expected_ids
-    from virnucpro_merge.plan import plan_merge
+    from virnucpro_merge.checks import plan_merge
 
     shards = sorted(folder.glob("shard_*.h5"), key=lambda p: int(p.stem.split("_")[1]))
     expected_file = folder / "expected.txt"

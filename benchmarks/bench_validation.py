@@ -88,7 +88,7 @@ def seed_plan(shards: Sequence[Path], expected: set[str]) -> tuple[int, int]:
 
 
 def package_plan_merge(shards: Sequence[Path], expected: set[str]) -> tuple[int, int]:
-    from virnucpro_merge.plan import plan_merge
+    from virnucpro_merge.checks import plan_merge
 
     plan = plan_merge(shards, expected, partial=True)
     return len(plan.missing_ids), plan.num_extra
@@ -145,7 +145,7 @@ def build(folder: Path, n: int, seed: int = 0, missing: float = 0.01, extra: flo
 def child_main(spec: dict) -> None:
     """Run one method once; print its measurements and answer as one JSON line."""
     import virnucpro_merge  # every child imports the same modules: comparable baselines
-    import virnucpro_merge.plan  # noqa: F401
+    import virnucpro_merge.checks  # noqa: F401
 
     with open(spec["expected"]) as fh:
         expected = set(fh.read().splitlines())

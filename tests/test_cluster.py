@@ -22,7 +22,7 @@ from virnucpro_merge import (  # noqa: E402
     validate_shard_completeness,
 )
 from virnucpro_merge.cluster import partition_of  # noqa: E402
-from virnucpro_merge.plan import plan_merge  # noqa: E402
+from virnucpro_merge.checks import plan_merge  # noqa: E402
 from virnucpro_merge.synthetic import make_demo_run  # noqa: E402
 
 
@@ -153,12 +153,12 @@ def test_cli_local_cluster(demo, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("form", ["text", "fasta", "json", "gzip"])
-def test_expected_file_in_byte_ranges(client, demo, tmp_path, form):
+def test_expected_file_in_byte_ranges(client, demo, tmp_path, form, monkeypatch):
     """The workers read the expected file in many small ranges: the same IDs come out."""
     import gzip
     import json as json_module
 
-    from virnucpro_merge.cluster import plan_on_cluster
+    from virnucpro_merge import cluster
 
     run, expected = demo
     wanted = expected + ["not-in-any-shard", "β-ghost"]
@@ -172,7 +172,8 @@ def test_expected_file_in_byte_ranges(client, demo, tmp_path, form):
     else:
         path.write_bytes(gzip.compress("\n".join(wanted).encode()))
     local = plan_merge(run.shard_files, wanted, partial=True)
-    spread = plan_on_cluster(run.shard_files, path, partial=True, client=client, range_bytes=97)
+    monkeypatch.setattr(cluster, "RANGE_BYTES", 97)
+    spread = plan_merge(run.shard_files, path, partial=True, client=client)
     assert plan_facts(spread) == plan_facts(local)
 
 

@@ -20,8 +20,9 @@ import pytest
 
 from tests.helpers import ids, read_datasets
 from tests.killing import KillRun, _env, time_one_merge, trial
-from virnucpro_merge import MergeError, OutputError, _copy, aggregate_shards
-from virnucpro_merge._atomic import _HOST, remove_stale_temps
+from virnucpro_merge import MergeError, OutputError, aggregate_shards
+from virnucpro_merge._write import sysio
+from virnucpro_merge._write.atomic import _HOST, remove_stale_temps
 from virnucpro_merge.synthetic import write_shard
 
 
@@ -120,7 +121,7 @@ class TestFullDisk:
         shard = make_shard("shard_0", ids("s", 500), dtype=dtype)
         out = tmp_path / "out.h5"
         out.write_bytes(b"previous good merge")
-        owner, name = (_copy, "_copy_bytes") if where == "raw" else (_copy, "write_block")
+        owner, name = (sysio, "copy_bytes") if where == "raw" else (sysio, "write_block")
         original, calls = getattr(owner, name), []
 
         def fail_on_third(*args, **kwargs):

@@ -7,7 +7,7 @@ import doctest
 import numpy as np
 import pytest
 
-import virnucpro_merge.inspection
+import virnucpro_merge.inspection.run
 from virnucpro_merge import read_expected_ids, validate_shard_completeness
 from virnucpro_merge.inspection import (
     ABSENT,
@@ -18,9 +18,9 @@ from virnucpro_merge.inspection import (
     OK,
     format_shard_table,
     inspect_run,
-    rank_paths,
-    write_id_list,
 )
+from virnucpro_merge.expected import write_id_list
+from virnucpro_merge.ranks import rank_paths
 from virnucpro_merge.synthetic import make_demo_run, write_shard
 
 
@@ -139,4 +139,4 @@ def test_rank_paths_include_absent_files(tmp_path):
 
 
 def test_docstring_examples():
-    assert doctest.testmod(virnucpro_merge.inspection).failed == 0
+    assert doctest.testmod(virnucpro_merge.inspection.run).failed == 0

@@ -225,21 +225,23 @@ class TestCopyPaths:
         emb, _ = read_datasets(aggregate_shards(mixed, tmp_path / "o.h5", chunk_size=6))
         np.testing.assert_array_equal(emb, self.expected(mixed))
 
-    @pytest.mark.parametrize("step, order", [("read_layout", "shards"), ("plan_merge", "index"),
-                                             ("refuse_changed", "shards"), ("refuse_changed", "index")])
-    def test_shard_changed_after_planning(self, make_shard, tmp_path, monkeypatch, step, order):
+    @pytest.mark.parametrize("owner, step, order", [("merge", "draft_plan", "shards"), ("merge", "plan_merge", "index"),
+                                                    ("_write.outfile", "refuse_changed", "shards"),
+                                                    ("_write.outfile", "refuse_changed", "index")])
+    def test_shard_changed_after_planning(self, make_shard, tmp_path, monkeypatch, owner, step, order):
         """A worker rewrites its file after the merge read it: before or during the copy."""
-        from virnucpro_merge import merge
+        import importlib
 
+        module = importlib.import_module(f"virnucpro_merge.{owner}")
         shard = make_shard("shard_0", ids("a", 10))
-        original = getattr(merge, step)
+        original = getattr(module, step)
 
         def then_rewrite(*args, **kwargs):
             result = original(*args, **kwargs)
             make_shard("shard_0", ids("a", 12))
             return result
 
-        monkeypatch.setattr(merge, step, then_rewrite)
+        monkeypatch.setattr(module, step, then_rewrite)
         with pytest.raises(ValueError, match="shard_0.h5: changed while the merge was running"):
             aggregate_shards([shard], tmp_path / "o.h5", ids("a", 10), order=order)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["shard_0.h5"]
@@ -267,20 +269,20 @@ class TestCopyWhileChecking:
     """A plain merge copies embeddings into its temp file while the IDs are checked."""
 
     def test_a_duplicate_stops_the_copy(self, make_shard, tmp_path, monkeypatch):
-        from virnucpro_merge import _copy
+        from virnucpro_merge._write import sysio
 
         shards = [make_shard(f"shard_{r}", ids(f"r{r}_", 100)) for r in range(3)]
         shards.append(make_shard("shard_3", ["r0_0"]))
         out = tmp_path / "o.h5"
         out.write_bytes(b"previous good merge")
-        copy_bytes, calls = _copy._copy_bytes, []
+        copy_bytes, calls = sysio.copy_bytes, []
 
         def slow_copy(*args):
             calls.append(args[2])
             time.sleep(0.05)
             return copy_bytes(*args)
 
-        monkeypatch.setattr(_copy, "_copy_bytes", slow_copy)
+        monkeypatch.setattr(sysio, "copy_bytes", slow_copy)
         with pytest.raises(DuplicateIdError, match="r0_0"):
             aggregate_shards(shards, out, chunk_size=10)
         assert 1 <= len(calls) < 30 // 2  # 31 chunks in all; the check takes milliseconds
@@ -319,30 +321,29 @@ class TestCopyWhileChecking:
 
     def test_the_space_is_reserved_before_copying(self, make_shard, tmpfs, monkeypatch):
         """Past the free-space estimate (here: switched off), a full disk fails at once."""
-        from virnucpro_merge import _atomic, _copy, merge
+        from virnucpro_merge._write import atomic, sysio
 
         shard = make_shard("shard_0", ["x", "y"], dim=512 * 1024)
         small = tmpfs("size=2m")
         copies = []
-        monkeypatch.setattr(merge, "check_room", lambda *args: None)
-        monkeypatch.setattr(_atomic, "check_room", lambda *args: None)
-        monkeypatch.setattr(_copy, "_copy_bytes", lambda *args: copies.append(args))
+        monkeypatch.setattr(atomic, "room_problem", lambda *args: None)
+        monkeypatch.setattr(sysio, "copy_bytes", lambda *args: copies.append(args))
         with pytest.raises(OutputError, match=r"o.h5: cannot write the merged file \(\[Errno 28\]"):
             aggregate_shards([shard], small / "o.h5")
         assert copies == [] and list(small.iterdir()) == []
 
     def test_every_written_row_is_sent_to_disk(self, make_shard, tmp_path, monkeypatch):
         """Reserved once, written back span by span: together, exactly the embeddings."""
-        from virnucpro_merge import _copy
+        from virnucpro_merge._write import sysio
 
         calls = []
-        call = _copy._libc_call
+        call = sysio.libc_call
 
         def spy(name, argtypes, *args):
             calls.append((name, args[-3:-1] if name == "sync_file_range" else args[-2:]))
             return call(name, argtypes, *args)
 
-        monkeypatch.setattr(_copy, "_libc_call", spy)
+        monkeypatch.setattr(sysio, "libc_call", spy)
         shards = [make_shard("shard_0", ids("a", 25), dim=16), make_shard("shard_1", ids("b", 9), dim=16, dtype="float16")]
         out = aggregate_shards(shards, tmp_path / "o.h5", chunk_size=10)
         with h5py.File(out) as f:

@@ -1,4 +1,4 @@
-"""The figures (virnucpro_merge.plots), drawn headless with Agg."""
+"""The figures (virnucpro_merge.inspection.plots), drawn headless with Agg."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from virnucpro_merge.inspection import inspect_run  # noqa: E402
-from virnucpro_merge.plots import (  # noqa: E402
+from virnucpro_merge.inspection.plots import (  # noqa: E402
     STATUS_COLORS,
     plot_memory_profile,
     plot_missing_heatmap,
     plot_peak_scaling,
     plot_shard_counts,
 )
-from virnucpro_merge.profile import MIB, MemoryProfile  # noqa: E402
+from virnucpro_merge.inspection.memory import MIB, MemoryProfile  # noqa: E402
 from virnucpro_merge.synthetic import make_demo_run  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""The RSS sampler (virnucpro_merge.profile)."""
+"""The RSS sampler (virnucpro_merge.inspection.memory)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-import virnucpro_merge.profile
-from virnucpro_merge.profile import MIB, MemoryProfile, profile_memory, release_free_memory
+import virnucpro_merge.inspection.memory
+from virnucpro_merge.inspection.memory import MIB, MemoryProfile, profile_memory, release_free_memory
 
 
 def _hold(nbytes: int, seconds: float) -> int:
@@ -85,4 +85,4 @@ def test_importing_the_package_imports_neither_psutil_nor_matplotlib():
 
 
 def test_docstring_examples():
-    assert doctest.testmod(virnucpro_merge.profile).failed == 0
+    assert doctest.testmod(virnucpro_merge.inspection.memory).failed == 0

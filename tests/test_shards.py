@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from virnucpro_merge import ShardError, UnreadableShardError, aggregate_shards, get_shard_info
-from virnucpro_merge.shards import expand_shard_args
+from virnucpro_merge.ranks import expand_shard_args
 
 
 def _assert_one_line_naming(err: pytest.ExceptionInfo, path) -> None:

@@ -6,6 +6,7 @@
 """
 
 from ._version import __version__
+from .checks import validate_shard_completeness
 from .cluster import to_dask
 from .errors import (
     DuplicateIdError,
@@ -24,7 +25,6 @@ from .merge import CHUNK_SIZE, aggregate_shards, materialize
 from .report import read_merge_report
 from .rerun import write_missing_fasta
 from .shards import get_shard_info
-from .validation import validate_shard_completeness
 
 
 __all__ = [

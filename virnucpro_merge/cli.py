@@ -19,13 +19,15 @@ from pathlib import Path
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ._version import __version__
+from .checks import plan_merge
 from .errors import MergeError, ValidationError
 from .expected import read_expected_ids
-from .merge import CHUNK_SIZE, aggregate_shards, materialize
-from .plan import plan_merge
-from .report import format_report, read_merge_report
+from .inspection.tables import format_report
+from .merge import CHUNK_SIZE, LAYOUTS, ORDERS, aggregate_shards, materialize
+from .ranks import expand_shard_args
+from .report import read_merge_report
 from .rerun import write_missing_fasta
-from .shards import expand_shard_args, get_shard_info
+from .shards import get_shard_info
 from .synthetic import make_demo_run
 
 __all__ = ["main"]
@@ -86,9 +88,9 @@ def _parser() -> argparse.ArgumentParser:
                      help=f"rows copied at a time (default {CHUNK_SIZE})")
     agg.add_argument("--partial", action="store_true",
                      help="skip failed shards and record missing IDs instead of failing")
-    agg.add_argument("--layout", choices=("contiguous", "virtual"), default="contiguous",
+    agg.add_argument("--layout", choices=LAYOUTS, default="contiguous",
                      help="virtual: copy no embeddings, map the shards in place (default: contiguous)")
-    agg.add_argument("--order", choices=("shards", "index"), default="shards",
+    agg.add_argument("--order", choices=ORDERS, default="shards",
                      help="index: rows in the order of --expected (a sequence index or ID list); "
                           "default: shard by shard")
     agg.add_argument("--fail-on-nonfinite", action="store_true",
@@ -160,7 +162,8 @@ def _expected_for(args: argparse.Namespace, client) -> object:
 def _cmd_aggregate(args: argparse.Namespace) -> int:
     shards = expand_shard_args(args.shards)
     if args.order == "index" and args.expected is None:
-        raise MergeError("--order index needs --expected (the run's sequence index, or IDs in index order)")
+        msg = "--order index needs --expected (the run's sequence index, or IDs in index order)"
+        raise MergeError(msg)
     progress, redirect = _progress(args)
     with redirect, _dask_client(args) as client:
         output = aggregate_shards(

@@ -7,14 +7,15 @@ the copy is a problem. Here the check is spread over a ``dask.distributed`` clus
    splits them into ``P`` partitions by a hash of the ID that every process
    computes alike (FNV-1a of the UTF-8 bytes);
 2. **shuffle**: partition ``p`` of every shard goes to one task, with partition
-   ``p`` of the expected IDs (scattered from the client, or read by the task itself
-   from an expected-ID file, streamed);
+   ``p`` of the expected IDs (scattered from the client, or read by the workers
+   themselves from an expected-ID file, in byte ranges);
 3. **check**: that task finds duplicates exactly (by string, with shard and row),
    and missing and extra IDs, for its partition alone.
 
-The client gathers only shard metadata and the answers (the duplicate, the missing
-and extra IDs). The plan is the same as the single-process one, and
-:func:`~virnucpro_merge.aggregate_shards` then writes as usual.
+The client gathers only plain data: each shard's metadata (or the error reading it
+gave) and the findings (the duplicate, the missing and extra IDs).
+:func:`~virnucpro_merge.plan.plan_from_scan` turns them into the plan a single
+process would make, and :func:`~virnucpro_merge.aggregate_shards` then writes as usual.
 
 Dask is optional: ``pip install 'virnucpro-merge[dask]'``.
 """
@@ -22,25 +23,32 @@ Dask is optional: ``pip install 'virnucpro-merge[dask]'``.
 from __future__ import annotations
 
 import heapq
-import json
-import operator
 import os
-import re
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 
 from .errors import ExpectedIdsError, MergeError, ShardError, UnreadableShardError
-from .expected import iter_expected_ids
-from .plan import MergePlan, ShardPlan, apply_expected, assemble_plan, failed_shard, shard_plan
-from .shards import EMBEDDINGS, ID_CHUNK as _ID_CHUNK, SEQUENCE_IDS, ShardMeta, first_line, open_shard, read_shard_meta
+from .expected import (
+    JSON,
+    RangeIds,
+    detect_form,
+    expected_ranges,
+    iter_expected_ids,
+    ranges_agree,
+    read_expected_ids,
+    read_range,
+)
+from .shards import EMBEDDINGS, ShardMeta, open_shard, read_id_bytes, read_shard_meta
 from .sources import source_problems
+from .validation import Findings
 
-__all__ = ["plan_on_cluster", "validate_on_cluster", "partition_of", "to_dask", "connect"]
+__all__ = ["RANGE_BYTES", "scan_on_cluster", "partition_of", "to_dask", "connect"]
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
@@ -97,121 +105,104 @@ def _split(ids: np.ndarray, parts: int, *extra: np.ndarray) -> list[tuple[np.nda
 
 @dataclass
 class _Scan:
-    """What a worker learned of one shard: its metadata, or why it cannot be read."""
+    """What a worker learned of one shard: its metadata or the error reading it gave,
+    and its IDs split by partition (IDs as bytes, with their rows)."""
 
-    path: Path
-    meta: ShardMeta | None = None
-    unreadable: UnreadableShardError | None = None
-    fatal: ShardError | None = None
-    pieces: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (IDs as bytes, rows)
-
-
-def _read_id_bytes(handle: h5py.File, path: Path) -> np.ndarray:
-    """A shard's IDs as UTF-8 bytes, checked to be valid UTF-8 (without making str of them)."""
-    dset = handle[SEQUENCE_IDS]
-    blocks = []
-    for start in range(0, dset.shape[0], _ID_CHUNK):
-        try:
-            raw = dset[start : start + _ID_CHUNK]
-        except OSError as err:
-            raise UnreadableShardError(path, f"cannot read 'sequence_ids' ({first_line(err)})") from err
-        raw = raw if raw.dtype.kind == "S" else np.array(raw.tolist(), dtype=bytes)
-        try:
-            b"\x00".join(raw.tolist()).decode("utf-8")  # one C-level pass checks them all
-        except UnicodeDecodeError as err:
-            raise ShardError(path, f"a sequence ID near row {start} is not valid UTF-8") from err
-        blocks.append(raw)
-    return np.concatenate(blocks) if blocks else np.empty(0, dtype="S1")
+    outcome: ShardMeta | ShardError
+    pieces: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
 def _scan(path: Path, parts: int) -> _Scan:
     """Worker task: read one shard's metadata and IDs, split the IDs by partition."""
-    scan = _Scan(path)
     try:
         with open_shard(path) as handle:
-            scan.meta = read_shard_meta(handle, path)
-            ids = _read_id_bytes(handle, path)
-    except UnreadableShardError as err:
-        return _Scan(path, unreadable=err)
+            meta = read_shard_meta(handle, path)
+            ids = read_id_bytes(handle, path)
     except ShardError as err:
-        return _Scan(path, fatal=err)
+        return _Scan(err)
     rows = np.arange(ids.size, dtype=np.int32 if ids.size < 2**31 else np.int64)
-    scan.pieces = _split(ids, parts, rows)
-    return scan
+    return _Scan(meta, _split(ids, parts, rows))
 
 
 def _piece(scan: _Scan, p: int) -> tuple[np.ndarray, np.ndarray]:
     return scan.pieces[p] if scan.pieces else (np.empty(0, "S1"), np.empty(0, np.int64))
 
 
-_RANGE_BYTES = 32 * 2**20  # an expected-ID file is read in ranges of about this size
-_JSON_ID = re.compile(rb'"sequence_id"\s*:\s*("(?:[^"\\]|\\.)*")')
+def _outcome(scan: _Scan) -> ShardMeta | ShardError:
+    """Worker task: the scan without its IDs, for the client."""
+    return scan.outcome
 
 
-def _expected_form(path: Path) -> str:
-    """How to read an expected-ID file: 'text', 'fasta' or 'json' (as ``read_expected_ids`` tells)."""
-    with open(path, "rb") as fh:
-        if fh.read(2) == b"\x1f\x8b":
-            return "gzip"
-        fh.seek(0)
-        for line in fh:
-            stripped = line.lstrip(b"\xef\xbb\xbf").strip()
-            if stripped:
-                return "json" if stripped.startswith(b"{") else "fasta" if stripped.startswith(b">") else "text"
-    raise ExpectedIdsError(f"{path}: no sequence IDs in this file")
+def _as_given(outcome: ShardMeta | ShardError, path: Path) -> ShardMeta | ShardError:
+    """A scan made on an absolute path, told again with the path the user gave."""
+    if isinstance(outcome, ShardMeta):
+        return replace(outcome, path=path)
+    return type(outcome)(path, outcome.problem)
 
 
-def _range_lines(path: Path, start: int, end: int) -> Iterator[bytes]:
-    """The lines of a file that start in bytes ``[start, end)``."""
-    with open(path, "rb") as fh:
-        fh.seek(max(start - 1, 0))
-        if start > 0:
-            fh.readline()  # the line under way at ``start`` belongs to the range before
-        while fh.tell() < end:
-            line = fh.readline()
-            if not line:
-                return
-            yield line
+#: An expected-ID file is read by the workers in byte ranges of about this size.
+RANGE_BYTES = 32 * 2**20
 
 
-def _range_ids(path: Path, start: int, end: int, form: str) -> Iterator[str]:
-    for line in _range_lines(path, start, end):
-        if start == 0:
-            line = line.removeprefix(b"\xef\xbb\xbf")
-        if form == "json":  # the index's records, found by key (the file is not parsed whole)
-            yield from (json.loads(m) for m in _JSON_ID.findall(line))
-            continue
-        text = line.decode("utf-8").strip()
-        if form == "fasta":
-            if text.startswith(">") and text[1:].split(maxsplit=1):
-                yield text[1:].split(maxsplit=1)[0]
-        elif text and not text.startswith("#"):
-            yield text
+@dataclass
+class _ExpectedPart:
+    """Worker task result: the expected IDs of one byte range (or of the whole file), by partition."""
+
+    pieces: list[np.ndarray]
+    count: int
+    where: RangeIds | None = None  # the range read, without its IDs (for expected.ranges_agree)
 
 
-def _scan_expected(path: Path, start: int, end: int, form: str, parts: int) -> list[np.ndarray]:
-    """Worker task: the expected IDs in one byte range of a file, split by partition."""
-    try:
-        ids = list(iter_expected_ids(path)) if form == "gzip" else list(_range_ids(path, start, end, form))
-    except UnicodeDecodeError as err:
-        raise ExpectedIdsError(f"{path}: not UTF-8 text") from err
-    return [piece for piece, in _split(_as_bytes(ids), parts)]
+def _read_expected_part(path: Path, shown: str, form: str | None, start: int, end: int, parts: int) -> _ExpectedPart:
+    """Worker task: the expected IDs in bytes ``[start, end)`` (form None: the whole file)."""
+    if form is None:
+        ids, where = list(iter_expected_ids(path, shown_as=shown)), None
+    else:
+        found = read_range(path, form, start, end, shown_as=shown)
+        ids, where = found.ids, replace(found, ids=[])
+    return _ExpectedPart([piece for piece, in _split(_as_bytes(ids), parts)], len(ids), where)
 
 
-def _expected_pieces(client, expected, parts: int, range_bytes: int = _RANGE_BYTES) -> list:
-    """Partition ``p`` of the expected IDs for each ``p``: futures, or None without expected IDs."""
+def _summary(part: _ExpectedPart) -> tuple[int, RangeIds | None]:
+    return part.count, part.where
+
+
+def _expected_pieces(client: Any, expected: object, parts: int, range_bytes: int) -> list:
+    """Partition ``p`` of the expected IDs for each ``p``: futures, or None without expected IDs.
+
+    A file is read by the workers: in byte ranges where it can be (the answer, or the
+    error, is the one :func:`~virnucpro_merge.read_expected_ids` gives), from start to
+    end in one task where not (gzip). What the workers cannot open (a pipe) is read here.
+    """
     if expected is None:
         return [None] * parts
+    if isinstance(expected, os.PathLike) and not Path(expected).is_file():
+        expected = read_expected_ids(expected)  # a pipe (or an error: absent, a folder...)
     if not isinstance(expected, os.PathLike):  # IDs in memory here: partition and send them
-        return client.scatter([piece for piece, in _split(_as_bytes(list(expected)), parts)])
-    path = Path(expected).resolve()
-    if not path.is_file():
-        raise ExpectedIdsError(f"{expected}: expected-ID file does not exist")
-    form, size = _expected_form(path), path.stat().st_size
-    bounds = [0, size] if form == "gzip" else list(range(0, size, range_bytes)) + [size]
-    scans = [client.submit(_scan_expected, path, a, b, form, parts, pure=False) for a, b in zip(bounds, bounds[1:])]
-    return [client.submit(_concat, [client.submit(operator.getitem, scan, p, pure=False) for scan in scans],
-                          pure=False) for p in range(parts)]
+        return client.scatter([piece for piece, in _split(_as_bytes(list(expected)), parts)])  # type: ignore[call-overload]
+    shown, path = str(expected), Path(expected).resolve()  # workers may run elsewhere: absolute paths
+    form, _ = detect_form(path)
+    if form is None:
+        msg = f"{shown}: no sequence IDs in this file"
+        raise ExpectedIdsError(msg)
+    ranges = expected_ranges(path, range_bytes)
+    if ranges is None:
+        tasks = [client.submit(_read_expected_part, path, shown, None, 0, 0, parts, pure=False)]
+    else:
+        tasks = [client.submit(_read_expected_part, path, shown, form, a, b, parts, pure=False) for a, b in ranges]
+    summaries = client.gather([client.submit(_summary, task, pure=False) for task in tasks])
+    if form == JSON and ranges is not None and not ranges_agree([where for _, where in summaries]):
+        tasks = [client.submit(_read_expected_part, path, shown, None, 0, 0, parts, pure=False)]
+        summaries = client.gather([client.submit(_summary, task, pure=False) for task in tasks])
+    if not sum(count for count, _ in summaries):
+        msg = f"{shown}: no sequence IDs in this file"
+        raise ExpectedIdsError(msg)
+    return [client.submit(_concat, [client.submit(_part_piece, task, p, pure=False) for task in tasks], pure=False)
+            for p in range(parts)]
+
+
+def _part_piece(part: _ExpectedPart, p: int) -> np.ndarray:
+    return part.pieces[p]
 
 
 def _concat(pieces: list[np.ndarray]) -> np.ndarray:
@@ -253,105 +244,69 @@ def _check(pieces: list[tuple[np.ndarray, np.ndarray]], expected: np.ndarray | N
     )
 
 
-def _default_parts(client) -> int:
+def _default_parts(client: Any) -> int:
     """Partitions: several per worker, so each check task holds a small share of the IDs."""
     workers = max(len(client.scheduler_info().get("workers", {})), 1)
     return 8 * workers
 
 
-def _run(shard_files: Sequence[Path], expected, client, parts: int | None, range_bytes: int = _RANGE_BYTES):
-    """Scan on the workers, shuffle by partition, check; return (scans, verdicts)."""
+def scan_on_cluster(
+    shard_files: Sequence[Path],
+    expected: Collection[str] | os.PathLike[str] | None,
+    *,
+    client: Any,
+    parts: int | None = None,
+    range_bytes: int | None = None,
+) -> tuple[list[ShardMeta | ShardError], Findings]:
+    """Read the shards and check their IDs on the workers; return plain data.
+
+    Parameters
+    ----------
+    shard_files : sequence of Path
+        The shards, in merge order (paths the workers can open: made absolute here).
+    expected : collection of str or path-like, optional
+        The expected IDs: partitioned here and sent, or (``os.PathLike``) a file the
+        workers read in byte ranges of ``range_bytes`` (default :data:`RANGE_BYTES`).
+    client : dask.distributed.Client
+        The cluster to run on.
+    parts : int, optional
+        Partitions of the IDs (default: 8 per worker).
+
+    Returns
+    -------
+    scans : list of ShardMeta or ShardError
+        Each shard's metadata, or the error reading it gave, named as given.
+    findings : Findings
+        The first duplicate in shard order, the missing and extra IDs.
+    """
     _require_dask()
     parts = parts or _default_parts(client)
-    # Workers may run elsewhere: give them absolute paths (of a shared filesystem).
     scans = client.map(_scan, [Path(p).resolve() for p in shard_files], parts=parts, pure=False)
-    expected_pieces = _expected_pieces(client, expected, parts, range_bytes)
-    metadata = [client.submit(_strip, scan, pure=False) for scan in scans]
+    expected_pieces = _expected_pieces(client, expected, parts, range_bytes or RANGE_BYTES)
+    outcomes = [client.submit(_outcome, scan, pure=False) for scan in scans]
     verdicts = [
         client.submit(_check, [client.submit(_piece, scan, p, pure=False) for scan in scans], expected_pieces[p],
                       pure=False)
         for p in range(parts)
     ]
     del scans, expected_pieces  # held by no one here, each shard's IDs go once its pieces are taken
-    return [_as_given(m, path) for m, path in zip(client.gather(metadata), shard_files)], client.gather(verdicts)
+    paths = [Path(p) for p in shard_files]
+    found = [_as_given(outcome, path) for outcome, path in zip(client.gather(outcomes), paths)]
+    return found, _combine(client.gather(verdicts), paths, expected is not None)
 
 
-def _as_given(scan: _Scan, path: Path) -> _Scan:
-    """A scan made on an absolute path, told again with the path the user gave."""
-    path = Path(path)
-    scan.path = path
-    if scan.meta is not None:
-        scan.meta = replace(scan.meta, path=path)
-    if scan.unreadable is not None:
-        scan.unreadable = type(scan.unreadable)(path, scan.unreadable.problem)
-    if scan.fatal is not None:
-        scan.fatal = type(scan.fatal)(path, scan.fatal.problem)
-    return scan
-
-
-def _strip(scan: _Scan) -> _Scan:
-    """Worker task: the scan without its IDs, for the client."""
-    return _Scan(scan.path, scan.meta, scan.unreadable, scan.fatal)
-
-
-def _combine(verdicts: Iterable[_Verdict], scans: list[_Scan]):
-    verdicts = list(verdicts)
+def _combine(verdicts: list[_Verdict], paths: list[Path], expected_given: bool) -> Findings:
     duplicates = [v.duplicate for v in verdicts if v.duplicate is not None]
     duplicate = None
     if duplicates:
         shard, _, sequence_id, first = min(duplicates)
-        duplicate = (sequence_id, scans[shard].path, scans[first].path)
-    missing = [i.decode() for i in heapq.merge(*(v.missing.tolist() for v in verdicts))]
-    extra = [i.decode() for i in heapq.merge(*(v.extra.tolist() for v in verdicts))]
-    return duplicate, missing, extra, sum(v.num_expected for v in verdicts)
-
-
-def plan_on_cluster(
-    shard_files: Sequence[Path],
-    expected: Collection[str] | os.PathLike | None,
-    *,
-    partial: bool,
-    client,
-    parts: int | None = None,
-    range_bytes: int = _RANGE_BYTES,
-) -> MergePlan:
-    """:func:`~virnucpro_merge.plan.plan_merge` with the ID work done by a Dask cluster.
-
-    ``expected`` may be a collection of IDs (partitioned by the client) or the
-    path of an expected-ID file (``os.PathLike``), which the workers read in byte
-    ranges of ``range_bytes`` and shuffle like the shards' IDs, so that not even the
-    client holds every expected ID. (A JSON index is scanned for its
-    ``"sequence_id"`` entries line by line rather than parsed; a gzipped file is
-    read by one task.)
-    """
-    scans, verdicts = _run(shard_files, expected, client, parts, range_bytes)
-    shards: list[ShardPlan] = []
-    for scan in scans:
-        if scan.fatal is not None:
-            raise scan.fatal
-        shards.append(failed_shard(scan.unreadable, partial=partial) if scan.unreadable else shard_plan(scan.meta))
-    duplicate, missing, extra, num_expected = _combine(verdicts, scans)
-    plan = assemble_plan(shards, duplicate=duplicate)
-    if expected is not None:
-        apply_expected(plan, num_expected=num_expected, missing=missing, extra=extra, partial=partial)
-    return plan
-
-
-def validate_on_cluster(
-    shard_files: Sequence[str | os.PathLike[str]],
-    expected: Collection[str] | os.PathLike,
-    *,
-    client,
-    parts: int | None = None,
-    range_bytes: int = _RANGE_BYTES,
-) -> tuple[set[str], set[str]]:
-    """:func:`~virnucpro_merge.validate_shard_completeness` on a Dask cluster."""
-    scans, verdicts = _run([Path(p) for p in shard_files], expected, client, parts, range_bytes)
-    for scan in scans:
-        if scan.unreadable or scan.fatal:
-            raise scan.unreadable or scan.fatal
-    _, missing, extra, _ = _combine(verdicts, scans)
-    return set(missing), set(extra)
+        duplicate = (sequence_id, paths[shard], paths[first])
+    return Findings(
+        duplicate=duplicate,
+        missing=[i.decode() for i in heapq.merge(*(v.missing.tolist() for v in verdicts))],
+        extra=[i.decode() for i in heapq.merge(*(v.extra.tolist() for v in verdicts))],
+        num_expected=sum(v.num_expected for v in verdicts) if expected_given else None,
+    )
 
 
 @contextmanager

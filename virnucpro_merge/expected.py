@@ -1,97 +1,511 @@
-"""Reading the list of sequence IDs a run was expected to produce.
+"""Reading the list of sequence IDs a run was expected to produce: one parser, one set of rules.
 
-Three forms are understood, told apart by their first non-blank character:
+Three forms are understood, told apart by the first non-blank line:
 
-- a run's sequence-index JSON, ``{"sequences": [{"sequence_id": ...}, ...]}`` (``{``);
-- a FASTA file, whose IDs are the first word after each ``>`` (``>``);
+- a run's sequence-index JSON, ``{"sequences": [{"sequence_id": ...}, ...]}`` (it starts with ``{``);
+- a FASTA file, whose IDs are the first word after each ``>`` (it starts with ``>``);
 - plain text, one ID a line, blank lines and ``#`` comments ignored.
 
-A UTF-8 byte-order mark, CRLF line endings and gzip compression are handled.
+A UTF-8 byte-order mark, any line ending (``\\n``, ``\\r\\n``, ``\\r``: Python's universal
+newlines) and gzip compression are handled. A file is opened once and read as a
+stream, so a pipe (``/dev/stdin``, ``<(...)``) works like a file.
+
+The same rules hold wherever a file is read. One process reads it from start to end
+(:func:`iter_expected_ids`); the workers of a Dask cluster read it in byte ranges
+(:func:`read_range`) with the same line splitting, the same rule per line and per
+record, and the same errors. A JSON index is read record by record (each record by
+:mod:`json` itself), never whole: a worker starts at the first record it finds in its
+range, and :func:`ranges_agree` accepts the ranges' answers only when every record
+start follows from the one before, back to the start of the file; otherwise the file
+is read from start to end, which gives the one true answer (or error).
 """
 
 from __future__ import annotations
 
 import gzip
-import io
 import json
+import json.scanner
 import os
-from collections.abc import Iterator
+import re
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import ExpectedIdsError
 
-__all__ = ["iter_expected_ids", "read_expected_ids", "read_sequence_index"]
+__all__ = [
+    "TEXT",
+    "FASTA",
+    "JSON",
+    "RangeIds",
+    "detect_form",
+    "iter_expected_ids",
+    "read_expected_ids",
+    "iter_index_records",
+    "read_sequence_index",
+    "expected_ranges",
+    "read_range",
+    "ranges_agree",
+    "write_id_list",
+]
+
+TEXT, FASTA, JSON = "text", "fasta", "json"
+
+_BLOCK = 4 * 2**20  # bytes read at a time
+_GZIP_MAGIC = b"\x1f\x8b"
+_BOM = "\ufeff"
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_WS = re.compile(r"[ \t\n\r]*")  # JSON's own whitespace
+_SEPARATOR = re.compile(r"[ \t\n\r]*([,\]])[ \t\n\r]*")  # after a record of the list
+_SCAN = json.scanner.make_scanner(json.JSONDecoder())
+_NOT_AN_INDEX = 'not a sequence index: expected {"sequences": [{"sequence_id": ...}, ...]}'
 
 
-def _open_text(path: Path) -> io.TextIOBase:
+# --------------------------------------------------------------------------- bytes and lines
+
+
+def _open(path: Path, name: object) -> BinaryIO:
+    """Open ``path`` for reading; errors name it as ``name`` (the path as the user gave it)."""
     try:
-        with open(path, "rb") as probe:
-            gzipped = probe.read(2) == b"\x1f\x8b"
-        raw = gzip.open(path, "rb") if gzipped else open(path, "rb")
+        return open(path, "rb")  # noqa: SIM115 - the callers close it
     except FileNotFoundError as err:
-        raise ExpectedIdsError(f"{path}: expected-ID file does not exist") from err
+        msg = f"{name}: expected-ID file does not exist"
+        raise ExpectedIdsError(msg) from err
     except IsADirectoryError as err:
-        raise ExpectedIdsError(f"{path}: is a directory, not an expected-ID file") from err
+        msg = f"{name}: is a directory, not an expected-ID file"
+        raise ExpectedIdsError(msg) from err
     except OSError as err:
-        raise ExpectedIdsError(f"{path}: cannot read expected-ID file ({err.strerror or err})") from err
-    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline=None)
+        msg = f"{name}: cannot read expected-ID file ({err.strerror or err})"
+        raise ExpectedIdsError(msg) from err
 
 
-def read_sequence_index(path: str | os.PathLike[str]) -> list[dict]:
-    """Read a run's sequence-index JSON and return its ``sequences`` records."""
+class _Prefixed:
+    """A binary stream whose first bytes were already read (a pipe cannot be re-read)."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self.head, self.rest = head, rest
+
+    def read(self, size: int = -1) -> bytes:
+        if self.head:
+            head, self.head = (self.head, b"") if size < 0 or size >= len(self.head) else (
+                self.head[:size], self.head[size:])
+            return head
+        return self.rest.read(size)
+
+
+def _read_head(raw: BinaryIO, name: object, size: int) -> bytes:
+    """The first ``size`` bytes (fewer only at the end of the file), however a pipe delivers them."""
+    head = b""
+    try:
+        while len(head) < size and (more := raw.read(size - len(head))):
+            head += more
+    except OSError as err:
+        msg = f"{name}: cannot read expected-ID file ({err.strerror or err})"
+        raise ExpectedIdsError(msg) from err
+    return head
+
+
+def _raw_blocks(name: object, raw: BinaryIO) -> Iterator[bytes]:
+    """The file's bytes, decompressed if gzipped, a block at a time (each byte read once)."""
+    head = _read_head(raw, name, 2)
+    stream: BinaryIO | _Prefixed | gzip.GzipFile = _Prefixed(head, raw)
+    if head == _GZIP_MAGIC:
+        stream = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[arg-type]
+    try:
+        while block := stream.read(_BLOCK):
+            yield block
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        problem = str(err) or type(err).__name__
+        msg = f"{name}: damaged gzip file ({problem})"
+        raise ExpectedIdsError(msg) from err
+    except OSError as err:
+        msg = f"{name}: cannot read expected-ID file ({err.strerror or err})"
+        raise ExpectedIdsError(msg) from err
+
+
+def _cut(data: bytes) -> int:
+    """Where the last complete line of ``data`` ends (0: no complete line).
+
+    A final ``\\r`` may be the first half of ``\\r\\n``: it waits for the next block.
+    """
+    return max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1
+
+
+def _text_blocks(name: object, blocks: Iterable[bytes], offset: int = 0, *, cut_at: int | None = None
+                 ) -> Iterator[tuple[str, int]]:
+    """Decoded text, each piece ending at a line break, with the byte offset where it starts.
+
+    ``offset`` is the byte offset of the first block; a piece also ends at byte
+    ``cut_at`` (a line start), so that the text before it is a piece of its own.
+    """
+    pending = b""
+    for block in blocks:
+        pending += block
+        while pending:
+            cut = _cut(pending)
+            if cut_at is not None and offset < cut_at < offset + len(pending):
+                cut = cut_at - offset
+            if cut == 0:
+                break
+            yield _decode(name, pending[:cut], offset), offset
+            offset, pending = offset + cut, pending[cut:]
+    if pending:
+        yield _decode(name, pending, offset), offset
+
+
+def _decode(name: object, data: bytes, offset: int) -> str:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        msg = f"{name}: not UTF-8 text (at byte {offset + err.start})"
+        raise ExpectedIdsError(msg) from err
+    return text[1:] if offset == 0 and text.startswith(_BOM) else text
+
+
+def _lines(pieces: Iterable[tuple[str, int]]) -> Iterator[str]:
+    """The lines of the text, without their line breaks."""
+    for text, _ in pieces:
+        lines = _LINE_BREAK.split(text)
+        if lines and lines[-1] == "":
+            lines.pop()  # the piece ended with a line break
+        yield from lines
+
+
+# --------------------------------------------------------------------------- the rules
+
+
+def _form_of(first_line: str) -> str:
+    """The form a file takes, from its first non-blank line."""
+    if first_line.lstrip().startswith("{"):
+        return JSON
+    return FASTA if first_line.startswith(">") else TEXT
+
+
+def _text_id(line: str) -> str | None:
+    stripped = line.strip()
+    return stripped if stripped and not stripped.startswith("#") else None
+
+
+def _fasta_id(line: str) -> str | None:
+    if line.startswith(">"):
+        words = line[1:].split(maxsplit=1)
+        if words:
+            return words[0]
+    return None
+
+
+_LINE_RULES = {TEXT: _text_id, FASTA: _fasta_id}
+
+
+def _ids_of_lines(lines: Iterable[str], form: str) -> Iterator[str]:
+    rule = _LINE_RULES[form]
+    for line in lines:
+        found = rule(line)
+        if found is not None:
+            yield found
+
+
+def _check_record(record: object, name: object) -> dict:
+    if not (isinstance(record, dict) and isinstance(record.get("sequence_id"), str)):
+        msg = f"{name}: {_NOT_AN_INDEX}"
+        raise ExpectedIdsError(msg)
+    return record
+
+
+# --------------------------------------------------------------------------- JSON, a record at a time
+
+
+class _JsonText:
+    """A window onto a file's text, fed piece by piece, for reading one JSON value at a time.
+
+    Pieces end at line breaks, and a line break is never inside a JSON token (JSON
+    strings cannot hold one), so a value the window cuts short always fails at its
+    very end: then more text is read and the value read again.
+    """
+
+    def __init__(self, pieces: Iterator[tuple[str, int]], name: object, *, owned_until: int | None = None) -> None:
+        self.pieces, self.name = pieces, name
+        self.text, self.pos = "", 0
+        self.dropped = 0  # characters dropped from the front of the window so far
+        self.byte_base = None  # byte offset of the window's first character
+        self.line = 1  # line number of the window's first character
+        self.owned_until = owned_until  # byte offset where this reader's records end
+        self.owned_chars: int | None = None  # ... as a character count from the start of reading
+        self.pin: int | None = None  # a character (counted likewise) that must stay in the window
+
+    def more(self) -> bool:
+        """Read one more piece into the window; False at the end of the file."""
+        piece = next(self.pieces, None)
+        if piece is None:
+            return False
+        text, offset = piece
+        if self.byte_base is None:
+            self.byte_base = offset
+        if offset == self.owned_until:
+            self.owned_chars = self.dropped + len(self.text)
+        until = self.pos if self.pin is None else min(self.pos, self.pin - self.dropped)
+        keep = self.text.rfind("\n", 0, until) + 1  # drop whole lines already read
+        if keep:
+            self.line += self.text.count("\n", 0, keep)
+            self.byte_base += len(self.text[:keep].encode())
+            self.dropped += keep
+            self.text, self.pos = self.text[keep:], self.pos - keep
+        self.text += text
+        return True
+
+    def next_char(self) -> str:
+        """The next character that is not whitespace ('' at the end of the file)."""
+        while True:
+            self.pos = _WS.match(self.text, self.pos).end()  # type: ignore[union-attr]
+            if self.pos < len(self.text):
+                return self.text[self.pos]
+            if not self.more():
+                return ""
+
+    def take(self, char: str, what: str) -> None:
+        if self.next_char() != char:
+            raise self.error(f"Expecting {what}", self.pos)
+        self.pos += 1
+
+    def value(self) -> object:
+        """The JSON value at the current position (after any whitespace)."""
+        self.next_char()
+        while True:
+            try:
+                found, end = _SCAN(self.text, self.pos)
+            except StopIteration as stop:
+                where, problem = stop.value, "Expecting value"
+            except json.JSONDecodeError as err:
+                where, problem = err.pos, err.msg
+            else:
+                self.pos = end
+                return found
+            if where >= len(self.text.rstrip(" \t\n\r")) and self.more():
+                continue  # cut short by the window
+            raise self.error(problem, where)
+
+    def byte_offset(self) -> int:
+        """The byte offset of the current position in the file."""
+        return (self.byte_base or 0) + len(self.text[: self.pos].encode())
+
+    def owned(self) -> bool:
+        """Whether the current position is before the end of this reader's range."""
+        if self.owned_until is None:
+            return True
+        if self.owned_chars is None:
+            return True  # the piece that starts at the end of the range has not been read yet
+        return self.dropped + self.pos < self.owned_chars
+
+    def error(self, problem: str, where: int) -> ExpectedIdsError:
+        line = self.line + self.text.count("\n", 0, where)
+        column = where - (self.text.rfind("\n", 0, where) + 1) + 1
+        return ExpectedIdsError(f"{self.name}: invalid JSON ({problem}: line {line} column {column})")
+
+
+@dataclass
+class _Chain:
+    """Where the records a JSON reader read sit in the file (its answer to :func:`ranges_agree`)."""
+
+    first: int | None = None  # byte offset of its first record (None: it read none)
+    next: int | None = None  # byte offset of the record after its last, in the next range
+    closed: bool = False  # it read the end of the records and the rest of the file, which is sound
+
+
+class _IndexReader:
+    """The records of a sequence-index JSON: from the top, or from a record start onwards."""
+
+    def __init__(self, text: _JsonText) -> None:
+        self.text, self.chain = text, _Chain()
+
+    def from_the_top(self) -> Iterator[dict]:
+        """Every record of the file, the whole file checked as :func:`json.load` would
+        (up to the end of this reader's range, if it has one)."""
+        text = self.text
+        self.chain.first = 0
+        text.take("{", "'{'")
+        more = text.next_char() != "}"
+        if not more:
+            text.pos += 1
+        while more:
+            if self._key() == "sequences":
+                if text.next_char() != "[":
+                    text.value()
+                    raise self._not_an_index()
+                text.pos += 1
+                yield from self.records()
+                if self.chain.closed:
+                    self._rest_of_file()
+                return
+            text.value()
+            more = self._after_member()
+        self._end_of_file()
+        raise self._not_an_index()
+
+    def records(self) -> Iterator[dict]:
+        """Records from the current position to the end of the list (then ``chain.closed``)
+        or of this reader's range (then ``chain.next`` is where the next record starts)."""
+        text = self.text
+        if text.next_char() == "]":
+            text.pos += 1
+            self.chain.closed = True
+            return
+        while not self.chain.closed:
+            text.next_char()  # to the record's first character
+            if not text.owned():
+                self.chain.next = text.byte_offset()
+                return
+            if self.chain.first is None:
+                self.chain.first = text.byte_offset()
+            yield from self._quickly()
+            if self.chain.closed or not text.owned():
+                continue
+            # at the edge of the window: one record the careful way (reads on, or names the error)
+            yield _check_record(text.value(), text.name)
+            char = text.next_char()
+            text.pos += 1
+            if char == "]":
+                self.chain.closed = True
+            elif char != ",":
+                raise text.error("Expecting ',' delimiter", text.pos - 1)
+
+    def _quickly(self) -> Iterator[dict]:
+        """The records that lie whole in the window, each read by one C call (the usual case)."""
+        text = self.text
+        window, pos = text.text, text.pos
+        owned = len(window) if text.owned_chars is None else text.owned_chars - text.dropped
+        while pos < owned:
+            try:
+                record, end = _SCAN(window, pos)
+            except (StopIteration, json.JSONDecodeError):
+                break
+            after = _SEPARATOR.match(window, end)
+            if after is None or after.end() == len(window):
+                break  # the separator may go on in the next piece
+            yield _check_record(record, text.name)
+            pos = after.end()
+            if after[1] == "]":
+                self.chain.closed = True
+                break
+        text.pos = pos
+
+    def from_a_range(self) -> Iterator[dict]:
+        """The records that start in this reader's range: from the first place where a
+        record parses and is followed by ',' or ']' (a guess :func:`ranges_agree` checks)."""
+        text = self.text
+        while True:
+            char = text.next_char()
+            if char == "" or not text.owned():
+                return
+            if char == '"':
+                text.value()  # a string (ranges start at line starts: never inside one)
+                continue
+            if char != "{":
+                text.pos += 1
+                continue
+            start = text.pin = text.dropped + text.pos  # keep it in the window while guessing
+            try:
+                _check_record(text.value(), text.name)
+                follows = text.next_char()
+            except ExpectedIdsError:
+                follows = ""
+            text.pos, text.pin = start - text.dropped, None
+            if follows in (",", "]"):
+                yield from self.records()
+                if self.chain.closed:
+                    self._rest_of_file()
+                return
+            text.pos += 1
+
+    def _key(self) -> object:
+        """The name of a member of the top object, and the ':' after it."""
+        if self.text.next_char() != '"':
+            raise self.text.error("Expecting property name enclosed in double quotes", self.text.pos)
+        key = self.text.value()
+        self.text.take(":", "':' delimiter")
+        return key
+
+    def _after_member(self) -> bool:
+        """Past a member of the top object: True if another follows, False at its end."""
+        char = self.text.next_char()
+        self.text.pos += 1
+        if char == ",":
+            return True
+        if char == "}":
+            return False
+        raise self.text.error("Expecting ',' delimiter", self.text.pos - 1)
+
+    def _rest_of_file(self) -> None:
+        """After the list: the rest of the top object, then nothing but whitespace."""
+        while self._after_member():
+            if self._key() == "sequences":
+                raise self._not_an_index("it has two 'sequences'")
+            self.text.value()
+        self._end_of_file()
+
+    def _end_of_file(self) -> None:
+        if self.text.next_char() != "":
+            raise self.text.error("Extra data", self.text.pos)
+
+    def _not_an_index(self, why: str = "") -> ExpectedIdsError:
+        return ExpectedIdsError(f"{self.text.name}: {_NOT_AN_INDEX}" + (f" ({why})" if why else ""))
+
+
+# --------------------------------------------------------------------------- reading a whole file
+
+
+def _form_and_pieces(name: object, raw: BinaryIO) -> tuple[str | None, Iterator[tuple[str, int]]]:
+    """The file's form (None: no non-blank line), and its text from the start."""
+    pieces = _text_blocks(name, _raw_blocks(name, raw))
+    seen: list[tuple[str, int]] = []
+    for piece in pieces:
+        seen.append(piece)
+        first = next((line for line in _lines([piece]) if line.strip()), None)
+        if first is not None:
+            return _form_of(first), _chain(seen, pieces)
+    return None, iter(seen)
+
+
+def _chain(first: list[tuple[str, int]], rest: Iterator[tuple[str, int]]) -> Iterator[tuple[str, int]]:
+    yield from first
+    yield from rest
+
+
+def detect_form(path: str | os.PathLike[str]) -> tuple[str | None, bool]:
+    """The form of an expected-ID file (``text``, ``fasta``, ``json``; None when it holds
+    no non-blank line) and whether it is gzipped, from the start of the file."""
     path = Path(path)
-    with _open_text(path) as fh:
-        try:
-            data = json.load(fh)
-        except json.JSONDecodeError as err:
-            raise ExpectedIdsError(f"{path}: invalid JSON ({err})") from err
-        except UnicodeDecodeError as err:
-            raise ExpectedIdsError(f"{path}: not UTF-8 text") from err
-    records = data.get("sequences") if isinstance(data, dict) else None
-    if not isinstance(records, list) or not all(
-        isinstance(r, dict) and isinstance(r.get("sequence_id"), str) for r in records
-    ):
-        raise ExpectedIdsError(
-            f'{path}: not a sequence index: expected {{"sequences": [{{"sequence_id": ...}}, ...]}}'
-        )
-    return records
+    with _open(path, path) as raw:
+        gzipped = _read_head(raw, path, 2) == _GZIP_MAGIC
+        raw.seek(0)
+        form, _ = _form_and_pieces(path, raw)
+    return form, gzipped
 
 
-def _fasta_ids(lines: Iterator[str]) -> Iterator[str]:
-    for line in lines:
-        if line.startswith(">"):
-            words = line[1:].split(maxsplit=1)
-            if words:
-                yield words[0]
+def _records(path: Path, name: object, *, index_only: bool) -> Iterator[tuple[dict | None, str]]:
+    """``(record, ID)`` of each expected ID in file order (``record``: for a JSON index)."""
+    with _open(path, name) as raw:
+        form, pieces = _form_and_pieces(name, raw)
+        if index_only and form != JSON:
+            msg = f"{name}: {_NOT_AN_INDEX}"
+            raise ExpectedIdsError(msg)
+        if form == JSON:
+            for record in _IndexReader(_JsonText(pieces, name)).from_the_top():
+                yield record, record["sequence_id"]
+        elif form is not None:
+            for sequence_id in _ids_of_lines(_lines(pieces), form):
+                yield None, sequence_id
 
 
-def _text_ids(lines: Iterator[str]) -> Iterator[str]:
-    for line in lines:
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#"):
-            yield stripped
-
-
-def iter_expected_ids(path: str | os.PathLike[str]) -> Iterator[str]:
+def iter_expected_ids(path: str | os.PathLike[str], *, shown_as: object = None) -> Iterator[str]:
     """Yield the expected IDs of a text, FASTA or sequence-index JSON file, in file order.
 
-    Text and FASTA files are streamed line by line; a JSON index is parsed whole.
+    The file is read once, as a stream (a JSON index record by record). Errors name
+    the file as ``shown_as`` when given (a worker's absolute path is not the user's).
     """
     path = Path(path)
-    with _open_text(path) as fh:
-        try:
-            first = ""
-            for first in fh:
-                if first.strip():
-                    break
-            if first.lstrip().startswith("{"):
-                fh.close()
-                yield from (r["sequence_id"] for r in read_sequence_index(path))
-            else:
-                lines = _chain(first, fh)
-                yield from (_fasta_ids(lines) if first.startswith(">") else _text_ids(lines))
-        except UnicodeDecodeError as err:
-            raise ExpectedIdsError(f"{path}: not UTF-8 text") from err
+    return (sequence_id for _, sequence_id in _records(path, shown_as or path, index_only=False))
 
 
 def read_expected_ids(path: str | os.PathLike[str]) -> list[str]:
@@ -114,10 +528,144 @@ def read_expected_ids(path: str | os.PathLike[str]) -> list[str]:
     """
     ids = list(iter_expected_ids(path))
     if not ids:
-        raise ExpectedIdsError(f"{path}: no sequence IDs in this file")
+        msg = f"{path}: no sequence IDs in this file"
+        raise ExpectedIdsError(msg)
     return ids
 
 
-def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
-    yield first
-    yield from rest
+def iter_index_records(path: str | os.PathLike[str]) -> Iterator[dict]:
+    """Yield the records of a run's sequence-index JSON, in index order, one at a time."""
+    path = Path(path)
+    return (record for record, _ in _records(path, path, index_only=True))  # type: ignore[misc]
+
+
+def read_sequence_index(path: str | os.PathLike[str]) -> list[dict]:
+    """Read a run's sequence-index JSON and return its ``sequences`` records."""
+    return list(iter_index_records(path))
+
+
+# --------------------------------------------------------------------------- reading in byte ranges
+
+
+@dataclass
+class RangeIds:
+    """The expected IDs whose line (or JSON record) starts in bytes ``[first, last)`` of a
+    file: the lines that start in the range asked for."""
+
+    first: int
+    last: int
+    ids: list[str] = field(default_factory=list)
+    #: for a JSON index: where its records sit (None: its guess of a record start failed)
+    chain: _Chain | None = None
+
+
+def expected_ranges(path: str | os.PathLike[str], range_bytes: int) -> list[tuple[int, int]] | None:
+    """Byte ranges of about ``range_bytes`` that cover the file; None where the file can only
+    be read from start to end (gzipped, or not a regular file)."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    if not path.is_file() or detect_form(path)[1]:
+        return None
+    bounds = [*range(0, stat.st_size, max(1, range_bytes)), stat.st_size]
+    return list(zip(bounds, bounds[1:])) or [(0, 0)]
+
+
+def _line_start(raw: BinaryIO, position: int) -> int:
+    """The first line start at or after byte ``position``."""
+    if position == 0:
+        return 0
+    raw.seek(position - 1)
+    previous = raw.read(1)
+    while True:
+        data = raw.read(_BLOCK)
+        if not data:
+            return position
+        if previous == b"\n" or (previous == b"\r" and data[:1] != b"\n"):
+            return position
+        found = re.search(rb"\r\n|\r(?!$)|\n", data)
+        if found is None:
+            position, previous = position + len(data), data[-1:]
+            continue
+        return position + found.end()
+
+
+def read_range(path: str | os.PathLike[str], form: str, start: int, end: int, *, shown_as: object = None
+               ) -> RangeIds:
+    """The expected IDs of the lines that start in bytes ``[start, end)`` of a plain file.
+
+    A text or FASTA range holds the IDs of those lines. A JSON range holds the records
+    that start on them, found by a guess that :func:`ranges_agree` checks; a range
+    whose guess fails reports ``chain=None`` instead of an error (the range that
+    starts the file is no guess: its errors are the file's). Errors name the file
+    as ``shown_as`` when given.
+    """
+    path = Path(path)
+    name = shown_as or path
+    with _open(path, name) as raw:
+        first, last = _line_start(raw, start), _line_start(raw, end)
+        found = RangeIds(first, last)
+        raw.seek(first)
+        if form != JSON:
+            region = _read_head(raw, name, last - first) if first < last else b""
+            found.ids = list(_ids_of_lines(_lines(_text_blocks(name, [region], first)), form))
+            return found
+        blocks = iter(lambda: raw.read(_BLOCK), b"")
+        reader = _IndexReader(_JsonText(_text_blocks(name, blocks, first, cut_at=last), name, owned_until=last))
+        try:
+            records = reader.from_the_top() if first == 0 else reader.from_a_range()
+            found.ids = [record["sequence_id"] for record in records]
+        except ExpectedIdsError:
+            if first == 0:
+                raise
+            found.ids = []
+            return found
+        found.chain = reader.chain
+        return found
+
+
+def ranges_agree(ranges: list[RangeIds]) -> bool:
+    """Whether the records that the JSON ranges found are exactly the file's records.
+
+    The range that starts the file reads from the top; every other range must start
+    its records exactly where the range before it said the next record starts (or
+    find none, where that is past its end), and the list must end, with the rest of
+    the file sound, in the last range that holds records.
+    """
+    expected_next: int | None = 0  # where the next record starts; None: past the list's end
+    for part in ranges:  # in file order
+        if part.chain is None:
+            return False
+        owns = expected_next is not None and part.first <= expected_next < part.last
+        if part.chain.first != (expected_next if owns else None):
+            return False
+        if owns:
+            expected_next = None if part.chain.closed else part.chain.next
+    return expected_next is None
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_id_list(ids: Iterable[str], path: str | os.PathLike[str]) -> Path:
+    """Write sequence IDs one per line (a re-run list); return the path.
+
+    The file can be given back as ``--expected`` or to the embedding pipeline to
+    re-run just those sequences.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> out = write_id_list(["seq2", "seq1"], pathlib.Path(tmp.name) / "rerun.txt")
+    >>> out.read_text()
+    'seq2\\nseq1\\n'
+    >>> tmp.cleanup()
+    """
+    path = Path(path)
+    with open(path, "w", encoding="utf-8", newline="\n") as fh:
+        for sequence_id in ids:
+            fh.write(f"{sequence_id}\n")
+    return path

@@ -29,7 +29,7 @@ from .plan import MergePlan
 from .shards import REPORT_GROUP, open_shard, read_report_summary
 from .sources import source_problems
 
-__all__ = ["build_report", "record_nonfinite", "write_report", "read_merge_report", "format_report", "REPORT_GROUP"]
+__all__ = ["FORMAT_VERSION", "build_report", "record_nonfinite", "write_report", "read_merge_report"]
 
 logger = logging.getLogger("virnucpro_merge")
 
@@ -137,7 +137,8 @@ def read_merge_report(merged_path: str | os.PathLike[str]) -> dict:
     with open_shard(path) as handle:
         report = read_report_summary(handle, path)
         if report is None:
-            raise MergeError(f"{path}: not a merged output (no '{REPORT_GROUP}' in it)")
+            msg = f"{path}: not a merged output (no '{REPORT_GROUP}' in it)"
+            raise MergeError(msg)
         group = handle[REPORT_GROUP]
         try:
             for name, dtype in _ARRAYS.items():
@@ -145,42 +146,10 @@ def read_merge_report(merged_path: str | os.PathLike[str]) -> dict:
                     values = group[name].asstr()[:] if dtype.kind == "O" else group[name][:]
                     report[name] = values.tolist()
         except (OSError, ValueError) as err:
-            raise MergeError(f"{path}: damaged merge report ({err})") from err
+            msg = f"{path}: damaged merge report ({err})"
+            raise MergeError(msg) from err
     if report.get("layout") == "virtual":
         report["source_problems"] = source_problems(path, report.get("sources", []))
         for problem in report["source_problems"]:
             logger.warning("%s: its rows read as NaN (or from a same-named file in the current folder)", problem)
     return report
-
-
-def format_report(report: dict) -> str:
-    """A merge report as a short text table, for terminals and notebooks."""
-    width = max([len(Path(s["path"]).name) for s in report["shards"]] + [5])
-    lines = [f"{'shard':<{width}}  {'status':<7} {'rows':>9} {'offset':>9}  problem"]
-    for shard in report["shards"]:
-        lines.append(
-            f"{Path(shard['path']).name:<{width}}  {shard['status']:<7} "
-            f"{shard['num_sequences']:>9} {shard['offset']:>9}  {shard.get('error') or ''}".rstrip()
-        )
-    lines.append("")
-    lines.append(
-        f"{report['total_sequences']} sequences of dimension {report['embedding_dim']} "
-        f"from {len(report['shards']) - len(report['failed_shards'])} of {len(report['shards'])} shards"
-    )
-    if report["failed_shards"]:
-        names = ", ".join(Path(p).name for p in report["failed_shards"])
-        lines.append(f"failed shards: {len(report['failed_shards'])} ({names})")
-    if report.get("num_expected") is not None:
-        lines.append(f"missing sequences: {report['num_missing']} of {report['num_expected']} expected")
-        if report["missing_ids"]:
-            lines.append(f"first missing IDs: {', '.join(report['missing_ids'][:10])}")
-        if report.get("num_extra"):
-            lines.append(f"extra sequences (not expected): {report['num_extra']}")
-    if report.get("layout") == "virtual":
-        lines.append(f"virtual: embeddings stay in {len(report.get('sources', []))} source shards")
-        for problem in report.get("source_problems", []):
-            lines.append(f"PROBLEM: {problem}")
-    if report.get("nonfinite_rows"):
-        lines.append(f"rows holding NaN or Inf: {report['nonfinite_rows']}")
-    lines.append(f"partial: {report['partial']}")
-    return "\n".join(lines)

@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import BinaryIO
 
-from ._atomic import atomic_output
-from .errors import IndexMismatchError, OutputError
-from .expected import read_sequence_index
+from ._openfiles import OpenFiles
+from ._write.atomic import atomic_output, refuse_overwriting
+from .errors import IndexMismatchError
+from .expected import iter_index_records
 from .report import read_merge_report
 
 __all__ = ["write_missing_fasta"]
@@ -55,7 +55,7 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _select(records: list[dict], missing: set[str], index_path: Path, merged_path: Path) -> list[_Wanted]:
+def _select(records: Iterable[dict], missing: set[str], index_path: Path, merged_path: Path) -> list[_Wanted]:
     """The index records of the ``missing`` IDs, in index order, checked for shape."""
     wanted: list[_Wanted] = []
     seen: set[str] = set()
@@ -65,16 +65,16 @@ def _select(records: list[dict], missing: set[str], index_path: Path, merged_pat
         if seq_id not in missing:
             continue
         if seq_id in seen:
-            raise IndexMismatchError(f"{index_path}: {seq_id} is listed twice (second time at position {position})")
+            msg = f"{index_path}: {seq_id} is listed twice (second time at position {position})"
+            raise IndexMismatchError(msg)
         seen.add(seq_id)
         file_path, offset, length = record.get("file_path"), record.get("byte_offset"), record.get("length")
         if not (isinstance(file_path, str) and file_path and _is_int(offset) and offset >= 0) or not (
             length is None or (_is_int(length) and length >= 0)
         ):
-            raise IndexMismatchError(
-                f"{index_path}: the record of {seq_id} (position {position}) needs a file_path, "
-                f"a byte_offset >= 0 and optionally a length, it has {record!r}"
-            )
+            msg = (f"{index_path}: the record of {seq_id} (position {position}) needs a file_path, "
+                   f"a byte_offset >= 0 and optionally a length, it has {record!r}")
+            raise IndexMismatchError(msg)
         fasta = fastas.get(file_path)
         if fasta is None:
             fasta = fastas[file_path] = index_path.parent / file_path  # an absolute file_path stays absolute
@@ -86,7 +86,8 @@ def _select(records: list[dict], missing: set[str], index_path: Path, merged_pat
             problem = f"{names[0]}, missing from {merged_path}, is not in this index"
         else:
             problem = f"{len(names)} IDs missing from {merged_path} are not in this index (first 10: {names[:10]})"
-        raise IndexMismatchError(f"{index_path}: {problem}: is it the index of this run?")
+        msg = f"{index_path}: {problem}: is it the index of this run?"
+        raise IndexMismatchError(msg)
     return wanted
 
 
@@ -100,45 +101,31 @@ def _show(line: bytes) -> str:
     return repr(text[:_SHOWN] + "..." if len(text) > _SHOWN else text)
 
 
-class _FastaReader:
-    """Read FASTA records by byte offset, opening each file on first use."""
+class _FastaReader(OpenFiles[Path, BinaryIO]):
+    """Read FASTA records by byte offset, opening each file on first use (a few kept open)."""
 
     def __init__(self, index_path: Path) -> None:
+        super().__init__(self._open_fasta, _MAX_OPEN)
         self._index_name = index_path.name
-        self._handles: OrderedDict[Path, BinaryIO] = OrderedDict()
 
-    def __enter__(self) -> _FastaReader:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        while self._handles:
-            self._handles.popitem()[1].close()
-
-    def _handle(self, path: Path) -> BinaryIO:
-        """The open file ``path`` (opened and checked on first use)."""
-        handle = self._handles.get(path)
-        if handle is not None:
-            self._handles.move_to_end(path)
-            return handle
+    def _open_fasta(self, path: Path) -> BinaryIO:
+        """Open a FASTA file named by the index, checked to be plain (not gzipped)."""
         try:
-            handle = open(path, "rb")  # noqa: SIM115 - closed by __exit__ or eviction
+            handle = open(path, "rb")  # noqa: SIM115 - closed by OpenFiles
         except FileNotFoundError as err:
-            raise IndexMismatchError(f"{path}: FASTA file does not exist (named by {self._index_name})") from err
+            msg = f"{path}: FASTA file does not exist (named by {self._index_name})"
+            raise IndexMismatchError(msg) from err
         except IsADirectoryError as err:
-            raise IndexMismatchError(f"{path}: is a directory, not a FASTA file (named by {self._index_name})") from err
+            msg = f"{path}: is a directory, not a FASTA file (named by {self._index_name})"
+            raise IndexMismatchError(msg) from err
         except OSError as err:
-            raise IndexMismatchError(f"{path}: cannot read FASTA file ({err.strerror or err})") from err
+            msg = f"{path}: cannot read FASTA file ({err.strerror or err})"
+            raise IndexMismatchError(msg) from err
         if handle.read(2) == _GZIP_MAGIC:
             handle.close()
-            raise IndexMismatchError(
-                f"{path}: gzip-compressed FASTA, which byte offsets cannot address: "
-                f"decompress it and point {self._index_name} at the plain file"
-            )
-        if len(self._handles) >= _MAX_OPEN:
-            self._handles.popitem(last=False)[1].close()
-        self._handles[path] = handle
+            msg = (f"{path}: gzip-compressed FASTA, which byte offsets cannot address: "
+                   f"decompress it and point {self._index_name} at the plain file")
+            raise IndexMismatchError(msg)
         return handle
 
     def _hint(self, handle: BinaryIO, want: _Wanted) -> str:
@@ -158,7 +145,7 @@ class _FastaReader:
 
     def read(self, want: _Wanted) -> bytes:
         """The record of ``want``, verbatim, checked against the index."""
-        handle = self._handle(want.fasta)
+        handle = self.get(want.fasta)
         handle.seek(want.byte_offset)
         try:
             header = handle.readline()
@@ -167,10 +154,9 @@ class _FastaReader:
                 found = _show(header)
                 if not header:
                     found += f" ({os.fstat(handle.fileno()).st_size} bytes)"
-                raise IndexMismatchError(
-                    f"{want.fasta}: byte {want.byte_offset} should start the record of {want.sequence_id} "
-                    f"(from {self._index_name}), found {found}{self._hint(handle, want)}"
-                )
+                msg = (f"{want.fasta}: byte {want.byte_offset} should start the record of {want.sequence_id} "
+                       f"(from {self._index_name}), found {found}{self._hint(handle, want)}")
+                raise IndexMismatchError(msg)
             parts = [header]
             residues = 0
             while True:
@@ -180,22 +166,14 @@ class _FastaReader:
                 parts.append(line)
                 residues += len(line.strip())
         except OSError as err:
-            raise IndexMismatchError(f"{want.fasta}: cannot read FASTA file ({err.strerror or err})") from err
+            msg = f"{want.fasta}: cannot read FASTA file ({err.strerror or err})"
+            raise IndexMismatchError(msg) from err
         if want.length is not None and residues != want.length:
-            raise IndexMismatchError(
-                f"{want.fasta}: the record of {want.sequence_id} at byte {want.byte_offset} holds "
-                f"{residues} residues, {self._index_name} says {want.length}"
-            )
+            msg = (f"{want.fasta}: the record of {want.sequence_id} at byte {want.byte_offset} holds "
+                   f"{residues} residues, {self._index_name} says {want.length}")
+            raise IndexMismatchError(msg)
         record = b"".join(parts)
         return record if record.endswith(b"\n") else record + b"\n"
-
-
-def _refuse_overwriting_inputs(output: Path, inputs: list[Path]) -> None:
-    """Stop before a FASTA, index or merged file is replaced by the output."""
-    resolved = output.resolve()
-    for path in inputs:
-        if path.resolve() == resolved:
-            raise OutputError(f"{output}: is an input of this re-run; choose another output path")
 
 
 def write_missing_fasta(
@@ -255,9 +233,9 @@ def write_missing_fasta(
     merged_path, index_path, output_path = Path(merged_path), Path(index_path), Path(output_path)
     report = read_merge_report(merged_path)
     missing = set(report["missing_ids"])
-    wanted = _select(read_sequence_index(index_path), missing, index_path, merged_path)
+    wanted = _select(iter_index_records(index_path), missing, index_path, merged_path)
     fastas = list(dict.fromkeys(w.fasta for w in wanted))
-    _refuse_overwriting_inputs(output_path, [merged_path, index_path, *fastas])
+    refuse_overwriting(output_path, [merged_path, index_path, *fastas], "is an input of this re-run; choose another output path")
 
     if not wanted:
         if report.get("num_expected") is None:
@@ -270,7 +248,8 @@ def write_missing_fasta(
             logger.info("%s lacks no expected sequence; writing an empty %s", merged_path, output_path)
 
     size_hint = sum((w.length or 0) + len(w.sequence_id) + 2 for w in wanted)
-    with atomic_output(output_path, size_hint) as temp, _FastaReader(index_path) as reader, open(temp, "wb") as out:
+    with atomic_output(output_path, size_hint) as pending, _FastaReader(index_path) as reader, \
+            open(pending.path, "wb") as out:
         for want in wanted:
             out.write(reader.read(want))
     if wanted:

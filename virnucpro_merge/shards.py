@@ -1,17 +1,18 @@
-"""Reading shard files: open safely, check their shape, read their IDs in chunks.
+"""One shard file: open it safely, check its shape, read its sequence IDs.
 
 A shard holds two datasets: ``embeddings`` ``(n, D)`` float32 (or float16) and
 ``sequence_ids`` ``(n,)`` variable-length UTF-8 strings. An idle worker writes
-``embeddings`` of shape ``(0, 0)``. Everything here reads metadata and IDs only;
-the embeddings are read by :mod:`virnucpro_merge.merge`.
+``embeddings`` of shape ``(0, 0)``. Everything here reads metadata and IDs only; the
+embeddings are copied by :mod:`virnucpro_merge._write`. This module is the one reader
+of a shard's IDs: as ``str`` (:func:`iter_id_chunks`), as stored
+(:func:`iter_id_blocks`) or as one bytes array (:func:`read_id_bytes`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,16 +20,31 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .errors import MergeError, ShardError, UnreadableShardError
+from .errors import ShardError, UnreadableShardError
 from .sources import fingerprint, source_problems
 
-__all__ = ["ShardMeta", "open_shard", "open_shard_file", "read_shard_meta", "iter_id_chunks", "get_shard_info", "expand_shard_args"]
+__all__ = [
+    "EMBEDDINGS",
+    "SEQUENCE_IDS",
+    "REPORT_GROUP",
+    "ID_CHUNK",
+    "ShardMeta",
+    "first_line",
+    "open_shard",
+    "open_shard_file",
+    "read_shard_meta",
+    "read_report_summary",
+    "iter_id_blocks",
+    "iter_id_chunks",
+    "read_id_bytes",
+    "get_shard_info",
+]
 
 EMBEDDINGS = "embeddings"
 SEQUENCE_IDS = "sequence_ids"
 REPORT_GROUP = "merge_report"
 
-# IDs are small: read them in larger slices than the embedding chunks.
+#: IDs are small: they are read in larger slices than the embedding chunks.
 ID_CHUNK = 65536
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -118,7 +134,7 @@ def _contiguous_offset(dset: h5py.Dataset, path: Path) -> int | None:
         raise UnreadableShardError(
             path, f"truncated: '{dset.name.lstrip('/')}' ends at byte {end} but the file has {size}"
         )
-    return offset
+    return int(offset)
 
 
 def read_shard_meta(handle: h5py.File, path: str | os.PathLike[str], *, check_sources: bool = True) -> ShardMeta:
@@ -172,21 +188,46 @@ def read_report_summary(handle: h5py.File, path: str | os.PathLike[str]) -> dict
         raise ShardError(path, f"damaged merge report ({first_line(err)})") from err
 
 
+def iter_id_blocks(handle: h5py.File, path: str | os.PathLike[str], chunk: int = ID_CHUNK) -> Iterator[np.ndarray]:
+    """Yield a shard's sequence IDs as stored, ``chunk`` at a time: UTF-8 bytes, in an
+    object array (variable-length strings) or a bytes array (fixed-length ones).
+
+    Such a block can be written as it is into a variable-length string dataset.
+    """
+    dset = handle[SEQUENCE_IDS]
+    for first in range(0, dset.shape[0], chunk):
+        try:
+            yield dset[first : first + chunk]
+        except OSError as err:
+            raise UnreadableShardError(path, f"cannot read 'sequence_ids' ({first_line(err)})") from err
+
+
 def iter_id_chunks(
     handle: h5py.File, path: str | os.PathLike[str], chunk: int = ID_CHUNK
 ) -> Iterator[list[str]]:
     """Yield a shard's sequence IDs as lists of str, ``chunk`` at a time."""
-    dset = handle[SEQUENCE_IDS]
-    for start in range(0, dset.shape[0], chunk):
+    for number, block in enumerate(iter_id_blocks(handle, path, chunk)):
+        raw = block.tolist()
         try:
-            raw = dset[start : start + chunk].tolist()  # bytes (vlen or fixed-length strings)
-        except OSError as err:
-            raise UnreadableShardError(path, f"cannot read 'sequence_ids' ({first_line(err)})") from err
-        try:
-            ids = list(map(bytes.decode, raw)) if raw and isinstance(raw[0], bytes) else raw
+            yield list(map(bytes.decode, raw)) if raw and isinstance(raw[0], bytes) else raw
         except UnicodeDecodeError as err:
-            raise ShardError(path, f"a sequence ID near row {start} is not valid UTF-8") from err
-        yield ids
+            msg = f"a sequence ID near row {number * chunk} is not valid UTF-8"
+            raise ShardError(path, msg) from err
+
+
+def read_id_bytes(handle: h5py.File, path: str | os.PathLike[str]) -> np.ndarray:
+    """All of a shard's IDs as one bytes array (``dtype='S'``, UTF-8), checked to be UTF-8
+    without making a str of each: compact and quick to sort, hash and send."""
+    blocks = []
+    for number, block in enumerate(iter_id_blocks(handle, path)):
+        raw = block if block.dtype.kind == "S" else np.array(block.tolist(), dtype=bytes)
+        try:
+            b"\x00".join(raw.tolist()).decode("utf-8")  # one C-level pass checks them all
+        except UnicodeDecodeError as err:
+            msg = f"a sequence ID near row {number * ID_CHUNK} is not valid UTF-8"
+            raise ShardError(path, msg) from err
+        blocks.append(raw)
+    return np.concatenate(blocks) if blocks else np.empty(0, dtype="S1")
 
 
 def get_shard_info(shard_path: str | os.PathLike[str]) -> dict:
@@ -221,28 +262,3 @@ def get_shard_info(shard_path: str | os.PathLike[str]) -> dict:
         "sequence_ids_sample": sample,
         "merged": merged,
     }
-
-
-_SHARD_NAME = re.compile(r"^shard_(\d+)\.h5$")
-
-
-def expand_shard_args(args: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Turn command-line arguments into shard paths.
-
-    A directory stands for its ``shard_<rank>.h5`` files in numeric rank order
-    (``shard_2`` before ``shard_10``), ranks ``0 .. highest``: a rank without a file
-    in between is a worker that never wrote one, and is listed all the same (a
-    strict merge then names it; a partial one records it as failed). A file stands
-    for itself.
-    """
-    paths: list[Path] = []
-    for arg in args:
-        path = Path(arg)
-        if path.is_dir():
-            found = {int(m.group(1)): p for p in path.iterdir() if (m := _SHARD_NAME.match(p.name))}
-            if not found:
-                raise MergeError(f"{path}: no shard_<N>.h5 files in this folder")
-            paths.extend(found.get(rank, path / f"shard_{rank}.h5") for rank in range(max(found) + 1))
-        else:
-            paths.append(path)
-    return paths

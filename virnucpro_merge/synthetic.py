@@ -26,28 +26,21 @@ import h5py
 import numpy as np
 
 from .errors import IndexMismatchError
-from .expected import _fasta_ids, read_sequence_index
+from .expected import iter_expected_ids, iter_index_records
+from .ranks import INDEX_NAME, shard_path, stride_positions
 
 __all__ = [
     "DemoRun",
     "make_demo_run",
-    "stride_positions",
     "synthetic_embeddings",
     "write_shard",
     "embed_fasta_like_run",
     "FASTA_NAME",
-    "INDEX_NAME",
 ]
 
 FASTA_NAME = "sequences.fasta"
-INDEX_NAME = "sequence_index.json"
 _BLOCK = 1024  # rows of synthetic embeddings drawn from one seeded generator
 _FASTA_WIDTH = 60
-
-
-def stride_positions(n_sequences: int, world_size: int, rank: int) -> np.ndarray:
-    """Index positions assigned to ``rank``: ``rank, rank + N, rank + 2N, ...``."""
-    return np.arange(rank, n_sequences, world_size)
 
 
 def synthetic_embeddings(positions: Sequence[int] | np.ndarray, dim: int, seed: int) -> np.ndarray:
@@ -121,17 +114,15 @@ def embed_fasta_like_run(
     IndexMismatchError
         A sequence of the FASTA is not in the index.
     """
-    with open(fasta_path, encoding="utf-8") as fh:
-        ids = list(_fasta_ids(fh))
+    ids = list(iter_expected_ids(fasta_path))
     wanted = set(ids)
     positions = {
-        r["sequence_id"]: i for i, r in enumerate(read_sequence_index(index_path)) if r["sequence_id"] in wanted
+        r["sequence_id"]: i for i, r in enumerate(iter_index_records(index_path)) if r["sequence_id"] in wanted
     }
     unknown = [seq_id for seq_id in ids if seq_id not in positions]
     if unknown:
-        raise IndexMismatchError(
-            f"{index_path}: {len(unknown)} sequences of {fasta_path} are not in it: {unknown[:10]}"
-        )
+        msg = f"{index_path}: {len(unknown)} sequences of {fasta_path} are not in it: {unknown[:10]}"
+        raise IndexMismatchError(msg)
     rows = [positions[seq_id] for seq_id in ids]
     return write_shard(shard_path, ids, synthetic_embeddings(rows, dim, seed))
 
@@ -235,7 +226,7 @@ def make_demo_run(
 
     shard_files = []
     for rank in range(world_size):
-        path = directory / f"shard_{rank}.h5"
+        path = shard_path(directory, rank)
         shard_files.append(path)
         path.unlink(missing_ok=True)
         if rank in absent:

@@ -17,17 +17,32 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .shards import iter_id_chunks, open_shard, read_shard_meta
+from .shards import iter_id_chunks, open_shard
 
-__all__ = ["IdIndex", "id_hashes", "validate_shard_completeness", "as_id_set", "warn_extra"]
+__all__ = ["Findings", "IdIndex", "id_hashes", "as_id_set", "warn_extra"]
 
 logger = logging.getLogger("virnucpro_merge")
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What the ID checks of a run found: plain data, the same however they ran
+    (:class:`IdIndex` in one process, or :mod:`virnucpro_merge.cluster`)."""
+
+    #: the first repeated ID in shard order, with its shard and the shard it was first in
+    duplicate: tuple[str, Path, Path] | None
+    #: expected IDs found in no shard, sorted
+    missing: list[str]
+    #: IDs found but not expected
+    extra: list[str]
+    #: how many distinct IDs were expected (None: no expected IDs were given)
+    num_expected: int | None
 
 
 def as_id_set(ids: Collection[str]) -> set[str] | frozenset[str]:
@@ -76,7 +91,6 @@ class IdIndex:
     def __init__(self, expected: set[str] | frozenset[str] | None = None) -> None:
         self.expected = expected
         self.shards: list[Path] = []
-        self.num_ids = 0
         self.num_present = 0  # IDs that are in ``expected``
         self.extra: list[str] = []
         self._hashes: list[np.ndarray] = []
@@ -91,7 +105,6 @@ class IdIndex:
                 present += self._look_up(chunk, extra)
         self._hashes.append(np.concatenate(hashes) if hashes else np.empty(0, np.int64))
         self.shards.append(path)
-        self.num_ids += self._hashes[-1].size
         self.num_present += present
         self.extra.extend(extra)
         self._sorted = None
@@ -174,8 +187,20 @@ class IdIndex:
         return absent
 
     def _missing_plainly(self) -> list[str]:
+        assert self.expected is not None
         seen = {sequence_id for _, sequence_id in _iter_shard_ids(self.shards)}
         return sorted(self.expected - seen)
+
+    def findings(self) -> Findings:
+        """The duplicate, missing and extra IDs of the shards taken in (a duplicate is an
+        error of its own: then the missing IDs are not worked out)."""
+        duplicate = self.find_duplicate()
+        return Findings(
+            duplicate=duplicate,
+            missing=[] if duplicate else self.missing(),
+            extra=list(self.extra),
+            num_expected=None if self.expected is None else len(self.expected),
+        )
 
 
 def warn_extra(extra: Collection[str]) -> None:
@@ -186,51 +211,3 @@ def warn_extra(extra: Collection[str]) -> None:
             len(extra),
             sorted(extra)[:10],
         )
-
-
-def validate_shard_completeness(
-    shard_files: Sequence[str | os.PathLike[str]],
-    expected_ids: Collection[str] | os.PathLike[str],
-    *,
-    client: object | None = None,
-) -> tuple[set[str], set[str]]:
-    """Compare the IDs in some shards with the IDs a run should have produced.
-
-    Reads sequence IDs only, never embeddings. Empty and ``(0, 0)`` shards are fine.
-
-    Parameters
-    ----------
-    shard_files : sequence of path-like
-        The shard files to read.
-    expected_ids : collection of str
-        Every sequence ID the run was given. With a ``client``, also the path
-        (``pathlib.Path``) of an expected-ID file, which the workers then read.
-    client : dask.distributed.Client, optional
-        Scan the shards on this cluster's workers and check the IDs
-        hash-partitioned across them, so that no process holds them all.
-
-    Returns
-    -------
-    missing_ids, extra_ids : set of str
-        Expected IDs found in no shard, and IDs found but not expected.
-
-    Raises
-    ------
-    ShardError
-        A shard is absent, unreadable or not shaped like a shard.
-
-    Examples
-    --------
-    >>> validate_shard_completeness([], {"a"})
-    ({'a'}, set())
-    """
-    if client is not None:
-        from .cluster import validate_on_cluster
-
-        return validate_on_cluster(shard_files, expected_ids, client=client)
-    index = IdIndex(as_id_set(expected_ids))
-    for path in map(Path, shard_files):
-        with open_shard(path) as handle:
-            read_shard_meta(handle, path)
-            index.add_shard(path, iter_id_chunks(handle, path))
-    return set(index.missing()), set(index.extra)

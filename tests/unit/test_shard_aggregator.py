@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import ids, read_datasets
-from virnucpro_merge import _copy
+from virnucpro_merge._write import sysio
 from virnucpro_merge import (
     CHUNK_SIZE,
     aggregate_shards,
@@ -37,7 +37,7 @@ def embedding_reads(monkeypatch):
     """Spy on every read of an input shard's ``embeddings``, whichever way it is done."""
     reads = EmbeddingReads()
     getitem, read_direct = h5py.Dataset.__getitem__, h5py.Dataset.read_direct
-    copy_bytes = _copy._copy_bytes
+    copy_bytes = sysio.copy_bytes
 
     def rows(dset, selection) -> int:
         first = selection[0] if isinstance(selection, tuple) and selection else selection
@@ -66,7 +66,7 @@ def embedding_reads(monkeypatch):
 
     monkeypatch.setattr(h5py.Dataset, "__getitem__", spy_getitem)
     monkeypatch.setattr(h5py.Dataset, "read_direct", spy_read_direct)
-    monkeypatch.setattr(_copy, "_copy_bytes", spy_copy_bytes)
+    monkeypatch.setattr(sysio, "copy_bytes", spy_copy_bytes)
     return reads
 
 
@@ -240,7 +240,7 @@ class TestExceptionSafety:
     def test_cleanup_when_copy_fails_midway(self, make_shard, tmp_path, monkeypatch, dtype, target):
         shards = [make_shard(f"shard_{r}", ids(f"s{r}_", 30), dtype=dtype) for r in range(3)]
         calls = {"n": 0}
-        owner, name = {"raw": (_copy, "_copy_bytes"), "h5py": (_copy, "write_block"),
+        owner, name = {"raw": (sysio, "copy_bytes"), "h5py": (sysio, "write_block"),
                        "ids": (h5py.Dataset, "__setitem__")}[target]
         original = getattr(owner, name)
 

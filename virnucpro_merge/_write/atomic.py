@@ -8,6 +8,10 @@ included, the temporary file is removed and an existing target is left untouched
 A merge killed outright (SIGKILL, power loss) cannot clean up; the next merge into
 the same target removes such stale temporary files: those of this host whose process
 is gone. Temporary files of live processes and of other hosts are left alone.
+
+This module also owns the checks made before the first byte: enough free space
+(:func:`room_problem`), and an output that is none of the inputs
+(:func:`refuse_overwriting`).
 """
 
 from __future__ import annotations
@@ -19,13 +23,22 @@ import re
 import resource
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import OutputError
+from ..errors import OutputError
 
-__all__ = ["atomic_output", "check_room", "remove_stale_temps", "TEMP_SUFFIX"]
+__all__ = [
+    "TEMP_SUFFIX",
+    "Pending",
+    "atomic_output",
+    "room_problem",
+    "check_room",
+    "refuse_overwriting",
+    "remove_stale_temps",
+]
 
 logger = logging.getLogger("virnucpro_merge")
 
@@ -78,36 +91,54 @@ def _create_temp(target: Path) -> Path:
         except FileExistsError:
             continue
         except OSError as err:
-            raise OutputError(
-                f"{target}: cannot write in folder {target.parent} ({os.strerror(err.errno or errno.EIO)})"
-            ) from err
+            msg = f"{target}: cannot write in folder {target.parent} ({os.strerror(err.errno or errno.EIO)})"
+            raise OutputError(msg) from err
         os.close(fd)
         return temp
 
 
 def _size(nbytes: float) -> str:
+    unit = "bytes"
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
         if nbytes < 1024 or unit == "TiB":
-            return f"{nbytes:.0f} {unit}" if unit == "bytes" else f"{nbytes:.1f} {unit}"
+            break
         nbytes /= 1024
-    raise AssertionError
+    return f"{nbytes:.0f} {unit}" if unit == "bytes" else f"{nbytes:.1f} {unit}"
+
+
+def room_problem(target: Path, nbytes: int) -> str | None:
+    """Why a write of ``nbytes`` to ``target`` cannot be started (the disk or ``ulimit -f``
+    cannot hold it, or the folder cannot be asked), or None."""
+    try:
+        stats = os.statvfs(target.parent)
+    except OSError as err:
+        return f"{target}: cannot check the free space in {target.parent} ({err.strerror or err})"
+    free = stats.f_bavail * stats.f_frsize
+    if nbytes > free:
+        return (f"{target}: not enough free space in {target.parent}: "
+                f"the merge needs about {_size(nbytes)}, {_size(free)} is free")
+    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if limit != resource.RLIM_INFINITY and nbytes > limit:
+        return (f"{target}: the merge needs about {_size(nbytes)}, over this process's "
+                f"file size limit (ulimit -f) of {_size(limit)}")
+    return None
 
 
 def check_room(target: Path, nbytes: int) -> None:
     """Refuse to start a write of ``nbytes`` that the disk or ``ulimit -f`` cannot hold."""
-    stats = os.statvfs(target.parent)
-    free = stats.f_bavail * stats.f_frsize
-    if nbytes > free:
-        raise OutputError(
-            f"{target}: not enough free space in {target.parent}: "
-            f"the merge needs about {_size(nbytes)}, {_size(free)} is free"
-        )
-    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
-    if limit != resource.RLIM_INFINITY and nbytes > limit:
-        raise OutputError(
-            f"{target}: the merge needs about {_size(nbytes)}, over this process's "
-            f"file size limit (ulimit -f) of {_size(limit)}"
-        )
+    problem = room_problem(target, nbytes)
+    if problem is not None:
+        raise OutputError(problem)
+
+
+def refuse_overwriting(output: Path, inputs: Iterable[Path], problem: str) -> None:
+    """Refuse an output that is one of ``inputs`` (the same path, or the same file under
+    another name): ``OutputError("<output>: <problem>")``."""
+    target = output.resolve()
+    for path in inputs:
+        if path.resolve() == target or (output.exists() and path.exists() and os.path.samefile(path, output)):
+            msg = f"{output}: {problem}"
+            raise OutputError(msg)
 
 
 def _fsync(path: Path, *, directory: bool = False) -> None:
@@ -118,30 +149,48 @@ def _fsync(path: Path, *, directory: bool = False) -> None:
         os.close(fd)
 
 
+@dataclass
+class Pending:
+    """The temporary file of an :func:`atomic_output` (``path``), to write into."""
+
+    path: Path
+    discarded: bool = False
+
+    def discard(self) -> None:
+        """Throw the temporary file away at the end of the block, instead of moving it into place."""
+        self.discarded = True
+
+
 @contextmanager
-def atomic_output(target: Path, size_hint: int = 0) -> Iterator[Path]:
-    """Yield a temp path to write; on success move it onto ``target`` durably.
+def atomic_output(target: Path, size_hint: int = 0) -> Iterator[Pending]:
+    """Yield the temp file to write; on success move it onto ``target`` durably.
 
     ``size_hint`` (bytes) is checked against the free space and the file size
-    limit before anything is written.
+    limit before anything is written. On any failure, or after
+    :meth:`Pending.discard`, the temp file is removed and ``target`` left as it was.
     """
     if not target.parent.is_dir():
-        raise OutputError(f"{target}: output folder {target.parent} does not exist")
+        msg = f"{target}: output folder {target.parent} does not exist"
+        raise OutputError(msg)
     if target.is_dir():
-        raise OutputError(f"{target}: is a directory")
+        msg = f"{target}: is a directory"
+        raise OutputError(msg)
     remove_stale_temps(target)
     check_room(target, size_hint)
-    temp = _create_temp(target)
+    pending = Pending(_create_temp(target))
     try:
-        logger.debug("phase: write %s", temp)
-        yield temp
+        logger.debug("phase: write %s", pending.path)
+        yield pending
+        if pending.discarded:
+            os.unlink(pending.path)
+            return
         logger.debug("phase: sync")
-        _fsync(temp)
+        _fsync(pending.path)
         logger.debug("phase: replace")
-        os.replace(temp, target)
+        os.replace(pending.path, target)
     except BaseException:
         with suppress(FileNotFoundError):
-            os.unlink(temp)
+            os.unlink(pending.path)
         raise
     with suppress(OSError):  # not every filesystem lets a folder be fsync'ed
         _fsync(target.parent, directory=True)

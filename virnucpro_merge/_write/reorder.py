@@ -13,7 +13,6 @@ read from the shard, so a hash collision cannot put a row in the wrong place.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,18 +20,19 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ._copy import OUTPUT_DTYPE, BlockWriter, nonfinite_rows
-from .errors import ExpectedIdsError, ShardError, UnreadableShardError
-from .plan import OK, MergePlan, ShardPlan
-from .shards import EMBEDDINGS, SEQUENCE_IDS, first_line, open_shard_file
-from .validation import id_hashes
+from .._openfiles import OpenFiles
+from ..errors import ExpectedIdsError, ShardError, UnreadableShardError
+from ..plan import MergePlan, ShardPlan
+from ..shards import EMBEDDINGS, SEQUENCE_IDS, first_line, open_shard_file
+from ..validation import id_hashes
+from .copy import OUTPUT_DTYPE, BlockWriter, nonfinite_rows
 
 __all__ = ["RowOrder", "index_order", "write_in_order"]
 
 # Read a shard's span covering a block's rows when it is at most this many times
 # longer than the rows wanted (always true for stride runs); else read row by row.
 _SPAN_SLACK = 4
-_MAX_OPEN = 32
+_MAX_OPEN = 32  # shard files kept open at once
 _BLOCK_BYTES = 32 * 2**20  # each of the two block buffers holds at most this (and chunk_size rows)
 
 
@@ -49,7 +49,8 @@ def index_order(plan: MergePlan, index_ids: Sequence[str]) -> RowOrder:
     """Work out where each output row comes from, from the planning step's hashes."""
     assert plan.ids is not None
     if len(set(index_ids)) != len(index_ids):
-        raise ExpectedIdsError("order='index' needs an index without repeated sequence IDs")
+        msg = "order='index' needs an index without repeated sequence IDs"
+        raise ExpectedIdsError(msg)
     hashes = plan.ids.row_hashes()
     by_hash = np.argsort(hashes, kind="stable")
     ordered = hashes[by_hash]
@@ -64,27 +65,6 @@ def index_order(plan: MergePlan, index_ids: Sequence[str]) -> RowOrder:
         ordered_ids=np.array(index_ids, dtype=object)[found],
         missing_positions=np.flatnonzero(~found),
     )
-
-
-class _OpenShards:
-    """Keep the most recently used shard files open (at most ``_MAX_OPEN``)."""
-
-    def __init__(self) -> None:
-        self._open: OrderedDict[Path, h5py.File] = OrderedDict()
-
-    def get(self, shard: ShardPlan) -> h5py.File:
-        handle = self._open.pop(shard.path, None)
-        if handle is None:
-            handle = open_shard_file(shard.path)
-            if len(self._open) >= _MAX_OPEN:
-                self._open.popitem(last=False)[1].close()
-        self._open[shard.path] = handle
-        return handle
-
-    def close(self) -> None:
-        for handle in self._open.values():
-            handle.close()
-        self._open.clear()
 
 
 def _read_rows(dset: h5py.Dataset, local: np.ndarray) -> np.ndarray:
@@ -131,7 +111,7 @@ def write_in_order(
     Two block buffers take turns: while ``writer`` writes one on its thread, the
     next is gathered here.
     """
-    shards = [s for s in plan.shards if s.status == OK]
+    shards = plan.copied_shards
     starts = np.array([s.offset for s in shards], dtype=np.int64)
     nonfinite = {str(s.path): 0 for s in shards}
     row_bytes = max(plan.embedding_dim, 1) * OUTPUT_DTYPE.itemsize
@@ -141,7 +121,7 @@ def write_in_order(
     ordered = order.ordered_ids.size
     for start in range(0, ordered, block_rows):  # the index's IDs first, before the disk is busy
         ids_out[start : min(start + block_rows, ordered)] = order.ordered_ids[start : start + block_rows]
-    handles = _OpenShards()
+    handles: OpenFiles[Path, h5py.File] = OpenFiles(open_shard_file, _MAX_OPEN)
     try:
         for turn, out_start in enumerate(range(0, order.source_rows.size, block_rows)):
             source = order.source_rows[out_start : out_start + block_rows]
@@ -154,7 +134,7 @@ def write_in_order(
                 local = source[slots] - shard.offset
                 sort = np.argsort(local, kind="stable")
                 slots, local = slots[sort], local[sort]
-                handle = handles.get(shard)
+                handle = handles.get(shard.path)
                 try:
                     _gather(handle[EMBEDDINGS], local, block, slots)
                     block_ids[slots] = _read_rows(handle[SEQUENCE_IDS].asstr(), local)
@@ -175,7 +155,8 @@ def write_in_order(
     return nonfinite
 
 
-def _check_ids(block_ids: np.ndarray, order: RowOrder, out_start: int, shards, owner) -> None:
+def _check_ids(block_ids: np.ndarray, order: RowOrder, out_start: int, shards: Sequence[ShardPlan],
+               owner: np.ndarray) -> None:
     """Each ordered row's ID, read from its shard, must be the index's ID at that place."""
     stop = min(out_start + block_ids.size, order.ordered_ids.size)
     if stop <= out_start:

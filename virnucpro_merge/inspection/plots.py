@@ -3,7 +3,7 @@
 Every function draws on a new figure (or on ``ax`` when given) and returns the
 :class:`~matplotlib.figure.Figure`; none calls ``plt.show()``, so they work headless
 with the Agg backend and in notebooks alike. The data comes from
-:mod:`virnucpro_merge.inspection` and :mod:`virnucpro_merge.profile`.
+:mod:`virnucpro_merge.inspection.run` and :mod:`virnucpro_merge.inspection.memory`.
 
 matplotlib comes with the ``notebooks`` extra; ``import virnucpro_merge`` does not
 import this module.
@@ -20,8 +20,8 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .inspection import STATUSES, RunInspection, ShardSummary
-from .profile import MIB, MemoryProfile
+from .memory import MIB, MemoryProfile
+from .run import STATUSES, RunInspection, ShardSummary
 
 __all__ = [
     "STATUS_COLORS",
@@ -148,7 +148,7 @@ def plot_memory_profile(
     Parameters
     ----------
     profiles : mapping of str to MemoryProfile
-        Label -> profile, from :func:`virnucpro_merge.profile.profile_memory`.
+        Label -> profile, from :func:`virnucpro_merge.inspection.memory.profile_memory`.
     ax : matplotlib.axes.Axes, optional
         Draw here instead of on a new figure.
     figsize : (float, float)

@@ -19,15 +19,15 @@ Cell ``(r, j)`` stands for index position ``r + j * N``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import ShardError
-from .shards import iter_id_chunks, open_shard, read_shard_meta
-from .synthetic import stride_positions
+from ..errors import ShardError
+from ..ranks import stride_positions
+from ..shards import iter_id_chunks, open_shard, read_shard_meta
 
 __all__ = [
     "OK",
@@ -40,11 +40,11 @@ __all__ = [
     "ShardSummary",
     "RunInspection",
     "inspect_run",
-    "rank_paths",
-    "format_shard_table",
-    "write_id_list",
 ]
 
+# The status of a rank: what its shard holds against what it was assigned. (Not
+# the status of a shard in a merge report, plan.ShardStatus: "empty" and "failed"
+# mean other things there.)
 OK = "ok"  # every assigned sequence is there
 INCOMPLETE = "incomplete"  # readable, but part of the assignment is missing
 EMPTY = "empty"  # readable, no rows, although sequences were assigned
@@ -142,15 +142,6 @@ class RunInspection:
         }
 
 
-def rank_paths(directory: str | os.PathLike[str], world_size: int) -> list[Path]:
-    """The shard path of every rank, ``directory/shard_<rank>.h5``, absent files included.
-
-    >>> [p.name for p in rank_paths("run", 3)]
-    ['shard_0.h5', 'shard_1.h5', 'shard_2.h5']
-    """
-    return [Path(directory) / f"shard_{rank}.h5" for rank in range(world_size)]
-
-
 def _read_ids(path: Path) -> list[str]:
     """Every sequence ID in one shard (raises ShardError when it cannot be read)."""
     with open_shard(path) as handle:
@@ -173,7 +164,8 @@ def inspect_run(
     ----------
     shard_files : sequence of path-like
         One path per rank, in rank order, including ranks whose file is absent
-        (see :func:`rank_paths`); the world size is ``len(shard_files)``.
+        (see :func:`virnucpro_merge.ranks.rank_paths`); the world size is
+        ``len(shard_files)``.
     sequence_ids : sequence of str
         The run's sequence IDs in index (run) order, e.g. from
         :func:`virnucpro_merge.read_expected_ids` on the sequence-index JSON.
@@ -253,42 +245,3 @@ def inspect_run(
             )
         )
     return RunInspection(shards=shards, missing=missing, assigned=assigned, sequence_ids=list(sequence_ids))
-
-
-def format_shard_table(shards: Sequence[ShardSummary]) -> str:
-    """The per-shard summary as a fixed-width text table (one line per rank).
-
-    Paths are shown by file name only, so the table reads the same wherever the
-    run lives.
-    """
-    width = max([len(s.path.name) for s in shards] + [5])
-    lines = [f"{'rank':>4}  {'shard':<{width}}  {'expected':>8} {'present':>8} {'missing':>8}  status"]
-    for s in shards:
-        lines.append(
-            f"{s.rank:>4}  {s.path.name:<{width}}  {s.expected:>8} {s.present:>8} {s.missing:>8}  {s.status}"
-        )
-    total = [sum(getattr(s, field) for s in shards) for field in ("expected", "present", "missing")]
-    lines.append(f"{'':>4}  {'total':<{width}}  {total[0]:>8} {total[1]:>8} {total[2]:>8}")
-    return "\n".join(lines)
-
-
-def write_id_list(ids: Iterable[str], path: str | os.PathLike[str]) -> Path:
-    """Write sequence IDs one per line (a re-run list); return the path.
-
-    The file can be given back as ``--expected`` or to the embedding pipeline to
-    re-run just those sequences.
-
-    Examples
-    --------
-    >>> import tempfile, pathlib
-    >>> tmp = tempfile.TemporaryDirectory()
-    >>> out = write_id_list(["seq2", "seq1"], pathlib.Path(tmp.name) / "rerun.txt")
-    >>> out.read_text()
-    'seq2\\nseq1\\n'
-    >>> tmp.cleanup()
-    """
-    path = Path(path)
-    with open(path, "w", encoding="utf-8", newline="\n") as fh:
-        for sequence_id in ids:
-            fh.write(f"{sequence_id}\n")
-    return path

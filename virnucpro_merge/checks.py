@@ -1,0 +1,127 @@
+"""The checks of a run, in this process or on a Dask cluster: one place picks which.
+
+:func:`plan_merge` and :func:`validate_shard_completeness` read every shard's IDs and
+compare them with the expected IDs. Without a ``client`` they do it here (with
+:mod:`virnucpro_merge.plan` and :mod:`virnucpro_merge.validation`); with a Dask client
+the IDs are read and checked on its workers (:mod:`virnucpro_merge.cluster`), which
+hand back plain data, and the answer is the same. This module is the only one above
+both routes, so that neither :mod:`~virnucpro_merge.plan` nor
+:mod:`~virnucpro_merge.validation` knows of Dask.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+from .errors import MergeError
+from .plan import MergePlan, check_ids, draft_plan, plan_from_scan, refuse_repeated_paths
+from .shards import iter_id_chunks, open_shard, read_shard_meta
+from .validation import IdIndex, as_id_set
+
+__all__ = ["plan_merge", "validate_shard_completeness"]
+
+
+def plan_merge(
+    shard_files: Sequence[str | os.PathLike[str]],
+    expected_sequence_ids: Collection[str] | os.PathLike[str] | None = None,
+    *,
+    partial: bool = False,
+    client: object | None = None,
+    keep_ids: bool = False,
+) -> MergePlan:
+    """Read every shard's metadata and IDs and decide what the merge will write.
+
+    Parameters
+    ----------
+    shard_files : sequence of path-like
+        The shards, in merge order.
+    expected_sequence_ids : collection of str or path-like, optional
+        Every ID the run was given. With a ``client``, also the path
+        (``pathlib.Path``) of an expected-ID file, which the workers then read.
+    partial : bool
+        Record failed shards and missing IDs instead of raising.
+    client : dask.distributed.Client, optional
+        Read and check the IDs on this cluster's workers, hash-partitioned across
+        them; the plan is the same.
+    keep_ids : bool
+        Keep the IDs' hashes in the plan (``plan.ids``, 8 bytes an ID), for writing
+        in index order (not with a ``client``).
+
+    Returns
+    -------
+    MergePlan
+        Every shard's status, offset and dimension, and the missing IDs.
+
+    Raises
+    ------
+    MergeError
+        No shards; with ``partial=False``, any unreadable or absent shard or any
+        missing expected ID; always, a duplicate ID, a shard of an unsupported
+        shape or dtype, or shards of different embedding dimensions.
+    """
+    if not shard_files:
+        msg = "No shard files provided"
+        raise MergeError(msg)
+    if client is None:
+        expected = None if expected_sequence_ids is None else as_id_set(expected_sequence_ids)  # type: ignore[arg-type]
+        return check_ids(draft_plan(shard_files, partial=partial), expected, partial=partial, keep_ids=keep_ids)
+    from .cluster import scan_on_cluster
+
+    paths = [Path(p) for p in shard_files]
+    refuse_repeated_paths(paths)
+    scans, findings = scan_on_cluster(paths, expected_sequence_ids, client=client)
+    return plan_from_scan(scans, findings, partial=partial)
+
+
+def validate_shard_completeness(
+    shard_files: Sequence[str | os.PathLike[str]],
+    expected_ids: Collection[str] | os.PathLike[str],
+    *,
+    client: object | None = None,
+) -> tuple[set[str], set[str]]:
+    """Compare the IDs in some shards with the IDs a run should have produced.
+
+    Reads sequence IDs only, never embeddings. Empty and ``(0, 0)`` shards are fine.
+
+    Parameters
+    ----------
+    shard_files : sequence of path-like
+        The shard files to read.
+    expected_ids : collection of str
+        Every sequence ID the run was given. With a ``client``, also the path
+        (``pathlib.Path``) of an expected-ID file, which the workers then read.
+    client : dask.distributed.Client, optional
+        Scan the shards on this cluster's workers and check the IDs
+        hash-partitioned across them, so that no process holds them all.
+
+    Returns
+    -------
+    missing_ids, extra_ids : set of str
+        Expected IDs found in no shard, and IDs found but not expected.
+
+    Raises
+    ------
+    ShardError
+        A shard is absent, unreadable or not shaped like a shard.
+
+    Examples
+    --------
+    >>> validate_shard_completeness([], {"a"})
+    ({'a'}, set())
+    """
+    if client is not None:
+        from .cluster import scan_on_cluster
+
+        scans, findings = scan_on_cluster([Path(p) for p in shard_files], expected_ids, client=client)
+        for scan in scans:
+            if isinstance(scan, Exception):
+                raise scan
+        return set(findings.missing), set(findings.extra)
+    index = IdIndex(as_id_set(expected_ids))  # type: ignore[arg-type]
+    for path in map(Path, shard_files):
+        with open_shard(path) as handle:
+            read_shard_meta(handle, path)
+            index.add_shard(path, iter_id_chunks(handle, path))
+    return set(index.missing()), set(index.extra)

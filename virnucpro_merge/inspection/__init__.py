@@ -1,0 +1,66 @@
+"""The viewing wing: inspect a run, print its tables, draw its pictures, profile memory.
+
+- :mod:`.run`: :func:`inspect_run`, per-rank summaries and the missing-ID matrix
+  (reads IDs only);
+- :mod:`.tables`: the text tables (:func:`format_shard_table`, :func:`format_report`);
+- :mod:`.plots`: the figures (matplotlib, from the ``notebooks`` extra);
+- :mod:`.memory`: :func:`profile_memory`, RSS sampled while a call runs (psutil).
+
+Everything is importable from here. The figures and the memory profile load
+matplotlib and psutil on first use, so that the text tables stay light enough for
+the command line.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .run import ABSENT, DUPLICATED, EMPTY, FAILED, INCOMPLETE, OK, STATUSES, RunInspection, ShardSummary, inspect_run
+from .tables import format_report, format_shard_table
+
+if TYPE_CHECKING:
+    from .memory import MIB, MemoryProfile, profile_memory, release_free_memory
+    from .plots import STATUS_COLORS, plot_memory_profile, plot_missing_heatmap, plot_peak_scaling, plot_shard_counts
+
+__all__ = [
+    "OK",
+    "INCOMPLETE",
+    "EMPTY",
+    "ABSENT",
+    "FAILED",
+    "DUPLICATED",
+    "STATUSES",
+    "ShardSummary",
+    "RunInspection",
+    "inspect_run",
+    "format_shard_table",
+    "format_report",
+    "STATUS_COLORS",
+    "plot_shard_counts",
+    "plot_missing_heatmap",
+    "plot_memory_profile",
+    "plot_peak_scaling",
+    "MIB",
+    "MemoryProfile",
+    "profile_memory",
+    "release_free_memory",
+]
+
+#: Names loaded on first use, and the module of each.
+_LAZY = {
+    **dict.fromkeys(("STATUS_COLORS", "plot_shard_counts", "plot_missing_heatmap", "plot_memory_profile",
+                     "plot_peak_scaling"), "plots"),
+    **dict.fromkeys(("MIB", "MemoryProfile", "profile_memory", "release_free_memory"), "memory"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -8,12 +8,12 @@ REPORT := reports
 # nbval: the kernel is this venv's Python; the sanitize file masks what varies by machine.
 NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 
-# Same hash seed for storing and re-running notebooks (set ordering, see NOTEBOOKS.md).
+# Same hash seed for storing and re-running notebooks: sets print in one order.
 export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo report notebooks test unit nbval torture bench clean
+.PHONY: help install demo report notebooks test lint unit nbval torture bench clean
 
 help: ## Show this list of targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,14 +41,17 @@ notebooks: $(STAMP) ## Re-execute the notebooks in place, strip metadata (review
 		notebooks/[0-9][0-9]_*.ipynb
 	$(BIN)/python notebooks/render.py clean
 
-unit: $(STAMP) ## Run the unit tests only
-	$(BIN)/python -m pytest tests
+lint: $(STAMP) ## Check style and imports (ruff) and types (mypy)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+unit: $(STAMP) ## Run the unit tests and the docstring examples
+	$(BIN)/python -m pytest tests virnucpro_merge --doctest-modules
 
 nbval: $(STAMP) ## Run the notebooks under nbval only (outputs compared)
 	$(BIN)/python -m pytest $(NBVAL) notebooks
 
-test: unit ## Run the unit tests, then the notebooks under nbval
-	$(BIN)/python -m pytest $(NBVAL) notebooks
+test: lint unit nbval ## Everything CI checks: linters, unit tests and doctests, notebooks under nbval
 
 torture: $(STAMP) ## Kill 50 merges at random moments; print which phases the kills hit
 	$(BIN)/python -m tests.killing --trials 50

@@ -1,15 +1,16 @@
 """ID validation of a very large run: one process against a Dask LocalCluster.
 
-Builds runs of N IDs in 64 shards (embeddings of dimension 1: this is about IDs),
-writes the expected IDs to a text file, then plans the merge (every ID read,
-checked for duplicates, compared with the expected IDs) in a fresh process:
+Builds runs of N IDs in 64 shards (embeddings of dimension 1: this is about IDs)
+with :func:`virnucpro_merge.synthetic.write_stride_run`, the expected IDs in a text
+file, then plans the merge (every ID read, checked for duplicates, compared with
+the expected IDs) in a fresh process:
 
 - ``single``: ``plan_merge(shards, read_expected_ids(file))`` in one process;
 - ``cluster``: the same with a ``LocalCluster`` of 2 worker processes, the workers
-  streaming the expected file themselves.
+  reading the expected file themselves, in byte ranges.
 
 It prints wall time and the peak RSS of the largest process (client, scheduler or
-worker), for each size, so the growth from 5 M to 20 M IDs can be read off.
+worker), for each size, so the growth from 5 M to 20 M IDs can be read off::
 
     python benchmarks/bench_cluster.py                 # 5 M and 20 M IDs
     python benchmarks/bench_cluster.py --ids 200000    # a quick look
@@ -19,72 +20,53 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from harness import (  # beside this script
+    Column,
+    locate_package,
+    log,
+    machine_facts,
+    print_facts,
+    reply,
+    run_fresh,
+    table,
+    work_folder,
+)
 
+SCRIPT = Path(__file__).resolve()
 SHARDS = 64
-
-
-def build(folder: Path, n_ids: int) -> tuple[list[Path], Path]:
-    import h5py
-
-    per = -(-n_ids // SHARDS)
-    shards = []
-    with open(folder / "expected.txt", "w") as expected:
-        for rank in range(SHARDS):
-            ids = [f"contig_{i:09d}" for i in range(rank, n_ids, SHARDS)]  # stride, as real runs
-            expected.write("\n".join(ids) + "\n")
-            path = folder / f"shard_{rank}.h5"
-            with h5py.File(path, "w") as f:
-                f.create_dataset("embeddings", data=np.zeros((len(ids), 1), np.float32))
-                f.create_dataset("sequence_ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
-            shards.append(path)
-    assert per > 0
-    return shards, folder / "expected.txt"
 
 
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(method: str, folder: Path, workers: int) -> dict:
-    """Runs in a fresh process: plan the merge, report time and peak memory."""
+def child_main(spec: dict) -> None:
+    """Plan the merge one way, in this fresh process; reply time and peak memory."""
     from virnucpro_merge import read_expected_ids
     from virnucpro_merge.checks import plan_merge
 
-    shards = sorted(folder.glob("shard_*.h5"), key=lambda p: int(p.stem.split("_")[1]))
-    expected_file = folder / "expected.txt"
-    if method == "single":
+    shards, expected_file = [Path(p) for p in spec["shards"]], Path(spec["expected"])
+    if spec["method"] == "single":
         started = time.perf_counter()
         plan = plan_merge(shards, read_expected_ids(expected_file))
-        elapsed = time.perf_counter() - started
-        return {"seconds": elapsed, "peak_mb": {"main": _peak_mb()}, "total": plan.total_sequences}
-
+        reply({"seconds": time.perf_counter() - started, "peak_mb": {"main": _peak_mb()},
+               "total": plan.total_sequences})
+        return
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    with LocalCluster(n_workers=spec["workers"], threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
         started = time.perf_counter()
         plan = plan_merge(shards, expected_file, client=client)
-        elapsed = time.perf_counter() - started
+        seconds = time.perf_counter() - started
         peaks = {"client": _peak_mb(), "scheduler": client.run_on_scheduler(_peak_mb)}
         peaks.update({f"worker {i}": mb for i, mb in enumerate(client.run(_peak_mb).values())})
-    return {"seconds": elapsed, "peak_mb": peaks, "total": plan.total_sequences}
-
-
-def run_fresh(method: str, folder: Path, workers: int) -> dict:
-    done = subprocess.run(
-        [sys.executable, __file__, "--measure", method, "--folder", str(folder), "--workers", str(workers)],
-        capture_output=True, text=True, check=True,
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    reply({"seconds": seconds, "peak_mb": peaks, "total": plan.total_sequences})
 
 
 def main() -> int:
@@ -92,28 +74,37 @@ def main() -> int:
     parser.add_argument("--ids", type=float, nargs="+", default=[5e6, 20e6])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--measure", choices=("single", "cluster"), help=argparse.SUPPRESS)
-    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, default=None, help="where temporary runs go (default: system temp)")
+    parser.add_argument("--_child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.measure:
-        print(json.dumps(measure(args.measure, args.folder, args.workers)))
+    if args._child:
+        child_main(json.loads(args._child))
         return 0
+    from virnucpro_merge.synthetic import write_stride_run
 
-    print(f"ID validation, {SHARDS} shards; {os.cpu_count()} cores; LocalCluster of {args.workers} workers")
-    print(f"{'IDs':>12} {'method':<8} {'seconds':>8} {'largest process':>16} {'MB':>8}  all processes (MB)")
-    for n in map(int, args.ids):
-        with tempfile.TemporaryDirectory(prefix="virnucpro-bench-cluster-") as tmp:
-            folder = Path(tmp)
+    columns = [Column("IDs", 12, ","), Column("method", 8, left=True), Column("seconds", 8, ".1f"),
+               Column("largest process", 16), Column("MB", 8, ".0f"), Column("all processes (MB)", 1, left=True)]
+    rows = []
+    with work_folder("bench_cluster_", args.workdir) as workdir:
+        package = locate_package(workdir)
+        facts = machine_facts(workdir, package)
+        facts["cluster"] = f"LocalCluster of {args.workers} worker processes, 1 thread each; {SHARDS} shards"
+        print_facts("virnucpro_merge ID validation, one process against a cluster", facts)
+        for n in map(int, args.ids):
             started = time.perf_counter()
-            build(folder, n)
-            print(f"  (built {n:,} IDs in {time.perf_counter() - started:.0f} s)", flush=True)
+            run = write_stride_run(workdir / f"run_{n}", n, SHARDS, dim=1, zeros=True, id_format="contig_{:09d}")
+            log(f"built {n:,} IDs in {time.perf_counter() - started:.0f} s")
             for _ in range(args.rounds):
                 for method in ("single", "cluster"):
-                    result = run_fresh(method, folder, args.workers)
+                    spec = {"method": method, "shards": [str(p) for p in run.shard_files],
+                            "expected": str(run.expected_file), "workers": args.workers}
+                    result = run_fresh(SCRIPT, spec, package, what=f"{method} on {n:,} IDs")
                     assert result["total"] == n, result
                     name, peak = max(result["peak_mb"].items(), key=lambda kv: kv[1])
                     others = ", ".join(f"{k} {v:.0f}" for k, v in result["peak_mb"].items())
-                    print(f"{n:>12,} {method:<8} {result['seconds']:>8.1f} {name:>16} {peak:>8.0f}  {others}", flush=True)
+                    rows.append([n, method, result["seconds"], name, peak, others])
+                    log(f"{n:,} IDs {method}: {result['seconds']:.1f} s")
+    print(table(columns, rows))
     return 0
 
 

@@ -77,7 +77,8 @@ class KillRun:
             assert f["sequence_ids"].asstr()[:].tolist() == self.ids, "IDs differ"
             assert np.array_equal(f["embeddings"][:], self.embeddings), "embeddings differ"
         report = read_merge_report(self.output)
-        assert report["total_sequences"] == len(self.ids) and not report["partial"]
+        assert report["total_sequences"] == len(self.ids)
+        assert not report["partial"]
         return "complete"
 
     def temp_files(self) -> list[str]:

@@ -92,24 +92,26 @@ def test_thousand_shards_one_file_open_at_a_time(tmp_path):
                           capture_output=True, text=True, preexec_fn=few_files, timeout=300)
     assert done.returncode == 0, done.stderr
     report = read_merge_report(out)
-    assert report["total_sequences"] == 2000 and len(report["shards"]) == 1000
+    assert report["total_sequences"] == 2000
+    assert len(report["shards"]) == 1000
     assert read_datasets(out)[1][-2:] == ["r999a", "r999b"]
 
 
 def test_shard_still_being_written(make_shard, tmp_path):
     """HDF5 file locking: a worker that still has its shard open for writing."""
     shard = make_shard("shard_0", ["a"])
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import h5py, sys; f = h5py.File(sys.argv[1], 'a'); print('open', flush=True); sys.stdin.read()",
-         str(shard)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    hold_open = "import h5py, sys; f = h5py.File(sys.argv[1], 'a'); print('open', flush=True); sys.stdin.read()"
+    holder = subprocess.Popen([sys.executable, "-c", hold_open, str(shard)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "open"
         try:
             aggregate_shards([shard], tmp_path / "o.h5")
         except UnreadableShardError as err:
-            assert str(err) == f"{shard}: file is locked: is a worker still writing it?"
+            problem = str(err)
         else:
             pytest.skip("this filesystem does not enforce HDF5 file locks")
+        assert problem == f"{shard}: file is locked: is a worker still writing it?"
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
@@ -139,9 +141,11 @@ class TestNonFinite:
         assert report["nonfinite_rows"] == 4
 
     def test_fail_on_nonfinite(self, shards, tmp_path):
-        with pytest.raises(NonFiniteError, match=r"4 rows of embeddings hold NaN or Inf, in 2 shards: .*shard_1\.h5 \(3\), .*shard_2\.h5 \(1\)"):
+        named = r"4 rows of embeddings hold NaN or Inf, in 2 shards: .*shard_1\.h5 \(3\), .*shard_2\.h5 \(1\)"
+        with pytest.raises(NonFiniteError, match=named):
             aggregate_shards(shards, tmp_path / "o.h5", fail_on_nonfinite=True)
-        assert list(tmp_path.glob("o.h5*")) == [] and list(tmp_path.glob(".o.h5*")) == []
+        assert list(tmp_path.glob("o.h5*")) == []
+        assert list(tmp_path.glob(".o.h5*")) == []
 
     def test_cli_flag_exits_1(self, shards, tmp_path, capsys):
         argv = ["aggregate", *map(str, shards), "-o", str(tmp_path / "o.h5")]

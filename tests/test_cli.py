@@ -60,20 +60,23 @@ class TestAggregate:
         code = main(["aggregate", str(run_dir), "-o", str(out), "--expected", str(path)])
         assert code == 1
         line = one_error_line(capsys.readouterr().err)
-        assert "Missing 1 expected sequences" in line and "['lost']" in line
+        assert "Missing 1 expected sequences" in line
+        assert "['lost']" in line
         assert not out.exists()
 
     def test_duplicate_exits_1(self, run_dir, make_shard, capsys):
         make_shard("shard_3", ["r0_1"])
         assert main(["aggregate", str(run_dir), "-o", str(run_dir / "m.h5")]) == 1
         line = one_error_line(capsys.readouterr().err)
-        assert "Duplicate sequence ID found: r0_1" in line and "shard_3.h5" in line
+        assert "Duplicate sequence ID found: r0_1" in line
+        assert "shard_3.h5" in line
 
     def test_unreadable_shard_exits_2(self, run_dir, capsys):
         (run_dir / "shard_1.h5").write_bytes(b"")
         assert main(["aggregate", str(run_dir), "-o", str(run_dir / "m.h5")]) == 2
         line = one_error_line(capsys.readouterr().err)
-        assert "shard_1.h5" in line and "empty file" in line
+        assert "shard_1.h5" in line
+        assert "empty file" in line
 
     def test_partial_merge(self, run_dir, capsys):
         (run_dir / "shard_1.h5").write_bytes(b"")
@@ -82,7 +85,8 @@ class TestAggregate:
         out = run_dir / "m.h5"
         assert main(["aggregate", str(run_dir), "-o", str(out), "--expected", str(expected), "--partial"]) == 0
         report = read_merge_report(out)
-        assert report["partial"] is True and report["num_missing"] == 3
+        assert report["partial"] is True
+        assert report["num_missing"] == 3
         assert "Partial merge: 1 failed shards, 3 missing sequences" in capsys.readouterr().err
 
     def test_chunk_size_and_progress(self, run_dir, capsys):
@@ -119,8 +123,10 @@ class TestValidate:
         (run_dir / "ids.txt").write_text("\n".join(ALL_IDS))
         assert main(["validate", str(run_dir), "--expected", str(run_dir / "ids.txt")]) == 0
         out = capsys.readouterr().out
-        assert "11 shards, 33 sequences, 33 expected IDs" in out and "missing: 0" in out
-        assert not list(run_dir.glob("*.partial")) and not (run_dir / "embeddings.h5").exists()
+        assert "11 shards, 33 sequences, 33 expected IDs" in out
+        assert "missing: 0" in out
+        assert not list(run_dir.glob("*.partial"))
+        assert not (run_dir / "embeddings.h5").exists()
 
     def test_missing_exits_1(self, run_dir, capsys):
         (run_dir / "ids.txt").write_text("\n".join(ALL_IDS + ["x9", "x1"]))
@@ -132,21 +138,25 @@ class TestValidate:
         (run_dir / "ids.txt").write_text("\n".join(ALL_IDS))
         assert main(["validate", str(run_dir), "--expected", str(run_dir / "ids.txt")]) == 2
         out = capsys.readouterr().out
-        assert "shard_2.h5: not an HDF5 file" in out and "missing: 3" in out
+        assert "shard_2.h5: not an HDF5 file" in out
+        assert "missing: 3" in out
 
 
 class TestInfo:
     def test_shard(self, run_dir, capsys):
         assert main(["info", str(run_dir / "shard_10.h5")]) == 0
         out = capsys.readouterr().out
-        assert "sequences: 3" in out and "embedding dimension: 8" in out and "r10_0, r10_1, r10_2" in out
+        assert "sequences: 3" in out
+        assert "embedding dimension: 8" in out
+        assert "r10_0, r10_1, r10_2" in out
 
     def test_merged_shows_report(self, run_dir, capsys):
         out = run_dir / "m.h5"
         main(["-q", "aggregate", str(run_dir), "-o", str(out)])
         assert main(["info", str(out)]) == 0
         text = capsys.readouterr().out
-        assert "shard_10.h5" in text and "partial: False" in text
+        assert "shard_10.h5" in text
+        assert "partial: False" in text
 
     def test_unreadable(self, tmp_path, capsys):
         assert main(["info", str(tmp_path / "none.h5")]) == 2
@@ -156,7 +166,9 @@ class TestInfo:
 def test_demo(tmp_path, capsys):
     assert main(["-q", "demo", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
-    assert "shard_3.h5  failed" in out and "shard_5.h5  failed" in out and "shard_7.h5  empty" in out
+    assert "shard_3.h5  failed" in out
+    assert "shard_5.h5  failed" in out
+    assert "shard_7.h5  empty" in out
     report = read_merge_report(tmp_path / "run" / "embeddings.h5")
     assert report["partial"] is True
     assert f"missing sequences: {report['num_missing']} of 2000 expected" in out
@@ -182,7 +194,8 @@ def test_rerun(tmp_path, capsys):
                  "-o", str(fasta)]) == 0
     assert "Wrote 850 missing sequences" in capsys.readouterr().err
     headers = [line for line in fasta.read_text().splitlines() if line.startswith(">")]
-    assert len(headers) == 850 and headers[0] == ">seq000003"
+    assert len(headers) == 850
+    assert headers[0] == ">seq000003"
     (run_dir / "sequences.fasta").write_bytes(b"\n" + (run_dir / "sequences.fasta").read_bytes())
     assert main(["rerun", str(run_dir / "embeddings.h5"), "--index", str(run_dir / "sequence_index.json"),
                  "-o", str(tmp_path / "again.fasta")]) == 2

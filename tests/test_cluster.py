@@ -21,8 +21,8 @@ from virnucpro_merge import (  # noqa: E402
     to_dask,
     validate_shard_completeness,
 )
-from virnucpro_merge.cluster import partition_of  # noqa: E402
 from virnucpro_merge.checks import plan_merge  # noqa: E402
+from virnucpro_merge.cluster import partition_of  # noqa: E402
 from virnucpro_merge.synthetic import make_demo_run  # noqa: E402
 
 
@@ -124,7 +124,9 @@ def test_to_dask(client, demo, tmp_path):
     merged = aggregate_shards(run.shard_files, tmp_path / "m.h5", expected, partial=True)
     array = to_dask(merged, rows_per_chunk=100)
     emb, _ = read_datasets(merged)
-    assert array.shape == emb.shape and array.chunks[0][0] == 100 and len(array.chunks[1]) == 1
+    assert array.shape == emb.shape
+    assert array.chunks[0][0] == 100
+    assert len(array.chunks[1]) == 1
     np.testing.assert_array_equal(array.compute(), emb)
     np.testing.assert_allclose(client.compute(array.mean(axis=0)).result(), emb.mean(axis=0), atol=1e-6)
 
@@ -145,7 +147,8 @@ def test_cli_local_cluster(demo, tmp_path, capsys):
     assert main(["validate", str(run.directory), "--expected", str(run.index), "--workers", "2"]) == 2
     captured = capsys.readouterr()
     assert "Dask cluster with 2 workers; dashboard: http" in captured.err
-    assert "missing: 382" in captured.out and "shard_3.h5: truncated" in captured.out
+    assert "missing: 382" in captured.out
+    assert "shard_3.h5: truncated" in captured.out
     out = tmp_path / "m.h5"
     assert main(["-q", "aggregate", str(run.directory), "-o", str(out), "--partial", "--expected", str(run.index),
                  "--workers", "2"]) == 0
@@ -194,3 +197,35 @@ def test_relative_paths_reach_the_workers(client, demo, monkeypatch):
     local = plan_merge(relative, expected, partial=True)
     assert plan_facts(spread) == plan_facts(local)
     assert str(spread.failed_shards[0].path) == "shard_3.h5"
+
+
+# The expected-ID files on which the cluster once disagreed with one process: now one
+# parser reads them for both, so the answer (or the error) is the same.
+ODD_EXPECTED = {
+    "records without sequence_id.json": '{"sequences": [{"sequence_id": "seq000000"},\n {"id": "seq000001"}]}',
+    "empty.txt": "",
+    "comments only.txt": "# a header\n\n# and nothing else\n",
+    "non-string IDs.json": '{"sequences": [\n {"sequence_id": 1},\n {"sequence_id": 2}\n]}',
+    "IDs under other keys.json": '{"sequences": [\n {"sequence_id": "seq000000", "parent": {"sequence_id": "x"}}\n]}',
+    "value on the next line.json": '{"sequences": [\n {"sequence_id":\n  "seq000000"},\n {"sequence_id":\n  "seq000008"}\n]}',
+    "CR line ends.txt": "seq000000\rseq000008\rseq000016\r",
+    "indented header.fa": ">seq000000\nACGT\n >seq000008\nAC\n>seq000016\nGG\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ODD_EXPECTED))
+def test_odd_expected_files_read_as_one_process_reads_them(client, demo, tmp_path, monkeypatch, name):
+    from virnucpro_merge import ExpectedIdsError, cluster
+
+    run, _ = demo
+    path = tmp_path / name
+    path.write_text(ODD_EXPECTED[name])
+    monkeypatch.setattr(cluster, "RANGE_BYTES", 7)  # many ranges, most of them cutting a line
+    try:
+        local = plan_facts(plan_merge(run.shard_files, read_expected_ids(path), partial=True))
+    except ExpectedIdsError as err:
+        with pytest.raises(ExpectedIdsError) as spread:
+            plan_merge(run.shard_files, path, partial=True, client=client)
+        assert str(spread.value) == str(err)
+        return
+    assert plan_facts(plan_merge(run.shard_files, path, partial=True, client=client)) == local

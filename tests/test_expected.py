@@ -6,9 +6,18 @@ import gzip
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from virnucpro_merge import ExpectedIdsError, read_expected_ids
-from virnucpro_merge.expected import read_sequence_index
+from virnucpro_merge.expected import (
+    detect_form,
+    expected_ranges,
+    iter_expected_ids,
+    ranges_agree,
+    read_range,
+    read_sequence_index,
+)
 
 
 def write(tmp_path, name, content, mode="w"):
@@ -54,7 +63,7 @@ def test_sequence_index_json(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "content, words",
+    ("content", "words"),
     [
         ("", "no sequence IDs"),
         ("\n\n# only comments\n", "no sequence IDs"),
@@ -69,7 +78,8 @@ def test_bad_files_give_one_line_errors(tmp_path, content, words):
     path = write(tmp_path, "expected.txt", content)
     with pytest.raises(ExpectedIdsError, match=words) as err:
         read_expected_ids(path)
-    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert str(path) in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_absent_file(tmp_path):
@@ -80,3 +90,117 @@ def test_absent_file(tmp_path):
 def test_directory(tmp_path):
     with pytest.raises(ExpectedIdsError, match="is a directory"):
         read_expected_ids(tmp_path)
+
+
+# --------------------------------------------------------------------------- one parser, in byte ranges too
+
+
+def _whole(path):
+    """The IDs of a whole-file read, or the error it gives."""
+    try:
+        return read_expected_ids(path)
+    except ExpectedIdsError as err:
+        return str(err)
+
+
+def _in_ranges(path, range_bytes):
+    """The IDs as the cluster's workers read them (byte ranges, then the JSON check), or the error."""
+    try:
+        form, _ = detect_form(path)
+        if form is None:
+            raise ExpectedIdsError(f"{path}: no sequence IDs in this file")  # noqa: EM102 - as the cluster says
+        parts = [read_range(path, form, a, b) for a, b in expected_ranges(path, range_bytes)]
+        if form == "json" and not ranges_agree(parts):
+            return read_expected_ids(path)  # what the cluster then does: one task reads it all
+        ids = [i for part in parts for i in part.ids]
+        if not ids:
+            raise ExpectedIdsError(f"{path}: no sequence IDs in this file")  # noqa: EM102
+    except ExpectedIdsError as err:
+        return str(err)
+    return ids
+
+
+TRICKY = {
+    "index.json": json.dumps({"sequences": [{"sequence_id": f"s{i}", "length": i} for i in range(40)]}, indent=1),
+    "compact.json": json.dumps({"sequences": [{"sequence_id": f"s{i}"} for i in range(40)]}),
+    "keys before and after.json": json.dumps({"v": {"x": [{"y": 1}, {"z": [2]}]},
+                                              "sequences": [{"sequence_id": f"s{i}", "m": [{"a": 1}, {"b": 2}]}
+                                                            for i in range(30)],
+                                              "after": [{"q": 1}]}, indent=2),
+    "value on the next line.json": '{"sequences": [\n{"sequence_id":\n "a"},\n{"sequence_id"\n:\n"b"}\n]}\n',
+    "ids that look like json.json": json.dumps({"sequences": [{"sequence_id": s} for s in
+                                                ['{"sequence_id": "x"},', "]}", "a\\nb", 'q"}', "β"]]}, indent=1),
+    "other keys are not ids.json": '{"sequences": [{"sequence_id": "a", "parent": {"sequence_id": "b"}}]}',
+    "record without sequence_id.json": '{"sequences": [{"sequence_id": "a"},\n {"id": "b"}]}',
+    "non-string id.json": '{"sequences": [{"sequence_id": "a"},\n {"sequence_id": 7}]}',
+    "two lists.json": '{"sequences": [{"sequence_id": "a"}],\n "sequences": [{"sequence_id": "b"}]}',
+    "truncated.json": '{"sequences": [\n {"sequence_id": "a"},\n {"sequence_id": "b"',
+    "trailing comma.json": '{"sequences": [\n {"sequence_id": "a"},\n]}',
+    "extra data.json": '{"sequences": []}\n{"sequences": []}',
+    "crlf.txt": "\ufeff# a list\r\nx1\r\n\r\n  x2  \r\n#x3\r\nx4\r\n",
+    "cr only.txt": "x1\rx2\r\rx3\r",
+    "mixed line ends.txt": "x1\r\nx2\rx3\nx4",
+    "fasta.fa": ">a desc\nACGT\n >not-a-header\nAC\n>b\n>c|d e\nGG\n",
+    "comments only.txt": "# nothing\n\n# here\n",
+    "blank.txt": "\n \n\t\n",
+    "latin-1.txt": "café\n".encode("latin-1"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRICKY))
+@pytest.mark.parametrize("range_bytes", [1, 3, 17, 64, 10**6])
+def test_byte_ranges_read_what_the_whole_file_holds(tmp_path, name, range_bytes):
+    """The cluster's workers read expected files in byte ranges: same IDs, same errors."""
+    path = write(tmp_path, name, TRICKY[name])
+    assert _in_ranges(path, range_bytes) == _whole(path)
+
+
+def test_ranges_agree_refuses_a_broken_chain(tmp_path):
+    path = write(tmp_path, "i.json", TRICKY["index.json"])
+    parts = [read_range(path, "json", a, b) for a, b in expected_ranges(path, 50)]
+    assert ranges_agree(parts)
+    assert any(p.chain.first is not None for p in parts[1:]), "the guess was made in later ranges"
+    broken = list(parts)
+    where = next(i for i, p in enumerate(parts) if i and p.chain.first is not None)
+    del broken[where]
+    assert not ranges_agree(broken)
+    moved = [*parts]
+    moved[where] = read_range(path, "json", parts[where].first + 1, parts[where].last)
+    assert not ranges_agree(moved) or [i for p in moved for i in p.ids] == _whole(path)
+
+
+ID_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ids=st.lists(ID_TEXT, min_size=1, max_size=30), indent=st.sampled_from([None, 0, 1, 2, "\t"]),
+       extra=st.dictionaries(st.sampled_from(["v", "meta", "z"]), st.integers() | st.lists(st.integers())),
+       range_bytes=st.integers(1, 200))
+def test_any_index_reads_the_same_in_ranges(tmp_path, ids, indent, extra, range_bytes):
+    index = {**extra, "sequences": [{"sequence_id": i, "n": [{"k": 1}]} for i in ids]}
+    path = tmp_path / "index.json"
+    path.write_text(json.dumps(index, indent=indent, ensure_ascii=False), encoding="utf-8")
+    want = [r["sequence_id"] for r in json.loads(path.read_text(encoding="utf-8"))["sequences"]]
+    assert _whole(path) == want
+    assert _in_ranges(path, range_bytes) == want
+
+
+def test_a_pipe_is_read_once(tmp_path):
+    """Format sniffing must not eat the start of a stream that cannot be read twice."""
+    import os
+    import threading
+
+    fifo = tmp_path / "ids.fifo"
+    os.mkfifo(fifo)
+    ids = [f"seq{i:06d}" for i in range(5000)]  # more than one block of sniffing
+
+    def feed():
+        with open(fifo, "w") as fh:
+            fh.write("\n".join(ids) + "\n")
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    try:
+        assert read_expected_ids(fifo) == ids
+    finally:
+        writer.join(timeout=30)

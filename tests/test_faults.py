@@ -56,11 +56,13 @@ class TestSignals:
         previous = aggregate_shards(shards[:1], tmp_path / "out.h5").read_bytes()
         return tmp_path, shards, previous
 
-    @pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+    @pytest.mark.parametrize(("signum", "code", "word"),
+                             [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
     def test_signal_mid_write(self, big_run, signum, code, word):
         folder, shards, previous = big_run
         proc = subprocess.Popen(
-            cli("-v", "aggregate", *map(str, shards), "-o", str(folder / "out.h5"), "--chunk-size", "50", "--no-progress"),
+            cli("-v", "aggregate", *map(str, shards), "-o", str(folder / "out.h5"), "--chunk-size", "50",
+                "--no-progress"),
             stderr=subprocess.PIPE, text=True, env=_env(),
         )
         lines = []
@@ -100,7 +102,8 @@ class TestFullDisk:
         assert done.returncode == 2, done.stderr
         assert done.stderr.count("\n") == 1, done.stderr
         assert re.search(rf"{out}: the merge needs about [0-9.]+ MiB, over this process's file size limit", done.stderr)
-        assert not out.exists() and temp_files(tmp_path) == []
+        assert not out.exists()
+        assert temp_files(tmp_path) == []
 
     def test_no_space_left(self, shards, tmpfs):
         small = tmpfs("size=2m")
@@ -110,11 +113,12 @@ class TestFullDisk:
                               capture_output=True, text=True, env=_env(), timeout=120)
         assert done.returncode == 2, done.stderr
         assert done.stderr.count("\n") == 1, done.stderr
-        assert re.search(rf"{out}: not enough free space in {small}: the merge needs about [0-9.]+ MiB, 2.0 MiB is free", done.stderr)
+        free = rf"{out}: not enough free space in {small}: the merge needs about [0-9.]+ MiB, 2.0 MiB is free"
+        assert re.search(free, done.stderr)
         assert out.read_bytes() == b"previous good merge"
         assert temp_files(small) == []
 
-    @pytest.mark.parametrize("dtype, where", [("float32", "raw"), ("float16", "h5py")])
+    @pytest.mark.parametrize(("dtype", "where"), [("float32", "raw"), ("float16", "h5py")])
     @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EFBIG, errno.EIO])
     def test_write_fails_mid_copy(self, make_shard, tmp_path, monkeypatch, dtype, where, code):
         """The disk fills (or fails) while the merge runs: faults injected into the copy."""
@@ -192,7 +196,8 @@ class TestConcurrency:
             stop.set()
             thread.join()
         assert read_datasets(out)[1] in (outcomes["a"], outcomes["b"])
-        assert seen and all(ids_seen in outcomes.values() for ids_seen in seen)
+        assert seen
+        assert all(ids_seen in outcomes.values() for ids_seen in seen)
         assert temp_files(tmp_path) == []
 
 
@@ -215,4 +220,5 @@ class TestInputsUntouched:
             aggregate_shards(shards, tmp_path / "dup.h5")
         with pytest.raises(MergeError):
             aggregate_shards([*good, half], tmp_path / "missing.h5", ["absent"] + ids("h", 300))
-        assert checksums() == before and mtimes() == before_m
+        assert checksums() == before
+        assert mtimes() == before_m

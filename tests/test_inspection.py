@@ -9,6 +9,7 @@ import pytest
 
 import virnucpro_merge.inspection.run
 from virnucpro_merge import read_expected_ids, validate_shard_completeness
+from virnucpro_merge.expected import write_id_list
 from virnucpro_merge.inspection import (
     ABSENT,
     DUPLICATED,
@@ -19,7 +20,6 @@ from virnucpro_merge.inspection import (
     format_shard_table,
     inspect_run,
 )
-from virnucpro_merge.expected import write_id_list
 from virnucpro_merge.ranks import rank_paths
 from virnucpro_merge.synthetic import make_demo_run, write_shard
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -46,20 +47,23 @@ class TestPartial:
     def test_partial_merge_skips_and_records(self, crashed_run, tmp_path):
         out = aggregate_shards(crashed_run, tmp_path / "out.h5", {"a", "b", "c", "d", "e"}, partial=True)
         emb, seq = read_datasets(out)
-        assert seq == ["a", "b"] and emb.shape == (2, 8)
+        assert seq == ["a", "b"]
+        assert emb.shape == (2, 8)
         report = read_merge_report(out)
         assert report["partial"] is True
         assert [s["status"] for s in report["shards"]] == ["ok", "failed", "failed", "empty"]
         assert report["failed_shards"] == [str(crashed_run[1]), str(crashed_run[2])]
         assert report["missing_ids"] == ["c", "d", "e"]
-        assert report["num_missing"] == 3 and report["num_expected"] == 5
+        assert report["num_missing"] == 3
+        assert report["num_expected"] == 5
         assert "truncated" in report["shards"][1]["error"]
         assert report["shards"][2]["error"] == "file does not exist"
 
     def test_partial_with_missing_ids_only(self, make_shard, tmp_path):
         out = aggregate_shards([make_shard("shard_0", ["a"])], tmp_path / "o.h5", ["a", "z"], partial=True)
         report = read_merge_report(out)
-        assert report["partial"] is True and report["failed_shards"] == []
+        assert report["partial"] is True
+        assert report["failed_shards"] == []
         assert report["missing_ids"] == ["z"]
 
     def test_partial_flag_false_when_nothing_failed(self, make_shard, tmp_path):
@@ -76,7 +80,8 @@ class TestPartial:
         with caplog.at_level(logging.INFO, logger="virnucpro_merge"):
             aggregate_shards(crashed_run, tmp_path / "out.h5", {"a", "b", "q"}, partial=True)
         text = caplog.text
-        assert "shard_1.h5" in text and "shard_2.h5" in text
+        assert "shard_1.h5" in text
+        assert "shard_2.h5" in text
         assert "Missing 1 expected sequences" in text
         assert f"Aggregation complete: {tmp_path / 'out.h5'}, 2 sequences" in text
 
@@ -173,8 +178,11 @@ class TestReport:
         assert [s["offset"] for s in report["shards"]] == [0, 3, 3, 8]
         assert [s["num_sequences"] for s in report["shards"]] == [3, 0, 5, 2]
         assert [s["path"] for s in report["shards"]] == [str(s) for s in shards]
-        assert report["total_sequences"] == 10 and report["embedding_dim"] == 8
-        assert report["partial"] is False and report["failed_shards"] == [] and report["missing_ids"] == []
+        assert report["total_sequences"] == 10
+        assert report["embedding_dim"] == 8
+        assert report["partial"] is False
+        assert report["failed_shards"] == []
+        assert report["missing_ids"] == []
 
     def test_many_missing_ids_are_stored(self, make_shard, tmp_path):
         expected = ["have"] + ids("gone", 20000)
@@ -225,9 +233,9 @@ class TestCopyPaths:
         emb, _ = read_datasets(aggregate_shards(mixed, tmp_path / "o.h5", chunk_size=6))
         np.testing.assert_array_equal(emb, self.expected(mixed))
 
-    @pytest.mark.parametrize("owner, step, order", [("merge", "draft_plan", "shards"), ("merge", "plan_merge", "index"),
-                                                    ("_write.outfile", "refuse_changed", "shards"),
-                                                    ("_write.outfile", "refuse_changed", "index")])
+    @pytest.mark.parametrize(("owner", "step", "order"), [
+        ("merge", "draft_plan", "shards"), ("merge", "plan_merge", "index"),
+        ("_write.outfile", "refuse_changed", "shards"), ("_write.outfile", "refuse_changed", "index")])
     def test_shard_changed_after_planning(self, make_shard, tmp_path, monkeypatch, owner, step, order):
         """A worker rewrites its file after the merge read it: before or during the copy."""
         import importlib
@@ -330,7 +338,8 @@ class TestCopyWhileChecking:
         monkeypatch.setattr(sysio, "copy_bytes", lambda *args: copies.append(args))
         with pytest.raises(OutputError, match=r"o.h5: cannot write the merged file \(\[Errno 28\]"):
             aggregate_shards([shard], small / "o.h5")
-        assert copies == [] and list(small.iterdir()) == []
+        assert copies == []
+        assert list(small.iterdir()) == []
 
     def test_every_written_row_is_sent_to_disk(self, make_shard, tmp_path, monkeypatch):
         """Reserved once, written back span by span: together, exactly the embeddings."""
@@ -344,7 +353,8 @@ class TestCopyWhileChecking:
             return call(name, argtypes, *args)
 
         monkeypatch.setattr(sysio, "libc_call", spy)
-        shards = [make_shard("shard_0", ids("a", 25), dim=16), make_shard("shard_1", ids("b", 9), dim=16, dtype="float16")]
+        shards = [make_shard("shard_0", ids("a", 25), dim=16),
+                  make_shard("shard_1", ids("b", 9), dim=16, dtype="float16")]
         out = aggregate_shards(shards, tmp_path / "o.h5", chunk_size=10)
         with h5py.File(out) as f:
             start, size = f["embeddings"].id.get_offset(), 34 * 16 * 4
@@ -352,5 +362,5 @@ class TestCopyWhileChecking:
         spans = sorted(args for name, args in calls if name == "sync_file_range")
         assert len(spans) == 4  # 3 chunks copied raw, 1 through h5py
         assert spans[0][0] == start
-        assert all(a + n == b for (a, n), (b, _) in zip(spans, spans[1:]))
+        assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(spans))
         assert spans[-1][0] + spans[-1][1] == start + size

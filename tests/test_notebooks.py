@@ -10,6 +10,7 @@ file whose patterns silently match nothing.
 from __future__ import annotations
 
 import ast
+import itertools
 import re
 from pathlib import Path
 
@@ -98,9 +99,10 @@ class TestNotebook:
         nb = _load(name)
         first = nb.cells[0]
         lines = [line for line in first.source.splitlines() if line.strip()]
-        assert first.cell_type == "markdown" and lines[0].startswith("# "), "open with an H1"
+        assert first.cell_type == "markdown", "open with an H1"
+        assert lines[0].startswith("# "), "open with an H1"
         assert len(lines) >= 2, "an H1 and a one-line promise"
-        for before, cell in zip(nb.cells, nb.cells[1:]):
+        for before, cell in itertools.pairwise(nb.cells):
             if cell.cell_type == "code":
                 assert before.cell_type == "markdown", f"no markdown before:\n{cell.source}"
         for cell in _code_cells(nb):
@@ -161,8 +163,10 @@ def test_the_rerun_notebook_shows_the_stale_index_failure_and_closes_the_loop():
     assert error.ename == "IndexMismatchError"
     assert error.evalue.startswith("demo_run/sequences.fasta: byte ")
     texts = "\n".join(t for c in cells for t in _texts(c))
-    assert "partial: False" in texts and "missing sequences: 0 of 2000 expected" in texts
-    assert "rows now NaN: 850" in texts and "IDs equal the sequence index: True" in texts
+    assert "partial: False" in texts
+    assert "missing sequences: 0 of 2000 expected" in texts
+    assert "rows now NaN: 850" in texts
+    assert "IDs equal the sequence index: True" in texts
 
 
 def test_the_memory_notebook_concludes_true():
@@ -182,8 +186,10 @@ def test_the_cluster_notebook_agrees_with_one_process_and_closes_its_cluster():
                        "same missing IDs: True", "same message: True", "cluster mean equals numpy's: True",
                        "hash within 1 % of an even share: True"):
         assert conclusion in texts
-    assert "missing: 8500  extra: 0" in texts and "distributed." not in texts, "no Dask log lines in outputs"
-    assert "client.close()" in cells[-1].source and "cluster.close()" in cells[-1].source
+    assert "missing: 8500  extra: 0" in texts
+    assert "distributed." not in texts, "no Dask log lines in outputs"
+    assert "client.close()" in cells[-1].source
+    assert "cluster.close()" in cells[-1].source
 
 
 def _sanitize_blocks() -> list[tuple[str, str, str, str]]:
@@ -213,8 +219,9 @@ def test_sanitize_file_parses_as_nbval_reads_it():
     assert [(r, s) for r, s, *_ in _sanitize_blocks()] == pairs
 
 
-@pytest.mark.parametrize("regex, replace, example, becomes", _sanitize_blocks(), ids=lambda v: str(v)[:30])
+@pytest.mark.parametrize(("regex", "replace", "example", "becomes"), _sanitize_blocks(), ids=lambda v: str(v)[:30])
 def test_each_sanitize_pattern_does_what_its_example_says(regex, replace, example, becomes):
-    assert example is not None and becomes is not None, f"no example for {regex}"
+    assert example is not None, f"no example for {regex}"
+    assert becomes is not None, f"no example for {regex}"
     assert re.search(regex, example), f"{regex} matches nothing in its example"
     assert re.sub(regex, replace, example) == becomes

@@ -54,7 +54,8 @@ def test_scattered_assignment_and_extras(tmp_path):
     ordered = aggregate_shards(shards, tmp_path / "ordered.h5", index_ids, partial=True, order="index", chunk_size=32)
     emb, seq = read_datasets(ordered)
     ref_emb, ref_seq = reference(plain, index_ids)
-    assert seq == ref_seq and seq[-12:] == [f"extra{r}_{k}" for r in range(3) for k in range(4)]
+    assert seq == ref_seq
+    assert seq[-12:] == [f"extra{r}_{k}" for r in range(3) for k in range(4)]
     np.testing.assert_array_equal(emb, ref_emb)
 
 
@@ -69,7 +70,7 @@ def test_strict_and_complete(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "kwargs, words",
+    ("kwargs", "words"),
     [
         (dict(expected_sequence_ids={"a"}), "in index order \\(a list, not a set\\)"),
         (dict(expected_sequence_ids=None), "in index order"),

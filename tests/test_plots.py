@@ -13,6 +13,7 @@ from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from virnucpro_merge.inspection import inspect_run  # noqa: E402
+from virnucpro_merge.inspection.memory import MIB, MemoryProfile  # noqa: E402
 from virnucpro_merge.inspection.plots import (  # noqa: E402
     STATUS_COLORS,
     plot_memory_profile,
@@ -20,7 +21,6 @@ from virnucpro_merge.inspection.plots import (  # noqa: E402
     plot_peak_scaling,
     plot_shard_counts,
 )
-from virnucpro_merge.inspection.memory import MIB, MemoryProfile  # noqa: E402
 from virnucpro_merge.synthetic import make_demo_run  # noqa: E402
 
 
@@ -53,7 +53,8 @@ def test_shard_counts_two_bars_per_rank_coloured_by_status(found):
     assert [b.get_height() for b in present] == [s.present for s in found.shards]
     assert [to_hex(b.get_facecolor()) for b in present] == [STATUS_COLORS[s.status].lower() for s in found.shards]
     labels = [t.get_text() for t in ax.get_xticklabels()]
-    assert labels[3] == "3\nfailed" and labels[5] == "5\nabsent"
+    assert labels[3] == "3\nfailed"
+    assert labels[5] == "5\nabsent"
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == ["expected", "present: ok", "present: incomplete", "present: empty",
                       "present: failed", "present: absent"]
@@ -67,7 +68,8 @@ def test_missing_heatmap_shows_the_matrix_and_the_padding(found):
     assert cells.shape == (8, 26)  # ceil(203 / 8)
     np.testing.assert_array_equal(cells == 1, found.missing)
     # 203 = 8 * 25 + 3: ranks 3..7 have 25 positions, their 26th cell is padding.
-    assert (cells[3:, 25] == 2).all() and (cells[:3, 25] != 2).all()
+    assert (cells[3:, 25] == 2).all()
+    assert (cells[:3, 25] != 2).all()
     assert ax.get_title() == f"Missing sequences: {found.num_missing} of 203"
     assert [t.get_text() for t in ax.get_yticklabels()][0] == "rank 0"
 

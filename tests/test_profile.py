@@ -35,11 +35,13 @@ def test_sees_a_held_allocation_that_is_freed_before_the_end():
 
 def test_time_series_shape_and_order():
     prof = profile_memory(lambda: time.sleep(0.2), interval=0.01)
-    assert prof.times.dtype == np.float64 and prof.rss.dtype == np.int64
+    assert prof.times.dtype == np.float64
+    assert prof.rss.dtype == np.int64
     assert prof.times.shape == prof.rss.shape
     assert 6 <= prof.times.size <= 25  # start, ~20 samples, end
     assert np.all(np.diff(prof.times) >= 0)
-    assert prof.times[0] < 0.01 and prof.times[-1] >= 0.2
+    assert prof.times[0] < 0.01
+    assert prof.times[-1] >= 0.2
     assert prof.baseline == prof.rss[0]
 
 
@@ -59,7 +61,8 @@ def test_exceptions_propagate_and_the_sampler_stops():
     import threading
 
     def boom():
-        raise RuntimeError("boom")
+        msg = "boom"
+        raise RuntimeError(msg)
 
     with pytest.raises(RuntimeError, match="boom"):
         profile_memory(boom)

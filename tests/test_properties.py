@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from pathlib import Path
 
@@ -22,7 +23,7 @@ def runs(draw):
     dim = draw(st.integers(1, 6))
     ids = draw(st.lists(ID_TEXT, unique=True, max_size=60))
     cuts = sorted(draw(st.lists(st.integers(0, len(ids)), max_size=4)))
-    pieces = [ids[a:b] for a, b in zip([0, *cuts], [*cuts, len(ids)])]
+    pieces = [ids[a:b] for a, b in itertools.pairwise([0, *cuts, len(ids)])]
     dtypes = [draw(st.sampled_from(["float32", "float16"])) for _ in pieces]
     seed = draw(st.integers(0, 2**32 - 1))
     chunk_size = draw(st.integers(1, 25))
@@ -38,7 +39,7 @@ def test_merge_equals_concatenation(run):
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as tmp:
         shards, blocks = [], []
-        for rank, (piece, dtype) in enumerate(zip(pieces, dtypes)):
+        for rank, (piece, dtype) in enumerate(zip(pieces, dtypes, strict=True)):
             emb = (rng.standard_normal((len(piece), dim)) * 100).astype(dtype)
             shards.append(write_shard(Path(tmp) / f"shard_{rank}.h5", piece, emb))
             blocks.append(emb.astype("float32").reshape(len(piece), dim))

@@ -49,10 +49,12 @@ class TestMissingFasta:
     def test_holds_exactly_the_missing_ids_in_index_order(self, run, merged, tmp_path):
         out = tmp_path / "missing.fasta"
         report = read_merge_report(merged)
-        assert report["partial"] and report["num_missing"] > 0
+        assert report["partial"]
+        assert report["num_missing"] > 0
         assert write_missing_fasta(merged, run.index, out) == report["num_missing"]
         written = list(fasta_records(out))
-        assert set(written) == set(report["missing_ids"]) and len(written) == len(set(written))
+        assert set(written) == set(report["missing_ids"])
+        assert len(written) == len(set(written))
         index_order = [r["sequence_id"] for r in read_sequence_index(run.index)]
         assert written == [i for i in index_order if i in set(written)]
 
@@ -100,7 +102,8 @@ class TestTheLoop:
         complete = aggregate_shards([merged, rerun_shard], tmp_path / "complete.h5", expected)
 
         report = read_merge_report(complete)
-        assert report["partial"] is False and report["missing_ids"] == []
+        assert report["partial"] is False
+        assert report["missing_ids"] == []
         assert report["total_sequences"] == len(expected)
         embeddings, seq_ids = read_datasets(complete)
         assert sorted(seq_ids) == sorted(expected)
@@ -122,7 +125,8 @@ class TestTheLoop:
         empty = tmp_path / "missing.fasta"
         empty.write_bytes(b"")
         embeddings, seq_ids = read_datasets(embed_fasta_like_run(empty, run.index, tmp_path / "r.h5", 16, 3))
-        assert embeddings.shape == (0, 0) and seq_ids == []
+        assert embeddings.shape == (0, 0)
+        assert seq_ids == []
 
     def test_simulating_an_id_not_in_the_index_fails(self, run, tmp_path):
         fasta = tmp_path / "other.fasta"
@@ -246,4 +250,5 @@ class TestOtherInputs:
             write_missing_fasta(run.shard_files[0], run.index, tmp_path / "m.fasta")
 
     def test_errors_are_value_errors(self):
-        assert issubclass(IndexMismatchError, MergeError) and issubclass(IndexMismatchError, ValueError)
+        assert issubclass(IndexMismatchError, MergeError)
+        assert issubclass(IndexMismatchError, ValueError)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
-from virnucpro_merge import DuplicateIdError, aggregate_shards, validate_shard_completeness
-from virnucpro_merge import validation
+from virnucpro_merge import DuplicateIdError, aggregate_shards, validate_shard_completeness, validation
 from virnucpro_merge.validation import IdIndex
 
 
@@ -45,7 +46,8 @@ def test_missing_and_extra_match_set_algebra(make_shard, hashing, seed, block, m
     pool = [f"id{i}" for i in range(300)]
     present = [p for p in pool if rng.random() < 0.7]
     cut = sorted(rng.choice(len(present) + 1, 3))
-    shards = [make_shard(f"shard_{k}", present[a:b]) for k, (a, b) in enumerate(zip([0, *cut], [*cut, len(present)]))]
+    bounds = itertools.pairwise([0, *cut, len(present)])
+    shards = [make_shard(f"shard_{k}", present[a:b]) for k, (a, b) in enumerate(bounds)]
     expected = {p for p in pool if rng.random() < 0.8}
     missing, extra = validate_shard_completeness(shards, expected)
     assert missing == expected - set(present)
@@ -76,7 +78,8 @@ def test_index_memory_is_a_few_bytes_per_id():
     index = IdIndex({f"e{i}" for i in range(10)})
     index.add_shard("s", [[f"s{i}" for i in range(100_000)]])
     assert sum(h.nbytes for h in index._hashes) == 8 * 100_000
-    assert len(index.extra) == 100_000 and index.num_present == 0
+    assert len(index.extra) == 100_000
+    assert index.num_present == 0
 
 
 def test_missing_id_hidden_by_a_collision_is_still_found(make_shard, monkeypatch):
@@ -101,7 +104,9 @@ def test_a_shard_that_fails_midway_adds_none_of_its_ids(make_shard):
 
     with pytest.raises(UnreadableShardError):
         index.add_shard(broken, chunks())
-    assert index.shards == [good] and index.num_present == 2 and index.extra == []
+    assert index.shards == [good]
+    assert index.num_present == 2
+    assert index.extra == []
     assert index.missing() == ["c", "d", "e", "f"]
 
 
@@ -125,4 +130,5 @@ def test_errors_survive_pickling():
         NonFiniteError({"s.h5": 3}),
     ):
         again = pickle.loads(pickle.dumps(err))
-        assert type(again) is type(err) and str(again) == str(err)
+        assert type(again) is type(err)
+        assert str(again) == str(err)

@@ -42,7 +42,8 @@ def test_virtual_reads_like_contiguous(run):
     with h5py.File(virtual) as f:
         assert f["embeddings"].is_virtual
     report = read_merge_report(virtual)
-    assert report["layout"] == "virtual" and report["source_problems"] == []
+    assert report["layout"] == "virtual"
+    assert report["source_problems"] == []
     assert [s["path"] for s in report["sources"]] == ["shard_0.h5", "shard_2.h5", "shard_3.h5"]  # relative
     assert report["nonfinite_rows"] is None  # never read
 
@@ -81,7 +82,8 @@ class TestLostSources:
         virtual = aggregate_shards(shards, folder / "virtual.h5", layout="virtual")
         os.unlink(shards[2])
         emb, _ = read_datasets(virtual)
-        assert np.isnan(emb[40:65]).all() and not np.isnan(emb[:40]).any()  # NaN, never zeros
+        assert np.isnan(emb[40:65]).all()
+        assert not np.isnan(emb[:40]).any()
         report = read_merge_report(virtual)
         assert report["source_problems"] == [f"{shards[2]}: source shard of the virtual output {virtual} is missing"]
         assert "its rows read as NaN (or from a same-named file in the current folder)" in caplog.text
@@ -125,11 +127,14 @@ def test_materialize(run, tmp_path):
     for shard in shards:
         os.unlink(shard)  # the copy stands alone
     emb, seq = read_datasets(solid)
-    assert not np.isnan(emb).any() and len(seq) == 98
+    assert not np.isnan(emb).any()
+    assert len(seq) == 98
     report = read_merge_report(solid)
-    assert report["layout"] == "contiguous" and report["materialized_from"] == str(virtual)
+    assert report["layout"] == "contiguous"
+    assert report["materialized_from"] == str(virtual)
     with h5py.File(solid) as f:
-        assert not f["embeddings"].is_virtual and f["embeddings"].chunks is None
+        assert not f["embeddings"].is_virtual
+        assert f["embeddings"].chunks is None
 
 
 def test_materialize_keeps_partial_findings(tmp_path):
@@ -173,4 +178,5 @@ def test_materialize_counts_nonfinite_per_source(make_shard, tmp_path):
     shards = [make_shard("shard_0", ids("a", 3)), make_shard("shard_1", ids("b", 4), embeddings=bad)]
     virtual = aggregate_shards(shards, tmp_path / "v.h5", layout="virtual")
     report = read_merge_report(materialize(virtual, tmp_path / "solid.h5"))
-    assert [s["nonfinite_rows"] for s in report["shards"]] == [0, 1] and report["nonfinite_rows"] == 1
+    assert [s["nonfinite_rows"] for s in report["shards"]] == [0, 1]
+    assert report["nonfinite_rows"] == 1

@@ -26,7 +26,6 @@ from .report import read_merge_report
 from .rerun import write_missing_fasta
 from .shards import get_shard_info
 
-
 __all__ = [
     "__version__",
     "CHUNK_SIZE",

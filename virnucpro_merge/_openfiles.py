@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from types import TracebackType
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, Self, TypeVar
 
 __all__ = ["OpenFiles"]
 
@@ -47,7 +47,7 @@ class OpenFiles(Generic[Key, Handle]):
         while self._open:
             self._open.popitem()[1].close()
 
-    def __enter__(self) -> OpenFiles[Key, Handle]:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

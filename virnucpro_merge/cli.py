@@ -13,8 +13,9 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -38,12 +39,12 @@ logger = logging.getLogger("virnucpro_merge")
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
-class Terminated(BaseException):
+class _Terminated(BaseException):
     """SIGTERM arrived: unwind like Ctrl-C, so temp files are removed on the way out."""
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated
+    raise _Terminated
 
 
 @contextlib.contextmanager
@@ -65,7 +66,8 @@ def _positive_int(text: str) -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+        msg = f"expected a positive whole number, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
     return value
 
 
@@ -139,7 +141,7 @@ def _progress(args: argparse.Namespace) -> tuple[bool, contextlib.AbstractContex
 
 
 @contextlib.contextmanager
-def _dask_client(args: argparse.Namespace):
+def _dask_client(args: argparse.Namespace) -> Iterator[Any]:
     """The Dask client that --scheduler or --workers asks for, or None."""
     if not (args.scheduler or args.workers):
         yield None
@@ -152,7 +154,7 @@ def _dask_client(args: argparse.Namespace):
         yield client
 
 
-def _expected_for(args: argparse.Namespace, client) -> object:
+def _expected_for(args: argparse.Namespace, client: object | None) -> list[str] | Path | None:
     """The expected IDs: read here, or (on a cluster) the file, streamed by each worker."""
     if args.expected is None:
         return None
@@ -259,7 +261,7 @@ class _Formatter(logging.Formatter):
 
 
 @contextlib.contextmanager
-def _logging_to_stderr(args: argparse.Namespace):
+def _logging_to_stderr(args: argparse.Namespace) -> Iterator[None]:
     """Show the package's log on stderr for the length of one command."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter("%(message)s"))
@@ -291,6 +293,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; the output was left as it was", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Terminated:
+    except _Terminated:
         print(f"{PROG}: terminated; the output was left as it was", file=sys.stderr)
         return EXIT_TERMINATED

@@ -33,7 +33,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .errors import ExpectedIdsError, MergeError, ShardError, UnreadableShardError
+from .errors import ExpectedIdsError, MergeError, ShardError
 from .expected import (
     JSON,
     RangeIds,
@@ -60,7 +60,8 @@ def _require_dask():
         import dask.array  # noqa: F401
         import distributed  # noqa: F401
     except ImportError as err:
-        raise MergeError("this needs Dask: pip install 'virnucpro-merge[dask]'") from err
+        msg = "this needs Dask: pip install 'virnucpro-merge[dask]'"
+        raise MergeError(msg) from err
 
 
 def _as_bytes(ids: Sequence[str] | np.ndarray) -> np.ndarray:
@@ -109,7 +110,7 @@ class _Scan:
     and its IDs split by partition (IDs as bytes, with their rows)."""
 
     outcome: ShardMeta | ShardError
-    pieces: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    pieces: list[tuple[np.ndarray, ...]] = field(default_factory=list)
 
 
 def _scan(path: Path, parts: int) -> _Scan:
@@ -124,7 +125,7 @@ def _scan(path: Path, parts: int) -> _Scan:
     return _Scan(meta, _split(ids, parts, rows))
 
 
-def _piece(scan: _Scan, p: int) -> tuple[np.ndarray, np.ndarray]:
+def _piece(scan: _Scan, p: int) -> tuple[np.ndarray, ...]:
     return scan.pieces[p] if scan.pieces else (np.empty(0, "S1"), np.empty(0, np.int64))
 
 
@@ -219,11 +220,11 @@ class _Verdict:
     num_expected: int
 
 
-def _check(pieces: list[tuple[np.ndarray, np.ndarray]], expected: np.ndarray | None) -> _Verdict:
+def _check(pieces: list[tuple[np.ndarray, ...]], expected: np.ndarray | None) -> _Verdict:
     """Worker task: exact duplicate, missing and extra checks for one partition (vectorised)."""
     ids = _concat([piece_ids for piece_ids, _ in pieces])
-    shard = np.concatenate([np.full(len(piece_ids), k, np.int32) for k, (piece_ids, _) in enumerate(pieces)] or [[]])
-    row = np.concatenate([rows for _, rows in pieces] or [[]])
+    shard = np.repeat(np.arange(len(pieces), dtype=np.int32), [len(piece_ids) for piece_ids, _ in pieces])
+    row = np.concatenate([rows for _, rows in pieces]) if pieces else np.empty(0, np.int64)
     order = np.argsort(ids, kind="stable")  # equal IDs stay in (shard, row) order
     ordered = ids[order]
     repeat = ordered[1:] == ordered[:-1]
@@ -291,7 +292,7 @@ def scan_on_cluster(
     ]
     del scans, expected_pieces  # held by no one here, each shard's IDs go once its pieces are taken
     paths = [Path(p) for p in shard_files]
-    found = [_as_given(outcome, path) for outcome, path in zip(client.gather(outcomes), paths)]
+    found = [_as_given(outcome, path) for outcome, path in zip(client.gather(outcomes), paths, strict=True)]
     return found, _combine(client.gather(verdicts), paths, expected is not None)
 
 
@@ -310,7 +311,7 @@ def _combine(verdicts: list[_Verdict], paths: list[Path], expected_given: bool) 
 
 
 @contextmanager
-def connect(scheduler: str | None = None, workers: int | None = None) -> Iterator[object]:
+def connect(scheduler: str | None = None, workers: int | None = None) -> Iterator[Any]:
     """``with connect(...) as client``: a Dask client, closed (with its cluster) on exit.
 
     With ``scheduler``, a client of that running scheduler; otherwise a new local
@@ -334,12 +335,12 @@ class _Rows:
     def __init__(self, path: Path, shape: tuple[int, int], dtype: np.dtype) -> None:
         self.path, self.shape, self.dtype, self.ndim = path, shape, dtype, 2
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: Any) -> np.ndarray:
         with h5py.File(self.path, "r") as f:
             return f[EMBEDDINGS][key]
 
 
-def to_dask(path: str | os.PathLike[str], rows_per_chunk: int | None = None):
+def to_dask(path: str | os.PathLike[str], rows_per_chunk: int | None = None) -> Any:
     """A ``dask.array`` over a merged (or virtual) output's embeddings, chunked by rows.
 
     Each chunk opens the file itself, so the array works on any worker that sees

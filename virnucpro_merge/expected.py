@@ -23,8 +23,8 @@ is read from start to end, which gives the one true answer (or error).
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
-import json.scanner
 import os
 import re
 import zlib
@@ -59,7 +59,7 @@ _BOM = "\ufeff"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _WS = re.compile(r"[ \t\n\r]*")  # JSON's own whitespace
 _SEPARATOR = re.compile(r"[ \t\n\r]*([,\]])[ \t\n\r]*")  # after a record of the list
-_SCAN = json.scanner.make_scanner(json.JSONDecoder())
+_DECODE = json.JSONDecoder().raw_decode  # one value at a position: (value, end)
 _NOT_AN_INDEX = 'not a sequence index: expected {"sequences": [{"sequence_id": ...}, ...]}'
 
 
@@ -229,7 +229,7 @@ class _JsonText:
         self.pieces, self.name = pieces, name
         self.text, self.pos = "", 0
         self.dropped = 0  # characters dropped from the front of the window so far
-        self.byte_base = None  # byte offset of the window's first character
+        self.byte_base: int | None = None  # byte offset of the window's first character
         self.line = 1  # line number of the window's first character
         self.owned_until = owned_until  # byte offset where this reader's records end
         self.owned_chars: int | None = None  # ... as a character count from the start of reading
@@ -247,7 +247,7 @@ class _JsonText:
             self.owned_chars = self.dropped + len(self.text)
         until = self.pos if self.pin is None else min(self.pos, self.pin - self.dropped)
         keep = self.text.rfind("\n", 0, until) + 1  # drop whole lines already read
-        if keep:
+        if keep and self.byte_base is not None:
             self.line += self.text.count("\n", 0, keep)
             self.byte_base += len(self.text[:keep].encode())
             self.dropped += keep
@@ -266,7 +266,8 @@ class _JsonText:
 
     def take(self, char: str, what: str) -> None:
         if self.next_char() != char:
-            raise self.error(f"Expecting {what}", self.pos)
+            msg = f"Expecting {what}"
+            raise self.error(msg, self.pos)
         self.pos += 1
 
     def value(self) -> object:
@@ -274,9 +275,7 @@ class _JsonText:
         self.next_char()
         while True:
             try:
-                found, end = _SCAN(self.text, self.pos)
-            except StopIteration as stop:
-                where, problem = stop.value, "Expecting value"
+                found, end = _DECODE(self.text, self.pos)
             except json.JSONDecodeError as err:
                 where, problem = err.pos, err.msg
             else:
@@ -368,7 +367,8 @@ class _IndexReader:
             if char == "]":
                 self.chain.closed = True
             elif char != ",":
-                raise text.error("Expecting ',' delimiter", text.pos - 1)
+                msg = "Expecting ',' delimiter"
+                raise text.error(msg, text.pos - 1)
 
     def _quickly(self) -> Iterator[dict]:
         """The records that lie whole in the window, each read by one C call (the usual case)."""
@@ -377,8 +377,8 @@ class _IndexReader:
         owned = len(window) if text.owned_chars is None else text.owned_chars - text.dropped
         while pos < owned:
             try:
-                record, end = _SCAN(window, pos)
-            except (StopIteration, json.JSONDecodeError):
+                record, end = _DECODE(window, pos)
+            except json.JSONDecodeError:
                 break
             after = _SEPARATOR.match(window, end)
             if after is None or after.end() == len(window):
@@ -421,7 +421,8 @@ class _IndexReader:
     def _key(self) -> object:
         """The name of a member of the top object, and the ':' after it."""
         if self.text.next_char() != '"':
-            raise self.text.error("Expecting property name enclosed in double quotes", self.text.pos)
+            msg = "Expecting property name enclosed in double quotes"
+            raise self.text.error(msg, self.text.pos)
         key = self.text.value()
         self.text.take(":", "':' delimiter")
         return key
@@ -434,19 +435,22 @@ class _IndexReader:
             return True
         if char == "}":
             return False
-        raise self.text.error("Expecting ',' delimiter", self.text.pos - 1)
+        msg = "Expecting ',' delimiter"
+        raise self.text.error(msg, self.text.pos - 1)
 
     def _rest_of_file(self) -> None:
         """After the list: the rest of the top object, then nothing but whitespace."""
         while self._after_member():
             if self._key() == "sequences":
-                raise self._not_an_index("it has two 'sequences'")
+                msg = "it has two 'sequences'"
+                raise self._not_an_index(msg)
             self.text.value()
         self._end_of_file()
 
     def _end_of_file(self) -> None:
         if self.text.next_char() != "":
-            raise self.text.error("Extra data", self.text.pos)
+            msg = "Extra data"
+            raise self.text.error(msg, self.text.pos)
 
     def _not_an_index(self, why: str = "") -> ExpectedIdsError:
         return ExpectedIdsError(f"{self.text.name}: {_NOT_AN_INDEX}" + (f" ({why})" if why else ""))
@@ -570,7 +574,7 @@ def expected_ranges(path: str | os.PathLike[str], range_bytes: int) -> list[tupl
     if not path.is_file() or detect_form(path)[1]:
         return None
     bounds = [*range(0, stat.st_size, max(1, range_bytes)), stat.st_size]
-    return list(zip(bounds, bounds[1:])) or [(0, 0)]
+    return list(itertools.pairwise(bounds)) or [(0, 0)]
 
 
 def _line_start(raw: BinaryIO, position: int) -> int:

@@ -27,6 +27,7 @@ from ._write.outfile import IdStep, copy_planned_ids, output_file, write_contigu
 from ._write.reorder import RowOrder, index_order
 from .checks import plan_merge
 from .errors import MergeError, NonFiniteError
+from .expected import read_expected_ids
 from .plan import MergePlan, ShardPlan, check_ids, draft_plan
 from .report import build_report, read_merge_report
 from .sources import resolve_source
@@ -84,7 +85,7 @@ def _check_arguments(chunk_size: int, layout: str, order: str, expected: object,
 def aggregate_shards(
     shard_files: Sequence[str | os.PathLike[str]],
     output_path: str | os.PathLike[str],
-    expected_sequence_ids: Collection[str] | None = None,
+    expected_sequence_ids: Collection[str] | os.PathLike[str] | None = None,
     *,
     chunk_size: int = CHUNK_SIZE,
     partial: bool = False,
@@ -134,8 +135,8 @@ def aggregate_shards(
     client : dask.distributed.Client, optional
         Read and check the IDs on this cluster's workers
         (:mod:`virnucpro_merge.cluster`); then write as usual.
-        ``expected_sequence_ids`` may then be the path (``pathlib.Path``) of an
-        expected-ID file, read by the workers.
+        ``expected_sequence_ids`` may be the path (``pathlib.Path``) of an
+        expected-ID file: then read by the workers (without a client, here).
 
     Returns
     -------
@@ -159,15 +160,22 @@ def aggregate_shards(
     atomic.refuse_overwriting(output, paths, _OUTPUT_IS_AN_INPUT)
     options = _Options(chunk_size, partial, progress, fail_on_nonfinite)
     logger.debug("phase: plan")
-    if layout == "virtual":
-        _merge_virtually(plan_merge(paths, expected_sequence_ids, partial=partial, client=client), output, options)
-    elif order == "index":
-        _merge_in_index_order(paths, output, list(expected_sequence_ids or ()), options)
-    elif client is not None:
+    if client is not None:  # the workers may read an expected-ID file themselves
         plan = plan_merge(paths, expected_sequence_ids, partial=partial, client=client)
-        _write_planned(plan, output, build_report(plan, chunk_size), options)
+        if layout == "virtual":
+            _merge_virtually(plan, output, options)
+        else:
+            _write_planned(plan, output, build_report(plan, chunk_size), options)
+        logger.debug("phase: done")
+        return output
+    expected = read_expected_ids(expected_sequence_ids) if isinstance(expected_sequence_ids, os.PathLike) \
+        else expected_sequence_ids
+    if layout == "virtual":
+        _merge_virtually(plan_merge(paths, expected, partial=partial), output, options)
+    elif order == "index":
+        _merge_in_index_order(paths, output, list(expected or ()), options)
     else:
-        _merge_while_checking(paths, output, expected_sequence_ids, options)
+        _merge_while_checking(paths, output, expected, options)
     logger.debug("phase: done")
     return output
 

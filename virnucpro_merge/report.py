@@ -53,7 +53,7 @@ def build_report(plan: MergePlan, chunk_size: int, *, layout: str = "contiguous"
     return {
         "format_version": FORMAT_VERSION,
         "created_by": f"virnucpro_merge {__version__}",
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "total_sequences": plan.total_sequences,
         "embedding_dim": plan.embedding_dim,
         "chunk_size": chunk_size,

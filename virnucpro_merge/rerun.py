@@ -23,7 +23,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeGuard
 
 from ._openfiles import OpenFiles
 from ._write.atomic import atomic_output, refuse_overwriting
@@ -51,7 +51,7 @@ class _Wanted:
     length: int | None
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -235,7 +235,8 @@ def write_missing_fasta(
     missing = set(report["missing_ids"])
     wanted = _select(iter_index_records(index_path), missing, index_path, merged_path)
     fastas = list(dict.fromkeys(w.fasta for w in wanted))
-    refuse_overwriting(output_path, [merged_path, index_path, *fastas], "is an input of this re-run; choose another output path")
+    refuse_overwriting(output_path, [merged_path, index_path, *fastas],
+                       "is an input of this re-run; choose another output path")
 
     if not wanted:
         if report.get("num_expected") is None:

@@ -32,13 +32,17 @@ from .ranks import INDEX_NAME, shard_path, stride_positions
 __all__ = [
     "DemoRun",
     "make_demo_run",
+    "StrideRun",
+    "write_stride_run",
     "synthetic_embeddings",
     "write_shard",
     "embed_fasta_like_run",
     "FASTA_NAME",
+    "EXPECTED_NAME",
 ]
 
 FASTA_NAME = "sequences.fasta"
+EXPECTED_NAME = "expected_ids.txt"
 _BLOCK = 1024  # rows of synthetic embeddings drawn from one seeded generator
 _FASTA_WIDTH = 60
 
@@ -156,7 +160,7 @@ def _write_fasta(path: Path, ids: list[str], rng: np.random.Generator, lengths: 
     offsets = []
     position = 0
     with open(path, "wb") as fh:
-        for seq_id, length in zip(ids, lengths):
+        for seq_id, length in zip(ids, lengths, strict=True):
             bases = np.frombuffer(b"ACGT", dtype=np.uint8)[rng.integers(0, 4, int(length))].tobytes()
             lines = [bases[i : i + _FASTA_WIDTH] for i in range(0, len(bases), _FASTA_WIDTH)]
             record = b">" + seq_id.encode() + b"\n" + b"\n".join(lines) + b"\n"
@@ -220,7 +224,7 @@ def make_demo_run(
     index = directory / INDEX_NAME
     records = [
         {"sequence_id": i, "length": int(n), "file_path": FASTA_NAME, "byte_offset": o}
-        for i, n, o in zip(ids, lengths, offsets)
+        for i, n, o in zip(ids, lengths, offsets, strict=True)
     ]
     index.write_text(json.dumps({"sequences": records}, indent=1) + "\n")
 
@@ -257,3 +261,73 @@ def make_demo_run(
         short=short,
         duplicated=tuple(duplicated),
     )
+
+
+@dataclass(frozen=True)
+class StrideRun:
+    """A large, clean synthetic run (see :func:`write_stride_run`)."""
+
+    directory: Path
+    shard_files: list[Path]
+    expected_file: Path
+    n_sequences: int  # expected IDs (index positions)
+    world_size: int
+    dim: int
+    num_missing: int  # expected IDs left out of the shards
+    num_extra: int  # IDs in the shards that are not expected
+
+    @property
+    def embedding_bytes(self) -> int:
+        """Bytes of float32 embeddings in the shards."""
+        return (self.n_sequences - self.num_missing + self.num_extra) * self.dim * 4
+
+
+def write_stride_run(
+    directory: str | os.PathLike[str],
+    n_sequences: int,
+    world_size: int,
+    *,
+    dim: int = 64,
+    seed: int = 0,
+    id_format: str = "seq{:09d}",
+    missing_fraction: float = 0.0,
+    extra_fraction: float = 0.0,
+    zeros: bool = False,
+    block: int = 8192,
+) -> StrideRun:
+    """Write a run of any size block by block, in bounded memory (for benchmarks).
+
+    Worker ``r`` holds the index positions ``r, r + N, ...`` (stride distribution),
+    its embeddings contiguous float32 (random per rank, or ``zeros``), its IDs
+    ``id_format.format(position)``. A random ``missing_fraction`` of the positions
+    is left out of the shards, and ``extra_fraction * n_sequences`` IDs past the
+    index are added, spread over the ranks. The expected IDs (every position) go to
+    ``EXPECTED_NAME``, one a line, in index order.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    dropped = np.zeros(n_sequences, dtype=bool)
+    dropped[rng.choice(n_sequences, round(n_sequences * missing_fraction), replace=False)] = True
+    num_extra = round(n_sequences * extra_fraction)
+    shard_files = []
+    for rank in range(world_size):
+        positions = stride_positions(n_sequences, world_size, rank)
+        extra = n_sequences + np.arange(rank, num_extra, world_size)
+        positions = np.concatenate([positions[~dropped[positions]], extra])
+        path = shard_path(directory, rank)
+        ranked = np.random.default_rng([seed, rank])
+        with h5py.File(path, "w") as f:
+            emb = f.create_dataset("embeddings", shape=(positions.size, dim if positions.size else 0), dtype="float32")
+            for start in range(0, positions.size, block):
+                rows = min(block, positions.size - start)
+                emb[start : start + rows] = 0 if zeros else ranked.standard_normal((rows, dim), dtype=np.float32)
+            ids = np.array([id_format.format(p) for p in positions.tolist()], dtype=object)
+            f.create_dataset("sequence_ids", data=ids, dtype=h5py.string_dtype())
+        shard_files.append(path)
+    expected_file = directory / EXPECTED_NAME
+    with open(expected_file, "w", encoding="utf-8") as fh:
+        for start in range(0, n_sequences, 2**16):
+            fh.write("".join(id_format.format(p) + "\n" for p in range(start, min(start + 2**16, n_sequences))))
+    return StrideRun(directory, shard_files, expected_file, n_sequences, world_size, dim,
+                     int(dropped.sum()), num_extra)

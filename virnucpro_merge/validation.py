@@ -98,7 +98,9 @@ class IdIndex:
 
     def add_shard(self, path: Path, chunks: Iterable[list[str]]) -> None:
         """Take in one shard's IDs, all or nothing (a read that fails adds none)."""
-        hashes, extra, present = [], [], 0
+        hashes: list[np.ndarray] = []
+        extra: list[str] = []
+        present = 0
         for chunk in chunks:
             hashes.append(id_hashes(chunk))
             if self.expected is not None:
@@ -111,13 +113,14 @@ class IdIndex:
 
     def _look_up(self, chunk: list[str], extra: list[str]) -> int:
         """How many of ``chunk``'s IDs are expected; the others go to ``extra``."""
+        assert self.expected is not None
         present = 0
         for start in range(0, len(chunk), self.BLOCK):
             block = chunk[start : start + self.BLOCK]
             if self.expected.issuperset(block):  # the usual case, in one call
                 present += len(block)
                 continue
-            known = np.fromiter(map(self.expected.__contains__, block), dtype=bool, count=len(block))
+            known = np.fromiter(map(self.expected.__contains__, block), dtype=np.bool_, count=len(block))
             present += int(known.sum())
             extra.extend(itertools.compress(block, ~known))
         return present

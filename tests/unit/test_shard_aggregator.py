@@ -1,4 +1,4 @@
-"""The original plan's tests (seed-plan-07-05), kept and sharpened."""
+"""The original design plan's tests, kept and sharpened."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from tests.helpers import ids, read_datasets
-from virnucpro_merge._write import sysio
 from virnucpro_merge import (
     CHUNK_SIZE,
     aggregate_shards,
     read_merge_report,
     validate_shard_completeness,
 )
+from virnucpro_merge._write import sysio
 
 
 class EmbeddingReads(list):
@@ -142,11 +142,12 @@ class TestDuplicateDetection:
     def test_duplicate_error_message(self, make_shard, tmp_path):
         a = make_shard("shard_0", ids("s", 10))
         b = make_shard("shard_1", ["new", "s7"])
-        with pytest.raises(ValueError) as info:
+        with pytest.raises(ValueError, match="Duplicate sequence ID found") as info:
             aggregate_shards([a, b], tmp_path / "m.h5")
         message = str(info.value)
         assert "Duplicate sequence ID found: s7" in message
-        assert "shard_1.h5" in message and "shard_0.h5" in message
+        assert "shard_1.h5" in message
+        assert "shard_0.h5" in message
         assert "\n" not in message
 
     def test_duplicate_within_shard_names_that_shard(self, make_shard, tmp_path):
@@ -171,7 +172,7 @@ class TestMissingValidation:
     def test_missing_error_lists_ids(self, make_shard, tmp_path):
         shard = make_shard("shard_0", ["keep"])
         expected = {"keep"} | {f"m{i:02d}" for i in range(15)}
-        with pytest.raises(ValueError) as info:
+        with pytest.raises(ValueError, match="Missing 15 expected sequences") as info:
             aggregate_shards([shard], tmp_path / "m.h5", expected)
         first_ten = [f"m{i:02d}" for i in range(10)]
         assert f"First 10 missing IDs: {first_ten}" in str(info.value)
@@ -191,7 +192,8 @@ class TestMissingValidation:
             out = aggregate_shards([shard], tmp_path / "m.h5", None)
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
         report = read_merge_report(out)
-        assert report["num_expected"] is None and report["missing_ids"] == []
+        assert report["num_expected"] is None
+        assert report["missing_ids"] == []
 
     @pytest.mark.parametrize("container", [list, tuple, set, frozenset, dict.fromkeys])
     def test_expected_ids_any_collection(self, make_shard, tmp_path, container):
@@ -231,12 +233,12 @@ class TestExceptionSafety:
     def test_cleanup_on_failure(self, make_shard, tmp_path):
         a = make_shard("shard_0", ["a"])
         b = make_shard("shard_1", ["a"])
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="Duplicate sequence ID found: a"):
             aggregate_shards([a, b], tmp_path / "merged.h5")
         assert not (tmp_path / "merged.h5").exists()
         assert sorted(p.name for p in tmp_path.iterdir()) == ["shard_0.h5", "shard_1.h5"]
 
-    @pytest.mark.parametrize("dtype, target", [("float32", "raw"), ("float16", "h5py"), ("float32", "ids")])
+    @pytest.mark.parametrize(("dtype", "target"), [("float32", "raw"), ("float16", "h5py"), ("float32", "ids")])
     def test_cleanup_when_copy_fails_midway(self, make_shard, tmp_path, monkeypatch, dtype, target):
         shards = [make_shard(f"shard_{r}", ids(f"s{r}_", 30), dtype=dtype) for r in range(3)]
         calls = {"n": 0}

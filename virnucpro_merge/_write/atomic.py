@@ -60,7 +60,7 @@ def _process_alive(pid: int) -> bool:
 def remove_stale_temps(target: Path) -> list[Path]:
     """Remove temp files of ``target`` left by killed merges on this host; return them."""
     prefix = f".{target.name}"
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(target.parent.iterdir())
     except OSError:

@@ -108,7 +108,7 @@ def count_nonfinite_raw(shard: ShardPlan, chunk_size: int) -> int:
     with open(shard.path, "rb") as src:
         for chunk_start, chunk_end in _chunks(shard.num_sequences, window.shape[0]):
             rows = window[: chunk_end - chunk_start]
-            got = os.preadv(src.fileno(), [memoryview(rows).cast("B")], shard.data_offset + chunk_start * row_bytes)
+            got = os.preadv(src.fileno(), [rows.data.cast("B")], shard.data_offset + chunk_start * row_bytes)
             if got < rows.nbytes:
                 raise UnreadableShardError(shard.path, "truncated: the embeddings end early")
             nonfinite += nonfinite_rows(rows)
@@ -172,7 +172,7 @@ class BlockWriter(RowWriter):
             super().close()
 
 
-def copy_embeddings_raw(
+def _copy_embeddings_raw(
     shard: ShardPlan,
     dst: int,
     dst_data_offset: int,
@@ -210,7 +210,7 @@ def _copy_all_raw(
     fd = os.open(output, os.O_WRONLY)
     try:
         for shard in shards:
-            copy_embeddings_raw(shard, fd, dst_data_offset, chunk_size, on_written, stop)
+            _copy_embeddings_raw(shard, fd, dst_data_offset, chunk_size, on_written, stop)
     finally:
         os.close(fd)
 

@@ -142,7 +142,7 @@ def write_in_order(
                     raise UnreadableShardError(shard.path, f"cannot read rows ({first_line(err)})") from err
             bad = _nonfinite_mask(block)
             if bad is not None:
-                for k, n in zip(*np.unique(owner[bad], return_counts=True)):
+                for k, n in zip(*np.unique(owner[bad], return_counts=True), strict=True):
                     nonfinite[str(shards[k].path)] += int(n)
             _check_ids(block_ids, order, out_start, shards, owner)
             writer.write(block, out_start)  # waits for the write of two blocks ago

@@ -49,7 +49,7 @@ def copy_bytes(src: int, dst: int, count: int, src_offset: int, dst_offset: int)
 
 def write_block(fd: int, block: np.ndarray, offset: int) -> None:
     """Write a C-contiguous array's bytes at ``offset`` of the file ``fd``."""
-    view = memoryview(block).cast("B")
+    view = block.data.cast("B")
     while view:
         done = os.pwrite(fd, view, offset)
         view, offset = view[done:], offset + done

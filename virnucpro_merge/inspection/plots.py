@@ -46,10 +46,12 @@ _HEATMAP_COLORS = ("#EDEDED", "#D55E00", "#FFFFFF")
 
 
 def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
-    if ax is not None:
-        return ax.figure, ax
-    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
-    return fig, ax
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+        return fig, ax
+    root = ax.get_figure(root=True)
+    assert isinstance(root, Figure)
+    return root, ax
 
 
 def plot_shard_counts(

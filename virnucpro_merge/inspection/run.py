@@ -225,7 +225,7 @@ def inspect_run(
     missing = np.zeros((world_size, width), dtype=bool)
     assigned = np.zeros((world_size, width), dtype=bool)
     shards = []
-    for rank, (path, (present, status, error)) in enumerate(zip(paths, reads)):
+    for rank, (path, (present, status, error)) in enumerate(zip(paths, reads, strict=True)):
         positions = stride_positions(n, world_size, rank)
         assigned[rank, : positions.size] = True
         holes = np.array([sequence_ids[p] not in found for p in positions.tolist()], dtype=bool)

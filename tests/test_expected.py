@@ -155,6 +155,35 @@ def test_byte_ranges_read_what_the_whole_file_holds(tmp_path, name, range_bytes)
     assert _in_ranges(path, range_bytes) == _whole(path)
 
 
+@pytest.mark.parametrize("name", sorted(TRICKY))
+@pytest.mark.parametrize("block", [1, 5, 64])
+def test_small_read_blocks_change_nothing(tmp_path, monkeypatch, name, block):
+    """Files are read a block at a time (4 MiB): a value cut by a block's end reads on."""
+    from virnucpro_merge import expected
+
+    path = write(tmp_path, name, TRICKY[name])
+    whole = _whole(path)
+    monkeypatch.setattr(expected, "_BLOCK", block)
+    assert _whole(path) == whole
+    assert _in_ranges(path, 23) == whole
+
+
+def test_a_large_index_in_ranges(tmp_path, monkeypatch):
+    """Many blocks, many ranges, records of every size: the same records as json.load."""
+    from virnucpro_merge import expected
+
+    rng = __import__("random").Random(7)
+    records = [{"sequence_id": f"s{i}" + "x" * rng.randrange(40), "pad": [{"k": "},"}] * rng.randrange(3)}
+               for i in range(3000)]
+    path = tmp_path / "index.json"
+    path.write_text(json.dumps({"sequences": records}, indent=rng.choice([None, 1])))
+    monkeypatch.setattr(expected, "_BLOCK", 4096)
+    want = [r["sequence_id"] for r in records]
+    assert _whole(path) == want
+    for range_bytes in (1000, 7919, 65536):
+        assert _in_ranges(path, range_bytes) == want
+
+
 def test_ranges_agree_refuses_a_broken_chain(tmp_path):
     path = write(tmp_path, "i.json", TRICKY["index.json"])
     parts = [read_range(path, "json", a, b) for a, b in expected_ranges(path, 50)]

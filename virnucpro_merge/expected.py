@@ -357,9 +357,10 @@ class _IndexReader:
                 return
             if self.chain.first is None:
                 self.chain.first = text.byte_offset()
+            at = text.dropped + text.pos
             yield from self._quickly()
-            if self.chain.closed or not text.owned():
-                continue
+            if self.chain.closed or text.dropped + text.pos != at:
+                continue  # (and there, see whether the next record is still this reader's)
             # at the edge of the window: one record the careful way (reads on, or names the error)
             yield _check_record(text.value(), text.name)
             char = text.next_char()
@@ -371,10 +372,26 @@ class _IndexReader:
                 raise text.error(msg, text.pos - 1)
 
     def _quickly(self) -> Iterator[dict]:
-        """The records that lie whole in the window, each read by one C call (the usual case)."""
+        """The records that lie whole in the window: most of them by one C call, as one
+        list (from here to the last ``},`` in the window), the rest one at a time.
+
+        A ``},`` that is not between two records (inside a string or a nested object)
+        leaves that list unfinished, so it fails to parse: then every record is read
+        on its own. One that parses holds exactly the records the list holds there.
+        """
         text = self.text
         window, pos = text.text, text.pos
         owned = len(window) if text.owned_chars is None else text.owned_chars - text.dropped
+        cut = window.rfind("},", pos, min(owned, len(window)) + 1)
+        if cut > pos:
+            try:
+                batch = json.loads("[" + window[pos : cut + 1] + "]")
+            except json.JSONDecodeError:
+                batch = None
+            if batch is not None:
+                for record in batch:
+                    yield _check_record(record, text.name)
+                pos = _WS.match(window, cut + 2).end()  # type: ignore[union-attr]
         while pos < owned:
             try:
                 record, end = _DECODE(window, pos)

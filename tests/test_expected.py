@@ -13,7 +13,6 @@ from virnucpro_merge import ExpectedIdsError, read_expected_ids
 from virnucpro_merge.expected import (
     detect_form,
     expected_ranges,
-    iter_expected_ids,
     ranges_agree,
     read_range,
     read_sequence_index,

@@ -16,6 +16,7 @@ from virnucpro_merge.inspection import (
     EMPTY,
     FAILED,
     INCOMPLETE,
+    OFF_STRIDE,
     OK,
     format_shard_table,
     inspect_run,
@@ -140,3 +141,131 @@ def test_rank_paths_include_absent_files(tmp_path):
 
 def test_docstring_examples():
     assert doctest.testmod(virnucpro_merge.inspection.run).failed == 0
+
+
+# --------------------------------------------------------------------------- the user's own run
+
+
+@pytest.fixture(scope="module")
+def dead_last(tmp_path_factory):
+    """A run folder whose *last* worker died before writing (ranks 0-6 have files, 7 none)."""
+    return make_demo_run(tmp_path_factory.mktemp("dead_last"), n_sequences=400, world_size=8, dim=4,
+                         truncated=(2,), absent=(7,), empty=(), short={})
+
+
+def test_a_run_folder_with_its_index(dead_last):
+    """The folder's shards, its sequence_index.json, and the world size from the IDs."""
+    found = inspect_run(dead_last.directory)
+    assert found.world_size == 8
+    assert found.world_size_from == "the IDs' index positions"
+    assert found.shards[7].status == ABSENT
+    assert found.shards[7].path.name == "shard_7.h5"
+    assert found.shards[2].status == FAILED
+    assert found.num_missing == 100
+    assert found.expected_from == "sequence_index.json, the run folder's index"
+
+
+def test_the_index_or_any_expected_file_by_path(dead_last, tmp_path):
+    by_index = inspect_run(dead_last.directory, dead_last.index)
+    listed = tmp_path / "ids.txt"
+    write_id_list(dead_last.sequence_ids, listed)
+    by_list_file = inspect_run(dead_last.directory, listed)
+    by_list = inspect_run(dead_last.shard_files[:7], dead_last.sequence_ids)  # today's call, rank 7 left out
+    for found in (by_index, by_list_file, by_list):
+        assert [s.status for s in found.shards] == [OK, OK, FAILED, OK, OK, OK, OK, ABSENT]
+        assert found.missing_ids == by_index.missing_ids
+
+
+def test_without_the_index_the_folder_says_what_it_can(dead_last, tmp_path):
+    import shutil
+
+    folder = tmp_path / "no_index"
+    shutil.copytree(dead_last.directory, folder)
+    (folder / "sequence_index.json").unlink()
+    found = inspect_run(folder)
+    assert found.world_size == 7  # nothing tells of rank 7
+    assert found.expected_from is None
+    assert found.num_missing == 0
+    assert [s.present for s in found.shards] == [50, 50, 0, 50, 50, 50, 50]
+
+
+def test_a_given_world_size(dead_last):
+    found = inspect_run(dead_last.directory, world_size=10)
+    assert found.world_size == 10
+    assert found.world_size_from == "given"
+    assert [s.status for s in found.shards][7:] == [ABSENT] * 3
+    with pytest.raises(ValueError, match="world_size must be a positive integer"):
+        inspect_run(dead_last.directory, world_size=0)
+    with pytest.raises(ValueError, match="rank 6 is not below the world size 5"):
+        inspect_run(dead_last.directory, world_size=5)
+
+
+def test_a_shard_off_the_stride_has_a_status_of_its_own(tmp_path):
+    """A run resumed with another GPU count: rank 1's IDs are at positions 2, 5, 8 (N = 3)."""
+    ids = [f"s{i}" for i in range(12)]
+    emb = np.zeros((3, 2), np.float32)
+    write_shard(tmp_path / "shard_0.h5", [ids[p] for p in (0, 4, 8)], emb)
+    write_shard(tmp_path / "shard_1.h5", [ids[p] for p in (1, 3, 11)], emb)
+    write_shard(tmp_path / "shard_2.h5", [ids[p] for p in (2, 6, 10)], emb)
+    write_shard(tmp_path / "shard_3.h5", [ids[p] for p in (3, 7)], emb[:2])
+    found = inspect_run(tmp_path, ids, world_size=4)
+    assert [s.status for s in found.shards] == [OK, OFF_STRIDE, OK, DUPLICATED]
+
+
+@pytest.mark.parametrize(("run", "expected", "words"), [
+    ("shard_0.h5", None, "is a file; inspect_run takes a run folder"),
+    ("nowhere", None, "does not exist"),
+    (42, None, "not int"),
+    (["shard_0.h5"], {"a", "b"}, "in index order"),
+    (["shard_0.h5"], 7, "not int"),
+])
+def test_arguments_of_the_wrong_kind_say_so(tmp_path, monkeypatch, run, expected, words):
+    monkeypatch.chdir(tmp_path)
+    write_shard(tmp_path / "shard_0.h5", ["a"], np.zeros((1, 2), np.float32))
+    with pytest.raises(ValueError, match=words):
+        inspect_run(run, expected)
+
+
+def test_exact_though_two_ids_share_a_hash(tmp_path, monkeypatch):
+    """Hashes only point the way: every match is checked against the ID's bytes."""
+    from virnucpro_merge.inspection import run as run_module
+
+    ids = ["aa", "bb", "cc", "dd"]
+    write_shard(tmp_path / "shard_0.h5", ["aa", "cc", "zz"], np.zeros((3, 2), np.float32))  # zz: not expected
+    write_shard(tmp_path / "shard_1.h5", ["bb"], np.zeros((1, 2), np.float32))
+    monkeypatch.setattr(run_module, "hash", lambda b: len(b), raising=False)  # every ID collides
+    found = inspect_run(rank_paths(tmp_path, 2), ids)
+    assert found.missing_ids == ["dd"]
+    assert found.num_extra == 1
+    assert [s.status for s in found.shards] == [OK, INCOMPLETE]
+
+
+def test_how_it_shows_in_a_notebook(demo):
+    _, found = demo
+    html = found._repr_html_()
+    assert "world size: 8" in html
+    assert html.count("<tr>") == 1 + 8
+    assert "#D55E00" in html  # the failed rank, in the plots' colour
+    assert "/" not in html.replace("</", "")  # file names, not folders
+    assert repr(found) == "<RunInspection: 8 ranks, 2,000 sequences expected, 1,150 rows present, 850 missing>"
+
+
+def test_to_frame(demo):
+    pytest.importorskip("pandas")
+    _, found = demo
+    frame = found.to_frame()
+    assert list(frame.index) == list(range(8))
+    assert list(frame.columns) == ["shard", "expected", "present", "missing", "status", "error"]
+    assert frame.loc[3, "status"] == FAILED
+    assert frame["missing"].sum() == 850
+
+
+def test_a_merge_report_shows_itself(tmp_path, demo):
+    from virnucpro_merge import aggregate_shards, read_merge_report
+
+    run, _ = demo
+    report = read_merge_report(aggregate_shards(run.shard_files, tmp_path / "m.h5", run.sequence_ids, partial=True))
+    assert isinstance(report, dict)
+    html = report._repr_html_()
+    assert "truncated HDF5 file" in html
+    assert "partial: True" in html

@@ -29,6 +29,7 @@ MIN_FIGURES = {
     "04_memory_profile.ipynb": 2,
     "05_rerun_missing.ipynb": 2,
     "06_distributed_validation.ipynb": 1,
+    "07_run_report.ipynb": 2,
 }
 MAX_BYTES = 200_000
 ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:tmp|home|root|work|Users|private|var/folders)/")
@@ -146,6 +147,17 @@ class TestNotebook:
                 later = [c for c in cells[i + 1:] if IGNORE_MARKER not in _markers(c)]
                 assert any("True" in t or "False" in t for c in later for t in _texts(c)), (
                     f"nothing compared concludes from:\n{cell.source}")
+
+
+def test_the_report_notebook_is_the_one_the_package_ships():
+    """One source of truth: notebooks/07 is the package's report notebook (a link to it)."""
+    from virnucpro_merge.inspection.runreport import NOTEBOOK
+
+    assert (NOTEBOOKS / "07_run_report.ipynb").samefile(NOTEBOOK)
+    nb = _load("07_run_report.ipynb")
+    (parameters,) = [c for c in _code_cells(nb) if "parameters" in c.metadata.get("tags", [])]
+    names = [line.split("=")[0].strip() for line in parameters.source.splitlines() if "=" in line]
+    assert tuple(names) == __import__("virnucpro_merge.inspection.runreport", fromlist=["x"]).PARAMETERS
 
 
 def test_the_demo_notebooks_show_the_strict_failure():

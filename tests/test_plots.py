@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -12,10 +14,9 @@ import pytest  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from virnucpro_merge.inspection import inspect_run  # noqa: E402
+from virnucpro_merge.inspection import STATUS_COLORS, inspect_run  # noqa: E402
 from virnucpro_merge.inspection.memory import MIB, MemoryProfile  # noqa: E402
 from virnucpro_merge.inspection.plots import (  # noqa: E402
-    STATUS_COLORS,
     plot_memory_profile,
     plot_missing_heatmap,
     plot_peak_scaling,
@@ -121,3 +122,86 @@ def test_shard_counts_many_ranks_only_numbers(tmp_path):
     (ax,) = plot_shard_counts(inspect_run(run.shard_files, run.sequence_ids).shards).axes
     assert [t.get_text() for t in ax.get_xticklabels()][:3] == ["0", "1", "2"]
     assert len(ax.patches) == 32
+
+
+# --------------------------------------------------------------------------- at scale
+
+
+def _fake_run(ranks: int, n: int, seed: int = 0):
+    """A run of ``ranks`` workers and ``n`` sequences with every kind of hole, built directly."""
+    from pathlib import Path
+
+    from virnucpro_merge.inspection import RunInspection, ShardSummary
+
+    rng = np.random.default_rng(seed)
+    width = -(-n // ranks)
+    missing = np.zeros((ranks, width), dtype=bool)
+    dead, short, lone = rng.choice(ranks, 3, replace=False)
+    missing[dead, : -(-(n - dead) // ranks)] = True
+    missing[short, width // 2 : -(-(n - short) // ranks)] = True
+    missing[lone, width // 3] = True  # one sequence: must stay visible however binned
+    shards = []
+    for r in range(ranks):
+        expected = -(-(n - r) // ranks)
+        holes = int(missing[r].sum())
+        status = "absent" if r == dead else "incomplete" if holes else "ok"
+        shards.append(ShardSummary(rank=r, path=Path(f"shard_{r}.h5"), expected=expected,
+                                   present=expected - holes, missing=holes, status=status))
+    return RunInspection(shards=shards, missing=missing, sequence_ids=range(n)), (dead, short, lone)
+
+
+def _tick_labels_apart(fig) -> list[str]:
+    """Every pair of tick labels that overlap, as drawn (empty: none do)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    clashes = []
+    for ax in fig.axes:
+        for axis, along in ((ax.xaxis, 0), (ax.yaxis, 1)):
+            labels = [t for t in axis.get_ticklabels() if t.get_visible() and t.get_text()]
+            boxes = sorted(((t.get_window_extent(renderer), t.get_text()) for t in labels),
+                           key=lambda box: box[0].get_points()[0][along])
+            clashes += [f"{a} / {b}" for (box_a, a), (box_b, b) in itertools.pairwise(boxes) if box_a.overlaps(box_b)]
+    return clashes
+
+
+SCALES = [(8, 2_000), (64, 10**6), (256, 10**6), (1024, 10**7), (1024, 10**8)]
+
+
+@pytest.mark.parametrize(("ranks", "n"), SCALES, ids=[f"{r}x{n:.0e}" for r, n in SCALES])
+def test_heatmap_reads_at_any_scale(ranks, n):
+    found, (dead, short, lone) = _fake_run(ranks, n)
+    fig = plot_missing_heatmap(found)
+    assert _tick_labels_apart(fig) == []
+    width, height = fig.get_size_inches()
+    assert width <= 20
+    assert height <= 14
+    (ax,) = fig.axes
+    (image,) = ax.get_images()
+    cells = np.asarray(image.get_array(), dtype=float)
+    rows, columns = cells.shape
+    assert columns <= 1600, "more columns than pixels"
+    row_of = lambda r: r * rows // ranks  # noqa: E731
+    column_of = lambda j: j * columns // found.missing.shape[1]  # noqa: E731
+    assert cells[row_of(dead)].min() > 0, "a lost shard's row is drawn as missing all along"
+    assert cells[row_of(lone), column_of(found.missing.shape[1] // 3)] > 0, "a single missing sequence is seen"
+    present = [r for r in range(ranks) if r not in (dead, short, lone)][0]
+    assert cells[row_of(present)].max() in (0, 2) or row_of(present) in {row_of(dead), row_of(short), row_of(lone)}
+
+
+@pytest.mark.parametrize("ranks", [8, 64, 256, 1024])
+def test_counts_chart_reads_at_any_scale(ranks):
+    found, (dead, _, _) = _fake_run(ranks, 10**6)
+    fig = plot_shard_counts(found)
+    assert _tick_labels_apart(fig) == []
+    width, height = fig.get_size_inches()
+    assert width <= 20
+    assert height <= 14
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    if ranks > 16:  # one bar a rank; the lost ranks are named
+        assert f"absent (1): {dead}" in legend
+
+
+def test_the_tick_check_sees_an_overlap():
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.set_xticks(range(50), [f"label {i}" for i in range(50)])
+    assert _tick_labels_apart(fig)

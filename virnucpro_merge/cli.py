@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import logging
 import signal
 import sys
@@ -22,10 +23,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ._version import __version__
 from .checks import plan_merge
 from .errors import MergeError, ValidationError
-from .expected import read_expected_ids
+from .expected import iter_expected_ids, read_expected_ids
 from .inspection.tables import format_report
 from .merge import CHUNK_SIZE, LAYOUTS, ORDERS, aggregate_shards, materialize
-from .ranks import expand_shard_args
+from .ranks import expand_shard_args, run_index
 from .report import read_merge_report
 from .rerun import write_missing_fasta
 from .shards import get_shard_info
@@ -102,9 +103,12 @@ def _parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="check shards against the expected IDs, writing nothing")
     val.add_argument("shards", nargs="+", metavar="SHARD_OR_DIR", help=shards_help)
-    val.add_argument("--expected", type=Path, required=True, metavar="FILE",
-                     help="expected IDs: text, FASTA or index JSON")
+    val.add_argument("--expected", type=Path, metavar="FILE",
+                     help="expected IDs: text, FASTA or index JSON (required)")
     for command in (agg, val):
+        command.add_argument("--world-size", type=_positive_int, metavar="N",
+                             help="the number of workers, for a folder (default: read off the IDs' index "
+                                  "positions with --expected, else the highest rank found + 1)")
         dask = command.add_mutually_exclusive_group()
         dask.add_argument("--scheduler", metavar="ADDRESS",
                           help="check IDs on this Dask scheduler's workers (needs the dask extra)")
@@ -127,6 +131,19 @@ def _parser() -> argparse.ArgumentParser:
     rerun.add_argument("--index", required=True, type=Path, metavar="INDEX",
                        help="the run's sequence-index JSON (sequence_id, file_path, byte_offset)")
     rerun.add_argument("-o", "--output", required=True, type=Path, help="the FASTA file to write")
+
+    rep = sub.add_parser("report", help="write one self-contained HTML report of a run (needs the notebooks extra)")
+    rep.add_argument("run", nargs="+", metavar="RUN_DIR_OR_SHARDS",
+                     help="the run folder, or its shard files in rank order")
+    rep.add_argument("-o", "--output", required=True, type=Path, metavar="REPORT.html", help="the HTML file to write")
+    rep.add_argument("--expected", type=Path, metavar="FILE",
+                     help="expected IDs (default: the run folder's sequence_index.json, if any)")
+    rep.add_argument("--merged", type=Path, metavar="MERGED.h5", help="a merged output to report on as well")
+    rep.add_argument("--world-size", type=_positive_int, metavar="N",
+                     help="the number of workers (default: read off the IDs' index positions)")
+    rep.add_argument("--rerun-list", type=Path, metavar="FILE",
+                     help="where to write the missing IDs (default: <REPORT>-rerun.txt beside the report)")
+    rep.add_argument("--show-code", action="store_true", help="show the report notebook's code too")
 
     demo = sub.add_parser("demo", help="make a synthetic 8-worker run, merge it and report")
     demo.add_argument("directory", nargs="?", type=Path, default=Path("demo_run"), metavar="DIR",
@@ -161,17 +178,36 @@ def _expected_for(args: argparse.Namespace, client: object | None) -> list[str] 
     return args.expected if client is not None else read_expected_ids(args.expected)
 
 
+def _shards_for(args: argparse.Namespace, expected: list[str] | Path | None) -> list[Path]:
+    """The shard paths of the command line; a folder's ranks go up to the world size, given or
+    read off the IDs' index positions (so that a dead last rank is named too)."""
+    index_ids = iter_expected_ids(expected) if isinstance(expected, Path) else expected
+    return expand_shard_args(args.shards, world_size=args.world_size, index_ids=index_ids)
+
+
+def _index_hint(args: argparse.Namespace) -> str | None:
+    """The sequence index of a run folder on the command line, when --expected is not given."""
+    if args.expected is not None:
+        return None
+    indexes = [index for arg in args.shards if Path(arg).is_dir() and (index := run_index(arg)) is not None]
+    return str(indexes[0]) if indexes else None
+
+
 def _cmd_aggregate(args: argparse.Namespace) -> int:
-    shards = expand_shard_args(args.shards)
     if args.order == "index" and args.expected is None:
         msg = "--order index needs --expected (the run's sequence index, or IDs in index order)"
         raise MergeError(msg)
+    hint = _index_hint(args)
+    if hint is not None:
+        logger.info("hint: %s is this run's sequence index; with --expected %s the merge also checks "
+                    "that no sequence is missing", hint, hint)
     progress, redirect = _progress(args)
     with redirect, _dask_client(args) as client:
+        expected = _expected_for(args, client)
         output = aggregate_shards(
-            shards,
+            _shards_for(args, expected),
             args.output,
-            _expected_for(args, client),
+            expected,
             chunk_size=args.chunk_size,
             partial=args.partial,
             progress=progress,
@@ -190,9 +226,14 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    shards = expand_shard_args(args.shards)
+    if args.expected is None:
+        hint = _index_hint(args)
+        msg = "validate needs --expected FILE" + (f" (this run's sequence index is {hint})" if hint else "")
+        raise MergeError(msg)
     with _dask_client(args) as client:
-        plan = plan_merge(shards, _expected_for(args, client), partial=True, client=client)
+        expected = _expected_for(args, client)
+        shards = _shards_for(args, expected)
+        plan = plan_merge(shards, expected, partial=True, client=client)
     print(f"{len(shards)} shards, {plan.total_sequences} sequences, {plan.num_expected} expected IDs")
     for shard in plan.failed_shards:
         print(f"failed: {shard.path}: {shard.error}")
@@ -213,6 +254,25 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
 def _cmd_rerun(args: argparse.Namespace) -> int:
     written = write_missing_fasta(args.merged, args.index, args.output)
     logger.info("Wrote %d missing sequences to %s", written, args.output)
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    missing = [name for name in ("nbformat", "nbclient", "nbconvert", "ipykernel", "matplotlib")
+               if importlib.util.find_spec(name) is None]
+    if missing:
+        msg = f"report needs the notebooks extra ({', '.join(missing)}): pip install 'virnucpro-merge[notebooks]'"
+        raise MergeError(msg)
+    from .inspection.runreport import write_run_report
+
+    folder = Path(args.run[0]) if len(args.run) == 1 and Path(args.run[0]).is_dir() else None
+    run: Path | list[Path] = folder if folder is not None else expand_shard_args(args.run, world_size=args.world_size)
+    output = write_run_report(run, args.output, expected=args.expected, merged=args.merged,
+                              world_size=args.world_size, rerun_list=args.rerun_list, show_code=args.show_code)
+    if args.expected is None and folder is not None and (index := run_index(folder)) is not None:
+        logger.info("Expected IDs: %s, the run folder's sequence index", index)
+    rerun = args.rerun_list or output.with_name(f"{output.stem}-rerun.txt")
+    logger.info("Wrote %s%s", output, f" and the re-run list {rerun}" if rerun.exists() else "")
     return EXIT_OK
 
 
@@ -250,6 +310,7 @@ COMMANDS = {
     "info": _cmd_info,
     "materialize": _cmd_materialize,
     "rerun": _cmd_rerun,
+    "report": _cmd_report,
     "demo": _cmd_demo,
 }
 

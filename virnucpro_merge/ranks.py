@@ -8,14 +8,17 @@ convention, the run's ``sequence_index.json``.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .errors import MergeError
+from .errors import MergeError, ShardError
+from .shards import iter_id_chunks, open_shard
 
 __all__ = [
     "INDEX_NAME",
@@ -24,9 +27,16 @@ __all__ = [
     "rank_of",
     "rank_paths",
     "stride_positions",
+    "run_index",
+    "stride_step",
+    "world_size_of",
+    "sample_steps",
     "folder_shards",
     "expand_shard_args",
+    "listed",
 ]
+
+logger = logging.getLogger("virnucpro_merge")
 
 #: The sequence index the pipeline writes into its run folder.
 INDEX_NAME = "sequence_index.json"
@@ -68,17 +78,95 @@ def stride_positions(n_sequences: int, world_size: int, rank: int) -> np.ndarray
     return np.arange(rank, n_sequences, world_size)
 
 
-def folder_shards(directory: str | os.PathLike[str]) -> list[Path]:
-    """A run folder's shards in rank order, ranks ``0 .. highest``.
+def run_index(directory: str | os.PathLike[str]) -> Path | None:
+    """The run folder's sequence index (``sequence_index.json``), if it has one."""
+    index = Path(directory) / INDEX_NAME
+    return index if index.is_file() else None
 
-    A rank without a file in between is a worker that never wrote one, and is
-    listed all the same (a strict merge then names it; a partial one records it as
-    failed).
+
+def stride_step(rank: int, positions: Iterable[int] | np.ndarray) -> int:
+    """The greatest common divisor of ``p - rank`` over a rank's index positions ``p``.
+
+    In a stride run of world size ``N`` it is a multiple of ``N`` (0: the rank holds
+    no position other than its own rank).
+    """
+    offsets = np.abs(np.asarray(list(positions) if not isinstance(positions, np.ndarray) else positions,
+                                dtype=np.int64) - rank)
+    return int(np.gcd.reduce(offsets)) if offsets.size else 0
+
+
+def world_size_of(steps: Mapping[int, int]) -> int | None:
+    """The world size ``N`` of a stride run, from each rank's :func:`stride_step`.
+
+    Worker ``r`` holds positions ``r, r + N, r + 2N, ...``, so ``p - r`` is a multiple
+    of ``N`` for every position ``p`` of rank ``r``. ``N`` is the step that most ranks
+    agree on; it must exceed every rank seen. None when the steps cannot tell (no
+    rank holds two sequences) or disagree (then the ranks seen are all there is to
+    go by).
+
+    >>> world_size_of({0: 8, 1: 8, 6: 8})  # ranks 7 and up hold nothing
+    8
+    >>> world_size_of({0: 0, 1: 0}) is None
+    True
+    """
+    votes = Counter(step for step in steps.values() if step)
+    if not votes:
+        return None
+    (size, count), = votes.most_common(1)
+    if size <= max(steps) or count * 2 <= sum(votes.values()):
+        return None
+    return size
+
+
+def sample_steps(paths: Sequence[Path], index_ids: Iterable[str], sample: int = 4) -> dict[int, int]:
+    """Rank -> :func:`stride_step` of the first ``sample`` IDs of each readable shard named by rank.
+
+    The index is read only as far as those IDs lie (in a stride run, the first
+    ``sample`` x N positions); unreadable shards are passed over.
+    """
+    wanted: dict[str, int] = {}
+    for path in paths:
+        rank = rank_of(path)
+        if rank is None or not path.is_file():
+            continue
+        try:
+            with open_shard(path) as handle:
+                first = next(iter_id_chunks(handle, path, chunk=sample), [])
+        except ShardError:
+            continue
+        wanted.update(dict.fromkeys(first, rank))
+    found: dict[int, list[int]] = {}
+    left = len(wanted)
+    for position, sequence_id in enumerate(index_ids):
+        if not left:
+            break
+        rank = wanted.pop(sequence_id, None)
+        if rank is not None:
+            found.setdefault(rank, []).append(position)
+            left -= 1
+    return {rank: stride_step(rank, seen) for rank, seen in found.items()}
+
+
+def folder_shards(
+    directory: str | os.PathLike[str],
+    *,
+    world_size: int | None = None,
+    index_ids: Iterable[str] | None = None,
+) -> list[Path]:
+    """A run folder's shards in rank order, ranks ``0 .. N - 1``.
+
+    ``N`` is ``world_size`` when given; else it is inferred from the index positions
+    of the shards' first IDs (:func:`world_size_of`) when ``index_ids`` (the run's
+    IDs in index order) are given, so that dead *last* ranks are found too; else it
+    is the highest rank found, plus one. A rank without a file is a worker that
+    never wrote one, and is listed all the same (a strict merge then names it; a
+    partial one records it as failed).
 
     Raises
     ------
     MergeError
-        The folder holds no ``shard_<N>.h5`` file.
+        The folder holds no ``shard_<N>.h5`` file, or one whose rank is not below
+        ``world_size``.
     """
     directory = Path(directory)
     found = {}
@@ -89,18 +177,44 @@ def folder_shards(directory: str | os.PathLike[str]) -> list[Path]:
     if not found:
         msg = f"{directory}: no shard_<N>.h5 files in this folder"
         raise MergeError(msg)
-    return [found.get(rank, shard_path(directory, rank)) for rank in range(max(found) + 1)]
+    size = max(found) + 1
+    if world_size is not None:
+        if world_size < size:
+            msg = f"{found[max(found)]}: rank {max(found)} is not below the world size {world_size}"
+            raise MergeError(msg)
+        size = world_size
+    elif index_ids is not None:
+        inferred = world_size_of(sample_steps([found[rank] for rank in sorted(found)], index_ids))
+        if inferred is not None and inferred > size:
+            dead = [shard_name(r) for r in range(size, inferred)]
+            logger.info("World size %d, from the IDs' index positions: no %s", inferred, listed(dead))
+            size = inferred
+    return [found.get(rank, shard_path(directory, rank)) for rank in range(size)]
 
 
-def expand_shard_args(args: Iterable[str | os.PathLike[str]]) -> list[Path]:
+def listed(names: Sequence[str], most: int = 5) -> str:
+    """``a, b, c`` -- or ``a, b, c, d, e and 12 more`` past ``most`` names."""
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
+
+
+def expand_shard_args(
+    args: Iterable[str | os.PathLike[str]],
+    *,
+    world_size: int | None = None,
+    index_ids: Iterable[str] | None = None,
+) -> list[Path]:
     """Turn command-line arguments into shard paths.
 
     A directory stands for its ``shard_<rank>.h5`` files in numeric rank order
-    (``shard_2`` before ``shard_10``), as :func:`folder_shards` lists them; a file
-    stands for itself.
+    (``shard_2`` before ``shard_10``), as :func:`folder_shards` lists them (with
+    ``world_size`` and ``index_ids``); a file stands for itself.
     """
     paths: list[Path] = []
     for arg in args:
         path = Path(arg)
-        paths.extend(folder_shards(path) if path.is_dir() else [path])
+        if path.is_dir():
+            paths.extend(folder_shards(path, world_size=world_size, index_ids=index_ids))
+        else:
+            paths.append(path)
     return paths

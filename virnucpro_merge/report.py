@@ -19,6 +19,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -29,13 +30,28 @@ from .plan import MergePlan
 from .shards import REPORT_GROUP, open_shard, read_report_summary
 from .sources import source_problems
 
-__all__ = ["FORMAT_VERSION", "build_report", "record_nonfinite", "write_report", "read_merge_report"]
+__all__ = ["FORMAT_VERSION", "MergeReport", "build_report", "record_nonfinite", "write_report", "read_merge_report"]
 
 logger = logging.getLogger("virnucpro_merge")
 
 FORMAT_VERSION = 1
 #: Report fields kept as datasets (they grow with the run), with their HDF5 types.
 _ARRAYS = {"missing_ids": h5py.string_dtype(), "missing_positions": np.dtype("int64")}
+
+
+class MergeReport(dict):
+    """The report of a merge: a plain ``dict`` (see :func:`read_merge_report`) that, in a
+    notebook, shows itself as its findings and a table of the input shards."""
+
+    def _repr_html_(self) -> str:
+        from .inspection.tables import report_html  # the viewing wing draws; it needs no extra
+
+        return report_html(self)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        from .inspection.tables import format_report
+
+        printer.text(format_report(self))
 
 
 def _lineage(plan: MergePlan) -> list[dict]:
@@ -103,7 +119,7 @@ def write_report(handle: h5py.File, report: dict) -> None:
             group.create_dataset(name, data=data, shape=(len(values),), dtype=dtype)
 
 
-def read_merge_report(merged_path: str | os.PathLike[str]) -> dict:
+def read_merge_report(merged_path: str | os.PathLike[str]) -> MergeReport:
     """Read the provenance a merge stored in its output.
 
     For a virtual output, every source shard is checked too: any that is missing or
@@ -117,8 +133,8 @@ def read_merge_report(merged_path: str | os.PathLike[str]) -> dict:
 
     Returns
     -------
-    dict
-        ``total_sequences``, ``embedding_dim``, ``partial``, ``shards`` (each with
+    MergeReport
+        A ``dict``: ``total_sequences``, ``embedding_dim``, ``partial``, ``shards`` (each with
         ``path``, ``num_sequences``, ``offset``, ``status``: ``ok``, ``empty``
         or ``failed``, ``error``, ``nonfinite_rows``), ``failed_shards``,
         ``missing_ids``, ``num_missing``, ``num_extra``, ``num_expected``,
@@ -152,4 +168,4 @@ def read_merge_report(merged_path: str | os.PathLike[str]) -> dict:
         report["source_problems"] = source_problems(path, report.get("sources", []))
         for problem in report["source_problems"]:
             logger.warning("%s: its rows read as NaN (or from a same-named file in the current folder)", problem)
-    return report
+    return MergeReport(report)

@@ -16,12 +16,25 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .run import ABSENT, DUPLICATED, EMPTY, FAILED, INCOMPLETE, OK, STATUSES, RunInspection, ShardSummary, inspect_run
-from .tables import format_report, format_shard_table
+from .run import (
+    ABSENT,
+    DUPLICATED,
+    EMPTY,
+    FAILED,
+    INCOMPLETE,
+    OFF_STRIDE,
+    OK,
+    STATUS_COLORS,
+    STATUSES,
+    RunInspection,
+    ShardSummary,
+    inspect_run,
+)
+from .tables import format_report, format_shard_table, format_summary, rank_ranges
 
 if TYPE_CHECKING:
     from .memory import MIB, MemoryProfile, profile_memory, release_free_memory
-    from .plots import STATUS_COLORS, plot_memory_profile, plot_missing_heatmap, plot_peak_scaling, plot_shard_counts
+    from .plots import plot_memory_profile, plot_missing_heatmap, plot_peak_scaling, plot_shard_counts
 
 __all__ = [
     "OK",
@@ -30,13 +43,16 @@ __all__ = [
     "ABSENT",
     "FAILED",
     "DUPLICATED",
+    "OFF_STRIDE",
     "STATUSES",
+    "STATUS_COLORS",
     "ShardSummary",
     "RunInspection",
     "inspect_run",
     "format_shard_table",
+    "format_summary",
     "format_report",
-    "STATUS_COLORS",
+    "rank_ranges",
     "plot_shard_counts",
     "plot_missing_heatmap",
     "plot_memory_profile",
@@ -49,8 +65,8 @@ __all__ = [
 
 #: Names loaded on first use, and the module of each.
 _LAZY = {
-    **dict.fromkeys(("STATUS_COLORS", "plot_shard_counts", "plot_missing_heatmap", "plot_memory_profile",
-                     "plot_peak_scaling"), "plots"),
+    **dict.fromkeys(("plot_shard_counts", "plot_missing_heatmap", "plot_memory_profile", "plot_peak_scaling"),
+                    "plots"),
     **dict.fromkeys(("MIB", "MemoryProfile", "profile_memory", "release_free_memory"), "memory"),
 }
 

@@ -11,72 +11,121 @@ import this module.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.colors import ListedColormap
+from matplotlib.axis import Axis
+from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import FixedLocator, FuncFormatter
 
 from .memory import MIB, MemoryProfile
-from .run import STATUSES, RunInspection, ShardSummary
+from .run import ABSENT, EMPTY, FAILED, STATUS_COLORS, STATUSES, RunInspection, ShardSummary
+from .tables import rank_ranges
 
 __all__ = [
-    "STATUS_COLORS",
+    "MAX_FIGSIZE",
     "plot_shard_counts",
     "plot_missing_heatmap",
     "plot_memory_profile",
     "plot_peak_scaling",
 ]
 
-#: One colour per shard status (Okabe-Ito palette, safe for colour-blind readers).
-STATUS_COLORS = {
-    "ok": "#009E73",
-    "incomplete": "#E69F00",
-    "empty": "#CC79A7",
-    "duplicated": "#56B4E9",
-    "failed": "#D55E00",
-    "absent": "#000000",
-}
+#: No figure drawn here is larger than this (inches), however many ranks or sequences.
+MAX_FIGSIZE = (20.0, 14.0)
 _EXPECTED_COLOR = "#D9D9D9"
-# Heatmap cells: present, missing, padding (no sequence there).
-_HEATMAP_COLORS = ("#EDEDED", "#D55E00", "#FFFFFF")
+_FEW_RANKS = 16  # up to this many ranks, two bars a rank; past it, one (the fraction present)
+# Heatmap cells: present; part of a bin missing (up to 25, 50, 75, under 100 %); missing; padding.
+_HEATMAP_COLORS = ("#EDEDED", "#F6B26B", "#EE9040", "#E4741F", "#DA650C", "#D55E00", "#FFFFFF")
+_SPARSE_MARKS = 400  # at most this many blocks with a few missing get a marker (a one-pixel speck is easy to miss)
+_HEATMAP_BOUNDS = (-0.5, 1e-12, 0.25, 0.5, 0.75, 1 - 1e-12, 1.5, 2.5)
+_PADDING = 2
 
 
 def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
     if ax is None:
-        fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+        width, height = (min(a, b) for a, b in zip(figsize, MAX_FIGSIZE, strict=True))
+        fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
         return fig, ax
     root = ax.get_figure(root=True)
     assert isinstance(root, Figure)
     return root, ax
 
 
-def plot_shard_counts(
-    shards: Sequence[ShardSummary], *, ax: Axes | None = None, figsize: tuple[float, float] = (8.0, 3.2)
-) -> Figure:
-    """Bar chart of rows expected vs rows present per shard, coloured by status.
+def _axes_pixels(fig: Figure, ax: Axes) -> tuple[float, float]:
+    """About how many pixels wide and high the axes are (their place is final only when drawn)."""
+    box = ax.get_position()
+    return box.width * fig.get_figwidth() * fig.dpi * 0.85, box.height * fig.get_figheight() * fig.dpi * 0.8
 
-    Each rank gets two bars: a grey one for the rows its stride assignment
-    expected, and one for the rows its file holds, in its status's colour. A
-    shard without rows gets a cross on the axis instead; up to 12 ranks, the x
-    labels repeat the status.
+
+def _thin(axis: Axis, count: int, room_px: float, label_px: float, *, formatter: FuncFormatter | None = None
+          ) -> None:
+    """Ticks at ``0, s, 2s, ... < count``, ``s`` the least of 1, 2, 5, 10, 20, ... that leaves
+    each label of ``label_px`` room to spare in ``room_px``."""
+    fit = max(1, int(room_px / (label_px * 1.8)))
+    step = next(s for s in (m * 10**k for k in range(12) for m in (1, 2, 5)) if -(-count // s) <= fit)
+    axis.set_major_locator(FixedLocator(list(range(0, max(count, 1), step))))
+    if formatter is not None:
+        axis.set_major_formatter(formatter)
+
+
+def _font_px(fig: Figure, size: str = "medium") -> float:
+    """The height in pixels of text of a relative ``size`` (``small``: 0.833 of the font size)."""
+    scale = {"x-small": 0.694, "small": 0.833, "medium": 1.0}[size]
+    return float(plt.rcParams["font.size"]) * scale * fig.dpi / 72
+
+
+def _compact(value: float, _position: object = None) -> str:
+    """1,500 -> 1.5k; 35,000,000 -> 35M (tick labels of long axes)."""
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.4g}{unit}"
+    return f"{value:.0f}"
+
+
+def _summaries(shards: Sequence[ShardSummary] | RunInspection) -> list[ShardSummary]:
+    return list(shards.shards if isinstance(shards, RunInspection) else shards)
+
+
+def plot_shard_counts(
+    shards: Sequence[ShardSummary] | RunInspection,
+    *,
+    ax: Axes | None = None,
+    figsize: tuple[float, float] | None = None,
+) -> Figure:
+    """Rows per rank against its stride assignment, coloured by status.
+
+    Up to 16 ranks, each rank gets two bars: a grey one for the rows its stride
+    assignment expected, and one for the rows its file holds, in its status's
+    colour; a shard without rows gets a cross on the axis, and up to 12 ranks the x
+    labels repeat the status. Past 16 ranks, each rank gets one bar, the fraction
+    of its assignment its file holds, and the legend names the ranks of every status
+    but ``ok`` (failed and absent ones are also crossed on the axis).
 
     Parameters
     ----------
-    shards : sequence of ShardSummary
+    shards : RunInspection or sequence of ShardSummary
         From :func:`virnucpro_merge.inspection.inspect_run`.
     ax : matplotlib.axes.Axes, optional
         Draw here instead of on a new figure.
-    figsize : (float, float)
-        Size in inches of a new figure.
+    figsize : (float, float), optional
+        Size in inches of a new figure (by default, from the number of ranks).
 
     Returns
     -------
     matplotlib.figure.Figure
     """
+    summaries = _summaries(shards)
+    if len(summaries) <= _FEW_RANKS:
+        return _two_bars(summaries, ax, figsize or (8.0, 3.2))
+    return _fraction_present(summaries, ax, figsize or (min(20.0, 6.0 + len(summaries) / 64), 4.2))
+
+
+def _two_bars(shards: list[ShardSummary], ax: Axes | None, figsize: tuple[float, float]) -> Figure:
     fig, ax = _axes(ax, figsize)
     ranks = np.arange(len(shards))
     width = 0.4
@@ -93,7 +142,7 @@ def plot_shard_counts(
                       fontsize="small" if len(shards) <= 8 else "x-small")
         ax.set_xlabel("rank and status")
     else:
-        ax.set_xticks(ranks, [str(s.rank) for s in shards], fontsize="x-small", rotation=90)
+        ax.set_xticks(ranks, [str(s.rank) for s in shards], fontsize="x-small")
         ax.set_xlabel("rank")
     ax.set_ylabel("rows")
     ax.set_title("Rows per shard: expected vs present")
@@ -105,14 +154,75 @@ def plot_shard_counts(
     return fig
 
 
+def _fraction_present(shards: list[ShardSummary], ax: Axes | None, figsize: tuple[float, float]) -> Figure:
+    fig, ax = _axes(ax, figsize)
+    ranks = np.arange(len(shards))
+    known = any(s.expected for s in shards)
+    heights = np.array([s.present / s.expected if s.expected else float(s.present > 0) if known else s.present
+                        for s in shards], dtype=float)
+    colors = [STATUS_COLORS.get(s.status, "#999999") for s in shards]
+    ax.bar(ranks, heights, width=1.0, color=colors, linewidth=0)
+    if known:
+        ax.axhline(1.0, color="#8C8C8C", linewidth=0.8, linestyle="--", zorder=0)
+        ax.set_ylim(0, max(1.05, min(float(heights.max(initial=0)) * 1.05, 2.0)))
+    lost = [i for i, s in enumerate(shards) if s.status in (FAILED, ABSENT, EMPTY)]
+    top = ax.get_ylim()[1]
+    for y, marker in ((0.0, "x"), (top, "v")):  # a lost rank's bar is a gap: mark it below and above
+        ax.scatter(ranks[lost], np.full(len(lost), y), marker=marker, s=22, c=[colors[i] for i in lost],
+                   zorder=3, clip_on=False, linewidths=1)
+    ax.set_xlim(-0.5, len(shards) - 0.5)
+    width_px, _ = _axes_pixels(fig, ax)
+    _thin(ax.xaxis, len(shards), width_px, (len(str(len(shards) - 1)) * 0.62 + 0.8) * _font_px(fig))
+    ax.set_xlabel("rank")
+    ax.set_ylabel("share of its assignment present" if known else "rows")
+    ax.set_title(f"Rows per rank against its assignment, {len(shards)} ranks", pad=14)
+    handles = []
+    for status in STATUSES:
+        of_status = [s.rank for s in shards if s.status == status]
+        if of_status:
+            named = "" if status == "ok" else f": {rank_ranges(of_status, most=6)}"
+            handles.append(Patch(facecolor=STATUS_COLORS[status], label=f"{status} ({len(of_status)}){named}"))
+    ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def _binned(found: RunInspection, row_bin: int, col_bin: int) -> np.ndarray:
+    """Fraction missing of each block of ``row_bin`` ranks x ``col_bin`` positions (2: all padding)."""
+    ranks, width = found.missing.shape
+    n = len(found.sequence_ids)
+    col_starts, row_starts = np.arange(0, width, col_bin), np.arange(0, ranks, row_bin)
+    missing = np.add.reduceat(found.missing, col_starts, axis=1, dtype=np.int64)
+    missing = np.add.reduceat(missing, row_starts, axis=0)
+    # assigned cells of rank r: the first ceil((n - r) / N) columns
+    lengths = -(-(n - np.arange(ranks)) // ranks) if ranks else np.zeros(0, np.int64)
+    lengths = np.maximum(lengths, 0)
+    col_ends = np.minimum(col_starts + col_bin, width)
+    assigned = np.clip(lengths[:, None] - col_starts[None, :], 0, (col_ends - col_starts)[None, :])
+    assigned = np.add.reduceat(assigned, row_starts, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(assigned > 0, missing / np.maximum(assigned, 1), float(_PADDING))
+
+
+def _mark_sparse(ax: Axes, cells: np.ndarray, row_bin: int, col_bin: int) -> None:
+    """Ring the blocks of which under a quarter is missing, when there are few (single holes)."""
+    rows, columns = np.nonzero((cells > 0) & (cells <= 0.25))
+    if 0 < rows.size <= _SPARSE_MARKS:
+        ax.scatter((columns + 0.5) * col_bin - 0.5, (rows + 0.5) * row_bin - 0.5, s=40, marker="o",
+                   facecolors="none", edgecolors=_HEATMAP_COLORS[5], linewidths=1.2, zorder=3)
+
+
 def plot_missing_heatmap(
-    inspection: RunInspection, *, ax: Axes | None = None, figsize: tuple[float, float] = (7.0, 3.2)
+    inspection: RunInspection, *, ax: Axes | None = None, figsize: tuple[float, float] | None = None
 ) -> Figure:
     """Heatmap of missing sequences: one row per rank, one column per assigned position.
 
     Cell ``(r, j)`` is index position ``r + j * N``. A row that is missing all the
     way is a worker whose shard is lost; a row missing from some column on is a
-    worker that died part-way through its assignment.
+    worker that died part-way through its assignment. Where there are more
+    positions (or ranks) than pixels, each cell stands for a block of them and shows
+    the share missing, in shades: a block with a single missing sequence is never
+    drawn as present.
 
     Parameters
     ----------
@@ -120,24 +230,40 @@ def plot_missing_heatmap(
         From :func:`virnucpro_merge.inspection.inspect_run`.
     ax : matplotlib.axes.Axes, optional
         Draw here instead of on a new figure.
-    figsize : (float, float)
-        Size in inches of a new figure.
+    figsize : (float, float), optional
+        Size in inches of a new figure (by default, from the number of ranks).
 
     Returns
     -------
     matplotlib.figure.Figure
     """
-    fig, ax = _axes(ax, figsize)
-    cells = np.where(inspection.assigned, inspection.missing.astype(np.int8), 2)
-    ax.imshow(cells, cmap=ListedColormap(_HEATMAP_COLORS), vmin=0, vmax=2,
-              aspect="auto", interpolation="nearest")
-    ranks = np.arange(inspection.world_size)
-    ax.set_yticks(ranks, [f"rank {r}" for r in ranks], fontsize="small")
-    ax.set_xlabel(f"position j within the rank's assignment (index position = rank + j × {inspection.world_size})")
-    n = len(inspection.sequence_ids)
-    ax.set_title(f"Missing sequences: {inspection.num_missing} of {n}")
+    ranks, width = inspection.missing.shape
+    fig, ax = _axes(ax, figsize or (8.0, min(12.0, max(2.8, 1.8 + 0.12 * ranks))))
+    width_px, height_px = _axes_pixels(fig, ax)
+    col_bin, row_bin = max(1, math.ceil(width / max(width_px, 50))), max(1, math.ceil(ranks / max(height_px, 20)))
+    if col_bin == 1 and row_bin == 1:
+        cells = np.where(inspection.assigned, inspection.missing.astype(np.int8), _PADDING)
+    else:
+        cells = _binned(inspection, row_bin, col_bin)
+    ax.imshow(cells, cmap=ListedColormap(_HEATMAP_COLORS), norm=BoundaryNorm(_HEATMAP_BOUNDS, len(_HEATMAP_COLORS)),
+              aspect="auto", interpolation="nearest", extent=(-0.5, width - 0.5, ranks - 0.5, -0.5))
+    ax.tick_params(labelsize="small")
+    font_px = _font_px(fig, "small")
+    _thin(ax.yaxis, ranks, height_px, font_px * 0.9, formatter=FuncFormatter(lambda v, _: f"rank {v:.0f}"))
+    _thin(ax.xaxis, width, width_px, font_px * 3.8, formatter=FuncFormatter(_compact))
+    ax.set_ylim(ranks - 0.5, -0.5)
+    ax.set_xlim(-0.5, width - 0.5)
+    if col_bin > 1 or row_bin > 1:
+        _mark_sparse(ax, cells, row_bin, col_bin)
+    blocks = f"\neach cell: {col_bin:,} positions" if col_bin > 1 else ""
+    blocks += f" of {row_bin} ranks" if row_bin > 1 else ""
+    ax.set_xlabel(f"position j in the rank's assignment (index position = rank + j × {ranks}){blocks}")
+    ax.set_title(f"Missing sequences: {inspection.num_missing} of {len(inspection.sequence_ids)}")
     handles = [Patch(facecolor=_HEATMAP_COLORS[0], edgecolor="#8C8C8C", label="present"),
-               Patch(facecolor=_HEATMAP_COLORS[1], label="missing")]
+               Patch(facecolor=_HEATMAP_COLORS[5], label="missing")]
+    if col_bin > 1 or row_bin > 1:
+        handles[1:1] = [Patch(facecolor=_HEATMAP_COLORS[1], label="some of a cell missing"),
+                        Patch(facecolor=_HEATMAP_COLORS[3], label="most of a cell missing")]
     ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
 

@@ -1,9 +1,9 @@
-"""Inspect a run's shards as plain data: what each worker wrote, and where the holes are.
+"""Inspect a run as it is: what each worker wrote, and where the holes are.
 
 A run of ``N`` workers gives worker ``r`` the sequence-index positions
-``r, r + N, r + 2N, ...`` (the stride distribution). Knowing the index (the run's
-sequence IDs in order) and the shard files, :func:`inspect_run` works out, reading
-sequence IDs only and never embeddings:
+``r, r + N, r + 2N, ...`` (the stride distribution). From the shard files and the
+run's IDs in index order (its ``sequence_index.json``, any expected-ID file, or a
+list), :func:`inspect_run` works out, reading sequence IDs only and never embeddings:
 
 - a :class:`ShardSummary` per rank: rows expected from the stride assignment, rows
   present in the file, and a status;
@@ -14,20 +14,34 @@ The matrix is rectangular, ``(N, ceil(n / N))``; when ``n`` is not a multiple of
 ``N`` the last ranks have one sequence fewer, and their last cell is padding:
 ``False`` in ``missing`` and ``False`` in the ``assigned`` mask that comes with it.
 Cell ``(r, j)`` stands for index position ``r + j * N``.
+
+The world size ``N`` is the one given, else the one the IDs' index positions show
+(so that a dead *last* rank is found), else the number of ranks seen. The IDs are
+held as the merge holds them, not as Python strings: a 64-bit hash and the UTF-8
+bytes of each expected ID (about 34 bytes an ID in all); every hash that matches is
+checked against those bytes, so every answer is exact.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
-from ..errors import ShardError
-from ..ranks import stride_positions
-from ..shards import iter_id_chunks, open_shard, read_shard_meta
+from ..errors import MergeError, ShardError
+from ..expected import iter_expected_ids
+from ..ranks import folder_shards, listed, rank_of, run_index, shard_path, stride_positions, world_size_of
+from ..shards import iter_id_blocks, open_shard, read_shard_meta
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
 
 __all__ = [
     "OK",
@@ -36,11 +50,15 @@ __all__ = [
     "ABSENT",
     "FAILED",
     "DUPLICATED",
+    "OFF_STRIDE",
     "STATUSES",
+    "STATUS_COLORS",
     "ShardSummary",
     "RunInspection",
     "inspect_run",
 ]
+
+logger = logging.getLogger("virnucpro_merge")
 
 # The status of a rank: what its shard holds against what it was assigned. (Not
 # the status of a shard in a merge report, plan.ShardStatus: "empty" and "failed"
@@ -51,9 +69,21 @@ EMPTY = "empty"  # readable, no rows, although sequences were assigned
 ABSENT = "absent"  # no file
 FAILED = "failed"  # a file that cannot be read as a shard (truncated, corrupt)
 DUPLICATED = "duplicated"  # an ID twice in the file, or in an earlier rank's (a merge refuses it)
+OFF_STRIDE = "off-stride"  # its IDs are not at positions rank + j * N (a run resumed with another N?)
 
 #: Every status, best first (the order plots use for their legend).
-STATUSES = (OK, INCOMPLETE, EMPTY, DUPLICATED, FAILED, ABSENT)
+STATUSES = (OK, INCOMPLETE, EMPTY, DUPLICATED, OFF_STRIDE, FAILED, ABSENT)
+
+#: One colour per status, for plots and tables alike (Okabe-Ito: safe for colour-blind readers).
+STATUS_COLORS = {
+    OK: "#009E73",
+    INCOMPLETE: "#E69F00",
+    EMPTY: "#CC79A7",
+    DUPLICATED: "#56B4E9",
+    OFF_STRIDE: "#0072B2",
+    FAILED: "#D55E00",
+    ABSENT: "#000000",
+}
 
 
 @dataclass(frozen=True)
@@ -75,7 +105,8 @@ class ShardSummary:
     status : str
         ``absent`` (no file), ``failed`` (unreadable), ``duplicated`` (an ID it
         holds is repeated in it or was already in a lower rank's shard: a merge
-        refuses this), ``empty`` (no rows although sequences were assigned),
+        refuses this), ``off-stride`` (it holds IDs at index positions that are not
+        ``rank + j * N``), ``empty`` (no rows although sequences were assigned),
         ``incomplete`` (part of the assignment is in no shard) or ``ok``, the
         first that applies.
     error : str or None
@@ -91,9 +122,35 @@ class ShardSummary:
     error: str | None = None
 
 
-@dataclass(frozen=True)
+class _EncodedIds(Sequence[str]):
+    """The run's IDs in index order, held as one fixed-width bytes array (UTF-8)."""
+
+    def __init__(self, encoded: np.ndarray) -> None:
+        self.encoded = encoded
+
+    def __len__(self) -> int:
+        return int(self.encoded.size)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [value.decode() for value in self.encoded[index].tolist()]
+        return self.encoded[index].decode()
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} sequence IDs>"
+
+
+@dataclass(frozen=True, repr=False)
 class RunInspection:
-    """The per-shard summary and the missing-ID matrix of one run.
+    """The per-rank summary and the missing-ID matrix of one run.
+
+    In a notebook it shows itself as a summary and a per-rank table (statuses
+    coloured as in the plots); :meth:`to_frame` gives a pandas DataFrame, one row per
+    rank; :meth:`plot_counts` and :meth:`plot_missing` draw the two pictures.
 
     Attributes
     ----------
@@ -102,17 +159,24 @@ class RunInspection:
     missing : numpy.ndarray
         bool ``(world_size, ceil(n / world_size))``: True where the sequence at
         index position ``rank + j * world_size`` is in no shard.
-    assigned : numpy.ndarray
-        bool, same shape: True where the cell stands for a real index position,
-        False for the padding at the end of shorter assignments.
-    sequence_ids : list of str
-        The run's sequence IDs in index order.
+    sequence_ids : sequence of str
+        The run's sequence IDs in index order (empty when none were given).
+    num_extra : int
+        IDs in the shards that are not among ``sequence_ids``.
+    expected_from : str or None
+        Where ``sequence_ids`` came from (a file name, or "a list").
+    world_size_from : str
+        How the world size was found: "given", "the IDs' index positions" or
+        "the shard files".
     """
 
     shards: list[ShardSummary]
     missing: np.ndarray
-    assigned: np.ndarray
-    sequence_ids: list[str]
+    sequence_ids: Sequence[str]
+    num_extra: int = 0
+    expected_from: str | None = None
+    world_size_from: str = "the shard files"
+    _missing_ids: list[str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def world_size(self) -> int:
@@ -120,16 +184,39 @@ class RunInspection:
         return len(self.shards)
 
     @property
+    def assigned(self) -> np.ndarray:
+        """bool, the shape of ``missing``: True where a cell stands for a real index
+        position, False for the padding at the end of shorter assignments."""
+        ranks, width = self.missing.shape
+        return np.arange(width)[None, :] * ranks + np.arange(ranks)[:, None] < len(self.sequence_ids)
+
+    @property
     def num_missing(self) -> int:
         """Number of expected sequences found in no shard."""
         return int(self.missing.sum())
 
     @property
+    def num_present(self) -> int:
+        """Rows in all the shards together."""
+        return sum(s.present for s in self.shards)
+
+    @property
     def missing_ids(self) -> list[str]:
         """The IDs of the missing sequences, sorted."""
+        if self._missing_ids is not None:
+            return list(self._missing_ids)
         ranks, columns = np.nonzero(self.missing)
         positions = ranks + columns * self.world_size
         return sorted(self.sequence_ids[p] for p in positions.tolist())
+
+    def by_status(self) -> dict[str, list[int]]:
+        """The ranks of each status that occurs, best status first."""
+        found: dict[str, list[int]] = {}
+        for status in STATUSES:
+            ranks = [s.rank for s in self.shards if s.status == status]
+            if ranks:
+                found[status] = ranks
+        return found
 
     def counts(self) -> dict[str, list]:
         """The summary as columns (``rank``, ``expected``, ``present``, ``missing``, ``status``)."""
@@ -141,19 +228,227 @@ class RunInspection:
             "status": [s.status for s in self.shards],
         }
 
+    def to_frame(self) -> pd.DataFrame:
+        """The per-rank summary as a pandas DataFrame (pandas comes with the notebooks extra).
 
-def _read_ids(path: Path) -> list[str]:
-    """Every sequence ID in one shard (raises ShardError when it cannot be read)."""
-    with open_shard(path) as handle:
-        read_shard_meta(handle, path)
-        ids: list[str] = []
-        for chunk in iter_id_chunks(handle, path):
-            ids.extend(chunk)
-    return ids
+        One row per rank, indexed by rank: ``shard`` (file name), ``expected``,
+        ``present``, ``missing``, ``status`` and ``error``.
+        """
+        from .tables import rank_frame
+
+        return rank_frame(self)
+
+    def __repr__(self) -> str:
+        return (f"<RunInspection: {self.world_size} ranks, {len(self.sequence_ids):,} sequences expected, "
+                f"{self.num_present:,} rows present, {self.num_missing:,} missing>")
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        from .tables import format_shard_table, format_summary
+
+        printer.text(f"{format_summary(self)}\n\n{format_shard_table(self.shards)}")
+
+    def _repr_html_(self) -> str:
+        from .tables import inspection_html
+
+        return inspection_html(self)
+
+    def plot_counts(self, **options: Any) -> Figure:
+        """:func:`~virnucpro_merge.inspection.plots.plot_shard_counts` of this run."""
+        from .plots import plot_shard_counts
+
+        return plot_shard_counts(self, **options)
+
+    def plot_missing(self, **options: Any) -> Figure:
+        """:func:`~virnucpro_merge.inspection.plots.plot_missing_heatmap` of this run."""
+        from .plots import plot_missing_heatmap
+
+        return plot_missing_heatmap(self, **options)
+
+
+# --------------------------------------------------------------------------- the expected IDs
+
+_BLOCK = 2**16
+_MAX_WIDTH = 1024  # past this many bytes an ID, the IDs are kept as bytes objects instead
+
+
+class _Lookup:
+    """Where each expected ID sits in the index: sorted 64-bit hashes of the UTF-8 bytes,
+    the positions in that order, and the bytes themselves, to check every match."""
+
+    def __init__(self, ids: Iterable[str]) -> None:
+        blocks, hashes = [], []
+        iterator = iter(ids)
+        while block := [s.encode() for s in itertools.islice(iterator, _BLOCK)]:
+            hashes.append(np.fromiter(map(hash, block), dtype=np.int64, count=len(block)))
+            blocks.append(np.array(block, dtype=bytes))
+        self.n = sum(b.size for b in blocks)
+        width = max((b.dtype.itemsize for b in blocks), default=1)
+        if width > _MAX_WIDTH:  # one very long ID would make every row that long
+            self.encoded = np.concatenate([b.astype(object) for b in blocks])
+        else:
+            self.encoded = np.concatenate(blocks) if blocks else np.empty(0, "S1")
+        del blocks
+        flat = np.concatenate(hashes) if hashes else np.empty(0, np.int64)
+        del hashes
+        self.order = np.argsort(flat, kind="stable")
+        self.sorted = flat[self.order]
+        del flat
+        # A hash that several expected IDs share (an ID listed twice, or a collision):
+        # those IDs are looked up by their bytes instead.
+        repeated = np.flatnonzero(self.sorted[1:] == self.sorted[:-1])
+        self.shared = np.unique(self.sorted[repeated])
+        self.by_bytes: dict[bytes, list[int]] = {}
+        for position in self.order[np.isin(self.sorted, self.shared)].tolist():
+            self.by_bytes.setdefault(_as_bytes(self.encoded[position]), []).append(position)
+
+    def positions(self, raw: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For a block of IDs (bytes): the index positions of the expected ones, a mask of
+        those that are not expected, and every ID's hash."""
+        hashes = np.fromiter(map(hash, raw), dtype=np.int64, count=len(raw))
+        expected = np.zeros(len(raw), bool)
+        shared = np.isin(hashes, self.shared) if self.shared.size else np.zeros(len(raw), bool)
+        where = np.minimum(np.searchsorted(self.sorted, hashes), max(self.n - 1, 0))
+        candidates = np.flatnonzero((self.sorted[where] == hashes) & ~shared) if self.n else np.empty(0, np.int64)
+        found = self.order[where[candidates]]
+        theirs = np.array([raw[i] for i in candidates.tolist()], dtype=object if self.encoded.dtype == object
+                          else bytes)
+        same = self.encoded[found] == theirs  # every match checked: a collision is not a match
+        expected[candidates[same]] = True
+        positions = [found[same]]
+        for i in np.flatnonzero(shared).tolist():
+            also = self.by_bytes.get(raw[i])
+            if also:
+                expected[i] = True
+                positions.append(np.array(also, dtype=np.int64))
+        return np.concatenate(positions), ~expected, hashes
+
+
+def _as_bytes(value: object) -> bytes:
+    return value if isinstance(value, bytes) else bytes(value)  # type: ignore[call-overload]
+
+
+# --------------------------------------------------------------------------- the shards
+
+
+@dataclass
+class _Scan:
+    """What reading one rank's shard found."""
+
+    present: int = 0
+    status: str | None = None  # ABSENT, FAILED or DUPLICATED when one applies
+    error: str | None = None
+    step: int = 0  # stride_step of the positions it holds
+    extra: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (hashes, rows) of unexpected IDs
+
+
+def _scan(rank: int, path: Path, lookup: _Lookup, present: np.ndarray) -> _Scan:
+    scan = _Scan()
+    if not path.exists():
+        return _Scan(status=ABSENT, error="file does not exist")
+    try:
+        with open_shard(path) as handle:
+            scan.present = read_shard_meta(handle, path).num_sequences
+            row = 0
+            for block in iter_id_blocks(handle, path):
+                raw = block.tolist()
+                try:
+                    b"\x00".join(raw).decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise ShardError(path, f"a sequence ID near row {row} is not valid UTF-8") from err
+                positions, unexpected, hashes = lookup.positions(raw)
+                if positions.size:
+                    if present[positions].any() or np.unique(positions).size != positions.size:
+                        scan.status = DUPLICATED
+                    present[positions] = True
+                    scan.step = int(np.gcd.reduce(np.append(np.abs(positions - rank), scan.step)))
+                if unexpected.any():
+                    rows = np.flatnonzero(unexpected)
+                    scan.extra.append((hashes[rows], rows + row))
+                row += len(raw)
+    except ShardError as err:
+        return _Scan(status=FAILED, error=err.problem)
+    return scan
+
+
+def _repeated_extras(paths: Sequence[Path], scans: Sequence[_Scan]) -> set[int]:
+    """Ranks holding an unexpected ID that a lower rank (or the same file, earlier) holds too.
+
+    The unexpected IDs were kept as hashes; a repeated hash is read again from the
+    shards and compared as bytes, so a collision is never taken for a repeat.
+    """
+    hashes = [h for scan in scans for h, _ in scan.extra]
+    if not hashes:
+        return set()
+    flat = np.concatenate(hashes)
+    ordered = np.sort(flat)
+    repeated = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+    if not repeated:
+        return set()
+    first: dict[bytes, int] = {}
+    ranks = set()
+    for rank, (path, scan) in enumerate(zip(paths, scans, strict=True)):
+        for block_hashes, rows in scan.extra:
+            wanted = rows[np.isin(block_hashes, list(repeated))]
+            if not wanted.size:
+                continue
+            with open_shard(path) as handle:
+                values = handle["sequence_ids"][np.sort(wanted)].tolist()
+            for value in values:
+                if value in first:
+                    ranks.add(rank)
+                first.setdefault(value, rank)
+    return ranks
+
+
+# --------------------------------------------------------------------------- inspect_run
+
+
+def _shard_list(run: object, world_size: int | None) -> tuple[list[Path], Path | None]:
+    """The per-rank shard paths of ``run`` (a folder, or a list), and the folder if it is one."""
+    if isinstance(run, str | os.PathLike):
+        folder = Path(run)
+        if folder.is_dir():
+            return folder_shards(folder, world_size=world_size), folder
+        problem = "is a file" if folder.exists() else "does not exist"
+        msg = f"{folder}: {problem}; inspect_run takes a run folder, or a list of shard files in rank order"
+        raise MergeError(msg)
+    if isinstance(run, bytes) or not isinstance(run, Sequence | np.ndarray) or isinstance(run, str):
+        msg = f"inspect_run takes a run folder or a list of shard files in rank order, not {type(run).__name__}"
+        raise MergeError(msg)
+    paths = [Path(p) for p in list(run)]
+    if not paths:
+        msg = "No shard files provided"
+        raise MergeError(msg)
+    if world_size is not None and world_size < len(paths):
+        msg = f"{len(paths)} shard files for a world size of {world_size}"
+        raise MergeError(msg)
+    return paths, None
+
+
+def _expected_ids(expected: object, folder: Path | None) -> tuple[Iterable[str] | None, str | None]:
+    """The expected IDs in index order, and where they come from (for the summary)."""
+    if expected is None:
+        index = run_index(folder) if folder is not None else None
+        if index is None:
+            return None, None
+        logger.info("Expected IDs from %s, the run folder's sequence index", index)
+        return iter_expected_ids(index), f"{index.name}, the run folder's index"
+    if isinstance(expected, str | os.PathLike):
+        return iter_expected_ids(expected), Path(expected).name
+    if isinstance(expected, set | frozenset):
+        msg = "inspect_run needs the expected IDs in index order (a list or a file), not a set"
+        raise MergeError(msg)
+    if not isinstance(expected, Iterable):
+        msg = f"expected must be an expected-ID file or a list of IDs in index order, not {type(expected).__name__}"
+        raise MergeError(msg)
+    return expected, "a list"
 
 
 def inspect_run(
-    shard_files: Sequence[str | os.PathLike[str]], sequence_ids: Sequence[str]
+    run: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    expected: str | os.PathLike[str] | Sequence[str] | None = None,
+    *,
+    world_size: int | None = None,
 ) -> RunInspection:
     """Compare each rank's shard with its stride assignment; locate every missing ID.
 
@@ -162,13 +457,18 @@ def inspect_run(
 
     Parameters
     ----------
-    shard_files : sequence of path-like
-        One path per rank, in rank order, including ranks whose file is absent
-        (see :func:`virnucpro_merge.ranks.rank_paths`); the world size is
-        ``len(shard_files)``.
-    sequence_ids : sequence of str
-        The run's sequence IDs in index (run) order, e.g. from
-        :func:`virnucpro_merge.read_expected_ids` on the sequence-index JSON.
+    run : path-like or sequence of path-like
+        A run folder (its ``shard_<rank>.h5`` files, in rank order), or one path per
+        rank, in rank order, including ranks whose file is absent (see
+        :func:`virnucpro_merge.ranks.rank_paths`).
+    expected : path-like or sequence of str, optional
+        The run's sequence IDs in index (run) order: the sequence-index JSON or any
+        expected-ID file, or a list. By default, a run folder's
+        ``sequence_index.json`` when it has one.
+    world_size : int, optional
+        The number of workers. By default it is read off the IDs' index positions
+        (worker ``r`` holds positions ``r, r + N, ...``), so that dead last ranks
+        are found too, or else it is the number of shard files.
 
     Returns
     -------
@@ -177,8 +477,10 @@ def inspect_run(
 
     Raises
     ------
-    ValueError
-        No shard files.
+    MergeError
+        (a ``ValueError``) No shard files, or arguments of the wrong kind.
+    ExpectedIdsError
+        The expected-ID file cannot be read.
 
     Examples
     --------
@@ -196,52 +498,62 @@ def inspect_run(
     array([[0, 0, 0, 0],
            [0, 0, 0, 0],
            [1, 1, 1, 0]])
+    >>> inspect_run(tmp.name).world_size  # the folder: its index gives the IDs, they give N
+    3
     >>> tmp.cleanup()
     """
-    if not shard_files:
-        msg = "No shard files provided"
-        raise ValueError(msg)
-    paths = [Path(p) for p in shard_files]
-    world_size = len(paths)
-    n = len(sequence_ids)
-    width = -(-n // world_size)  # ceil
+    if world_size is not None and (isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1):
+        msg = f"world_size must be a positive integer, got {world_size!r}"
+        raise MergeError(msg)
+    paths, folder = _shard_list(run, world_size)
+    ids, expected_from = _expected_ids(expected, folder)
+    lookup = _Lookup(ids if ids is not None else ())
+    n = lookup.n
+    present = np.zeros(n, dtype=bool)
+    scans = [_scan(rank, path, lookup, present) for rank, path in enumerate(paths)]
+    for rank in _repeated_extras(paths, scans):
+        if scans[rank].status is None:
+            scans[rank].status = DUPLICATED
 
-    found: set[str] = set()
-    reads: list[tuple[int, str, str | None]] = []  # (rows present, status, error)
-    for path in paths:
-        if not path.exists():
-            reads.append((0, ABSENT, "file does not exist"))
-            continue
-        try:
-            ids = _read_ids(path)
-        except ShardError as err:
-            reads.append((0, FAILED, err.problem))
-            continue
-        unique = set(ids)
-        repeats = len(unique) != len(ids) or not found.isdisjoint(unique)
-        found |= unique
-        reads.append((len(ids), DUPLICATED if repeats else OK, None))
+    size, size_from = len(paths), "the shard files"
+    if world_size is not None:
+        size, size_from = world_size, "given"
+    else:
+        inferred = world_size_of({rank: scan.step for rank, scan in enumerate(scans) if scan.status != FAILED})
+        named = all(rank_of(p) == r for r, p in enumerate(paths)) and len({p.parent for p in paths}) == 1
+        if inferred == size:
+            size_from = "the IDs' index positions"
+        if inferred is not None and inferred > size and named:
+            logger.info("World size %d, from the IDs' index positions: no %s", inferred,
+                        listed([p.name for p in (shard_path(paths[0].parent, r) for r in range(size, inferred))]))
+            size, size_from = inferred, "the IDs' index positions"
+    if size > len(paths):
+        paths += [shard_path(paths[0].parent, rank) for rank in range(len(paths), size)]
+        scans += [_Scan(status=ABSENT, error="file does not exist") for _ in range(len(scans), size)]
 
-    missing = np.zeros((world_size, width), dtype=bool)
-    assigned = np.zeros((world_size, width), dtype=bool)
+    width = -(-n // size)  # ceil
+    cells = np.zeros(size * width, dtype=bool)
+    cells[:n] = ~present
+    missing = cells.reshape(width, size).T.copy()
     shards = []
-    for rank, (path, (present, status, error)) in enumerate(zip(paths, reads, strict=True)):
-        positions = stride_positions(n, world_size, rank)
-        assigned[rank, : positions.size] = True
-        holes = np.array([sequence_ids[p] not in found for p in positions.tolist()], dtype=bool)
-        missing[rank, : positions.size] = holes
-        n_missing = int(holes.sum())
-        if status == OK and n_missing:
-            status = EMPTY if present == 0 else INCOMPLETE
-        shards.append(
-            ShardSummary(
-                rank=rank,
-                path=path,
-                expected=int(positions.size),
-                present=present,
-                missing=n_missing,
-                status=status,
-                error=error,
-            )
-        )
-    return RunInspection(shards=shards, missing=missing, assigned=assigned, sequence_ids=list(sequence_ids))
+    for rank, (path, scan) in enumerate(zip(paths, scans, strict=True)):
+        assigned = int(stride_positions(n, size, rank).size)
+        holes = int(missing[rank].sum())
+        status = scan.status
+        if status is None and scan.step % size:
+            status = OFF_STRIDE
+        if status is None and holes:
+            status = EMPTY if scan.present == 0 else INCOMPLETE
+        shards.append(ShardSummary(rank=rank, path=path, expected=assigned, present=scan.present, missing=holes,
+                                   status=status or OK, error=scan.error))
+    num_extra = sum(rows.size for scan in scans for _, rows in scan.extra)
+    if ids is not None and isinstance(ids, Sequence) and not isinstance(ids, str):
+        sequence_ids: Sequence[str] = ids
+        missing_ids = None
+    else:
+        sequence_ids = _EncodedIds(lookup.encoded)
+        absent_encoded = lookup.encoded[~present]
+        missing_ids = [_as_bytes(v).decode() for v in np.sort(absent_encoded).tolist()]
+    return RunInspection(shards=shards, missing=missing, sequence_ids=sequence_ids, num_extra=num_extra,
+                         expected_from=expected_from, world_size_from=size_from, _missing_ids=missing_ids)
+

@@ -1,18 +1,50 @@
-"""Every text table of the viewing wing: a run's per-rank summary and a merge's report.
+"""Every table of the viewing wing: a run's per-rank summary and a merge's report, as text,
+as HTML (how they show in a notebook) and as a pandas DataFrame.
 
-Plain text (fixed-width), so that they read the same in a terminal, a notebook's
-output and an nbval comparison. Paths are shown by file name only, so a table reads
-the same wherever the run lives.
+Text is fixed-width, so that it reads the same in a terminal, a notebook's output and
+an nbval comparison. Paths are shown by file name only, so a table reads the same
+wherever the run lives. Nothing here needs matplotlib; pandas is imported by
+:func:`rank_frame` alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import html
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .run import ShardSummary
+from .run import STATUS_COLORS, RunInspection, ShardSummary
 
-__all__ = ["format_shard_table", "format_report"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "rank_ranges",
+    "format_shard_table",
+    "format_summary",
+    "format_report",
+    "rank_frame",
+    "inspection_html",
+    "report_html",
+]
+
+
+def rank_ranges(ranks: Sequence[int], most: int = 12) -> str:
+    """Ranks as runs: ``0-3, 7, 9-12`` (at most ``most`` runs, then ``and N more ranks``).
+
+    >>> rank_ranges([0, 1, 2, 3, 7, 9, 10])
+    '0-3, 7, 9-10'
+    """
+    runs: list[list[int]] = []
+    for rank in sorted(ranks):
+        if runs and rank == runs[-1][1] + 1:
+            runs[-1][1] = rank
+        else:
+            runs.append([rank, rank])
+    shown = [f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:most]]
+    rest = sum(b - a + 1 for a, b in runs[most:])
+    return ", ".join(shown) + (f" and {rest} more ranks" if rest else "")
 
 
 def format_shard_table(shards: Sequence[ShardSummary]) -> str:
@@ -32,8 +64,85 @@ def format_shard_table(shards: Sequence[ShardSummary]) -> str:
     return "\n".join(lines)
 
 
+def _summary_lines(found: RunInspection) -> list[str]:
+    expected = len(found.sequence_ids)
+    lines = [f"world size: {found.world_size} (from {found.world_size_from})"]
+    if found.expected_from is None:
+        lines.append(f"sequences present: {found.num_present:,}; no expected IDs given, so none can be missing")
+    else:
+        lines.append(f"sequences expected: {expected:,} (from {found.expected_from})")
+        lines.append(f"sequences present: {found.num_present:,} rows; missing: {found.num_missing:,}; "
+                     f"not expected: {found.num_extra:,}")
+    lines.append("ranks by status: " + "; ".join(f"{status} {len(ranks)} ({rank_ranges(ranks)})"
+                                                 for status, ranks in found.by_status().items()))
+    return lines
 
-def format_report(report: dict) -> str:
+
+def format_summary(found: RunInspection) -> str:
+    """A run's summary in a few lines: world size, sequences expected, present and missing,
+    and the ranks of each status."""
+    return "\n".join(_summary_lines(found))
+
+
+def rank_frame(found: RunInspection) -> pd.DataFrame:
+    """The per-rank summary as a pandas DataFrame, one row per rank (indexed by rank)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "shard": [s.path.name for s in found.shards],
+            "expected": [s.expected for s in found.shards],
+            "present": [s.present for s in found.shards],
+            "missing": [s.missing for s in found.shards],
+            "status": pd.Categorical([s.status for s in found.shards], categories=list(STATUS_COLORS)),
+            "error": [s.error for s in found.shards],
+        },
+        index=pd.RangeIndex(found.world_size, name="rank"),
+    )
+    return frame
+
+
+_TABLE_STYLE = ("border-collapse: collapse; font-size: 0.9em; font-variant-numeric: tabular-nums;")
+_CELL = "padding: 0.15em 0.6em; border-bottom: 1px solid #ddd; white-space: nowrap;"
+
+
+#: The colours of a merge report's shard statuses (its own meanings: "empty" is a valid shard without rows).
+_SHARD_COLORS = {"ok": STATUS_COLORS["ok"], "empty": "#999999", "failed": STATUS_COLORS["failed"]}
+
+
+def _badge(status: str, color: str | None = None) -> str:
+    color = color or STATUS_COLORS.get(status, "#999999")
+    return (f'<span style="display: inline-block; width: 0.8em; height: 0.8em; margin-right: 0.4em; '
+            f'background: {color}; vertical-align: baseline;"></span>{html.escape(status)}')
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[bool], scroll: bool) -> str:
+    head = "".join(f'<th style="{_CELL} text-align: {"right" if r else "left"};">{html.escape(h)}</th>'
+                   for h, r in zip(headers, right, strict=True))
+    body = "".join(
+        "<tr>" + "".join(f'<td style="{_CELL} text-align: {"right" if r else "left"};">{cell}</td>'
+                         for cell, r in zip(row, right, strict=True)) + "</tr>"
+        for row in rows
+    )
+    table = f'<table style="{_TABLE_STYLE}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    height = " max-height: 28em; overflow-y: auto;" if scroll else ""
+    return f'<div style="overflow-x: auto;{height}">{table}</div>'  # a narrow page scrolls it, never squashes it
+
+
+def inspection_html(found: RunInspection) -> str:
+    """How a :class:`RunInspection` shows in a notebook: its summary and per-rank table."""
+    summary = "".join(f"<li>{html.escape(line)}</li>" for line in _summary_lines(found))
+    rows = [
+        [str(s.rank), html.escape(s.path.name), f"{s.expected:,}", f"{s.present:,}", f"{s.missing:,}",
+         _badge(s.status), html.escape(s.error or "")]
+        for s in found.shards
+    ]
+    table = _table(["rank", "shard", "expected", "present", "missing", "status", "problem"], rows,
+                   right=[True, False, True, True, True, False, False], scroll=len(rows) > 20)
+    return f'<div class="virnucpro-inspection"><ul>{summary}</ul>{table}</div>'
+
+
+def format_report(report: Mapping) -> str:
     """A merge report as a short text table, for terminals and notebooks."""
     width = max([len(Path(s["path"]).name) for s in report["shards"]] + [5])
     lines = [f"{'shard':<{width}}  {'status':<7} {'rows':>9} {'offset':>9}  problem"]
@@ -43,10 +152,15 @@ def format_report(report: dict) -> str:
             f"{shard['num_sequences']:>9} {shard['offset']:>9}  {shard.get('error') or ''}".rstrip()
         )
     lines.append("")
-    lines.append(
+    lines.extend(_report_lines(report))
+    return "\n".join(lines)
+
+
+def _report_lines(report: Mapping) -> list[str]:
+    lines = [
         f"{report['total_sequences']} sequences of dimension {report['embedding_dim']} "
         f"from {len(report['shards']) - len(report['failed_shards'])} of {len(report['shards'])} shards"
-    )
+    ]
     if report["failed_shards"]:
         names = ", ".join(Path(p).name for p in report["failed_shards"])
         lines.append(f"failed shards: {len(report['failed_shards'])} ({names})")
@@ -63,4 +177,21 @@ def format_report(report: dict) -> str:
     if report.get("nonfinite_rows"):
         lines.append(f"rows holding NaN or Inf: {report['nonfinite_rows']}")
     lines.append(f"partial: {report['partial']}")
-    return "\n".join(lines)
+    return lines
+
+
+def report_html(report: Mapping) -> str:
+    """How a merge report shows in a notebook: its findings, then a row per input shard."""
+    findings = "".join(f"<li>{html.escape(line)}</li>" for line in _report_lines(report))
+    for merge in report.get("lineage") or []:
+        findings += (f"<li>merged from an earlier merge: {html.escape(Path(merge['path']).name)} "
+                     f"({merge.get('total_sequences')} sequences, partial: {merge.get('partial')})</li>")
+    rows = [
+        [html.escape(Path(s["path"]).name), _badge(s["status"], _SHARD_COLORS.get(s["status"])),
+         f"{s['num_sequences']:,}", "" if s["offset"] is None else f"{s['offset']:,}",
+         "" if s.get("nonfinite_rows") is None else f"{s['nonfinite_rows']:,}", html.escape(s.get("error") or "")]
+        for s in report["shards"]
+    ]
+    table = _table(["shard", "status", "rows", "offset", "NaN/Inf rows", "problem"], rows,
+                   right=[False, False, True, True, True, False], scroll=len(rows) > 20)
+    return f'<div class="virnucpro-report"><ul>{findings}</ul>{table}</div>'

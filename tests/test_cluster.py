@@ -231,3 +231,15 @@ def test_odd_expected_files_read_as_one_process_reads_them(client, demo, tmp_pat
     except ExpectedIdsError as err:
         spread = str(err)
     assert spread == local
+
+
+def test_the_cluster_names_an_expected_file_as_given(client, demo, tmp_path, monkeypatch):
+    from virnucpro_merge import ExpectedIdsError
+
+    run, _ = demo
+    monkeypatch.chdir(tmp_path)
+    Path("ids.txt").write_bytes("caf\u00e9\n".encode("latin-1"))
+    for where in (None, client):
+        with pytest.raises(ExpectedIdsError) as err:
+            plan_merge(run.shard_files, Path("ids.txt"), partial=True, client=where)
+        assert str(err.value) == "ids.txt: not UTF-8 text"

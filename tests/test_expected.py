@@ -232,3 +232,22 @@ def test_a_pipe_is_read_once(tmp_path):
         assert read_expected_ids(fifo) == ids
     finally:
         writer.join(timeout=30)
+
+
+@pytest.mark.parametrize("text", [
+    '{"sequences": [', '{"sequences": [\r{"sequence_id": "a"},\r{"sequence_id": "b"}\r,]}',
+    '{"sequences": [\r\n{"sequence_id": "a"},\r\n{"sequence_id": "b"}\r\n,]}',
+    '\ufeff{"sequences": [{"sequence_id": "a"} x]}', '{"sequences": [{"sequence_id": "a"},]}',
+    '{"sequences": []} x', '\u00a0{"sequences": []}', '{"sequences": [\n {"sequence_id": "a"}\n {"sequence_id": "b"}]}',
+], ids=["open", "CR", "CRLF", "BOM", "trailing comma", "extra data", "nbsp", "no comma"])
+def test_invalid_json_is_placed_as_json_places_it(tmp_path, monkeypatch, text):
+    """The message is json's own, line, column and char (line ends read as \\n), however the file is read."""
+    from virnucpro_merge import expected
+
+    path = write(tmp_path, "index.json", text.encode())
+    with pytest.raises(json.JSONDecodeError) as truth:
+        json.loads(text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n"))
+    want = f"{path}: invalid JSON ({truth.value})"
+    assert _whole(path) == want
+    monkeypatch.setattr(expected, "_BLOCK", 3)
+    assert _whole(path) == want

@@ -364,3 +364,26 @@ class TestCopyWhileChecking:
         assert spans[0][0] == start
         assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(spans))
         assert spans[-1][0] + spans[-1][1] == start + size
+
+
+def test_a_copy_thrown_away_does_not_fail_the_merge(make_shard, tmp_path, monkeypatch):
+    """Partial merge, a shard's IDs unreadable *and* its raw copy failing (a bad disk area):
+    the copy is thrown away, so its error must not stop the merge written without that shard."""
+    import errno
+
+    from virnucpro_merge._write import sysio
+
+    first = make_shard("shard_0", ids("a", 20), dim=4)
+    broken = _break_ids(make_shard("shard_1", ids("b", 5), dim=4))
+    last = make_shard("shard_2", ids("c", 7), dim=4)
+    copy_bytes = sysio.copy_bytes
+
+    def failing_on_the_broken_shard(src, *args):
+        if os.readlink(f"/proc/self/fd/{src}").endswith("shard_1.h5"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return copy_bytes(src, *args)
+
+    monkeypatch.setattr(sysio, "copy_bytes", failing_on_the_broken_shard)
+    out = aggregate_shards([first, broken, last], tmp_path / "o.h5", chunk_size=6, partial=True)
+    assert [s["status"] for s in read_merge_report(out)["shards"]] == ["ok", "failed", "ok"]
+    assert read_datasets(out)[1] == ids("a", 20) + ids("c", 7)

@@ -16,11 +16,17 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from .errors import MergeError
+from .expected import read_expected_ids
 from .plan import MergePlan, check_ids, draft_plan, plan_from_scan, refuse_repeated_paths
 from .shards import iter_id_chunks, open_shard, read_shard_meta
 from .validation import IdIndex, as_id_set
 
-__all__ = ["plan_merge", "validate_shard_completeness"]
+__all__ = ["plan_merge", "validate_shard_completeness", "expected_in_memory"]
+
+
+def expected_in_memory(expected: Collection[str] | os.PathLike[str]) -> Collection[str]:
+    """Expected IDs to check here: a file (``os.PathLike``) is read (a cluster's workers read it themselves)."""
+    return read_expected_ids(expected) if isinstance(expected, os.PathLike) else expected
 
 
 def plan_merge(
@@ -65,7 +71,7 @@ def plan_merge(
         msg = "No shard files provided"
         raise MergeError(msg)
     if client is None:
-        expected = None if expected_sequence_ids is None else as_id_set(expected_sequence_ids)  # type: ignore[arg-type]
+        expected = None if expected_sequence_ids is None else as_id_set(expected_in_memory(expected_sequence_ids))
         return check_ids(draft_plan(shard_files, partial=partial), expected, partial=partial, keep_ids=keep_ids)
     from .cluster import scan_on_cluster
 
@@ -119,7 +125,7 @@ def validate_shard_completeness(
             if isinstance(scan, Exception):
                 raise scan
         return set(findings.missing), set(findings.extra)
-    index = IdIndex(as_id_set(expected_ids))  # type: ignore[arg-type]
+    index = IdIndex(as_id_set(expected_in_memory(expected_ids)))
     for path in map(Path, shard_files):
         with open_shard(path) as handle:
             read_shard_meta(handle, path)

@@ -152,20 +152,32 @@ class _ExpectedPart:
     pieces: list[np.ndarray]
     count: int
     where: RangeIds | None = None  # the range read, without its IDs (for expected.ranges_agree)
+    error: ExpectedIdsError | None = None  # what reading it found wrong (raised by the client, in file order)
 
 
 def _read_expected_part(path: Path, shown: str, form: str | None, start: int, end: int, parts: int) -> _ExpectedPart:
     """Worker task: the expected IDs in bytes ``[start, end)`` (form None: the whole file)."""
-    if form is None:
-        ids, where = list(iter_expected_ids(path, shown_as=shown)), None
-    else:
-        found = read_range(path, form, start, end, shown_as=shown)
-        ids, where = found.ids, replace(found, ids=[])
+    try:
+        if form is None:
+            ids, where = list(iter_expected_ids(path, shown_as=shown)), None
+        else:
+            found = read_range(path, form, start, end, shown_as=shown)
+            ids, where = found.ids, replace(found, ids=[])
+    except ExpectedIdsError as err:  # data, not a task failure: the workers log no traceback
+        return _ExpectedPart([np.empty(0, "S1")] * parts, 0, error=err)
     return _ExpectedPart([piece for piece, in _split(_as_bytes(ids), parts)], len(ids), where)
 
 
-def _summary(part: _ExpectedPart) -> tuple[int, RangeIds | None]:
-    return part.count, part.where
+def _summary(part: _ExpectedPart) -> tuple[int, RangeIds | None, ExpectedIdsError | None]:
+    return part.count, part.where, part.error
+
+
+def _gathered(client: Any, tasks: list) -> list[tuple[int, RangeIds | None, ExpectedIdsError | None]]:
+    summaries = client.gather([client.submit(_summary, task, pure=False) for task in tasks])
+    errors = [error for _, _, error in summaries if error is not None]
+    if errors:
+        raise errors[0]  # the first in the file
+    return summaries
 
 
 def _expected_pieces(client: Any, expected: object, parts: int, range_bytes: int) -> list:
@@ -182,7 +194,7 @@ def _expected_pieces(client: Any, expected: object, parts: int, range_bytes: int
     if not isinstance(expected, os.PathLike):  # IDs in memory here: partition and send them
         return client.scatter([piece for piece, in _split(_as_bytes(list(expected)), parts)])  # type: ignore[call-overload]
     shown, path = str(expected), Path(expected).resolve()  # workers may run elsewhere: absolute paths
-    form, _ = detect_form(path)
+    form, _ = detect_form(path, shown_as=shown)
     if form is None:
         msg = f"{shown}: no sequence IDs in this file"
         raise ExpectedIdsError(msg)
@@ -191,11 +203,11 @@ def _expected_pieces(client: Any, expected: object, parts: int, range_bytes: int
         tasks = [client.submit(_read_expected_part, path, shown, None, 0, 0, parts, pure=False)]
     else:
         tasks = [client.submit(_read_expected_part, path, shown, form, a, b, parts, pure=False) for a, b in ranges]
-    summaries = client.gather([client.submit(_summary, task, pure=False) for task in tasks])
-    if form == JSON and ranges is not None and not ranges_agree([where for _, where in summaries]):
+    summaries = _gathered(client, tasks)
+    if form == JSON and ranges is not None and not ranges_agree([w for _, w, _ in summaries if w is not None]):
         tasks = [client.submit(_read_expected_part, path, shown, None, 0, 0, parts, pure=False)]
-        summaries = client.gather([client.submit(_summary, task, pure=False) for task in tasks])
-    if not sum(count for count, _ in summaries):
+        summaries = _gathered(client, tasks)
+    if not sum(count for count, _, _ in summaries):
         msg = f"{shown}: no sequence IDs in this file"
         raise ExpectedIdsError(msg)
     return [client.submit(_concat, [client.submit(_part_piece, task, p, pure=False) for task in tasks], pure=False)

@@ -139,29 +139,39 @@ def _text_blocks(name: object, blocks: Iterable[bytes], offset: int = 0, *, cut_
 
     ``offset`` is the byte offset of the first block; a piece also ends at byte
     ``cut_at`` (a line start), so that the text before it is a piece of its own.
+    Bytes are held (not copied again and again) until a block brings a line break.
     """
-    pending = b""
+    held: list[bytes] = []
+    held_size = 0
     for block in blocks:
-        pending += block
-        while pending:
-            cut = _cut(pending)
-            if cut_at is not None and offset < cut_at < offset + len(pending):
-                cut = cut_at - offset
-            if cut == 0:
-                break
-            yield _decode(name, pending[:cut], offset), offset
-            offset, pending = offset + cut, pending[cut:]
-    if pending:
-        yield _decode(name, pending, offset), offset
+        start = offset + held_size  # where ``block`` starts in the file
+        if cut_at is not None and offset < cut_at and start <= cut_at < start + len(block):
+            yield _decode(name, b"".join([*held, block[: cut_at - start]]), offset)
+            block, offset, held, held_size = block[cut_at - start :], cut_at, [], 0
+        cut = _cut(block)
+        if cut == 0:
+            held.append(block)
+            held_size += len(block)
+            continue
+        data = b"".join([*held, block[:cut]])
+        yield _decode(name, data, offset)
+        offset += len(data)
+        held, held_size = ([block[cut:]], len(block) - cut) if cut < len(block) else ([], 0)
+    if held_size:
+        yield _decode(name, b"".join(held), offset)
 
 
-def _decode(name: object, data: bytes, offset: int) -> str:
+def _decode(name: object, data: bytes, offset: int) -> tuple[str, int]:
+    """The text of ``data`` (read at byte ``offset``) and the byte offset where the text starts
+    (after a UTF-8 byte-order mark at the start of the file)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        msg = f"{name}: not UTF-8 text (at byte {offset + err.start})"
+        msg = f"{name}: not UTF-8 text"
         raise ExpectedIdsError(msg) from err
-    return text[1:] if offset == 0 and text.startswith(_BOM) else text
+    if offset == 0 and text.startswith(_BOM):
+        return text[1:], len(_BOM.encode())
+    return text, offset
 
 
 def _lines(pieces: Iterable[tuple[str, int]]) -> Iterator[str]:
@@ -234,6 +244,7 @@ class _JsonText:
         self.owned_until = owned_until  # byte offset where this reader's records end
         self.owned_chars: int | None = None  # ... as a character count from the start of reading
         self.pin: int | None = None  # a character (counted likewise) that must stay in the window
+        self.dropped_crlf = 0  # \r\n pairs among the dropped characters (json counts them as one)
 
     def more(self) -> bool:
         """Read one more piece into the window; False at the end of the file."""
@@ -246,10 +257,13 @@ class _JsonText:
         if offset == self.owned_until:
             self.owned_chars = self.dropped + len(self.text)
         until = self.pos if self.pin is None else min(self.pos, self.pin - self.dropped)
-        keep = self.text.rfind("\n", 0, until) + 1  # drop whole lines already read
+        keep = _after_last_break(self.text, until)  # drop whole lines already read
         if keep and self.byte_base is not None:
-            self.line += self.text.count("\n", 0, keep)
-            self.byte_base += len(self.text[:keep].encode())
+            gone = self.text[:keep]
+            pairs = gone.count("\r\n")
+            self.line += gone.count("\n") + gone.count("\r") - pairs
+            self.dropped_crlf += pairs
+            self.byte_base += len(gone.encode())
             self.dropped += keep
             self.text, self.pos = self.text[keep:], self.pos - keep
         self.text += text
@@ -298,9 +312,21 @@ class _JsonText:
         return self.dropped + self.pos < self.owned_chars
 
     def error(self, problem: str, where: int) -> ExpectedIdsError:
-        line = self.line + self.text.count("\n", 0, where)
-        column = where - (self.text.rfind("\n", 0, where) + 1) + 1
-        return ExpectedIdsError(f"{self.name}: invalid JSON ({problem}: line {line} column {column})")
+        """``invalid JSON``, placed as :mod:`json` places it (line, column and character of the
+        text with its line ends read as ``\\n``)."""
+        line = self.line + len(_LINE_BREAK.findall(self.text, 0, where))
+        column = where - _after_last_break(self.text, where) + 1
+        char = self.dropped - self.dropped_crlf + where - self.text.count("\r\n", 0, where)
+        msg = f"{self.name}: invalid JSON ({problem}: line {line} column {column} (char {char}))"
+        return ExpectedIdsError(msg)
+
+
+def _after_last_break(text: str, until: int) -> int:
+    """Where the line under way at ``until`` starts (0: at the start of ``text``)."""
+    newline, cr = text.rfind("\n", 0, until), text.rfind("\r", 0, until)
+    if cr > newline and cr + 1 < len(text) and text[cr + 1] == "\n":
+        return newline + 1  # the \r of a \r\n whose \n is not yet before ``until``
+    return max(newline, cr) + 1
 
 
 @dataclass
@@ -323,7 +349,7 @@ class _IndexReader:
         (up to the end of this reader's range, if it has one)."""
         text = self.text
         self.chain.first = 0
-        text.take("{", "'{'")
+        text.take("{", "value")
         more = text.next_char() != "}"
         if not more:
             text.pos += 1
@@ -493,14 +519,16 @@ def _chain(first: list[tuple[str, int]], rest: Iterator[tuple[str, int]]) -> Ite
     yield from rest
 
 
-def detect_form(path: str | os.PathLike[str]) -> tuple[str | None, bool]:
+def detect_form(path: str | os.PathLike[str], *, shown_as: object = None) -> tuple[str | None, bool]:
     """The form of an expected-ID file (``text``, ``fasta``, ``json``; None when it holds
-    no non-blank line) and whether it is gzipped, from the start of the file."""
+    no non-blank line) and whether it is gzipped, from the start of the file. Errors
+    name the file as ``shown_as`` when given."""
     path = Path(path)
-    with _open(path, path) as raw:
-        gzipped = _read_head(raw, path, 2) == _GZIP_MAGIC
+    name = shown_as or path
+    with _open(path, name) as raw:
+        gzipped = _read_head(raw, name, 2) == _GZIP_MAGIC
         raw.seek(0)
-        form, _ = _form_and_pieces(path, raw)
+        form, _ = _form_and_pieces(name, raw)
     return form, gzipped
 
 

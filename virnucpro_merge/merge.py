@@ -25,9 +25,8 @@ import h5py
 from ._write import atomic
 from ._write.outfile import IdStep, copy_planned_ids, output_file, write_contiguous, write_virtual
 from ._write.reorder import RowOrder, index_order
-from .checks import plan_merge
+from .checks import expected_in_memory, plan_merge
 from .errors import MergeError, NonFiniteError
-from .expected import read_expected_ids
 from .plan import MergePlan, ShardPlan, check_ids, draft_plan
 from .report import build_report, read_merge_report
 from .sources import resolve_source
@@ -168,8 +167,7 @@ def aggregate_shards(
             _write_planned(plan, output, build_report(plan, chunk_size), options)
         logger.debug("phase: done")
         return output
-    expected = read_expected_ids(expected_sequence_ids) if isinstance(expected_sequence_ids, os.PathLike) \
-        else expected_sequence_ids
+    expected = expected_in_memory(expected_sequence_ids) if expected_sequence_ids is not None else None
     if layout == "virtual":
         _merge_virtually(plan_merge(paths, expected, partial=partial), output, options)
     elif order == "index":

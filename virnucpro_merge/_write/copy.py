@@ -241,4 +241,7 @@ def raw_copy_in_background(
         except BaseException:
             stop.set()
             raise
+        if stop.is_set():  # the body threw the copy away: how it ended no longer matters
+            future.exception()
+            return
         future.result()

@@ -51,8 +51,9 @@ def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
         width, height = (min(a, b) for a, b in zip(figsize, MAX_FIGSIZE, strict=True))
         fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
         return fig, ax
-    root = ax.get_figure(root=True)
-    assert isinstance(root, Figure)
+    root = ax.figure
+    while not isinstance(root, Figure):  # a subfigure's figure (get_figure(root=True) needs matplotlib 3.10)
+        root = root.figure
     return root, ax
 
 

@@ -28,8 +28,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP) ## Create .venv and install the package with its test extras
 
-demo: $(STAMP) ## Build the synthetic 8-worker run, merge it, print the report, render reports/*.html
+demo: $(STAMP) ## Build the synthetic 8-worker run, merge it, write its report and render reports/*.html
 	$(BIN)/virnucpro-merge demo $(DEMO)
+	mkdir -p $(REPORT)
+	$(BIN)/virnucpro-merge report $(DEMO) --merged $(DEMO)/embeddings.h5 -o $(REPORT)/demo_run.html
 	$(BIN)/python notebooks/render.py html --output-dir $(REPORT)
 
 report: $(STAMP) ## Execute the notebooks and render them to reports/*.html (no demo run)

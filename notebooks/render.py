@@ -26,6 +26,7 @@ import nbformat
 
 NOTEBOOKS = Path(__file__).resolve().parent
 KERNEL = "python3"
+DEMO_REPORT = "demo_run.html"
 TIMEOUT = 300  # seconds per cell
 KEEP_LANGUAGE_INFO = ("name", "codemirror_mode", "pygments_lexer", "file_extension", "mimetype")
 
@@ -126,6 +127,10 @@ def render_html(output_dir: Path) -> Path:
         title, promise = title_and_promise(nb)
         first = figures[0].relative_to(output_dir).as_posix() if figures else None
         entries.append((title, promise, page.name, first))
+    demo_report = output_dir / DEMO_REPORT
+    if demo_report.exists():  # written by `virnucpro-merge report` (make demo): first on the page
+        entries.insert(0, ("The demo run's report", "What virnucpro-merge report says of the demo run: one self-contained "
+                           "page, written the same way for any run folder.", demo_report.name, None))
     index = output_dir / "index.html"
     index.write_text(index_page(entries), encoding="utf-8")
     return index
@@ -147,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             nbformat.write(clean(nb), path)
         return 0
     index = render_html(args.output_dir)
-    pages = sorted(p.name for p in args.output_dir.glob("*.html"))
-    print(f"HTML report: {index} ({len(pages) - 1} notebooks; figures as PNG in {args.output_dir / 'figures'})")
+    print(f"HTML report: {index} ({len(notebooks())} notebooks; figures as PNG in {args.output_dir / 'figures'})")
     print(f"open in a browser: {index.resolve().as_uri()}")
     return 0
 

@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .errors import ExpectedIdsError
 
@@ -42,6 +42,7 @@ __all__ = [
     "RangeIds",
     "detect_form",
     "iter_expected_ids",
+    "iter_expected_id_blocks",
     "read_expected_ids",
     "iter_index_records",
     "read_sequence_index",
@@ -193,35 +194,31 @@ def _form_of(first_line: str) -> str:
     return FASTA if first_line.startswith(">") else TEXT
 
 
-def _text_id(line: str) -> str | None:
-    stripped = line.strip()
-    return stripped if stripped and not stripped.startswith("#") else None
+def _line_ids(text: str, form: str) -> list[str]:
+    """The IDs of the lines of a piece of text: a text file's non-blank lines that are not
+    ``#`` comments (stripped), a FASTA file's first word after each ``>`` that starts a line."""
+    lines = (text if "\r" not in text else text.replace("\r\n", "\n").replace("\r", "\n")).split("\n")
+    if form == TEXT:
+        return [s for s in map(str.strip, lines) if s and s[0] != "#"]
+    return [words[0] for words in (line[1:].split(maxsplit=1) for line in lines if line[:1] == ">") if words]
 
 
-def _fasta_id(line: str) -> str | None:
-    if line.startswith(">"):
-        words = line[1:].split(maxsplit=1)
-        if words:
-            return words[0]
-    return None
+def _checked(records: list[Any], name: object) -> list[dict]:
+    """``records``, checked to be index records: each a dict with a str ``sequence_id``."""
+    _check_records(records, name)
+    return records
 
 
-_LINE_RULES = {TEXT: _text_id, FASTA: _fasta_id}
-
-
-def _ids_of_lines(lines: Iterable[str], form: str) -> Iterator[str]:
-    rule = _LINE_RULES[form]
-    for line in lines:
-        found = rule(line)
-        if found is not None:
-            yield found
-
-
-def _check_record(record: object, name: object) -> dict:
-    if not (isinstance(record, dict) and isinstance(record.get("sequence_id"), str)):
+def _check_records(records: list[Any], name: object) -> list[str]:
+    """The IDs of a list of index records, each a dict with a str ``sequence_id``."""
+    try:
+        ids = [record["sequence_id"] for record in records]
+    except (KeyError, TypeError, IndexError):
+        ids = None
+    if ids is None or not all(type(i) is str for i in ids) or not all(type(r) is dict for r in records):
         msg = f"{name}: {_NOT_AN_INDEX}"
         raise ExpectedIdsError(msg)
-    return record
+    return ids
 
 
 # --------------------------------------------------------------------------- JSON, a record at a time
@@ -344,7 +341,7 @@ class _IndexReader:
     def __init__(self, text: _JsonText) -> None:
         self.text, self.chain = text, _Chain()
 
-    def from_the_top(self) -> Iterator[dict]:
+    def from_the_top(self) -> Iterator[list[dict]]:
         """Every record of the file, the whole file checked as :func:`json.load` would
         (up to the end of this reader's range, if it has one)."""
         text = self.text
@@ -368,9 +365,10 @@ class _IndexReader:
         self._end_of_file()
         raise self._not_an_index()
 
-    def records(self) -> Iterator[dict]:
+    def records(self) -> Iterator[list[dict]]:
         """Records from the current position to the end of the list (then ``chain.closed``)
-        or of this reader's range (then ``chain.next`` is where the next record starts)."""
+        or of this reader's range (then ``chain.next`` is where the next record starts),
+        a list at a time."""
         text = self.text
         if text.next_char() == "]":
             text.pos += 1
@@ -388,7 +386,7 @@ class _IndexReader:
             if self.chain.closed or text.dropped + text.pos != at:
                 continue  # (and there, see whether the next record is still this reader's)
             # at the edge of the window: one record the careful way (reads on, or names the error)
-            yield _check_record(text.value(), text.name)
+            yield _checked([text.value()], text.name)
             char = text.next_char()
             text.pos += 1
             if char == "]":
@@ -397,7 +395,7 @@ class _IndexReader:
                 msg = "Expecting ',' delimiter"
                 raise text.error(msg, text.pos - 1)
 
-    def _quickly(self) -> Iterator[dict]:
+    def _quickly(self) -> Iterator[list[dict]]:
         """The records that lie whole in the window: most of them by one C call, as one
         list (from here to the last ``},`` in the window), the rest one at a time.
 
@@ -415,9 +413,10 @@ class _IndexReader:
             except json.JSONDecodeError:
                 batch = None
             if batch is not None:
-                for record in batch:
-                    yield _check_record(record, text.name)
+                _check_records(batch, text.name)
+                yield batch
                 pos = _WS.match(window, cut + 2).end()  # type: ignore[union-attr]
+        single = []
         while pos < owned:
             try:
                 record, end = _DECODE(window, pos)
@@ -426,14 +425,17 @@ class _IndexReader:
             after = _SEPARATOR.match(window, end)
             if after is None or after.end() == len(window):
                 break  # the separator may go on in the next piece
-            yield _check_record(record, text.name)
+            single.append(record)
             pos = after.end()
             if after[1] == "]":
                 self.chain.closed = True
                 break
+        if single:
+            _check_records(single, text.name)
+            yield single
         text.pos = pos
 
-    def from_a_range(self) -> Iterator[dict]:
+    def from_a_range(self) -> Iterator[list[dict]]:
         """The records that start in this reader's range: from the first place where a
         record parses and is followed by ',' or ']' (a guess :func:`ranges_agree` checks)."""
         text = self.text
@@ -449,7 +451,7 @@ class _IndexReader:
                 continue
             start = text.pin = text.dropped + text.pos  # keep it in the window while guessing
             try:
-                _check_record(text.value(), text.name)
+                _check_records([text.value()], text.name)
                 follows = text.next_char()
             except ExpectedIdsError:
                 follows = ""
@@ -532,19 +534,27 @@ def detect_form(path: str | os.PathLike[str], *, shown_as: object = None) -> tup
     return form, gzipped
 
 
-def _records(path: Path, name: object, *, index_only: bool) -> Iterator[tuple[dict | None, str]]:
-    """``(record, ID)`` of each expected ID in file order (``record``: for a JSON index)."""
+def _blocks(path: Path, name: object, *, index_only: bool) -> Iterator[tuple[list[dict] | None, list[str]]]:
+    """``(records, IDs)`` of the expected IDs in file order, a block at a time (``records``:
+    for a JSON index)."""
     with _open(path, name) as raw:
         form, pieces = _form_and_pieces(name, raw)
         if index_only and form != JSON:
             msg = f"{name}: {_NOT_AN_INDEX}"
             raise ExpectedIdsError(msg)
         if form == JSON:
-            for record in _IndexReader(_JsonText(pieces, name)).from_the_top():
-                yield record, record["sequence_id"]
+            for records in _IndexReader(_JsonText(pieces, name)).from_the_top():
+                yield records, [record["sequence_id"] for record in records]
         elif form is not None:
-            for sequence_id in _ids_of_lines(_lines(pieces), form):
-                yield None, sequence_id
+            for text, _ in pieces:
+                yield None, _line_ids(text, form)
+
+
+def iter_expected_id_blocks(path: str | os.PathLike[str], *, shown_as: object = None) -> Iterator[list[str]]:
+    """The expected IDs of a file in file order, as lists (one for each piece read): the
+    quick way to take in many. Errors name the file as ``shown_as`` when given."""
+    path = Path(path)
+    return (ids for _, ids in _blocks(path, shown_as or path, index_only=False))
 
 
 def iter_expected_ids(path: str | os.PathLike[str], *, shown_as: object = None) -> Iterator[str]:
@@ -553,8 +563,7 @@ def iter_expected_ids(path: str | os.PathLike[str], *, shown_as: object = None) 
     The file is read once, as a stream (a JSON index record by record). Errors name
     the file as ``shown_as`` when given (a worker's absolute path is not the user's).
     """
-    path = Path(path)
-    return (sequence_id for _, sequence_id in _records(path, shown_as or path, index_only=False))
+    return itertools.chain.from_iterable(iter_expected_id_blocks(path, shown_as=shown_as))
 
 
 def read_expected_ids(path: str | os.PathLike[str]) -> list[str]:
@@ -585,7 +594,7 @@ def read_expected_ids(path: str | os.PathLike[str]) -> list[str]:
 def iter_index_records(path: str | os.PathLike[str]) -> Iterator[dict]:
     """Yield the records of a run's sequence-index JSON, in index order, one at a time."""
     path = Path(path)
-    return (record for record, _ in _records(path, path, index_only=True))  # type: ignore[misc]
+    return itertools.chain.from_iterable(records or [] for records, _ in _blocks(path, path, index_only=True))
 
 
 def read_sequence_index(path: str | os.PathLike[str]) -> list[dict]:
@@ -659,13 +668,13 @@ def read_range(path: str | os.PathLike[str], form: str, start: int, end: int, *,
         raw.seek(first)
         if form != JSON:
             region = _read_head(raw, name, last - first) if first < last else b""
-            found.ids = list(_ids_of_lines(_lines(_text_blocks(name, [region], first)), form))
+            found.ids = [i for text, _ in _text_blocks(name, [region], first) for i in _line_ids(text, form)]
             return found
         blocks = iter(lambda: raw.read(_BLOCK), b"")
         reader = _IndexReader(_JsonText(_text_blocks(name, blocks, first, cut_at=last), name, owned_until=last))
         try:
             records = reader.from_the_top() if first == 0 else reader.from_a_range()
-            found.ids = [record["sequence_id"] for record in records]
+            found.ids = [record["sequence_id"] for block in records for record in block]
         except ExpectedIdsError:
             if first == 0:
                 raise

@@ -293,6 +293,7 @@ def write_stride_run(
     missing_fraction: float = 0.0,
     extra_fraction: float = 0.0,
     zeros: bool = False,
+    index: bool = False,
     block: int = 8192,
 ) -> StrideRun:
     """Write a run of any size block by block, in bounded memory (for benchmarks).
@@ -302,7 +303,8 @@ def write_stride_run(
     ``id_format.format(position)``. A random ``missing_fraction`` of the positions
     is left out of the shards, and ``extra_fraction * n_sequences`` IDs past the
     index are added, spread over the ranks. The expected IDs (every position) go to
-    ``EXPECTED_NAME``, one a line, in index order.
+    ``EXPECTED_NAME``, one a line, in index order; with ``index``, also to the
+    pipeline's ``sequence_index.json`` (records without a FASTA file behind them).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -329,5 +331,15 @@ def write_stride_run(
     with open(expected_file, "w", encoding="utf-8") as fh:
         for start in range(0, n_sequences, 2**16):
             fh.write("".join(id_format.format(p) + "\n" for p in range(start, min(start + 2**16, n_sequences))))
+    if index:
+        with open(directory / INDEX_NAME, "w", encoding="utf-8") as fh:
+            fh.write('{"sequences": [\n')
+            for start in range(0, n_sequences, 2**16):
+                stop = min(start + 2**16, n_sequences)
+                fh.write(",\n".join(json.dumps({"sequence_id": id_format.format(p), "length": 300,
+                                                "file_path": FASTA_NAME, "byte_offset": 400 * p}, indent=1)
+                                     for p in range(start, stop)))
+                fh.write(",\n" if stop < n_sequences else "\n")
+            fh.write("]}\n")
     return StrideRun(directory, shard_files, expected_file, n_sequences, world_size, dim,
                      int(dropped.sum()), num_extra)

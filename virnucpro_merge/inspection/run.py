@@ -24,7 +24,6 @@ checked against those bytes, so every answer is exact.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING, Any, overload
 import numpy as np
 
 from ..errors import MergeError, ShardError
-from ..expected import iter_expected_ids
+from ..expected import iter_expected_id_blocks
 from ..ranks import folder_shards, listed, rank_of, run_index, shard_path, stride_positions, world_size_of
 from ..shards import iter_id_blocks, open_shard, read_shard_meta
 
@@ -275,10 +274,12 @@ class _Lookup:
     """Where each expected ID sits in the index: sorted 64-bit hashes of the UTF-8 bytes,
     the positions in that order, and the bytes themselves, to check every match."""
 
-    def __init__(self, ids: Iterable[str]) -> None:
+    def __init__(self, id_blocks: Iterable[Sequence[str]]) -> None:
         blocks, hashes = [], []
-        iterator = iter(ids)
-        while block := [s.encode() for s in itertools.islice(iterator, _BLOCK)]:
+        for ids in id_blocks:
+            if not len(ids):
+                continue
+            block = [s.encode() for s in ids]
             hashes.append(np.fromiter(map(hash, block), dtype=np.int64, count=len(block)))
             blocks.append(np.array(block, dtype=bytes))
         self.n = sum(b.size for b in blocks)
@@ -288,11 +289,10 @@ class _Lookup:
         else:
             self.encoded = np.concatenate(blocks) if blocks else np.empty(0, "S1")
         del blocks
-        flat = np.concatenate(hashes) if hashes else np.empty(0, np.int64)
+        self.sorted = np.concatenate(hashes) if hashes else np.empty(0, np.int64)
         del hashes
-        self.order = np.argsort(flat, kind="stable")
-        self.sorted = flat[self.order]
-        del flat
+        self.order = self.sorted.argsort()  # (no need to be stable: hashes that repeat are looked up by bytes)
+        self.sorted.sort()  # in place: two arrays of 8 bytes an ID, not three
         # A hash that several expected IDs share (an ID listed twice, or a collision):
         # those IDs are looked up by their bytes instead.
         repeated = np.flatnonzero(self.sorted[1:] == self.sorted[:-1])
@@ -307,7 +307,9 @@ class _Lookup:
         hashes = np.fromiter(map(hash, raw), dtype=np.int64, count=len(raw))
         expected = np.zeros(len(raw), bool)
         shared = np.isin(hashes, self.shared) if self.shared.size else np.zeros(len(raw), bool)
-        where = np.minimum(np.searchsorted(self.sorted, hashes), max(self.n - 1, 0))
+        needles = np.argsort(hashes)  # looked up in order, the sorted hashes are read in order: ~10x faster
+        where = np.empty(len(raw), dtype=np.int64)
+        where[needles] = np.minimum(np.searchsorted(self.sorted, hashes[needles]), max(self.n - 1, 0))
         candidates = np.flatnonzero((self.sorted[where] == hashes) & ~shared) if self.n else np.empty(0, np.int64)
         found = self.order[where[candidates]]
         theirs = np.array([raw[i] for i in candidates.tolist()], dtype=object if self.encoded.dtype == object
@@ -357,7 +359,8 @@ def _scan(rank: int, path: Path, lookup: _Lookup, present: np.ndarray) -> _Scan:
                     raise ShardError(path, f"a sequence ID near row {row} is not valid UTF-8") from err
                 positions, unexpected, hashes = lookup.positions(raw)
                 if positions.size:
-                    if present[positions].any() or np.unique(positions).size != positions.size:
+                    repeated = not (np.diff(positions) > 0).all() and np.unique(positions).size != positions.size
+                    if repeated or present[positions].any():
                         scan.status = DUPLICATED
                     present[positions] = True
                     scan.step = int(np.gcd.reduce(np.append(np.abs(positions - rank), scan.step)))
@@ -425,23 +428,32 @@ def _shard_list(run: object, world_size: int | None) -> tuple[list[Path], Path |
     return paths, None
 
 
-def _expected_ids(expected: object, folder: Path | None) -> tuple[Iterable[str] | None, str | None]:
-    """The expected IDs in index order, and where they come from (for the summary)."""
+def _expected_ids(expected: object, folder: Path | None) -> tuple[Iterable[Sequence[str]] | None, str | None]:
+    """The expected IDs in index order, in blocks, and where they come from (for the summary)."""
     if expected is None:
         index = run_index(folder) if folder is not None else None
         if index is None:
             return None, None
         logger.info("Expected IDs from %s, the run folder's sequence index", index)
-        return iter_expected_ids(index), f"{index.name}, the run folder's index"
+        return iter_expected_id_blocks(index), f"{index.name}, the run folder's index"
     if isinstance(expected, str | os.PathLike):
-        return iter_expected_ids(expected), Path(expected).name
+        return iter_expected_id_blocks(expected), Path(expected).name
     if isinstance(expected, set | frozenset):
         msg = "inspect_run needs the expected IDs in index order (a list or a file), not a set"
         raise MergeError(msg)
     if not isinstance(expected, Iterable):
         msg = f"expected must be an expected-ID file or a list of IDs in index order, not {type(expected).__name__}"
         raise MergeError(msg)
-    return expected, "a list"
+    listed = expected if isinstance(expected, Sequence) else list(expected)
+    return _Given(listed), "a list"
+
+
+class _Given(list):
+    """The caller's list of expected IDs, handed to the lookup a block at a time."""
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        super().__init__(ids[i : i + _BLOCK] for i in range(0, len(ids), _BLOCK))
+        self.ids = ids
 
 
 def inspect_run(
@@ -547,8 +559,8 @@ def inspect_run(
         shards.append(ShardSummary(rank=rank, path=path, expected=assigned, present=scan.present, missing=holes,
                                    status=status or OK, error=scan.error))
     num_extra = sum(rows.size for scan in scans for _, rows in scan.extra)
-    if ids is not None and isinstance(ids, Sequence) and not isinstance(ids, str):
-        sequence_ids: Sequence[str] = ids
+    if isinstance(ids, _Given):
+        sequence_ids: Sequence[str] = ids.ids
         missing_ids = None
     else:
         sequence_ids = _EncodedIds(lookup.encoded)

@@ -129,6 +129,20 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequ
     return f'<div style="overflow-x: auto;{height}">{table}</div>'  # a narrow page scrolls it, never squashes it
 
 
+_MANY = 20  # past this many rows, a table lists the rows that need a look first, and the rest folded
+
+
+def _folded(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool], worth_a_look: Sequence[bool],
+            what: str) -> str:
+    """A table; a long one shows the rows worth a look, and every row in a folded ``<details>``."""
+    if len(rows) <= _MANY:
+        return _table(headers, rows, right=right, scroll=False)
+    look = [row for row, flag in zip(rows, worth_a_look, strict=True) if flag]
+    head = _table(headers, look, right=right, scroll=True) if look else f"<p>every {what} is ok</p>"
+    every = _table(headers, rows, right=right, scroll=True)
+    return f"{head}<details><summary>all {len(rows):,} {what}s</summary>{every}</details>"
+
+
 def inspection_html(found: RunInspection) -> str:
     """How a :class:`RunInspection` shows in a notebook: its summary and per-rank table."""
     summary = "".join(f"<li>{html.escape(line)}</li>" for line in _summary_lines(found))
@@ -137,8 +151,8 @@ def inspection_html(found: RunInspection) -> str:
          _badge(s.status), html.escape(s.error or "")]
         for s in found.shards
     ]
-    table = _table(["rank", "shard", "expected", "present", "missing", "status", "problem"], rows,
-                   right=[True, False, True, True, True, False, False], scroll=len(rows) > 20)
+    table = _folded(["rank", "shard", "expected", "present", "missing", "status", "problem"], rows,
+                    [True, False, True, True, True, False, False], [s.status != "ok" for s in found.shards], "rank")
     return f'<div class="virnucpro-inspection"><ul>{summary}</ul>{table}</div>'
 
 
@@ -192,6 +206,7 @@ def report_html(report: Mapping) -> str:
          "" if s.get("nonfinite_rows") is None else f"{s['nonfinite_rows']:,}", html.escape(s.get("error") or "")]
         for s in report["shards"]
     ]
-    table = _table(["shard", "status", "rows", "offset", "NaN/Inf rows", "problem"], rows,
-                   right=[False, False, True, True, True, False], scroll=len(rows) > 20)
+    look = [s["status"] == "failed" or bool(s.get("nonfinite_rows")) for s in report["shards"]]
+    table = _folded(["shard", "status", "rows", "offset", "NaN/Inf rows", "problem"], rows,
+                    [False, False, True, True, True, False], look, "shard")
     return f'<div class="virnucpro-report"><ul>{findings}</ul>{table}</div>'

@@ -1,0 +1,177 @@
+"""How long the report of a run takes, and how much memory inspecting a run needs.
+
+Builds a run folder as the pipeline leaves it (64 shards of 10^6 sequences in all,
+its ``sequence_index.json``; :func:`virnucpro_merge.synthetic.write_stride_run`),
+with a few workers lost, then times, each in a fresh process, methods alternating
+round by round::
+
+    read-ids       every shard's IDs read once with h5py: the baseline
+    kernel         a kernel of this Python started, one empty cell run, stopped
+    start-up       the report of a tiny run (8 ranks, 800 IDs): the report's fixed cost
+                   (its kernel, the imports of matplotlib and nbconvert, the command)
+    report         virnucpro-merge report RUN -o report.html (the run's index read for the IDs)
+    report[text]   the same with --expected IDS.txt (a plain list of the same IDs)
+
+and prints each as a ratio to ``read-ids`` of the same round; for the reports
+also what they take beyond the kernel, and beyond the whole fixed start-up. Then,
+in a fresh process, the memory ``inspect_run`` needs on a run of ``--memory-ids``
+IDs (default 10^7): its peak RSS growth, in bytes per ID, with the expected IDs read
+from a file.
+
+Usage::
+
+    python benchmarks/bench_report.py                 # 10^6 IDs, 3 rounds; memory at 10^7
+    python benchmarks/bench_report.py --smoke         # small, 1 round
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness import (  # beside this script
+    Column,
+    locate_package,
+    log,
+    machine_facts,
+    median_and_min,
+    print_facts,
+    reply,
+    reset_peak,
+    rotated,
+    rss_now,
+    rss_peak,
+    run_fresh,
+    same_round_ratios,
+    table,
+    work_folder,
+)
+
+SCRIPT = Path(__file__).resolve()
+RANKS = 64
+METHODS = ["read-ids", "kernel", "start-up", "report", "report[text]"]
+
+
+def child_main(spec: dict) -> None:
+    method, folder = spec["method"], Path(spec["run"])
+    if method == "read-ids":
+        import h5py
+
+        start = time.perf_counter()
+        count = 0
+        for path in sorted(folder.glob("shard_*.h5")):
+            with h5py.File(path, "r") as f:
+                count += len(f["sequence_ids"][:])
+        reply({"wall": time.perf_counter() - start, "count": count})
+    elif method == "kernel":
+        import tempfile
+
+        import nbformat
+        from nbclient import NotebookClient
+
+        from virnucpro_merge.inspection import runreport
+
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("pass")])
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as scratch:
+            NotebookClient(nb, km=runreport._kernel_manager(Path(scratch))).execute()  # noqa: SLF001
+        reply({"wall": time.perf_counter() - start})
+    elif method == "memory":
+        from virnucpro_merge.inspection import inspect_run
+
+        gc.collect()
+        reset_peak()
+        base = rss_now()
+        found = inspect_run(folder, folder / "expected_ids.txt")
+        reply({"growth": rss_peak() - base, "ids": len(found.sequence_ids), "missing": found.num_missing})
+
+
+def run_report(folder: Path, out: Path, *extra: str) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "virnucpro_merge", "-q", "report", str(folder), "-o", str(out), *extra],
+                   check=True)
+    return time.perf_counter() - start
+
+
+def build(folder: Path, n: int) -> Path:
+    from virnucpro_merge.synthetic import write_stride_run
+
+    run = write_stride_run(folder, n, RANKS, dim=1, zeros=True, index=True, id_format="contig_{:09d}")
+    for rank in (5, RANKS - 1):  # a lost worker, and a lost last one
+        run.shard_files[rank].unlink()
+    for path in folder.iterdir():  # a warm page cache for every method alike
+        path.read_bytes()
+    return folder
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ids", type=float, default=1e6)
+    parser.add_argument("--memory-ids", type=float, default=1e7)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="20,000 IDs, memory at 100,000, 1 round")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--_child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._child:
+        child_main(json.loads(args._child))
+        return 0
+    if args.smoke:
+        args.ids, args.memory_ids, args.rounds = 2e4, 1e5, 1
+    with work_folder("bench_report_", args.workdir) as workdir:
+        package = locate_package(workdir, live=True)  # the report's kernel imports the installed package
+        facts = machine_facts(workdir, package)
+        facts["run"] = f"{int(args.ids):,} IDs in {RANKS} shards (2 lost), sequence_index.json"
+        print_facts("virnucpro_merge run report benchmark", facts)
+        folder = build(workdir / "run", int(args.ids))
+        from virnucpro_merge.synthetic import make_demo_run
+
+        tiny = make_demo_run(workdir / "tiny", n_sequences=800, world_size=8, dim=4).directory
+        rounds: dict[str, list[dict]] = {m: [] for m in METHODS}
+        for number in range(args.rounds):
+            for method in rotated(METHODS, number):
+                if method == "report":
+                    wall = run_report(folder, workdir / "r.html")
+                elif method == "start-up":
+                    wall = run_report(tiny, workdir / "tiny.html")
+                elif method == "report[text]":
+                    wall = run_report(folder, workdir / "r.html", "--expected", str(folder / "expected_ids.txt"))
+                else:
+                    wall = run_fresh(SCRIPT, {"method": method, "run": str(folder)}, package, what=method)["wall"]
+                rounds[method].append({"wall": wall})
+            log(f"round {number + 1}: " + ", ".join(f"{m} {r[-1]['wall']:.2f}s" for m, r in rounds.items()))
+        rows = []
+        for method in METHODS:
+            walls = [r["wall"] for r in rounds[method]]
+            ratio = median_and_min(same_round_ratios(rounds[method], rounds["read-ids"]))[0]
+            net = beyond = None
+            if method.startswith("report"):
+                net = statistics.median((a["wall"] - k["wall"]) / b["wall"] for a, k, b in
+                                        zip(rounds[method], rounds["kernel"], rounds["read-ids"], strict=True))
+                beyond = statistics.median((a["wall"] - k["wall"]) / b["wall"] for a, k, b in
+                                           zip(rounds[method], rounds["start-up"], rounds["read-ids"], strict=True))
+            rows.append([method, statistics.median(walls), min(walls), ratio, net, beyond])
+        print()
+        print(table([Column("method", 14, left=True), Column("wall med", 9, ".2f"), Column("wall min", 9, ".2f"),
+                     Column("x read-ids", 10, ".2f"), Column("(- kernel)", 10, ".2f"),
+                     Column("(- start-up)", 12, ".2f")], rows))
+        print("x read-ids: wall / read-ids wall of the same round (median); (- kernel), (- start-up): the same for"
+              " wall - kernel wall and wall - start-up wall (same round, median)")
+        shutil.rmtree(folder)
+        log(f"building {int(args.memory_ids):,} IDs for the memory run ...")
+        big = build(workdir / "big", int(args.memory_ids))
+        memory = run_fresh(SCRIPT, {"method": "memory", "run": str(big)}, package, what="memory")
+        print(f"\ninspect_run on {memory['ids']:,} IDs ({memory['missing']:,} missing), expected IDs from a file: "
+              f"peak RSS growth {memory['growth'] / 1e6:.0f} MB, {memory['growth'] / memory['ids']:.1f} bytes an ID")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

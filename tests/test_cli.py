@@ -104,7 +104,6 @@ class TestAggregate:
         [
             ["aggregate", "x.h5"],  # no -o
             ["aggregate", "x.h5", "-o", "m.h5", "--chunk-size", "0"],
-            ["validate", "x.h5"],  # no --expected
             ["frobnicate"],
         ],
     )
@@ -112,6 +111,10 @@ class TestAggregate:
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2
+
+    def test_validate_without_expected_exits_2(self, capsys):
+        assert main(["validate", "x.h5"]) == 2
+        assert one_error_line(capsys.readouterr().err) == "virnucpro-merge: error: validate needs --expected FILE"
 
     def test_missing_expected_file_exits_2(self, run_dir, capsys):
         assert main(["aggregate", str(run_dir), "-o", str(run_dir / "m.h5"), "--expected", "nope.txt"]) == 2
@@ -200,3 +203,41 @@ def test_rerun(tmp_path, capsys):
     assert main(["rerun", str(run_dir / "embeddings.h5"), "--index", str(run_dir / "sequence_index.json"),
                  "-o", str(tmp_path / "again.fasta")]) == 2
     assert "should start the record of seq000003" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("summary", ["[]", "{}", "5", '"text"', "missing_ids as a number"])
+@pytest.mark.parametrize("command", ["info", "aggregate", "rerun"])
+def test_a_damaged_report_is_one_line(tmp_path, make_shard, capsys, summary, command):
+    """A report that is valid JSON of the wrong shape: one line naming the file, exit 2."""
+    import h5py
+
+    from virnucpro_merge import aggregate_shards
+
+    merged = aggregate_shards([make_shard("shard_0", ["a", "b"])], tmp_path / "m.h5")
+    with h5py.File(merged, "r+") as f:
+        group = f["merge_report"]
+        if summary == "missing_ids as a number":
+            data = json.loads(group["summary"].asstr()[()]) | {"missing_ids": 5}
+            del group["missing_ids"]
+            summary = json.dumps(data)
+        del group["summary"]
+        group.create_dataset("summary", data=summary, dtype=h5py.string_dtype())
+    argv = {"info": ["info", str(merged)], "aggregate": ["aggregate", str(merged), "-o", str(tmp_path / "o.h5")],
+            "rerun": ["rerun", str(merged), "--index", str(tmp_path / "i.json"),
+                      "-o", str(tmp_path / "x.fa")]}
+    assert main(argv[command]) == 2
+    assert one_error_line(capsys.readouterr().err).startswith(f"virnucpro-merge: error: {merged}: damaged merge report (")
+
+
+def test_the_output_cannot_be_the_expected_file(tmp_path, make_shard, capsys):
+    from virnucpro_merge import aggregate_shards
+
+    ids = tmp_path / "ids.txt"
+    ids.write_text("a\n")
+    shard = make_shard("shard_0", ["a"])
+    assert main(["aggregate", str(shard), "-o", str(ids), "--expected", str(ids)]) == 2
+    assert one_error_line(capsys.readouterr().err) == (
+        f"virnucpro-merge: error: {ids}: the output path is the expected-ID file")
+    with pytest.raises(ValueError, match="the output path is the expected-ID file"):
+        aggregate_shards([shard], ids, ids)
+    assert ids.read_text() == "a\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -147,3 +148,58 @@ def test_expand_keeps_files_as_given(tmp_path):
 def test_expand_empty_folder(tmp_path):
     with pytest.raises(ValueError, match="no shard_<N>.h5 files"):
         expand_shard_args([tmp_path])
+
+
+def test_two_files_claiming_one_rank_are_refused(tmp_path, make_shard):
+    make_shard("shard_1", ["a"])
+    make_shard("shard_01", ["b"])
+    make_shard("shard_0", ["c"])
+    with pytest.raises(ValueError, match=r": shard_01\.h5 and shard_1\.h5 both claim rank 1$"):
+        expand_shard_args([tmp_path])
+
+
+def test_a_fifo_named_like_a_shard_is_refused_not_waited_on(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "shard_0.h5")
+    with pytest.raises(ShardError, match=r"shard_0\.h5: not a regular file"):
+        get_shard_info(tmp_path / "shard_0.h5")
+    with pytest.raises(ShardError, match="not a regular file"):
+        aggregate_shards([tmp_path / "shard_0.h5"], tmp_path / "o.h5")
+
+
+def test_embeddings_through_an_external_link_are_read_not_raw_copied(tmp_path):
+    """The link's target sits at some offset of *another* file: copying the shard's bytes
+    there would be garbage. The link is followed instead."""
+    import h5py
+
+    with h5py.File(tmp_path / "target.h5", "w") as f:
+        f.create_dataset("pad", data=np.ones(1000, "f4"))
+        f.create_dataset("embeddings", data=np.arange(12, dtype="f4").reshape(3, 4))
+    with h5py.File(tmp_path / "shard_0.h5", "w") as f:
+        f["embeddings"] = h5py.ExternalLink("target.h5", "embeddings")
+        f.create_dataset("sequence_ids", data=np.array(["a", "b", "c"], dtype=object), dtype=h5py.string_dtype())
+    out = aggregate_shards([tmp_path / "shard_0.h5"], tmp_path / "o.h5")
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["embeddings"][:], np.arange(12, dtype="f4").reshape(3, 4))
+
+
+def test_embeddings_in_external_storage(tmp_path, monkeypatch):
+    """Readable where the shard says; and a check of IDs never needs them at all."""
+    import h5py
+
+    from virnucpro_merge import validate_shard_completeness
+
+    monkeypatch.chdir(tmp_path)  # HDF5 finds external storage from the working folder
+    np.arange(12, dtype="f4").tofile("raw.bin")
+    with h5py.File("shard_0.h5", "w") as f:
+        f.create_dataset("embeddings", shape=(3, 4), dtype="f4", external=[("raw.bin", 0, 48)])
+        f.create_dataset("sequence_ids", data=np.array(["x", "y", "z"], dtype=object), dtype=h5py.string_dtype())
+    out = aggregate_shards(["shard_0.h5"], "o.h5")
+    with h5py.File(out) as f:
+        assert f["embeddings"][:].sum() == 66
+    Path("raw.bin").unlink()  # the embeddings lost: the IDs still tell what is there
+    assert get_shard_info("shard_0.h5")["num_sequences"] == 3
+    assert validate_shard_completeness(["shard_0.h5"], {"x", "y", "z", "w"}) == ({"w"}, set())
+    with pytest.raises(UnreadableShardError, match=r"shard_0\.h5: cannot read rows"):
+        aggregate_shards(["shard_0.h5"], "o2.h5")

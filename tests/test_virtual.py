@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -180,3 +181,52 @@ def test_materialize_counts_nonfinite_per_source(make_shard, tmp_path):
     report = read_merge_report(materialize(virtual, tmp_path / "solid.h5"))
     assert [s["nonfinite_rows"] for s in report["shards"]] == [0, 1]
     assert report["nonfinite_rows"] == 1
+
+
+@pytest.fixture
+def percent_run(tmp_path, monkeypatch):
+    from virnucpro_merge.synthetic import write_shard
+
+    monkeypatch.chdir(tmp_path)
+    Path("run_50%b").mkdir()
+    a = write_shard("run_50%b/shard_0.h5", ["a", "b"], np.ones((2, 3), "f4"))
+    b = write_shard("run_50%b/shard_1.h5", ["c"], np.full((1, 3), 2, "f4"))
+    return [a, b]
+
+
+def test_a_percent_sign_in_a_source_path(percent_run):
+    """HDF5 reads a source name's % as a printf code: it is escaped, and the mapping checked."""
+    out = aggregate_shards(percent_run, "virtual.h5", layout="virtual")
+    assert read_datasets(out)[0][:, 0].tolist() == [1, 1, 2]
+    assert read_merge_report(out)["source_problems"] == []
+
+
+def test_a_virtual_output_written_through_a_symlink(percent_run):
+    """The data goes where the link points (the link stays); the sources read from both names."""
+    import os
+
+    Path("real").mkdir()
+    os.symlink("real/v.h5", "link.h5")
+    aggregate_shards(percent_run, "link.h5", layout="virtual")
+    assert Path("link.h5").is_symlink()
+    for name in ("link.h5", "real/v.h5"):
+        assert read_datasets(Path(name))[0][:, 0].tolist() == [1, 1, 2]
+        assert read_merge_report(name)["source_problems"] == []
+
+
+def test_a_virtual_output_of_a_virtual_output_is_refused(percent_run):
+    virtual = aggregate_shards(percent_run, "v.h5", layout="virtual")
+    with pytest.raises(MergeError, match=r"^v\.h5: is a virtual output, which another virtual output cannot map"):
+        aggregate_shards([virtual], "stacked.h5", layout="virtual")
+    assert not Path("stacked.h5").exists()
+    contiguous = aggregate_shards([virtual], "copy.h5")  # a copy of it is fine
+    assert read_datasets(contiguous)[0][:, 0].tolist() == [1, 1, 2]
+
+
+def test_a_merge_onto_a_source_of_a_virtual_input_is_refused(percent_run):
+    virtual = aggregate_shards(percent_run, "v.h5", layout="virtual")
+    before = Path("run_50%b/shard_0.h5").read_bytes()
+    for order in ("shards", "index"):
+        with pytest.raises(MergeError, match="the output path is a source of a virtual input"):
+            aggregate_shards([virtual], "run_50%b/shard_0.h5", ["a", "b", "c"], order=order)
+    assert Path("run_50%b/shard_0.h5").read_bytes() == before

@@ -36,6 +36,7 @@ def plan_merge(
     partial: bool = False,
     client: object | None = None,
     keep_ids: bool = False,
+    storage: bool = True,
 ) -> MergePlan:
     """Read every shard's metadata and IDs and decide what the merge will write.
 
@@ -54,6 +55,10 @@ def plan_merge(
     keep_ids : bool
         Keep the IDs' hashes in the plan (``plan.ids``, 8 bytes an ID), for writing
         in index order (not with a ``client``).
+    storage : bool
+        Look at where each shard keeps its embeddings (a merge copies them); a check
+        of IDs alone (``False``) does not need them, and works on shards whose
+        embeddings are lost.
 
     Returns
     -------
@@ -72,12 +77,13 @@ def plan_merge(
         raise MergeError(msg)
     if client is None:
         expected = None if expected_sequence_ids is None else as_id_set(expected_in_memory(expected_sequence_ids))
-        return check_ids(draft_plan(shard_files, partial=partial), expected, partial=partial, keep_ids=keep_ids)
+        draft = draft_plan(shard_files, partial=partial, storage=storage)
+        return check_ids(draft, expected, partial=partial, keep_ids=keep_ids)
     from .cluster import scan_on_cluster
 
     paths = [Path(p) for p in shard_files]
     refuse_repeated_paths(paths)
-    scans, findings = scan_on_cluster(paths, expected_sequence_ids, client=client)
+    scans, findings = scan_on_cluster(paths, expected_sequence_ids, client=client, storage=storage)
     return plan_from_scan(scans, findings, partial=partial)
 
 
@@ -120,7 +126,7 @@ def validate_shard_completeness(
     if client is not None:
         from .cluster import scan_on_cluster
 
-        scans, findings = scan_on_cluster([Path(p) for p in shard_files], expected_ids, client=client)
+        scans, findings = scan_on_cluster([Path(p) for p in shard_files], expected_ids, client=client, storage=False)
         for scan in scans:
             if isinstance(scan, Exception):
                 raise scan
@@ -128,6 +134,6 @@ def validate_shard_completeness(
     index = IdIndex(as_id_set(expected_in_memory(expected_ids)))
     for path in map(Path, shard_files):
         with open_shard(path) as handle:
-            read_shard_meta(handle, path)
+            read_shard_meta(handle, path, storage=False)
             index.add_shard(path, iter_id_chunks(handle, path))
     return set(index.missing()), set(index.extra)

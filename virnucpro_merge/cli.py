@@ -21,6 +21,7 @@ from typing import Any
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ._version import __version__
+from ._write.atomic import refuse_overwriting
 from .checks import plan_merge
 from .errors import MergeError, ValidationError
 from .expected import iter_expected_ids, read_expected_ids
@@ -194,6 +195,8 @@ def _index_hint(args: argparse.Namespace) -> str | None:
 
 
 def _cmd_aggregate(args: argparse.Namespace) -> int:
+    if args.expected is not None:  # before it is read: a pipe could not be read twice
+        refuse_overwriting(args.output, [args.expected], "the output path is the expected-ID file")
     if args.order == "index" and args.expected is None:
         msg = "--order index needs --expected (the run's sequence index, or IDs in index order)"
         raise MergeError(msg)
@@ -233,7 +236,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     with _dask_client(args) as client:
         expected = _expected_for(args, client)
         shards = _shards_for(args, expected)
-        plan = plan_merge(shards, expected, partial=True, client=client)
+        plan = plan_merge(shards, expected, partial=True, client=client, storage=False)
     print(f"{len(shards)} shards, {plan.total_sequences} sequences, {plan.num_expected} expected IDs")
     for shard in plan.failed_shards:
         print(f"failed: {shard.path}: {shard.error}")

@@ -113,11 +113,11 @@ class _Scan:
     pieces: list[tuple[np.ndarray, ...]] = field(default_factory=list)
 
 
-def _scan(path: Path, parts: int) -> _Scan:
+def _scan(path: Path, parts: int, storage: bool = True) -> _Scan:
     """Worker task: read one shard's metadata and IDs, split the IDs by partition."""
     try:
         with open_shard(path) as handle:
-            meta = read_shard_meta(handle, path)
+            meta = read_shard_meta(handle, path, storage=storage)
             ids = read_id_bytes(handle, path)
     except ShardError as err:
         return _Scan(err)
@@ -270,6 +270,7 @@ def scan_on_cluster(
     client: Any,
     parts: int | None = None,
     range_bytes: int | None = None,
+    storage: bool = True,
 ) -> tuple[list[ShardMeta | ShardError], Findings]:
     """Read the shards and check their IDs on the workers; return plain data.
 
@@ -284,6 +285,8 @@ def scan_on_cluster(
         The cluster to run on.
     parts : int, optional
         Partitions of the IDs (default: 8 per worker).
+    storage : bool
+        Look at where each shard keeps its embeddings (for a merge; not for a check).
 
     Returns
     -------
@@ -294,7 +297,7 @@ def scan_on_cluster(
     """
     _require_dask()
     parts = parts or _default_parts(client)
-    scans = client.map(_scan, [Path(p).resolve() for p in shard_files], parts=parts, pure=False)
+    scans = client.map(_scan, [Path(p).resolve() for p in shard_files], parts=parts, storage=storage, pure=False)
     expected_pieces = _expected_pieces(client, expected, parts, range_bytes or RANGE_BYTES)
     outcomes = [client.submit(_outcome, scan, pure=False) for scan in scans]
     verdicts = [

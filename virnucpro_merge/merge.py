@@ -45,6 +45,17 @@ ORDERS = ("shards", "index")
 _OUTPUT_IS_AN_INPUT = "the output path is also an input shard"
 
 
+def _virtual(shard: ShardPlan) -> bool:
+    return shard.merged_from is not None and shard.merged_from.get("layout") == "virtual"
+
+
+def _refuse_writing_onto_inputs(output: Path, plan: MergePlan) -> None:
+    """The output is none of the files the merge reads: a virtual input's sources included."""
+    sources = [resolve_source(src["path"], s.path) for s in plan.shards if _virtual(s)
+               for src in (s.merged_from or {}).get("sources", [])]
+    atomic.refuse_overwriting(output, sources, "the output path is a source of a virtual input")
+
+
 @dataclass(frozen=True)
 class _Options:
     """How the rows are written, whichever route writes them."""
@@ -157,10 +168,13 @@ def aggregate_shards(
     paths = [Path(p) for p in shard_files]
     output = Path(output_path)
     atomic.refuse_overwriting(output, paths, _OUTPUT_IS_AN_INPUT)
+    if isinstance(expected_sequence_ids, os.PathLike):
+        atomic.refuse_overwriting(output, [Path(expected_sequence_ids)], "the output path is the expected-ID file")
     options = _Options(chunk_size, partial, progress, fail_on_nonfinite)
     logger.debug("phase: plan")
     if client is not None:  # the workers may read an expected-ID file themselves
         plan = plan_merge(paths, expected_sequence_ids, partial=partial, client=client)
+        _refuse_writing_onto_inputs(output, plan)
         if layout == "virtual":
             _merge_virtually(plan, output, options)
         else:
@@ -192,6 +206,7 @@ def _merge_while_checking(paths: list[Path], output: Path, expected_ids: Collect
     """
     expected = None if expected_ids is None else as_id_set(expected_ids)
     draft = draft_plan(paths, partial=options.partial)
+    _refuse_writing_onto_inputs(output, draft)
     if atomic.room_problem(output, draft.output_bytes) is not None:
         plan = check_ids(draft, expected, partial=options.partial)
         _write_planned(plan, output, build_report(plan, options.chunk_size), options)
@@ -229,7 +244,17 @@ def _checking_ids(draft: MergePlan, expected: set[str] | frozenset[str] | None, 
 
 
 def _merge_virtually(plan: MergePlan, output: Path, options: _Options) -> None:
-    """The virtual route: the IDs and the report written, the shards' rows mapped in place."""
+    """The virtual route: the IDs and the report written, the shards' rows mapped in place.
+
+    A virtual input is refused: its own sources could go missing and nothing reading
+    the new output would see it (its rows would be NaN).
+    """
+    stacked = [s.path for s in plan.shards if _virtual(s)]
+    if stacked:
+        msg = (f"{stacked[0]}: is a virtual output, which another virtual output cannot map; "
+               "materialize it first, or merge it with layout='contiguous'")
+        raise MergeError(msg)
+    _refuse_writing_onto_inputs(output, plan)
     report = build_report(plan, options.chunk_size, layout="virtual")
     size = plan.output_bytes - plan.total_sequences * plan.embedding_dim * 4
     with output_file(output, size) as pending:
@@ -240,6 +265,7 @@ def _merge_virtually(plan: MergePlan, output: Path, options: _Options) -> None:
 def _merge_in_index_order(paths: list[Path], output: Path, index_ids: list[str], options: _Options) -> None:
     """The index-order route: planned (keeping the IDs' hashes), then written block by block."""
     plan = plan_merge(paths, index_ids, partial=options.partial, keep_ids=True)
+    _refuse_writing_onto_inputs(output, plan)
     report = build_report(plan, options.chunk_size, order="index")
     row_order = index_order(plan, index_ids)
     report["missing_positions"] = row_order.missing_positions.tolist()

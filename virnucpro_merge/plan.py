@@ -197,7 +197,8 @@ def _settled(shards: list[ShardPlan], findings: Findings, *, partial: bool) -> M
     return plan
 
 
-def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool = False) -> MergePlan:
+def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool = False, storage: bool = True
+               ) -> MergePlan:
     """Read every shard's metadata (no IDs) and place the shards' rows one after another.
 
     Raises
@@ -216,7 +217,7 @@ def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool =
     for path in paths:
         try:
             with open_shard(path) as handle:
-                shards.append(_readable(read_shard_meta(handle, path)))
+                shards.append(_readable(read_shard_meta(handle, path, storage=storage)))
         except UnreadableShardError as err:
             shards.append(_failed(err, partial=partial))
     return _placed(shards)

@@ -169,11 +169,15 @@ def folder_shards(
         ``world_size``.
     """
     directory = Path(directory)
-    found = {}
-    for entry in directory.iterdir():
+    found: dict[int, Path] = {}
+    for entry in sorted(directory.iterdir()):
         rank = rank_of(entry)
-        if rank is not None:
-            found[rank] = entry
+        if rank is None:
+            continue
+        if rank in found:  # shard_1.h5 and shard_01.h5: which is rank 1's is not for us to guess
+            msg = f"{directory}: {found[rank].name} and {entry.name} both claim rank {rank}"
+            raise MergeError(msg)
+        found[rank] = entry
     if not found:
         msg = f"{directory}: no shard_<N>.h5 files in this folder"
         raise MergeError(msg)

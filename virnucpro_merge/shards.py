@@ -99,6 +99,8 @@ def open_shard_file(path: str | os.PathLike[str]) -> h5py.File:
         raise UnreadableShardError(path, "file does not exist")
     if path.is_dir():
         raise ShardError(path, "is a directory, not a shard file")
+    if not path.is_file():  # a FIFO or a device: HDF5 would wait on it forever
+        raise ShardError(path, "not a regular file")
     try:
         return h5py.File(path, "r")
     except OSError as err:
@@ -122,8 +124,15 @@ def _dataset(handle: h5py.File, name: str, path: Path) -> h5py.Dataset:
 
 
 def _contiguous_offset(dset: h5py.Dataset, path: Path) -> int | None:
-    """File offset of a contiguous dataset's raw bytes, checked against the file size."""
+    """File offset of a contiguous dataset's raw bytes, checked against the file size.
+
+    None where the bytes are not one run in this very file: a virtual, chunked or
+    compressed dataset, one kept in external storage, or one reached through an
+    external link (its offset is in another file): those are read through h5py.
+    """
     if dset.is_virtual or dset.chunks is not None or dset.compression is not None or dset.size == 0:
+        return None
+    if dset.external or not _same_file(dset.file.filename, path):
         return None
     offset = dset.id.get_offset()
     if offset is None:  # never written: HDF5 returns its fill value
@@ -137,11 +146,22 @@ def _contiguous_offset(dset: h5py.Dataset, path: Path) -> int | None:
     return int(offset)
 
 
-def read_shard_meta(handle: h5py.File, path: str | os.PathLike[str], *, check_sources: bool = True) -> ShardMeta:
+def _same_file(name: str, path: Path) -> bool:
+    try:
+        return os.path.samefile(name, path)
+    except OSError:
+        return False
+
+
+def read_shard_meta(
+    handle: h5py.File, path: str | os.PathLike[str], *, check_sources: bool = True, storage: bool = True
+) -> ShardMeta:
     """Check an open shard's structure and return its metadata (no data is read).
 
     A virtual output whose source shards are missing or changed is refused
-    (``check_sources=False`` describes it anyway).
+    (``check_sources=False`` describes it anyway). With ``storage=False`` the
+    embeddings' bytes are not looked for at all (where they are, whether the file
+    holds them whole): a check of IDs does not need them.
     """
     path = Path(path)
     emb = _dataset(handle, EMBEDDINGS, path)
@@ -171,7 +191,7 @@ def read_shard_meta(handle: h5py.File, path: str | os.PathLike[str], *, check_so
         num_sequences=rows,
         embedding_dim=dim,
         dtype=emb.dtype,
-        data_offset=_contiguous_offset(emb, path),
+        data_offset=_contiguous_offset(emb, path) if storage else None,
         merged_from=summary,
         fingerprint=fingerprint(path),
     )
@@ -183,9 +203,40 @@ def read_report_summary(handle: h5py.File, path: str | os.PathLike[str]) -> dict
     if not isinstance(group, h5py.Group):
         return None
     try:
-        return json.loads(group["summary"].asstr()[()])
+        summary = json.loads(group["summary"].asstr()[()])
     except (KeyError, OSError, ValueError) as err:
         raise ShardError(path, f"damaged merge report ({first_line(err)})") from err
+    problem = _summary_problem(summary)
+    if problem is not None:
+        raise ShardError(path, f"damaged merge report ({problem})")
+    return summary
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _summary_problem(summary: object) -> str | None:
+    """What is wrong with the shape of a report's summary (None: nothing)."""
+    if not isinstance(summary, dict):
+        return "the summary is not a JSON object"
+    for key, check, kind in (("total_sequences", _is_int, "a whole number"),
+                             ("embedding_dim", _is_int, "a whole number"),
+                             ("partial", lambda v: isinstance(v, bool), "true or false"),
+                             ("shards", lambda v: isinstance(v, list), "a list"),
+                             ("failed_shards", lambda v: isinstance(v, list), "a list")):
+        if not check(summary.get(key)):
+            return f"'{key}' is not {kind}"
+    for shard in summary["shards"]:
+        if not (isinstance(shard, dict) and isinstance(shard.get("path"), str) and _is_int(shard.get("num_sequences"))
+                and isinstance(shard.get("status"), str) and (shard.get("offset") is None or _is_int(shard["offset"]))):
+            return "a shard's record lacks its path, rows, offset or status"
+    for key in ("missing_ids", "sources", "lineage"):
+        if key in summary and not isinstance(summary[key], list):
+            return f"'{key}' is not a list"
+    if "missing_ids" in summary and not all(isinstance(i, str) for i in summary["missing_ids"]):
+        return "'missing_ids' holds more than IDs"
+    return None
 
 
 def iter_id_blocks(handle: h5py.File, path: str | os.PathLike[str], chunk: int = ID_CHUNK) -> Iterator[np.ndarray]:
@@ -251,7 +302,7 @@ def get_shard_info(shard_path: str | os.PathLike[str]) -> dict:
         The file is absent, unreadable or not shaped like a shard.
     """
     with open_shard(shard_path) as handle:
-        meta = read_shard_meta(handle, shard_path, check_sources=False)
+        meta = read_shard_meta(handle, shard_path, check_sources=False, storage=False)
         sample = next(iter_id_chunks(handle, shard_path, chunk=5), [])
         merged = REPORT_GROUP in handle
     return {

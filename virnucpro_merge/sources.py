@@ -13,19 +13,28 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["fingerprint", "relative_source", "resolve_source", "source_problems"]
+__all__ = ["fingerprint", "relative_source", "hdf5_source_name", "resolve_source", "source_problems"]
 
 
 def relative_source(shard: Path, output: Path) -> str:
     """The shard's path as a virtual output should store it: relative to the output's folder.
 
-    HDF5 resolves a relative source path against the folder of the virtual file, so
-    the run folder can be moved or copied as a whole.
+    HDF5 resolves a relative source path against the folder of the virtual file *as
+    it is opened*, so the run folder can be moved or copied as a whole. An output
+    reached through a symlink is opened from two folders (the link's and its
+    target's): then the path is absolute, right from both.
     """
+    if output.is_symlink() or output.parent.resolve() != output.resolve().parent:
+        return str(shard.resolve())
     try:
         return os.path.relpath(shard.resolve(), output.resolve().parent)
     except ValueError:  # another drive (Windows): only an absolute path works
         return str(shard.resolve())
+
+
+def hdf5_source_name(stored: str) -> str:
+    """A source path as HDF5 must be given it: its ``%`` are printf codes (``%b``), so ``%%``."""
+    return stored.replace("%", "%%")
 
 
 def resolve_source(stored: str, output: Path) -> Path:

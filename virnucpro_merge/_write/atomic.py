@@ -175,6 +175,11 @@ def atomic_output(target: Path, size_hint: int = 0) -> Iterator[Pending]:
     if target.is_dir():
         msg = f"{target}: is a directory"
         raise OutputError(msg)
+    if target.is_symlink():  # write where the link points (keeping the link), not over the link
+        target = target.resolve()
+        if not target.parent.is_dir():
+            msg = f"{target}: the output's link points into a folder that does not exist"
+            raise OutputError(msg)
     remove_stale_temps(target)
     check_room(target, size_hint)
     pending = Pending(_create_temp(target))

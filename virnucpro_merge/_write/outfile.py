@@ -24,7 +24,7 @@ from ..errors import OutputError
 from ..plan import MergePlan, refuse_changed
 from ..report import record_nonfinite, write_report
 from ..shards import EMBEDDINGS, SEQUENCE_IDS, first_line
-from ..sources import relative_source
+from ..sources import hdf5_source_name, relative_source, resolve_source
 from . import sysio
 from .atomic import Pending, atomic_output
 from .copy import (
@@ -182,7 +182,7 @@ def write_virtual(plan: MergePlan, temp: Path, output: Path, report: dict, *, ch
         stored = relative_source(shard.path, output)
         shape = (shard.num_sequences, shard.embedding_dim)
         layout[shard.offset : shard.offset + shard.num_sequences] = h5py.VirtualSource(
-            stored, EMBEDDINGS, shape=shape, dtype=shard.dtype
+            hdf5_source_name(stored), EMBEDDINGS, shape=shape, dtype=shard.dtype
         )
         report["sources"].append({"path": stored, **(shard.fingerprint or {})})
     record_nonfinite(report, None)  # never read: not counted
@@ -195,3 +195,17 @@ def write_virtual(plan: MergePlan, temp: Path, output: Path, report: dict, *, ch
         for shard in shards:
             copy_ids(shard, ids_out, chunk_size)
         write_report(out, report)
+    _check_mapping(temp, output, [s.path for s in shards])
+
+
+def _check_mapping(temp: Path, output: Path, shards: list[Path]) -> None:
+    """Read back what the virtual output maps: each source must be its shard, seen from the
+    output's folder (a source HDF5 would look for elsewhere would read as NaN, silently)."""
+    with h5py.File(temp, "r") as out:
+        dset = out[EMBEDDINGS]
+        stored = [m.file_name.replace("%%", "%") for m in dset.virtual_sources()] if dset.is_virtual else []
+    for name, shard in zip(stored, shards, strict=True):
+        found = resolve_source(name, output)
+        if not (found.exists() and os.path.samefile(found, shard)):
+            msg = f"{output}: its source {name} would not be {shard} when read (is a folder on the way a link?)"
+            raise OutputError(msg)

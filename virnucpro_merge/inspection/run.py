@@ -349,7 +349,7 @@ def _scan(rank: int, path: Path, lookup: _Lookup, present: np.ndarray) -> _Scan:
         return _Scan(status=ABSENT, error="file does not exist")
     try:
         with open_shard(path) as handle:
-            scan.present = read_shard_meta(handle, path).num_sequences
+            scan.present = read_shard_meta(handle, path, storage=False).num_sequences
             row = 0
             for block in iter_id_blocks(handle, path):
                 raw = block.tolist()

@@ -226,7 +226,8 @@ def test_a_damaged_report_is_one_line(tmp_path, make_shard, capsys, summary, com
             "rerun": ["rerun", str(merged), "--index", str(tmp_path / "i.json"),
                       "-o", str(tmp_path / "x.fa")]}
     assert main(argv[command]) == 2
-    assert one_error_line(capsys.readouterr().err).startswith(f"virnucpro-merge: error: {merged}: damaged merge report (")
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"virnucpro-merge: error: {merged}: damaged merge report (")
 
 
 def test_the_output_cannot_be_the_expected_file(tmp_path, make_shard, capsys):

@@ -16,12 +16,14 @@ import pytest
 
 from tests.helpers import ids, read_datasets
 from virnucpro_merge import (
+    MergeError,
     NonFiniteError,
     OutputError,
     ShardError,
     UnreadableShardError,
     aggregate_shards,
     read_merge_report,
+    validate_shard_completeness,
 )
 from virnucpro_merge.cli import main
 
@@ -153,3 +155,41 @@ class TestNonFinite:
         assert "hold NaN or Inf" in capsys.readouterr().err
         assert main(argv) == 0
         assert "4 rows of embeddings hold NaN or Inf" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the API used wrongly
+
+
+@pytest.mark.parametrize(("call", "words"), [
+    (lambda s, out: aggregate_shards(str(s[0]), out), "not the one path"),
+    (lambda s, out: aggregate_shards(s[0], out), "not the one path"),
+    (lambda s, out: aggregate_shards([1, 2], out), "must hold paths"),
+    (lambda s, out: aggregate_shards(s, out, "seq1"), "not the one str seq1"),
+    (lambda s, out: aggregate_shards(s, out, [1, 2]), "must be str, not int"),
+    (lambda s, out: validate_shard_completeness(s, "a"), "not the one str a"),
+    (lambda s, out: validate_shard_completeness(str(s[0]), {"a"}), "not the one path"),
+    (lambda s, out: __import__("virnucpro_merge.checks", fromlist=["x"]).plan_merge(str(s[0])), "not the one path"),
+    (lambda s, out: aggregate_shards(s, out, chunk_size=0), "chunk_size must be a positive integer"),
+], ids=["str path", "Path", "ints", "str IDs", "int IDs", "validate str IDs", "validate str path", "plan str path",
+        "chunk size"])
+def test_arguments_of_the_wrong_kind_are_named(make_shard, tmp_path, call, words):
+    shards = [make_shard("shard_0", ["a", "b"]), make_shard("shard_1", ["c"])]
+    with pytest.raises(MergeError, match=words):
+        call(shards, tmp_path / "o.h5")
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_an_array_of_paths_is_a_list_of_paths(make_shard, tmp_path):
+    shards = np.array([str(make_shard("shard_0", ["a"])), str(make_shard("shard_1", ["b"]))])
+    out = aggregate_shards(shards, tmp_path / "o.h5", ["a", "b"])
+    assert read_merge_report(out)["total_sequences"] == 2
+
+
+def test_index_order_from_an_iterator(make_shard, tmp_path):
+    """The IDs are read once: an iterator still gives rows in index order (not shard order)."""
+    from tests.helpers import read_datasets
+
+    shards = [make_shard("shard_0", ["s0", "s2"]), make_shard("shard_1", ["s1", "s3"])]
+    out = aggregate_shards(shards, tmp_path / "o.h5", (f"s{i}" for i in range(4)), order="index")
+    assert read_datasets(out)[1] == ["s0", "s1", "s2", "s3"]
+    assert read_merge_report(out)["order"] == "index"

@@ -251,3 +251,25 @@ def test_invalid_json_is_placed_as_json_places_it(tmp_path, monkeypatch, text):
     assert _whole(path) == want
     monkeypatch.setattr(expected, "_BLOCK", 3)
     assert _whole(path) == want
+
+
+@pytest.mark.parametrize("sequence_id", ["seq1", "β-corona|ORF1ab", "a\u2028b", "a b", "x#y", "a\tb"])
+def test_a_written_id_list_reads_back_exactly(tmp_path, sequence_id):
+    from virnucpro_merge.expected import write_id_list
+
+    out = write_id_list([sequence_id, "seq2"], tmp_path / "rerun.txt")
+    assert read_expected_ids(out) == [sequence_id, "seq2"]
+
+
+@pytest.mark.parametrize(("sequence_id", "why"), [
+    (" seq1", "white space"), ("seq1 ", "white space"), ("seq1\r", "white space"), ("\u2028seq1", "white space"),
+    ("#seq1", "starts with '#'"), ("two\nlines", "line break"), ("a\rb", "line break"), ("", "empty"),
+])
+def test_what_would_not_read_back_is_not_written(tmp_path, sequence_id, why):
+    from virnucpro_merge.expected import write_id_list
+
+    out = tmp_path / "rerun.txt"
+    out.write_text("a previous list\n")
+    with pytest.raises(ExpectedIdsError, match=f"cannot be written one a line and read back the same .*{why}"):
+        write_id_list(["fine", sequence_id], out)
+    assert out.read_text() == "a previous list\n"

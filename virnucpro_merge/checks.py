@@ -13,20 +13,40 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection, Sequence
-from pathlib import Path
 
-from .errors import MergeError
+from .errors import MergeError, shown_id
 from .expected import read_expected_ids
-from .plan import MergePlan, check_ids, draft_plan, plan_from_scan, refuse_repeated_paths
+from .plan import MergePlan, check_ids, draft_plan, plan_from_scan, refuse_repeated_paths, shard_paths
 from .shards import iter_id_chunks, open_shard, read_shard_meta
 from .validation import IdIndex, as_id_set
 
 __all__ = ["plan_merge", "validate_shard_completeness", "expected_in_memory"]
 
 
-def expected_in_memory(expected: Collection[str] | os.PathLike[str]) -> Collection[str]:
-    """Expected IDs to check here: a file (``os.PathLike``) is read (a cluster's workers read it themselves)."""
-    return read_expected_ids(expected) if isinstance(expected, os.PathLike) else expected
+def expected_in_memory(expected: object) -> Collection[str]:
+    """Expected IDs to check here, checked: a collection of str; a file (``os.PathLike``)
+    is read (a cluster's workers read it themselves).
+
+    Raises
+    ------
+    MergeError
+        One str (its characters would be taken for IDs), or anything but IDs.
+    """
+    if isinstance(expected, os.PathLike):
+        return read_expected_ids(expected)
+    if isinstance(expected, str | bytes):
+        msg = (f"expected IDs must be a collection of IDs, not the one str {shown_id(str(expected))}"
+               " (a file of IDs: pass a pathlib.Path, or read it with read_expected_ids)")
+        raise MergeError(msg)
+    if not isinstance(expected, Collection) and not hasattr(expected, "__iter__"):
+        msg = f"expected IDs must be a collection of str, not {type(expected).__name__}"
+        raise MergeError(msg)
+    ids = expected if isinstance(expected, Collection) else list(expected)  # (an iterator: read once)
+    if not all(isinstance(i, str) for i in ids):
+        wrong = next(i for i in ids if not isinstance(i, str))
+        msg = f"expected IDs must be str, not {type(wrong).__name__} ({wrong!r})"
+        raise MergeError(msg)
+    return ids
 
 
 def plan_merge(
@@ -72,16 +92,13 @@ def plan_merge(
         missing expected ID; always, a duplicate ID, a shard of an unsupported
         shape or dtype, or shards of different embedding dimensions.
     """
-    if not shard_files:
-        msg = "No shard files provided"
-        raise MergeError(msg)
+    paths = shard_paths(shard_files)
     if client is None:
         expected = None if expected_sequence_ids is None else as_id_set(expected_in_memory(expected_sequence_ids))
-        draft = draft_plan(shard_files, partial=partial, storage=storage)
+        draft = draft_plan(paths, partial=partial, storage=storage)
         return check_ids(draft, expected, partial=partial, keep_ids=keep_ids)
     from .cluster import scan_on_cluster
 
-    paths = [Path(p) for p in shard_files]
     refuse_repeated_paths(paths)
     scans, findings = scan_on_cluster(paths, expected_sequence_ids, client=client, storage=storage)
     return plan_from_scan(scans, findings, partial=partial)
@@ -123,16 +140,17 @@ def validate_shard_completeness(
     >>> validate_shard_completeness([], {"a"})
     ({'a'}, set())
     """
+    paths = shard_paths(shard_files, allow_empty=True)
     if client is not None:
         from .cluster import scan_on_cluster
 
-        scans, findings = scan_on_cluster([Path(p) for p in shard_files], expected_ids, client=client, storage=False)
+        scans, findings = scan_on_cluster(paths, expected_ids, client=client, storage=False)
         for scan in scans:
             if isinstance(scan, Exception):
                 raise scan
         return set(findings.missing), set(findings.extra)
     index = IdIndex(as_id_set(expected_in_memory(expected_ids)))
-    for path in map(Path, shard_files):
+    for path in paths:
         with open_shard(path) as handle:
             read_shard_meta(handle, path, storage=False)
             index.add_shard(path, iter_id_chunks(handle, path))

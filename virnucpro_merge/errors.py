@@ -8,6 +8,7 @@ and name the file and the problem.
 from __future__ import annotations
 
 __all__ = [
+    "shown_id",
     "MergeError",
     "ShardError",
     "UnreadableShardError",
@@ -19,6 +20,22 @@ __all__ = [
     "MissingIdsError",
     "NonFiniteError",
 ]
+
+
+_SHOWN = 80  # characters of an ID shown in a message
+
+
+def shown_id(sequence_id: str) -> str:
+    """An ID as a one-line message shows it: as it is, or quoted (``repr``) when it holds
+    a line break or other unprintable character, and cut when it is long.
+
+    >>> print(shown_id("seq000042"), shown_id("two\\nlines"), shown_id("x" * 100)[-6:])
+    seq000042 'two\\nlines' xx'...
+    """
+    if sequence_id.isprintable() and len(sequence_id) <= _SHOWN:
+        return sequence_id
+    cut = sequence_id if len(sequence_id) <= _SHOWN else sequence_id[:_SHOWN]
+    return repr(cut) + ("..." if cut is not sequence_id else "")
 
 
 class MergeError(ValueError):
@@ -84,7 +101,7 @@ class DuplicateIdError(ValidationError):
             if self.shard == self.first_shard
             else f"in {self.shard} (already in {self.first_shard})"
         )
-        super().__init__(f"Duplicate sequence ID found: {sequence_id} {where}")
+        super().__init__(f"Duplicate sequence ID found: {shown_id(sequence_id)} {where}")
 
     def __reduce__(self):
         return type(self), (self.sequence_id, self.shard, self.first_shard)
@@ -95,10 +112,8 @@ class MissingIdsError(ValidationError):
 
     def __init__(self, missing: list[str]) -> None:
         self.missing = missing
-        super().__init__(
-            f"Missing {len(missing)} expected sequences. "
-            f"First 10 missing IDs: {missing[:10]}"
-        )
+        first = [i if len(i) <= _SHOWN else i[:_SHOWN] + "..." for i in missing[:10]]  # a list shows repr()
+        super().__init__(f"Missing {len(missing)} expected sequences. First 10 missing IDs: {first}")
 
     def __reduce__(self):
         return type(self), (self.missing,)

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import ExpectedIdsError
+from ._write.atomic import atomic_output
+from .errors import ExpectedIdsError, shown_id
 
 __all__ = [
     "TEXT",
@@ -707,11 +708,31 @@ def ranges_agree(ranges: list[RangeIds]) -> bool:
 # --------------------------------------------------------------------------- writing
 
 
+def _unwritable(sequence_id: str) -> str | None:
+    """Why an ID would not read back the same from a one-ID-a-line list (None: it would)."""
+    if not sequence_id:
+        return "it is empty"
+    if sequence_id != sequence_id.strip():
+        return "it starts or ends with white space"
+    if sequence_id[0] == "#":
+        return "it starts with '#', which marks a comment"
+    if "\n" in sequence_id or "\r" in sequence_id:
+        return "it holds a line break"
+    return None
+
+
 def write_id_list(ids: Iterable[str], path: str | os.PathLike[str]) -> Path:
     """Write sequence IDs one per line (a re-run list); return the path.
 
-    The file can be given back as ``--expected`` or to the embedding pipeline to
-    re-run just those sequences.
+    The file can be given back as ``--expected`` (it reads back exactly these IDs) or
+    to the embedding pipeline to re-run just those sequences. An ID that would read
+    back otherwise (white space at an end, a leading ``#``, a line break, or empty) is
+    refused before anything is written; the file appears whole or not at all.
+
+    Raises
+    ------
+    ExpectedIdsError
+        An ID cannot be written this way (the message says which, and why).
 
     Examples
     --------
@@ -723,7 +744,19 @@ def write_id_list(ids: Iterable[str], path: str | os.PathLike[str]) -> Path:
     >>> tmp.cleanup()
     """
     path = Path(path)
-    with open(path, "w", encoding="utf-8", newline="\n") as fh:
-        for sequence_id in ids:
-            fh.write(f"{sequence_id}\n")
+    given: list[object] = list(ids)
+    for sequence_id in given:
+        if not isinstance(sequence_id, str):
+            msg = f"{path}: a sequence ID must be a str, not {type(sequence_id).__name__}"
+            raise ExpectedIdsError(msg)
+        why = _unwritable(sequence_id)
+        if why is not None:
+            msg = (f"{path}: the sequence ID {shown_id(sequence_id)!s} cannot be written one a line and read "
+                   f"back the same ({why}); nothing written")
+            raise ExpectedIdsError(msg)
+    ids = [str(i) for i in given]
+    with atomic_output(path, sum(map(len, ids)) * 4 + len(ids)) as pending:
+        with open(pending.path, "w", encoding="utf-8", newline="\n") as fh:
+            for start in range(0, len(ids), 2**16):
+                fh.write("".join(f"{i}\n" for i in ids[start : start + 2**16]))
     return path

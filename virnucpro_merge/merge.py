@@ -27,7 +27,7 @@ from ._write.outfile import IdStep, copy_planned_ids, output_file, write_contigu
 from ._write.reorder import RowOrder, index_order
 from .checks import expected_in_memory, plan_merge
 from .errors import MergeError, NonFiniteError
-from .plan import MergePlan, ShardPlan, check_ids, draft_plan
+from .plan import MergePlan, ShardPlan, check_ids, draft_plan, shard_paths
 from .report import build_report, read_merge_report
 from .sources import resolve_source
 from .validation import as_id_set
@@ -161,11 +161,8 @@ def aggregate_shards(
         ``fail_on_nonfinite`` (:class:`NonFiniteError`); a bad shard
         (:class:`ShardError`); an unusable output path (:class:`OutputError`).
     """
-    if not shard_files:
-        msg = "No shard files provided"
-        raise MergeError(msg)
+    paths = shard_paths(shard_files)
     _check_arguments(chunk_size, layout, order, expected_sequence_ids, fail_on_nonfinite, client)
-    paths = [Path(p) for p in shard_files]
     output = Path(output_path)
     atomic.refuse_overwriting(output, paths, _OUTPUT_IS_AN_INPUT)
     if isinstance(expected_sequence_ids, os.PathLike):

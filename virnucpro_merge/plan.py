@@ -40,6 +40,7 @@ __all__ = [
     "plan_from_scan",
     "refuse_changed",
     "refuse_repeated_paths",
+    "shard_paths",
 ]
 
 logger = logging.getLogger("virnucpro_merge")
@@ -115,6 +116,34 @@ class MergePlan:
     def same_rows_as(self, other: MergePlan) -> bool:
         """Whether both plans put the same shards' rows in the same places."""
         return [(s.status, s.offset) for s in self.shards] == [(s.status, s.offset) for s in other.shards]
+
+
+def shard_paths(shard_files: object, *, allow_empty: bool = False) -> list[Path]:
+    """``shard_files`` as a list of paths, checked: a list (or tuple, or array) of str or
+    path-like, not one path (whose characters would be taken for shards).
+
+    Raises
+    ------
+    MergeError
+        Something else was given, or (unless ``allow_empty``) no shard at all.
+    """
+    if isinstance(shard_files, str | bytes | os.PathLike):
+        msg = (f"shard_files must be a list of shard paths, not the one path {shard_files!r} "
+               "(a run folder's shards: virnucpro_merge.ranks.folder_shards)")
+        raise MergeError(msg)
+    try:
+        given = list(shard_files)  # type: ignore[call-overload]
+    except TypeError:
+        msg = f"shard_files must be a list of shard paths, not {type(shard_files).__name__}"
+        raise MergeError(msg) from None
+    wrong = [p for p in given if not isinstance(p, str | os.PathLike)]
+    if wrong:
+        msg = f"shard_files must hold paths (str or pathlib.Path), not {type(wrong[0]).__name__}"
+        raise MergeError(msg)
+    if not given and not allow_empty:
+        msg = "No shard files provided"
+        raise MergeError(msg)
+    return [Path(p) for p in given]
 
 
 def refuse_repeated_paths(paths: Sequence[Path]) -> None:
@@ -208,10 +237,7 @@ def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool =
         unreadable shard; always, a shard of an unsupported shape or dtype, or
         shards of different embedding dimensions.
     """
-    if not shard_files:
-        msg = "No shard files provided"
-        raise MergeError(msg)
-    paths = [Path(p) for p in shard_files]
+    paths = shard_paths(shard_files)
     refuse_repeated_paths(paths)
     shards = []
     for path in paths:

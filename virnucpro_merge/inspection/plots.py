@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -24,8 +25,11 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
 from .memory import MIB, MemoryProfile
-from .run import ABSENT, EMPTY, FAILED, STATUS_COLORS, STATUSES, RunInspection, ShardSummary
+from .statuses import ABSENT, EMPTY, FAILED, STATUS_COLORS, STATUSES
 from .tables import rank_ranges
+
+if TYPE_CHECKING:
+    from .run import RunInspection, ShardSummary
 
 __all__ = [
     "MAX_FIGSIZE",
@@ -89,7 +93,7 @@ def _compact(value: float, _position: object = None) -> str:
 
 
 def _summaries(shards: Sequence[ShardSummary] | RunInspection) -> list[ShardSummary]:
-    return list(shards.shards if isinstance(shards, RunInspection) else shards)
+    return list(shards) if isinstance(shards, Sequence) else list(shards.shards)
 
 
 def plot_shard_counts(

@@ -35,55 +35,18 @@ import numpy as np
 
 from ..errors import MergeError, ShardError
 from ..expected import iter_expected_id_blocks
+from ..plan import shard_paths
 from ..ranks import folder_shards, listed, rank_of, run_index, shard_path, stride_positions, world_size_of
 from ..shards import iter_id_blocks, open_shard, read_shard_meta
+from .statuses import ABSENT, DUPLICATED, EMPTY, FAILED, INCOMPLETE, OFF_STRIDE, OK, STATUSES
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-__all__ = [
-    "OK",
-    "INCOMPLETE",
-    "EMPTY",
-    "ABSENT",
-    "FAILED",
-    "DUPLICATED",
-    "OFF_STRIDE",
-    "STATUSES",
-    "STATUS_COLORS",
-    "ShardSummary",
-    "RunInspection",
-    "inspect_run",
-]
+__all__ = ["ShardSummary", "RunInspection", "inspect_run"]
 
 logger = logging.getLogger("virnucpro_merge")
-
-# The status of a rank: what its shard holds against what it was assigned. (Not
-# the status of a shard in a merge report, plan.ShardStatus: "empty" and "failed"
-# mean other things there.)
-OK = "ok"  # every assigned sequence is there
-INCOMPLETE = "incomplete"  # readable, but part of the assignment is missing
-EMPTY = "empty"  # readable, no rows, although sequences were assigned
-ABSENT = "absent"  # no file
-FAILED = "failed"  # a file that cannot be read as a shard (truncated, corrupt)
-DUPLICATED = "duplicated"  # an ID twice in the file, or in an earlier rank's (a merge refuses it)
-OFF_STRIDE = "off-stride"  # its IDs are not at positions rank + j * N (a run resumed with another N?)
-
-#: Every status, best first (the order plots use for their legend).
-STATUSES = (OK, INCOMPLETE, EMPTY, DUPLICATED, OFF_STRIDE, FAILED, ABSENT)
-
-#: One colour per status, for plots and tables alike (Okabe-Ito: safe for colour-blind readers).
-STATUS_COLORS = {
-    OK: "#009E73",
-    INCOMPLETE: "#E69F00",
-    EMPTY: "#CC79A7",
-    DUPLICATED: "#56B4E9",
-    OFF_STRIDE: "#0072B2",
-    FAILED: "#D55E00",
-    ABSENT: "#000000",
-}
-
 
 @dataclass(frozen=True)
 class ShardSummary:
@@ -418,10 +381,7 @@ def _shard_list(run: object, world_size: int | None) -> tuple[list[Path], Path |
     if isinstance(run, bytes) or not isinstance(run, Sequence | np.ndarray) or isinstance(run, str):
         msg = f"inspect_run takes a run folder or a list of shard files in rank order, not {type(run).__name__}"
         raise MergeError(msg)
-    paths = [Path(p) for p in list(run)]
-    if not paths:
-        msg = "No shard files provided"
-        raise MergeError(msg)
+    paths = shard_paths(run)
     if world_size is not None and world_size < len(paths):
         msg = f"{len(paths)} shard files for a world size of {world_size}"
         raise MergeError(msg)

@@ -14,10 +14,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .run import STATUS_COLORS, RunInspection, ShardSummary
+from .statuses import STATUS_COLORS
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from .run import RunInspection, ShardSummary
 
 __all__ = [
     "rank_ranges",

@@ -242,4 +242,4 @@ def test_the_cluster_names_an_expected_file_as_given(client, demo, tmp_path, mon
     for where in (None, client):
         with pytest.raises(ExpectedIdsError) as err:
             plan_merge(run.shard_files, Path("ids.txt"), partial=True, client=where)
-        assert str(err.value) == "ids.txt: not UTF-8 text"
+        assert str(err.value) == "ids.txt: not UTF-8 text; read as a list of IDs, one a line: its name ends in .txt"

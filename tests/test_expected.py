@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -74,7 +75,8 @@ def test_sequence_index_json(tmp_path):
     ids=["empty", "comments only", "broken JSON", "wrong key", "records without sequence_id", "not UTF-8"],
 )
 def test_bad_files_give_one_line_errors(tmp_path, content, words):
-    path = write(tmp_path, "expected.txt", content)
+    name = "expected.json" if isinstance(content, str) and content.startswith("{") else "expected.txt"
+    path = write(tmp_path, name, content)
     with pytest.raises(ExpectedIdsError, match=words) as err:
         read_expected_ids(path)
     assert str(path) in str(err.value)
@@ -105,15 +107,16 @@ def _whole(path):
 def _in_ranges(path, range_bytes):
     """The IDs as the cluster's workers read them (byte ranges, then the JSON check), or the error."""
     try:
-        form, _ = detect_form(path)
+        form, _, why = detect_form(path)
+        no_ids = f"{path}: no sequence IDs in this file" + (f"; {why}" if why else "")  # as the cluster says
         if form is None:
-            raise ExpectedIdsError(f"{path}: no sequence IDs in this file")  # noqa: EM102 - as the cluster says
-        parts = [read_range(path, form, a, b) for a, b in expected_ranges(path, range_bytes)]
+            raise ExpectedIdsError(no_ids)
+        parts = [read_range(path, form, a, b, why=why) for a, b in expected_ranges(path, range_bytes)]
         if form == "json" and not ranges_agree(parts):
             return read_expected_ids(path)  # what the cluster then does: one task reads it all
         ids = [i for part in parts for i in part.ids]
         if not ids:
-            raise ExpectedIdsError(f"{path}: no sequence IDs in this file")  # noqa: EM102
+            raise ExpectedIdsError(no_ids)
     except ExpectedIdsError as err:
         return str(err)
     return ids
@@ -247,7 +250,7 @@ def test_invalid_json_is_placed_as_json_places_it(tmp_path, monkeypatch, text):
     path = write(tmp_path, "index.json", text.encode())
     with pytest.raises(json.JSONDecodeError) as truth:
         json.loads(text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n"))
-    want = f"{path}: invalid JSON ({truth.value})"
+    want = f"{path}: invalid JSON ({truth.value}); read as a sequence index: its name ends in .json"
     assert _whole(path) == want
     monkeypatch.setattr(expected, "_BLOCK", 3)
     assert _whole(path) == want
@@ -273,3 +276,29 @@ def test_what_would_not_read_back_is_not_written(tmp_path, sequence_id, why):
     with pytest.raises(ExpectedIdsError, match=f"cannot be written one a line and read back the same .*{why}"):
         write_id_list(["fine", sequence_id], out)
     assert out.read_text() == "a previous list\n"
+
+
+@pytest.mark.parametrize(("name", "content", "want"), [
+    ("ids.txt", ">not FASTA\nseq2\n", [">not FASTA", "seq2"]),  # the name says text
+    ("ids.txt", "{odd-id}\nseq2\n", ["{odd-id}", "seq2"]),
+    ("ids", ">a desc\nAC\n>b\n", ["a", "b"]),  # no telling name: the content says FASTA
+    ("reads.fa.gz", b"gz", ["a"]),
+    ("INDEX.JSON", '{"sequences": [{"sequence_id": "x"}]}', ["x"]),
+])
+def test_the_form_is_the_names_then_the_contents(tmp_path, name, content, want):
+    path = write(tmp_path, name, gzip.compress(b">a\nAC\n") if content == b"gz" else content)
+    assert read_expected_ids(path) == want
+
+
+@pytest.mark.parametrize(("name", "content", "says"), [
+    ("ids.json", '["a", "b"]', "not a sequence index: .*; read as a sequence index: its name ends in .json"),
+    ("ids", '["a", "b"]', "not a sequence index: .*; read as a sequence index: it starts with '\\['"),
+    ("ids", "{a\n", "invalid JSON .*; read as a sequence index: it starts with '{'"),
+    ("ids.fa", "ACGT\n", "no sequence IDs in this file; read as FASTA: its name ends in .fa"),
+    ("ids.txt", "# nothing\n",
+     "no sequence IDs in this file; read as a list of IDs, one a line: its name ends in .txt"),
+])
+def test_an_error_says_how_the_file_was_read(tmp_path, name, content, says):
+    path = write(tmp_path, name, content)
+    assert re.fullmatch(f"{re.escape(str(path))}: {says}", _whole(path))
+    assert _in_ranges(path, 3) == _whole(path)

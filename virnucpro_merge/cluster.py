@@ -155,13 +155,14 @@ class _ExpectedPart:
     error: ExpectedIdsError | None = None  # what reading it found wrong (raised by the client, in file order)
 
 
-def _read_expected_part(path: Path, shown: str, form: str | None, start: int, end: int, parts: int) -> _ExpectedPart:
+def _read_expected_part(path: Path, shown: str, form: str | None, start: int, end: int, parts: int,
+                        why: str = "") -> _ExpectedPart:
     """Worker task: the expected IDs in bytes ``[start, end)`` (form None: the whole file)."""
     try:
         if form is None:
             ids, where = list(iter_expected_ids(path, shown_as=shown)), None
         else:
-            found = read_range(path, form, start, end, shown_as=shown)
+            found = read_range(path, form, start, end, shown_as=shown, why=why)
             ids, where = found.ids, replace(found, ids=[])
     except ExpectedIdsError as err:  # data, not a task failure: the workers log no traceback
         return _ExpectedPart([np.empty(0, "S1")] * parts, 0, error=err)
@@ -194,22 +195,22 @@ def _expected_pieces(client: Any, expected: object, parts: int, range_bytes: int
     if not isinstance(expected, os.PathLike):  # IDs in memory here: partition and send them
         return client.scatter([piece for piece, in _split(_as_bytes(list(expected)), parts)])  # type: ignore[call-overload]
     shown, path = str(expected), Path(expected).resolve()  # workers may run elsewhere: absolute paths
-    form, _ = detect_form(path, shown_as=shown)
+    form, _, why = detect_form(path, shown_as=shown)
+    no_ids = f"{shown}: no sequence IDs in this file" + (f"; {why}" if why else "")
     if form is None:
-        msg = f"{shown}: no sequence IDs in this file"
-        raise ExpectedIdsError(msg)
+        raise ExpectedIdsError(no_ids)
     ranges = expected_ranges(path, range_bytes)
     if ranges is None:
         tasks = [client.submit(_read_expected_part, path, shown, None, 0, 0, parts, pure=False)]
     else:
-        tasks = [client.submit(_read_expected_part, path, shown, form, a, b, parts, pure=False) for a, b in ranges]
+        tasks = [client.submit(_read_expected_part, path, shown, form, a, b, parts, why, pure=False)
+                 for a, b in ranges]
     summaries = _gathered(client, tasks)
     if form == JSON and ranges is not None and not ranges_agree([w for _, w, _ in summaries if w is not None]):
         tasks = [client.submit(_read_expected_part, path, shown, None, 0, 0, parts, pure=False)]
         summaries = _gathered(client, tasks)
     if not sum(count for count, _, _ in summaries):
-        msg = f"{shown}: no sequence IDs in this file"
-        raise ExpectedIdsError(msg)
+        raise ExpectedIdsError(no_ids)
     return [client.submit(_concat, [client.submit(_part_piece, task, p, pure=False) for task in tasks], pure=False)
             for p in range(parts)]
 

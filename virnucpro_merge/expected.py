@@ -188,11 +188,28 @@ def _lines(pieces: Iterable[tuple[str, int]]) -> Iterator[str]:
 # --------------------------------------------------------------------------- the rules
 
 
-def _form_of(first_line: str) -> str:
-    """The form a file takes, from its first non-blank line."""
-    if first_line.lstrip().startswith("{"):
-        return JSON
-    return FASTA if first_line.startswith(">") else TEXT
+_BY_EXTENSION = {".json": JSON, ".txt": TEXT, ".ids": TEXT, ".list": TEXT,
+                 **dict.fromkeys((".fa", ".fasta", ".fna", ".faa", ".ffn", ".frn", ".fas", ".fsa"), FASTA)}
+_READ_AS = {JSON: "a sequence index", FASTA: "FASTA", TEXT: "a list of IDs, one a line"}
+
+
+def _form_by_name(name: object) -> tuple[str | None, str]:
+    """The form a file's name says (``.json``, ``.fa``..., ``.txt``; ``.gz`` aside), and why."""
+    suffixes = [s.lower() for s in Path(str(name)).suffixes]
+    if suffixes and suffixes[-1] in (".gz", ".gzip"):
+        suffixes.pop()
+    form = _BY_EXTENSION.get(suffixes[-1]) if suffixes else None
+    return (form, f"read as {_READ_AS[form]}: its name ends in {suffixes[-1]}") if form else (None, "")
+
+
+def _form_by_content(first_line: str) -> tuple[str, str]:
+    """The form a file's first non-blank line says, and why."""
+    start = first_line.lstrip()[:1]
+    if start in ("{", "["):
+        return JSON, f"read as a sequence index: it starts with '{start}'"
+    if first_line.startswith(">"):
+        return FASTA, "read as FASTA: it starts with '>'"
+    return TEXT, f"read as {_READ_AS[TEXT]}"
 
 
 def _line_ids(text: str, form: str) -> list[str]:
@@ -347,6 +364,9 @@ class _IndexReader:
         (up to the end of this reader's range, if it has one)."""
         text = self.text
         self.chain.first = 0
+        if text.next_char() == "[":  # valid JSON, perhaps, but not an index
+            text.value()
+            raise self._not_an_index()
         text.take("{", "value")
         more = text.next_char() != "}"
         if not more:
@@ -505,16 +525,31 @@ class _IndexReader:
 # --------------------------------------------------------------------------- reading a whole file
 
 
-def _form_and_pieces(name: object, raw: BinaryIO) -> tuple[str | None, Iterator[tuple[str, int]]]:
-    """The file's form (None: no non-blank line), and its text from the start."""
+def _form_and_pieces(name: object, raw: BinaryIO) -> tuple[str | None, str, Iterator[tuple[str, int]]]:
+    """The file's form (None: no way to tell, and nothing in it), why, and its text from the start.
+
+    The rule: the name's extension first (``.json``; ``.fa``, ``.fasta``, ``.fna``,
+    ``.faa``, ``.ffn``, ``.frn``, ``.fas``, ``.fsa``; ``.txt``, ``.ids``, ``.list``; a
+    ``.gz`` after it aside), then the first non-blank line (``{`` or ``[``: JSON, ``>``
+    at its start: FASTA, else text).
+    """
     pieces = _text_blocks(name, _raw_blocks(name, raw))
+    form, why = _form_by_name(name)
+    if form is not None:
+        return form, why, pieces
     seen: list[tuple[str, int]] = []
     for piece in pieces:
         seen.append(piece)
         first = next((line for line in _lines([piece]) if line.strip()), None)
         if first is not None:
-            return _form_of(first), _chain(seen, pieces)
-    return None, iter(seen)
+            form, why = _form_by_content(first)
+            return form, why, _chain(seen, pieces)
+    return None, "", iter(seen)
+
+
+def _noted(err: ExpectedIdsError, why: str) -> ExpectedIdsError:
+    """The error, saying how the file was read (so that a file taken for another form says so)."""
+    return ExpectedIdsError(f"{err}; {why}") if why else err
 
 
 def _chain(first: list[tuple[str, int]], rest: Iterator[tuple[str, int]]) -> Iterator[tuple[str, int]]:
@@ -522,33 +557,44 @@ def _chain(first: list[tuple[str, int]], rest: Iterator[tuple[str, int]]) -> Ite
     yield from rest
 
 
-def detect_form(path: str | os.PathLike[str], *, shown_as: object = None) -> tuple[str | None, bool]:
-    """The form of an expected-ID file (``text``, ``fasta``, ``json``; None when it holds
-    no non-blank line) and whether it is gzipped, from the start of the file. Errors
-    name the file as ``shown_as`` when given."""
+def detect_form(path: str | os.PathLike[str], *, shown_as: object = None) -> tuple[str | None, bool, str]:
+    """The form of an expected-ID file (``text``, ``fasta``, ``json``; None when nothing
+    tells), whether it is gzipped, and why it is read as it is (its extension, else
+    its first non-blank line). Errors name the file as ``shown_as`` when given."""
     path = Path(path)
     name = shown_as or path
     with _open(path, name) as raw:
         gzipped = _read_head(raw, name, 2) == _GZIP_MAGIC
         raw.seek(0)
-        form, _ = _form_and_pieces(name, raw)
-    return form, gzipped
+        form, why, _ = _form_and_pieces(name, raw)
+    return form, gzipped, why
 
 
-def _blocks(path: Path, name: object, *, index_only: bool) -> Iterator[tuple[list[dict] | None, list[str]]]:
+def _blocks(path: Path, name: object, *, index_only: bool, require_ids: bool = False
+            ) -> Iterator[tuple[list[dict] | None, list[str]]]:
     """``(records, IDs)`` of the expected IDs in file order, a block at a time (``records``:
     for a JSON index)."""
     with _open(path, name) as raw:
-        form, pieces = _form_and_pieces(name, raw)
+        form, why, pieces = _form_and_pieces(name, raw)
         if index_only and form != JSON:
             msg = f"{name}: {_NOT_AN_INDEX}"
-            raise ExpectedIdsError(msg)
-        if form == JSON:
-            for records in _IndexReader(_JsonText(pieces, name)).from_the_top():
-                yield records, [record["sequence_id"] for record in records]
-        elif form is not None:
-            for text, _ in pieces:
-                yield None, _line_ids(text, form)
+            raise _noted(ExpectedIdsError(msg), why)
+        found = False
+        try:
+            if form == JSON:
+                for records in _IndexReader(_JsonText(pieces, name)).from_the_top():
+                    found = found or bool(records)
+                    yield records, [record["sequence_id"] for record in records]
+            elif form is not None:
+                for text, _ in pieces:
+                    ids = _line_ids(text, form)
+                    found = found or bool(ids)
+                    yield None, ids
+        except ExpectedIdsError as err:
+            raise _noted(err, why) from err
+        if require_ids and not found:
+            msg = f"{name}: no sequence IDs in this file"
+            raise _noted(ExpectedIdsError(msg), why)
 
 
 def iter_expected_id_blocks(path: str | os.PathLike[str], *, shown_as: object = None) -> Iterator[list[str]]:
@@ -585,11 +631,8 @@ def read_expected_ids(path: str | os.PathLike[str]) -> list[str]:
     ExpectedIdsError
         The file is absent, unreadable, malformed, or holds no ID.
     """
-    ids = list(iter_expected_ids(path))
-    if not ids:
-        msg = f"{path}: no sequence IDs in this file"
-        raise ExpectedIdsError(msg)
-    return ids
+    path = Path(path)
+    return [i for _, ids in _blocks(path, path, index_only=False, require_ids=True) for i in ids]
 
 
 def iter_index_records(path: str | os.PathLike[str]) -> Iterator[dict]:
@@ -651,15 +694,16 @@ def _line_start(raw: BinaryIO, position: int) -> int:
         return position + found.end()
 
 
-def read_range(path: str | os.PathLike[str], form: str, start: int, end: int, *, shown_as: object = None
-               ) -> RangeIds:
+def read_range(path: str | os.PathLike[str], form: str, start: int, end: int, *, shown_as: object = None,
+               why: str = "") -> RangeIds:
     """The expected IDs of the lines that start in bytes ``[start, end)`` of a plain file.
 
     A text or FASTA range holds the IDs of those lines. A JSON range holds the records
     that start on them, found by a guess that :func:`ranges_agree` checks; a range
     whose guess fails reports ``chain=None`` instead of an error (the range that
     starts the file is no guess: its errors are the file's). Errors name the file
-    as ``shown_as`` when given.
+    as ``shown_as`` when given, and say ``why`` it is read as ``form``
+    (:func:`detect_form`), as a whole-file read does.
     """
     path = Path(path)
     name = shown_as or path
@@ -669,16 +713,19 @@ def read_range(path: str | os.PathLike[str], form: str, start: int, end: int, *,
         raw.seek(first)
         if form != JSON:
             region = _read_head(raw, name, last - first) if first < last else b""
-            found.ids = [i for text, _ in _text_blocks(name, [region], first) for i in _line_ids(text, form)]
+            try:
+                found.ids = [i for text, _ in _text_blocks(name, [region], first) for i in _line_ids(text, form)]
+            except ExpectedIdsError as err:
+                raise _noted(err, why) from err
             return found
         blocks = iter(lambda: raw.read(_BLOCK), b"")
         reader = _IndexReader(_JsonText(_text_blocks(name, blocks, first, cut_at=last), name, owned_until=last))
         try:
             records = reader.from_the_top() if first == 0 else reader.from_a_range()
             found.ids = [record["sequence_id"] for block in records for record in block]
-        except ExpectedIdsError:
+        except ExpectedIdsError as err:
             if first == 0:
-                raise
+                raise _noted(err, why) from err
             found.ids = []
             return found
         found.chain = reader.chain

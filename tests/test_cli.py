@@ -242,3 +242,20 @@ def test_the_output_cannot_be_the_expected_file(tmp_path, make_shard, capsys):
     with pytest.raises(ValueError, match="the output path is the expected-ID file"):
         aggregate_shards([shard], ids, ids)
     assert ids.read_text() == "a\n"
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """`virnucpro-merge info m.h5 | head -1`: no 'Broken pipe' error, exit 0."""
+    import numpy as np
+
+    from virnucpro_merge import aggregate_shards
+    from virnucpro_merge.synthetic import write_shard
+
+    long = "x" * 200  # the report prints a line a shard: ~100 KB in all, more than a pipe holds
+    shards = [write_shard(tmp_path / f"s{long}{i}.h5", [f"id{i}"], np.zeros((1, 2), "f4")) for i in range(500)]
+    merged = aggregate_shards(shards, tmp_path / "m.h5")
+    done = subprocess.run(f"{sys.executable} -m virnucpro_merge info {merged} | head -1; exit ${{PIPESTATUS[0]}}",
+                          shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120)
+    assert done.stdout == f"path: {merged}\n"
+    assert done.stderr == ""
+    assert done.returncode == 0

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import io
 import logging
+import os
 import signal
 import sys
 import threading
@@ -339,6 +341,12 @@ def _logging_to_stderr(args: argparse.Namespace) -> Iterator[None]:
         logger.setLevel(old_level)
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit finds no broken pipe either."""
+    with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
@@ -351,6 +359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MergeError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `virnucpro-merge info m.h5 | head -1`: the reader has what it wanted
+        _quiet_stdout()
+        return EXIT_OK
     except OSError as err:
         print(f"{PROG}: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
         return EXIT_USAGE

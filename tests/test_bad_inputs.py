@@ -6,6 +6,7 @@ problems in ``test_expected.py``; this file holds the rest.
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import sys
@@ -25,7 +26,10 @@ from virnucpro_merge import (
     read_merge_report,
     validate_shard_completeness,
 )
+from virnucpro_merge.checks import plan_merge
 from virnucpro_merge.cli import main
+from virnucpro_merge.plan import failed_summary
+from virnucpro_merge.ranks import folder_shards
 
 
 def raw_shard(path, embeddings, sequence_ids, ids_dtype=None):
@@ -193,3 +197,69 @@ def test_index_order_from_an_iterator(make_shard, tmp_path):
     out = aggregate_shards(shards, tmp_path / "o.h5", (f"s{i}" for i in range(4)), order="index")
     assert read_datasets(out)[1] == ["s0", "s1", "s2", "s3"]
     assert read_merge_report(out)["order"] == "index"
+
+
+def test_same_shard_under_a_hard_link(make_shard, tmp_path):
+    shard = make_shard("shard_0", ["a"])
+    (tmp_path / "sub").mkdir()
+    os.link(shard, tmp_path / "sub" / "shard_0.h5")
+    with pytest.raises(ShardError, match=r"listed twice"):
+        aggregate_shards([shard, tmp_path / "sub" / "shard_0.h5"], tmp_path / "o.h5")
+
+
+def test_output_a_hard_link_of_a_shard(make_shard, tmp_path):
+    shard = make_shard("shard_0", ["a"])
+    os.link(shard, tmp_path / "o.h5")
+    with pytest.raises(OutputError, match=r"o\.h5: "):
+        aggregate_shards([shard], tmp_path / "o.h5")
+    assert read_datasets(shard)[1] == ["a"]
+
+
+@pytest.fixture
+def stray_run(make_shard, tmp_path):
+    """Two real shards and a stray ``shard_5000.h5``: 4,998 ranks without a file."""
+    for rank in range(2):
+        make_shard(f"shard_{rank}", ids(f"r{rank}_", 3))
+    make_shard("shard_5000", ["stray"])
+    return tmp_path
+
+
+def test_strict_merge_stops_at_the_first_absent_rank_before_reading(stray_run, monkeypatch):
+    import virnucpro_merge.plan as plan
+
+    opened = []
+    real = plan.open_shard
+    monkeypatch.setattr(plan, "open_shard", lambda path: opened.append(path) or real(path))
+    with pytest.raises(UnreadableShardError, match=r"shard_2\.h5: file does not exist"):
+        aggregate_shards(folder_shards(stray_run), stray_run / "o.h5")
+    assert opened == []
+
+
+def test_partial_merge_summarises_absent_ranks_in_one_line(stray_run, caplog):
+    with caplog.at_level("WARNING", logger="virnucpro_merge"):
+        aggregate_shards(folder_shards(stray_run), stray_run / "o.h5", partial=True)
+    skipping = [r.getMessage() for r in caplog.records if "Skipping" in r.getMessage()]
+    assert skipping == [f"Skipping 4,998 absent shards, ranks 2-4999 (in {stray_run}) (partial merge)"]
+    assert read_datasets(stray_run / "o.h5")[1] == [*ids("r0_", 3), *ids("r1_", 3), "stray"]
+
+
+def test_failed_summary_keeps_other_failures_one_a_line(stray_run):
+    (stray_run / "shard_3.h5").write_bytes(b"not hdf5")
+    (stray_run / "notes.h5").write_bytes(b"")
+    plan = plan_merge([*folder_shards(stray_run), stray_run / "notes.h5"], partial=True)
+    lines = failed_summary(plan)
+    assert lines[0] == f"4,997 absent shards, ranks 2, 4-4999 (in {stray_run})"
+    assert lines[1:] == [
+        f"{stray_run / 'shard_3.h5'}: not an HDF5 file",
+        f"{stray_run / 'notes.h5'}: empty file (0 bytes): the worker died before writing it",
+    ]
+
+
+def test_validate_says_failed_not_skipping(stray_run, capsys):
+    index = stray_run / "ids.txt"
+    index.write_text("\n".join([*ids("r0_", 3), *ids("r1_", 3), "stray"]) + "\n")
+    code = main(["validate", str(stray_run), "--expected", str(index)])
+    out, err = capsys.readouterr()
+    assert "Skipping" not in out + err
+    assert f"failed: 4,998 absent shards, ranks 2-4999 (in {stray_run})" in out
+    assert code == 2  # failed shards: the run cannot be vouched for

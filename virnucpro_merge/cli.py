@@ -29,6 +29,7 @@ from .errors import MergeError, ValidationError
 from .expected import iter_expected_ids, read_expected_ids
 from .inspection.tables import format_report
 from .merge import CHUNK_SIZE, LAYOUTS, ORDERS, aggregate_shards, materialize
+from .plan import failed_summary
 from .ranks import expand_shard_args, run_index
 from .report import read_merge_report
 from .rerun import write_missing_fasta
@@ -240,8 +241,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         shards = _shards_for(args, expected)
         plan = plan_merge(shards, expected, partial=True, client=client, storage=False)
     print(f"{len(shards)} shards, {plan.total_sequences} sequences, {plan.num_expected} expected IDs")
-    for shard in plan.failed_shards:
-        print(f"failed: {shard.path}: {shard.error}")
+    for line in failed_summary(plan):  # (a run of absent ranks in one line)
+        print(f"failed: {line}")
     print(f"missing: {len(plan.missing_ids)}" + (f" (first 10: {plan.missing_ids[:10]})" if plan.missing_ids else ""))
     print(f"extra: {plan.num_extra}")
     if plan.failed_shards:

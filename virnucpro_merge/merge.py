@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
@@ -27,7 +27,7 @@ from ._write.outfile import IdStep, copy_planned_ids, output_file, write_contigu
 from ._write.reorder import RowOrder, index_order
 from .checks import expected_in_memory, plan_merge
 from .errors import MergeError, NonFiniteError
-from .plan import MergePlan, ShardPlan, check_ids, draft_plan, shard_paths
+from .plan import MergePlan, ShardPlan, check_ids, draft_plan, failed_summary, shard_paths
 from .report import build_report, read_merge_report
 from .sources import resolve_source
 from .validation import as_id_set
@@ -47,6 +47,15 @@ _OUTPUT_IS_AN_INPUT = "the output path is also an input shard"
 
 def _virtual(shard: ShardPlan) -> bool:
     return shard.merged_from is not None and shard.merged_from.get("layout") == "virtual"
+
+
+def _log_left_out(plan: MergePlan, already: MergePlan | None = None) -> None:
+    """Say which shards a partial merge leaves out (a run of absent ranks in one line)."""
+    known = {s.path for s in already.failed_shards} if already is not None else set()
+    new = [s for s in plan.failed_shards if s.path not in known]
+    if new:
+        for line in failed_summary(replace(plan, shards=new)):
+            logger.warning("Skipping %s (partial merge)", line)
 
 
 def _refuse_writing_onto_inputs(output: Path, plan: MergePlan) -> None:
@@ -171,6 +180,7 @@ def aggregate_shards(
     logger.debug("phase: plan")
     if client is not None:  # the workers may read an expected-ID file themselves
         plan = plan_merge(paths, expected_sequence_ids, partial=partial, client=client)
+        _log_left_out(plan)
         _refuse_writing_onto_inputs(output, plan)
         if layout == "virtual":
             _merge_virtually(plan, output, options)
@@ -180,7 +190,9 @@ def aggregate_shards(
         return output
     expected = expected_in_memory(expected_sequence_ids) if expected_sequence_ids is not None else None
     if layout == "virtual":
-        _merge_virtually(plan_merge(paths, expected, partial=partial), output, options)
+        plan = plan_merge(paths, expected, partial=partial)
+        _log_left_out(plan)
+        _merge_virtually(plan, output, options)
     elif order == "index":
         _merge_in_index_order(paths, output, list(expected or ()), options)
     else:
@@ -203,9 +215,11 @@ def _merge_while_checking(paths: list[Path], output: Path, expected_ids: Collect
     """
     expected = None if expected_ids is None else as_id_set(expected_ids)
     draft = draft_plan(paths, partial=options.partial)
+    _log_left_out(draft)
     _refuse_writing_onto_inputs(output, draft)
     if atomic.room_problem(output, draft.output_bytes) is not None:
         plan = check_ids(draft, expected, partial=options.partial)
+        _log_left_out(plan, draft)
         _write_planned(plan, output, build_report(plan, options.chunk_size), options)
         return
     with output_file(output, draft.output_bytes) as pending:
@@ -216,6 +230,7 @@ def _merge_while_checking(paths: list[Path], output: Path, expected_ids: Collect
             _refuse_nonfinite(nonfinite, options)
         else:
             pending.discard()
+    _log_left_out(plan, draft)
     if not plan.same_rows_as(draft):
         logger.debug("A shard's IDs could not be read: writing again without it")
         _write_planned(plan, output, build_report(plan, options.chunk_size), options)
@@ -262,6 +277,7 @@ def _merge_virtually(plan: MergePlan, output: Path, options: _Options) -> None:
 def _merge_in_index_order(paths: list[Path], output: Path, index_ids: list[str], options: _Options) -> None:
     """The index-order route: planned (keeping the IDs' hashes), then written block by block."""
     plan = plan_merge(paths, index_ids, partial=options.partial, keep_ids=True)
+    _log_left_out(plan)
     _refuse_writing_onto_inputs(output, plan)
     report = build_report(plan, options.chunk_size, order="index")
     row_order = index_order(plan, index_ids)

@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DuplicateIdError, MergeError, MissingIdsError, ShardError, UnreadableShardError
-from .shards import ShardMeta, iter_id_chunks, open_shard, read_shard_meta
-from .sources import fingerprint
+from .ranks import rank_of
+from .shards import ABSENT, ShardMeta, iter_id_chunks, open_shard, read_shard_meta
+from .sources import file_key, fingerprint
 from .validation import Findings, IdIndex, warn_extra
 
 __all__ = [
@@ -39,8 +40,10 @@ __all__ = [
     "check_ids",
     "plan_from_scan",
     "refuse_changed",
+    "refuse_absent",
     "refuse_repeated_paths",
     "shard_paths",
+    "failed_summary",
 ]
 
 logger = logging.getLogger("virnucpro_merge")
@@ -143,14 +146,23 @@ def shard_paths(shard_files: object, *, allow_empty: bool = False) -> list[Path]
     if not given and not allow_empty:
         msg = "No shard files provided"
         raise MergeError(msg)
-    return [Path(p) for p in given]
+    return [p if isinstance(p, Path) else Path(p) for p in given]
+
+
+def refuse_absent(paths: Sequence[Path]) -> None:
+    """A strict merge stops at the first shard that does not exist, before any other work
+    (a stray ``shard_200000.h5`` in a folder of 8 lists 199,992 of them)."""
+    for path in paths:
+        if not os.path.lexists(path):
+            raise UnreadableShardError(path, ABSENT)
 
 
 def refuse_repeated_paths(paths: Sequence[Path]) -> None:
     """Refuse a shard given twice (under any name)."""
-    first: dict[Path, Path] = {}
+    first: dict[tuple, Path] = {}
+    cwd = os.getcwd()
     for path in paths:
-        key = path.resolve()
+        key = file_key(path, cwd)
         if key in first:
             raise ShardError(path, f"listed twice (also as {first[key]})")
         first[key] = path
@@ -180,11 +192,34 @@ def _readable(meta: ShardMeta) -> ShardPlan:
 
 
 def _failed(err: UnreadableShardError, *, partial: bool) -> ShardPlan:
-    """A crashed worker's shard: skipped by a partial merge, an error otherwise."""
+    """A crashed worker's shard: left out with ``partial`` (see :func:`failed_summary`), an error otherwise."""
     if not partial:
         raise err
-    logger.warning("Skipping %s (partial merge)", err)
     return ShardPlan(path=Path(err.path), status=ShardStatus.FAILED, error=err.problem)
+
+
+def failed_summary(plan: MergePlan, most: int = 10) -> list[str]:
+    """The failed shards of a plan, a line each -- but the absent files of a run folder's ranks
+    in one line, as ranges (a stray ``shard_200000.h5`` leaves 199,99x of them)."""
+    absent = [s for s in plan.failed_shards if s.error == ABSENT and rank_of(s.path) is not None]
+    lines = []
+    if len(absent) > 1:
+        ranks = sorted(rank_of(s.path) or 0 for s in absent)
+        runs: list[list[int]] = []
+        for rank in ranks:
+            if runs and rank == runs[-1][1] + 1:
+                runs[-1][1] = rank
+            else:
+                runs.append([rank, rank])
+        shown = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:most])
+        more = f" and {len(runs) - most} more runs" if len(runs) > most else ""
+        lines.append(f"{len(absent):,} absent shards, ranks {shown}{more} (in {absent[0].path.parent})")
+    summarised = {id(s) for s in absent} if len(absent) > 1 else set()
+    others = [s for s in plan.failed_shards if id(s) not in summarised]
+    lines += [f"{s.path}: {s.error}" for s in others[:most]]
+    if len(others) > most:
+        lines.append(f"... and {len(others) - most:,} more failed shards")
+    return lines
 
 
 def _placed(shards: list[ShardPlan]) -> MergePlan:
@@ -238,6 +273,8 @@ def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool =
         shards of different embedding dimensions.
     """
     paths = shard_paths(shard_files)
+    if not partial:
+        refuse_absent(paths)
     refuse_repeated_paths(paths)
     shards = []
     for path in paths:

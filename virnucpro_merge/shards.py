@@ -28,6 +28,7 @@ __all__ = [
     "SEQUENCE_IDS",
     "REPORT_GROUP",
     "ID_CHUNK",
+    "ABSENT",
     "ShardMeta",
     "first_line",
     "open_shard",
@@ -92,11 +93,15 @@ def _diagnose_unopenable(path: Path, err: OSError) -> UnreadableShardError:
     return UnreadableShardError(path, f"corrupt HDF5 file ({message})")
 
 
+#: The problem of a shard that was never written (a worker that died before its first write).
+ABSENT = "file does not exist"
+
+
 def open_shard_file(path: str | os.PathLike[str]) -> h5py.File:
     """Open a shard read-only (the caller closes it); every failure is a one-line ShardError."""
     path = Path(path)
     if not path.exists():
-        raise UnreadableShardError(path, "file does not exist")
+        raise UnreadableShardError(path, ABSENT)
     if path.is_dir():
         raise ShardError(path, "is a directory, not a shard file")
     if not path.is_file():  # a FIFO or a device: HDF5 would wait on it forever

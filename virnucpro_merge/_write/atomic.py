@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OutputError
+from ..sources import file_key
 
 __all__ = [
     "TEMP_SUFFIX",
@@ -134,11 +135,10 @@ def check_room(target: Path, nbytes: int) -> None:
 def refuse_overwriting(output: Path, inputs: Iterable[Path], problem: str) -> None:
     """Refuse an output that is one of ``inputs`` (the same path, or the same file under
     another name): ``OutputError("<output>: <problem>")``."""
-    target = output.resolve()
-    for path in inputs:
-        if path.resolve() == target or (output.exists() and path.exists() and os.path.samefile(path, output)):
-            msg = f"{output}: {problem}"
-            raise OutputError(msg)
+    target, cwd = file_key(output), os.getcwd()
+    if any(file_key(path, cwd) == target for path in inputs):
+        msg = f"{output}: {problem}"
+        raise OutputError(msg)
 
 
 def _fsync(path: Path, *, directory: bool = False) -> None:

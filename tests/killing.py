@@ -85,13 +85,14 @@ class KillRun:
         return sorted(p.name for p in self.directory.iterdir() if p.name.endswith(".partial"))
 
 
-def _env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
 
 
 def _start(run: KillRun) -> tuple[subprocess.Popen, list[str]]:
     """Start a merge and wait until it begins planning (past interpreter start-up)."""
-    proc = subprocess.Popen(run.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(run.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=child_env())
     seen = []
     for line in proc.stderr:
         seen.append(line)
@@ -134,7 +135,7 @@ def trial(run: KillRun, delay: float) -> tuple[str, str]:
     if phase in ("write", "sync", "replace"):
         assert len(leftovers) <= 1
     # the next merge cleans up after the killed one, and succeeds
-    subprocess.run(run.command(), check=True, capture_output=True, env=_env())
+    subprocess.run(run.command(), check=True, capture_output=True, env=child_env())
     assert run.temp_files() == [], f"stale temp files survived: {leftovers}"
     assert run.output_state() == "complete"
     run.output.write_bytes(run.previous)

@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,10 +20,10 @@ import numpy as np
 import pytest
 
 from tests.helpers import ids, read_datasets
-from tests.killing import KillRun, _env, time_one_merge, trial
+from tests.killing import KillRun, child_env, time_one_merge, trial
 from virnucpro_merge import MergeError, OutputError, aggregate_shards
 from virnucpro_merge._write import sysio
-from virnucpro_merge._write.atomic import _HOST, remove_stale_temps
+from virnucpro_merge._write.atomic import atomic_output, remove_stale_temps, temp_path
 from virnucpro_merge.synthetic import write_shard
 
 
@@ -63,7 +64,7 @@ class TestSignals:
         proc = subprocess.Popen(
             cli("-v", "aggregate", *map(str, shards), "-o", str(folder / "out.h5"), "--chunk-size", "50",
                 "--no-progress"),
-            stderr=subprocess.PIPE, text=True, env=_env(),
+            stderr=subprocess.PIPE, text=True, env=child_env(),
         )
         lines = []
         for line in proc.stderr:
@@ -97,7 +98,7 @@ class TestFullDisk:
         out = tmp_path / "out.h5"
         done = subprocess.run(
             cli("-q", "aggregate", *map(str, shards), "-o", str(out)),
-            capture_output=True, text=True, env=_env(), preexec_fn=_limit_file_size(3_000_000), timeout=120,
+            capture_output=True, text=True, env=child_env(), preexec_fn=_limit_file_size(3_000_000), timeout=120,
         )
         assert done.returncode == 2, done.stderr
         assert done.stderr.count("\n") == 1, done.stderr
@@ -110,7 +111,7 @@ class TestFullDisk:
         out = small / "out.h5"
         out.write_bytes(b"previous good merge")
         done = subprocess.run(cli("-q", "aggregate", *map(str, shards), "-o", str(out)),
-                              capture_output=True, text=True, env=_env(), timeout=120)
+                              capture_output=True, text=True, env=child_env(), timeout=120)
         assert done.returncode == 2, done.stderr
         assert done.stderr.count("\n") == 1, done.stderr
         free = rf"{out}: not enough free space in {small}: the merge needs about [0-9.]+ MiB, 2.0 MiB is free"
@@ -147,13 +148,15 @@ class TestStaleTemps:
         finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                                   capture_output=True, text=True, check=True)
         dead_pid = int(finished.stdout)
+        out = tmp_path / "out.h5"
         names = {
-            "dead": f".out.h5.{_HOST}.{dead_pid}.0123abcd.partial",
-            "alive": f".out.h5.{_HOST}.{os.getpid()}.0123abcd.partial",
-            "other host": f".out.h5.other-node-7.{dead_pid}.0123abcd.partial",
-            "other output": f".other.h5.{_HOST}.{dead_pid}.0123abcd.partial",
+            "dead": temp_path(out, pid=dead_pid).name,
+            "alive": temp_path(out).name,
+            "other host": temp_path(out, host="other-node-7", pid=dead_pid).name,
+            "other output": temp_path(tmp_path / "other.h5", pid=dead_pid).name,
             "user file": "out.h5.partial",
         }
+        assert names["dead"].startswith(".out.h5.")
         for name in names.values():
             (tmp_path / name).write_bytes(b"x")
         aggregate_shards([make_shard("shard_0", ["a"])], tmp_path / "out.h5")
@@ -163,10 +166,44 @@ class TestStaleTemps:
 
     def test_remove_stale_temps_returns_what_it_removed(self, tmp_path):
         target = tmp_path / "x.h5"
-        stale = tmp_path / f".x.h5.{_HOST}.999999999.deadbeef.partial"
+        stale = temp_path(target, pid=999999999, token="deadbeef")
         stale.write_bytes(b"")
         assert remove_stale_temps(target) == [stale]
         assert remove_stale_temps(target) == []
+
+
+    def test_a_long_output_name(self, make_shard, tmp_path):
+        finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                                  capture_output=True, text=True, check=True)
+        out = tmp_path / ("é" * 60 + "x" * 109 + ".h5")  # 232 bytes: a valid name, too long with the tail
+        twin = tmp_path / ("é" * 60 + "x" * 109 + ".h6")
+        stale, other = temp_path(out, pid=int(finished.stdout)), temp_path(twin, pid=int(finished.stdout))
+        for temp in (stale, other):
+            assert len(os.fsencode(temp.name)) <= 255
+            temp.write_bytes(b"x")
+        assert stale.name != other.name
+        aggregate_shards([make_shard("shard_0", ["a"])], out)
+        assert read_datasets(out)[1] == ["a"]
+        assert temp_files(tmp_path) == [other.name]  # the stale temp of this output only
+
+
+class TestFolderRemoved:
+    @pytest.mark.parametrize("when", ["while writing", "before the rename"])
+    def test_the_folder_is_named_not_the_temp_file(self, tmp_path, when):
+        folder = tmp_path / "out"
+        folder.mkdir()
+        target = folder / "m.h5"
+        def write(pending):
+            if when == "while writing":
+                shutil.rmtree(folder)
+            pending.path.write_bytes(b"x")
+            if when == "before the rename":
+                shutil.rmtree(folder)
+
+        with pytest.raises(OutputError) as err:  # noqa: PT012 (the failure is in leaving the block)
+            with atomic_output(target) as pending:
+                write(pending)
+        assert str(err.value) == f"{target}: output folder {folder} was removed during the merge"
 
 
 class TestConcurrency:
@@ -190,7 +227,8 @@ class TestConcurrency:
         thread = threading.Thread(target=reader)
         thread.start()
         try:
-            procs = [subprocess.Popen(cli("-q", "aggregate", *map(str, s), "-o", str(out)), env=_env()) for s in (a, b)]
+            procs = [subprocess.Popen(cli("-q", "aggregate", *map(str, s), "-o", str(out)), env=child_env())
+                     for s in (a, b)]
             assert [p.wait(timeout=120) for p in procs] == [0, 0]
         finally:
             stop.set()

@@ -230,3 +230,16 @@ def test_a_merge_onto_a_source_of_a_virtual_input_is_refused(percent_run):
         with pytest.raises(MergeError, match="the output path is a source of a virtual input"):
             aggregate_shards([virtual], "run_50%b/shard_0.h5", ["a", "b", "c"], order=order)
     assert Path("run_50%b/shard_0.h5").read_bytes() == before
+
+
+def test_materialize_a_virtual_output_of_empty_shards(make_shard, tmp_path):
+    shards = [make_shard(f"shard_{rank}", []) for rank in range(2)]
+    virtual = aggregate_shards(shards, tmp_path / "v.h5", layout="virtual")
+    out = materialize(virtual, tmp_path / "m.h5")
+    with h5py.File(out) as f:
+        assert f["embeddings"].shape[0] == 0
+        assert f["sequence_ids"].shape == (0,)
+    report = read_merge_report(out)
+    assert [Path(s["path"]).name for s in report["shards"]] == ["shard_0.h5", "shard_1.h5"]
+    assert [s["status"] for s in report["shards"]] == ["empty", "empty"]
+    assert report["materialized_from"] == str(virtual)

@@ -338,12 +338,14 @@ def materialize(
         raise MergeError(old["source_problems"][0])
     sources = [resolve_source(s["path"], virtual) for s in old["sources"]]
     atomic.refuse_overwriting(output, [virtual, *sources], _OUTPUT_IS_AN_INPUT)
-    plan = plan_merge(sources)
+    plan = plan_merge(sources or [virtual])  # no source holds a row: the file itself holds all there is
     if plan.total_sequences != old["total_sequences"]:
         msg = f"{virtual}: its sources hold {plan.total_sequences} rows, not {old['total_sequences']}"
         raise MergeError(msg)
     report = build_report(plan, chunk_size)  # its shards: the sources it was copied from
     keep = ("failed_shards", "lineage", "num_expected", "num_missing", "num_extra", "partial", "missing_ids")
     report.update({k: old[k] for k in keep}, materialized_from=str(virtual))
+    if not sources:
+        report["shards"] = old["shards"]  # all empty: nothing was copied, but these were merged
     _write_planned(plan, output, report, _Options(chunk_size, False, progress, False))
     return output

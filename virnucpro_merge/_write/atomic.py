@@ -1,7 +1,8 @@
 """Write a file so that it appears whole or not at all.
 
 The data goes to a hidden temporary file beside the target
-(``.<name>.<host>.<pid>.<random>.partial``), which is flushed to disk and then
+(``.<name>.<host>.<pid>.<random>.partial``, :func:`temp_path`; a name too long for
+that is cut and ends in a hash of the whole), which is flushed to disk and then
 renamed onto the target with :func:`os.replace`. On any failure, ``KeyboardInterrupt``
 included, the temporary file is removed and an existing target is left untouched.
 
@@ -17,6 +18,7 @@ This module also owns the checks made before the first byte: enough free space
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -33,6 +35,8 @@ from ..sources import file_key
 
 __all__ = [
     "TEMP_SUFFIX",
+    "HOST",
+    "temp_path",
     "Pending",
     "atomic_output",
     "room_problem",
@@ -44,8 +48,32 @@ __all__ = [
 logger = logging.getLogger("virnucpro_merge")
 
 TEMP_SUFFIX = ".partial"
-_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+#: This machine's name as temp names carry it (so that another node's merges are left alone).
+HOST = (re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host")[:63]
 _TEMP_TAIL = re.compile(r"\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]{8}" + re.escape(TEMP_SUFFIX) + "$")
+_NAME_MAX = 255  # bytes in a file name, on every filesystem a merge is likely to write to
+_TAIL_MAX = len(f".{'x' * 63}.{2**22}.{'0' * 8}{TEMP_SUFFIX}")  # the longest tail: host, pid, token
+
+
+def _temp_stem(target: Path) -> str:
+    """``.<name>``, the start of every temp name of ``target`` -- cut to leave room for the
+    tail, and then ending in ``~`` and a hash of the whole name (so no two targets share it)."""
+    name = target.name
+    room = _NAME_MAX - _TAIL_MAX - 1
+    if len(os.fsencode(name)) <= room:
+        return f".{name}"
+    mark = "~" + hashlib.sha1(os.fsencode(name)).hexdigest()[:12]
+    cut = name
+    while len(os.fsencode(cut)) > room - len(mark):
+        cut = cut[:-1]
+    return f".{cut}{mark}"
+
+
+def temp_path(target: Path, *, host: str = HOST, pid: int | None = None, token: str | None = None) -> Path:
+    """The temp file beside ``target`` of a merge by process ``pid`` (this one) on ``host``."""
+    pid = os.getpid() if pid is None else pid
+    token = secrets.token_hex(4) if token is None else token
+    return target.with_name(f"{_temp_stem(target)}.{host}.{pid}.{token}{TEMP_SUFFIX}")
 
 
 def _process_alive(pid: int) -> bool:
@@ -60,7 +88,7 @@ def _process_alive(pid: int) -> bool:
 
 def remove_stale_temps(target: Path) -> list[Path]:
     """Remove temp files of ``target`` left by killed merges on this host; return them."""
-    prefix = f".{target.name}"
+    prefix = _temp_stem(target)
     removed: list[Path] = []
     try:
         entries = list(target.parent.iterdir())
@@ -71,7 +99,7 @@ def remove_stale_temps(target: Path) -> list[Path]:
         match = _TEMP_TAIL.search(name) if name.startswith(prefix) else None
         if match is None or match.start() != len(prefix):
             continue
-        if match["host"] != _HOST or _process_alive(int(match["pid"])):
+        if match["host"] != HOST or _process_alive(int(match["pid"])):
             continue
         try:
             entry.unlink()
@@ -85,8 +113,7 @@ def remove_stale_temps(target: Path) -> list[Path]:
 def _create_temp(target: Path) -> Path:
     """Create an empty, uniquely named temp file beside ``target`` (mode as umask allows)."""
     while True:
-        token = f"{_HOST}.{os.getpid()}.{secrets.token_hex(4)}"
-        temp = target.with_name(f".{target.name}.{token}{TEMP_SUFFIX}")
+        temp = temp_path(target)
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
@@ -193,9 +220,12 @@ def atomic_output(target: Path, size_hint: int = 0) -> Iterator[Pending]:
         _fsync(pending.path)
         logger.debug("phase: replace")
         os.replace(pending.path, target)
-    except BaseException:
+    except BaseException as err:
         with suppress(FileNotFoundError):
             os.unlink(pending.path)
+        if isinstance(err, Exception) and not target.parent.is_dir():  # not the temp file's fault
+            msg = f"{target}: output folder {target.parent} was removed during the merge"
+            raise OutputError(msg) from err
         raise
     with suppress(OSError):  # not every filesystem lets a folder be fsync'ed
         _fsync(target.parent, directory=True)

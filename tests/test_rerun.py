@@ -13,6 +13,7 @@ from tests.helpers import read_datasets
 from virnucpro_merge import MergeError, aggregate_shards, read_expected_ids, read_merge_report
 from virnucpro_merge.errors import IndexMismatchError, OutputError
 from virnucpro_merge.expected import read_sequence_index
+from virnucpro_merge.cli import main
 from virnucpro_merge.rerun import write_missing_fasta
 from virnucpro_merge.synthetic import embed_fasta_like_run, make_demo_run, synthetic_embeddings
 
@@ -194,10 +195,15 @@ class TestIndexMismatch:
         match = rf"{seq_id} .*found the end of the file \({offset} bytes\)"
         self.assert_refused(merged, run.index, tmp_path / "m.fasta", match)
 
-    def test_an_absent_fasta(self, run, merged, tmp_path):
+    def test_an_absent_fasta_names_every_place_looked(self, run, merged, tmp_path):
         run.fasta.unlink()
-        match = r"sequences\.fasta: FASTA file does not exist \(named by sequence_index\.json\)"
-        self.assert_refused(merged, run.index, tmp_path / "m.fasta", match)
+        with pytest.raises(IndexMismatchError) as err:
+            write_missing_fasta(merged, run.index, tmp_path / "m.fasta")
+        assert str(err.value) == (
+            f"sequences.fasta: FASTA file does not exist (named by sequence_index.json; looked for "
+            f"sequences.fasta, {run.fasta}); give the folder that holds it with --fasta-dir DIR")
+        assert not (tmp_path / "m.fasta").exists()
+
 
     def test_a_gzip_fasta(self, run, merged, tmp_path):
         run.fasta.write_bytes(gzip.compress(run.fasta.read_bytes()))
@@ -252,3 +258,64 @@ class TestOtherInputs:
     def test_errors_are_value_errors(self):
         assert issubclass(IndexMismatchError, MergeError)
         assert issubclass(IndexMismatchError, ValueError)
+
+
+class TestWhereTheFastaIs:
+    """The pipeline writes ``file_path`` as it was given it: relative to its working directory."""
+
+    @pytest.fixture
+    def pipeline_index(self, run, tmp_path):
+        """The index as the real pipeline writes it: ``output/reads_a.fasta``, from the job's folder."""
+        job = tmp_path / "job"
+        (job / "output").mkdir(parents=True)
+        run.fasta.rename(job / "output" / "reads_a.fasta")
+        index = json.loads(run.index.read_text())
+        for record in index["sequences"]:
+            record["file_path"] = "output/reads_a.fasta"
+        (job / "output" / "sequence_index.json").write_text(json.dumps(index))
+        return job
+
+    def expected(self, run, merged, tmp_path):
+        records = fasta_records(tmp_path / "job" / "output" / "reads_a.fasta")
+        return b"".join(records[i] for i in read_merge_report(merged)["missing_ids"])
+
+    def test_relative_to_the_current_directory(self, run, merged, pipeline_index, tmp_path, monkeypatch):
+        monkeypatch.chdir(pipeline_index)
+        n = write_missing_fasta(merged, "output/sequence_index.json", tmp_path / "m.fasta")
+        assert n == len(read_merge_report(merged)["missing_ids"]) > 0
+        assert (tmp_path / "m.fasta").read_bytes() == self.expected(run, merged, tmp_path)
+
+    def test_relative_to_the_index_folder(self, run, merged, pipeline_index, tmp_path, monkeypatch):
+        monkeypatch.chdir(tmp_path)  # not the job's folder: output/reads_a.fasta is not here
+        (pipeline_index / "output" / "output").mkdir()
+        (pipeline_index / "output" / "reads_a.fasta").rename(pipeline_index / "output" / "output" / "reads_a.fasta")
+        write_missing_fasta(merged, pipeline_index / "output" / "sequence_index.json", tmp_path / "m.fasta")
+        assert fasta_records(tmp_path / "m.fasta").keys() == set(read_merge_report(merged)["missing_ids"])
+
+    def test_in_the_fasta_dir_cli(self, run, merged, pipeline_index, tmp_path, monkeypatch):
+        monkeypatch.chdir(tmp_path)
+        moved = tmp_path / "archive"
+        moved.mkdir()
+        (pipeline_index / "output" / "reads_a.fasta").rename(moved / "reads_a.fasta")
+        index = pipeline_index / "output" / "sequence_index.json"
+        out = tmp_path / "m.fasta"
+        assert main(["rerun", str(merged), "--index", str(index), "-o", str(out)]) == 2
+        assert main(["rerun", str(merged), "--index", str(index), "-o", str(out), "--fasta-dir", str(moved)]) == 0
+        assert out.read_bytes() == b"".join(
+            fasta_records(moved / "reads_a.fasta")[i] for i in read_merge_report(merged)["missing_ids"])
+
+    def test_nowhere(self, run, merged, pipeline_index, tmp_path, monkeypatch, capsys):
+        monkeypatch.chdir(tmp_path)
+        (pipeline_index / "output" / "reads_a.fasta").unlink()
+        index = pipeline_index / "output" / "sequence_index.json"
+        code = main(["rerun", str(merged), "--index", str(index), "-o", "m.fasta", "--fasta-dir", "."])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert err.splitlines() == [
+            "virnucpro-merge: error: output/reads_a.fasta: FASTA file does not exist (named by sequence_index.json; "
+            f"looked for output/reads_a.fasta, reads_a.fasta, {pipeline_index / 'output' / 'output' / 'reads_a.fasta'})"
+        ]
+
+    def test_a_fasta_dir_that_is_not_a_folder(self, run, merged, tmp_path):
+        with pytest.raises(IndexMismatchError, match=r"m\.h5: not a folder"):
+            write_missing_fasta(merged, run.index, tmp_path / "x.fasta", fasta_dir=tmp_path / "m.h5")

@@ -135,6 +135,8 @@ def _parser() -> argparse.ArgumentParser:
     rerun.add_argument("--index", required=True, type=Path, metavar="INDEX",
                        help="the run's sequence-index JSON (sequence_id, file_path, byte_offset)")
     rerun.add_argument("-o", "--output", required=True, type=Path, help="the FASTA file to write")
+    rerun.add_argument("--fasta-dir", type=Path, metavar="DIR",
+                       help="look here first for the FASTA files the index names (moved since the run)")
 
     rep = sub.add_parser("report", help="write one self-contained HTML report of a run (needs the notebooks extra)")
     rep.add_argument("run", nargs="+", metavar="RUN_DIR_OR_SHARDS",
@@ -258,7 +260,7 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
 
 
 def _cmd_rerun(args: argparse.Namespace) -> int:
-    written = write_missing_fasta(args.merged, args.index, args.output)
+    written = write_missing_fasta(args.merged, args.index, args.output, fasta_dir=args.fasta_dir)
     logger.info("Wrote %d missing sequences to %s", written, args.output)
     return EXIT_OK
 

@@ -55,11 +55,35 @@ def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _select(records: Iterable[dict], missing: set[str], index_path: Path, merged_path: Path) -> list[_Wanted]:
+def _places(file_path: str, index_path: Path, fasta_dir: Path | None) -> list[Path]:
+    """Where a FASTA named ``file_path`` by the index may be, in the order looked: in
+    ``fasta_dir`` (under its path as written, then by its name), as written (absolute, or
+    relative to the current directory: the pipeline writes it as it was given it), then
+    relative to the index's folder."""
+    written = Path(file_path)
+    places = [] if fasta_dir is None else [fasta_dir / written, fasta_dir / written.name]
+    places += [written, index_path.parent / written]
+    return list(dict.fromkeys(places))  # (an absolute path is the same in every folder)
+
+
+def _find_fasta(file_path: str, index_path: Path, fasta_dir: Path | None) -> Path:
+    """The first place of :func:`_places` that holds a file; else an error naming every place tried."""
+    places = _places(file_path, index_path, fasta_dir)
+    for place in places:
+        if place.is_file():
+            return place
+    hint = "" if fasta_dir is not None else "; give the folder that holds it with --fasta-dir DIR"
+    tried = ", ".join(str(place) for place in places)
+    msg = f"{file_path}: FASTA file does not exist (named by {index_path.name}; looked for {tried}){hint}"
+    raise IndexMismatchError(msg)
+
+
+def _select(records: Iterable[dict], missing: set[str], index_path: Path, merged_path: Path,
+            fasta_dir: Path | None) -> list[_Wanted]:
     """The index records of the ``missing`` IDs, in index order, checked for shape."""
     wanted: list[_Wanted] = []
     seen: set[str] = set()
-    fastas: dict[str, Path] = {}  # file_path as written -> resolved, one Path per file
+    fastas: dict[str, Path] = {}  # file_path as written -> found, looked for once per file
     for position, record in enumerate(records):
         seq_id = record["sequence_id"]
         if seq_id not in missing:
@@ -77,7 +101,7 @@ def _select(records: Iterable[dict], missing: set[str], index_path: Path, merged
             raise IndexMismatchError(msg)
         fasta = fastas.get(file_path)
         if fasta is None:
-            fasta = fastas[file_path] = index_path.parent / file_path  # an absolute file_path stays absolute
+            fasta = fastas[file_path] = _find_fasta(file_path, index_path, fasta_dir)
         wanted.append(_Wanted(seq_id, fasta, offset, length))
     absent = missing - seen
     if absent:
@@ -180,6 +204,8 @@ def write_missing_fasta(
     merged_path: str | os.PathLike[str],
     index_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
+    *,
+    fasta_dir: str | os.PathLike[str] | None = None,
 ) -> int:
     """Write the FASTA records of the sequences a partial merge lacks.
 
@@ -196,10 +222,14 @@ def write_missing_fasta(
         A file written by :func:`aggregate_shards`, usually with ``partial=True``
         and expected IDs.
     index_path : path-like
-        The run's sequence-index JSON. Relative ``file_path`` entries are taken
-        relative to its folder.
+        The run's sequence-index JSON. Each ``file_path`` entry is looked for
+        as written (absolute, or relative to the current directory, as the
+        pipeline was given it), then relative to the index's folder.
     output_path : path-like
         The FASTA to write; it appears atomically, whole or not at all.
+    fasta_dir : path-like, optional
+        A folder to look in first: for ``file_path`` under it, then for the
+        file's name in it (FASTA files moved since the run).
 
     Returns
     -------
@@ -214,7 +244,8 @@ def write_missing_fasta(
         ``index_path`` is absent, unreadable or not a sequence index.
     IndexMismatchError
         A missing ID is not in the index, or the index no longer matches its
-        FASTA files: a file is absent, unreadable or gzip-compressed, or the
+        FASTA files: a file is in none of the places looked (all named), is
+        unreadable or gzip-compressed, or the
         record at an offset is another sequence or of another length.
     OutputError
         ``output_path`` cannot be written, or is one of the inputs.
@@ -231,9 +262,13 @@ def write_missing_fasta(
     10
     """
     merged_path, index_path, output_path = Path(merged_path), Path(index_path), Path(output_path)
+    folder = None if fasta_dir is None else Path(fasta_dir)
+    if folder is not None and not folder.is_dir():
+        msg = f"{folder}: not a folder (given as the folder of the FASTA files)"
+        raise IndexMismatchError(msg)
     report = read_merge_report(merged_path)
     missing = set(report["missing_ids"])
-    wanted = _select(iter_index_records(index_path), missing, index_path, merged_path)
+    wanted = _select(iter_index_records(index_path), missing, index_path, merged_path, folder)
     fastas = list(dict.fromkeys(w.fasta for w in wanted))
     refuse_overwriting(output_path, [merged_path, index_path, *fastas],
                        "is an input of this re-run; choose another output path")

@@ -11,9 +11,9 @@ import pytest
 
 from tests.helpers import read_datasets
 from virnucpro_merge import MergeError, aggregate_shards, read_expected_ids, read_merge_report
+from virnucpro_merge.cli import main
 from virnucpro_merge.errors import IndexMismatchError, OutputError
 from virnucpro_merge.expected import read_sequence_index
-from virnucpro_merge.cli import main
 from virnucpro_merge.rerun import write_missing_fasta
 from virnucpro_merge.synthetic import embed_fasta_like_run, make_demo_run, synthetic_embeddings
 

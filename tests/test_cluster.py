@@ -243,3 +243,10 @@ def test_the_cluster_names_an_expected_file_as_given(client, demo, tmp_path, mon
         with pytest.raises(ExpectedIdsError) as err:
             plan_merge(run.shard_files, Path("ids.txt"), partial=True, client=where)
         assert str(err.value) == "ids.txt: not UTF-8 text; read as a list of IDs, one a line: its name ends in .txt"
+
+
+def test_normalisation_twin_named_as_in_one_process(client, make_shard):
+    shards = [make_shard("shard_0", ["caf\u00e9", "plain"])]
+    spread = plan_merge(shards, ["cafe\u0301", "plain"], partial=True, client=client)
+    assert spread.missing_twins == plan_merge(shards, ["cafe\u0301", "plain"], partial=True).missing_twins
+    assert spread.missing_twins == {"cafe\u0301": "caf\u00e9"}

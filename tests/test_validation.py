@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import pickle
 
 import numpy as np
 import pytest
 
-from virnucpro_merge import DuplicateIdError, aggregate_shards, validate_shard_completeness, validation
+from virnucpro_merge import DuplicateIdError, MissingIdsError, aggregate_shards, validate_shard_completeness, validation
+from virnucpro_merge.cli import main
 from virnucpro_merge.validation import IdIndex
 
 
@@ -132,3 +134,43 @@ def test_errors_survive_pickling():
         again = pickle.loads(pickle.dumps(err))
         assert type(again) is type(err)
         assert str(again) == str(err)
+
+
+class TestNormalisationTwins:
+    """IDs are compared exactly; an ID missing only in its NFC/NFD spelling is said to be so."""
+
+    NFC, NFD = "caf\u00e9_1", "cafe\u0301_1"
+
+    @pytest.fixture
+    def run(self, make_shard):
+        return [make_shard("shard_0", [self.NFC, "plain"])]
+
+    def test_strict_merge_names_the_twin(self, run, tmp_path):
+        with pytest.raises(MissingIdsError) as err:
+            aggregate_shards(run, tmp_path / "o.h5", [self.NFD, "plain"])
+        message = str(err.value)
+        assert message.startswith("Missing 1 expected sequences. First 10 missing IDs: ")
+        assert message.endswith("; 'cafe\\u0301_1' differs from the present 'caf\\xe9_1' only by Unicode "
+                                "normalisation (NFC/NFD): IDs are compared exactly")
+        assert err.value.twins == {self.NFD: self.NFC}
+        assert pickle.loads(pickle.dumps(err.value)).twins == {self.NFD: self.NFC}
+
+    def test_twin_that_is_expected_too(self, run, tmp_path):
+        """Both spellings expected, one present: the other is missing, and looks present."""
+        with pytest.raises(MissingIdsError, match=r"differs from the present 'caf\\xe9_1'"):
+            aggregate_shards(run, tmp_path / "o.h5", [self.NFC, self.NFD, "plain"])
+
+    def test_partial_merge_and_validate_say_it_too(self, run, tmp_path, caplog, capsys):
+        with caplog.at_level("WARNING", logger="virnucpro_merge"):
+            aggregate_shards(run, tmp_path / "o.h5", [self.NFD, "plain"], partial=True)
+        assert any("only by Unicode normalisation" in r.getMessage() for r in caplog.records)
+        expected = tmp_path / "ids.txt"
+        expected.write_text(f"{self.NFD}\nplain\n", encoding="utf-8")
+        assert main(["validate", str(run[0]), "--expected", str(expected)]) == 1
+        assert "differs from the present 'caf\\xe9_1' only by Unicode normalisation" in capsys.readouterr().out
+
+    def test_distinct_ids_have_no_twin(self, run, tmp_path):
+        with pytest.raises(MissingIdsError) as err:
+            aggregate_shards(run, tmp_path / "o.h5", ["caf\u00e8_1", "plain"])  # è, not é
+        assert err.value.twins == {}
+        assert "normalisation" not in str(err.value)

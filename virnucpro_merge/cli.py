@@ -25,7 +25,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ._version import __version__
 from ._write.atomic import refuse_overwriting
 from .checks import plan_merge
-from .errors import MergeError, ValidationError
+from .errors import MergeError, ValidationError, twins_note
 from .expected import iter_expected_ids, read_expected_ids
 from .inspection.tables import format_report
 from .merge import CHUNK_SIZE, LAYOUTS, ORDERS, aggregate_shards, materialize
@@ -245,7 +245,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     print(f"{len(shards)} shards, {plan.total_sequences} sequences, {plan.num_expected} expected IDs")
     for line in failed_summary(plan):  # (a run of absent ranks in one line)
         print(f"failed: {line}")
-    print(f"missing: {len(plan.missing_ids)}" + (f" (first 10: {plan.missing_ids[:10]})" if plan.missing_ids else ""))
+    print(f"missing: {len(plan.missing_ids)}" + (f" (first 10: {plan.missing_ids[:10]})" if plan.missing_ids else "")
+          + twins_note(plan.missing_twins))
     print(f"extra: {plan.num_extra}")
     if plan.failed_shards:
         return EXIT_USAGE

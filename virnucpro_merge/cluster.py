@@ -46,7 +46,7 @@ from .expected import (
 )
 from .shards import EMBEDDINGS, ShardMeta, open_shard, read_id_bytes, read_shard_meta
 from .sources import source_problems
-from .validation import Findings
+from .validation import Findings, normalisation_twins
 
 __all__ = ["RANGE_BYTES", "scan_on_cluster", "partition_of", "to_dask", "connect"]
 
@@ -318,11 +318,14 @@ def _combine(verdicts: list[_Verdict], paths: list[Path], expected_given: bool) 
     if duplicates:
         shard, _, sequence_id, first = min(duplicates)
         duplicate = (sequence_id, paths[shard], paths[first])
+    missing = [i.decode() for i in heapq.merge(*(v.missing.tolist() for v in verdicts))]
+    extra = [i.decode() for i in heapq.merge(*(v.extra.tolist() for v in verdicts))]
     return Findings(
         duplicate=duplicate,
-        missing=[i.decode() for i in heapq.merge(*(v.missing.tolist() for v in verdicts))],
-        extra=[i.decode() for i in heapq.merge(*(v.extra.tolist() for v in verdicts))],
+        missing=missing,
+        extra=extra,
         num_expected=sum(v.num_expected for v in verdicts) if expected_given else None,
+        twins=normalisation_twins(missing, extra),  # (the expected IDs are the workers': not looked at)
     )
 
 

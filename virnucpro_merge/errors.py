@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "shown_id",
+    "twins_note",
     "MergeError",
     "ShardError",
     "UnreadableShardError",
@@ -107,16 +108,35 @@ class DuplicateIdError(ValidationError):
         return type(self), (self.sequence_id, self.shard, self.first_shard)
 
 
-class MissingIdsError(ValidationError):
-    """Some expected sequence IDs are in no shard."""
+def twins_note(twins: dict[str, str], most: int = 3) -> str:
+    r"""What to say of missing IDs that differ from present ones only by Unicode
+    normalisation (NFC/NFD): both shown as code points, for they look alike.
 
-    def __init__(self, missing: list[str]) -> None:
+    >>> print(twins_note({"cafe\u0301": "caf\u00e9"}))
+    ; 'cafe\u0301' differs from the present 'caf\xe9' only by Unicode normalisation (NFC/NFD): IDs are compared exactly
+    """
+    if not twins:
+        return ""
+    pairs = list(twins.items())
+    shown = ", ".join(f"{ascii(missing[:_SHOWN])} differs from the present {ascii(present[:_SHOWN])}"
+                      for missing, present in pairs[:most])
+    more = f" (and {len(pairs) - most} more such IDs)" if len(pairs) > most else ""
+    return f"; {shown}{more} only by Unicode normalisation (NFC/NFD): IDs are compared exactly"
+
+
+class MissingIdsError(ValidationError):
+    """Some expected sequence IDs are in no shard (``twins``: those of them that differ
+    from a present ID only by Unicode normalisation, with that ID)."""
+
+    def __init__(self, missing: list[str], twins: dict[str, str] | None = None) -> None:
         self.missing = missing
+        self.twins = twins or {}
         first = [i if len(i) <= _SHOWN else i[:_SHOWN] + "..." for i in missing[:10]]  # a list shows repr()
-        super().__init__(f"Missing {len(missing)} expected sequences. First 10 missing IDs: {first}")
+        super().__init__(f"Missing {len(missing)} expected sequences. First 10 missing IDs: {first}"
+                         f"{twins_note(self.twins)}")
 
     def __reduce__(self):
-        return type(self), (self.missing,)
+        return type(self), (self.missing, self.twins)
 
 
 class NonFiniteError(ValidationError):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DuplicateIdError, MergeError, MissingIdsError, ShardError, UnreadableShardError
+from .errors import DuplicateIdError, MergeError, MissingIdsError, ShardError, UnreadableShardError, twins_note
 from .ranks import rank_of
 from .shards import ABSENT, ShardMeta, iter_id_chunks, open_shard, read_shard_meta
 from .sources import file_key, fingerprint
@@ -85,6 +85,8 @@ class MergePlan:
     total_sequences: int
     embedding_dim: int
     missing_ids: list[str] = field(default_factory=list)
+    #: missing IDs that differ from a present one only by Unicode normalisation, with it
+    missing_twins: dict[str, str] = field(default_factory=dict)
     num_extra: int = 0
     num_expected: int | None = None
     ids: IdIndex | None = field(default=None, repr=False)  # the IDs' hashes, for order="index"
@@ -251,13 +253,15 @@ def _settled(shards: list[ShardPlan], findings: Findings, *, partial: bool) -> M
         warn_extra(findings.extra)
         if findings.missing:
             if not partial:
-                raise MissingIdsError(findings.missing)
+                raise MissingIdsError(findings.missing, findings.twins)
             logger.warning(
-                "Missing %d expected sequences (partial merge). First 10 missing IDs: %s",
+                "Missing %d expected sequences (partial merge). First 10 missing IDs: %s%s",
                 len(findings.missing),
                 findings.missing[:10],
+                twins_note(findings.twins),
             )
             plan.missing_ids = findings.missing
+            plan.missing_twins = findings.twins
     return plan
 
 

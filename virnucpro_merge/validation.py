@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import itertools
 import logging
+import unicodedata
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .shards import iter_id_chunks, open_shard
 
-__all__ = ["Findings", "IdIndex", "id_hashes", "as_id_set", "warn_extra"]
+__all__ = ["Findings", "IdIndex", "id_hashes", "as_id_set", "normalisation_twins", "warn_extra"]
 
 logger = logging.getLogger("virnucpro_merge")
 
@@ -43,6 +44,30 @@ class Findings:
     extra: list[str]
     #: how many distinct IDs were expected (None: no expected IDs were given)
     num_expected: int | None
+    #: missing IDs that differ from a present ID only by Unicode normalisation, with that ID
+    twins: dict[str, str] = field(default_factory=dict)
+
+
+def normalisation_twins(missing: Collection[str], present: Iterable[str]) -> dict[str, str]:
+    r"""The missing IDs that differ from a ``present`` one only by Unicode normalisation
+    (NFC or NFD), each with that present ID. IDs are compared exactly (two spellings are
+    two IDs), but such a pair looks like one ID twice: the messages say so.
+
+    >>> normalisation_twins(["cafe\u0301", "x"], ["caf\u00e9", "y"]) == {"cafe\u0301": "caf\u00e9"}
+    True
+    """
+    lost = {unicodedata.normalize("NFC", m): m for m in missing if not m.isascii()}
+    if not lost:  # ASCII IDs have no twins: the common case costs nothing
+        return {}
+    gone = set(missing)
+    twins: dict[str, str] = {}
+    for candidate in present:
+        if candidate.isascii() or candidate in gone:
+            continue
+        twin = lost.get(unicodedata.normalize("NFC", candidate))
+        if twin is not None and twin != candidate:
+            twins.setdefault(twin, candidate)
+    return twins
 
 
 def as_id_set(ids: Collection[str]) -> set[str] | frozenset[str]:
@@ -198,11 +223,14 @@ class IdIndex:
         """The duplicate, missing and extra IDs of the shards taken in (a duplicate is an
         error of its own: then the missing IDs are not worked out)."""
         duplicate = self.find_duplicate()
+        missing = [] if duplicate else self.missing()
+        present = itertools.chain(self.extra, self.expected or ())  # (the missing are skipped)
         return Findings(
             duplicate=duplicate,
-            missing=[] if duplicate else self.missing(),
+            missing=missing,
             extra=list(self.extra),
             num_expected=None if self.expected is None else len(self.expected),
+            twins=normalisation_twins(missing, present),
         )
 
 

@@ -16,7 +16,15 @@ from collections.abc import Collection, Sequence
 
 from .errors import MergeError, shown_id
 from .expected import read_expected_ids
-from .plan import MergePlan, check_ids, draft_plan, plan_from_scan, refuse_absent, refuse_repeated_paths, shard_paths
+from .plan import (
+    MergePlan,
+    check_ids,
+    draft_plan,
+    plan_from_scan,
+    refuse_repeated_paths,
+    shard_paths,
+    up_to_first_absent,
+)
 from .shards import iter_id_chunks, open_shard, read_shard_meta
 from .validation import IdIndex, as_id_set
 
@@ -100,7 +108,7 @@ def plan_merge(
     from .cluster import scan_on_cluster
 
     if not partial:
-        refuse_absent(paths)
+        paths = up_to_first_absent(paths)
     refuse_repeated_paths(paths)
     scans, findings = scan_on_cluster(paths, expected_sequence_ids, client=client, storage=storage)
     return plan_from_scan(scans, findings, partial=partial)

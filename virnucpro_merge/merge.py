@@ -26,7 +26,7 @@ from ._write import atomic
 from ._write.outfile import IdStep, copy_planned_ids, output_file, write_contiguous, write_virtual
 from ._write.reorder import RowOrder, index_order
 from .checks import expected_in_memory, plan_merge
-from .errors import MergeError, NonFiniteError
+from .errors import MergeError, NonFiniteError, twins_note
 from .plan import MergePlan, ShardPlan, check_ids, draft_plan, failed_summary, shard_paths
 from .report import build_report, read_merge_report
 from .sources import resolve_source
@@ -50,12 +50,16 @@ def _virtual(shard: ShardPlan) -> bool:
 
 
 def _log_left_out(plan: MergePlan, already: MergePlan | None = None) -> None:
-    """Say which shards a partial merge leaves out (a run of absent ranks in one line)."""
+    """Say what a partial merge leaves out: the shards not said of ``already`` (a run of
+    absent ranks in one line), and the expected IDs it lacks."""
     known = {s.path for s in already.failed_shards} if already is not None else set()
     new = [s for s in plan.failed_shards if s.path not in known]
     if new:
         for line in failed_summary(replace(plan, shards=new)):
             logger.warning("Skipping %s (partial merge)", line)
+    if plan.missing_ids:
+        logger.warning("Missing %d expected sequences (partial merge). First 10 missing IDs: %s%s",
+                       len(plan.missing_ids), plan.missing_ids[:10], twins_note(plan.missing_twins))
 
 
 def _refuse_writing_onto_inputs(output: Path, plan: MergePlan) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DuplicateIdError, MergeError, MissingIdsError, ShardError, UnreadableShardError, twins_note
+from .errors import DuplicateIdError, MergeError, MissingIdsError, ShardError, UnreadableShardError
 from .ranks import rank_of
 from .shards import ABSENT, ShardMeta, iter_id_chunks, open_shard, read_shard_meta
 from .sources import file_key, fingerprint
@@ -40,7 +40,7 @@ __all__ = [
     "check_ids",
     "plan_from_scan",
     "refuse_changed",
-    "refuse_absent",
+    "up_to_first_absent",
     "refuse_repeated_paths",
     "shard_paths",
     "failed_summary",
@@ -151,12 +151,14 @@ def shard_paths(shard_files: object, *, allow_empty: bool = False) -> list[Path]
     return [p if isinstance(p, Path) else Path(p) for p in given]
 
 
-def refuse_absent(paths: Sequence[Path]) -> None:
-    """A strict merge stops at the first shard that does not exist, before any other work
-    (a stray ``shard_200000.h5`` in a folder of 8 lists 199,992 of them)."""
-    for path in paths:
+def up_to_first_absent(paths: list[Path]) -> list[Path]:
+    """The shards a strict merge looks at: those up to the first that does not exist,
+    which fails in its turn (a stray ``shard_200000.h5`` among 8 shards lists 199,992
+    absent ones: no other work is done on them)."""
+    for at, path in enumerate(paths):
         if not os.path.lexists(path):
-            raise UnreadableShardError(path, ABSENT)
+            return paths[: at + 1]
+    return paths
 
 
 def refuse_repeated_paths(paths: Sequence[Path]) -> None:
@@ -204,6 +206,8 @@ def failed_summary(plan: MergePlan, most: int = 10) -> list[str]:
     """The failed shards of a plan, a line each -- but the absent files of a run folder's ranks
     in one line, as ranges (a stray ``shard_200000.h5`` leaves 199,99x of them)."""
     absent = [s for s in plan.failed_shards if s.error == ABSENT and rank_of(s.path) is not None]
+    if len(plan.failed_shards) <= most:
+        absent = []  # a few: a line each
     lines = []
     if len(absent) > 1:
         ranks = sorted(rank_of(s.path) or 0 for s in absent)
@@ -254,12 +258,6 @@ def _settled(shards: list[ShardPlan], findings: Findings, *, partial: bool) -> M
         if findings.missing:
             if not partial:
                 raise MissingIdsError(findings.missing, findings.twins)
-            logger.warning(
-                "Missing %d expected sequences (partial merge). First 10 missing IDs: %s%s",
-                len(findings.missing),
-                findings.missing[:10],
-                twins_note(findings.twins),
-            )
             plan.missing_ids = findings.missing
             plan.missing_twins = findings.twins
     return plan
@@ -278,7 +276,7 @@ def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool =
     """
     paths = shard_paths(shard_files)
     if not partial:
-        refuse_absent(paths)
+        paths = up_to_first_absent(paths)
     refuse_repeated_paths(paths)
     shards = []
     for path in paths:

@@ -259,3 +259,21 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     assert done.stdout == f"path: {merged}\n"
     assert done.stderr == ""
     assert done.returncode == 0
+
+
+@pytest.mark.parametrize("form", ["text", "fasta", "index"])
+def test_expected_ids_from_a_pipe_are_read_whole(run_dir, tmp_path, form):
+    """``--expected /dev/stdin``: the first 4 KiB (where the form is told) are not lost."""
+    padding = [f"pad{i:05d}" for i in range(2000)]  # ~20 KB: the IDs that matter come first and last
+    wanted = [ALL_IDS[0], *padding, *ALL_IDS[1:]]
+    if form == "text":
+        data = "\n".join(wanted) + "\n"
+    elif form == "fasta":
+        data = "".join(f">{i} desc\nACGT\n" for i in wanted)
+    else:
+        data = json.dumps({"sequences": [{"sequence_id": i, "length": 4} for i in wanted]})
+    command = [sys.executable, "-m", "virnucpro_merge", "validate", str(run_dir), "--expected", "/dev/stdin"]
+    done = subprocess.run(command, input=data, capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines()[0] == f"11 shards, 33 sequences, {len(wanted)} expected IDs"
+    assert done.stdout.splitlines()[1].startswith("missing: 2000 (first 10: ['pad00000', ")
+    assert done.returncode == 1

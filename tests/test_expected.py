@@ -6,11 +6,13 @@ import gzip
 import json
 import re
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from virnucpro_merge import ExpectedIdsError, read_expected_ids
+from virnucpro_merge.cli import main
 from virnucpro_merge.expected import (
     detect_form,
     expected_ranges,
@@ -18,6 +20,7 @@ from virnucpro_merge.expected import (
     read_range,
     read_sequence_index,
 )
+from virnucpro_merge.synthetic import write_shard
 
 
 def write(tmp_path, name, content, mode="w"):
@@ -302,3 +305,26 @@ def test_an_error_says_how_the_file_was_read(tmp_path, name, content, says):
     path = write(tmp_path, name, content)
     assert re.fullmatch(f"{re.escape(str(path))}: {says}", _whole(path))
     assert _in_ranges(path, 3) == _whole(path)
+
+
+def _damaged_gzips(tmp_path):
+    data = gzip.compress(("\n".join(f"seq{i:06d}" for i in range(50_000)) + "\n").encode())
+    crc = bytearray(data)
+    crc[-8] ^= 0xFF  # the stored CRC-32
+    inside = bytearray(data)
+    inside[100] ^= 0xFF
+    return {"truncated": data[: len(data) // 2], "bad CRC": bytes(crc), "corrupt": bytes(inside)}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad CRC", "corrupt"])
+def test_a_damaged_gzip_is_one_line_naming_the_file(tmp_path, damage, capsys):
+    path = tmp_path / "ids.txt.gz"
+    path.write_bytes(_damaged_gzips(tmp_path)[damage])
+    with pytest.raises(ExpectedIdsError) as err:
+        read_expected_ids(path)
+    assert str(err.value).startswith(f"{path}: damaged gzip file (")
+    assert "\n" not in str(err.value)
+    shard = tmp_path / "shard_0.h5"
+    write_shard(shard, ["seq000000"], np.zeros((1, 2), "f4"))
+    assert main(["validate", str(shard), "--expected", str(path)]) == 2  # unreadable input, not failed validation
+    assert capsys.readouterr().err.startswith(f"virnucpro-merge: error: {path}: damaged gzip file (")

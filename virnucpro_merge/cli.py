@@ -28,7 +28,7 @@ from .checks import plan_merge
 from .errors import MergeError, ValidationError, twins_note
 from .expected import iter_expected_ids, read_expected_ids
 from .inspection.tables import format_report
-from .merge import CHUNK_SIZE, LAYOUTS, ORDERS, aggregate_shards, materialize
+from .merge import CHUNK_SIZE, LAYOUTS, ORDERS, OUTPUT_IS_THE_EXPECTED_FILE, aggregate_shards, materialize
 from .plan import failed_summary
 from .ranks import expand_shard_args, run_index
 from .report import read_merge_report
@@ -201,7 +201,7 @@ def _index_hint(args: argparse.Namespace) -> str | None:
 
 def _cmd_aggregate(args: argparse.Namespace) -> int:
     if args.expected is not None:  # before it is read: a pipe could not be read twice
-        refuse_overwriting(args.output, [args.expected], "the output path is the expected-ID file")
+        refuse_overwriting(args.output, [args.expected], OUTPUT_IS_THE_EXPECTED_FILE)
     if args.order == "index" and args.expected is None:
         msg = "--order index needs --expected (the run's sequence index, or IDs in index order)"
         raise MergeError(msg)

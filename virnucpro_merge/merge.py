@@ -32,7 +32,7 @@ from .report import build_report, read_merge_report
 from .sources import resolve_source
 from .validation import as_id_set
 
-__all__ = ["CHUNK_SIZE", "LAYOUTS", "ORDERS", "aggregate_shards", "materialize"]
+__all__ = ["CHUNK_SIZE", "LAYOUTS", "ORDERS", "OUTPUT_IS_THE_EXPECTED_FILE", "aggregate_shards", "materialize"]
 
 logger = logging.getLogger("virnucpro_merge")
 
@@ -43,6 +43,8 @@ LAYOUTS = ("contiguous", "virtual")
 ORDERS = ("shards", "index")
 
 _OUTPUT_IS_AN_INPUT = "the output path is also an input shard"
+#: Why an output path that is the expected-ID file is refused (a pipe is checked before it is read).
+OUTPUT_IS_THE_EXPECTED_FILE = "the output path is the expected-ID file"
 
 
 def _virtual(shard: ShardPlan) -> bool:
@@ -179,7 +181,7 @@ def aggregate_shards(
     output = Path(output_path)
     atomic.refuse_overwriting(output, paths, _OUTPUT_IS_AN_INPUT)
     if isinstance(expected_sequence_ids, os.PathLike):
-        atomic.refuse_overwriting(output, [Path(expected_sequence_ids)], "the output path is the expected-ID file")
+        atomic.refuse_overwriting(output, [Path(expected_sequence_ids)], OUTPUT_IS_THE_EXPECTED_FILE)
     options = _Options(chunk_size, partial, progress, fail_on_nonfinite)
     logger.debug("phase: plan")
     if client is not None:  # the workers may read an expected-ID file themselves

@@ -6,10 +6,13 @@ run with every method, each in a fresh process, methods alternating round by rou
 
     raw-copy          shutil.copyfile of every shard: the physical limit
     raw-copy+fsync    the same, then fsync of every copy (what an fsync'ed output costs)
+    kernel-copy+fsync os.copy_file_range of every shard, then fsync of every copy (the
+                      durable merge's limit: the same calls the merge makes)
     seed-plan         the original design plan's algorithm, as it was written
     naive             load everything into memory, then write
     virnucpro_merge   this package's aggregate_shards (expected IDs given)
-    virnucpro_merge[...]  its other routes (layout="virtual", order="index"), one line each
+    virnucpro_merge[...]  its other routes (layout="virtual", order="index") and modes
+                      (durable=False; checksums replaced by a no-op, to price them), one line each
 
 Every output is checked against the shards (every byte of every row, every ID, in
 order) before its time is reported; a failed check is a loud error and a non-zero
@@ -126,6 +129,21 @@ def raw_copy(shards: Sequence[Path], out: Path, expected: object, *, fsync: bool
                 os.close(fd)
 
 
+def kernel_copy_fsync(shards: Sequence[Path], out: Path, expected: object) -> None:
+    """Copy every shard with ``os.copy_file_range`` (as the merge does), then fsync each copy."""
+    for shard in shards:
+        target = out / shard.name
+        with open(shard, "rb") as src, open(target, "wb") as dst:
+            remaining = os.fstat(src.fileno()).st_size
+            while remaining:
+                copied = os.copy_file_range(src.fileno(), dst.fileno(), remaining)
+                if copied == 0:
+                    break
+                remaining -= copied
+            dst.flush()
+            os.fsync(dst.fileno())
+
+
 def seed_plan(shards: Sequence[Path], out: Path, expected: set[str] | None) -> None:
     """The original design plan's ``aggregate_shards``, re-implemented as written.
 
@@ -200,12 +218,17 @@ def naive(shards: Sequence[Path], out: Path, expected: set[str] | None) -> None:
         f.create_dataset("sequence_ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
 
 
-def package_merge(**options: object) -> Callable[[Sequence[Path], Path, object], None]:
-    """``virnucpro_merge.aggregate_shards`` with extra keyword ``options``."""
+def package_merge(*, checksums: bool = True, **options: object) -> Callable[[Sequence[Path], Path, object], None]:
+    """``virnucpro_merge.aggregate_shards`` with extra keyword ``options`` (``checksums=False``:
+    its checksum step replaced by a no-op in this process, to measure what it costs)."""
 
     def run(shards: Sequence[Path], out: Path, expected: object) -> None:
         from virnucpro_merge import aggregate_shards
 
+        if not checksums:
+            from virnucpro_merge import checksums as module
+
+            module.Checksums.add_rows = module.Checksums.add_ids = lambda self, start, block: None  # type: ignore
         aggregate_shards(list(shards), out / MERGED, expected, **options)  # type: ignore[arg-type]
 
     run.options = options  # type: ignore[attr-defined]
@@ -236,9 +259,13 @@ class Method:
 METHODS: list[Method] = [
     Method("raw-copy", raw_copy, kind="copy"),
     Method("raw-copy+fsync", lambda s, o, e: raw_copy(s, o, e, fsync=True), kind="copy"),
+    Method("kernel-copy+fsync", kernel_copy_fsync, kind="copy"),
     Method("seed-plan", seed_plan),
     Method("naive", naive),
     Method("virnucpro_merge", package_merge()),
+    Method("virnucpro_merge[no fsync]", package_merge(durable=False)),
+    Method("virnucpro_merge[no checksums]", package_merge(checksums=False)),
+    Method("virnucpro_merge[no fsync, no checksums]", package_merge(checksums=False, durable=False)),
     Method("virnucpro_merge[virtual]", package_merge(layout="virtual")),
     Method("virnucpro_merge[index]", package_merge(order="index"), order="index", expected="list"),
 ]
@@ -439,7 +466,7 @@ class Row:
         }
 
 
-COLUMNS = [Column("size", 7, left=True), Column("method", 24, left=True), Column("wall med", 9, ".3f"),
+COLUMNS = [Column("size", 7, left=True), Column("method", 39, left=True), Column("wall med", 9, ".3f"),
            Column("wall min", 9, ".3f"), Column("GB/s", 6, ".2f"), Column("x raw med", 9, ".2f"),
            Column("x raw min", 9, ".2f"), Column("peak MB", 8, ".1f"), Column("base MB", 8, ".1f"),
            Column("dRSS MB", 8, ".1f"), Column("row us", 7, ".1f"), Column("f[]row", 7, ".1f"),
@@ -453,7 +480,7 @@ def table_rows(results: dict[str, dict[str, Row]]) -> tuple[list[list], list[str
     for rows_of_size in results.values():
         for row in rows_of_size.values():
             if row.failed or not row.rounds:
-                failed.append(f"{row.size.name:<7} {row.method.name:<24} FAILED: "
+                failed.append(f"{row.size.name:<7} {row.method.name:<39} FAILED: "
                               f"{(row.failed or 'no rounds').splitlines()[0]}")
                 continue
             s = row.summary()
@@ -461,20 +488,33 @@ def table_rows(results: dict[str, dict[str, Row]]) -> tuple[list[list], list[str
     return rows, failed
 
 
+#: The ratios the table is read for: (method, baseline, target or None), same-round medians.
+RATIOS = [
+    ("virnucpro_merge", "naive", None),
+    ("virnucpro_merge", "seed-plan", None),
+    ("virnucpro_merge", "raw-copy+fsync", None),
+    ("virnucpro_merge", "kernel-copy+fsync", 1.0),  # durable: at the disk's limit
+    ("virnucpro_merge[no fsync]", "raw-copy", 1.25),
+    ("virnucpro_merge[no fsync]", "seed-plan", 0.6),
+    ("virnucpro_merge", "virnucpro_merge[no checksums]", 1.05),  # the checksums' cost
+    ("virnucpro_merge[no fsync]", "virnucpro_merge[no fsync, no checksums]", 1.05),
+]
+
+
 def comparisons(results: dict[str, dict[str, Row]]) -> list[str]:
     lines, pkg = [], "virnucpro_merge"
     for size_name, rows in results.items():
-        if pkg not in rows or rows[pkg].failed:
-            continue
-        for other in ("naive", "seed-plan", "raw-copy+fsync"):
-            if other not in rows or rows[other].failed:
+        for name, other, target in RATIOS:
+            if any(n not in rows or rows[n].failed for n in (name, other)):
                 continue
-            med, low = median_and_min(same_round_ratios(rows[pkg].rounds, rows[other].rounds))
+            med, low = median_and_min(same_round_ratios(rows[name].rounds, rows[other].rounds))
             if med is None:
                 continue
-            line = f"{size_name}: {pkg} / {other}: wall x{med:.2f} (median of same-round ratios; min x{low:.2f})"
-            if BY_NAME[other].kind == "merge":
-                peak = max(r["peak"] for r in rows[pkg].rounds) / max(r["peak"] for r in rows[other].rounds)
+            line = f"{size_name}: {name} / {other}: wall x{med:.2f} (median of same-round ratios; min x{low:.2f})"
+            if target is not None:
+                line += f" -- target <= {target:.2f}: {'met' if med <= target else 'NOT MET'}"
+            if BY_NAME[other].kind == "merge" and other in ("naive", "seed-plan"):
+                peak = max(r["peak"] for r in rows[name].rounds) / max(r["peak"] for r in rows[other].rounds)
                 line += f", peak RSS x{peak:.2f}"
             lines.append(line)
     grown = [(rows[pkg].size, rows[pkg].summary()) for rows in results.values() if pkg in rows and rows[pkg].rounds]

@@ -28,7 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from virnucpro_merge import aggregate_shards, read_merge_report
+from virnucpro_merge import aggregate_shards, read_merge_report, verify_merged
 from virnucpro_merge.synthetic import synthetic_embeddings, write_shard
 
 PHASE = re.compile(r"^phase: (\w+)", re.MULTILINE)
@@ -79,6 +79,9 @@ class KillRun:
         report = read_merge_report(self.output)
         assert report["total_sequences"] == len(self.ids)
         assert not report["partial"]
+        found = verify_merged(self.output, self.shards)
+        assert found.intact, found.summary()
+        assert "of rows checksummed" in found.summary()
         return "complete"
 
     def temp_files(self) -> list[str]:

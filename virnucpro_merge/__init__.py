@@ -25,6 +25,7 @@ from .merge import CHUNK_SIZE, aggregate_shards, materialize
 from .report import read_merge_report
 from .rerun import write_missing_fasta
 from .shards import get_shard_info
+from .verify import Verification, verify_merged
 
 __all__ = [
     "__version__",
@@ -36,6 +37,8 @@ __all__ = [
     "read_merge_report",
     "read_expected_ids",
     "write_missing_fasta",
+    "verify_merged",
+    "Verification",
     "to_dask",
     "MergeError",
     "ShardError",

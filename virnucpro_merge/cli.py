@@ -35,6 +35,7 @@ from .report import read_merge_report
 from .rerun import write_missing_fasta
 from .shards import get_shard_info
 from .synthetic import make_demo_run
+from .verify import verify_merged
 
 __all__ = ["main"]
 
@@ -129,6 +130,15 @@ def _parser() -> argparse.ArgumentParser:
                      help=f"rows copied at a time (default {CHUNK_SIZE})")
     mat.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="show a progress bar (default: when stderr is a terminal)")
+    for command in (agg, mat):
+        command.add_argument("--no-fsync", dest="durable", action="store_false",
+                             help="do not wait for the output to reach the disk (still written whole or not at "
+                                  "all; after a power loss it may be damaged: `verify` tells)")
+
+    ver = sub.add_parser("verify", help="check a merged file against its report and checksums")
+    ver.add_argument("merged", type=Path, metavar="MERGED")
+    ver.add_argument("--against", nargs="+", metavar="SHARD_OR_DIR",
+                     help="also compare every row with the row of the same ID in these shards")
 
     rerun = sub.add_parser("rerun", help="write the FASTA of the sequences a partial merge lacks")
     rerun.add_argument("merged", type=Path, metavar="MERGED")
@@ -223,6 +233,7 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
             layout=args.layout,
             order=args.order,
             client=client,
+            durable=args.durable,
         )
     report = read_merge_report(output)
     if report["partial"]:
@@ -256,7 +267,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_materialize(args: argparse.Namespace) -> int:
     progress, redirect = _progress(args)
     with redirect:
-        materialize(args.virtual, args.output, chunk_size=args.chunk_size, progress=progress)
+        materialize(args.virtual, args.output, chunk_size=args.chunk_size, progress=progress,
+                    durable=args.durable)
     return EXIT_OK
 
 
@@ -282,6 +294,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
         logger.info("Expected IDs: %s, the run folder's sequence index", index)
     rerun = args.rerun_list or output.with_name(f"{output.stem}-rerun.txt")
     logger.info("Wrote %s%s", output, f" and the re-run list {rerun}" if rerun.exists() else "")
+    return EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    against = None if args.against is None else expand_shard_args(args.against)
+    found = verify_merged(args.merged, against)
+    if not found.intact:
+        print(f"{PROG}: error: {found.summary()}", file=sys.stderr)
+        return EXIT_INVALID
+    print(found.summary())
     return EXIT_OK
 
 
@@ -318,6 +340,7 @@ COMMANDS = {
     "validate": _cmd_validate,
     "info": _cmd_info,
     "materialize": _cmd_materialize,
+    "verify": _cmd_verify,
     "rerun": _cmd_rerun,
     "report": _cmd_report,
     "demo": _cmd_demo,

@@ -20,12 +20,11 @@ from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import h5py
-
 from ._write import atomic
 from ._write.outfile import IdStep, copy_planned_ids, output_file, write_contiguous, write_virtual
 from ._write.reorder import RowOrder, index_order
 from .checks import expected_in_memory, plan_merge
+from .checksums import IdSink
 from .errors import MergeError, NonFiniteError, twins_note
 from .plan import MergePlan, ShardPlan, check_ids, draft_plan, failed_summary, shard_paths
 from .report import build_report, read_merge_report
@@ -79,6 +78,7 @@ class _Options:
     partial: bool
     progress: bool
     fail_on_nonfinite: bool
+    durable: bool = True
 
 
 def _check_arguments(chunk_size: int, layout: str, order: str, expected: object, fail_on_nonfinite: bool,
@@ -119,6 +119,7 @@ def aggregate_shards(
     layout: str = "contiguous",
     order: str = "shards",
     client: object | None = None,
+    durable: bool = True,
 ) -> Path:
     """Merge shard files into one HDF5 file, checking that no sequence is lost.
 
@@ -162,6 +163,12 @@ def aggregate_shards(
         (:mod:`virnucpro_merge.cluster`); then write as usual.
         ``expected_sequence_ids`` may be the path (``pathlib.Path``) of an
         expected-ID file: then read by the workers (without a client, here).
+    durable : bool
+        Wait for the output to reach the disk (``fsync``) before it replaces
+        ``output_path``: a merge that returned survives a power loss. ``False``
+        skips that wait but never the atomic rename: a killed merge still leaves
+        no partial output, but a power loss soon after the merge can leave a
+        damaged one (:func:`verify_merged` tells).
 
     Returns
     -------
@@ -182,7 +189,7 @@ def aggregate_shards(
     atomic.refuse_overwriting(output, paths, _OUTPUT_IS_AN_INPUT)
     if isinstance(expected_sequence_ids, os.PathLike):
         atomic.refuse_overwriting(output, [Path(expected_sequence_ids)], OUTPUT_IS_THE_EXPECTED_FILE)
-    options = _Options(chunk_size, partial, progress, fail_on_nonfinite)
+    options = _Options(chunk_size, partial, progress, fail_on_nonfinite, durable)
     logger.debug("phase: plan")
     if client is not None:  # the workers may read an expected-ID file themselves
         plan = plan_merge(paths, expected_sequence_ids, partial=partial, client=client)
@@ -228,10 +235,10 @@ def _merge_while_checking(paths: list[Path], output: Path, expected_ids: Collect
         _log_left_out(plan, draft)
         _write_planned(plan, output, build_report(plan, options.chunk_size), options)
         return
-    with output_file(output, draft.output_bytes) as pending:
+    with output_file(output, draft.output_bytes, durable=options.durable) as pending:
         step = _checking_ids(draft, expected, options)
         plan, nonfinite = write_contiguous(draft, pending.path, step, chunk_size=options.chunk_size,
-                                           progress=options.progress)
+                                           progress=options.progress, durable=options.durable)
         if plan.same_rows_as(draft):
             _refuse_nonfinite(nonfinite, options)
         else:
@@ -247,7 +254,7 @@ def _merge_while_checking(paths: list[Path], output: Path, expected_ids: Collect
 def _checking_ids(draft: MergePlan, expected: set[str] | frozenset[str] | None, options: _Options) -> IdStep:
     """The ID step of the plain route: check the IDs, writing them out as they are read."""
 
-    def step(ids_out: h5py.Dataset) -> tuple[MergePlan, dict]:
+    def step(ids_out: IdSink) -> tuple[MergePlan, dict]:
         def write_ids(shard: ShardPlan, chunks: Iterator[list[str]]) -> Iterator[list[str]]:
             start = shard.offset
             for chunk in chunks:
@@ -275,7 +282,7 @@ def _merge_virtually(plan: MergePlan, output: Path, options: _Options) -> None:
     _refuse_writing_onto_inputs(output, plan)
     report = build_report(plan, options.chunk_size, layout="virtual")
     size = plan.output_bytes - plan.total_sequences * plan.embedding_dim * 4
-    with output_file(output, size) as pending:
+    with output_file(output, size, durable=options.durable) as pending:
         write_virtual(plan, pending.path, output, report, chunk_size=options.chunk_size)
     _log_done(output, plan)
 
@@ -295,14 +302,14 @@ def _write_planned(plan: MergePlan, output: Path, report: dict, options: _Option
                    row_order: RowOrder | None = None) -> None:
     """The write step of a merge planned beforehand, into ``output``, atomically."""
 
-    def ids_written_by_the_order(ids_out: h5py.Dataset) -> tuple[MergePlan, dict]:
+    def ids_written_by_the_order(ids_out: IdSink) -> tuple[MergePlan, dict]:
         return plan, report
 
     step = copy_planned_ids(plan, report, chunk_size=options.chunk_size) if row_order is None \
         else ids_written_by_the_order
-    with output_file(output, plan.output_bytes) as pending:
+    with output_file(output, plan.output_bytes, durable=options.durable) as pending:
         _, nonfinite = write_contiguous(plan, pending.path, step, chunk_size=options.chunk_size,
-                                        progress=options.progress, row_order=row_order)
+                                        progress=options.progress, row_order=row_order, durable=options.durable)
         _refuse_nonfinite(nonfinite, options)
     _log_done(output, plan)
 
@@ -322,6 +329,7 @@ def materialize(
     *,
     chunk_size: int = CHUNK_SIZE,
     progress: bool = False,
+    durable: bool = True,
 ) -> Path:
     """Turn a virtual output into a self-contained one (embeddings copied in).
 
@@ -329,6 +337,20 @@ def materialize(
     merge); the copy then takes the normal fast path. The new report lists those
     sources as its shards, keeps the virtual one's findings (missing IDs, failed
     shards, partial, lineage) and names it in ``materialized_from``.
+
+    Parameters
+    ----------
+    virtual_path : path-like
+        A virtual output (``aggregate_shards(..., layout="virtual")``).
+    output_path : path-like
+        The self-contained file to write (atomically, with checksums).
+    chunk_size, progress, durable
+        As for :func:`aggregate_shards`.
+
+    Returns
+    -------
+    Path
+        ``output_path``.
 
     Raises
     ------
@@ -353,5 +375,5 @@ def materialize(
     report.update({k: old[k] for k in keep}, materialized_from=str(virtual))
     if not sources:
         report["shards"] = old["shards"]  # all empty: nothing was copied, but these were merged
-    _write_planned(plan, output, report, _Options(chunk_size, False, progress, False))
+    _write_planned(plan, output, report, _Options(chunk_size, False, progress, False, durable))
     return output

@@ -29,6 +29,8 @@ __all__ = [
     "REPORT_GROUP",
     "ID_CHUNK",
     "ABSENT",
+    "TRUNCATED",
+    "CORRUPT",
     "ShardMeta",
     "first_line",
     "open_shard",
@@ -73,6 +75,10 @@ def first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
+#: How the problems of an HDF5 file that HDF5 cannot open begin (a file, damaged).
+TRUNCATED, CORRUPT = "truncated HDF5 file", "corrupt HDF5 file"
+
+
 def _diagnose_unopenable(path: Path, err: OSError) -> UnreadableShardError:
     """Explain why h5py could not open ``path``, in words a user can act on."""
     try:
@@ -87,10 +93,10 @@ def _diagnose_unopenable(path: Path, err: OSError) -> UnreadableShardError:
         return UnreadableShardError(path, "not an HDF5 file")
     message = first_line(err)
     if "truncated" in message or "eof" in message.lower():
-        return UnreadableShardError(path, f"truncated HDF5 file ({size} bytes): the worker died while writing it")
+        return UnreadableShardError(path, f"{TRUNCATED} ({size} bytes): the worker died while writing it")
     if "lock" in message.lower():
         return UnreadableShardError(path, "file is locked: is a worker still writing it?")
-    return UnreadableShardError(path, f"corrupt HDF5 file ({message})")
+    return UnreadableShardError(path, f"{CORRUPT} ({message})")
 
 
 #: The problem of a shard that was never written (a worker that died before its first write).

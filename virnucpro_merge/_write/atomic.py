@@ -189,12 +189,15 @@ class Pending:
 
 
 @contextmanager
-def atomic_output(target: Path, size_hint: int = 0) -> Iterator[Pending]:
-    """Yield the temp file to write; on success move it onto ``target`` durably.
+def atomic_output(target: Path, size_hint: int = 0, *, durable: bool = True) -> Iterator[Pending]:
+    """Yield the temp file to write; on success move it onto ``target`` (``durable``:
+    after it reached the disk, and the rename too).
 
     ``size_hint`` (bytes) is checked against the free space and the file size
     limit before anything is written. On any failure, or after
     :meth:`Pending.discard`, the temp file is removed and ``target`` left as it was.
+    Without ``durable`` the rename is just as atomic, but a power loss soon after
+    can leave ``target`` damaged (or the old file back).
     """
     if not target.parent.is_dir():
         msg = f"{target}: output folder {target.parent} does not exist"
@@ -216,8 +219,9 @@ def atomic_output(target: Path, size_hint: int = 0) -> Iterator[Pending]:
         if pending.discarded:
             os.unlink(pending.path)
             return
-        logger.debug("phase: sync")
-        _fsync(pending.path)
+        if durable:
+            logger.debug("phase: sync")
+            _fsync(pending.path)
         logger.debug("phase: replace")
         os.replace(pending.path, target)
     except BaseException as err:
@@ -227,5 +231,6 @@ def atomic_output(target: Path, size_hint: int = 0) -> Iterator[Pending]:
             msg = f"{target}: output folder {target.parent} was removed during the merge"
             raise OutputError(msg) from err
         raise
-    with suppress(OSError):  # not every filesystem lets a folder be fsync'ed
-        _fsync(target.parent, directory=True)
+    if durable:
+        with suppress(OSError):  # not every filesystem lets a folder be fsync'ed
+            _fsync(target.parent, directory=True)

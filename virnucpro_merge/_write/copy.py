@@ -26,9 +26,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-import h5py
 import numpy as np
 
+from ..checksums import Checksums, IdSink
 from ..errors import UnreadableShardError
 from ..plan import ShardPlan
 from ..shards import EMBEDDINGS, first_line, iter_id_blocks, open_shard
@@ -38,6 +38,7 @@ __all__ = [
     "OUTPUT_DTYPE",
     "raw_copyable",
     "nonfinite_rows",
+    "scan_rows",
     "copy_embeddings_h5py",
     "copy_ids",
     "count_nonfinite_raw",
@@ -68,7 +69,15 @@ def nonfinite_rows(block: np.ndarray) -> int:
     return int(block.shape[0] - np.isfinite(block).all(axis=1).sum())
 
 
-def copy_embeddings_h5py(shard: ShardPlan, write: Callable[[np.ndarray, int], object], buffer: np.ndarray) -> int:
+def scan_rows(block: np.ndarray, start: int, checksums: Checksums) -> int:
+    """The one pass over rows about to be (or being) written at output row ``start``:
+    their checksum recorded, and how many of them hold NaN or Inf."""
+    checksums.add_rows(start, block)
+    return nonfinite_rows(block)
+
+
+def copy_embeddings_h5py(shard: ShardPlan, write: Callable[[np.ndarray, int], object], buffer: np.ndarray,
+                         checksums: Checksums) -> int:
     """Copy one shard's embeddings through ``buffer`` (``chunk_size`` rows).
 
     ``write(rows, start)`` puts rows at output row ``start``. Returns the number
@@ -88,13 +97,14 @@ def copy_embeddings_h5py(shard: ShardPlan, write: Callable[[np.ndarray, int], ob
                 raise UnreadableShardError(
                     shard.path, f"cannot read rows {chunk_start}-{chunk_end} ({first_line(err)})"
                 ) from err
-            nonfinite += nonfinite_rows(buffer[:rows])
+            nonfinite += scan_rows(buffer[:rows], shard.offset + chunk_start, checksums)
             write(buffer[:rows], shard.offset + chunk_start)
     return nonfinite
 
 
-def count_nonfinite_raw(shard: ShardPlan, chunk_size: int) -> int:
-    """Rows holding NaN or Inf in a raw-copied shard, read in windows of raw bytes.
+def count_nonfinite_raw(shard: ShardPlan, chunk_size: int, checksums: Checksums) -> int:
+    """Rows holding NaN or Inf in a raw-copied shard, read in windows of raw bytes (each
+    window's checksum recorded too).
 
     Runs beside the kernel's copy of the same bytes (which are then in the page
     cache), on the other core. One window of at most ``chunk_size`` rows (and
@@ -111,11 +121,11 @@ def count_nonfinite_raw(shard: ShardPlan, chunk_size: int) -> int:
             got = os.preadv(src.fileno(), [rows.data.cast("B")], shard.data_offset + chunk_start * row_bytes)
             if got < rows.nbytes:
                 raise UnreadableShardError(shard.path, "truncated: the embeddings end early")
-            nonfinite += nonfinite_rows(rows)
+            nonfinite += scan_rows(rows, shard.offset + chunk_start, checksums)
     return nonfinite
 
 
-def copy_ids(shard: ShardPlan, ids_out: h5py.Dataset, chunk_size: int) -> None:
+def copy_ids(shard: ShardPlan, ids_out: IdSink, chunk_size: int) -> None:
     """Copy one shard's sequence IDs, as stored (UTF-8 bytes), into place."""
     start = shard.offset
     with open_shard(shard.path) as handle:

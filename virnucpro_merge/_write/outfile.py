@@ -20,10 +20,11 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from ..checksums import ALGORITHM, ChecksummedIds, Checksums, IdSink
 from ..errors import OutputError
 from ..plan import MergePlan, refuse_changed
 from ..report import record_nonfinite, write_report
-from ..shards import EMBEDDINGS, SEQUENCE_IDS, first_line
+from ..shards import EMBEDDINGS, REPORT_GROUP, SEQUENCE_IDS, first_line
 from ..sources import hdf5_source_name, relative_source, resolve_source
 from . import sysio
 from .atomic import Pending, atomic_output
@@ -45,13 +46,13 @@ logger = logging.getLogger("virnucpro_merge")
 
 #: The ID step of a write: given the output's ``sequence_ids``, write the IDs there
 #: and return the final plan and its report.
-IdStep = Callable[[h5py.Dataset], tuple[MergePlan, dict]]
+IdStep = Callable[[IdSink], tuple[MergePlan, dict]]
 
 
 @contextmanager
-def output_file(output: Path, size: int) -> Iterator[Pending]:
+def output_file(output: Path, size: int, *, durable: bool = True) -> Iterator[Pending]:
     """:func:`~.atomic.atomic_output`, with a failure to write it reported as :class:`OutputError`."""
-    with atomic_output(output, size) as pending:
+    with atomic_output(output, size, durable=durable) as pending:
         try:
             yield pending
         except (OSError, RuntimeError) as err:  # reads raise ShardError: this is the output side
@@ -63,7 +64,7 @@ def output_file(output: Path, size: int) -> Iterator[Pending]:
 def copy_planned_ids(plan: MergePlan, report: dict, *, chunk_size: int) -> IdStep:
     """The ID step of a merge planned beforehand: copy each shard's IDs into place."""
 
-    def step(ids_out: h5py.Dataset) -> tuple[MergePlan, dict]:
+    def step(ids_out: IdSink) -> tuple[MergePlan, dict]:
         for shard in plan.copied_shards:
             copy_ids(shard, ids_out, chunk_size)
         return plan, report
@@ -111,12 +112,15 @@ def write_contiguous(
     chunk_size: int,
     progress: bool,
     row_order: RowOrder | None = None,
+    durable: bool = True,
 ) -> tuple[MergePlan, dict[str, int]]:
-    """Write a self-contained output of ``draft``'s rows into ``temp``.
+    """Write a self-contained output of ``draft``'s rows into ``temp``, with the
+    checksums of every block of rows and IDs written (:mod:`..checksums`).
 
     Returns the final plan (the ID step's) and the rows holding NaN or Inf per
     shard path. Where the final plan moves rows (a shard whose IDs could not be
-    read), the copy is stopped there and ``temp`` holds nothing usable.
+    read), the copy is stopped there and ``temp`` holds nothing usable. Without
+    ``durable``, the written rows are not sent on to the disk as they go.
     """
     shards = draft.copied_shards
     nonfinite: dict[str, int] = {}
@@ -127,19 +131,21 @@ def write_contiguous(
     buffer = np.empty((rows, draft.embedding_dim), OUTPUT_DTYPE)  # only the h5py path uses it
     row_bytes = draft.embedding_dim * OUTPUT_DTYPE.itemsize
     bar = tqdm(total=draft.total_sequences, unit="seq", desc="Merging") if progress else _NoBar()
+    checksums = Checksums()
     with bar, _create(temp) as out:
         emb_out = _create_embeddings(out, draft.total_sequences, draft.embedding_dim)
         data_offset = emb_out.id.get_offset()
         if data_offset is not None:
             sysio.reserve(temp, data_offset, draft.total_sequences * row_bytes)
-        ids_out = out.create_dataset(SEQUENCE_IDS, shape=(draft.total_sequences,), dtype=h5py.string_dtype())
+        ids_out = ChecksummedIds(
+            out.create_dataset(SEQUENCE_IDS, shape=(draft.total_sequences,), dtype=h5py.string_dtype()), checksums)
         out.flush()  # HDF5's own writes are done: from here on the embeddings' bytes are written directly
-        written = sysio.Written(temp, data_offset, row_bytes, bar)
+        written = sysio.Written(temp, data_offset if durable else None, row_bytes, bar)
         try:
             if row_order is not None:
                 writer = BlockWriter(temp, data_offset, row_bytes, written)
                 try:
-                    nonfinite = write_in_order(draft, row_order, writer, ids_out, chunk_size)
+                    nonfinite = write_in_order(draft, row_order, writer, ids_out, chunk_size, checksums)
                 finally:
                     writer.close()
             with raw_copy_in_background(raw, temp, data_offset, chunk_size, written) as copying:
@@ -152,13 +158,15 @@ def write_contiguous(
                     try:
                         for shard in shards:
                             if shard not in raw:
-                                nonfinite[str(shard.path)] = copy_embeddings_h5py(shard, row_writer, buffer)
+                                nonfinite[str(shard.path)] = copy_embeddings_h5py(shard, row_writer, buffer, checksums)
                     finally:
                         row_writer.close()
                 for shard in raw:
-                    nonfinite[str(shard.path)] = count_nonfinite_raw(shard, chunk_size)
+                    nonfinite[str(shard.path)] = count_nonfinite_raw(shard, chunk_size, checksums)
                 record_nonfinite(report, nonfinite)
+                report["checksums"] = {"algorithm": ALGORITHM, "embeddings": True}
                 write_report(out, report)
+                checksums.write(out[REPORT_GROUP])
             for shard in shards:  # a worker that rewrote its file meanwhile
                 refuse_changed(shard)
         finally:
@@ -186,15 +194,19 @@ def write_virtual(plan: MergePlan, temp: Path, output: Path, report: dict, *, ch
         )
         report["sources"].append({"path": stored, **(shard.fingerprint or {})})
     record_nonfinite(report, None)  # never read: not counted
+    report["checksums"] = {"algorithm": ALGORITHM, "embeddings": False}  # they are the shards'
+    checksums = Checksums()
     with h5py.File(temp, "w") as out:
         if plan.total_sequences:
             out.create_virtual_dataset(EMBEDDINGS, layout, fillvalue=np.nan)
         else:
             out.create_dataset(EMBEDDINGS, shape=(0, plan.embedding_dim), dtype=OUTPUT_DTYPE)
-        ids_out = out.create_dataset(SEQUENCE_IDS, shape=(plan.total_sequences,), dtype=h5py.string_dtype())
+        ids_out = ChecksummedIds(
+            out.create_dataset(SEQUENCE_IDS, shape=(plan.total_sequences,), dtype=h5py.string_dtype()), checksums)
         for shard in shards:
             copy_ids(shard, ids_out, chunk_size)
         write_report(out, report)
+        checksums.write(out[REPORT_GROUP], rows=False)
     _check_mapping(temp, output, [s.path for s in shards])
 
 

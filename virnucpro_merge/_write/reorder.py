@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 
 from .._openfiles import OpenFiles
+from ..checksums import Checksums, IdSink
 from ..errors import ExpectedIdsError, ShardError, UnreadableShardError
 from ..plan import MergePlan, ShardPlan
 from ..shards import EMBEDDINGS, SEQUENCE_IDS, first_line, open_shard_file
@@ -103,8 +104,9 @@ def write_in_order(
     plan: MergePlan,
     order: RowOrder,
     writer: BlockWriter,
-    ids_out: h5py.Dataset,
+    ids_out: IdSink,
     block_rows: int,
+    checksums: Checksums,
 ) -> dict[str, int]:
     """Fill the output block by block; return the rows holding NaN or Inf, per shard.
 
@@ -140,6 +142,7 @@ def write_in_order(
                     block_ids[slots] = _read_rows(handle[SEQUENCE_IDS].asstr(), local)
                 except OSError as err:
                     raise UnreadableShardError(shard.path, f"cannot read rows ({first_line(err)})") from err
+            checksums.add_rows(out_start, block)
             bad = _nonfinite_mask(block)
             if bad is not None:
                 for k, n in zip(*np.unique(owner[bad], return_counts=True), strict=True):

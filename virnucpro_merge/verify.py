@@ -1,0 +1,350 @@
+"""Check, any time later, that a merged file still holds what its merge wrote.
+
+:func:`verify_merged` reads the file once: the report against the datasets (row
+counts, the shards' offsets, the dimension, the missing IDs sorted and absent from
+``sequence_ids``, every ID once), then every block of rows and of IDs against the
+checksum the merge recorded (:mod:`virnucpro_merge.checksums`). With ``against``,
+every row is also compared, bit for bit, with the row of the same ID in the shards.
+
+A virtual output's embeddings are its shards': they are checked by the sources'
+fingerprints (size and modification time) and, with ``against``, row by row. A file
+merged before checksums existed gets the structure checks only, and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ._write.copy import nonfinite_rows
+from .checksums import ids_crc, read_checksums, rows_crc
+from .errors import MergeError, ShardError, UnreadableShardError, shown_id
+from .ranks import listed
+from .shards import (
+    CORRUPT,
+    EMBEDDINGS,
+    ID_CHUNK,
+    REPORT_GROUP,
+    SEQUENCE_IDS,
+    TRUNCATED,
+    first_line,
+    iter_id_chunks,
+    open_shard,
+    open_shard_file,
+    read_report_summary,
+)
+from .sources import source_problems
+from .validation import IdIndex, id_hashes
+
+__all__ = ["Verification", "verify_merged"]
+
+logger = logging.getLogger("virnucpro_merge")
+
+_BLOCK_BYTES = 8 * 2**20  # rows read at a time where no checksum table says how many
+
+
+@dataclass
+class Verification:
+    """What :func:`verify_merged` found: ``problems`` (one line each, the first the
+    worst), what was checked (``checked``) and what could not be (``notes``)."""
+
+    path: Path
+    problems: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    #: the row ranges (start, stop) whose embeddings do not match their checksum
+    bad_rows: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def intact(self) -> bool:
+        """No problem found."""
+        return not self.problems
+
+    def __bool__(self) -> bool:
+        return self.intact
+
+    def summary(self) -> str:
+        """One line: the first problem (and how many more), or what was found intact."""
+        if self.problems:
+            more = f" (and {len(self.problems) - 1} more problems)" if len(self.problems) > 1 else ""
+            return self.problems[0] + more
+        notes = "; ".join(self.notes)
+        return f"{self.path}: intact ({', '.join(self.checked)})" + (f"; {notes}" if notes else "")
+
+
+def verify_merged(path: str | os.PathLike[str], against: Sequence[str | os.PathLike[str]] | None = None
+                  ) -> Verification:
+    """Check a merged file against its own report and checksums (and its shards).
+
+    Parameters
+    ----------
+    path : path-like
+        A file written by :func:`aggregate_shards` or :func:`materialize`.
+    against : sequence of path-like, optional
+        Shards to compare every row with (each merged row against the row of the
+        same ID); an unreadable one is skipped, and named in ``notes``.
+
+    Returns
+    -------
+    Verification
+        True when intact; else ``problems``, the first naming the first bad row
+        range (and how many blocks are bad).
+
+    Raises
+    ------
+    MergeError
+        The file does not exist, is not HDF5, or is not a merged output.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from virnucpro_merge import aggregate_shards
+    >>> from virnucpro_merge.synthetic import make_demo_run
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> run = make_demo_run(folder, n_sequences=40, world_size=4, absent=(), truncated=(), empty=(), short={})
+    >>> merged = aggregate_shards(run.shard_files, folder / "merged.h5")
+    >>> verify_merged(merged).intact
+    True
+    """
+    path = Path(path)
+    found = Verification(path)
+    try:
+        handle = open_shard_file(path)
+    except UnreadableShardError as err:
+        if err.problem.startswith((TRUNCATED, CORRUPT)):  # an HDF5 file, damaged
+            cause = first_line(err.__cause__) if err.__cause__ is not None else err.problem
+            found.problems.append(f"{path}: damaged: HDF5 cannot open it ({cause})")
+            return found
+        raise
+    with handle:
+        report = read_report_summary(handle, path)
+        if report is None:
+            msg = f"{path}: not a merged output (no '{REPORT_GROUP}' in it): nothing to verify it against"
+            raise MergeError(msg)
+        _Checker(path, handle, report, found).run(against)
+    return found
+
+
+class _Checker:
+    """One verification: the open file, its report, and what was found so far."""
+
+    def __init__(self, path: Path, handle: h5py.File, report: dict, found: Verification) -> None:
+        self.path, self.handle, self.report, self.found = path, handle, report, found
+        self.total, self.dim = report["total_sequences"], report["embedding_dim"]
+        group = handle[REPORT_GROUP]
+        self.missing = _read_missing(group, path)
+        self.row_sums, self.id_sums = read_checksums(group)
+
+    def problem(self, text: str) -> None:
+        self.found.problems.append(f"{self.path}: {text}")
+
+    def run(self, against: Sequence[str | os.PathLike[str]] | None) -> None:
+        emb, ids = self.handle.get(EMBEDDINGS), self.handle.get(SEQUENCE_IDS)
+        if not isinstance(emb, h5py.Dataset) or not isinstance(ids, h5py.Dataset):
+            self.problem(f"damaged: no '{EMBEDDINGS}' or '{SEQUENCE_IDS}' dataset")
+            return
+        if not self.check_structure(emb, ids):
+            return
+        index = self.check_ids(ids)
+        self.check_rows(emb, compared=against is not None)
+        if against is not None:
+            self.compare(emb, ids, index, [Path(p) for p in against])
+
+    # ------------------------------------------------------------------ structure
+    def check_structure(self, emb: h5py.Dataset, ids: h5py.Dataset) -> bool:
+        """The report's counts against the datasets; False where reading on makes no sense."""
+        total, dim = self.total, self.dim
+        if emb.ndim != 2 or emb.shape[0] != total or (total and emb.shape[1] != dim):
+            self.problem(f"'{EMBEDDINGS}' has shape {emb.shape}, the report says ({total}, {dim})")
+            return False
+        if ids.shape != (total,):
+            self.problem(f"'{SEQUENCE_IDS}' has shape {ids.shape}, the report says ({total},)")
+            return False
+        merged = [s for s in self.report["shards"] if s.get("status") != "failed"]
+        rows = sum(s.get("num_sequences", 0) for s in merged)
+        if rows != total:
+            self.problem(f"the report's shards hold {rows} rows, the file {total}")
+        if self.report.get("order", "shards") == "shards":
+            offset = 0
+            for shard in merged:
+                if shard.get("offset") != offset:
+                    self.problem(f"the report puts {shard['path']} at row {shard.get('offset')}, not {offset}")
+                    break
+                offset += shard.get("num_sequences", 0)
+        if len(self.missing) != self.report.get("num_missing", len(self.missing)):
+            self.problem(f"the report lists {len(self.missing)} missing IDs, its summary says "
+                         f"{self.report['num_missing']}")
+        if any(a >= b for a, b in zip(self.missing, self.missing[1:], strict=False)):
+            self.problem("the report's missing IDs are not sorted and distinct")
+        self.found.checked.append("structure")
+        return True
+
+    # ------------------------------------------------------------------ IDs
+    def _id_blocks(self, ids: h5py.Dataset) -> Iterator[tuple[int, int, int | None]]:
+        """``(start, stop, recorded CRC or None)`` of each block of IDs to read."""
+        if self.id_sums is not None and _covers(self.id_sums, self.total):
+            for start, stop, crc in self.id_sums.tolist():
+                yield start, stop, crc
+            return
+        if self.id_sums is not None:
+            self.problem("the ID checksums do not cover every row once (damaged report)")
+        for start in range(0, self.total, ID_CHUNK):
+            yield start, min(start + ID_CHUNK, self.total), None
+
+    def check_ids(self, ids: h5py.Dataset) -> IdIndex:
+        """Every ID block against its checksum; the IDs unique; no missing ID among them."""
+        bad: list[tuple[int, int]] = []
+        missing = set(self.missing)
+        present: list[str] = []
+
+        def chunks() -> Iterator[list[str]]:
+            for start, stop, crc in self._id_blocks(ids):
+                block = ids[start:stop]
+                if crc is not None and ids_crc(block) != crc:
+                    bad.append((start, stop))
+                chunk = [i.decode("utf-8", "surrogateescape") if isinstance(i, bytes) else i for i in block.tolist()]
+                if missing and not missing.isdisjoint(chunk):
+                    present.extend(sorted(missing.intersection(chunk))[:1])
+                yield chunk
+
+        index = IdIndex()
+        index.add_shard(self.path, chunks())
+        if bad:
+            self.problem(f"the IDs of rows {bad[0][0]}-{bad[0][1] - 1} do not match the checksum the merge recorded "
+                         f"({len(bad)} of {len(self.id_sums) if self.id_sums is not None else 0} ID blocks bad)")
+        duplicate = index.find_duplicate()
+        if duplicate is not None:
+            self.problem(f"the ID {shown_id(duplicate[0])} is in it twice")
+        if present:
+            self.problem(f"the report lists {shown_id(present[0])} as missing, but it is in '{SEQUENCE_IDS}'")
+        self.found.checked.append(f"{self.total:,} IDs" + (" checksummed" if self.id_sums is not None else ""))
+        return index
+
+    # ------------------------------------------------------------------ rows
+    def check_rows(self, emb: h5py.Dataset, *, compared: bool) -> None:
+        """Every block of rows against its checksum (contiguous outputs), or the sources'
+        fingerprints (virtual ones)."""
+        if self.report.get("layout") == "virtual":
+            for problem in source_problems(self.path, self.report.get("sources", [])):
+                self.found.problems.append(problem)
+            self.found.checked.append(f"{_count(len(self.report.get('sources', [])), 'source')}' fingerprints")
+            if not compared:
+                self.found.notes.append("its embeddings are its shards': compare them with --against")
+            return
+        if self.row_sums is None:
+            self.found.notes.append("merged before checksums existed: its rows cannot be checked"
+                                    + ("" if compared else " (compare them with --against)"))
+            return
+        if not _covers(self.row_sums, self.total):
+            self.problem("the row checksums do not cover every row once (damaged report)")
+            return
+        widest = int((self.row_sums[:, 1] - self.row_sums[:, 0]).max(initial=0))
+        buffer = np.empty((widest, self.dim), "<f4")
+        bad: list[tuple[int, int]] = []
+        nonfinite = 0
+        for start, stop, crc in self.row_sums.tolist():
+            rows = buffer[: stop - start]
+            try:
+                emb.read_direct(rows, np.s_[start:stop], np.s_[0 : stop - start])
+            except OSError as err:
+                self.problem(f"rows {start}-{stop - 1} cannot be read ({first_line(err)})")
+                return
+            if rows_crc(rows) != crc:
+                bad.append((start, stop))
+            nonfinite += nonfinite_rows(rows)
+        self.found.bad_rows = bad
+        if bad:
+            first, count = bad[0], len(bad)
+            self.found.problems.insert(0, f"{self.path}: rows {first[0]}-{first[1] - 1} do not match the checksum "
+                                          f"the merge recorded ({count} of {len(self.row_sums)} blocks bad)")
+        recorded = self.report.get("nonfinite_rows")
+        if not bad and isinstance(recorded, int) and recorded != nonfinite:
+            self.problem(f"{nonfinite} rows hold NaN or Inf, the report says {recorded}")
+        self.found.checked.append(f"{_count(len(self.row_sums), 'block')} of rows checksummed")
+
+    # ------------------------------------------------------------------ against the shards
+    def compare(self, emb: h5py.Dataset, ids: h5py.Dataset, index: IdIndex, shards: list[Path]) -> None:
+        """Each row of each shard against the merged row of the same ID, bit for bit."""
+        hashes = index.row_hashes()
+        order = np.argsort(hashes, kind="stable")
+        ordered = hashes[order]
+        compared, skipped = 0, []
+        for shard in shards:
+            try:
+                with open_shard(shard) as handle:
+                    compared += self._compare_shard(emb, ids, shard, handle, ordered, order)
+            except ShardError as err:
+                skipped.append(f"{Path(err.path).name} ({err.problem})")
+            if self.found.problems:
+                break
+        used = len(shards) - len(skipped)
+        self.found.checked.append(f"{_count(compared, 'row')} compared with {_count(used, 'shard')}")
+        if compared < self.total and not self.found.problems:
+            self.found.notes.append(f"{self.total - compared:,} rows are in none of the shards compared with")
+        if skipped:
+            self.found.notes.append(f"not compared: {listed(skipped)}")
+
+    def _compare_shard(self, emb: h5py.Dataset, ids: h5py.Dataset, shard: Path, handle: h5py.File,
+                       ordered: np.ndarray, order: np.ndarray) -> int:
+        source = handle.get(EMBEDDINGS)
+        if not isinstance(source, h5py.Dataset) or source.ndim != 2:
+            raise UnreadableShardError(shard, f"no 2-D '{EMBEDDINGS}' dataset")
+        step = max(1, _BLOCK_BYTES // max(1, source.shape[1] * 4))
+        done = 0
+        for chunk in iter_id_chunks(handle, shard, step):
+            where = np.minimum(np.searchsorted(ordered, id_hashes(chunk)), max(ordered.size - 1, 0))
+            found = ordered.size > 0 and ordered[where] == id_hashes(chunk)
+            if not np.all(found):
+                lost = [chunk[i] for i in np.flatnonzero(~np.asarray(found, bool))[:1]]
+                self.problem(f"{shown_id(lost[0])} of {shard} is not in it")
+                return done
+            rows = order[where]
+            mine = source[done : done + len(chunk)].astype("<f4")
+            theirs = _read_rows(emb, rows)
+            same = (mine.view(np.uint32) == theirs.view(np.uint32)).all(axis=1)
+            if not same.all():
+                first = int(np.flatnonzero(~same)[0])
+                row = int(rows[first])
+                stored = ids[row]
+                if (stored.decode() if isinstance(stored, bytes) else stored) == chunk[first]:
+                    self.problem(f"row {row} ({shown_id(chunk[first])}) differs from row {done + first} of {shard} "
+                                 f"({int((~same).sum())} of this block's {len(chunk)} rows differ)")
+                    return done
+            done += len(chunk)
+        return done
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n:,} {thing}" + ("" if n == 1 else "s")
+
+
+def _read_missing(group: h5py.Group, path: Path) -> list[str]:
+    try:
+        return group["missing_ids"].asstr()[:].tolist() if "missing_ids" in group else []
+    except (OSError, ValueError) as err:
+        msg = f"{path}: damaged merge report ({first_line(err)})"
+        raise MergeError(msg) from err
+
+
+def _covers(table: np.ndarray, total: int) -> bool:
+    """Whether the ``(start, stop, crc)`` rows of ``table`` tile ``0 .. total`` exactly (sorted)."""
+    if table.size == 0:
+        return total == 0
+    starts, stops = table[:, 0], table[:, 1]
+    return bool(starts[0] == 0 and stops[-1] == total and np.all(stops[:-1] == starts[1:]) and np.all(stops > starts))
+
+
+def _read_rows(emb: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """``emb[rows]`` as float32, for rows in any order (one span where they run on)."""
+    if rows.size and int(rows[-1]) - int(rows[0]) + 1 == rows.size and np.all(np.diff(rows) == 1):
+        return emb[int(rows[0]) : int(rows[-1]) + 1].astype("<f4", copy=False)
+    sort = np.argsort(rows)
+    out = np.empty((rows.size, emb.shape[1]), "<f4")
+    out[sort] = emb[rows[sort]]
+    return out

@@ -265,7 +265,7 @@ METHODS: list[Method] = [
     Method("virnucpro_merge", package_merge()),
     Method("virnucpro_merge[no fsync]", package_merge(durable=False)),
     Method("virnucpro_merge[no checksums]", package_merge(checksums=False)),
-    Method("virnucpro_merge[no fsync, no checksums]", package_merge(checksums=False, durable=False)),
+    Method("virnucpro_merge[no fsync+no checksums]", package_merge(checksums=False, durable=False)),
     Method("virnucpro_merge[virtual]", package_merge(layout="virtual")),
     Method("virnucpro_merge[index]", package_merge(order="index"), order="index", expected="list"),
 ]
@@ -497,7 +497,7 @@ RATIOS = [
     ("virnucpro_merge[no fsync]", "raw-copy", 1.25),
     ("virnucpro_merge[no fsync]", "seed-plan", 0.6),
     ("virnucpro_merge", "virnucpro_merge[no checksums]", 1.05),  # the checksums' cost
-    ("virnucpro_merge[no fsync]", "virnucpro_merge[no fsync, no checksums]", 1.05),
+    ("virnucpro_merge[no fsync]", "virnucpro_merge[no fsync+no checksums]", 1.05),
 ]
 
 

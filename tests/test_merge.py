@@ -254,6 +254,26 @@ class TestCopyPaths:
             aggregate_shards([shard], tmp_path / "o.h5", ids("a", 10), order=order)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["shard_0.h5"]
 
+    def test_the_scan_beside_the_copy_fails_the_merge(self, make_shard, tmp_path, monkeypatch):
+        """The NaN scan and checksums of raw-copied shards run on a thread of their own:
+        a failure there ends the copy too, and leaves nothing behind."""
+        from virnucpro_merge._write import copy as copy_module
+
+        shards = [make_shard(f"shard_{r}", ids(f"r{r}-", 300), dim=8) for r in range(3)]
+        scanned, original = [], copy_module.scan_rows
+
+        def fail_on_the_fourth(block, start, checksums):
+            scanned.append(start)
+            if len(scanned) == 4:
+                raise UnreadableShardError(shards[1], "truncated: the embeddings end early")
+            return original(block, start, checksums)
+
+        monkeypatch.setattr(copy_module, "scan_rows", fail_on_the_fourth)
+        with pytest.raises(UnreadableShardError, match="shard_1.h5: truncated: the embeddings end early"):
+            aggregate_shards(shards, tmp_path / "o.h5", chunk_size=100)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [s.name for s in shards]
+        assert len(scanned) == 4, "the scan went on after it failed"
+
 
 def test_h5py_rows_next_to_raw_rows(make_shard, tmp_path):
     """Small h5py-path writes just before raw-copied rows must not be written back over them."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import zlib
 
 import h5py
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 
 from tests.helpers import ids, read_datasets
 from virnucpro_merge import MergeError, aggregate_shards, materialize, read_expected_ids, verify_merged
+from virnucpro_merge.checksums import rows_checksum
 from virnucpro_merge.cli import main
 from virnucpro_merge.synthetic import make_demo_run, write_shard
 
@@ -200,3 +203,55 @@ class TestDurable:
         assert main(["aggregate", str(shard), "-o", str(tmp_path / "m.h5"), "--no-fsync"]) == 0
         assert calls == []
         assert verify_merged(tmp_path / "m.h5").intact
+
+
+class TestTheRowsChecksum:
+    """``rows_checksum`` is what its docstring defines, and sees the damage a disk or a bug does."""
+
+    @staticmethod
+    def by_the_definition(block):
+        words = np.ascontiguousarray(block, "<f4").tobytes()
+        width = -(-block.shape[1] * 4 // 8) * 8  # bytes per row, padded to whole words
+        sums = bytearray()
+        for r in range(block.shape[0]):
+            row = words[r * block.shape[1] * 4 : (r + 1) * block.shape[1] * 4].ljust(width, b"\0")
+            total = sum((((j + 1) * 0x9E3779B97F4A7C15 % 2**64) | 1) * int.from_bytes(row[8 * j : 8 * j + 8], "little")
+                        for j in range(width // 8))
+            sums += (total % 2**64).to_bytes(8, "little")
+        return zlib.crc32(bytes(sums))
+
+    @pytest.mark.parametrize("dim", [1, 2, 7, 32])
+    def test_matches_its_definition(self, rng, dim):
+        block = rng.standard_normal((9, dim)).astype(np.float32)
+        assert rows_checksum(block) == self.by_the_definition(block)
+        assert rows_checksum(block.astype(">f4")) == rows_checksum(block)  # the stored bytes, whatever the order
+
+    def test_every_single_bit_flip_changes_it(self, rng):
+        block = rng.standard_normal((4, 6)).astype(np.float32)
+        raw = block.view(np.uint8).reshape(-1)
+        before = rows_checksum(block)
+        for byte in range(raw.size):
+            for bit in range(8):
+                damaged = raw.copy()
+                damaged[byte] ^= 1 << bit
+                assert rows_checksum(damaged.view(np.float32).reshape(block.shape)) != before, (byte, bit)
+
+    def test_moved_rows_words_and_a_zeroed_sector_change_it(self, rng):
+        block = rng.standard_normal((64, 1280)).astype(np.float32)
+        before = rows_checksum(block)
+        swapped_rows = block[[1, 0, *range(2, 64)]]
+        swapped_words = block.copy()
+        swapped_words[5, [0, 1, 2, 3]] = block[5, [2, 3, 0, 1]]  # two 8-byte words of one row exchanged
+        zeroed = block.copy()
+        zeroed.reshape(-1)[1024:2048] = 0  # one 4 KiB sector
+        assert before not in {rows_checksum(swapped_rows), rows_checksum(swapped_words), rows_checksum(zeroed)}
+
+    def test_checksums_of_an_unknown_kind_are_not_checked(self, merged):
+        with h5py.File(merged, "r+") as f:
+            summary = json.loads(f["merge_report/summary"].asstr()[()])
+            summary["checksums"]["algorithm"] = "sha-9"
+            del f["merge_report/summary"]
+            f["merge_report/summary"] = json.dumps(summary)
+        found = verify_merged(merged)
+        assert found.intact
+        assert "rows' checksums are of a kind this version does not know ('sha-9')" in found.summary()

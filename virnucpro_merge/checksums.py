@@ -1,13 +1,21 @@
 """Checksums of what a merge wrote, so that a merged file can later prove it is intact.
 
 HDF5 keeps no checksum of contiguous data. A merge therefore records, in its
-report, a CRC-32 (:func:`zlib.crc32`: in the standard library, ~3 GB/s here) of each
-block of rows it wrote, computed from the bytes it already holds in memory to count
-NaN rows (never by reading the output back), and one of each block of IDs::
+report, a checksum of each block of rows it wrote, computed from the bytes it
+already holds in memory to count NaN rows (never by reading the output back), and
+one of each block of IDs::
 
     merge_report/
-        embedding_checksums   (b, 3) int64: first row, end row, CRC-32 of the rows' bytes
-        id_checksums          (c, 3) int64: first row, end row, CRC-32 of the IDs (see ids_crc)
+        embedding_checksums   (b, 3) int64: first row, end row, checksum of the rows (rows_checksum)
+        id_checksums          (c, 3) int64: first row, end row, CRC-32 of the IDs (ids_crc)
+
+The rows' checksum (``"wsum64-crc32"``) is built for speed from numpy and the
+standard library alone: each row's bytes, read as little-endian 64-bit words, are
+summed with a distinct odd weight per word (modulo 2**64), and the block's checksum
+is the CRC-32 of those row sums in order. It changes when any one bit does, when a
+sector is zeroed or garbled, when rows or words move; it runs at ~15 GB/s here, where
+:func:`zlib.crc32` of the same bytes runs at ~2.5 GB/s and would cost a quarter of a
+merge's time (``benchmarks/bench_merge.py`` measures both).
 
 The blocks are whatever the merge wrote at a time (a window of a shard, a chunk, a
 block in index order): together they cover every row exactly once, which
@@ -17,6 +25,7 @@ records ID checksums only (its embeddings are the shards').
 
 from __future__ import annotations
 
+import functools
 import threading
 import zlib
 from collections.abc import Sequence
@@ -25,17 +34,40 @@ from typing import Protocol
 import h5py
 import numpy as np
 
-__all__ = ["ALGORITHM", "rows_crc", "ids_crc", "Checksums", "IdSink", "ChecksummedIds", "read_checksums"]
+__all__ = ["ALGORITHM", "rows_checksum", "ids_crc", "Checksums", "IdSink", "ChecksummedIds", "read_checksums"]
 
 #: The name of the checksum, as the report's summary gives it.
-ALGORITHM = "crc32"
+ALGORITHM = "wsum64-crc32"
 _ROWS, _IDS = "embedding_checksums", "id_checksums"
 
 
-def rows_crc(block: np.ndarray) -> int:
-    """The CRC-32 of a block of float32 rows, as the output stores them (little-endian)."""
+@functools.lru_cache(maxsize=8)
+def _word_weights(words: int) -> np.ndarray:
+    """The weight of each 64-bit word of a row: distinct, odd, spread over all 64 bits."""
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    return (np.arange(1, words + 1, dtype=np.uint64) * golden) | np.uint64(1)
+
+
+def rows_checksum(block: np.ndarray) -> int:
+    """The checksum of a block of float32 rows, as the output stores them (little-endian).
+
+    Each row's bytes, zero-padded to a multiple of 8, are read as little-endian
+    uint64 words ``u_j``; the row's sum is ``sum(w_j * u_j) mod 2**64`` with
+    ``w_j = ((j + 1) * 0x9E3779B97F4A7C15 mod 2**64) | 1``; the block's checksum is
+    the CRC-32 of the row sums, each as 8 little-endian bytes, in row order.
+
+    >>> rows = np.arange(12, dtype=np.float32).reshape(3, 4)
+    >>> rows_checksum(rows) == rows_checksum(rows.copy()) != rows_checksum(rows[::-1])
+    True
+    """
     data = np.ascontiguousarray(block, dtype="<f4")
-    return zlib.crc32(data.data.cast("B"))
+    if data.ndim != 2 or data.shape[0] == 0:
+        return zlib.crc32(b"")
+    if data.shape[1] % 2:  # an odd width: pad each row to whole 64-bit words
+        data = np.concatenate([data, np.zeros((data.shape[0], 1), "<f4")], axis=1)
+    words = data.view("<u8")
+    sums = np.einsum("ij,j->i", words, _word_weights(words.shape[1])).astype("<u8", copy=False)
+    return zlib.crc32(sums.data.cast("B"))
 
 
 def ids_crc(ids: Sequence[str | bytes] | np.ndarray) -> int:
@@ -63,7 +95,7 @@ class Checksums:
 
     def add_rows(self, start: int, block: np.ndarray) -> None:
         """Record the rows ``block`` written at output row ``start``."""
-        entry = (start, start + len(block), rows_crc(block))
+        entry = (start, start + len(block), rows_checksum(block))
         with self._lock:
             self.rows.append(entry)
 

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from ._write.copy import nonfinite_rows
-from .checksums import ids_crc, read_checksums, rows_crc
+from .checksums import ALGORITHM, ids_crc, read_checksums, rows_checksum
 from .errors import MergeError, ShardError, UnreadableShardError, shown_id
 from .ranks import listed
 from .shards import (
@@ -103,14 +103,14 @@ def verify_merged(path: str | os.PathLike[str], against: Sequence[str | os.PathL
 
     Examples
     --------
-    >>> import tempfile
     >>> from virnucpro_merge import aggregate_shards
     >>> from virnucpro_merge.synthetic import make_demo_run
-    >>> folder = Path(tempfile.mkdtemp())
-    >>> run = make_demo_run(folder, n_sequences=40, world_size=4, absent=(), truncated=(), empty=(), short={})
-    >>> merged = aggregate_shards(run.shard_files, folder / "merged.h5")
+    >>> run = make_demo_run("run", n_sequences=40, world_size=4, absent=(), truncated=(), empty=(), short={})
+    >>> merged = aggregate_shards(run.shard_files, "embeddings.h5")
     >>> verify_merged(merged).intact
     True
+    >>> verify_merged(merged, against=run.shard_files).checked
+    ['structure', '40 IDs checksummed', '4 blocks of rows checksummed', '40 rows compared with 4 shards']
     """
     path = Path(path)
     found = Verification(path)
@@ -241,6 +241,11 @@ class _Checker:
             self.found.notes.append("merged before checksums existed: its rows cannot be checked"
                                     + ("" if compared else " (compare them with --against)"))
             return
+        algorithm = (self.report.get("checksums") or {}).get("algorithm", ALGORITHM)
+        if algorithm != ALGORITHM:
+            self.found.notes.append(f"its rows' checksums are of a kind this version does not know ({algorithm!r}): "
+                                    "they cannot be checked" + ("" if compared else " (compare them with --against)"))
+            return
         if not _covers(self.row_sums, self.total):
             self.problem("the row checksums do not cover every row once (damaged report)")
             return
@@ -255,7 +260,7 @@ class _Checker:
             except OSError as err:
                 self.problem(f"rows {start}-{stop - 1} cannot be read ({first_line(err)})")
                 return
-            if rows_crc(rows) != crc:
+            if rows_checksum(rows) != crc:
                 bad.append((start, stop))
             nonfinite += nonfinite_rows(rows)
         self.found.bad_rows = bad

@@ -43,6 +43,7 @@ __all__ = [
     "copy_ids",
     "count_nonfinite_raw",
     "raw_copy_in_background",
+    "RawCopy",
     "RowWriter",
     "BlockWriter",
 ]
@@ -102,13 +103,14 @@ def copy_embeddings_h5py(shard: ShardPlan, write: Callable[[np.ndarray, int], ob
     return nonfinite
 
 
-def count_nonfinite_raw(shard: ShardPlan, chunk_size: int, checksums: Checksums) -> int:
+def count_nonfinite_raw(shard: ShardPlan, chunk_size: int, checksums: Checksums,
+                        stop: threading.Event | None = None) -> int:
     """Rows holding NaN or Inf in a raw-copied shard, read in windows of raw bytes (each
     window's checksum recorded too).
 
-    Runs beside the kernel's copy of the same bytes (which are then in the page
-    cache), on the other core. One window of at most ``chunk_size`` rows (and
-    about 4 MiB) is read at a time, into one reused buffer.
+    Runs on a thread of its own beside the kernel's copy of the same bytes (see
+    :func:`raw_copy_in_background`). One window of at most ``chunk_size`` rows (and
+    about 4 MiB) is read at a time, into one reused buffer; ``stop`` ends it early.
     """
     assert shard.data_offset is not None
     dim = shard.embedding_dim
@@ -117,6 +119,8 @@ def count_nonfinite_raw(shard: ShardPlan, chunk_size: int, checksums: Checksums)
     nonfinite = 0
     with open(shard.path, "rb") as src:
         for chunk_start, chunk_end in _chunks(shard.num_sequences, window.shape[0]):
+            if stop is not None and stop.is_set():
+                break
             rows = window[: chunk_end - chunk_start]
             got = os.preadv(src.fileno(), [rows.data.cast("B")], shard.data_offset + chunk_start * row_bytes)
             if got < rows.nbytes:
@@ -225,6 +229,26 @@ def _copy_all_raw(
         os.close(fd)
 
 
+class RawCopy:
+    """The raw copy running in the background (:func:`raw_copy_in_background`)."""
+
+    def __init__(self, stop: threading.Event, scan: Future[dict[str, int]] | None) -> None:
+        self._stop, self._scan = stop, scan
+
+    def stop(self) -> None:
+        """Throw the copy away: stop copying and scanning."""
+        self._stop.set()
+
+    def nonfinite(self) -> dict[str, int]:
+        """Wait for the scan; the rows holding NaN or Inf, per shard path."""
+        return {} if self._scan is None else self._scan.result()
+
+
+def _scan_all_raw(shards: Sequence[ShardPlan], chunk_size: int, checksums: Checksums,
+                  stop: threading.Event) -> dict[str, int]:
+    return {str(s.path): count_nonfinite_raw(s, chunk_size, checksums, stop) for s in shards}
+
+
 @contextmanager
 def raw_copy_in_background(
     shards: Sequence[ShardPlan],
@@ -232,26 +256,34 @@ def raw_copy_in_background(
     dst_data_offset: int | None,
     chunk_size: int,
     on_written: Callable[[int, int], object],
-) -> Iterator[threading.Event]:
-    """Copy raw-copyable shards on a second thread while the body runs.
+    checksums: Checksums,
+) -> Iterator[RawCopy]:
+    """Copy raw-copyable shards on one thread, and scan them (NaN rows, checksums) on
+    another, while the body runs.
 
-    The body must not do HDF5 I/O on the output's ``embeddings`` (the bytes being
-    written); IDs and the report are fine. A failure on either side stops both; the
-    body may also stop the copy by setting the event it is given.
+    The scan reads the shards, not the output, so it can start at once: with the
+    GIL let go in ``zlib``, numpy and ``preadv``, it overlaps the body's Python work
+    (checking the IDs) and, in a durable merge, the wait for the disk. The body must
+    not do HDF5 I/O on the output's ``embeddings`` (the bytes being written); IDs and
+    the report are fine. A failure on any side stops all; the body may also throw
+    the copy away with :meth:`RawCopy.stop`.
     """
     stop = threading.Event()
     if not shards:
-        yield stop
+        yield RawCopy(stop, None)
         return
     assert dst_data_offset is not None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="virnucpro-copy") as pool:
-        future = pool.submit(_copy_all_raw, shards, output, dst_data_offset, chunk_size, on_written, stop)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="virnucpro-copy") as pool:
+        copy = pool.submit(_copy_all_raw, shards, output, dst_data_offset, chunk_size, on_written, stop)
+        scan = pool.submit(_scan_all_raw, shards, chunk_size, checksums, stop)
         try:
-            yield stop
+            yield RawCopy(stop, scan)
         except BaseException:
             stop.set()
             raise
         if stop.is_set():  # the body threw the copy away: how it ended no longer matters
-            future.exception()
+            copy.exception()
+            scan.exception()
             return
-        future.result()
+        copy.result()
+        scan.result()

@@ -34,7 +34,6 @@ from .copy import (
     RowWriter,
     copy_embeddings_h5py,
     copy_ids,
-    count_nonfinite_raw,
     raw_copy_in_background,
     raw_copyable,
 )
@@ -148,10 +147,10 @@ def write_contiguous(
                     nonfinite = write_in_order(draft, row_order, writer, ids_out, chunk_size, checksums)
                 finally:
                     writer.close()
-            with raw_copy_in_background(raw, temp, data_offset, chunk_size, written) as copying:
+            with raw_copy_in_background(raw, temp, data_offset, chunk_size, written, checksums) as copying:
                 plan, report = id_step(ids_out)
                 if not plan.same_rows_as(draft):
-                    copying.set()
+                    copying.stop()
                     return plan, {}
                 if len(raw) < len(shards) and row_order is None:
                     row_writer = RowWriter(temp, data_offset, row_bytes, written)
@@ -161,8 +160,7 @@ def write_contiguous(
                                 nonfinite[str(shard.path)] = copy_embeddings_h5py(shard, row_writer, buffer, checksums)
                     finally:
                         row_writer.close()
-                for shard in raw:
-                    nonfinite[str(shard.path)] = count_nonfinite_raw(shard, chunk_size, checksums)
+                nonfinite.update(copying.nonfinite())
                 record_nonfinite(report, nonfinite)
                 report["checksums"] = {"algorithm": ALGORITHM, "embeddings": True}
                 write_report(out, report)

@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := demo_run
 REPORT := reports
+SITE   := docs/_build/html
 # nbval: the kernel is this venv's Python; the sanitize file masks what varies by machine.
 NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 
@@ -13,7 +14,7 @@ export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo report notebooks test lint unit nbval torture bench clean
+.PHONY: help install demo docs notebooks test lint unit nbval torture bench clean
 
 help: ## Show this list of targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,20 +29,22 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP) ## Create .venv and install the package with its test extras
 
-demo: $(STAMP) ## Build the synthetic 8-worker run, merge it, write its report and render reports/*.html
+demo: $(STAMP) ## Build the synthetic 8-worker run, merge it, write its report, build the docs site
 	$(BIN)/virnucpro-merge demo $(DEMO)
 	mkdir -p $(REPORT)
 	$(BIN)/virnucpro-merge report $(DEMO) --merged $(DEMO)/embeddings.h5 -o $(REPORT)/demo_run.html
-	$(BIN)/python notebooks/render.py html --output-dir $(REPORT)
+	$(MAKE) --no-print-directory docs
+	@echo "the demo run's report: $(CURDIR)/$(REPORT)/demo_run.html"
+	@echo "the documentation site: $(CURDIR)/$(SITE)/index.html"
 
-report: $(STAMP) ## Execute the notebooks and render them to reports/*.html (no demo run)
-	$(BIN)/python notebooks/render.py html --output-dir $(REPORT)
+docs: $(STAMP) ## Build the documentation site into docs/_build/html (warnings are errors; opens offline)
+	$(BIN)/sphinx-build -q -W --keep-going -n -b html -d docs/_build/doctrees docs $(SITE)
 
 notebooks: $(STAMP) ## Re-execute the notebooks in place, strip metadata (review the diff, then commit)
 	$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 		--ExecutePreprocessor.kernel_name=python3 --ExecutePreprocessor.record_timing=False \
 		notebooks/[0-9][0-9]_*.ipynb
-	$(BIN)/python notebooks/render.py clean
+	$(BIN)/python notebooks/clean.py
 
 lint: $(STAMP) ## Check style and imports (ruff) and types (mypy)
 	$(BIN)/ruff check .
@@ -53,7 +56,7 @@ unit: $(STAMP) ## Run the unit tests and the docstring examples
 nbval: $(STAMP) ## Run the notebooks under nbval only (outputs compared)
 	$(BIN)/python -m pytest $(NBVAL) notebooks
 
-test: lint unit nbval ## Everything CI checks: linters, unit tests and doctests, notebooks under nbval
+test: lint unit nbval docs ## Everything CI checks: linters, unit tests and doctests, notebooks under nbval, the docs site
 
 torture: $(STAMP) ## Kill 50 merges at random moments; print which phases the kills hit
 	$(BIN)/python -m tests.killing --trials 50
@@ -63,4 +66,4 @@ bench: $(STAMP) ## Run the merge and ID-validation benchmarks (several minutes)
 	$(BIN)/python benchmarks/bench_validation.py
 
 clean: ## Remove the virtualenv, the demo run and build leftovers
-	rm -rf $(VENV) $(DEMO) reports *.egg-info .pytest_cache
+	rm -rf $(VENV) $(DEMO) $(REPORT) docs/_build docs/reference/generated *.egg-info .pytest_cache

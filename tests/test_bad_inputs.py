@@ -1,4 +1,4 @@
-"""The bad-input catalogue (README): each kind gets a clear error or a defined behaviour.
+"""The bad-input catalogue (docs/reference/bad-inputs.md): each kind gets a clear error or a defined behaviour.
 
 Structural problems of a single shard are in ``test_shards.py`` and expected-ID file
 problems in ``test_expected.py``; this file holds the rest.

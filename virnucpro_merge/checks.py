@@ -99,6 +99,15 @@ def plan_merge(
         No shards; with ``partial=False``, any unreadable or absent shard or any
         missing expected ID; always, a duplicate ID, a shard of an unsupported
         shape or dtype, or shards of different embedding dimensions.
+
+    Examples
+    --------
+    >>> from virnucpro_merge.synthetic import make_demo_run
+    >>> run = make_demo_run("run", n_sequences=12, world_size=3, dim=4,
+    ...                     truncated=(), absent=(2,), empty=(), short={})
+    >>> plan = plan_merge(run.shard_files, run.index, partial=True)  # reads IDs, writes nothing
+    >>> plan.total_sequences, plan.missing_ids
+    (8, ['seq000002', 'seq000005', 'seq000008', 'seq000011'])
     """
     paths = shard_paths(shard_files)
     if client is None:

@@ -37,7 +37,7 @@ from .shards import get_shard_info
 from .synthetic import make_demo_run
 from .verify import verify_merged
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
 
 PROG = "virnucpro-merge"
 logger = logging.getLogger("virnucpro_merge")
@@ -77,7 +77,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The `virnucpro-merge` command line (also what the docs' CLI page is built from)."""
     parser = argparse.ArgumentParser(
         prog=PROG, description="Merge, validate and inspect the HDF5 shards of a multi-GPU embedding run."
     )
@@ -376,7 +377,7 @@ def _quiet_stdout() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         with _logging_to_stderr(args), _sigterm_unwinds():
             return COMMANDS[args.command](args)

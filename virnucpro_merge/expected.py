@@ -609,6 +609,14 @@ def iter_expected_ids(path: str | os.PathLike[str], *, shown_as: object = None) 
 
     The file is read once, as a stream (a JSON index record by record). Errors name
     the file as ``shown_as`` when given (a worker's absolute path is not the user's).
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> _ = Path("ids.txt").write_text("seq1\\nseq2\\nseq3\\n")
+    >>> ids = iter_expected_ids("ids.txt")
+    >>> next(ids), list(ids)
+    ('seq1', ['seq2', 'seq3'])
     """
     return itertools.chain.from_iterable(iter_expected_id_blocks(path, shown_as=shown_as))
 
@@ -630,6 +638,16 @@ def read_expected_ids(path: str | os.PathLike[str]) -> list[str]:
     ------
     ExpectedIdsError
         The file is absent, unreadable, malformed, or holds no ID.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> _ = Path("ids.txt").write_text("# the run's sequences\\nseq1\\nseq2\\n")
+    >>> read_expected_ids("ids.txt")
+    ['seq1', 'seq2']
+    >>> _ = Path("ids.fasta").write_text(">seq1 a phage\\nACGT\\n>seq2\\nTTGA\\n")
+    >>> read_expected_ids("ids.fasta")
+    ['seq1', 'seq2']
     """
     path = Path(path)
     return [i for _, ids in _blocks(path, path, index_only=False, require_ids=True) for i in ids]
@@ -642,7 +660,16 @@ def iter_index_records(path: str | os.PathLike[str]) -> Iterator[dict]:
 
 
 def read_sequence_index(path: str | os.PathLike[str]) -> list[dict]:
-    """Read a run's sequence-index JSON and return its ``sequences`` records."""
+    """Read a run's sequence-index JSON and return its ``sequences`` records.
+
+    Examples
+    --------
+    >>> from virnucpro_merge.synthetic import make_demo_run
+    >>> run = make_demo_run("run", n_sequences=12, world_size=3, dim=4)
+    >>> records = read_sequence_index(run.index)
+    >>> len(records), sorted(records[0])
+    (12, ['byte_offset', 'file_path', 'length', 'sequence_id'])
+    """
     return list(iter_index_records(path))
 
 
@@ -783,12 +810,11 @@ def write_id_list(ids: Iterable[str], path: str | os.PathLike[str]) -> Path:
 
     Examples
     --------
-    >>> import tempfile, pathlib
-    >>> tmp = tempfile.TemporaryDirectory()
-    >>> out = write_id_list(["seq2", "seq1"], pathlib.Path(tmp.name) / "rerun.txt")
+    >>> out = write_id_list(["seq2", "seq1"], "rerun.txt")
     >>> out.read_text()
     'seq2\\nseq1\\n'
-    >>> tmp.cleanup()
+    >>> read_expected_ids(out)
+    ['seq2', 'seq1']
     """
     path = Path(path)
     given: list[object] = list(ids)

@@ -182,6 +182,21 @@ def aggregate_shards(
         missing expected IDs (:class:`MissingIdsError`); NaN or Inf with
         ``fail_on_nonfinite`` (:class:`NonFiniteError`); a bad shard
         (:class:`ShardError`); an unusable output path (:class:`OutputError`).
+
+    Examples
+    --------
+    >>> from virnucpro_merge import read_merge_report
+    >>> from virnucpro_merge.synthetic import make_demo_run
+    >>> run = make_demo_run("run", n_sequences=12, world_size=3, dim=4,
+    ...                     truncated=(), absent=(2,), empty=(), short={})
+    >>> aggregate_shards(run.shard_files, "embeddings.h5", run.index)
+    Traceback (most recent call last):
+      ...
+    virnucpro_merge.errors.UnreadableShardError: run/shard_2.h5: file does not exist
+    >>> merged = aggregate_shards(run.shard_files, "embeddings.h5", run.index, partial=True)
+    >>> report = read_merge_report(merged)
+    >>> report["total_sequences"], report["failed_shards"], report["missing_ids"][:2]
+    (8, ['run/shard_2.h5'], ['seq000002', 'seq000005'])
     """
     paths = shard_paths(shard_files)
     _check_arguments(chunk_size, layout, order, expected_sequence_ids, fail_on_nonfinite, client)
@@ -356,6 +371,18 @@ def materialize(
     ------
     MergeError
         The file is not a virtual output, or a source shard is missing or changed.
+
+    Examples
+    --------
+    >>> from virnucpro_merge import aggregate_shards, get_shard_info
+    >>> from virnucpro_merge.synthetic import make_demo_run
+    >>> run = make_demo_run("run", n_sequences=12, world_size=3, dim=4,
+    ...                     truncated=(), absent=(), empty=(), short={})
+    >>> virtual = aggregate_shards(run.shard_files, "virtual.h5", layout="virtual")  # views, no copy
+    >>> materialize(virtual, "embeddings.h5")
+    PosixPath('embeddings.h5')
+    >>> get_shard_info("embeddings.h5")["num_sequences"]
+    12
     """
     virtual, output = Path(virtual_path), Path(output_path)
     old = read_merge_report(virtual)

@@ -96,7 +96,7 @@ def stride_step(rank: int, positions: Iterable[int] | np.ndarray) -> int:
 
 
 def world_size_of(steps: Mapping[int, int]) -> int | None:
-    """The world size ``N`` of a stride run, from each rank's :func:`stride_step`.
+    """The world size ``N`` of a stride run, from each rank's ``stride_step``.
 
     Worker ``r`` holds positions ``r, r + N, r + 2N, ...``, so ``p - r`` is a multiple
     of ``N`` for every position ``p`` of rank ``r``. ``N`` is the step that most ranks
@@ -119,7 +119,7 @@ def world_size_of(steps: Mapping[int, int]) -> int | None:
 
 
 def sample_steps(paths: Sequence[Path], index_ids: Iterable[str], sample: int = 4) -> dict[int, int]:
-    """Rank -> :func:`stride_step` of the first ``sample`` IDs of each readable shard named by rank.
+    """Rank -> ``stride_step`` of the first ``sample`` IDs of each readable shard named by rank.
 
     The index is read only as far as those IDs lie (in a stride run, the first
     ``sample`` x N positions); unreadable shards are passed over.
@@ -153,7 +153,7 @@ def folder_shards(
     world_size: int | None = None,
     index_ids: Iterable[str] | None = None,
 ) -> list[Path]:
-    """A run folder's shards in rank order, ranks ``0 .. N - 1``.
+    """A run folder's shards in rank order, ranks 0 to N - 1.
 
     ``N`` is ``world_size`` when given; else it is inferred from the index positions
     of the shards' first IDs (:func:`world_size_of`) when ``index_ids`` (the run's
@@ -167,6 +167,14 @@ def folder_shards(
     MergeError
         The folder holds no ``shard_<N>.h5`` file, or one whose rank is not below
         ``world_size``.
+
+    Examples
+    --------
+    >>> from virnucpro_merge.synthetic import make_demo_run
+    >>> run = make_demo_run("run", n_sequences=12, world_size=3, dim=4,
+    ...                     truncated=(), absent=(1,), empty=(), short={})
+    >>> folder_shards("run")  # rank 1's file is absent: still listed, so the merge sees a dead worker
+    [PosixPath('run/shard_0.h5'), PosixPath('run/shard_1.h5'), PosixPath('run/shard_2.h5')]
     """
     directory = Path(directory)
     found: dict[int, Path] = {}
@@ -213,6 +221,16 @@ def expand_shard_args(
     A directory stands for its ``shard_<rank>.h5`` files in numeric rank order
     (``shard_2`` before ``shard_10``), as :func:`folder_shards` lists them (with
     ``world_size`` and ``index_ids``); a file stands for itself.
+
+    Examples
+    --------
+    >>> from virnucpro_merge.synthetic import make_demo_run
+    >>> run = make_demo_run("run", n_sequences=12, world_size=3, dim=4,
+    ...                     truncated=(), absent=(), empty=(), short={})
+    >>> expand_shard_args(["run/"])
+    [PosixPath('run/shard_0.h5'), PosixPath('run/shard_1.h5'), PosixPath('run/shard_2.h5')]
+    >>> expand_shard_args(["run/shard_2.h5", "run/shard_0.h5"])  # files: as given
+    [PosixPath('run/shard_2.h5'), PosixPath('run/shard_0.h5')]
     """
     paths: list[Path] = []
     for arg in args:

@@ -40,7 +40,7 @@ _ARRAYS = {"missing_ids": h5py.string_dtype(), "missing_positions": np.dtype("in
 
 
 class MergeReport(dict):
-    """The report of a merge: a plain ``dict`` (see :func:`read_merge_report`) that, in a
+    """The report of a merge: a plain ``dict`` (see :func:`~virnucpro_merge.read_merge_report`) that, in a
     notebook, shows itself as its findings and a table of the input shards."""
 
     def _repr_html_(self) -> str:
@@ -148,6 +148,19 @@ def read_merge_report(merged_path: str | os.PathLike[str]) -> MergeReport:
     ------
     MergeError
         The file is unreadable or carries no merge report (a plain shard).
+
+    Examples
+    --------
+    >>> from virnucpro_merge import aggregate_shards
+    >>> from virnucpro_merge.synthetic import make_demo_run
+    >>> run = make_demo_run("run", n_sequences=12, world_size=3, dim=4,
+    ...                     truncated=(), absent=(1,), empty=(), short={})
+    >>> merged = aggregate_shards(run.shard_files, "embeddings.h5", run.index, partial=True)
+    >>> report = read_merge_report(merged)
+    >>> report["partial"], report["num_missing"], report["failed_shards"]
+    (True, 4, ['run/shard_1.h5'])
+    >>> [(s["path"], s["status"]) for s in report["shards"]]
+    [('run/shard_0.h5', 'ok'), ('run/shard_1.h5', 'failed'), ('run/shard_2.h5', 'ok')]
     """
     path = Path(merged_path)
     with open_shard(path) as handle:

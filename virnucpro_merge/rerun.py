@@ -252,13 +252,11 @@ def write_missing_fasta(
 
     Examples
     --------
-    >>> import tempfile
-    >>> from virnucpro_merge import aggregate_shards, read_expected_ids
+    >>> from virnucpro_merge import aggregate_shards
     >>> from virnucpro_merge.synthetic import make_demo_run
-    >>> folder = Path(tempfile.mkdtemp())
-    >>> run = make_demo_run(folder, n_sequences=40, world_size=4, absent=(1,), truncated=(), empty=(), short={})
-    >>> merged = aggregate_shards(run.shard_files, folder / "merged.h5", read_expected_ids(run.index), partial=True)
-    >>> write_missing_fasta(merged, run.index, folder / "missing.fasta")
+    >>> run = make_demo_run("run", n_sequences=40, world_size=4, absent=(1,), truncated=(), empty=(), short={})
+    >>> merged = aggregate_shards(run.shard_files, "embeddings.h5", run.index, partial=True)
+    >>> write_missing_fasta(merged, run.index, "missing.fasta")  # the 10 sequences of the dead rank 1
     10
     """
     merged_path, index_path, output_path = Path(merged_path), Path(index_path), Path(output_path)

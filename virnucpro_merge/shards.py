@@ -311,6 +311,15 @@ def get_shard_info(shard_path: str | os.PathLike[str]) -> dict:
     ------
     ShardError
         The file is absent, unreadable or not shaped like a shard.
+
+    Examples
+    --------
+    >>> from virnucpro_merge.synthetic import write_shard
+    >>> import numpy as np
+    >>> shard = write_shard("shard_0.h5", ["seq1", "seq2"], np.zeros((2, 768), np.float32))
+    >>> info = get_shard_info(shard)
+    >>> info["num_sequences"], info["embedding_dim"], info["dtype"], info["merged"]
+    (2, 768, 'float32', False)
     """
     with open_shard(shard_path) as handle:
         meta = read_shard_meta(handle, shard_path, check_sources=False, storage=False)

@@ -41,7 +41,9 @@ __all__ = [
     "EXPECTED_NAME",
 ]
 
+#: The FASTA file a demo run's index points into (in the run's folder).
 FASTA_NAME = "sequences.fasta"
+#: The expected-ID text file of a stride run (in the run's folder).
 EXPECTED_NAME = "expected_ids.txt"
 _BLOCK = 1024  # rows of synthetic embeddings drawn from one seeded generator
 _FASTA_WIDTH = 60
@@ -52,6 +54,14 @@ def synthetic_embeddings(positions: Sequence[int] | np.ndarray, dim: int, seed: 
 
     The same position always gets the same vector (for a given ``dim`` and
     ``seed``), so a re-run of a missing sequence reproduces its embedding.
+
+    Examples
+    --------
+    >>> rows = synthetic_embeddings([0, 1, 2], dim=4, seed=0)
+    >>> rows.shape, rows.dtype
+    ((3, 4), dtype('float32'))
+    >>> bool((synthetic_embeddings([2], dim=4, seed=0) == rows[2]).all())  # a row depends on its position only
+    True
     """
     positions = np.asarray(positions, dtype=np.int64)
     out = np.empty((positions.size, dim), dtype=np.float32)
@@ -71,6 +81,14 @@ def write_shard(
     """Write a shard exactly as a worker does (``create_dataset(data=...)``).
 
     An empty ``sequence_ids`` writes the idle worker's ``(0, 0)`` embeddings.
+
+    Examples
+    --------
+    >>> import h5py, numpy as np
+    >>> shard = write_shard("shard_0.h5", ["seq1", "seq2"], np.ones((2, 4), np.float32))
+    >>> with h5py.File(shard) as f:
+    ...     f["embeddings"].shape, f["sequence_ids"].asstr()[:].tolist()
+    ((2, 4), ['seq1', 'seq2'])
     """
     path = Path(path)
     if len(sequence_ids) == 0:
@@ -100,7 +118,7 @@ def embed_fasta_like_run(
     Parameters
     ----------
     fasta_path : path-like
-        The sequences to embed (e.g. from :func:`~virnucpro_merge.rerun.write_missing_fasta`).
+        The sequences to embed (e.g. from :func:`~virnucpro_merge.write_missing_fasta`).
     index_path : path-like
         The run's sequence-index JSON, which gives each ID its position.
     shard_path : path-like
@@ -117,6 +135,14 @@ def embed_fasta_like_run(
     ------
     IndexMismatchError
         A sequence of the FASTA is not in the index.
+
+    Examples
+    --------
+    >>> from virnucpro_merge import get_shard_info
+    >>> run = make_demo_run("run", n_sequences=12, world_size=3, dim=4)
+    >>> shard = embed_fasta_like_run(run.fasta, run.index, "all.h5", dim=4, seed=0)
+    >>> get_shard_info(shard)["num_sequences"]
+    12
     """
     ids = list(iter_expected_ids(fasta_path))
     wanted = set(ids)
@@ -211,6 +237,14 @@ def make_demo_run(
     DemoRun
         Paths of the run's files (``shard_files`` lists every rank, absent
         ones included) and its sequence IDs in index order.
+
+    Examples
+    --------
+    >>> run = make_demo_run("run", n_sequences=40, world_size=4, truncated=(1,), absent=(3,), empty=())
+    >>> [p.name for p in run.shard_files], run.index.name
+    (['shard_0.h5', 'shard_1.h5', 'shard_2.h5', 'shard_3.h5'], 'sequence_index.json')
+    >>> len(run.sequence_ids), run.shard_files[3].exists()
+    (40, False)
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -305,6 +339,12 @@ def write_stride_run(
     index are added, spread over the ranks. The expected IDs (every position) go to
     ``EXPECTED_NAME``, one a line, in index order; with ``index``, also to the
     pipeline's ``sequence_index.json`` (records without a FASTA file behind them).
+
+    Examples
+    --------
+    >>> run = write_stride_run("big", n_sequences=1000, world_size=64, dim=8, missing_fraction=0.01)
+    >>> len(run.shard_files), run.expected_file.name, run.num_missing
+    (64, 'expected_ids.txt', 10)
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -74,7 +74,7 @@ class MemoryProfile:
 
     @property
     def peak_increase(self) -> int:
-        """Bytes the peak RSS rose above the baseline: the memory the call needed."""
+        """How many bytes the peak RSS rose above the baseline (the memory the call needed)."""
         return max(self.peak - self.baseline, 0)
 
 
@@ -82,6 +82,11 @@ def release_free_memory() -> bool:
     """Collect garbage and hand free C-heap memory back to the OS (glibc only).
 
     Returns True when ``malloc_trim`` was available and called.
+
+    Examples
+    --------
+    >>> release_free_memory()  # on glibc Linux; False where there is no malloc_trim
+    True
     """
     gc.collect()
     trim = _malloc_trim()

@@ -117,12 +117,24 @@ def plot_shard_counts(
         From :func:`virnucpro_merge.inspection.inspect_run`.
     ax : matplotlib.axes.Axes, optional
         Draw here instead of on a new figure.
-    figsize : (float, float), optional
+    figsize : tuple of float, optional
         Size in inches of a new figure (by default, from the number of ranks).
 
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> from virnucpro_merge.inspection import inspect_run
+    >>> from virnucpro_merge.synthetic import make_demo_run
+    >>> run = make_demo_run("run", n_sequences=12, world_size=3, dim=4,
+    ...                     truncated=(), absent=(2,), empty=(), short={})
+
+    >>> fig = plot_shard_counts(inspect_run("run"))
+    >>> fig.axes[0].get_title()
+    'Rows per shard: expected vs present'
+    >>> fig.savefig("counts.png")
     """
     summaries = _summaries(shards)
     if len(summaries) <= _FEW_RANKS:
@@ -235,12 +247,22 @@ def plot_missing_heatmap(
         From :func:`virnucpro_merge.inspection.inspect_run`.
     ax : matplotlib.axes.Axes, optional
         Draw here instead of on a new figure.
-    figsize : (float, float), optional
+    figsize : tuple of float, optional
         Size in inches of a new figure (by default, from the number of ranks).
 
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> from virnucpro_merge.inspection import inspect_run
+    >>> from virnucpro_merge.synthetic import make_demo_run
+    >>> run = make_demo_run("run", n_sequences=12, world_size=3, dim=4,
+    ...                     truncated=(), absent=(2,), empty=(), short={})
+
+    >>> fig = plot_missing_heatmap(inspect_run("run"))
+    >>> fig.savefig("missing.png")
     """
     ranks, width = inspection.missing.shape
     fig, ax = _axes(ax, figsize or (8.0, min(12.0, max(2.8, 1.8 + 0.12 * ranks))))
@@ -281,15 +303,24 @@ def plot_memory_profile(
     Parameters
     ----------
     profiles : mapping of str to MemoryProfile
-        Label -> profile, from :func:`virnucpro_merge.inspection.memory.profile_memory`.
+        Label -> profile, from :func:`~virnucpro_merge.inspection.profile_memory`.
     ax : matplotlib.axes.Axes, optional
         Draw here instead of on a new figure.
-    figsize : (float, float)
+    figsize : tuple of float
         Size in inches of a new figure.
 
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from virnucpro_merge.inspection import profile_memory
+    >>> profile = profile_memory(lambda: np.ones(2**24).sum())  # 128 MiB of ones, summed
+    >>> fig = plot_memory_profile({"sum of ones": profile})
+    >>> [text.get_text().split(" (peak")[0] for text in fig.axes[0].get_legend().get_texts()]
+    ['sum of ones']
     """
     fig, ax = _axes(ax, figsize)
     for label, prof in profiles.items():
@@ -323,12 +354,20 @@ def plot_peak_scaling(
         Label of the x axis.
     ax : matplotlib.axes.Axes, optional
         Draw here instead of on a new figure.
-    figsize : (float, float)
+    figsize : tuple of float
         Size in inches of a new figure.
 
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> from virnucpro_merge.inspection import MIB
+    >>> fig = plot_peak_scaling([100, 200, 400], {"merge": [30 * MIB, 31 * MIB, 31 * MIB],
+    ...                                           "load everything": [110 * MIB, 210 * MIB, 410 * MIB]})
+    >>> fig.axes[0].get_xlabel()
+    'embeddings in the run (MiB)'
     """
     fig, ax = _axes(ax, figsize)
     for label, values in peaks.items():

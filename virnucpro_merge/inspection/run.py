@@ -111,8 +111,9 @@ class RunInspection:
     """The per-rank summary and the missing-ID matrix of one run.
 
     In a notebook it shows itself as a summary and a per-rank table (statuses
-    coloured as in the plots); :meth:`to_frame` gives a pandas DataFrame, one row per
-    rank; :meth:`plot_counts` and :meth:`plot_missing` draw the two pictures.
+    coloured as in the plots); :meth:`~RunInspection.to_frame` gives a pandas DataFrame,
+    one row per rank; :meth:`~RunInspection.plot_counts` and :meth:`~RunInspection.plot_missing`
+    draw the two pictures.
 
     Attributes
     ----------
@@ -215,13 +216,13 @@ class RunInspection:
         return inspection_html(self)
 
     def plot_counts(self, **options: Any) -> Figure:
-        """:func:`~virnucpro_merge.inspection.plots.plot_shard_counts` of this run."""
+        """:func:`~virnucpro_merge.inspection.plot_shard_counts` of this run."""
         from .plots import plot_shard_counts
 
         return plot_shard_counts(self, **options)
 
     def plot_missing(self, **options: Any) -> Figure:
-        """:func:`~virnucpro_merge.inspection.plots.plot_missing_heatmap` of this run."""
+        """:func:`~virnucpro_merge.inspection.plot_missing_heatmap` of this run."""
         from .plots import plot_missing_heatmap
 
         return plot_missing_heatmap(self, **options)
@@ -457,9 +458,7 @@ def inspect_run(
     Examples
     --------
     >>> from virnucpro_merge.synthetic import make_demo_run
-    >>> import tempfile
-    >>> tmp = tempfile.TemporaryDirectory()
-    >>> run = make_demo_run(tmp.name, n_sequences=10, world_size=3, dim=4,
+    >>> run = make_demo_run("run", n_sequences=10, world_size=3, dim=4,
     ...                     truncated=(), absent=(2,), empty=(), short={})
     >>> found = inspect_run(run.shard_files, run.sequence_ids)
     >>> [(s.rank, s.expected, s.present, s.status) for s in found.shards]
@@ -470,9 +469,8 @@ def inspect_run(
     array([[0, 0, 0, 0],
            [0, 0, 0, 0],
            [1, 1, 1, 0]])
-    >>> inspect_run(tmp.name).world_size  # the folder: its index gives the IDs, they give N
+    >>> inspect_run("run").world_size  # the folder: its index gives the IDs, they give N
     3
-    >>> tmp.cleanup()
     """
     if world_size is not None and (isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1):
         msg = f"world_size must be a positive integer, got {world_size!r}"

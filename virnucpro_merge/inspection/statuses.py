@@ -7,13 +7,13 @@ __all__ = ["OK", "INCOMPLETE", "EMPTY", "ABSENT", "FAILED", "DUPLICATED", "OFF_S
 # The status of a rank: what its shard holds against what it was assigned. (Not
 # the status of a shard in a merge report, plan.ShardStatus: "empty" and "failed"
 # mean other things there.)
-OK = "ok"  # every assigned sequence is there
-INCOMPLETE = "incomplete"  # readable, but part of the assignment is missing
-EMPTY = "empty"  # readable, no rows, although sequences were assigned
-ABSENT = "absent"  # no file
-FAILED = "failed"  # a file that cannot be read as a shard (truncated, corrupt)
-DUPLICATED = "duplicated"  # an ID twice in the file, or in an earlier rank's (a merge refuses it)
-OFF_STRIDE = "off-stride"  # its IDs are not at positions rank + j * N (a run resumed with another N?)
+OK = "ok"  #: Every assigned sequence is there
+INCOMPLETE = "incomplete"  #: Readable, but part of the assignment is missing
+EMPTY = "empty"  #: Readable, no rows, although sequences were assigned
+ABSENT = "absent"  #: No file
+FAILED = "failed"  #: A file that cannot be read as a shard (truncated, corrupt)
+DUPLICATED = "duplicated"  #: An ID twice in the file, or in an earlier rank's (a merge refuses it)
+OFF_STRIDE = "off-stride"  #: Its IDs are not at positions rank + j * N (a run resumed with another N?)
 
 #: Every status, best first (the order plots use for their legend).
 STATUSES = (OK, INCOMPLETE, EMPTY, DUPLICATED, OFF_STRIDE, FAILED, ABSENT)

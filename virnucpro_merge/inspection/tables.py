@@ -54,6 +54,20 @@ def format_shard_table(shards: Sequence[ShardSummary]) -> str:
 
     Paths are shown by file name only, so the table reads the same wherever the
     run lives.
+
+    Examples
+    --------
+    >>> from virnucpro_merge.inspection import inspect_run
+    >>> from virnucpro_merge.synthetic import make_demo_run
+    >>> run = make_demo_run("run", n_sequences=12, world_size=3, dim=4,
+    ...                     truncated=(), absent=(2,), empty=(), short={})
+
+    >>> print(format_shard_table(inspect_run("run").shards))
+    rank  shard       expected  present  missing  status
+       0  shard_0.h5         4        4        0  ok
+       1  shard_1.h5         4        4        0  ok
+       2  shard_2.h5         4        0        4  absent
+          total             12        8        4
     """
     width = max([len(s.path.name) for s in shards] + [5])
     lines = [f"{'rank':>4}  {'shard':<{width}}  {'expected':>8} {'present':>8} {'missing':>8}  status"]
@@ -82,7 +96,21 @@ def _summary_lines(found: RunInspection) -> list[str]:
 
 def format_summary(found: RunInspection) -> str:
     """A run's summary in a few lines: world size, sequences expected, present and missing,
-    and the ranks of each status."""
+    and the ranks of each status.
+
+    Examples
+    --------
+    >>> from virnucpro_merge.inspection import inspect_run
+    >>> from virnucpro_merge.synthetic import make_demo_run
+    >>> run = make_demo_run("run", n_sequences=12, world_size=3, dim=4,
+    ...                     truncated=(), absent=(2,), empty=(), short={})
+
+    >>> print(format_summary(inspect_run("run")))
+    world size: 3 (from the IDs' index positions)
+    sequences expected: 12 (from sequence_index.json, the run folder's index)
+    sequences present: 8 rows; missing: 4; not expected: 0
+    ranks by status: ok 2 (0-1); absent 1 (2)
+    """
     return "\n".join(_summary_lines(found))
 
 
@@ -159,7 +187,29 @@ def inspection_html(found: RunInspection) -> str:
 
 
 def format_report(report: Mapping) -> str:
-    """A merge report as a short text table, for terminals and notebooks."""
+    """A merge report as a short text table, for terminals and notebooks.
+
+    Examples
+    --------
+    >>> from virnucpro_merge.inspection import inspect_run
+    >>> from virnucpro_merge.synthetic import make_demo_run
+    >>> run = make_demo_run("run", n_sequences=12, world_size=3, dim=4,
+    ...                     truncated=(), absent=(2,), empty=(), short={})
+
+    >>> from virnucpro_merge import aggregate_shards, read_merge_report
+    >>> merged = aggregate_shards(run.shard_files, "embeddings.h5", run.index, partial=True)
+    >>> print(format_report(read_merge_report(merged)))
+    shard       status       rows    offset  problem
+    shard_0.h5  ok              4         0
+    shard_1.h5  ok              4         4
+    shard_2.h5  failed          0         8  file does not exist
+    <BLANKLINE>
+    8 sequences of dimension 4 from 2 of 3 shards
+    failed shards: 1 (shard_2.h5)
+    missing sequences: 4 of 12 expected
+    first missing IDs: seq000002, seq000005, seq000008, seq000011
+    partial: True
+    """
     width = max([len(Path(s["path"]).name) for s in report["shards"]] + [5])
     lines = [f"{'shard':<{width}}  {'status':<7} {'rows':>9} {'offset':>9}  problem"]
     for shard in report["shards"]:

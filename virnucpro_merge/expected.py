@@ -233,7 +233,7 @@ def _check_records(records: list[Any], name: object) -> list[str]:
         ids = [record["sequence_id"] for record in records]
     except (KeyError, TypeError, IndexError):
         ids = None
-    if ids is None or not all(type(i) is str for i in ids) or not all(type(r) is dict for r in records):
+    if ids is None or not set(map(type, ids)) <= {str} or not set(map(type, records)) <= {dict}:
         msg = f"{name}: {_NOT_AN_INDEX}"
         raise ExpectedIdsError(msg)
     return ids
@@ -275,10 +275,10 @@ class _JsonText:
         keep = _after_last_break(self.text, until)  # drop whole lines already read
         if keep and self.byte_base is not None:
             gone = self.text[:keep]
-            pairs = gone.count("\r\n")
-            self.line += gone.count("\n") + gone.count("\r") - pairs
+            crs, pairs = (gone.count("\r"), gone.count("\r\n")) if "\r" in gone else (0, 0)  # most files: no \r
+            self.line += gone.count("\n") + crs - pairs
             self.dropped_crlf += pairs
-            self.byte_base += len(gone.encode())
+            self.byte_base += len(gone) if gone.isascii() else len(gone.encode())
             self.dropped += keep
             self.text, self.pos = self.text[keep:], self.pos - keep
         self.text += text

@@ -130,7 +130,6 @@ def plot_shard_counts(
     >>> from virnucpro_merge.synthetic import make_demo_run
     >>> run = make_demo_run("run", n_sequences=12, world_size=3, dim=4,
     ...                     truncated=(), absent=(2,), empty=(), short={})
-
     >>> fig = plot_shard_counts(inspect_run("run"))
     >>> fig.axes[0].get_title()
     'Rows per shard: expected vs present'
@@ -260,7 +259,6 @@ def plot_missing_heatmap(
     >>> from virnucpro_merge.synthetic import make_demo_run
     >>> run = make_demo_run("run", n_sequences=12, world_size=3, dim=4,
     ...                     truncated=(), absent=(2,), empty=(), short={})
-
     >>> fig = plot_missing_heatmap(inspect_run("run"))
     >>> fig.savefig("missing.png")
     """

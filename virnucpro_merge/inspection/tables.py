@@ -61,7 +61,6 @@ def format_shard_table(shards: Sequence[ShardSummary]) -> str:
     >>> from virnucpro_merge.synthetic import make_demo_run
     >>> run = make_demo_run("run", n_sequences=12, world_size=3, dim=4,
     ...                     truncated=(), absent=(2,), empty=(), short={})
-
     >>> print(format_shard_table(inspect_run("run").shards))
     rank  shard       expected  present  missing  status
        0  shard_0.h5         4        4        0  ok
@@ -104,7 +103,6 @@ def format_summary(found: RunInspection) -> str:
     >>> from virnucpro_merge.synthetic import make_demo_run
     >>> run = make_demo_run("run", n_sequences=12, world_size=3, dim=4,
     ...                     truncated=(), absent=(2,), empty=(), short={})
-
     >>> print(format_summary(inspect_run("run")))
     world size: 3 (from the IDs' index positions)
     sequences expected: 12 (from sequence_index.json, the run folder's index)
@@ -195,7 +193,6 @@ def format_report(report: Mapping) -> str:
     >>> from virnucpro_merge.synthetic import make_demo_run
     >>> run = make_demo_run("run", n_sequences=12, world_size=3, dim=4,
     ...                     truncated=(), absent=(2,), empty=(), short={})
-
     >>> from virnucpro_merge import aggregate_shards, read_merge_report
     >>> merged = aggregate_shards(run.shard_files, "embeddings.h5", run.index, partial=True)
     >>> print(format_report(read_merge_report(merged)))

@@ -45,6 +45,7 @@ import shutil
 import statistics
 import sys
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,9 +277,30 @@ BY_NAME = {m.name: m for m in METHODS}
 # --------------------------------------------------------------------------- the child
 
 
+def hash_speeds(nbytes: int = 2**28) -> dict:
+    """GB/s of the rows' checksum the merge records, and of ``zlib.crc32`` of the same bytes
+    (in memory, 4 MiB blocks of 1280-wide float32 rows: what the merge's scan hands over)."""
+    from virnucpro_merge.checksums import rows_checksum
+
+    block = np.random.default_rng(0).standard_normal((819, 1280)).astype("<f4")
+    count = max(1, nbytes // block.nbytes)
+    speeds = {}
+    for name, digest in (("rows_checksum", rows_checksum), ("zlib.crc32", lambda b: zlib.crc32(b.data.cast("B")))):
+        digest(block)
+        start = time.perf_counter()
+        for _ in range(count):
+            digest(block)
+        speeds[name] = count * block.nbytes / 1e9 / (time.perf_counter() - start)
+    return speeds
+
+
 def child_main(spec: dict) -> None:
     """Run one method once and reply its measurements."""
     import virnucpro_merge  # noqa: F401 - every child imports the same modules: comparable baselines
+
+    if spec["method"] == "hash-speeds":
+        reply(hash_speeds())
+        return
 
     rss_imports = rss_now()
     method = BY_NAME[spec["method"]]
@@ -640,6 +662,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             facts["sizes"] = "; ".join(f"{s.name} {s.describe()}" for s in sizes)
             facts["rounds"] = f"{args.rounds} (methods alternate; each in a fresh process)"
             facts["methods"] = ", ".join(m.name for m in methods)
+            speeds = run_fresh(SCRIPT, {"method": "hash-speeds"}, package, what="hash speeds")
+            facts["checksums"] = ", ".join(f"{k} {v:.1f} GB/s" for k, v in speeds.items() if k != "package_file")
             print_facts("virnucpro_merge merge benchmark", facts)
             results = {size.name: bench_size(size, methods, package, args, workdir) for size in sizes}
             changed = package.changed()

@@ -33,6 +33,7 @@ exclude_patterns = ["_build", "**.ipynb_checkpoints", "reference/generated/*.rst
 # .rst first: autosummary writes its stubs in the first suffix
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 root_doc = "index"
+smartquotes = False  # "--expected" stays two hyphens, to be copied into a shell
 
 # --- notebooks: the committed outputs, as they are
 nb_execution_mode = "off"

@@ -195,7 +195,9 @@ def test_rerun(tmp_path, capsys):
     fasta = tmp_path / "missing.fasta"
     assert main(["rerun", str(run_dir / "embeddings.h5"), "--index", str(run_dir / "sequence_index.json"),
                  "-o", str(fasta)]) == 0
-    assert "Wrote 850 missing sequences" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Wrote the 850 sequences missing from" in err
+    assert err.count("Wrote") == 1  # said once
     headers = [line for line in fasta.read_text().splitlines() if line.startswith(">")]
     assert len(headers) == 850
     assert headers[0] == ">seq000003"

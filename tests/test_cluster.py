@@ -155,6 +155,17 @@ def test_cli_local_cluster(demo, tmp_path, capsys):
     assert read_datasets(out)[0].shape == (900 - 382, 64)
 
 
+@pytest.mark.parametrize("address", ["nonsense", "tcp://127.0.0.1:abc"])
+def test_cli_a_scheduler_that_is_not_there(demo, capsys, address):
+    from virnucpro_merge.cli import main
+
+    run, _ = demo
+    assert main(["validate", str(run.directory), "--expected", str(run.index), "--scheduler", address]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {address}: cannot connect to a Dask scheduler there (" in err
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize("form", ["text", "fasta", "json", "gzip"])
 def test_expected_file_in_byte_ranges(client, demo, tmp_path, form, monkeypatch):
     """The workers read the expected file in many small ranges: the same IDs come out."""

@@ -269,3 +269,17 @@ def test_a_merge_report_shows_itself(tmp_path, demo):
     html = report._repr_html_()
     assert "truncated HDF5 file" in html
     assert "partial: True" in html
+
+
+def test_shard_files_in_shell_order_are_placed_at_their_ranks(tmp_path):
+    """``report run/shard_*.h5``: the shell lists shard_10 before shard_2; a lost rank's
+    file is not listed at all."""
+    from virnucpro_merge.synthetic import write_stride_run
+
+    run = write_stride_run(tmp_path / "run", 320, 16, dim=2, index=True)
+    run.shard_files[6].unlink()
+    shell_order = sorted(p for p in run.shard_files if p.exists())  # lexical: shard_0, shard_1, shard_10, ...
+    assert shell_order[2].name == "shard_10.h5"
+    found = inspect_run(shell_order, run.directory / "sequence_index.json")
+    assert [s.status for s in found.shards] == ["ok"] * 6 + ["absent"] + ["ok"] * 9
+    assert found.world_size == 16

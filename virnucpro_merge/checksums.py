@@ -9,13 +9,18 @@ one of each block of IDs::
         embedding_checksums   (b, 3) int64: first row, end row, checksum of the rows (rows_checksum)
         id_checksums          (c, 3) int64: first row, end row, CRC-32 of the IDs (ids_crc)
 
-The rows' checksum (``"wsum64-crc32"``) is built for speed from numpy and the
-standard library alone: each row's bytes, read as little-endian 64-bit words, are
-summed with a distinct odd weight per word (modulo 2**64), and the block's checksum
-is the CRC-32 of those row sums in order. It changes when any one bit does, when a
-sector is zeroed or garbled, when rows or words move; it runs at ~15 GB/s here, where
-:func:`zlib.crc32` of the same bytes runs at ~2.5 GB/s and would cost a quarter of a
-merge's time (``benchmarks/bench_merge.py`` measures both).
+The rows' checksum (``"wsum64-crc32"``, :func:`rows_checksum`) is built for speed
+from numpy and the standard library alone: each row's bytes, read as little-endian
+64-bit words, are summed with a distinct odd weight per word (modulo 2**64); the
+block's checksum is the CRC-32 of those row sums in order. It changes when any one bit
+does, when a sector is zeroed or garbled, when rows or words move, and when two bits
+do, but for one blind spot: two flips of the same high bit in two words of one row can
+cancel (always for bit 63, the sign of an odd-numbered float; half the time for bit 62,
+and so on down), as a multiplication modulo 2**64 carries no high bit down. Mixing the
+high bits down (``u ^ (u >> 32)``) closes it but cost a non-durable merge a further
+quarter of its time, where this sum costs ~10 %; ``verify --against`` compares every
+bit. It runs at ~17 GB/s here, five times :func:`zlib.crc32` of the same bytes
+(``benchmarks/bench_merge.py`` prints both).
 
 The blocks are whatever the merge wrote at a time (a window of a shard, a chunk, a
 block in index order): together they cover every row exactly once, which
@@ -34,11 +39,13 @@ from typing import Protocol
 import h5py
 import numpy as np
 
-__all__ = ["ALGORITHM", "rows_checksum", "ids_crc", "Checksums", "IdSink", "ChecksummedIds", "read_checksums"]
+__all__ = ["ALGORITHM", "ROW_TABLE", "ID_TABLE", "rows_checksum", "ids_crc", "summary_entry", "Checksums",
+           "IdSink", "ChecksummedIds", "read_checksums"]
 
 #: The name of the checksum, as the report's summary gives it.
 ALGORITHM = "wsum64-crc32"
-_ROWS, _IDS = "embedding_checksums", "id_checksums"
+#: The report's datasets of checksums: of the rows, of the IDs.
+ROW_TABLE, ID_TABLE = "embedding_checksums", "id_checksums"
 
 
 @functools.lru_cache(maxsize=8)
@@ -53,8 +60,8 @@ def rows_checksum(block: np.ndarray) -> int:
 
     Each row's bytes, zero-padded to a multiple of 8, are read as little-endian
     uint64 words ``u_j``; the row's sum is ``sum(w_j * u_j) mod 2**64`` with
-    ``w_j = ((j + 1) * 0x9E3779B97F4A7C15 mod 2**64) | 1``; the block's checksum is
-    the CRC-32 of the row sums, each as 8 little-endian bytes, in row order.
+    ``w_j = ((j + 1) * 0x9E3779B97F4A7C15 mod 2**64) | 1``; the block's checksum is the
+    CRC-32 of the row sums, each as 8 little-endian bytes, in row order.
 
     >>> rows = np.arange(12, dtype=np.float32).reshape(3, 4)
     >>> rows_checksum(rows) == rows_checksum(rows.copy()) != rows_checksum(rows[::-1])
@@ -85,6 +92,13 @@ def ids_crc(ids: Sequence[str | bytes] | np.ndarray) -> int:
     return zlib.crc32(b"\0".join(items) + b"\0")
 
 
+def summary_entry(missing_ids: Sequence[str], *, embeddings: bool) -> dict:
+    """The report summary's ``checksums``: the algorithm, whether the rows have a table of
+    checksums (not in a virtual output), and the CRC-32 of the sorted missing IDs (the
+    report's own list, which no table covers)."""
+    return {"algorithm": ALGORITHM, "embeddings": embeddings, "missing_ids": ids_crc(sorted(missing_ids))}
+
+
 class Checksums:
     """The checksums of one output, taken as its blocks are written (from any thread)."""
 
@@ -107,7 +121,7 @@ class Checksums:
 
     def write(self, group: h5py.Group, *, rows: bool = True) -> None:
         """Store the checksums in the report's group (``rows=False``: IDs only)."""
-        for name, entries in ((_ROWS, self.rows if rows else None), (_IDS, self.ids)):
+        for name, entries in ((ROW_TABLE, self.rows if rows else None), (ID_TABLE, self.ids)):
             if entries is not None:
                 data = np.array(sorted(entries), dtype=np.int64).reshape(-1, 3)
                 group.create_dataset(name, data=data)
@@ -134,4 +148,4 @@ class ChecksummedIds:
 def read_checksums(group: h5py.Group) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The ``(rows, ids)`` checksum tables of a report's group (None where absent: a file
     merged before checksums existed, or a virtual output's embeddings)."""
-    return tuple(group[name][:] if name in group else None for name in (_ROWS, _IDS))  # type: ignore[return-value]
+    return tuple(group[name][:] if name in group else None for name in (ROW_TABLE, ID_TABLE))  # type: ignore[return-value]

@@ -132,9 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     mat.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="show a progress bar (default: when stderr is a terminal)")
     for command in (agg, mat):
-        command.add_argument("--no-fsync", dest="durable", action="store_false",
+        command.add_argument("--no-fsync", action="store_true",
                              help="do not wait for the output to reach the disk (still written whole or not at "
-                                  "all; after a power loss it may be damaged: `verify` tells)")
+                                  "all; after a power loss it may be damaged: `verify` tells whether it is intact)")
 
     ver = sub.add_parser("verify", help="check a merged file against its report and checksums")
     ver.add_argument("merged", type=Path, metavar="MERGED")
@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where to write the missing IDs (default: <REPORT>-rerun.txt beside the report)")
     rep.add_argument("--show-code", action="store_true", help="show the report notebook's code too")
 
-    demo = sub.add_parser("demo", help="make a synthetic 8-worker run, merge it and report")
+    demo = sub.add_parser("demo", help="make a synthetic 8-worker run, merge it and print its merge report")
     demo.add_argument("directory", nargs="?", type=Path, default=Path("demo_run"), metavar="DIR",
                       help="folder for the run (default: ./demo_run)")
     return parser
@@ -234,7 +234,7 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
             layout=args.layout,
             order=args.order,
             client=client,
-            durable=args.durable,
+            durable=not args.no_fsync,
         )
     report = read_merge_report(output)
     if report["partial"]:
@@ -269,13 +269,12 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
     progress, redirect = _progress(args)
     with redirect:
         materialize(args.virtual, args.output, chunk_size=args.chunk_size, progress=progress,
-                    durable=args.durable)
+                    durable=not args.no_fsync)
     return EXIT_OK
 
 
 def _cmd_rerun(args: argparse.Namespace) -> int:
-    written = write_missing_fasta(args.merged, args.index, args.output, fasta_dir=args.fasta_dir)
-    logger.info("Wrote %d missing sequences to %s", written, args.output)
+    write_missing_fasta(args.merged, args.index, args.output, fasta_dir=args.fasta_dir)  # (it says what it wrote)
     return EXIT_OK
 
 

@@ -44,7 +44,7 @@ from .expected import (
     read_expected_ids,
     read_range,
 )
-from .shards import EMBEDDINGS, ShardMeta, open_shard, read_id_bytes, read_shard_meta
+from .shards import EMBEDDINGS, ShardMeta, first_line, open_shard, read_id_bytes, read_shard_meta
 from .sources import source_problems
 from .validation import Findings, normalisation_twins
 
@@ -53,6 +53,7 @@ __all__ = ["RANGE_BYTES", "scan_on_cluster", "partition_of", "to_dask", "connect
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 _TARGET_CHUNK_BYTES = 64 * 2**20
+_CONNECT_SECONDS = 20  # to a running scheduler: then one line, not a hang
 
 
 def _require_dask():
@@ -354,7 +355,12 @@ def connect(scheduler: str | None = None, workers: int | None = None) -> Iterato
     from distributed import Client, LocalCluster
 
     if scheduler:
-        with Client(scheduler) as client:
+        try:
+            client = Client(scheduler, timeout=_CONNECT_SECONDS)
+        except (OSError, ValueError, TypeError) as err:  # a bad address, nobody there, a timeout
+            msg = f"{scheduler}: cannot connect to a Dask scheduler there ({first_line(err) or type(err).__name__})"
+            raise MergeError(msg) from err
+        with client:
             yield client
         return
     with LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True,

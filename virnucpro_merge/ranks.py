@@ -32,6 +32,7 @@ __all__ = [
     "world_size_of",
     "sample_steps",
     "folder_shards",
+    "in_rank_order",
     "expand_shard_args",
     "listed",
 ]
@@ -202,6 +203,23 @@ def folder_shards(
             logger.info("World size %d, from the IDs' index positions: no %s", inferred, listed(dead))
             size = inferred
     return [found.get(rank, shard_path(directory, rank)) for rank in range(size)]
+
+
+def in_rank_order(paths: Sequence[Path]) -> list[Path]:
+    """Shard files placed at the ranks that wrote them, when every one is a
+    ``shard_<rank>.h5`` of one folder and no rank is named twice (what a shell's
+    ``shard_*.h5`` gives, ``shard_10`` before ``shard_2``): the ranks between them are
+    absent files beside them. Other lists are taken as given (their order is their ranks).
+
+    >>> in_rank_order([Path("run/shard_10.h5"), Path("run/shard_2.h5"), Path("run/shard_0.h5")])[:3]
+    [PosixPath('run/shard_0.h5'), PosixPath('run/shard_1.h5'), PosixPath('run/shard_2.h5')]
+    """
+    ranks = [rank_of(p) for p in paths]
+    if not paths or None in ranks or len(set(ranks)) != len(ranks) or len({Path(p).parent for p in paths}) != 1:
+        return list(paths)
+    found = dict(zip(ranks, paths, strict=True))
+    folder = Path(paths[0]).parent
+    return [found.get(rank, shard_path(folder, rank)) for rank in range(max(r for r in ranks if r is not None) + 1)]
 
 
 def listed(names: Sequence[str], most: int = 5) -> str:

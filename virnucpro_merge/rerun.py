@@ -288,10 +288,11 @@ def write_missing_fasta(
             out.write(reader.read(want))
     if wanted:
         logger.info(
-            "Wrote the %d sequences missing from %s (from %d FASTA files) to %s",
+            "Wrote the %d sequences missing from %s (from %d FASTA file%s) to %s",
             len(wanted),
             merged_path,
             len(fastas),
+            "" if len(fastas) == 1 else "s",
             output_path,
         )
     return len(wanted)

@@ -215,7 +215,7 @@ def read_report_summary(handle: h5py.File, path: str | os.PathLike[str]) -> dict
         return None
     try:
         summary = json.loads(group["summary"].asstr()[()])
-    except (KeyError, OSError, ValueError) as err:
+    except (KeyError, OSError, ValueError, TypeError, AttributeError) as err:  # (an int dataset has no asstr)
         raise ShardError(path, f"damaged merge report ({first_line(err)})") from err
     problem = _summary_problem(summary)
     if problem is not None:

@@ -23,9 +23,9 @@ import h5py
 import numpy as np
 
 from ._write.copy import nonfinite_rows
-from .checksums import ALGORITHM, ids_crc, read_checksums, rows_checksum
+from .checksums import ALGORITHM, ID_TABLE, ROW_TABLE, ids_crc, read_checksums, rows_checksum
 from .errors import MergeError, ShardError, UnreadableShardError, shown_id
-from .ranks import listed
+from .ranks import folder_shards, listed
 from .shards import (
     CORRUPT,
     EMBEDDINGS,
@@ -72,7 +72,8 @@ class Verification:
     def summary(self) -> str:
         """One line: the first problem (and how many more), or what was found intact."""
         if self.problems:
-            more = f" (and {len(self.problems) - 1} more problems)" if len(self.problems) > 1 else ""
+            others = len(self.problems) - 1
+            more = f" (and {_count(others, 'more problem')})" if others else ""
             return self.problems[0] + more
         notes = "; ".join(self.notes)
         return f"{self.path}: intact ({', '.join(self.checked)})" + (f"; {notes}" if notes else "")
@@ -113,6 +114,7 @@ def verify_merged(path: str | os.PathLike[str], against: Sequence[str | os.PathL
     ['structure', '40 IDs checksummed', '4 blocks of rows checksummed', '40 rows compared with 4 shards']
     """
     path = Path(path)
+    compared = None if against is None else _shards_to_compare(against)
     found = Verification(path)
     try:
         handle = open_shard_file(path)
@@ -121,30 +123,75 @@ def verify_merged(path: str | os.PathLike[str], against: Sequence[str | os.PathL
             cause = first_line(err.__cause__) if err.__cause__ is not None else err.problem
             found.problems.append(f"{path}: damaged: HDF5 cannot open it ({cause})")
             return found
+        if err.problem.startswith("empty file"):  # what a crash leaves of a file that was never written back
+            found.problems.append(f"{path}: damaged: empty file (0 bytes)")
+            return found
         raise
     with handle:
-        report = read_report_summary(handle, path)
+        try:
+            report = read_report_summary(handle, path)
+        except ShardError as err:  # the report's own bytes are damaged
+            found.problems.append(f"{path}: damaged: {err.problem}")
+            return found
         if report is None:
             msg = f"{path}: not a merged output (no '{REPORT_GROUP}' in it): nothing to verify it against"
             raise MergeError(msg)
-        _Checker(path, handle, report, found).run(against)
+        _Checker(path, handle, report, found).run(compared)
     return found
+
+
+def _shards_to_compare(against: object) -> list[Path]:
+    """``against`` as shard paths, a folder standing for its shards; refused when none of
+    them exists (a mistyped folder would otherwise compare nothing, and say intact)."""
+    if isinstance(against, str | bytes | os.PathLike) or not isinstance(against, Sequence | np.ndarray):
+        msg = f"against must be a list of shard files or run folders, not {type(against).__name__}"
+        raise MergeError(msg)
+    paths: list[Path] = []
+    for item in against:
+        given = Path(item)
+        paths.extend(folder_shards(given) if given.is_dir() else [given])
+    if not any(p.exists() for p in paths):
+        msg = f"{listed([str(Path(p)) for p in against]) or 'nothing'}: no shard to compare the merged rows with"
+        raise MergeError(msg)
+    return paths
 
 
 class _Checker:
     """One verification: the open file, its report, and what was found so far."""
 
+    broken_table = False  # a checksum table that is there but unusable (already a problem)
+
     def __init__(self, path: Path, handle: h5py.File, report: dict, found: Verification) -> None:
         self.path, self.handle, self.report, self.found = path, handle, report, found
         self.total, self.dim = report["total_sequences"], report["embedding_dim"]
         group = handle[REPORT_GROUP]
-        self.missing = _read_missing(group, path)
-        self.row_sums, self.id_sums = read_checksums(group)
+        recorded = report.get("checksums")
+        self.recorded: dict = recorded if isinstance(recorded, dict) else {}
+        try:
+            self.missing = _read_missing(group, path)
+        except MergeError as err:
+            found.problems.append(str(err))
+            self.missing = []
+        try:
+            tables = read_checksums(group)
+        except (OSError, ValueError, TypeError) as err:
+            self.problem(f"damaged merge report (its checksum tables cannot be read: {first_line(err)})")
+            self.broken_table, tables = True, (None, None)
+        self.row_sums, self.id_sums = (self._table(name, table) for name, table in
+                                       zip((ROW_TABLE, ID_TABLE), tables, strict=True))
+
+    def _table(self, name: str, table: np.ndarray | None) -> np.ndarray | None:
+        """A checksum table as read; one that is not ``(n, 3)`` integers is a damaged report."""
+        if table is None or (table.ndim == 2 and table.shape[1] == 3 and table.dtype.kind in "iu"):
+            return table
+        self.problem(f"damaged merge report ('{name}' has shape {table.shape} and type {table.dtype})")
+        self.broken_table = True
+        return None
 
     def problem(self, text: str) -> None:
         self.found.problems.append(f"{self.path}: {text}")
 
-    def run(self, against: Sequence[str | os.PathLike[str]] | None) -> None:
+    def run(self, against: list[Path] | None) -> None:
         emb, ids = self.handle.get(EMBEDDINGS), self.handle.get(SEQUENCE_IDS)
         if not isinstance(emb, h5py.Dataset) or not isinstance(ids, h5py.Dataset):
             self.problem(f"damaged: no '{EMBEDDINGS}' or '{SEQUENCE_IDS}' dataset")
@@ -153,8 +200,8 @@ class _Checker:
             return
         index = self.check_ids(ids)
         self.check_rows(emb, compared=against is not None)
-        if against is not None:
-            self.compare(emb, ids, index, [Path(p) for p in against])
+        if against is not None and self.report.get("layout") != "virtual":
+            self.compare(emb, ids, index, against)
 
     # ------------------------------------------------------------------ structure
     def check_structure(self, emb: h5py.Dataset, ids: h5py.Dataset) -> bool:
@@ -166,10 +213,27 @@ class _Checker:
         if ids.shape != (total,):
             self.problem(f"'{SEQUENCE_IDS}' has shape {ids.shape}, the report says ({total},)")
             return False
+        if not (h5py.check_string_dtype(ids.dtype) or ids.dtype.kind == "S"):
+            self.problem(f"'{SEQUENCE_IDS}' holds {ids.dtype}, not strings")
+            return False
+        if emb.is_virtual != (self.report.get("layout") == "virtual"):
+            kind = "virtual" if emb.is_virtual else "contiguous"
+            self.problem(f"the report says layout {self.report.get('layout')!r}, the embeddings are {kind}")
+            return False
         merged = [s for s in self.report["shards"] if s.get("status") != "failed"]
         rows = sum(s.get("num_sequences", 0) for s in merged)
         if rows != total:
             self.problem(f"the report's shards hold {rows} rows, the file {total}")
+        # (a materialized output lists the failed shards of its virtual input, not among its shards)
+        listed_failed = set(self.report.get("failed_shards") or [])
+        status = {s.get("path"): s.get("status") for s in self.report["shards"]}
+        wrong = sorted(p for p, st in status.items() if (st == "failed") != (p in listed_failed))
+        if wrong:
+            self.problem(f"the report's failed_shards and its shards' statuses disagree on {listed(wrong)}")
+        partial = bool(listed_failed) or bool(self.missing)
+        if self.report.get("partial", partial) != partial:
+            self.problem(f"the report says partial={self.report['partial']}, but {_count(len(listed_failed), 'shard')} "
+                         f"failed and {_count(len(self.missing), 'ID')} are missing")
         if self.report.get("order", "shards") == "shards":
             offset = 0
             for shard in merged:
@@ -182,6 +246,9 @@ class _Checker:
                          f"{self.report['num_missing']}")
         if any(a >= b for a, b in zip(self.missing, self.missing[1:], strict=False)):
             self.problem("the report's missing IDs are not sorted and distinct")
+        recorded = self.recorded.get("missing_ids")
+        if isinstance(recorded, int) and ids_crc(self.missing) != recorded:
+            self.problem("the report's missing IDs do not match the checksum the merge recorded")
         self.found.checked.append("structure")
         return True
 
@@ -205,7 +272,11 @@ class _Checker:
 
         def chunks() -> Iterator[list[str]]:
             for start, stop, crc in self._id_blocks(ids):
-                block = ids[start:stop]
+                try:
+                    block = ids[start:stop]
+                except (OSError, ValueError, TypeError) as err:
+                    unreadable = f"the IDs of rows {start}-{stop - 1} cannot be read ({first_line(err)})"
+                    raise _Unreadable(unreadable) from err
                 if crc is not None and ids_crc(block) != crc:
                     bad.append((start, stop))
                 chunk = [i.decode("utf-8", "surrogateescape") if isinstance(i, bytes) else i for i in block.tolist()]
@@ -214,7 +285,11 @@ class _Checker:
                 yield chunk
 
         index = IdIndex()
-        index.add_shard(self.path, chunks())
+        try:
+            index.add_shard(self.path, chunks())
+        except _Unreadable as err:
+            self.problem(str(err))
+            return index
         if bad:
             self.problem(f"the IDs of rows {bad[0][0]}-{bad[0][1] - 1} do not match the checksum the merge recorded "
                          f"({len(bad)} of {len(self.id_sums) if self.id_sums is not None else 0} ID blocks bad)")
@@ -233,15 +308,21 @@ class _Checker:
         if self.report.get("layout") == "virtual":
             for problem in source_problems(self.path, self.report.get("sources", [])):
                 self.found.problems.append(problem)
-            self.found.checked.append(f"{_count(len(self.report.get('sources', [])), 'source')}' fingerprints")
-            if not compared:
-                self.found.notes.append("its embeddings are its shards': compare them with --against")
+            sources = len(self.report.get("sources", []))
+            self.found.checked.append(f"the {_count(sources, 'source')}' fingerprints" if sources != 1
+                                      else "the source's fingerprint")
+            self.found.notes.append("its rows are its shards' own rows: only their fingerprints can be checked")
+            return
+        if self.row_sums is None and self.broken_table:
+            return
+        if self.row_sums is None and self.recorded.get("embeddings"):
+            self.problem(f"the report says its rows were checksummed, but '{ROW_TABLE}' is gone (damaged report)")
             return
         if self.row_sums is None:
             self.found.notes.append("merged before checksums existed: its rows cannot be checked"
                                     + ("" if compared else " (compare them with --against)"))
             return
-        algorithm = (self.report.get("checksums") or {}).get("algorithm", ALGORITHM)
+        algorithm = self.recorded.get("algorithm", ALGORITHM)
         if algorithm != ALGORITHM:
             self.found.notes.append(f"its rows' checksums are of a kind this version does not know ({algorithm!r}): "
                                     "they cannot be checked" + ("" if compared else " (compare them with --against)"))
@@ -325,6 +406,10 @@ class _Checker:
         return done
 
 
+class _Unreadable(Exception):
+    """A part of the file that HDF5 cannot read back."""
+
+
 def _count(n: int, thing: str) -> str:
     return f"{n:,} {thing}" + ("" if n == 1 else "s")
 
@@ -332,7 +417,7 @@ def _count(n: int, thing: str) -> str:
 def _read_missing(group: h5py.Group, path: Path) -> list[str]:
     try:
         return group["missing_ids"].asstr()[:].tolist() if "missing_ids" in group else []
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, TypeError) as err:
         msg = f"{path}: damaged merge report ({first_line(err)})"
         raise MergeError(msg) from err
 

@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from ..checksums import ALGORITHM, ChecksummedIds, Checksums, IdSink
+from ..checksums import ChecksummedIds, Checksums, IdSink, summary_entry
 from ..errors import OutputError
 from ..plan import MergePlan, refuse_changed
 from ..report import record_nonfinite, write_report
@@ -162,7 +162,7 @@ def write_contiguous(
                         row_writer.close()
                 nonfinite.update(copying.nonfinite())
                 record_nonfinite(report, nonfinite)
-                report["checksums"] = {"algorithm": ALGORITHM, "embeddings": True}
+                report["checksums"] = summary_entry(report["missing_ids"], embeddings=True)
                 write_report(out, report)
                 checksums.write(out[REPORT_GROUP])
             for shard in shards:  # a worker that rewrote its file meanwhile
@@ -192,7 +192,7 @@ def write_virtual(plan: MergePlan, temp: Path, output: Path, report: dict, *, ch
         )
         report["sources"].append({"path": stored, **(shard.fingerprint or {})})
     record_nonfinite(report, None)  # never read: not counted
-    report["checksums"] = {"algorithm": ALGORITHM, "embeddings": False}  # they are the shards'
+    report["checksums"] = summary_entry(report["missing_ids"], embeddings=False)  # rows: the shards'
     checksums = Checksums()
     with h5py.File(temp, "w") as out:
         if plan.total_sequences:

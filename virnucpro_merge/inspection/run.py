@@ -36,7 +36,16 @@ import numpy as np
 from ..errors import MergeError, ShardError
 from ..expected import iter_expected_id_blocks
 from ..plan import shard_paths
-from ..ranks import folder_shards, listed, rank_of, run_index, shard_path, stride_positions, world_size_of
+from ..ranks import (
+    folder_shards,
+    in_rank_order,
+    listed,
+    rank_of,
+    run_index,
+    shard_path,
+    stride_positions,
+    world_size_of,
+)
 from ..shards import iter_id_blocks, open_shard, read_shard_meta
 from .statuses import ABSENT, DUPLICATED, EMPTY, FAILED, INCOMPLETE, OFF_STRIDE, OK, STATUSES
 
@@ -382,7 +391,7 @@ def _shard_list(run: object, world_size: int | None) -> tuple[list[Path], Path |
     if isinstance(run, bytes) or not isinstance(run, Sequence | np.ndarray) or isinstance(run, str):
         msg = f"inspect_run takes a run folder or a list of shard files in rank order, not {type(run).__name__}"
         raise MergeError(msg)
-    paths = shard_paths(run)
+    paths = in_rank_order(shard_paths(run))
     if world_size is not None and world_size < len(paths):
         msg = f"{len(paths)} shard files for a world size of {world_size}"
         raise MergeError(msg)
@@ -431,9 +440,10 @@ def inspect_run(
     Parameters
     ----------
     run : path-like or sequence of path-like
-        A run folder (its ``shard_<rank>.h5`` files, in rank order), or one path per
-        rank, in rank order, including ranks whose file is absent (see
-        :func:`virnucpro_merge.ranks.rank_paths`).
+        A run folder (its ``shard_<rank>.h5`` files, in rank order), or its shard
+        files: ``shard_<rank>.h5`` files of one folder are placed at their ranks, in any
+        order, the ranks between them absent (:func:`virnucpro_merge.ranks.in_rank_order`);
+        files of other names are one per rank, in rank order.
     expected : path-like or sequence of str, optional
         The run's sequence IDs in index (run) order: the sequence-index JSON or any
         expected-ID file, or a list. By default, a run folder's

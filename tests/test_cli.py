@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -279,3 +280,26 @@ def test_expected_ids_from_a_pipe_are_read_whole(run_dir, tmp_path, form):
     assert done.stdout.splitlines()[0] == f"11 shards, 33 sequences, {len(wanted)} expected IDs"
     assert done.stdout.splitlines()[1].startswith("missing: 2000 (first 10: ['pad00000', ")
     assert done.returncode == 1
+
+
+def test_a_ctrl_c_swallowed_on_the_way_still_ends_the_command(monkeypatch, capsys, tmp_path):
+    """A KeyboardInterrupt raised where Python can only print it (an h5py object's
+    destructor) was lost, and `verify` went on to say 'intact', exit 0."""
+    import signal
+
+    from virnucpro_merge import cli
+
+    def swallowing(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the signal arrives here
+        except KeyboardInterrupt:
+            pass  # as an "Exception ignored in ..." destructor would
+        print("intact")
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "info", swallowing)
+    shard = tmp_path / "s.h5"
+    shard.write_bytes(b"")
+    assert cli.main(["info", str(shard)]) == 130
+    assert "interrupted" in capsys.readouterr().err

@@ -53,17 +53,34 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise _Terminated
 
 
+class _Interrupt:
+    """Ctrl-C, remembered: a KeyboardInterrupt raised where Python can only print it
+    ("Exception ignored in ...": an h5py object being freed) must still end the command."""
+
+    seen = False
+
+    @classmethod
+    def handle(cls, signum: int, frame: object) -> None:
+        cls.seen = True
+        raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
-def _sigterm_unwinds():
-    """While a command runs, turn SIGTERM into an exception (main thread only)."""
+def _signals_unwind():
+    """While a command runs, turn SIGTERM into an exception, and make sure a Ctrl-C is
+    never lost (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    _Interrupt.seen = False
+    previous = signal.signal(signal.SIGTERM, _raise_terminated), signal.signal(signal.SIGINT, _Interrupt.handle)
     try:
         yield
+        if _Interrupt.seen:  # the KeyboardInterrupt was swallowed on the way: the command is not done
+            raise KeyboardInterrupt
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
 
 
 def _positive_int(text: str) -> int:
@@ -378,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        with _logging_to_stderr(args), _sigterm_unwinds():
+        with _logging_to_stderr(args), _signals_unwind():
             return COMMANDS[args.command](args)
     except ValidationError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)

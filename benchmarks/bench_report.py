@@ -81,7 +81,7 @@ def child_main(spec: dict) -> None:
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("pass")])
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as scratch:
-            NotebookClient(nb, km=runreport._kernel_manager(Path(scratch))).execute()  # noqa: SLF001
+            NotebookClient(nb, km=runreport.kernel_manager(Path(scratch))).execute()
         reply({"wall": time.perf_counter() - start})
     elif method == "memory":
         from virnucpro_merge.inspection import inspect_run

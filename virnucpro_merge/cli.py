@@ -315,8 +315,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    against = None if args.against is None else expand_shard_args(args.against)
-    found = verify_merged(args.merged, against)
+    found = verify_merged(args.merged, args.against)  # (it takes run folders as they are)
     if not found.intact:
         print(f"{PROG}: error: {found.summary()}", file=sys.stderr)
         return EXIT_INVALID

@@ -217,9 +217,8 @@ def in_rank_order(paths: Sequence[Path]) -> list[Path]:
     ranks = [rank_of(p) for p in paths]
     if not paths or None in ranks or len(set(ranks)) != len(ranks) or len({Path(p).parent for p in paths}) != 1:
         return list(paths)
-    found = dict(zip(ranks, paths, strict=True))
-    folder = Path(paths[0]).parent
-    return [found.get(rank, shard_path(folder, rank)) for rank in range(max(r for r in ranks if r is not None) + 1)]
+    found = {rank: path for rank, path in zip(ranks, paths, strict=True) if rank is not None}
+    return [found.get(rank, shard_path(Path(paths[0]).parent, rank)) for rank in range(max(found) + 1)]
 
 
 def listed(names: Sequence[str], most: int = 5) -> str:

@@ -31,6 +31,7 @@ __all__ = [
     "ABSENT",
     "TRUNCATED",
     "CORRUPT",
+    "EMPTY_FILE",
     "ShardMeta",
     "first_line",
     "open_shard",
@@ -77,6 +78,8 @@ def first_line(err: BaseException) -> str:
 
 #: How the problems of an HDF5 file that HDF5 cannot open begin (a file, damaged).
 TRUNCATED, CORRUPT = "truncated HDF5 file", "corrupt HDF5 file"
+#: How the problem of a file of 0 bytes begins.
+EMPTY_FILE = "empty file (0 bytes)"
 
 
 def _diagnose_unopenable(path: Path, err: OSError) -> UnreadableShardError:
@@ -88,7 +91,7 @@ def _diagnose_unopenable(path: Path, err: OSError) -> UnreadableShardError:
     except OSError as os_err:
         return UnreadableShardError(path, f"cannot read file ({os_err.strerror or os_err})")
     if size == 0:
-        return UnreadableShardError(path, "empty file (0 bytes): the worker died before writing it")
+        return UnreadableShardError(path, f"{EMPTY_FILE}: the worker died before writing it")
     if head != _HDF5_SIGNATURE:
         return UnreadableShardError(path, "not an HDF5 file")
     message = first_line(err)

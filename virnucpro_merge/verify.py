@@ -6,9 +6,10 @@ counts, the shards' offsets, the dimension, the missing IDs sorted and absent fr
 checksum the merge recorded (:mod:`virnucpro_merge.checksums`). With ``against``,
 every row is also compared, bit for bit, with the row of the same ID in the shards.
 
-A virtual output's embeddings are its shards': they are checked by the sources'
-fingerprints (size and modification time) and, with ``against``, row by row. A file
-merged before checksums existed gets the structure checks only, and says so.
+A virtual output's embeddings are its shards' own rows: they are checked by the
+sources' fingerprints (size and modification time) only (``against`` would compare
+them with themselves). A file merged before checksums existed, or with checksums of a
+kind this version does not know, gets the structure checks only, and says so.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .ranks import folder_shards, listed
 from .shards import (
     CORRUPT,
     EMBEDDINGS,
+    EMPTY_FILE,
     ID_CHUNK,
     REPORT_GROUP,
     SEQUENCE_IDS,
@@ -88,8 +90,9 @@ def verify_merged(path: str | os.PathLike[str], against: Sequence[str | os.PathL
     path : path-like
         A file written by :func:`aggregate_shards` or :func:`materialize`.
     against : sequence of path-like, optional
-        Shards to compare every row with (each merged row against the row of the
-        same ID); an unreadable one is skipped, and named in ``notes``.
+        Shards, or run folders standing for their shards, to compare every row with
+        (each merged row against the row of the same ID); an unreadable one is
+        skipped, and named in ``notes``.
 
     Returns
     -------
@@ -100,7 +103,8 @@ def verify_merged(path: str | os.PathLike[str], against: Sequence[str | os.PathL
     Raises
     ------
     MergeError
-        The file does not exist, is not HDF5, or is not a merged output.
+        The file does not exist, is not HDF5, or is not a merged output; or none of
+        ``against`` exists.
 
     Examples
     --------
@@ -123,8 +127,8 @@ def verify_merged(path: str | os.PathLike[str], against: Sequence[str | os.PathL
             cause = first_line(err.__cause__) if err.__cause__ is not None else err.problem
             found.problems.append(f"{path}: damaged: HDF5 cannot open it ({cause})")
             return found
-        if err.problem.startswith("empty file"):  # what a crash leaves of a file that was never written back
-            found.problems.append(f"{path}: damaged: empty file (0 bytes)")
+        if err.problem.startswith(EMPTY_FILE):  # what a crash leaves of a file that was never written back
+            found.problems.append(f"{path}: damaged: {EMPTY_FILE}")
             return found
         raise
     with handle:

@@ -27,7 +27,7 @@ from ..expected import detect_form
 from ..ranks import folder_shards
 from ..report import read_merge_report
 
-__all__ = ["NOTEBOOK", "PARAMETERS", "inject_parameters", "write_run_report"]
+__all__ = ["NOTEBOOK", "PARAMETERS", "inject_parameters", "kernel_manager", "write_run_report"]
 
 #: The report notebook (package data).
 NOTEBOOK = Path(__file__).with_name("run_report.ipynb")
@@ -56,7 +56,7 @@ def inject_parameters(nb: Any, values: Mapping[str, object]) -> Any:
     return nb
 
 
-def _kernel_manager(folder: Path) -> Any:
+def kernel_manager(folder: Path) -> Any:
     """A kernel of this Python (a user's own ``python3`` kernelspec may point elsewhere)."""
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
@@ -74,7 +74,7 @@ def _execute(nb: Any, cwd: Path, timeout: int) -> Any:
     from nbclient.exceptions import CellExecutionError
 
     with tempfile.TemporaryDirectory(prefix="virnucpro-report-") as scratch:
-        client = NotebookClient(nb, km=_kernel_manager(Path(scratch)), timeout=timeout, record_timing=False,
+        client = NotebookClient(nb, km=kernel_manager(Path(scratch)), timeout=timeout, record_timing=False,
                                 resources={"metadata": {"path": str(cwd)}})
         try:
             client.execute()

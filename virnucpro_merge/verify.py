@@ -281,9 +281,9 @@ class _Checker:
                 except (OSError, ValueError, TypeError) as err:
                     unreadable = f"the IDs of rows {start}-{stop - 1} cannot be read ({first_line(err)})"
                     raise _Unreadable(unreadable) from err
-                if crc is not None and ids_crc(block) != crc:
-                    bad.append((start, stop))
                 chunk = [i.decode("utf-8", "surrogateescape") if isinstance(i, bytes) else i for i in block.tolist()]
+                if crc is not None and ids_crc(chunk) != crc:  # (the same CRC as of the stored bytes)
+                    bad.append((start, stop))
                 if missing and not missing.isdisjoint(chunk):
                     present.extend(sorted(missing.intersection(chunk))[:1])
                 yield chunk

@@ -16,7 +16,8 @@ and prints each as a ratio to ``read-ids`` of the same round; for the reports
 also what they take beyond the kernel, and beyond the whole fixed start-up. Then,
 in a fresh process, the memory ``inspect_run`` needs on a run of ``--memory-ids``
 IDs (default 10^7): its peak RSS growth, in bytes per ID, with the expected IDs read
-from a file.
+from a plain list and from the index; and the private memory of the processes that
+read a large file in byte ranges (all of them at once, at their peak).
 
 Usage::
 
@@ -89,8 +90,43 @@ def child_main(spec: dict) -> None:
         gc.collect()
         reset_peak()
         base = rss_now()
-        found = inspect_run(folder, folder / "expected_ids.txt")
-        reply({"growth": rss_peak() - base, "ids": len(found.sequence_ids), "missing": found.num_missing})
+        with ReaderMemory() as readers:
+            found = inspect_run(folder, folder / spec["expected"])
+        reply({"growth": rss_peak() - base, "ids": len(found.sequence_ids), "missing": found.num_missing,
+               "readers": readers.peak})
+
+
+class ReaderMemory:
+    """The peak private memory (RSS less shared pages) of this process's children, together:
+    the processes that read a large expected-ID file."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak, self.done = 0, threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+
+    def sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self.done.wait(0.02):
+            total = 0
+            for child in me.children(recursive=True):
+                try:
+                    info = child.memory_info()
+                except psutil.Error:
+                    continue
+                total += info.rss - info.shared
+            self.peak = max(self.peak, total)
+
+    def __enter__(self) -> ReaderMemory:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
 
 
 def run_report(folder: Path, out: Path, *extra: str) -> float:
@@ -167,9 +203,14 @@ def main() -> int:
         shutil.rmtree(folder)
         log(f"building {int(args.memory_ids):,} IDs for the memory run ...")
         big = build(workdir / "big", int(args.memory_ids))
-        memory = run_fresh(SCRIPT, {"method": "memory", "run": str(big)}, package, what="memory")
-        print(f"\ninspect_run on {memory['ids']:,} IDs ({memory['missing']:,} missing), expected IDs from a file: "
-              f"peak RSS growth {memory['growth'] / 1e6:.0f} MB, {memory['growth'] / memory['ids']:.1f} bytes an ID")
+        print()
+        for expected in ("expected_ids.txt", "sequence_index.json"):
+            memory = run_fresh(SCRIPT, {"method": "memory", "run": str(big), "expected": expected}, package,
+                               what="memory")
+            print(f"inspect_run on {memory['ids']:,} IDs ({memory['missing']:,} missing), expected IDs from "
+                  f"{expected}: peak RSS growth {memory['growth'] / 1e6:.0f} MB, "
+                  f"{memory['growth'] / memory['ids']:.1f} bytes an ID; the processes reading the file: "
+                  f"{memory['readers'] / 1e6:.0f} MB at most, together (private memory)")
     return 0
 
 

@@ -189,6 +189,36 @@ def test_a_large_index_in_ranges(tmp_path, monkeypatch):
         assert _in_ranges(path, range_bytes) == want
 
 
+def _blocks_or_error(blocks):
+    try:
+        return [i.decode() if isinstance(i, bytes) else i for block in blocks for i in block]
+    except ExpectedIdsError as err:
+        return str(err)
+
+
+@pytest.mark.parametrize("name", sorted(TRICKY))
+def test_a_pool_of_processes_reads_what_one_reads(tmp_path, name):
+    """iter_encoded_id_blocks with several workers: the same IDs, or the same first error."""
+    from virnucpro_merge.expected import iter_encoded_id_blocks, iter_expected_id_blocks
+
+    path = write(tmp_path, name, TRICKY[name])
+    one = _blocks_or_error(iter_expected_id_blocks(path))
+    for range_bytes in (3, 17, 10**6):
+        assert _blocks_or_error(iter_encoded_id_blocks(path, workers=2, range_bytes=range_bytes)) == one
+        assert _blocks_or_error(iter_encoded_id_blocks(path, workers=1, range_bytes=range_bytes)) == one
+
+
+def test_a_pool_reads_a_large_index_in_order(tmp_path):
+    from virnucpro_merge.expected import iter_encoded_id_blocks
+
+    records = [{"sequence_id": f"s{i}", "pad": [{"k": "},"}] * (i % 3)} for i in range(5000)]
+    path = tmp_path / "index.json"
+    path.write_text(json.dumps({"sequences": records}, indent=1))
+    blocks = list(iter_encoded_id_blocks(path, workers=3, range_bytes=4096))
+    assert len(blocks) > 3, "read in ranges"
+    assert _blocks_or_error(blocks) == [r["sequence_id"] for r in records]
+
+
 def test_ranges_agree_refuses_a_broken_chain(tmp_path):
     path = write(tmp_path, "i.json", TRICKY["index.json"])
     parts = [read_range(path, "json", a, b) for a, b in expected_ranges(path, 50)]

@@ -25,6 +25,37 @@ from virnucpro_merge.ranks import rank_paths
 from virnucpro_merge.synthetic import make_demo_run, write_shard
 
 
+@pytest.fixture(params=["one process", "several processes"])
+def processes(request, monkeypatch):
+    """Run a test as a small run is inspected (here, rank by rank), then as a large one is:
+    the shards scanned, and the expected-ID file read in byte ranges, by several processes."""
+    from virnucpro_merge import expected
+
+    if request.param == "several processes":
+        monkeypatch.setattr(virnucpro_merge.inspection.run, "_SHARED_FROM", 0)
+        monkeypatch.setattr(virnucpro_merge.inspection.run, "usable_cpus", lambda: 3)
+        monkeypatch.setattr(expected, "RANGE_BYTES", 256)
+    return request.param
+
+
+def test_several_processes_do_share_the_work(tmp_path, monkeypatch, processes):
+    """(The fixture's second case does reach the pools.)"""
+    from virnucpro_merge import _processes
+
+    made = []
+    real = _processes.pool
+    monkeypatch.setattr(virnucpro_merge.inspection.run, "pool", lambda n: made.append(("scan", n)) or real(n))
+    monkeypatch.setattr(__import__("virnucpro_merge.expected").expected, "pool",
+                        lambda n: made.append(("read", n)) or real(n))
+    run = make_demo_run(tmp_path / "run", n_sequences=300, world_size=4, dim=2)
+    inspect_run(run.directory)
+    if processes == "several processes":
+        assert ("scan", 3) in made
+        assert ("read", 3) in made
+    else:
+        assert ("scan", 3) not in made
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """The default demo run: 2000 sequences, 8 ranks; 3 truncated, 5 absent, 6 short, 7 empty."""
@@ -66,7 +97,7 @@ def test_missing_ids_agree_with_validation(demo):
     assert all(int(i[3:]) % 8 in (3, 5, 6, 7) for i in found.missing_ids)
 
 
-def test_uneven_assignment_is_padded_and_masked(tmp_path):
+def test_uneven_assignment_is_padded_and_masked(tmp_path, processes):
     # 10 sequences over 4 ranks: ranks 0, 1 get 3; ranks 2, 3 get 2.
     run = make_demo_run(tmp_path, n_sequences=10, world_size=4, dim=4,
                         truncated=(), absent=(3,), empty=(), short={})
@@ -78,7 +109,7 @@ def test_uneven_assignment_is_padded_and_masked(tmp_path):
     assert found.missing_ids == ["seq000003", "seq000007"]
 
 
-def test_more_ranks_than_sequences(tmp_path):
+def test_more_ranks_than_sequences(tmp_path, processes):
     run = make_demo_run(tmp_path, n_sequences=2, world_size=3, dim=4,
                         truncated=(), absent=(), empty=(), short={})
     found = inspect_run(run.shard_files, run.sequence_ids)
@@ -87,7 +118,7 @@ def test_more_ranks_than_sequences(tmp_path):
     assert found.num_missing == 0
 
 
-def test_duplicates_within_and_across_shards(tmp_path):
+def test_duplicates_within_and_across_shards(tmp_path, processes):
     ids = ["a", "b", "c", "d"]
     emb = np.zeros((2, 3), dtype=np.float32)
     write_shard(tmp_path / "shard_0.h5", ["a", "a"], emb)  # a, c expected
@@ -97,7 +128,7 @@ def test_duplicates_within_and_across_shards(tmp_path):
     assert found.missing_ids == ["c", "d"]
 
 
-def test_a_directory_or_garbage_file_is_failed_not_raised(tmp_path):
+def test_a_directory_or_garbage_file_is_failed_not_raised(tmp_path, processes):
     (tmp_path / "shard_0.h5").mkdir()
     (tmp_path / "shard_1.h5").write_bytes(b"not hdf5 at all")
     (tmp_path / "shard_2.h5").write_bytes(b"")
@@ -153,7 +184,7 @@ def dead_last(tmp_path_factory):
                          truncated=(2,), absent=(7,), empty=(), short={})
 
 
-def test_a_run_folder_with_its_index(dead_last):
+def test_a_run_folder_with_its_index(dead_last, processes):
     """The folder's shards, its sequence_index.json, and the world size from the IDs."""
     found = inspect_run(dead_last.directory)
     assert found.world_size == 8
@@ -165,7 +196,7 @@ def test_a_run_folder_with_its_index(dead_last):
     assert found.expected_from == "sequence_index.json, the run folder's index"
 
 
-def test_the_index_or_any_expected_file_by_path(dead_last, tmp_path):
+def test_the_index_or_any_expected_file_by_path(dead_last, tmp_path, processes):
     by_index = inspect_run(dead_last.directory, dead_last.index)
     listed = tmp_path / "ids.txt"
     write_id_list(dead_last.sequence_ids, listed)
@@ -200,7 +231,7 @@ def test_a_given_world_size(dead_last):
         inspect_run(dead_last.directory, world_size=5)
 
 
-def test_a_shard_off_the_stride_has_a_status_of_its_own(tmp_path):
+def test_a_shard_off_the_stride_has_a_status_of_its_own(tmp_path, processes):
     """A run resumed with another GPU count: rank 1's IDs are at positions 2, 5, 8 (N = 3)."""
     ids = [f"s{i}" for i in range(12)]
     emb = np.zeros((3, 2), np.float32)
@@ -226,7 +257,7 @@ def test_arguments_of_the_wrong_kind_say_so(tmp_path, monkeypatch, run, expected
         inspect_run(run, expected)
 
 
-def test_exact_though_two_ids_share_a_hash(tmp_path, monkeypatch):
+def test_exact_though_two_ids_share_a_hash(tmp_path, monkeypatch, processes):
     """Hashes only point the way: every match is checked against the ID's bytes."""
     from virnucpro_merge.inspection import run as run_module
 

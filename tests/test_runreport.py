@@ -161,3 +161,34 @@ def test_the_packaged_notebook_is_used(tmp_path):
 
     assert NOTEBOOK.is_file()
     assert Path(NOTEBOOK).parent.name == "inspection"
+
+
+def _kernels_left() -> list:
+    psutil = pytest.importorskip("psutil")
+    return [p for p in psutil.Process().children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
+
+
+def test_no_kernel_is_left_running(pipeline_run, tmp_path):
+    """A report from Python (a notebook, a pipeline's script) shuts its kernel down."""
+    from virnucpro_merge.inspection.runreport import write_run_report
+
+    write_run_report(pipeline_run.directory, tmp_path / "r.html")
+    assert (tmp_path / "r.html").is_file()
+    assert _kernels_left() == []
+
+
+def test_a_notebook_that_stops_says_why_and_leaves_no_kernel(pipeline_run, tmp_path, monkeypatch):
+    import nbformat
+
+    from virnucpro_merge.errors import MergeError
+    from virnucpro_merge.inspection import runreport
+
+    broken = tmp_path / "broken.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("run = None", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("raise ValueError('the disk is on fire')")]), broken)
+    monkeypatch.setattr(runreport, "NOTEBOOK", broken)
+    with pytest.raises(MergeError, match="the report notebook stopped: ValueError: the disk is on fire"):
+        runreport.write_run_report(pipeline_run.directory, tmp_path / "r.html")
+    assert not (tmp_path / "r.html").exists()
+    assert _kernels_left() == []

@@ -36,8 +36,10 @@ import numpy as np
 from .errors import ExpectedIdsError, MergeError, ShardError
 from .expected import (
     JSON,
+    RANGE_BYTES,
     RangeIds,
     detect_form,
+    encode_ids,
     expected_ranges,
     iter_expected_ids,
     ranges_agree,
@@ -65,16 +67,6 @@ def _require_dask():
         raise MergeError(msg) from err
 
 
-def _as_bytes(ids: Sequence[str] | np.ndarray) -> np.ndarray:
-    """IDs as a fixed-width bytes array (UTF-8): compact, quick to pickle and to sort.
-
-    Byte order of UTF-8 is code point order, so bytes sort as the strings do.
-    """
-    if isinstance(ids, np.ndarray) and ids.dtype.kind == "S":
-        return ids
-    return np.array([i.encode() for i in ids], dtype=bytes) if len(ids) else np.empty(0, dtype="S1")
-
-
 def partition_of(ids: Sequence[str] | np.ndarray, parts: int) -> np.ndarray:
     """The partition (0 to ``parts - 1``) of each ID: the same in every process.
 
@@ -90,7 +82,7 @@ def partition_of(ids: Sequence[str] | np.ndarray, parts: int) -> np.ndarray:
     >>> bool(((parts >= 0) & (parts < 2)).all())
     True
     """
-    raw = _as_bytes(ids)
+    raw = encode_ids(ids)
     if not raw.size:
         return np.empty(0, dtype=np.int64)
     width = raw.dtype.itemsize
@@ -150,10 +142,6 @@ def _as_given(outcome: ShardMeta | ShardError, path: Path) -> ShardMeta | ShardE
     return type(outcome)(path, outcome.problem)
 
 
-#: An expected-ID file is read by the workers in byte ranges of about this size.
-RANGE_BYTES = 32 * 2**20
-
-
 @dataclass
 class _ExpectedPart:
     """Worker task result: the expected IDs of one byte range (or of the whole file), by partition."""
@@ -175,7 +163,7 @@ def _read_expected_part(path: Path, shown: str, form: str | None, start: int, en
             ids, where = found.ids, replace(found, ids=[])
     except ExpectedIdsError as err:  # data, not a task failure: the workers log no traceback
         return _ExpectedPart([np.empty(0, "S1")] * parts, 0, error=err)
-    return _ExpectedPart([piece for piece, in _split(_as_bytes(ids), parts)], len(ids), where)
+    return _ExpectedPart([piece for piece, in _split(encode_ids(ids), parts)], len(ids), where)
 
 
 def _summary(part: _ExpectedPart) -> tuple[int, RangeIds | None, ExpectedIdsError | None]:
@@ -202,7 +190,7 @@ def _expected_pieces(client: Any, expected: object, parts: int, range_bytes: int
     if isinstance(expected, os.PathLike) and not Path(expected).is_file():
         expected = read_expected_ids(expected)  # a pipe (or an error: absent, a folder...)
     if not isinstance(expected, os.PathLike):  # IDs in memory here: partition and send them
-        return client.scatter([piece for piece, in _split(_as_bytes(list(expected)), parts)])  # type: ignore[call-overload]
+        return client.scatter([piece for piece, in _split(encode_ids(list(expected)), parts)])  # type: ignore[call-overload]
     shown, path = str(expected), Path(expected).resolve()  # workers may run elsewhere: absolute paths
     form, _, why = detect_form(path, shown_as=shown)
     no_ids = f"{shown}: no sequence IDs in this file" + (f"; {why}" if why else "")

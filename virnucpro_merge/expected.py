@@ -28,11 +28,14 @@ import json
 import os
 import re
 import zlib
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
+
+from ._processes import pool
 from ._write.atomic import atomic_output
 from .errors import ExpectedIdsError, shown_id
 
@@ -47,6 +50,9 @@ __all__ = [
     "read_expected_ids",
     "iter_index_records",
     "read_sequence_index",
+    "RANGE_BYTES",
+    "encode_ids",
+    "iter_encoded_id_blocks",
     "expected_ranges",
     "read_range",
     "ranges_agree",
@@ -675,6 +681,10 @@ def read_sequence_index(path: str | os.PathLike[str]) -> list[dict]:
 
 # --------------------------------------------------------------------------- reading in byte ranges
 
+#: A file read in byte ranges (by a cluster's workers, or by this machine's cores) is
+#: read in ranges of about this size: what one task holds in memory at a time.
+RANGE_BYTES = 32 * 2**20
+
 
 @dataclass
 class RangeIds:
@@ -777,6 +787,78 @@ def ranges_agree(ranges: list[RangeIds]) -> bool:
         if owns:
             expected_next = None if part.chain.closed else part.chain.next
     return expected_next is None
+
+
+def encode_ids(ids: Sequence[str] | np.ndarray, *, max_width: int | None = None) -> np.ndarray:
+    """IDs as an array of their UTF-8 bytes: fixed width (``dtype='S'``), compact, quick to
+    pickle and to sort (UTF-8 bytes sort as the strings do); a bytes array is returned as it is.
+
+    With ``max_width``, the array keeps every ID's bytes exactly: IDs of which one is
+    longer than ``max_width`` bytes (which would make every row that long) or ends in a
+    NUL byte (which a fixed-width array drops) are kept as ``bytes`` objects instead.
+
+    Examples
+    --------
+    >>> encode_ids(["seq1", "séq2"])
+    array([b'seq1', b's\\xc3\\xa9q2'], dtype='|S5')
+    >>> encode_ids(["seq1", "x" * 40], max_width=16).dtype
+    dtype('O')
+    >>> encode_ids(["seq1", "seq1\\x00"], max_width=16).tolist()
+    [b'seq1', b'seq1\\x00']
+    """
+    if isinstance(ids, np.ndarray) and ids.dtype.kind == "S":
+        return ids
+    raw = [i.encode() for i in ids]
+    if not raw:
+        return np.empty(0, dtype="S1")
+    if max_width is not None and (max(map(len, raw)) > max_width or (
+            b"\x00" in b"".join(raw) and any(r.endswith(b"\x00") for r in raw))):
+        kept = np.empty(len(raw), dtype=object)
+        kept[:] = raw
+        return kept
+    return np.array(raw, dtype=bytes)
+
+
+def _encoded_range(path: Path, form: str, start: int, end: int, shown: object, why: str,
+                   max_width: int | None) -> tuple[np.ndarray, RangeIds]:
+    """Worker task: the encoded IDs of one byte range, and the range read (without its IDs)."""
+    found = read_range(path, form, start, end, shown_as=shown, why=why)
+    return encode_ids(found.ids, max_width=max_width), replace(found, ids=[])
+
+
+def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = 1, max_width: int | None = None,
+                           range_bytes: int | None = None, shown_as: object = None) -> Iterator[np.ndarray]:
+    """The expected IDs of a file in file order, as arrays of their UTF-8 bytes
+    (:func:`encode_ids`), read by up to ``workers`` processes at once where that helps.
+
+    A plain file larger than one range (``range_bytes``, by default :data:`RANGE_BYTES`)
+    is read in byte ranges (:func:`read_range`) by
+    a pool of ``workers`` processes: the same rules and errors as a read from start to
+    end (the first error in the file is the one raised), and a JSON index whose ranges
+    do not agree (:func:`ranges_agree`) is read again from start to end. A gzipped
+    file, a pipe, a small file, ``workers=1`` or a system without ``fork``: read here,
+    from start to end.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> _ = Path("ids.txt").write_text("seq1\\nseq2\\n")
+    >>> [block.tolist() for block in iter_encoded_id_blocks("ids.txt", workers=2)]
+    [[b'seq1', b'seq2']]
+    """
+    path = Path(path)
+    ranges = expected_ranges(path, range_bytes or RANGE_BYTES) if workers > 1 else None
+    form, _, why = detect_form(path, shown_as=shown_as) if ranges and len(ranges) > 1 else (None, False, "")
+    readers = pool(min(workers, len(ranges))) if ranges and form is not None else None
+    if ranges and readers is not None:
+        with readers:
+            tasks = [(path, form, a, b, shown_as or path, why, max_width) for a, b in ranges]
+            parts = list(readers.map(_encoded_range, *zip(*tasks, strict=True)))
+        if form != JSON or ranges_agree([where for _, where in parts]):
+            yield from (ids for ids, _ in parts)
+            return
+    for ids in iter_expected_id_blocks(path, shown_as=shown_as):
+        yield encode_ids(ids, max_width=max_width)
 
 
 # --------------------------------------------------------------------------- writing

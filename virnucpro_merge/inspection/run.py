@@ -19,7 +19,10 @@ The world size ``N`` is the one given, else the one the IDs' index positions sho
 (so that a dead *last* rank is found), else the number of ranks seen. The IDs are
 held as the merge holds them, not as Python strings: a 64-bit hash and the UTF-8
 bytes of each expected ID (about 34 bytes an ID in all); every hash that matches is
-checked against those bytes, so every answer is exact.
+checked against those bytes, so every answer is exact. A large expected-ID file (a
+run's index of millions of sequences) is read by as many processes as this one may
+use, in byte ranges, with the rules and errors of a read from start to end
+(:func:`virnucpro_merge.expected.iter_encoded_id_blocks`).
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
+from .._processes import pool, usable_cpus
 from ..errors import MergeError, ShardError
-from ..expected import iter_expected_id_blocks
+from ..expected import encode_ids, iter_encoded_id_blocks
 from ..plan import shard_paths
 from ..ranks import (
     folder_shards,
@@ -241,23 +245,24 @@ class RunInspection:
 
 _BLOCK = 2**16
 _MAX_WIDTH = 1024  # past this many bytes an ID, the IDs are kept as bytes objects instead
+_MAX_PROCESSES = 8  # processes reading a large expected-ID file, or the shards, at once
+_SHARED_FROM = 200_000  # expected IDs from which the shards are scanned by several processes
 
 
 class _Lookup:
     """Where each expected ID sits in the index: sorted 64-bit hashes of the UTF-8 bytes,
     the positions in that order, and the bytes themselves, to check every match."""
 
-    def __init__(self, id_blocks: Iterable[Sequence[str]]) -> None:
+    def __init__(self, id_blocks: Iterable[Sequence[str] | np.ndarray]) -> None:
         blocks, hashes = [], []
         for ids in id_blocks:
             if not len(ids):
                 continue
-            block = [s.encode() for s in ids]
-            hashes.append(np.fromiter(map(hash, block), dtype=np.int64, count=len(block)))
-            blocks.append(np.array(block, dtype=bytes))
+            block = encode_ids(ids, max_width=_MAX_WIDTH)
+            hashes.append(np.fromiter(map(hash, block.tolist()), dtype=np.int64, count=block.size))
+            blocks.append(block)
         self.n = sum(b.size for b in blocks)
-        width = max((b.dtype.itemsize for b in blocks), default=1)
-        if width > _MAX_WIDTH:  # one very long ID would make every row that long
+        if any(b.dtype == object for b in blocks):
             self.encoded = np.concatenate([b.astype(object) for b in blocks])
         else:
             self.encoded = np.concatenate(blocks) if blocks else np.empty(0, "S1")
@@ -265,6 +270,7 @@ class _Lookup:
         self.sorted = np.concatenate(hashes) if hashes else np.empty(0, np.int64)
         del hashes
         self.order = self.sorted.argsort()  # (no need to be stable: hashes that repeat are looked up by bytes)
+        self.position_type = np.int32 if self.n < 2**31 else np.int64  # what a shard's positions are kept as
         self.sorted.sort()  # in place: two arrays of 8 bytes an ID, not three
         # A hash that several expected IDs share (an ID listed twice, or a collision):
         # those IDs are looked up by their bytes instead.
@@ -314,12 +320,14 @@ class _Scan:
     error: str | None = None
     step: int = 0  # stride_step of the positions it holds
     extra: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (hashes, rows) of unexpected IDs
+    held: np.ndarray | None = None  # the index positions of the expected IDs it holds, in file order
 
 
-def _scan(rank: int, path: Path, lookup: _Lookup, present: np.ndarray) -> _Scan:
+def _scan(rank: int, path: Path, lookup: _Lookup) -> _Scan:
     scan = _Scan()
     if not path.exists():
         return _Scan(status=ABSENT, error="file does not exist")
+    held = []
     try:
         with open_shard(path) as handle:
             scan.present = read_shard_meta(handle, path, storage=False).num_sequences
@@ -332,10 +340,7 @@ def _scan(rank: int, path: Path, lookup: _Lookup, present: np.ndarray) -> _Scan:
                     raise ShardError(path, f"a sequence ID near row {row} is not valid UTF-8") from err
                 positions, unexpected, hashes = lookup.positions(raw)
                 if positions.size:
-                    repeated = not (np.diff(positions) > 0).all() and np.unique(positions).size != positions.size
-                    if repeated or present[positions].any():
-                        scan.status = DUPLICATED
-                    present[positions] = True
+                    held.append(positions.astype(lookup.position_type, copy=False))
                     scan.step = int(np.gcd.reduce(np.append(np.abs(positions - rank), scan.step)))
                 if unexpected.any():
                     rows = np.flatnonzero(unexpected)
@@ -343,7 +348,46 @@ def _scan(rank: int, path: Path, lookup: _Lookup, present: np.ndarray) -> _Scan:
                 row += len(raw)
     except ShardError as err:
         return _Scan(status=FAILED, error=err.problem)
+    scan.held = np.concatenate(held) if held else np.empty(0, lookup.position_type)
+    if not (np.diff(scan.held) > 0).all() and np.unique(scan.held).size != scan.held.size:
+        scan.status = DUPLICATED  # an ID repeated within the shard
     return scan
+
+
+def _settled(scan: _Scan, present: np.ndarray) -> _Scan:
+    """A rank's scan, its IDs marked present (in rank order: a repeat of a lower rank's ID
+    makes it DUPLICATED), and let go of."""
+    if scan.held is not None and scan.held.size:
+        if scan.status is None and present[scan.held].any():
+            scan.status = DUPLICATED
+        present[scan.held] = True
+    scan.held = None
+    return scan
+
+
+_SCANNING: tuple[_Lookup, Sequence[Path]] | None = None  # what the scanning processes inherit
+
+
+def _scan_inherited(rank: int) -> _Scan:
+    """Scanning process task: rank ``rank`` of the run being inspected."""
+    assert _SCANNING is not None
+    lookup, paths = _SCANNING
+    return _scan(rank, paths[rank], lookup)
+
+
+def _scans(paths: Sequence[Path], lookup: _Lookup, present: np.ndarray) -> list[_Scan]:
+    """Every rank's scan: shared out to processes that inherit the lookup where there are
+    enough IDs to gain by it, else here, rank by rank."""
+    global _SCANNING
+    workers = pool(min(usable_cpus(), _MAX_PROCESSES, len(paths))) if lookup.n >= _SHARED_FROM else None
+    if workers is None:
+        return [_settled(_scan(rank, path, lookup), present) for rank, path in enumerate(paths)]
+    _SCANNING = (lookup, paths)
+    try:
+        with workers:  # (forked now: they inherit _SCANNING)
+            return [_settled(scan, present) for scan in workers.map(_scan_inherited, range(len(paths)))]
+    finally:
+        _SCANNING = None
 
 
 def _repeated_extras(paths: Sequence[Path], scans: Sequence[_Scan]) -> set[int]:
@@ -398,16 +442,17 @@ def _shard_list(run: object, world_size: int | None) -> tuple[list[Path], Path |
     return paths, None
 
 
-def _expected_ids(expected: object, folder: Path | None) -> tuple[Iterable[Sequence[str]] | None, str | None]:
+def _expected_ids(expected: object, folder: Path | None
+                  ) -> tuple[Iterable[Sequence[str] | np.ndarray] | None, str | None]:
     """The expected IDs in index order, in blocks, and where they come from (for the summary)."""
     if expected is None:
         index = run_index(folder) if folder is not None else None
         if index is None:
             return None, None
         logger.info("Expected IDs from %s, the run folder's sequence index", index)
-        return iter_expected_id_blocks(index), f"{index.name}, the run folder's index"
+        return _read(index), f"{index.name}, the run folder's index"
     if isinstance(expected, str | os.PathLike):
-        return iter_expected_id_blocks(expected), Path(expected).name
+        return _read(expected), Path(expected).name
     if isinstance(expected, set | frozenset):
         msg = "inspect_run needs the expected IDs in index order (a list or a file), not a set"
         raise MergeError(msg)
@@ -416,6 +461,11 @@ def _expected_ids(expected: object, folder: Path | None) -> tuple[Iterable[Seque
         raise MergeError(msg)
     listed = expected if isinstance(expected, Sequence) else list(expected)
     return _Given(listed), "a list"
+
+
+def _read(path: str | os.PathLike[str]) -> Iterable[np.ndarray]:
+    """The IDs of an expected-ID file, read by as many processes as this one may use."""
+    return iter_encoded_id_blocks(path, workers=min(usable_cpus(), _MAX_PROCESSES), max_width=_MAX_WIDTH)
 
 
 class _Given(list):
@@ -490,7 +540,7 @@ def inspect_run(
     lookup = _Lookup(ids if ids is not None else ())
     n = lookup.n
     present = np.zeros(n, dtype=bool)
-    scans = [_scan(rank, path, lookup, present) for rank, path in enumerate(paths)]
+    scans = _scans(paths, lookup, present)
     for rank in _repeated_extras(paths, scans):
         if scans[rank].status is None:
             scans[rank].status = DUPLICATED

@@ -69,27 +69,41 @@ def kernel_manager(folder: Path) -> Any:
     return KernelManager(kernel_name=_KERNEL, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec.parent)]))
 
 
-def _execute(nb: Any, cwd: Path, timeout: int) -> Any:
+def _exporter(*, show_code: bool) -> Any:
+    """The HTML exporter, warmed up: its template compiled, its filters imported."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(_TEMPLATES)],
+                            exclude_input=not show_code, exclude_input_prompt=True, exclude_output_prompt=True)
+    exporter.from_notebook_node(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("*warm-up*")]))
+    return exporter
+
+
+def _execute_and_render(nb: Any, cwd: Path, timeout: int, *, show_code: bool) -> str:
+    """Run notebook ``nb`` (in place) in a fresh kernel, then render it as HTML.
+
+    The kernel is started first, and the exporter made while it starts; the kernel is
+    shut down whatever happens (none is left running).
+    """
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
     with tempfile.TemporaryDirectory(prefix="virnucpro-report-") as scratch:
-        client = NotebookClient(nb, km=kernel_manager(Path(scratch)), timeout=timeout, record_timing=False,
-                                resources={"metadata": {"path": str(cwd)}})
+        km = kernel_manager(Path(scratch))
+        km.start_kernel(cwd=str(cwd))
+        client = NotebookClient(nb, km=km, timeout=timeout, record_timing=False)
         try:
+            exporter = _exporter(show_code=show_code)
             client.execute()
         except CellExecutionError as err:
             problem = f"{err.ename}: {err.evalue}".strip().splitlines()[0] if err.ename else str(err).splitlines()[0]
             msg = f"the report notebook stopped: {problem}"
             raise MergeError(msg) from err
-    return nb
-
-
-def _html(nb: Any, *, show_code: bool) -> str:
-    from nbconvert import HTMLExporter
-
-    exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(_TEMPLATES)],
-                            exclude_input=not show_code, exclude_input_prompt=True, exclude_output_prompt=True)
+        finally:
+            if client.kc is not None:
+                client.kc.stop_channels()
+            km.shutdown_kernel(now=True)
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": "Run report"}})
     return body
 
@@ -168,6 +182,7 @@ def write_run_report(
     import nbformat
 
     with atomic_output(output) as pending:  # the output folder is checked before the notebook runs
-        nb = _execute(inject_parameters(nbformat.read(NOTEBOOK, as_version=4), values), Path.cwd(), timeout)
-        pending.path.write_text(_html(nb, show_code=show_code), encoding="utf-8")
+        nb = inject_parameters(nbformat.read(NOTEBOOK, as_version=4), values)
+        html = _execute_and_render(nb, Path.cwd(), timeout, show_code=show_code)
+        pending.path.write_text(html, encoding="utf-8")
     return output

@@ -247,6 +247,7 @@ _BLOCK = 2**16
 _MAX_WIDTH = 1024  # past this many bytes an ID, the IDs are kept as bytes objects instead
 _MAX_PROCESSES = 8  # processes reading a large expected-ID file, or the shards, at once
 _SHARED_FROM = 200_000  # expected IDs from which the shards are scanned by several processes
+_READ_RANGE = 8 * 2**20  # bytes of an expected-ID file a reading process takes at a time
 
 
 class _Lookup:
@@ -465,7 +466,8 @@ def _expected_ids(expected: object, folder: Path | None
 
 def _read(path: str | os.PathLike[str]) -> Iterable[np.ndarray]:
     """The IDs of an expected-ID file, read by as many processes as this one may use."""
-    return iter_encoded_id_blocks(path, workers=min(usable_cpus(), _MAX_PROCESSES), max_width=_MAX_WIDTH)
+    return iter_encoded_id_blocks(path, workers=min(usable_cpus(), _MAX_PROCESSES), max_width=_MAX_WIDTH,
+                                  range_bytes=_READ_RANGE)
 
 
 class _Given(list):

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from harness import (  # beside this script
     Column,
+    PackageSource,
     locate_package,
     log,
     machine_facts,
@@ -97,8 +98,9 @@ def child_main(spec: dict) -> None:
 
 
 class ReaderMemory:
-    """The peak private memory (RSS less shared pages) of this process's children, together:
-    the processes that read a large expected-ID file."""
+    """The peak unique memory (USS: pages no other process maps, so not what a forked
+    child still shares with this one) of this process's children, together: the processes
+    that read a large expected-ID file, or scan the shards."""
 
     def __init__(self) -> None:
         import threading
@@ -114,10 +116,9 @@ class ReaderMemory:
             total = 0
             for child in me.children(recursive=True):
                 try:
-                    info = child.memory_info()
+                    total += child.memory_full_info().uss
                 except psutil.Error:
                     continue
-                total += info.rss - info.shared
             self.peak = max(self.peak, total)
 
     def __enter__(self) -> ReaderMemory:
@@ -147,12 +148,52 @@ def build(folder: Path, n: int) -> Path:
     return folder
 
 
+def time_reports(workdir: Path, package: PackageSource, args: argparse.Namespace) -> None:
+    """The timed rounds: every method, alternating, each in a fresh process."""
+    folder = build(workdir / "run", int(args.ids))
+    from virnucpro_merge.synthetic import make_demo_run
+
+    tiny = make_demo_run(workdir / "tiny", n_sequences=800, world_size=8, dim=4).directory
+    rounds: dict[str, list[dict]] = {m: [] for m in METHODS}
+    for number in range(args.rounds):
+        for method in rotated(METHODS, number):
+            if method == "report":
+                wall = run_report(folder, workdir / "r.html")
+            elif method == "start-up":
+                wall = run_report(tiny, workdir / "tiny.html")
+            elif method == "report[text]":
+                wall = run_report(folder, workdir / "r.html", "--expected", str(folder / "expected_ids.txt"))
+            else:
+                wall = run_fresh(SCRIPT, {"method": method, "run": str(folder)}, package, what=method)["wall"]
+            rounds[method].append({"wall": wall})
+        log(f"round {number + 1}: " + ", ".join(f"{m} {r[-1]['wall']:.2f}s" for m, r in rounds.items()))
+    rows = []
+    for method in METHODS:
+        walls = [r["wall"] for r in rounds[method]]
+        ratio = median_and_min(same_round_ratios(rounds[method], rounds["read-ids"]))[0]
+        net = beyond = None
+        if method.startswith("report"):
+            net = statistics.median((a["wall"] - k["wall"]) / b["wall"] for a, k, b in
+                                    zip(rounds[method], rounds["kernel"], rounds["read-ids"], strict=True))
+            beyond = statistics.median((a["wall"] - k["wall"]) / b["wall"] for a, k, b in
+                                       zip(rounds[method], rounds["start-up"], rounds["read-ids"], strict=True))
+        rows.append([method, statistics.median(walls), min(walls), ratio, net, beyond])
+    print()
+    print(table([Column("method", 14, left=True), Column("wall med", 9, ".2f"), Column("wall min", 9, ".2f"),
+                 Column("x read-ids", 10, ".2f"), Column("(- kernel)", 10, ".2f"),
+                 Column("(- start-up)", 12, ".2f")], rows))
+    print("x read-ids: wall / read-ids wall of the same round (median); (- kernel), (- start-up): the same for"
+          " wall - kernel wall and wall - start-up wall (same round, median)")
+    shutil.rmtree(folder)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ids", type=float, default=1e6)
     parser.add_argument("--memory-ids", type=float, default=1e7)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="20,000 IDs, memory at 100,000, 1 round")
+    parser.add_argument("--memory-only", action="store_true", help="only the memory runs")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -166,41 +207,8 @@ def main() -> int:
         facts = machine_facts(workdir, package)
         facts["run"] = f"{int(args.ids):,} IDs in {RANKS} shards (2 lost), sequence_index.json"
         print_facts("virnucpro_merge run report benchmark", facts)
-        folder = build(workdir / "run", int(args.ids))
-        from virnucpro_merge.synthetic import make_demo_run
-
-        tiny = make_demo_run(workdir / "tiny", n_sequences=800, world_size=8, dim=4).directory
-        rounds: dict[str, list[dict]] = {m: [] for m in METHODS}
-        for number in range(args.rounds):
-            for method in rotated(METHODS, number):
-                if method == "report":
-                    wall = run_report(folder, workdir / "r.html")
-                elif method == "start-up":
-                    wall = run_report(tiny, workdir / "tiny.html")
-                elif method == "report[text]":
-                    wall = run_report(folder, workdir / "r.html", "--expected", str(folder / "expected_ids.txt"))
-                else:
-                    wall = run_fresh(SCRIPT, {"method": method, "run": str(folder)}, package, what=method)["wall"]
-                rounds[method].append({"wall": wall})
-            log(f"round {number + 1}: " + ", ".join(f"{m} {r[-1]['wall']:.2f}s" for m, r in rounds.items()))
-        rows = []
-        for method in METHODS:
-            walls = [r["wall"] for r in rounds[method]]
-            ratio = median_and_min(same_round_ratios(rounds[method], rounds["read-ids"]))[0]
-            net = beyond = None
-            if method.startswith("report"):
-                net = statistics.median((a["wall"] - k["wall"]) / b["wall"] for a, k, b in
-                                        zip(rounds[method], rounds["kernel"], rounds["read-ids"], strict=True))
-                beyond = statistics.median((a["wall"] - k["wall"]) / b["wall"] for a, k, b in
-                                           zip(rounds[method], rounds["start-up"], rounds["read-ids"], strict=True))
-            rows.append([method, statistics.median(walls), min(walls), ratio, net, beyond])
-        print()
-        print(table([Column("method", 14, left=True), Column("wall med", 9, ".2f"), Column("wall min", 9, ".2f"),
-                     Column("x read-ids", 10, ".2f"), Column("(- kernel)", 10, ".2f"),
-                     Column("(- start-up)", 12, ".2f")], rows))
-        print("x read-ids: wall / read-ids wall of the same round (median); (- kernel), (- start-up): the same for"
-              " wall - kernel wall and wall - start-up wall (same round, median)")
-        shutil.rmtree(folder)
+        if not args.memory_only:
+            time_reports(workdir, package, args)
         log(f"building {int(args.memory_ids):,} IDs for the memory run ...")
         big = build(workdir / "big", int(args.memory_ids))
         print()
@@ -209,8 +217,9 @@ def main() -> int:
                                what="memory")
             print(f"inspect_run on {memory['ids']:,} IDs ({memory['missing']:,} missing), expected IDs from "
                   f"{expected}: peak RSS growth {memory['growth'] / 1e6:.0f} MB, "
-                  f"{memory['growth'] / memory['ids']:.1f} bytes an ID; the processes reading the file: "
-                  f"{memory['readers'] / 1e6:.0f} MB at most, together (private memory)")
+                  f"{memory['growth'] / memory['ids']:.1f} bytes an ID; its worker processes: "
+                  f"{memory['readers'] / 1e6:.0f} MB at most, together (USS), "
+                  f"{memory['readers'] / memory['ids']:.1f} bytes an ID")
     return 0
 
 

@@ -29,7 +29,6 @@ from virnucpro_merge.synthetic import make_demo_run, write_shard
 def processes(request, monkeypatch):
     """Run a test as a small run is inspected (here, rank by rank), then as a large one is:
     the shards scanned, and the expected-ID file read in byte ranges, by several processes."""
-
     if request.param == "several processes":
         monkeypatch.setattr(virnucpro_merge.inspection.run, "_SHARED_FROM", 0)
         monkeypatch.setattr(virnucpro_merge.inspection.run, "usable_cpus", lambda: 3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import sys
 
 import numpy as np
 import pytest
@@ -42,9 +43,10 @@ def test_several_processes_do_share_the_work(tmp_path, monkeypatch, processes):
 
     made = []
     real = _processes.pool
-    monkeypatch.setattr(virnucpro_merge.inspection.run, "pool", lambda n: made.append(("scan", n)) or real(n))
+    monkeypatch.setattr(virnucpro_merge.inspection.run, "pool",
+                        lambda n, **kw: made.append(("scan", n)) or real(n, **kw))
     monkeypatch.setattr(__import__("virnucpro_merge.expected").expected, "pool",
-                        lambda n: made.append(("read", n)) or real(n))
+                        lambda n, **kw: made.append(("read", n)) or real(n, **kw))
     run = make_demo_run(tmp_path / "run", n_sequences=300, world_size=4, dim=2)
     inspect_run(run.directory)
     if processes == "several processes":
@@ -253,6 +255,47 @@ def test_arguments_of_the_wrong_kind_say_so(tmp_path, monkeypatch, run, expected
     write_shard(tmp_path / "shard_0.h5", ["a"], np.zeros((1, 2), np.float32))
     with pytest.raises(ValueError, match=words):
         inspect_run(run, expected)
+
+
+def test_an_expected_id_longer_than_a_kilobyte(tmp_path, processes):
+    """Very long IDs are kept as bytes objects, not in a fixed-width array, whichever way
+    the expected file is read."""
+    ids = ["a", "b", "x" * 1100, "é" * 700]
+    write_shard(tmp_path / "shard_0.h5", ids[:3], np.zeros((3, 2), np.float32))
+    (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n", encoding="utf-8")
+    for expected in (ids, tmp_path / "ids.txt"):
+        found = inspect_run([tmp_path / "shard_0.h5"], expected)
+        assert found.missing_ids == ["é" * 700]
+        assert found.num_extra == 0
+        assert found.sequence_ids[2] == "x" * 1100
+
+
+def test_inspections_in_two_threads_at_once(tmp_path, monkeypatch):
+    """Each inspection's scanning processes get its own lookup (nothing shared in between)."""
+    import threading
+
+    monkeypatch.setattr(virnucpro_merge.inspection.run, "_SHARED_FROM", 0)
+    monkeypatch.setattr(virnucpro_merge.inspection.run, "usable_cpus", lambda: 2)
+    runs = [make_demo_run(tmp_path / name, n_sequences=400, world_size=4, dim=2, truncated=(), absent=(k,),
+                          empty=(), short={}) for k, name in enumerate("ab")]
+    found: dict[int, list] = {0: [], 1: []}
+
+    def inspect(k):
+        for _ in range(8):
+            found[k].append([s.status for s in inspect_run(runs[k].shard_files, runs[k].sequence_ids).shards])
+
+    threads = [threading.Thread(target=inspect, args=(k,)) for k in (0, 1)]
+    switching = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns often: a window between them is hit
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switching)
+    assert found[0] == [[ABSENT, OK, OK, OK]] * 8
+    assert found[1] == [[OK, ABSENT, OK, OK]] * 8
 
 
 def test_exact_though_two_ids_share_a_hash(tmp_path, monkeypatch, processes):

@@ -1,8 +1,8 @@
 """Work shared out to several processes of this machine, where that is safe and helps.
 
-A pool's processes are forked (Linux): they start at once, and they inherit what
-this process holds (a lookup table built here is theirs without a copy). Elsewhere
-(macOS, Windows) the work is done in this process, as it is with one usable core.
+A pool's processes are forked (Linux): they start at once, and what they are handed
+at the start (a lookup table built here) is theirs without a copy. Elsewhere (macOS,
+Windows) the work is done in this process, as it is with one usable core.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 
 __all__ = ["usable_cpus", "pool"]
 
@@ -22,9 +24,23 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def pool(workers: int) -> ProcessPoolExecutor | None:
-    """A pool of ``workers`` forked processes; None where there is no point (one worker)
-    or no fork to be had (then do the work here)."""
+@contextmanager
+def pool(workers: int, *, initializer: Callable[..., object] | None = None,
+         initargs: tuple = ()) -> Iterator[ProcessPoolExecutor | None]:
+    """A pool of ``workers`` forked processes, each started with ``initializer(*initargs)``
+    (handed over in memory, not pickled); None where there is no point (one worker) or
+    no fork to be had: then do the work here.
+
+    On the way out by an exception (Ctrl-C too), the tasks not yet started are cancelled.
+    """
     if workers < 2 or not sys.platform.startswith("linux"):
-        return None
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        yield None
+        return
+    executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=initializer, initargs=initargs)
+    try:
+        yield executor
+    except BaseException:
+        executor.shutdown(wait=True, cancel_futures=True)
+        raise
+    executor.shutdown(wait=True)

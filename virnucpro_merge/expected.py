@@ -849,11 +849,12 @@ def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = 1, ma
     path = Path(path)
     ranges = expected_ranges(path, range_bytes or RANGE_BYTES) if workers > 1 else None
     form, _, why = detect_form(path, shown_as=shown_as) if ranges and len(ranges) > 1 else (None, False, "")
-    readers = pool(min(workers, len(ranges))) if ranges and form is not None else None
-    if ranges and readers is not None:
-        with readers:
+    parts = None
+    with pool(min(workers, len(ranges)) if ranges and form is not None else 1) as readers:
+        if ranges and readers is not None:
             tasks = [(path, form, a, b, shown_as or path, why, max_width) for a, b in ranges]
             parts = list(readers.map(_encoded_range, *zip(*tasks, strict=True)))
+    if parts is not None:
         if form != JSON or ranges_agree([where for _, where in parts]):
             yield from (ids for ids, _ in parts)
             return

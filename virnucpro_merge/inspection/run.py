@@ -259,7 +259,7 @@ class _Lookup:
         for ids in id_blocks:
             if not len(ids):
                 continue
-            block = encode_ids(ids, max_width=_MAX_WIDTH)
+            block = ids if isinstance(ids, np.ndarray) else encode_ids(ids, max_width=_MAX_WIDTH)  # (arrays: encoded)
             hashes.append(np.fromiter(map(hash, block.tolist()), dtype=np.int64, count=block.size))
             blocks.append(block)
         self.n = sum(b.size for b in blocks)
@@ -366,29 +366,30 @@ def _settled(scan: _Scan, present: np.ndarray) -> _Scan:
     return scan
 
 
-_SCANNING: tuple[_Lookup, Sequence[Path]] | None = None  # what the scanning processes inherit
+_INHERITED: tuple[_Lookup, Sequence[Path]] | None = None  # a scanning process's lookup and shards
+
+
+def _inherit(lookup: _Lookup, paths: Sequence[Path]) -> None:
+    """Scanning process start: keep what the process that forked it handed over."""
+    global _INHERITED
+    _INHERITED = (lookup, paths)
 
 
 def _scan_inherited(rank: int) -> _Scan:
     """Scanning process task: rank ``rank`` of the run being inspected."""
-    assert _SCANNING is not None
-    lookup, paths = _SCANNING
+    assert _INHERITED is not None
+    lookup, paths = _INHERITED
     return _scan(rank, paths[rank], lookup)
 
 
 def _scans(paths: Sequence[Path], lookup: _Lookup, present: np.ndarray) -> list[_Scan]:
-    """Every rank's scan: shared out to processes that inherit the lookup where there are
-    enough IDs to gain by it, else here, rank by rank."""
-    global _SCANNING
-    workers = pool(min(usable_cpus(), _MAX_PROCESSES, len(paths))) if lookup.n >= _SHARED_FROM else None
-    if workers is None:
-        return [_settled(_scan(rank, path, lookup), present) for rank, path in enumerate(paths)]
-    _SCANNING = (lookup, paths)
-    try:
-        with workers:  # (forked now: they inherit _SCANNING)
-            return [_settled(scan, present) for scan in workers.map(_scan_inherited, range(len(paths)))]
-    finally:
-        _SCANNING = None
+    """Every rank's scan: shared out to forked processes that are handed the lookup, where
+    there are enough IDs to gain by it, else here, rank by rank."""
+    size = min(usable_cpus(), _MAX_PROCESSES, len(paths)) if lookup.n >= _SHARED_FROM else 1
+    with pool(size, initializer=_inherit, initargs=(lookup, paths)) as workers:
+        if workers is None:
+            return [_settled(_scan(rank, path, lookup), present) for rank, path in enumerate(paths)]
+        return [_settled(scan, present) for scan in workers.map(_scan_inherited, range(len(paths)))]
 
 
 def _repeated_extras(paths: Sequence[Path], scans: Sequence[_Scan]) -> set[int]:

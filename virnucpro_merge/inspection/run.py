@@ -22,7 +22,7 @@ bytes of each expected ID (about 34 bytes an ID in all); every hash that matches
 checked against those bytes, so every answer is exact. A large expected-ID file (a
 run's index of millions of sequences) is read by as many processes as this one may
 use, in byte ranges, with the rules and errors of a read from start to end
-(:func:`virnucpro_merge.expected.iter_encoded_id_blocks`).
+(``virnucpro_merge.expected.iter_encoded_id_blocks``).
 """
 
 from __future__ import annotations

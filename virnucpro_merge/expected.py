@@ -850,14 +850,14 @@ def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = 1, ma
     ranges = expected_ranges(path, range_bytes or RANGE_BYTES) if workers > 1 else None
     form, _, why = detect_form(path, shown_as=shown_as) if ranges and len(ranges) > 1 else (None, False, "")
     parts = None
-    with pool(min(workers, len(ranges)) if ranges and form is not None else 1) as readers:
-        if ranges and readers is not None:
-            tasks = [(path, form, a, b, shown_as or path, why, max_width) for a, b in ranges]
-            parts = list(readers.map(_encoded_range, *zip(*tasks, strict=True)))
-    if parts is not None:
-        if form != JSON or ranges_agree([where for _, where in parts]):
-            yield from (ids for ids, _ in parts)
-            return
+    if ranges and form is not None:
+        with pool(min(workers, len(ranges))) as readers:
+            if readers is not None:
+                tasks = [(path, form, a, b, shown_as or path, why, max_width) for a, b in ranges]
+                parts = list(readers.map(_encoded_range, *zip(*tasks, strict=True)))
+    if parts is not None and (form != JSON or ranges_agree([where for _, where in parts])):
+        yield from (ids for ids, _ in parts)
+        return
     for ids in iter_expected_id_blocks(path, shown_as=shown_as):
         yield encode_ids(ids, max_width=max_width)
 

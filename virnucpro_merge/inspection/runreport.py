@@ -91,9 +91,9 @@ def _execute_and_render(nb: Any, cwd: Path, timeout: int, *, show_code: bool) ->
 
     with tempfile.TemporaryDirectory(prefix="virnucpro-report-") as scratch:
         km = kernel_manager(Path(scratch))
-        km.start_kernel(cwd=str(cwd))
         client = NotebookClient(nb, km=km, timeout=timeout, record_timing=False)
         try:
+            km.start_kernel(cwd=str(cwd))
             exporter = _exporter(show_code=show_code)
             client.execute()
         except CellExecutionError as err:
@@ -103,7 +103,8 @@ def _execute_and_render(nb: Any, cwd: Path, timeout: int, *, show_code: bool) ->
         finally:
             if client.kc is not None:
                 client.kc.stop_channels()
-            km.shutdown_kernel(now=True)
+            if km.has_kernel:
+                km.shutdown_kernel(now=True)
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": "Run report"}})
     return body
 

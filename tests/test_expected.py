@@ -15,6 +15,7 @@ from virnucpro_merge import ExpectedIdsError, read_expected_ids
 from virnucpro_merge.cli import main
 from virnucpro_merge.expected import (
     detect_form,
+    encode_ids,
     expected_ranges,
     ranges_agree,
     read_range,
@@ -247,6 +248,21 @@ def test_any_index_reads_the_same_in_ranges(tmp_path, ids, indent, extra, range_
     want = [r["sequence_id"] for r in json.loads(path.read_text(encoding="utf-8"))["sequences"]]
     assert _whole(path) == want
     assert _in_ranges(path, range_bytes) == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(ids=st.lists(st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=6)
+                    | st.sampled_from(["", "a", "\x00", "a\x00", "\x00a", "é", "é\x00", "abcdef"]),
+                    min_size=1, max_size=20),
+       max_width=st.sampled_from([None, 1, 4, 16]))
+def test_encoded_ids_are_each_ids_utf8_bytes(ids, max_width):
+    raw = [i.encode() for i in ids]
+    encoded = encode_ids(ids, max_width=max_width)
+    keeps_all = max_width is not None and (max(map(len, raw)) > max_width or any(r.endswith(b"\x00") for r in raw))
+    assert encoded.dtype == (object if keeps_all else np.dtype(f"S{max(max(map(len, raw)), 1)}"))
+    assert encoded.tolist() == (raw if keeps_all or max_width is not None else [r.rstrip(b"\x00") for r in raw])
+    if not any(i.endswith("\x00") for i in ids):  # (which numpy's own str arrays drop)
+        assert encode_ids(np.array(ids), max_width=max_width).tolist() == encoded.tolist()
 
 
 def test_a_pipe_is_read_once(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import virnucpro_merge.inspection.run
-from virnucpro_merge import read_expected_ids, validate_shard_completeness
+from virnucpro_merge import read_expected_ids, validate_shard_completeness, validation
 from virnucpro_merge.expected import write_id_list
 from virnucpro_merge.inspection import (
     ABSENT,
@@ -298,16 +298,15 @@ def test_inspections_in_two_threads_at_once(tmp_path, monkeypatch):
     assert found[1] == [[OK, ABSENT, OK, OK]] * 8
 
 
-def test_exact_though_two_ids_share_a_hash(tmp_path, monkeypatch, processes):
+@pytest.mark.parametrize("ids", [["aa", "bb", "cc", "dd"],  # expected IDs that share a hash
+                                 ["a", "bb", "ccc", "dddd"]])  # one hash each; zz has that of bb
+def test_exact_though_two_ids_share_a_hash(tmp_path, monkeypatch, processes, ids):
     """Hashes only point the way: every match is checked against the ID's bytes."""
-    from virnucpro_merge.inspection import run as run_module
-
-    ids = ["aa", "bb", "cc", "dd"]
-    write_shard(tmp_path / "shard_0.h5", ["aa", "cc", "zz"], np.zeros((3, 2), np.float32))  # zz: not expected
-    write_shard(tmp_path / "shard_1.h5", ["bb"], np.zeros((1, 2), np.float32))
-    monkeypatch.setattr(run_module, "hash", lambda b: len(b), raising=False)  # every ID collides
+    write_shard(tmp_path / "shard_0.h5", [ids[0], ids[2], "zz"], np.zeros((3, 2), np.float32))  # zz: not expected
+    write_shard(tmp_path / "shard_1.h5", [ids[1]], np.zeros((1, 2), np.float32))
+    monkeypatch.setattr(validation, "_id_hash", len)  # every ID collides with those of its length
     found = inspect_run(rank_paths(tmp_path, 2), ids)
-    assert found.missing_ids == ["dd"]
+    assert found.missing_ids == [ids[3]]
     assert found.num_extra == 1
     assert [s.status for s in found.shards] == [OK, INCOMPLETE]
 

@@ -31,13 +31,14 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal, overload
 
 import numpy as np
 
 from ._processes import pool
 from ._write.atomic import atomic_output
 from .errors import ExpectedIdsError, shown_id
+from .validation import id_hashes
 
 __all__ = [
     "TEXT",
@@ -413,6 +414,8 @@ class _IndexReader:
             if self.chain.closed or text.dropped + text.pos != at:
                 continue  # (and there, see whether the next record is still this reader's)
             # at the edge of the window: one record the careful way (reads on, or names the error)
+            while text.next_char() == "{" and text.text.find("}", text.pos) < 0 and text.more():
+                pass  # (its end not yet read: a failed parse would cost as much as a good one)
             yield _checked([text.value()], text.name)
             char = text.next_char()
             text.pos += 1
@@ -444,7 +447,7 @@ class _IndexReader:
                 yield batch
                 pos = _WS.match(window, cut + 2).end()  # type: ignore[union-attr]
         single = []
-        while pos < owned:
+        while pos < owned and window.find("}", pos) >= 0:  # (no '}': the record goes on in the next piece)
             try:
                 record, end = _DECODE(window, pos)
             except json.JSONDecodeError:
@@ -808,26 +811,50 @@ def encode_ids(ids: Sequence[str] | np.ndarray, *, max_width: int | None = None)
     """
     if isinstance(ids, np.ndarray) and ids.dtype.kind == "S":
         return ids
-    raw = [i.encode() for i in ids]
-    if not raw:
+    if not len(ids):
         return np.empty(0, dtype="S1")
-    if max_width is not None and (max(map(len, raw)) > max_width or (
-            b"\x00" in b"".join(raw) and any(r.endswith(b"\x00") for r in raw))):
-        kept = np.empty(len(raw), dtype=object)
-        kept[:] = raw
-        return kept
-    return np.array(raw, dtype=bytes)
+    ascii_only = "".join(ids).isascii()
+    source = ids if ascii_only else [i.encode() for i in ids]  # ASCII: numpy encodes it as it copies
+    lengths = np.fromiter(map(len, source), dtype=np.intp, count=len(source))
+    fixed = np.fromiter(source, dtype=f"S{max(int(lengths.max()), 1)}", count=len(source))
+    if max_width is None:
+        return fixed
+    rows = fixed.view(np.uint8).reshape(fixed.size, fixed.itemsize)
+    ends_in_nul = (lengths > 0) & (rows[np.arange(fixed.size), np.maximum(lengths - 1, 0)] == 0)
+    if fixed.itemsize <= max_width and not ends_in_nul.any():
+        return fixed
+    kept = np.empty(fixed.size, dtype=object)
+    kept[:] = [i.encode() for i in ids] if ascii_only else source
+    return kept
 
 
 def _encoded_range(path: Path, form: str, start: int, end: int, shown: object, why: str,
-                   max_width: int | None) -> tuple[np.ndarray, RangeIds]:
-    """Worker task: the encoded IDs of one byte range, and the range read (without its IDs)."""
+                   max_width: int | None, hashed: bool) -> tuple[_Block, RangeIds]:
+    """Worker task: the encoded IDs of one byte range (and their hashes), and the range read
+    (without its IDs)."""
     found = read_range(path, form, start, end, shown_as=shown, why=why)
-    return encode_ids(found.ids, max_width=max_width), replace(found, ids=[])
+    return _encoded(found.ids, max_width, hashed), replace(found, ids=[])
 
 
+_Block = np.ndarray | tuple[np.ndarray, np.ndarray]
+
+
+def _encoded(ids: Sequence[str], max_width: int | None, hashed: bool) -> _Block:
+    encoded = encode_ids(ids, max_width=max_width)
+    return (encoded, id_hashes(encoded.tolist())) if hashed else encoded
+
+
+@overload
+def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = ..., max_width: int | None = ...,
+                           range_bytes: int | None = ..., shown_as: object = ...,
+                           hashed: Literal[False] = ...) -> Iterator[np.ndarray]: ...
+@overload
+def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = ..., max_width: int | None = ...,
+                           range_bytes: int | None = ..., shown_as: object = ...,
+                           hashed: Literal[True]) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
 def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = 1, max_width: int | None = None,
-                           range_bytes: int | None = None, shown_as: object = None) -> Iterator[np.ndarray]:
+                           range_bytes: int | None = None, shown_as: object = None,
+                           hashed: bool = False) -> Iterator[_Block]:
     """The expected IDs of a file in file order, as arrays of their UTF-8 bytes
     (:func:`encode_ids`), read by up to ``workers`` processes at once where that helps.
 
@@ -837,7 +864,9 @@ def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = 1, ma
     end (the first error in the file is the one raised), and a JSON index whose ranges
     do not agree (:func:`ranges_agree`) is read again from start to end. A gzipped
     file, a pipe, a small file, ``workers=1`` or a system without ``fork``: read here,
-    from start to end.
+    from start to end. With ``hashed``, each block comes with its IDs' hashes
+    (:func:`~virnucpro_merge.validation.id_hashes` of the bytes), worked out by the
+    process that read it.
 
     Examples
     --------
@@ -845,6 +874,8 @@ def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = 1, ma
     >>> _ = Path("ids.txt").write_text("seq1\\nseq2\\n")
     >>> [block.tolist() for block in iter_encoded_id_blocks("ids.txt", workers=2)]
     [[b'seq1', b'seq2']]
+    >>> [hashes.size for _, hashes in iter_encoded_id_blocks("ids.txt", hashed=True)]
+    [2]
     """
     path = Path(path)
     ranges = expected_ranges(path, range_bytes or RANGE_BYTES) if workers > 1 else None
@@ -853,13 +884,13 @@ def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = 1, ma
     if ranges and form is not None:
         with pool(min(workers, len(ranges))) as readers:
             if readers is not None:
-                tasks = [(path, form, a, b, shown_as or path, why, max_width) for a, b in ranges]
+                tasks = [(path, form, a, b, shown_as or path, why, max_width, hashed) for a, b in ranges]
                 parts = list(readers.map(_encoded_range, *zip(*tasks, strict=True)))
     if parts is not None and (form != JSON or ranges_agree([where for _, where in parts])):
-        yield from (ids for ids, _ in parts)
+        yield from (block for block, _ in parts)
         return
     for ids in iter_expected_id_blocks(path, shown_as=shown_as):
-        yield encode_ids(ids, max_width=max_width)
+        yield _encoded(ids, max_width, hashed)
 
 
 # --------------------------------------------------------------------------- writing

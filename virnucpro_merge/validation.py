@@ -79,17 +79,11 @@ def as_id_set(ids: Collection[str]) -> set[str] | frozenset[str]:
 _id_hash = hash
 
 
-_HASH_BLOCK = 65536
 
-
-def id_hashes(ids: Collection[str]) -> np.ndarray:
-    """The 64-bit hash of each ID (this process's; not for sending to others)."""
-    hashes = np.empty(len(ids), dtype=np.int64)
-    each = map(_id_hash, ids)
-    for start in range(0, hashes.size, _HASH_BLOCK):  # via lists: ~1.5x faster than np.fromiter
-        block = list(itertools.islice(each, _HASH_BLOCK))
-        hashes[start : start + len(block)] = block
-    return hashes
+def id_hashes(ids: Collection[str] | Collection[bytes]) -> np.ndarray:
+    """The 64-bit hash of each ID, as str or as its UTF-8 bytes (this process's, and its
+    forked children's; not for sending to others)."""
+    return np.fromiter(map(_id_hash, ids), dtype=np.int64, count=len(ids))
 
 
 def _iter_shard_ids(paths: Iterable[Path]) -> Iterable[tuple[Path, str]]:

@@ -6,6 +6,8 @@ with a few workers lost, then times, each in a fresh process, methods alternatin
 round by round::
 
     read-ids       every shard's IDs read once with h5py: the baseline
+    json-load      the run's index read with the standard library (json.load) and its IDs
+                   picked out: what reading the index costs any reader, on one core
     kernel         a kernel of this Python started, one empty cell run, stopped
     start-up       the report of a tiny run (8 ranks, 800 IDs): the report's fixed cost
                    (its kernel, the imports of matplotlib and nbconvert, the command)
@@ -58,7 +60,7 @@ from harness import (  # beside this script
 
 SCRIPT = Path(__file__).resolve()
 RANKS = 64
-METHODS = ["read-ids", "kernel", "start-up", "report", "report[text]"]
+METHODS = ["read-ids", "json-load", "kernel", "start-up", "report", "report[text]"]
 
 
 def child_main(spec: dict) -> None:
@@ -71,6 +73,11 @@ def child_main(spec: dict) -> None:
         for path in sorted(folder.glob("shard_*.h5")):
             with h5py.File(path, "r") as f:
                 count += len(f["sequence_ids"][:])
+        reply({"wall": time.perf_counter() - start, "count": count})
+    elif method == "json-load":
+        start = time.perf_counter()
+        with open(folder / "sequence_index.json", encoding="utf-8") as fh:
+            count = len([record["sequence_id"] for record in json.load(fh)["sequences"]])
         reply({"wall": time.perf_counter() - start, "count": count})
     elif method == "kernel":
         import tempfile
@@ -130,11 +137,18 @@ class ReaderMemory:
         self.thread.join()
 
 
-def run_report(folder: Path, out: Path, *extra: str) -> float:
+def run_report(folder: Path, out: Path, *extra: str) -> dict:
+    """The wall time of one report, and the CPU time of all its processes (its kernel and
+    the kernel's workers included)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "virnucpro_merge", "-q", "report", str(folder), "-o", str(out), *extra],
                    check=True)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"wall": wall, "cpu": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime}
 
 
 def build(folder: Path, n: int) -> Path:
@@ -158,14 +172,15 @@ def time_reports(workdir: Path, package: PackageSource, args: argparse.Namespace
     for number in range(args.rounds):
         for method in rotated(METHODS, number):
             if method == "report":
-                wall = run_report(folder, workdir / "r.html")
+                measured = run_report(folder, workdir / "r.html")
             elif method == "start-up":
-                wall = run_report(tiny, workdir / "tiny.html")
+                measured = run_report(tiny, workdir / "tiny.html")
             elif method == "report[text]":
-                wall = run_report(folder, workdir / "r.html", "--expected", str(folder / "expected_ids.txt"))
+                measured = run_report(folder, workdir / "r.html", "--expected", str(folder / "expected_ids.txt"))
             else:
-                wall = run_fresh(SCRIPT, {"method": method, "run": str(folder)}, package, what=method)["wall"]
-            rounds[method].append({"wall": wall})
+                measured = {"wall": run_fresh(SCRIPT, {"method": method, "run": str(folder)}, package,
+                                              what=method)["wall"]}
+            rounds[method].append(measured)
         log(f"round {number + 1}: " + ", ".join(f"{m} {r[-1]['wall']:.2f}s" for m, r in rounds.items()))
     rows = []
     for method in METHODS:
@@ -184,6 +199,10 @@ def time_reports(workdir: Path, package: PackageSource, args: argparse.Namespace
                  Column("(- start-up)", 12, ".2f")], rows))
     print("x read-ids: wall / read-ids wall of the same round (median); (- kernel), (- start-up): the same for"
           " wall - kernel wall and wall - start-up wall (same round, median)")
+    for method in ("report", "report[text]"):
+        cpu = statistics.median(a["cpu"] - s["cpu"] for a, s in zip(rounds[method], rounds["start-up"], strict=True))
+        print(f"{method}: {cpu:.2f} CPU-seconds beyond the start-up's (all its processes; median), "
+              f"{cpu / statistics.median(r['wall'] for r in rounds['read-ids']):.2f} x read-ids")
     shutil.rmtree(folder)
 
 

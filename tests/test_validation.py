@@ -7,10 +7,12 @@ import pickle
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from virnucpro_merge import DuplicateIdError, MissingIdsError, aggregate_shards, validate_shard_completeness, validation
 from virnucpro_merge.cli import main
-from virnucpro_merge.validation import IdIndex
+from virnucpro_merge.validation import IdIndex, SortedHashes
 
 
 @pytest.fixture(params=["python hash", "colliding hash"])
@@ -174,3 +176,20 @@ class TestNormalisationTwins:
             aggregate_shards(run, tmp_path / "o.h5", ["caf\u00e8_1", "plain"])  # è, not é
         assert err.value.twins == {}
         assert "normalisation" not in str(err.value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(hashes=st.lists(st.integers(-(2**63), 2**63 - 1) | st.integers(-20, 20), max_size=70),
+       keys=st.lists(st.integers(-(2**63), 2**63 - 1) | st.integers(-22, 22), max_size=30))
+def test_sorted_hashes_find_what_searchsorted_finds(hashes, keys):
+    """Repeats, keys below and above them all, every position of a block of 8, none at all."""
+    ordered = np.sort(np.array(hashes, dtype=np.int64))
+    wanted = np.array(keys, dtype=np.int64)
+    for table in _Coarse(ordered), SortedHashes(ordered):  # (the coarse table, then as the keys make it)
+        where, found = table.find(wanted)
+        assert where.tolist() == np.minimum(np.searchsorted(ordered, wanted), max(ordered.size - 1, 0)).tolist()
+        assert found.tolist() == [k in hashes for k in keys]
+
+
+class _Coarse(SortedHashes):
+    _SPARSE = 0  # the coarse table, however many the keys

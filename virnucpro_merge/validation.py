@@ -15,6 +15,7 @@ answer is exact:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import unicodedata
@@ -26,7 +27,7 @@ import numpy as np
 
 from .shards import iter_id_chunks, open_shard
 
-__all__ = ["Findings", "IdIndex", "id_hashes", "as_id_set", "normalisation_twins", "warn_extra"]
+__all__ = ["Findings", "IdIndex", "SortedHashes", "id_hashes", "as_id_set", "normalisation_twins", "warn_extra"]
 
 logger = logging.getLogger("virnucpro_merge")
 
@@ -84,6 +85,55 @@ def id_hashes(ids: Collection[str] | Collection[bytes]) -> np.ndarray:
     """The 64-bit hash of each ID, as str or as its UTF-8 bytes (this process's, and its
     forked children's; not for sending to others)."""
     return np.fromiter(map(_id_hash, ids), dtype=np.int64, count=len(ids))
+
+
+class SortedHashes:
+    """Sorted 64-bit hashes, and where given hashes sit among them: the answers of
+    :func:`numpy.searchsorted`, kept in range.
+
+    Few keys among many hashes (fewer than one per 32) are found through a table of
+    every 8th hash (1 byte an ID: small enough to stay in a cache), then three halving
+    steps within a block of 8: about twice as fast as :func:`numpy.searchsorted`, whose
+    every search starts from the whole array. Many keys, sorted, are quicker its way.
+
+    Examples
+    --------
+    >>> table = SortedHashes(np.array([3, 5, 5, 9]))
+    >>> table.first_at_least(np.array([0, 5, 6, 99])).tolist()
+    [0, 1, 3, 3]
+    >>> [found.tolist() for found in table.find(np.array([5, 6]))]
+    [[1, 3], [True, False]]
+    """
+
+    _STEP = 8  # hashes a coarse entry stands for
+    _SPARSE = 32  # hashes per key from which the coarse table is the quicker way
+
+    def __init__(self, ordered: np.ndarray) -> None:
+        self.ordered = ordered  # (sorted; not copied)
+
+    @functools.cached_property
+    def _coarse(self) -> np.ndarray:
+        return self.ordered[:: self._STEP].copy()
+
+    def first_at_least(self, keys: np.ndarray) -> np.ndarray:
+        """For each key, the first position whose hash is not below it, or the last
+        position if every hash is (0 for no hashes)."""
+        size = self.ordered.size
+        if not size:
+            return np.zeros(keys.size, dtype=np.intp)
+        if keys.size * self._SPARSE > size:
+            return np.minimum(np.searchsorted(self.ordered, keys), size - 1)
+        # The block of 8 from the last coarse entry below a key holds the last hash below it.
+        at = np.maximum(np.searchsorted(self._coarse, keys) - 1, 0) * self._STEP
+        for step in (4, 2, 1):
+            ahead = np.minimum(at + step, size - 1)
+            at = np.where(self.ordered[ahead] < keys, ahead, at)
+        return np.minimum(at + (self.ordered[at] < keys), size - 1)
+
+    def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each key, its :meth:`first_at_least` position, and whether the hash there is the key."""
+        at = self.first_at_least(keys)
+        return at, (self.ordered[at] == keys) if self.ordered.size else np.zeros(keys.size, dtype=bool)
 
 
 def _iter_shard_ids(paths: Iterable[Path]) -> Iterable[tuple[Path, str]]:
@@ -198,14 +248,10 @@ class IdIndex:
 
     def _absent(self, wanted: np.ndarray, block: int = 2**20) -> np.ndarray:
         """For each of the sorted hashes ``wanted``: is it no shard ID's hash?"""
-        ordered = self._sorted_hashes()
-        if not ordered.size:
-            return np.ones(wanted.size, dtype=bool)
+        table = SortedHashes(self._sorted_hashes())
         absent = np.empty(wanted.size, dtype=bool)
         for start in range(0, wanted.size, block):  # a block at a time: 8 bytes an ID less at the peak
-            part = wanted[start : start + block]
-            where = np.minimum(np.searchsorted(ordered, part), ordered.size - 1)
-            absent[start : start + block] = ordered[where] != part
+            absent[start : start + block] = ~table.find(wanted[start : start + block])[1]
         return absent
 
     def _missing_plainly(self) -> list[str]:

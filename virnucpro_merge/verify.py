@@ -42,7 +42,7 @@ from .shards import (
     read_report_summary,
 )
 from .sources import source_problems
-from .validation import IdIndex, id_hashes
+from .validation import IdIndex, SortedHashes, id_hashes
 
 __all__ = ["Verification", "verify_merged"]
 
@@ -363,7 +363,7 @@ class _Checker:
         """Each row of each shard against the merged row of the same ID, bit for bit."""
         hashes = index.row_hashes()
         order = np.argsort(hashes, kind="stable")
-        ordered = hashes[order]
+        ordered = SortedHashes(hashes[order])
         compared, skipped = 0, []
         for shard in shards:
             try:
@@ -381,17 +381,16 @@ class _Checker:
             self.found.notes.append(f"not compared: {listed(skipped)}")
 
     def _compare_shard(self, emb: h5py.Dataset, ids: h5py.Dataset, shard: Path, handle: h5py.File,
-                       ordered: np.ndarray, order: np.ndarray) -> int:
+                       ordered: SortedHashes, order: np.ndarray) -> int:
         source = handle.get(EMBEDDINGS)
         if not isinstance(source, h5py.Dataset) or source.ndim != 2:
             raise UnreadableShardError(shard, f"no 2-D '{EMBEDDINGS}' dataset")
         step = max(1, _BLOCK_BYTES // max(1, source.shape[1] * 4))
         done = 0
         for chunk in iter_id_chunks(handle, shard, step):
-            where = np.minimum(np.searchsorted(ordered, id_hashes(chunk)), max(ordered.size - 1, 0))
-            found = ordered.size > 0 and ordered[where] == id_hashes(chunk)
+            where, found = ordered.find(id_hashes(chunk))
             if not np.all(found):
-                lost = [chunk[i] for i in np.flatnonzero(~np.asarray(found, bool))[:1]]
+                lost = [chunk[i] for i in np.flatnonzero(~found)[:1]]
                 self.problem(f"{shown_id(lost[0])} of {shard} is not in it")
                 return done
             rows = order[where]

@@ -51,7 +51,7 @@ from ..ranks import (
     world_size_of,
 )
 from ..shards import iter_id_blocks, open_shard, read_shard_meta
-from ..validation import id_hashes
+from ..validation import SortedHashes, id_hashes
 from .statuses import ABSENT, DUPLICATED, EMPTY, FAILED, INCOMPLETE, OFF_STRIDE, OK, STATUSES
 
 if TYPE_CHECKING:
@@ -249,7 +249,6 @@ _MAX_WIDTH = 1024  # past this many bytes an ID, the IDs are kept as bytes objec
 _MAX_PROCESSES = 8  # processes reading a large expected-ID file, or the shards, at once
 _SHARED_FROM = 200_000  # expected IDs from which the shards are scanned by several processes
 _READ_RANGE = 8 * 2**20  # bytes of an expected-ID file a reading process takes at a time
-_COARSE = 8  # the lookup's coarse table holds every 8th sorted hash
 
 
 class _Lookup:
@@ -273,7 +272,7 @@ class _Lookup:
         self.order = self.sorted.argsort()  # (no need to be stable: hashes that repeat are looked up by bytes)
         self.position_type = np.int32 if self.n < 2**31 else np.int64  # what a shard's positions are kept as
         self.sorted.sort()  # in place: two arrays of 8 bytes an ID, not three
-        self.coarse = self.sorted[::_COARSE].copy()  # (1 byte an ID; small enough to stay in a cache)
+        self.table = SortedHashes(self.sorted)
         # A hash that several expected IDs share (an ID listed twice, or a collision):
         # those IDs are looked up by their bytes instead.
         repeated = np.flatnonzero(self.sorted[1:] == self.sorted[:-1])
@@ -281,16 +280,6 @@ class _Lookup:
         self.by_bytes: dict[bytes, list[int]] = {}
         for position in self.order[np.isin(self.sorted, self.shared)].tolist():
             self.by_bytes.setdefault(_as_bytes(self.encoded[position]), []).append(position)
-
-    def _last_at_most(self, keys: np.ndarray) -> np.ndarray:
-        """For each key, the last position in ``sorted`` whose hash is not above it (0 if none
-        is): a search of the coarse table, then three halving steps within a block of 8
-        (about 2x faster than :func:`numpy.searchsorted` over the whole table)."""
-        at = np.maximum(np.searchsorted(self.coarse, keys, side="right") - 1, 0) * _COARSE
-        for step in (4, 2, 1):
-            ahead = np.minimum(at + step, self.n - 1)
-            at = np.where(self.sorted[ahead] <= keys, ahead, at)
-        return at
 
     def positions(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For a block of a shard's IDs (bytes, as :func:`~virnucpro_merge.shards.iter_id_blocks`
@@ -303,9 +292,9 @@ class _Lookup:
             return np.empty(0, np.int64), ~expected, hashes
         shared = np.isin(hashes, self.shared) if self.shared.size else np.zeros(len(raw), bool)
         needles = np.argsort(hashes)  # looked up in order, the sorted hashes are read in order
-        where = np.empty(len(raw), dtype=np.int64)
-        where[needles] = self._last_at_most(hashes[needles])
-        candidates = np.flatnonzero((self.sorted[where] == hashes) & ~shared)
+        where, matched = np.empty(len(raw), dtype=np.intp), np.empty(len(raw), dtype=bool)
+        where[needles], matched[needles] = self.table.find(hashes[needles])
+        candidates = np.flatnonzero(matched & ~shared)
         found = self.order[where[candidates]]
         same = self.encoded[found] == block[candidates]  # every match checked: a collision is not a match
         expected[candidates[same]] = True

@@ -170,11 +170,13 @@ class TestNonFinite:
     (lambda s, out: aggregate_shards([1, 2], out), "must hold paths"),
     (lambda s, out: aggregate_shards(s, out, "seq1"), "not the one str seq1"),
     (lambda s, out: aggregate_shards(s, out, [1, 2]), "must be str, not int"),
+    (lambda s, out: aggregate_shards(s, out, {"a", "b\udcff"}), r"ID 'b\\udcff' is not Unicode text"),
     (lambda s, out: validate_shard_completeness(s, "a"), "not the one str a"),
     (lambda s, out: validate_shard_completeness(str(s[0]), {"a"}), "not the one path"),
     (lambda s, out: __import__("virnucpro_merge.checks", fromlist=["x"]).plan_merge(str(s[0])), "not the one path"),
     (lambda s, out: aggregate_shards(s, out, chunk_size=0), "chunk_size must be a positive integer"),
-], ids=["str path", "Path", "ints", "str IDs", "int IDs", "validate str IDs", "validate str path", "plan str path",
+], ids=["str path", "Path", "ints", "str IDs", "int IDs", "half a surrogate pair",
+        "validate str IDs", "validate str path", "plan str path",
         "chunk size"])
 def test_arguments_of_the_wrong_kind_are_named(make_shard, tmp_path, call, words):
     shards = [make_shard("shard_0", ["a", "b"]), make_shard("shard_1", ["c"])]

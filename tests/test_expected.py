@@ -75,8 +75,11 @@ def test_sequence_index_json(tmp_path):
         ('{"seqs": []}', "not a sequence index"),
         ('{"sequences": [{"id": "a"}]}', "not a sequence index"),
         (b"\xff\xfeseq\n", "not UTF-8"),
+        ('{"sequences": [{"sequence_id": "ok\\ud83d\\ude00"}, {"sequence_id": "x\\ud83d"}]}',
+         r"sequence ID 'x\\ud83d' is not Unicode text"),
     ],
-    ids=["empty", "comments only", "broken JSON", "wrong key", "records without sequence_id", "not UTF-8"],
+    ids=["empty", "comments only", "broken JSON", "wrong key", "records without sequence_id", "not UTF-8",
+         "half a surrogate pair"],
 )
 def test_bad_files_give_one_line_errors(tmp_path, content, words):
     name = "expected.json" if isinstance(content, str) and content.startswith("{") else "expected.txt"
@@ -139,6 +142,8 @@ TRICKY = {
     "other keys are not ids.json": '{"sequences": [{"sequence_id": "a", "parent": {"sequence_id": "b"}}]}',
     "record without sequence_id.json": '{"sequences": [{"sequence_id": "a"},\n {"id": "b"}]}',
     "non-string id.json": '{"sequences": [{"sequence_id": "a"},\n {"sequence_id": 7}]}',
+    "half a surrogate pair.json": json.dumps({"sequences": [{"sequence_id": f"s{i}\u00e9"} for i in range(30)]
+                                             + [{"sequence_id": "\ud800"}]}, indent=1),
     "two lists.json": '{"sequences": [{"sequence_id": "a"}],\n "sequences": [{"sequence_id": "b"}]}',
     "truncated.json": '{"sequences": [\n {"sequence_id": "a"},\n {"sequence_id": "b"',
     "trailing comma.json": '{"sequences": [\n {"sequence_id": "a"},\n]}',

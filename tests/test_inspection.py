@@ -249,6 +249,9 @@ def test_a_shard_off_the_stride_has_a_status_of_its_own(tmp_path, processes):
     (42, None, "not int"),
     (["shard_0.h5"], {"a", "b"}, "in index order"),
     (["shard_0.h5"], 7, "not int"),
+    (["shard_0.h5"], [b"a"], "must be str, not bytes"),
+    (["shard_0.h5"], ["a", None], "must be str, not NoneType"),
+    (["shard_0.h5"], ["a", "x\ud83d"], "is not Unicode text"),
 ])
 def test_arguments_of_the_wrong_kind_say_so(tmp_path, monkeypatch, run, expected, words):
     monkeypatch.chdir(tmp_path)

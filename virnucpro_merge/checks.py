@@ -15,7 +15,7 @@ import os
 from collections.abc import Collection, Sequence
 
 from .errors import MergeError, shown_id
-from .expected import read_expected_ids
+from .expected import not_text, read_expected_ids
 from .plan import (
     MergePlan,
     check_ids,
@@ -53,6 +53,9 @@ def expected_in_memory(expected: object) -> Collection[str]:
     if not all(isinstance(i, str) for i in ids):
         wrong = next(i for i in ids if not isinstance(i, str))
         msg = f"expected IDs must be str, not {type(wrong).__name__} ({wrong!r})"
+        raise MergeError(msg)
+    if (bad := not_text(ids)) is not None:
+        msg = f"expected ID {shown_id(bad)} is not Unicode text (it holds half a surrogate pair)"
         raise MergeError(msg)
     return ids
 

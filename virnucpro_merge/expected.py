@@ -53,6 +53,7 @@ __all__ = [
     "read_sequence_index",
     "RANGE_BYTES",
     "encode_ids",
+    "not_text",
     "iter_encoded_id_blocks",
     "expected_ranges",
     "read_range",
@@ -243,7 +244,33 @@ def _check_records(records: list[Any], name: object) -> list[str]:
     if ids is None or not set(map(type, ids)) <= {str} or not set(map(type, records)) <= {dict}:
         msg = f"{name}: {_NOT_AN_INDEX}"
         raise ExpectedIdsError(msg)
+    bad = not_text(ids)  # (in a file, only a \u escape can make one)
+    if bad is not None:
+        msg = f"{name}: sequence ID {shown_id(bad)} is not Unicode text (a \\u escape of half a surrogate pair)"
+        raise ExpectedIdsError(msg)
     return ids
+
+
+def not_text(ids: Iterable[str]) -> str | None:
+    """The first ID that has no UTF-8 form (it holds half a surrogate pair), or None.
+
+    >>> not_text(["seq1", "séq2", "\\U0001f600"]) is None, not_text(["seq1", "x\\ud83d"])
+    (True, 'x\\ud83d')
+    """
+    each = iter(ids)
+    while block := list(itertools.islice(each, 2**16)):
+        joined = "".join(block)
+        if not joined.isascii() and not _encodable(joined):
+            return next(i for i in block if not _encodable(i))
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- JSON, a record at a time
@@ -816,12 +843,13 @@ def encode_ids(ids: Sequence[str] | np.ndarray, *, max_width: int | None = None)
     ascii_only = "".join(ids).isascii()
     source = ids if ascii_only else [i.encode() for i in ids]  # ASCII: numpy encodes it as it copies
     lengths = np.fromiter(map(len, source), dtype=np.intp, count=len(source))
-    fixed = np.fromiter(source, dtype=f"S{max(int(lengths.max()), 1)}", count=len(source))
+    widest = int(lengths.max())
+    fixed = np.fromiter(source, dtype=f"S{max(widest, 1)}", count=len(source))
     if max_width is None:
         return fixed
     rows = fixed.view(np.uint8).reshape(fixed.size, fixed.itemsize)
     ends_in_nul = (lengths > 0) & (rows[np.arange(fixed.size), np.maximum(lengths - 1, 0)] == 0)
-    if fixed.itemsize <= max_width and not ends_in_nul.any():
+    if widest <= max_width and not ends_in_nul.any():
         return fixed
     kept = np.empty(fixed.size, dtype=object)
     kept[:] = [i.encode() for i in ids] if ascii_only else source

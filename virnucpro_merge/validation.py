@@ -80,7 +80,6 @@ def as_id_set(ids: Collection[str]) -> set[str] | frozenset[str]:
 _id_hash = hash
 
 
-
 def id_hashes(ids: Collection[str] | Collection[bytes]) -> np.ndarray:
     """The 64-bit hash of each ID, as str or as its UTF-8 bytes (this process's, and its
     forked children's; not for sending to others)."""

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, overload
 import numpy as np
 
 from .._processes import pool, usable_cpus
+from ..checks import expected_in_memory
 from ..errors import MergeError, ShardError
 from ..expected import encode_ids, iter_encoded_id_blocks
 from ..plan import shard_paths
@@ -463,8 +464,8 @@ def _expected_ids(expected: object, folder: Path | None
     if not isinstance(expected, Iterable):
         msg = f"expected must be an expected-ID file or a list of IDs in index order, not {type(expected).__name__}"
         raise MergeError(msg)
-    listed = expected if isinstance(expected, Sequence) else list(expected)
-    return _Given(listed), "a list"
+    listed = expected_in_memory(expected)  # (IDs of str, or one line saying what is not)
+    return _Given(listed if isinstance(listed, Sequence) else list(listed)), "a list"
 
 
 def _read(path: str | os.PathLike[str]) -> Iterable[tuple[np.ndarray, np.ndarray]]:

@@ -53,6 +53,7 @@ __all__ = [
     "read_sequence_index",
     "RANGE_BYTES",
     "encode_ids",
+    "encode_and_hash_ids",
     "not_text",
     "iter_encoded_id_blocks",
     "expected_ranges",
@@ -856,6 +857,18 @@ def encode_ids(ids: Sequence[str] | np.ndarray, *, max_width: int | None = None)
     return kept
 
 
+def encode_and_hash_ids(ids: Sequence[str], *, max_width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """IDs as :func:`encode_ids` gives them, and the hash of each one's bytes
+    (:func:`~virnucpro_merge.validation.id_hashes`: what a shard's IDs, read as bytes, hash to).
+
+    >>> encoded, hashes = encode_and_hash_ids(["seq1"])
+    >>> hashes.tolist() == [hash(b"seq1")]
+    True
+    """
+    encoded = encode_ids(ids, max_width=max_width)
+    return encoded, id_hashes(encoded.tolist())
+
+
 def _encoded_range(path: Path, form: str, start: int, end: int, shown: object, why: str,
                    max_width: int | None, hashed: bool) -> tuple[_Block, RangeIds]:
     """Worker task: the encoded IDs of one byte range (and their hashes), and the range read
@@ -868,8 +881,7 @@ _Block = np.ndarray | tuple[np.ndarray, np.ndarray]
 
 
 def _encoded(ids: Sequence[str], max_width: int | None, hashed: bool) -> _Block:
-    encoded = encode_ids(ids, max_width=max_width)
-    return (encoded, id_hashes(encoded.tolist())) if hashed else encoded
+    return encode_and_hash_ids(ids, max_width=max_width) if hashed else encode_ids(ids, max_width=max_width)
 
 
 @overload
@@ -893,8 +905,7 @@ def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = 1, ma
     do not agree (:func:`ranges_agree`) is read again from start to end. A gzipped
     file, a pipe, a small file, ``workers=1`` or a system without ``fork``: read here,
     from start to end. With ``hashed``, each block comes with its IDs' hashes
-    (:func:`~virnucpro_merge.validation.id_hashes` of the bytes), worked out by the
-    process that read it.
+    (:func:`encode_and_hash_ids`), worked out by the process that read it.
 
     Examples
     --------

@@ -39,7 +39,7 @@ import numpy as np
 from .._processes import pool, usable_cpus
 from ..checks import expected_in_memory
 from ..errors import MergeError, ShardError
-from ..expected import encode_ids, iter_encoded_id_blocks
+from ..expected import encode_and_hash_ids, iter_encoded_id_blocks
 from ..plan import shard_paths
 from ..ranks import (
     folder_shards,
@@ -282,11 +282,10 @@ class _Lookup:
         for position in self.order[np.isin(self.sorted, self.shared)].tolist():
             self.by_bytes.setdefault(_as_bytes(self.encoded[position]), []).append(position)
 
-    def positions(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def positions(self, block: np.ndarray, raw: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For a block of a shard's IDs (bytes, as :func:`~virnucpro_merge.shards.iter_id_blocks`
-        yields them): the index positions of the expected ones, a mask of those that are
-        not expected, and every ID's hash."""
-        raw = block.tolist()
+        yields them; ``raw``: the same as a list): the index positions of the expected ones,
+        a mask of those that are not expected, and every ID's hash."""
         hashes = id_hashes(raw)
         expected = np.zeros(len(raw), bool)
         if not self.n:
@@ -337,11 +336,12 @@ def _scan(rank: int, path: Path, lookup: _Lookup) -> _Scan:
             scan.present = read_shard_meta(handle, path, storage=False).num_sequences
             row = 0
             for block in iter_id_blocks(handle, path):
+                raw = block.tolist()
                 try:
-                    b"\x00".join(block.tolist()).decode("utf-8")
+                    b"\x00".join(raw).decode("utf-8")
                 except UnicodeDecodeError as err:
                     raise ShardError(path, f"a sequence ID near row {row} is not valid UTF-8") from err
-                positions, unexpected, hashes = lookup.positions(block)
+                positions, unexpected, hashes = lookup.positions(block, raw)
                 if positions.size:
                     held.append(positions.astype(lookup.position_type, copy=False))
                     scan.step = int(np.gcd.reduce(np.append(np.abs(positions - rank), scan.step)))
@@ -482,8 +482,7 @@ class _Given:
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for start in range(0, len(self.ids), _BLOCK):
-            block = encode_ids(self.ids[start : start + _BLOCK], max_width=_MAX_WIDTH)
-            yield block, id_hashes(block.tolist())
+            yield encode_and_hash_ids(self.ids[start : start + _BLOCK], max_width=_MAX_WIDTH)
 
 
 def inspect_run(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import zlib
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -13,8 +15,9 @@ import pytest
 
 from tests.helpers import ids, read_datasets
 from virnucpro_merge import MergeError, aggregate_shards, materialize, read_expected_ids, verify_merged
-from virnucpro_merge.checksums import rows_checksum
+from virnucpro_merge.checksums import ids_crc, rows_checksum
 from virnucpro_merge.cli import main
+from virnucpro_merge.report import seal
 from virnucpro_merge.synthetic import make_demo_run, write_shard
 
 
@@ -38,13 +41,40 @@ def flip_byte(path, offset):
         fh.write(bytes([byte[0] ^ 0x40]))
 
 
-def edit_summary(path, edit):
-    """Change a merged file's report summary in place (as a damaged or edited file would be)."""
+def edit_summary(path, edit, *, reseal=True):
+    """Change a merged file's report summary in place, as an edited file would be: its checksums
+    made anew to match (``reseal``: so that what the cross-checks catch is tested), or not (as
+    damage would leave it)."""
     with h5py.File(path, "r+") as f:
-        summary = json.loads(f["merge_report/summary"].asstr()[()])
+        group = f["merge_report"]
+        summary = json.loads(group["summary"].asstr()[()])
         edit(summary)
-        del f["merge_report/summary"]
-        f["merge_report/summary"] = json.dumps(summary)
+        if reseal:
+            seal(group, summary, tables_of(group))
+        else:
+            del group["summary"]
+            group["summary"] = json.dumps(summary)
+
+
+def tables_of(group):
+    """A report group's tables as stored (what :func:`seal` takes)."""
+    return {name: group[name][()] for name in group if name != "summary"}
+
+
+def as_format_1(path):
+    """Make a merged file what the previous version wrote: report format 1, its rows and IDs
+    checksummed, the missing IDs' CRC in the summary, no checksum of the summary or tables."""
+    with h5py.File(path, "r+") as f:
+        group = f["merge_report"]
+        summary = json.loads(group["summary"].asstr()[()])
+        missing = group["missing_ids"].asstr()[:].tolist()
+        summary["format_version"] = 1
+        summary["checksums"] = {k: v for k, v in summary["checksums"].items() if k != "tables"}
+        summary["checksums"]["missing_ids"] = zlib.crc32(("\0".join(missing) + "\0").encode()) if missing else 0
+        del group["summary"]
+        group["summary"] = json.dumps(summary)
+        group.attrs["format_version"] = 1
+        del group.attrs["summary_crc32"]
 
 
 def row_offset(path, row, dim):
@@ -128,15 +158,20 @@ class TestDamageIsCaughtAndLocated:
         assert main(["verify", str(merged)]) == 1
         assert capsys.readouterr().err.startswith(f"virnucpro-merge: error: {merged}: damaged")
 
-    def test_a_missing_id_dropped_from_the_report(self, merged):
+    @pytest.mark.parametrize("version", [2, 1])
+    def test_a_missing_id_dropped_from_the_report(self, merged, version):
+        if version == 1:
+            as_format_1(merged)  # the previous version's files: the missing IDs' CRC in the summary
         with h5py.File(merged, "r+") as f:
             kept = f["merge_report/missing_ids"].asstr()[1:]
             del f["merge_report/missing_ids"]
             f["merge_report"].create_dataset("missing_ids", data=kept.astype(object), dtype=h5py.string_dtype())
         found = verify_merged(merged)
-        assert found.problems == [f"{merged}: the report lists {len(kept)} missing IDs, its summary says "
-                                  f"{len(kept) + 1}",
-                                  f"{merged}: the report's missing IDs do not match the checksum the merge recorded"]
+        checksum = ("the report's 'missing_ids' table does not match the checksum the merge recorded" if version == 2
+                    else "the report's missing IDs do not match the checksum the merge recorded")
+        assert found.problems[:2] == [f"{merged}: {checksum}",
+                                      f"{merged}: the report lists {len(kept)} missing IDs, its summary says "
+                                      f"{len(kept) + 1}"]
 
     def test_a_missing_id_that_is_present(self, merged):
         with h5py.File(merged, "r+") as f:
@@ -164,7 +199,8 @@ class TestDamageIsCaughtAndLocated:
 
 class TestOlderAndOtherFiles:
     def test_merged_before_checksums_existed(self, merged, capsys):
-        edit_summary(merged, lambda summary: summary.pop("checksums"))
+        as_format_1(merged)
+        edit_summary(merged, lambda summary: summary.pop("checksums"), reseal=False)
         with h5py.File(merged, "r+") as f:
             del f["merge_report/embedding_checksums"], f["merge_report/id_checksums"]
         found = verify_merged(merged)
@@ -280,10 +316,17 @@ class TestTheRowsChecksum:
         assert before not in {rows_checksum(swapped_rows), rows_checksum(swapped_words), rows_checksum(zeroed)}
 
     def test_checksums_of_an_unknown_kind_are_not_checked(self, merged):
-        edit_summary(merged, lambda summary: summary["checksums"].update(algorithm="sha-9"))
+        as_format_1(merged)  # a file of an earlier version: said, not damaged
+        edit_summary(merged, lambda summary: summary["checksums"].update(algorithm="sha-9"), reseal=False)
         found = verify_merged(merged)
         assert found.intact
         assert "rows' checksums are of a kind this version does not know ('sha-9')" in found.summary()
+
+    def test_an_unknown_kind_in_a_file_of_this_version_is_damage(self, merged):
+        edit_summary(merged, lambda summary: summary["checksums"].update(algorithm="sha-9"))  # (its seal made anew)
+        found = verify_merged(merged)
+        assert found.problems == [f"{merged}: the report names checksums of a kind this version does not know "
+                                  "('sha-9'): its rows cannot be checked"]
 
 
 class TestDamagedReportsAndOddFiles:
@@ -333,17 +376,27 @@ class TestDamagedReportsAndOddFiles:
         edit_summary(merged, edit)
         assert problem in verify_merged(merged).summary()
 
-    def test_a_row_table_gone_although_recorded(self, merged):
+    @pytest.mark.parametrize(("version", "problem"), [
+        (2, "the report's 'embedding_checksums' table is gone (damaged report)"),
+        (1, "the report says its rows were checksummed, but 'embedding_checksums' is gone")])
+    def test_a_row_table_gone_although_recorded(self, merged, version, problem):
+        if version == 1:
+            as_format_1(merged)
         with h5py.File(merged, "r+") as f:
             del f["merge_report/embedding_checksums"]
-        assert "its rows were checksummed, but 'embedding_checksums' is gone" in verify_merged(merged).summary()
+        assert problem in verify_merged(merged).summary()
 
-    def test_one_character_of_a_missing_id(self, merged):
+    @pytest.mark.parametrize(("version", "problem"), [
+        (2, "the report's 'missing_ids' table does not match the checksum the merge recorded"),
+        (1, "the report's missing IDs do not match the checksum the merge recorded")])
+    def test_one_character_of_a_missing_id(self, merged, version, problem):
+        if version == 1:
+            as_format_1(merged)
         with h5py.File(merged) as f:
             missing = f["merge_report/missing_ids"].asstr()[:].tolist()
         missing[-1] = missing[-1][:-1] + "="  # still sorted, still counted
         self.replace_dataset(merged, "merge_report/missing_ids", np.array(missing, dtype=h5py.string_dtype()))
-        assert "missing IDs do not match the checksum the merge recorded" in verify_merged(merged).summary()
+        assert verify_merged(merged).problems == [f"{merged}: {problem}"]
 
 
 class TestAgainst:
@@ -368,3 +421,197 @@ class TestAgainst:
         assert found.intact
         assert "rows compared" not in found.summary()
         assert "its rows are its shards' own rows" in found.summary()
+
+
+# --------------------------------------------------------------------------- what verify catches, item by item
+
+
+def _replace(path, name, data, *, reseal=True):
+    """Replace dataset ``name`` of a merged file (its report's checksums made anew with ``reseal``)."""
+    with h5py.File(path, "r+") as f:
+        del f[name]
+        f.create_dataset(name, data=data, dtype=h5py.string_dtype() if data.dtype == object else data.dtype)
+        if reseal:
+            group = f["merge_report"]
+            seal(group, json.loads(group["summary"].asstr()[()]), tables_of(group))
+
+
+def _duplicate_an_id(path):
+    """Write the first ID over the second, its IDs' checksums made anew to match (as a careful forger would)."""
+    with h5py.File(path, "r+") as f:
+        stored = f["sequence_ids"].asstr()[:].tolist()
+        f["sequence_ids"][1] = stored[0]
+        crc = ids_crc([stored[0], stored[0], *stored[2:]])
+        group = f["merge_report"]
+        del group["id_checksums"]
+        group["id_checksums"] = np.array([[0, len(stored), crc]], np.int64)
+        seal(group, json.loads(group["summary"].asstr()[()]), tables_of(group))
+
+
+def _flip_in_summary(path, text):
+    """Flip the lowest bit of the last character of ``text`` in the summary's bytes in the file."""
+    data = path.read_bytes()
+    at = data.index(text.encode()) + len(text.encode()) - 1
+    flip = bytes([data[at] ^ 1])
+    path.write_bytes(data[:at] + flip + data[at + 1:])
+
+
+def _missing_ids(path):
+    with h5py.File(path) as f:
+        return f["merge_report/missing_ids"].asstr()[:].tolist()
+
+
+def _set_attr(path, name, value):
+    with h5py.File(path, "r+") as f:
+        if value is None:
+            del f["merge_report"].attrs[name]
+        else:
+            f["merge_report"].attrs[name] = value
+
+
+#: One case for each row of the table of what verify catches (docs/howto/verify.md): the
+#: damage done to a fresh partial merge, and the start of the first problem it gives.
+CATCHES = {
+    "row count": (lambda m: edit_summary(m, lambda s: s.update(total_sequences=s["total_sequences"] - 1)),
+                  "'embeddings' has shape"),
+    "shard offsets": (lambda m: edit_summary(m, lambda s: s["shards"][1].update(offset=s["shards"][1]["offset"] + 1)),
+                      "the report puts "),
+    "dimension": (lambda m: edit_summary(m, lambda s: s.update(embedding_dim=31)), "'embeddings' has shape"),
+    "layout": (lambda m: edit_summary(m, lambda s: s.update(layout="virtual")), "the report says layout 'virtual'"),
+    "missing IDs sorted": (lambda m: _replace(m, "merge_report/missing_ids",
+                                              np.array(_missing_ids(m)[::-1], dtype=object)),
+                           "the report's missing IDs are not sorted"),
+    "missing IDs counted": (lambda m: edit_summary(m, lambda s: s.update(num_missing=s["num_missing"] + 1)),
+                            "the report lists 1275 missing IDs, its summary says 1276"),
+    "missing IDs checksummed": (lambda m: _replace(m, "merge_report/missing_ids",
+                                                   np.array(_missing_ids(m)[:-1] + ["zzz"], dtype=object),
+                                                   reseal=False),
+                                "the report's 'missing_ids' table does not match the checksum"),
+    "missing IDs absent from the IDs": (
+        lambda m: _replace(m, "merge_report/missing_ids",
+                           np.array(sorted([*_missing_ids(m)[1:], read_datasets(m)[1][0]]), dtype=object)),
+        "the report lists "),
+    "every ID once": (_duplicate_an_id, "the ID "),
+    "failed shards and statuses": (lambda m: edit_summary(m, lambda s: s.update(failed_shards=[])),
+                                   "the report's failed_shards and its shards' statuses disagree"),
+    "partial": (lambda m: edit_summary(m, lambda s: s.update(partial=False)), "the report says partial=False"),
+    "counts derivable": (lambda m: edit_summary(m, lambda s: s.update(num_expected=s["num_expected"] ^ 2)),
+                         "the report's counts disagree"),
+    "unexpected IDs counted": (lambda m: edit_summary(m, lambda s: s.update(num_extra=1)),
+                               "the report's counts disagree"),
+    "rows checksummed": (lambda m: flip_byte(m, row_offset(m, 10, 32) + 3), "rows 0-"),
+    "IDs checksummed": (lambda m: _replace(m, "sequence_ids",
+                                           np.array(["x" + i for i in read_datasets(m)[1]], dtype=object),
+                                           reseal=False),
+                        "the IDs of rows 0-"),
+    "NaN/Inf count": (lambda m: edit_summary(m, lambda s: s.update(nonfinite_rows=3)),
+                      "0 rows hold NaN or Inf, the report says 3"),
+    "summary checksummed": (lambda m: _flip_in_summary(m, '"num_expected": 3000'),
+                            "the report's summary does not match the checksum"),
+    "summary checksum there": (lambda m: _set_attr(m, "summary_crc32", None), "the report's summary has no checksum"),
+    "every table there": (lambda m: _delete(m, "merge_report/id_checksums"), "the report's 'id_checksums' table is gone"),
+    "no table unlisted": (lambda m: _add(m, "merge_report/notes", np.arange(3)),
+                          "the report holds 'notes', which its summary does not list"),
+    "checksum kind known": (lambda m: edit_summary(m, lambda s: s["checksums"].update(algorithm="wsum64-crc33")),
+                            "the report names checksums of a kind this version does not know"),
+    "format version": (lambda m: _set_attr(m, "format_version", 3), "the report's format version is 3 in its group"),
+}
+
+
+def _delete(path, name):
+    with h5py.File(path, "r+") as f:
+        del f[name]
+
+
+def _add(path, name, data):
+    with h5py.File(path, "r+") as f:
+        f[name] = data
+
+
+def _documented_catches():
+    """The first column of the table under "What verify catches" in docs/howto/verify.md."""
+    page = (Path(__file__).parents[1] / "docs" / "howto" / "verify.md").read_text(encoding="utf-8")
+    section = page.split("## What verify catches", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")]
+    return rows[1:]  # (after the header)
+
+
+def test_the_docs_list_every_case_and_nothing_else():
+    assert _documented_catches() == list(CATCHES)
+
+
+@pytest.mark.parametrize("case", list(CATCHES))
+def test_verify_catches(merged, capsys, case):
+    damage, problem = CATCHES[case]
+    assert verify_merged(merged).intact
+    damage(merged)
+    found = verify_merged(merged)
+    assert not found.intact, case
+    assert any(line.startswith(f"{merged}: {problem}") for line in found.problems), found.problems
+    assert main(["verify", str(merged)]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_ids_swapped_after_their_checksums_were_removed(merged):
+    """Two IDs swapped (two embeddings carrying each other's labels) after the IDs' checksums went."""
+    _delete(merged, "merge_report/id_checksums")
+    with h5py.File(merged, "r+") as f:
+        first, second = f["sequence_ids"].asstr()[:2]
+        f["sequence_ids"][0], f["sequence_ids"][1] = second, first
+    assert verify_merged(merged).problems[0] == f"{merged}: the report's 'id_checksums' table is gone (damaged report)"
+    as_format_1(merged)  # a file of the previous version: its summary says the IDs were checksummed
+    assert verify_merged(merged).problems[0] == (f"{merged}: the report says its IDs were checksummed, but "
+                                                 "'id_checksums' is gone (damaged report)")
+
+
+def test_a_flipped_bit_in_the_missing_positions(run, tmp_path):
+    out = aggregate_shards(run.shard_files, tmp_path / "i.h5", read_expected_ids(run.index), partial=True,
+                           order="index")
+    with h5py.File(out, "r+") as f:
+        positions = f["merge_report/missing_positions"]
+        positions[5] = positions[5] ^ 16
+    assert verify_merged(out).problems == [
+        f"{out}: the report's 'missing_positions' table does not match the checksum the merge recorded"]
+
+
+@pytest.mark.parametrize("field", ["num_expected", "num_extra", "num_missing", "total_sequences"])
+def test_a_flipped_bit_in_a_stored_count(merged, field):
+    with h5py.File(merged) as f:
+        value = json.loads(f["merge_report/summary"].asstr()[()])[field]
+    _flip_in_summary(merged, f'"{field}": {value}')
+    assert verify_merged(merged).problems[0] == (
+        f"{merged}: the report's summary does not match the checksum the merge recorded")
+
+
+def test_a_flipped_bit_in_the_checksum_name_is_damage(merged):
+    _flip_in_summary(merged, "wsum64")  # (all row checks would be skipped, with a note)
+    assert verify_merged(merged).problems == [
+        f"{merged}: the report's summary does not match the checksum the merge recorded"]
+    edit_summary(merged, lambda summary: None)  # the flipped name, its summary's checksum made anew
+    assert verify_merged(merged).problems == [
+        f"{merged}: the report names checksums of a kind this version does not know ('wsum65-crc32'): "
+        "its rows cannot be checked"]
+
+
+class TestAShardThatAppearedSince:
+    """``verify --against run/`` after a shard the partial merge recorded as absent has appeared."""
+
+    def test_it_is_intact_with_a_note(self, run, tmp_path, capsys):
+        shutil.copytree(run.directory, tmp_path / "run")
+        folder = tmp_path / "run"
+        shards = [folder / p.name for p in run.shard_files]
+        absent = next(p for p, original in zip(shards, run.shard_files, strict=True) if not original.exists())
+        merged = aggregate_shards(shards, tmp_path / "m.h5", read_expected_ids(run.index), partial=True)
+        rank = run.shard_files.index(next(p for p in run.shard_files if not p.exists()))
+        expected = read_expected_ids(run.index)[rank :: run.world_size]
+        write_shard(absent, expected, np.ones((len(expected), 32), np.float32))  # its worker, re-run
+        found = verify_merged(merged, against=[folder])
+        assert found.intact, found.problems
+        assert any(f"{absent}: the merge recorded it as failed (file does not exist); it is there now" in note
+                   for note in found.notes)
+        assert main(["verify", str(merged), "--against", str(folder)]) == 0
+        assert "it is there now" in capsys.readouterr().out
+
+    def test_a_shard_the_merge_never_saw_is_still_a_problem(self, run, merged, tmp_path):
+        stranger = write_shard(tmp_path / "shard_0.h5", ["not-in-the-run"], np.ones((1, 32), np.float32))
+        assert "not-in-the-run of" in verify_merged(merged, against=[stranger]).problems[0]

@@ -39,8 +39,8 @@ from typing import Protocol
 import h5py
 import numpy as np
 
-__all__ = ["ALGORITHM", "ROW_TABLE", "ID_TABLE", "rows_checksum", "ids_crc", "summary_entry", "Checksums",
-           "IdSink", "ChecksummedIds", "read_checksums"]
+__all__ = ["ALGORITHM", "ROW_TABLE", "ID_TABLE", "rows_checksum", "ids_crc", "summary_entry", "table_crc",
+           "Checksums", "IdSink", "ChecksummedIds", "read_checksums"]
 
 #: The name of the checksum, as the report's summary gives it.
 ALGORITHM = "wsum64-crc32"
@@ -92,11 +92,25 @@ def ids_crc(ids: Sequence[str | bytes] | np.ndarray) -> int:
     return zlib.crc32(b"\0".join(items) + b"\0")
 
 
-def summary_entry(missing_ids: Sequence[str], *, embeddings: bool) -> dict:
-    """The report summary's ``checksums``: the algorithm, whether the rows have a table of
-    checksums (not in a virtual output), and the CRC-32 of the sorted missing IDs (the
-    report's own list, which no table covers)."""
-    return {"algorithm": ALGORITHM, "embeddings": embeddings, "missing_ids": ids_crc(sorted(missing_ids))}
+def summary_entry(*, embeddings: bool) -> dict:
+    """The report summary's ``checksums``: the algorithm, and whether the rows have a table of
+    checksums (not in a virtual output). The report adds the CRC of each of its tables
+    (:func:`table_crc`) when it is stored."""
+    return {"algorithm": ALGORITHM, "embeddings": embeddings}
+
+
+def table_crc(values: np.ndarray) -> int:
+    """The CRC-32 of one of a report's tables, as stored and as read back: strings as
+    :func:`ids_crc` takes them, numbers as little-endian 64-bit integers.
+
+    >>> table_crc(np.array(["b", "a"], dtype=object)) == ids_crc(["b", "a"])
+    True
+    >>> table_crc(np.arange(6).reshape(2, 3)) == table_crc(np.arange(6, dtype=np.int32).reshape(2, 3))
+    True
+    """
+    if values.dtype.kind in "OSU":
+        return ids_crc(values)
+    return zlib.crc32(np.ascontiguousarray(values, dtype="<i8").tobytes())
 
 
 class Checksums:
@@ -119,12 +133,10 @@ class Checksums:
         with self._lock:
             self.ids.append(entry)
 
-    def write(self, group: h5py.Group, *, rows: bool = True) -> None:
-        """Store the checksums in the report's group (``rows=False``: IDs only)."""
-        for name, entries in ((ROW_TABLE, self.rows if rows else None), (ID_TABLE, self.ids)):
-            if entries is not None:
-                data = np.array(sorted(entries), dtype=np.int64).reshape(-1, 3)
-                group.create_dataset(name, data=data)
+    def tables(self, *, rows: bool = True) -> dict[str, np.ndarray]:
+        """The checksum tables to store in the report (``rows=False``: of the IDs only)."""
+        entries = {ROW_TABLE: self.rows, ID_TABLE: self.ids} if rows else {ID_TABLE: self.ids}
+        return {name: np.array(sorted(found), dtype=np.int64).reshape(-1, 3) for name, found in entries.items()}
 
 
 class IdSink(Protocol):

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DuplicateIdError, MergeError, MissingIdsError, ShardError, UnreadableShardError
-from .ranks import rank_of
+from .ranks import rank_of, rank_ranges
 from .shards import ABSENT, ShardMeta, iter_id_chunks, open_shard, read_shard_meta
 from .sources import file_key, fingerprint
 from .validation import Findings, IdIndex, warn_extra
@@ -210,16 +210,8 @@ def failed_summary(plan: MergePlan, most: int = 10) -> list[str]:
         absent = []  # a few: a line each
     lines = []
     if len(absent) > 1:
-        ranks = sorted(rank_of(s.path) or 0 for s in absent)
-        runs: list[list[int]] = []
-        for rank in ranks:
-            if runs and rank == runs[-1][1] + 1:
-                runs[-1][1] = rank
-            else:
-                runs.append([rank, rank])
-        shown = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:most])
-        more = f" and {len(runs) - most} more runs" if len(runs) > most else ""
-        lines.append(f"{len(absent):,} absent shards, ranks {shown}{more} (in {absent[0].path.parent})")
+        ranks = [rank_of(s.path) or 0 for s in absent]
+        lines.append(f"{len(absent):,} absent shards, ranks {rank_ranges(ranks, most)} (in {absent[0].path.parent})")
     summarised = {id(s) for s in absent} if len(absent) > 1 else set()
     others = [s for s in plan.failed_shards if id(s) not in summarised]
     lines += [f"{s.path}: {s.error}" for s in others[:most]]

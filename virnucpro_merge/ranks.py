@@ -35,6 +35,7 @@ __all__ = [
     "in_rank_order",
     "expand_shard_args",
     "listed",
+    "rank_ranges",
 ]
 
 logger = logging.getLogger("virnucpro_merge")
@@ -219,6 +220,23 @@ def in_rank_order(paths: Sequence[Path]) -> list[Path]:
         return list(paths)
     found = {rank: path for rank, path in zip(ranks, paths, strict=True) if rank is not None}
     return [found.get(rank, shard_path(Path(paths[0]).parent, rank)) for rank in range(max(found) + 1)]
+
+
+def rank_ranges(ranks: Sequence[int], most: int = 12) -> str:
+    """Ranks as runs: ``0-3, 7, 9-12`` (at most ``most`` runs, then ``and N more ranks``).
+
+    >>> rank_ranges([0, 1, 2, 3, 7, 9, 10])
+    '0-3, 7, 9-10'
+    """
+    runs: list[list[int]] = []
+    for rank in sorted(ranks):
+        if runs and rank == runs[-1][1] + 1:
+            runs[-1][1] = rank
+        else:
+            runs.append([rank, rank])
+    shown = [f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:most]]
+    rest = sum(b - a + 1 for a, b in runs[most:])
+    return ", ".join(shown) + (f" and {rest:,} more ranks" if rest else "")
 
 
 def listed(names: Sequence[str], most: int = 5) -> str:

@@ -2,14 +2,21 @@
 
 Layout inside the output (beside ``embeddings`` and ``sequence_ids``)::
 
-    merge_report/            group, attribute ``format_version``
-        summary              scalar UTF-8 string: JSON of everything but the lists below
+    merge_report/            group, attributes ``format_version`` and ``summary_crc32``
+        summary              scalar UTF-8 string: JSON of everything but the tables below
         missing_ids          (m,) variable-length UTF-8 strings, sorted
         missing_positions    (m,) int64: index positions of the missing IDs
                              (only for ``order="index"``)
+        embedding_checksums  the checksums of the rows and of the IDs
+        id_checksums         (:mod:`virnucpro_merge.checksums`)
 
 The summary is a dataset rather than an attribute so that a run of thousands of
 shards never meets HDF5's 64 KiB attribute limit.
+
+Every stored part is covered (format 2): the summary lists each table with its CRC-32
+(``checksums.tables``), and the group's ``summary_crc32`` is the CRC-32 of the summary's
+own bytes. What is derivable is cross-checked as well (:func:`report_problems`): a
+removed table, a flipped bit in a count, an edited status, all show.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import datetime as _dt
 import json
 import logging
 import os
+import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +34,21 @@ import h5py
 import numpy as np
 
 from ._version import __version__
+from .checksums import ALGORITHM, ID_TABLE, ROW_TABLE, ids_crc, table_crc
 from .errors import MergeError
 from .plan import MergePlan
 from .shards import REPORT_GROUP, open_shard, read_report_summary
 from .sources import source_problems
 
-__all__ = ["FORMAT_VERSION", "MergeReport", "build_report", "record_nonfinite", "write_report", "read_merge_report"]
+__all__ = ["FORMAT_VERSION", "SUMMARY_CRC", "MergeReport", "build_report", "record_nonfinite", "write_report",
+           "seal", "report_problems", "read_merge_report"]
 
 logger = logging.getLogger("virnucpro_merge")
 
-FORMAT_VERSION = 1
+#: The report's format: 2 covers every stored part with a checksum (1: the rows and IDs only).
+FORMAT_VERSION = 2
+#: The report group's attribute holding the CRC-32 of the summary's bytes.
+SUMMARY_CRC = "summary_crc32"
 #: Report fields kept as datasets (they grow with the run), with their HDF5 types.
 _ARRAYS = {"missing_ids": h5py.string_dtype(), "missing_positions": np.dtype("int64")}
 
@@ -106,17 +120,136 @@ def record_nonfinite(report: dict, counts: dict[str, int] | None) -> None:
     report["nonfinite_rows"] = None if counts is None else sum(counts.values())
 
 
-def write_report(handle: h5py.File, report: dict) -> None:
-    """Store ``report`` in an open output file."""
+def write_report(handle: h5py.File, report: dict, tables: Mapping[str, np.ndarray] | None = None) -> None:
+    """Store ``report`` in an open output file, with ``tables`` (the checksums of its rows and
+    IDs), every part covered by a checksum (:func:`seal`)."""
     group = handle.create_group(REPORT_GROUP)
+    arrays = {name: np.array(report[name], dtype=object if dtype.kind == "O" else dtype).reshape(-1)
+              for name, dtype in _ARRAYS.items() if name in report}
+    arrays.update(tables or {})
+    for name, data in arrays.items():
+        group.create_dataset(name, data=data, dtype=_ARRAYS.get(name, data.dtype))
+    seal(group, {k: v for k, v in report.items() if k not in _ARRAYS}, arrays)
+
+
+def seal(group: h5py.Group, summary: dict, tables: Mapping[str, np.ndarray]) -> None:
+    """Write ``summary`` into a report's group, with the CRC-32 of each of ``tables`` (the
+    group's datasets, as stored) in it and the CRC-32 of its own bytes beside it."""
+    checksums = {**summary.get("checksums", {}), "tables": {name: table_crc(data) for name, data in tables.items()}}
+    text = json.dumps({**summary, "format_version": FORMAT_VERSION, "checksums": checksums})
+    if "summary" in group:
+        del group["summary"]
+    group.create_dataset("summary", data=text, dtype=h5py.string_dtype())
     group.attrs["format_version"] = FORMAT_VERSION
-    summary = {k: v for k, v in report.items() if k not in _ARRAYS}
-    group.create_dataset("summary", data=json.dumps(summary), dtype=h5py.string_dtype())
-    for name, dtype in _ARRAYS.items():
-        if name in report:
-            values = report[name]
-            data = np.array(values, dtype=object if dtype.kind == "O" else dtype)
-            group.create_dataset(name, data=data, shape=(len(values),), dtype=dtype)
+    group.attrs[SUMMARY_CRC] = zlib.crc32(text.encode())
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n:,} {thing}" + ("" if n == 1 else "s")
+
+
+def report_problems(group: h5py.Group, summary: Mapping, missing: list[str]) -> list[str]:
+    """What is wrong with a stored report by itself, without reading the rows: each part
+    against its checksum (format 2), and what is derivable against what it derives from.
+
+    Parameters
+    ----------
+    group : h5py.Group
+        The file's ``merge_report`` group.
+    summary : mapping
+        Its summary, as read (:func:`~virnucpro_merge.shards.read_report_summary`).
+    missing : list of str
+        Its missing IDs, as read.
+
+    Returns
+    -------
+    list of str
+        One line per problem (empty: none found).
+    """
+    problems = _stored_problems(group, summary, missing)
+    failed = {str(p) for p in summary["failed_shards"]}
+    status = {s["path"]: s["status"] for s in summary["shards"]}
+    wrong = sorted(p for p, st in status.items() if (st == "failed") != (p in failed))
+    if wrong:
+        problems.append(f"the report's failed_shards and its shards' statuses disagree on {', '.join(wrong[:5])}")
+    partial = bool(failed) or bool(missing)
+    if summary["partial"] != partial:
+        problems.append(f"the report says partial={summary['partial']}, but {_count(len(failed), 'shard')} "
+                        f"failed and {_count(len(missing), 'ID')} are missing")
+    if summary.get("order", "shards") == "shards":
+        offset = 0
+        for shard in summary["shards"]:
+            if shard["status"] == "failed":
+                continue
+            if shard["offset"] != offset:
+                problems.append(f"the report puts {shard['path']} at row {shard['offset']}, not {offset}")
+                break
+            offset += shard["num_sequences"]
+    if len(missing) != summary.get("num_missing", len(missing)):
+        problems.append(f"the report lists {len(missing)} missing IDs, its summary says {summary['num_missing']}")
+    if any(a >= b for a, b in zip(missing, missing[1:], strict=False)):
+        problems.append("the report's missing IDs are not sorted and distinct")
+    expected, extra = summary.get("num_expected"), summary.get("num_extra", 0)
+    if expected is not None and expected - len(missing) + extra != summary["total_sequences"]:
+        problems.append(f"the report's counts disagree: {expected:,} expected - {len(missing):,} missing + "
+                        f"{extra:,} not expected is not its {summary['total_sequences']:,} rows")
+    if expected is None and (missing or extra):
+        problems.append("the report counts missing or unexpected IDs, but no expected ones")
+    return problems
+
+
+def _stored_problems(group: h5py.Group, summary: Mapping, missing: list[str]) -> list[str]:
+    """Each stored part of the report against its checksum (format 2; format 1 recorded
+    the missing IDs' only), and the tables its summary says it has, there."""
+    version = group.attrs.get("format_version")
+    version = int(version) if isinstance(version, np.integer) else version
+    if summary.get("format_version", version) != version:
+        return [f"the report's format version is {version!r} in its group and "
+                f"{summary.get('format_version')!r} in its summary"]
+    if not isinstance(version, int | np.integer) or not 1 <= version <= FORMAT_VERSION:
+        return [f"its report is of format {version!r}, which this version of virnucpro-merge does not know "
+                f"(it reads 1 to {FORMAT_VERSION}): it cannot be verified"]
+    checksums = summary.get("checksums")
+    if version == 1:
+        if not isinstance(checksums, dict):
+            return []  # merged before checksums existed (verify says so)
+        if ID_TABLE not in group:
+            return [f"the report says its IDs were checksummed, but '{ID_TABLE}' is gone (damaged report)"]
+        recorded = checksums.get("missing_ids")
+        if isinstance(recorded, int) and ids_crc(missing) != recorded:
+            return ["the report's missing IDs do not match the checksum the merge recorded"]
+        return []
+    stored = group.attrs.get(SUMMARY_CRC)
+    raw = group["summary"][()]
+    if stored is None:
+        return [f"the report's summary has no checksum ('{SUMMARY_CRC}' is gone: damaged report)"]
+    if zlib.crc32(raw if isinstance(raw, bytes) else str(raw).encode()) != stored:
+        return ["the report's summary does not match the checksum the merge recorded"]
+    tables = checksums.get("tables") if isinstance(checksums, dict) else None
+    if not isinstance(checksums, dict) or not isinstance(tables, dict):
+        return ["the report's summary lists no checksums of its tables (damaged report)"]
+    problems = []
+    if checksums.get("algorithm") != ALGORITHM:
+        problems.append(f"the report names checksums of a kind this version does not know "
+                        f"({checksums.get('algorithm')!r}): its rows cannot be checked")
+    needed = {ID_TABLE, "missing_ids"} | ({ROW_TABLE} if summary.get("layout") != "virtual" else set()) | (
+        {"missing_positions"} if summary.get("order") == "index" else set())
+    for name in sorted(needed - set(tables)):
+        problems.append(f"the report's summary does not list its '{name}' table (damaged report)")
+    for name, crc in tables.items():
+        if name not in group:
+            problems.append(f"the report's '{name}' table is gone (damaged report)")
+            continue
+        try:
+            values = np.array(missing, dtype=object) if name == "missing_ids" else group[name][()]
+        except (OSError, ValueError, TypeError) as err:
+            problems.append(f"the report's '{name}' table cannot be read ({err})")
+            continue
+        if table_crc(np.asarray(values)) != crc:
+            problems.append(f"the report's '{name}' table does not match the checksum the merge recorded")
+    for name in sorted(set(group) - set(tables) - {"summary"}):
+        problems.append(f"the report holds '{name}', which its summary does not list (damaged report)")
+    return problems
 
 
 def read_merge_report(merged_path: str | os.PathLike[str]) -> MergeReport:

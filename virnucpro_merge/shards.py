@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +38,11 @@ __all__ = [
     "open_shard_file",
     "read_shard_meta",
     "read_report_summary",
+    "embeddings_of",
     "iter_id_blocks",
     "iter_id_chunks",
+    "read_id_rows",
+    "read_rows",
     "read_id_bytes",
     "get_shard_info",
 ]
@@ -230,26 +233,96 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _count(value: object) -> bool:
+    return _is_int(value) and value >= 0  # type: ignore[operator]
+
+
+def _optional(check: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda value: value is None or check(value)
+
+
+def _text(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _flag(value: object) -> bool:
+    return isinstance(value, bool)
+
+
+def _texts(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _records(fields: dict[str, tuple[Callable[[object], bool], str]], *, required: tuple[str, ...] = ()
+             ) -> Callable[[object], str | None]:
+    """A check of a list of records: each a JSON object whose ``fields`` (where present; the
+    ``required`` ones always) pass their checks. It returns what is wrong, or None."""
+
+    def check(value: object) -> str | None:
+        if not isinstance(value, list):
+            return "is not a list"
+        for record in value:
+            if not isinstance(record, dict):
+                return "holds a record that is not a JSON object"
+            for key, (valid, kind) in fields.items():
+                if (key in record or key in required) and not valid(record.get(key)):
+                    return f"holds a record whose '{key}' is not {kind}"
+        return None
+
+    return check
+
+
+_COUNT, _TEXT, _FLAG = (_count, "a whole number >= 0"), (_text, "text"), (_flag, "true or false")
+_MAYBE_COUNT, _MAYBE_TEXT, _MAYBE_FLAG = ((_optional(check), f"{kind} or null")
+                                         for check, kind in (_COUNT, _TEXT, _FLAG))
+
+#: Every field of a report's summary that a reader uses or shows, with what it must be
+#: (a file from someone else is data: nothing of another kind reaches a table or a page).
+_SUMMARY_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "total_sequences": _COUNT,
+    "embedding_dim": _COUNT,
+    "partial": _FLAG,
+    "format_version": _MAYBE_COUNT,
+    "created_by": _MAYBE_TEXT,
+    "created_at": _MAYBE_TEXT,
+    "chunk_size": _MAYBE_COUNT,
+    "layout": (_optional(lambda v: v in ("contiguous", "virtual")), "'contiguous' or 'virtual'"),
+    "order": (_optional(lambda v: v in ("shards", "index")), "'shards' or 'index'"),
+    "failed_shards": (_texts, "a list of paths"),
+    "missing_ids": (_texts, "a list of IDs"),
+    "num_expected": _MAYBE_COUNT,
+    "num_missing": _COUNT,
+    "num_extra": _COUNT,
+    "nonfinite_rows": _MAYBE_COUNT,
+    "materialized_from": _TEXT,
+    "checksums": (lambda v: isinstance(v, dict), "a JSON object"),
+}
+_SUMMARY_LISTS: dict[str, Callable[[object], str | None]] = {
+    "shards": _records({"path": _TEXT, "num_sequences": _COUNT, "offset": _MAYBE_COUNT, "status": _TEXT,
+                        "dtype": _MAYBE_TEXT, "error": _MAYBE_TEXT, "merged": _FLAG, "nonfinite_rows": _MAYBE_COUNT},
+                       required=("path", "num_sequences", "offset", "status")),
+    "lineage": _records({"path": _TEXT, "created_at": _MAYBE_TEXT, "total_sequences": _MAYBE_COUNT,
+                         "partial": _MAYBE_FLAG, "num_missing": _MAYBE_COUNT,
+                         "failed_shards": (_optional(_texts), "a list of paths or null")}),
+    "sources": _records({"path": _TEXT, "size": _COUNT, "mtime_ns": _COUNT}, required=("path", "size", "mtime_ns")),
+}
+_REQUIRED = ("total_sequences", "embedding_dim", "partial", "shards", "failed_shards")
+
+
 def _summary_problem(summary: object) -> str | None:
     """What is wrong with the shape of a report's summary (None: nothing)."""
     if not isinstance(summary, dict):
         return "the summary is not a JSON object"
-    for key, check, kind in (("total_sequences", _is_int, "a whole number"),
-                             ("embedding_dim", _is_int, "a whole number"),
-                             ("partial", lambda v: isinstance(v, bool), "true or false"),
-                             ("shards", lambda v: isinstance(v, list), "a list"),
-                             ("failed_shards", lambda v: isinstance(v, list), "a list")):
-        if not check(summary.get(key)):
+    for key in _REQUIRED:
+        if key not in summary:
+            return f"'{key}' is not there"
+    for key, (valid, kind) in _SUMMARY_FIELDS.items():
+        if key in summary and not valid(summary[key]):
             return f"'{key}' is not {kind}"
-    for shard in summary["shards"]:
-        if not (isinstance(shard, dict) and isinstance(shard.get("path"), str) and _is_int(shard.get("num_sequences"))
-                and isinstance(shard.get("status"), str) and (shard.get("offset") is None or _is_int(shard["offset"]))):
-            return "a shard's record lacks its path, rows, offset or status"
-    for key in ("missing_ids", "sources", "lineage"):
-        if key in summary and not isinstance(summary[key], list):
-            return f"'{key}' is not a list"
-    if "missing_ids" in summary and not all(isinstance(i, str) for i in summary["missing_ids"]):
-        return "'missing_ids' holds more than IDs"
+    for key, check in _SUMMARY_LISTS.items():
+        problem = check(summary[key]) if key in summary else None
+        if problem is not None:
+            return f"'{key}' {problem}"
     return None
 
 
@@ -259,12 +332,60 @@ def iter_id_blocks(handle: h5py.File, path: str | os.PathLike[str], chunk: int =
 
     Such a block can be written as it is into a variable-length string dataset.
     """
-    dset = handle[SEQUENCE_IDS]
+    dset = _ids_dataset(handle, path)
     for first in range(0, dset.shape[0], chunk):
         try:
             yield dset[first : first + chunk]
         except OSError as err:
             raise UnreadableShardError(path, f"cannot read 'sequence_ids' ({first_line(err)})") from err
+
+
+def _ids_dataset(handle: h5py.File, path: str | os.PathLike[str]) -> h5py.Dataset:
+    """A shard's ``sequence_ids``, checked to be there and to hold strings."""
+    dset = _dataset(handle, SEQUENCE_IDS, Path(path))
+    if dset.ndim != 1 or (h5py.check_string_dtype(dset.dtype) is None and dset.dtype.kind != "S"):
+        raise ShardError(path, f"'{SEQUENCE_IDS}' holds {dset.dtype} of shape {dset.shape}, not a list of strings")
+    return dset
+
+
+def embeddings_of(handle: h5py.File, path: str | os.PathLike[str]) -> h5py.Dataset:
+    """A shard's ``embeddings`` dataset, checked to be there and 2-D (its rows are read by
+    the caller: the merge's copy, verify's comparison).
+
+    Raises
+    ------
+    ShardError
+        There is no such dataset (an :class:`UnreadableShardError`), or it is not 2-D.
+    """
+    emb = _dataset(handle, EMBEDDINGS, Path(path))
+    if emb.ndim != 2:
+        raise ShardError(path, f"'{EMBEDDINGS}' must be 2-D (rows, dim), got shape {emb.shape}")
+    return emb
+
+
+_SPAN_SLACK = 4  # rows read in one span when it is at most this many times the rows wanted
+
+
+def read_rows(dset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """``dset[rows]`` for sorted, distinct ``rows``, reading one span when it pays (HDF5's
+    point selections are slow)."""
+    if not len(rows):
+        return dset[0:0]
+    low, high = int(rows[0]), int(rows[-1]) + 1
+    if high - low <= _SPAN_SLACK * len(rows):
+        return dset[low:high][rows - low]
+    return dset[rows]
+
+
+def read_id_rows(handle: h5py.File, path: str | os.PathLike[str], rows: np.ndarray, *, text: bool = False
+                 ) -> np.ndarray:
+    """The IDs at ``rows`` (sorted, distinct) of a shard: as stored (UTF-8 bytes), or as str
+    with ``text``."""
+    dset = _ids_dataset(handle, path)
+    try:
+        return read_rows(dset.asstr() if text else dset, rows)
+    except (OSError, ValueError, TypeError, UnicodeDecodeError) as err:
+        raise UnreadableShardError(path, f"cannot read '{SEQUENCE_IDS}' ({first_line(err)})") from err
 
 
 def iter_id_chunks(

@@ -27,6 +27,7 @@ from ._write.copy import nonfinite_rows
 from .checksums import ALGORITHM, ID_TABLE, ROW_TABLE, ids_crc, read_checksums, rows_checksum
 from .errors import MergeError, ShardError, UnreadableShardError, shown_id
 from .ranks import folder_shards, listed
+from .report import report_problems
 from .shards import (
     CORRUPT,
     EMBEDDINGS,
@@ -35,13 +36,14 @@ from .shards import (
     REPORT_GROUP,
     SEQUENCE_IDS,
     TRUNCATED,
+    embeddings_of,
     first_line,
     iter_id_chunks,
     open_shard,
     open_shard_file,
     read_report_summary,
 )
-from .sources import source_problems
+from .sources import file_key, source_problems
 from .validation import IdIndex, SortedHashes, id_hashes
 
 __all__ = ["Verification", "verify_merged"]
@@ -171,6 +173,8 @@ class _Checker:
         group = handle[REPORT_GROUP]
         recorded = report.get("checksums")
         self.recorded: dict = recorded if isinstance(recorded, dict) else {}
+        version = group.attrs.get("format_version", 1)
+        self.format = int(version) if isinstance(version, int | np.integer) else 0
         try:
             self.missing = _read_missing(group, path)
         except MergeError as err:
@@ -209,7 +213,10 @@ class _Checker:
 
     # ------------------------------------------------------------------ structure
     def check_structure(self, emb: h5py.Dataset, ids: h5py.Dataset) -> bool:
-        """The report's counts against the datasets; False where reading on makes no sense."""
+        """The report by itself, then its counts against the datasets; False where reading on
+        makes no sense."""
+        for problem in report_problems(self.handle[REPORT_GROUP], self.report, self.missing):
+            self.problem(problem)
         total, dim = self.total, self.dim
         if emb.ndim != 2 or emb.shape[0] != total or (total and emb.shape[1] != dim):
             self.problem(f"'{EMBEDDINGS}' has shape {emb.shape}, the report says ({total}, {dim})")
@@ -224,35 +231,13 @@ class _Checker:
             kind = "virtual" if emb.is_virtual else "contiguous"
             self.problem(f"the report says layout {self.report.get('layout')!r}, the embeddings are {kind}")
             return False
-        merged = [s for s in self.report["shards"] if s.get("status") != "failed"]
-        rows = sum(s.get("num_sequences", 0) for s in merged)
+        merged = [s for s in self.report["shards"] if s["status"] != "failed"]
+        rows = sum(s["num_sequences"] for s in merged)
         if rows != total:
             self.problem(f"the report's shards hold {rows} rows, the file {total}")
-        # (a materialized output lists the failed shards of its virtual input, not among its shards)
-        listed_failed = set(self.report.get("failed_shards") or [])
-        status = {s.get("path"): s.get("status") for s in self.report["shards"]}
-        wrong = sorted(p for p, st in status.items() if (st == "failed") != (p in listed_failed))
-        if wrong:
-            self.problem(f"the report's failed_shards and its shards' statuses disagree on {listed(wrong)}")
-        partial = bool(listed_failed) or bool(self.missing)
-        if self.report.get("partial", partial) != partial:
-            self.problem(f"the report says partial={self.report['partial']}, but {_count(len(listed_failed), 'shard')} "
-                         f"failed and {_count(len(self.missing), 'ID')} are missing")
-        if self.report.get("order", "shards") == "shards":
-            offset = 0
-            for shard in merged:
-                if shard.get("offset") != offset:
-                    self.problem(f"the report puts {shard['path']} at row {shard.get('offset')}, not {offset}")
-                    break
-                offset += shard.get("num_sequences", 0)
-        if len(self.missing) != self.report.get("num_missing", len(self.missing)):
-            self.problem(f"the report lists {len(self.missing)} missing IDs, its summary says "
-                         f"{self.report['num_missing']}")
-        if any(a >= b for a, b in zip(self.missing, self.missing[1:], strict=False)):
-            self.problem("the report's missing IDs are not sorted and distinct")
-        recorded = self.recorded.get("missing_ids")
-        if isinstance(recorded, int) and ids_crc(self.missing) != recorded:
-            self.problem("the report's missing IDs do not match the checksum the merge recorded")
+        if self.format == 1 and isinstance(self.report.get("checksums"), dict):
+            self.found.notes.append("merged by an earlier version (report format 1): its report is cross-checked, "
+                                    "not checksummed")
         self.found.checked.append("structure")
         return True
 
@@ -327,6 +312,8 @@ class _Checker:
                                     + ("" if compared else " (compare them with --against)"))
             return
         algorithm = self.recorded.get("algorithm", ALGORITHM)
+        if algorithm != ALGORITHM and self.format > 1:
+            return  # (a problem already: this version wrote the file, and it names no checksum it knows)
         if algorithm != ALGORITHM:
             self.found.notes.append(f"its rows' checksums are of a kind this version does not know ({algorithm!r}): "
                                     "they cannot be checked" + ("" if compared else " (compare them with --against)"))
@@ -365,7 +352,16 @@ class _Checker:
         order = np.argsort(hashes, kind="stable")
         ordered = SortedHashes(hashes[order])
         compared, skipped = 0, []
+        failed = self._recorded_failed(shards)
         for shard in shards:
+            if shard in failed:
+                if shard.exists():  # a dead worker's shard, there since: the merge never had its rows
+                    self.found.notes.append(f"{shard}: the merge recorded it as failed ({failed[shard]}); it is "
+                                            "there now, but its rows are not in this file: not compared "
+                                            "(merge again to take them in)")
+                else:
+                    skipped.append(f"{shard.name} (failed in the merge too)")
+                continue
             try:
                 with open_shard(shard) as handle:
                     compared += self._compare_shard(emb, ids, shard, handle, ordered, order)
@@ -373,18 +369,29 @@ class _Checker:
                 skipped.append(f"{Path(err.path).name} ({err.problem})")
             if self.found.problems:
                 break
-        used = len(shards) - len(skipped)
+        used = len(shards) - len(skipped) - sum(1 for shard in shards if shard in failed and shard.exists())
         self.found.checked.append(f"{_count(compared, 'row')} compared with {_count(used, 'shard')}")
         if compared < self.total and not self.found.problems:
             self.found.notes.append(f"{self.total - compared:,} rows are in none of the shards compared with")
         if skipped:
             self.found.notes.append(f"not compared: {listed(skipped)}")
 
+    def _recorded_failed(self, shards: list[Path]) -> dict[Path, str]:
+        """The shards of ``shards`` that the merge recorded as failed, with why: the same file,
+        or the same folder and name (the merge may have named it from another folder)."""
+        recorded = [s for s in self.report["shards"] if s["status"] == "failed"]
+        by_key = {file_key(s["path"]): s.get("error") or "failed" for s in recorded}
+        by_tail = {Path(s["path"]).parts[-2:]: s.get("error") or "failed" for s in recorded}
+        found = {}
+        for shard in shards:
+            why = by_key.get(file_key(shard), by_tail.get(Path(os.path.abspath(shard)).parts[-2:]))
+            if why is not None:
+                found[shard] = why
+        return found
+
     def _compare_shard(self, emb: h5py.Dataset, ids: h5py.Dataset, shard: Path, handle: h5py.File,
                        ordered: SortedHashes, order: np.ndarray) -> int:
-        source = handle.get(EMBEDDINGS)
-        if not isinstance(source, h5py.Dataset) or source.ndim != 2:
-            raise UnreadableShardError(shard, f"no 2-D '{EMBEDDINGS}' dataset")
+        source = embeddings_of(handle, shard)
         step = max(1, _BLOCK_BYTES // max(1, source.shape[1] * 4))
         done = 0
         for chunk in iter_id_chunks(handle, shard, step):

@@ -31,7 +31,7 @@ import numpy as np
 from ..checksums import Checksums, IdSink
 from ..errors import UnreadableShardError
 from ..plan import ShardPlan
-from ..shards import EMBEDDINGS, first_line, iter_id_blocks, open_shard
+from ..shards import embeddings_of, first_line, iter_id_blocks, open_shard
 from . import sysio
 
 __all__ = [
@@ -86,7 +86,7 @@ def copy_embeddings_h5py(shard: ShardPlan, write: Callable[[np.ndarray, int], ob
     """
     nonfinite = 0
     with open_shard(shard.path) as handle:
-        emb = handle[EMBEDDINGS]
+        emb = embeddings_of(handle, shard.path)
         for chunk_start, chunk_end in _chunks(shard.num_sequences, buffer.shape[0]):
             rows = chunk_end - chunk_start
             try:

@@ -24,7 +24,7 @@ from ..checksums import ChecksummedIds, Checksums, IdSink, summary_entry
 from ..errors import OutputError
 from ..plan import MergePlan, refuse_changed
 from ..report import record_nonfinite, write_report
-from ..shards import EMBEDDINGS, REPORT_GROUP, SEQUENCE_IDS, first_line
+from ..shards import EMBEDDINGS, SEQUENCE_IDS, first_line
 from ..sources import hdf5_source_name, relative_source, resolve_source
 from . import sysio
 from .atomic import Pending, atomic_output
@@ -162,9 +162,8 @@ def write_contiguous(
                         row_writer.close()
                 nonfinite.update(copying.nonfinite())
                 record_nonfinite(report, nonfinite)
-                report["checksums"] = summary_entry(report["missing_ids"], embeddings=True)
-                write_report(out, report)
-                checksums.write(out[REPORT_GROUP])
+                report["checksums"] = summary_entry(embeddings=True)
+                write_report(out, report, checksums.tables())
             for shard in shards:  # a worker that rewrote its file meanwhile
                 refuse_changed(shard)
         finally:
@@ -192,7 +191,7 @@ def write_virtual(plan: MergePlan, temp: Path, output: Path, report: dict, *, ch
         )
         report["sources"].append({"path": stored, **(shard.fingerprint or {})})
     record_nonfinite(report, None)  # never read: not counted
-    report["checksums"] = summary_entry(report["missing_ids"], embeddings=False)  # rows: the shards'
+    report["checksums"] = summary_entry(embeddings=False)  # rows: the shards'
     checksums = Checksums()
     with h5py.File(temp, "w") as out:
         if plan.total_sequences:
@@ -203,8 +202,7 @@ def write_virtual(plan: MergePlan, temp: Path, output: Path, report: dict, *, ch
             out.create_dataset(SEQUENCE_IDS, shape=(plan.total_sequences,), dtype=h5py.string_dtype()), checksums)
         for shard in shards:
             copy_ids(shard, ids_out, chunk_size)
-        write_report(out, report)
-        checksums.write(out[REPORT_GROUP], rows=False)
+        write_report(out, report, checksums.tables(rows=False))
     _check_mapping(temp, output, [s.path for s in shards])
 
 

@@ -24,7 +24,7 @@ from .._openfiles import OpenFiles
 from ..checksums import Checksums, IdSink
 from ..errors import ExpectedIdsError, ShardError, UnreadableShardError
 from ..plan import MergePlan, ShardPlan
-from ..shards import EMBEDDINGS, SEQUENCE_IDS, first_line, open_shard_file
+from ..shards import embeddings_of, first_line, open_shard_file, read_id_rows, read_rows
 from ..validation import id_hashes
 from .copy import OUTPUT_DTYPE, BlockWriter, nonfinite_rows
 
@@ -32,7 +32,6 @@ __all__ = ["RowOrder", "index_order", "write_in_order"]
 
 # Read a shard's span covering a block's rows when it is at most this many times
 # longer than the rows wanted (always true for stride runs); else read row by row.
-_SPAN_SLACK = 4
 _MAX_OPEN = 32  # shard files kept open at once
 _BLOCK_BYTES = 32 * 2**20  # each of the two block buffers holds at most this (and chunk_size rows)
 
@@ -68,20 +67,12 @@ def index_order(plan: MergePlan, index_ids: Sequence[str]) -> RowOrder:
     )
 
 
-def _read_rows(dset: h5py.Dataset, local: np.ndarray) -> np.ndarray:
-    """``dset[local]`` for sorted, distinct ``local`` rows, reading one span when it pays."""
-    low, high = int(local[0]), int(local[-1]) + 1
-    if high - low <= _SPAN_SLACK * local.size:
-        return dset[low:high][local - low]
-    return dset[local]
-
-
 def _gather(dset: h5py.Dataset, local: np.ndarray, block: np.ndarray, slots: np.ndarray) -> None:
     """``block[slots] = dset[local]`` for sorted ``local`` rows.
 
     In a stride run a shard's rows in a block are consecutive in the shard and
     evenly spaced in the output: HDF5 then reads them straight into place (one
-    strided read, no copy); otherwise through :func:`_read_rows`.
+    strided read, no copy); otherwise through :func:`~virnucpro_merge.shards.read_rows`.
     """
     low, count = int(local[0]), local.size
     step = int(slots[1] - slots[0]) if count > 1 else 1
@@ -90,7 +81,7 @@ def _gather(dset: h5py.Dataset, local: np.ndarray, block: np.ndarray, slots: np.
         first = int(slots[0])
         dset.read_direct(block, np.s_[low : low + count], np.s_[first : first + step * (count - 1) + 1 : step])
     else:
-        block[slots] = _read_rows(dset, local)
+        block[slots] = read_rows(dset, local)
 
 
 def _nonfinite_mask(block: np.ndarray) -> np.ndarray | None:
@@ -138,8 +129,8 @@ def write_in_order(
                 slots, local = slots[sort], local[sort]
                 handle = handles.get(shard.path)
                 try:
-                    _gather(handle[EMBEDDINGS], local, block, slots)
-                    block_ids[slots] = _read_rows(handle[SEQUENCE_IDS].asstr(), local)
+                    _gather(embeddings_of(handle, shard.path), local, block, slots)
+                    block_ids[slots] = read_id_rows(handle, shard.path, local, text=True)
                 except OSError as err:
                     raise UnreadableShardError(shard.path, f"cannot read rows ({first_line(err)})") from err
             checksums.add_rows(out_start, block)

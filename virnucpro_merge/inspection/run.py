@@ -51,7 +51,7 @@ from ..ranks import (
     stride_positions,
     world_size_of,
 )
-from ..shards import iter_id_blocks, open_shard, read_shard_meta
+from ..shards import iter_id_blocks, open_shard, read_id_rows, read_shard_meta
 from ..validation import SortedHashes, id_hashes
 from .statuses import ABSENT, DUPLICATED, EMPTY, FAILED, INCOMPLETE, OFF_STRIDE, OK, STATUSES
 
@@ -416,7 +416,7 @@ def _repeated_extras(paths: Sequence[Path], scans: Sequence[_Scan]) -> set[int]:
             if not wanted.size:
                 continue
             with open_shard(path) as handle:
-                values = handle["sequence_ids"][np.sort(wanted)].tolist()
+                values = read_id_rows(handle, path, np.sort(wanted)).tolist()
             for value in values:
                 if value in first:
                     ranks.add(rank)

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..ranks import rank_ranges
 from .statuses import STATUS_COLORS
 
 if TYPE_CHECKING:
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from .run import RunInspection, ShardSummary
 
 __all__ = [
+    "Markup",
+    "escape",
     "rank_ranges",
     "format_shard_table",
     "format_summary",
@@ -30,23 +33,6 @@ __all__ = [
     "inspection_html",
     "report_html",
 ]
-
-
-def rank_ranges(ranks: Sequence[int], most: int = 12) -> str:
-    """Ranks as runs: ``0-3, 7, 9-12`` (at most ``most`` runs, then ``and N more ranks``).
-
-    >>> rank_ranges([0, 1, 2, 3, 7, 9, 10])
-    '0-3, 7, 9-10'
-    """
-    runs: list[list[int]] = []
-    for rank in sorted(ranks):
-        if runs and rank == runs[-1][1] + 1:
-            runs[-1][1] = rank
-        else:
-            runs.append([rank, rank])
-    shown = [f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:most]]
-    rest = sum(b - a + 1 for a, b in runs[most:])
-    return ", ".join(shown) + (f" and {rest} more ranks" if rest else "")
 
 
 def format_shard_table(shards: Sequence[ShardSummary]) -> str:
@@ -138,50 +124,91 @@ _CELL = "padding: 0.15em 0.6em; border-bottom: 1px solid #ddd; white-space: nowr
 _SHARD_COLORS = {"ok": STATUS_COLORS["ok"], "empty": "#999999", "failed": STATUS_COLORS["failed"]}
 
 
-def _badge(status: str, color: str | None = None) -> str:
-    color = color or STATUS_COLORS.get(status, "#999999")
-    return (f'<span style="display: inline-block; width: 0.8em; height: 0.8em; margin-right: 0.4em; '
-            f'background: {color}; vertical-align: baseline;"></span>{html.escape(status)}')
+class Markup(str):
+    """HTML built here, from parts that went through :func:`escape`: shown as it is."""
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[bool], scroll: bool) -> str:
-    head = "".join(f'<th style="{_CELL} text-align: {"right" if r else "left"};">{html.escape(h)}</th>'
+def escape(value: object) -> Markup:
+    """The one way a value reaches HTML: as text, its markup characters escaped (``Markup``,
+    built here, stays as it is). Every table and list of the viewing wing goes through it.
+
+    >>> escape("<script>alert(1)</script>")
+    '&lt;script&gt;alert(1)&lt;/script&gt;'
+    >>> escape(None), escape(Markup("<b>built here</b>"))
+    ('', '<b>built here</b>')
+    """
+    if isinstance(value, Markup):
+        return value
+    return Markup(html.escape("" if value is None else str(value)))
+
+
+def _badge(status: object, color: str | None = None) -> Markup:
+    shown = str(status)
+    color = color or STATUS_COLORS.get(shown, "#999999")  # (a colour of ours, never one read from a file)
+    return Markup(f'<span style="display: inline-block; width: 0.8em; height: 0.8em; margin-right: 0.4em; '
+                  f'background: {color}; vertical-align: baseline;"></span>{escape(shown)}')
+
+
+def _items(lines: Sequence[object]) -> Markup:
+    """A bulleted list, each line escaped."""
+    return Markup("<ul>" + "".join(f"<li>{escape(line)}</li>" for line in lines) + "</ul>")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, right: Sequence[bool], scroll: bool
+           ) -> Markup:
+    head = "".join(f'<th style="{_CELL} text-align: {"right" if r else "left"};">{escape(h)}</th>'
                    for h, r in zip(headers, right, strict=True))
     body = "".join(
-        "<tr>" + "".join(f'<td style="{_CELL} text-align: {"right" if r else "left"};">{cell}</td>'
+        "<tr>" + "".join(f'<td style="{_CELL} text-align: {"right" if r else "left"};">{escape(cell)}</td>'
                          for cell, r in zip(row, right, strict=True)) + "</tr>"
         for row in rows
     )
     table = f'<table style="{_TABLE_STYLE}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
     height = " max-height: 28em; overflow-y: auto;" if scroll else ""
-    return f'<div style="overflow-x: auto;{height}">{table}</div>'  # a narrow page scrolls it, never squashes it
+    return Markup(f'<div style="overflow-x: auto;{height}">{table}</div>')  # a narrow page scrolls it
 
 
 _MANY = 20  # past this many rows, a table lists the rows that need a look first, and the rest folded
 
 
-def _folded(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool], worth_a_look: Sequence[bool],
-            what: str) -> str:
+def _folded(headers: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[bool],
+            worth_a_look: Sequence[bool], what: str) -> Markup:
     """A table; a long one shows the rows worth a look, and every row in a folded ``<details>``."""
     if len(rows) <= _MANY:
         return _table(headers, rows, right=right, scroll=False)
     look = [row for row, flag in zip(rows, worth_a_look, strict=True) if flag]
-    head = _table(headers, look, right=right, scroll=True) if look else f"<p>every {what} is ok</p>"
+    head = _table(headers, look, right=right, scroll=True) if look else f"<p>every {escape(what)} is ok</p>"
     every = _table(headers, rows, right=right, scroll=True)
-    return f"{head}<details><summary>all {len(rows):,} {what}s</summary>{every}</details>"
+    return Markup(f"{head}<details><summary>all {len(rows):,} {escape(what)}s</summary>{every}</details>")
 
 
 def inspection_html(found: RunInspection) -> str:
     """How a :class:`RunInspection` shows in a notebook: its summary and per-rank table."""
-    summary = "".join(f"<li>{html.escape(line)}</li>" for line in _summary_lines(found))
-    rows = [
-        [str(s.rank), html.escape(s.path.name), f"{s.expected:,}", f"{s.present:,}", f"{s.missing:,}",
-         _badge(s.status), html.escape(s.error or "")]
-        for s in found.shards
-    ]
+    rows = [[s.rank, s.path.name, f"{s.expected:,}", f"{s.present:,}", f"{s.missing:,}", _badge(s.status), s.error]
+            for s in found.shards]
     table = _folded(["rank", "shard", "expected", "present", "missing", "status", "problem"], rows,
                     [True, False, True, True, True, False, False], [s.status != "ok" for s in found.shards], "rank")
-    return f'<div class="virnucpro-inspection"><ul>{summary}</ul>{table}</div>'
+    return f'<div class="virnucpro-inspection">{_items(_summary_lines(found))}{table}</div>'
+
+
+def _number(value: object) -> str:
+    """A count as a table shows it (thousands separated); anything else as text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return "" if value is None else str(value)
+
+
+#: The columns of a merge report's shard table (text and HTML alike), and which are numbers.
+_REPORT_COLUMNS = ("shard", "status", "rows", "offset", "NaN/Inf rows", "problem")
+_REPORT_RIGHT = (False, False, True, True, True, False)
+
+
+def _report_rows(report: Mapping) -> list[list[str]]:
+    """The rows of a merge report's shard table, as text: the one owner of what each cell
+    shows (an offset of None, in a merge in index order, shows as nothing)."""
+    return [[Path(s["path"]).name, str(s["status"]), _number(s["num_sequences"]), _number(s.get("offset")),
+             _number(s.get("nonfinite_rows")), str(s.get("error") or "")]
+            for s in report["shards"]]
 
 
 def format_report(report: Mapping) -> str:
@@ -196,10 +223,10 @@ def format_report(report: Mapping) -> str:
     >>> from virnucpro_merge import aggregate_shards, read_merge_report
     >>> merged = aggregate_shards(run.shard_files, "embeddings.h5", run.index, partial=True)
     >>> print(format_report(read_merge_report(merged)))
-    shard       status       rows    offset  problem
-    shard_0.h5  ok              4         0
-    shard_1.h5  ok              4         4
-    shard_2.h5  failed          0         8  file does not exist
+    shard       status  rows  offset  NaN/Inf rows  problem
+    shard_0.h5  ok         4       0             0
+    shard_1.h5  ok         4       4             0
+    shard_2.h5  failed     0       8             0  file does not exist
     <BLANKLINE>
     8 sequences of dimension 4 from 2 of 3 shards
     failed shards: 1 (shard_2.h5)
@@ -207,14 +234,14 @@ def format_report(report: Mapping) -> str:
     first missing IDs: seq000002, seq000005, seq000008, seq000011
     partial: True
     """
-    width = max([len(Path(s["path"]).name) for s in report["shards"]] + [5])
-    lines = [f"{'shard':<{width}}  {'status':<7} {'rows':>9} {'offset':>9}  problem"]
-    for shard in report["shards"]:
-        lines.append(
-            f"{Path(shard['path']).name:<{width}}  {shard['status']:<7} "
-            f"{shard['num_sequences']:>9} {shard['offset']:>9}  {shard.get('error') or ''}".rstrip()
-        )
-    lines.append("")
+    rows = _report_rows(report)
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(_REPORT_COLUMNS)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(f"{c:>{w}}" if r else f"{c:<{w}}"
+                         for c, w, r in zip(cells, widths, _REPORT_RIGHT, strict=True)).rstrip()
+
+    lines = [line(_REPORT_COLUMNS), *map(line, rows), ""]
     lines.extend(_report_lines(report))
     return "\n".join(lines)
 
@@ -239,23 +266,17 @@ def _report_lines(report: Mapping) -> list[str]:
             lines.append(f"PROBLEM: {problem}")
     if report.get("nonfinite_rows"):
         lines.append(f"rows holding NaN or Inf: {report['nonfinite_rows']}")
+    for merge in report.get("lineage") or []:
+        lines.append(f"merged from an earlier merge: {Path(merge['path']).name} "
+                     f"({_number(merge.get('total_sequences'))} sequences, partial: {merge.get('partial')})")
     lines.append(f"partial: {report['partial']}")
     return lines
 
 
 def report_html(report: Mapping) -> str:
     """How a merge report shows in a notebook: its findings, then a row per input shard."""
-    findings = "".join(f"<li>{html.escape(line)}</li>" for line in _report_lines(report))
-    for merge in report.get("lineage") or []:
-        findings += (f"<li>merged from an earlier merge: {html.escape(Path(merge['path']).name)} "
-                     f"({merge.get('total_sequences')} sequences, partial: {merge.get('partial')})</li>")
-    rows = [
-        [html.escape(Path(s["path"]).name), _badge(s["status"], _SHARD_COLORS.get(s["status"])),
-         f"{s['num_sequences']:,}", "" if s["offset"] is None else f"{s['offset']:,}",
-         "" if s.get("nonfinite_rows") is None else f"{s['nonfinite_rows']:,}", html.escape(s.get("error") or "")]
-        for s in report["shards"]
-    ]
+    rows: list[list[object]] = [[row[0], _badge(row[1], _SHARD_COLORS.get(row[1])), *row[2:]]
+                                for row in _report_rows(report)]
     look = [s["status"] == "failed" or bool(s.get("nonfinite_rows")) for s in report["shards"]]
-    table = _folded(["shard", "status", "rows", "offset", "NaN/Inf rows", "problem"], rows,
-                    [False, False, True, True, True, False], look, "shard")
-    return f'<div class="virnucpro-report"><ul>{findings}</ul>{table}</div>'
+    table = _folded(list(_REPORT_COLUMNS), rows, _REPORT_RIGHT, look, "shard")
+    return f'<div class="virnucpro-report">{_items(_report_lines(report))}{table}</div>'

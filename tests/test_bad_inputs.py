@@ -23,6 +23,7 @@ from virnucpro_merge import (
     ShardError,
     UnreadableShardError,
     aggregate_shards,
+    inspection,
     read_merge_report,
     validate_shard_completeness,
 )
@@ -30,6 +31,7 @@ from virnucpro_merge.checks import plan_merge
 from virnucpro_merge.cli import main
 from virnucpro_merge.plan import failed_summary
 from virnucpro_merge.ranks import folder_shards
+from virnucpro_merge.synthetic import make_demo_run
 
 
 def raw_shard(path, embeddings, sequence_ids, ids_dtype=None):
@@ -265,3 +267,57 @@ def test_validate_says_failed_not_skipping(stray_run, capsys):
     assert "Skipping" not in out + err
     assert f"failed: 4,998 absent shards, ranks 2-4999 (in {stray_run})" in out
     assert code == 2  # failed shards: the run cannot be vouched for
+
+
+# --------------------------------------------------------------------------- a shard without its IDs (issue 20)
+
+
+@pytest.fixture
+def ids_never_written(tmp_path):
+    """A run folder whose rank 1 was killed between its two writes (usual on Lustre without
+    file locking): ``embeddings`` there, ``sequence_ids`` not."""
+    run = make_demo_run(tmp_path / "run", n_sequences=40, world_size=4, dim=4, truncated=(), absent=(), empty=(),
+                        short={})
+    with h5py.File(run.shard_files[1], "r+") as f:
+        del f["sequence_ids"]
+    return run
+
+
+@pytest.mark.parametrize("argv", [["aggregate", "{run}", "--partial", "-o", "{out}"],
+                                  ["aggregate", "{run}", "--partial", "-o", "{out}", "--expected", "{index}"],
+                                  ["validate", "{run}", "--expected", "{index}"],
+                                  ["aggregate", "{run}", "-o", "{out}", "--expected", "{index}"],
+                                  ["aggregate", "{run}", "--partial", "-o", "{out}", "--expected", "{index}",
+                                   "--order", "index"],
+                                  ["verify", "{merged}", "--against", "{run}"]],
+                         ids=["partial", "partial, expected", "validate", "strict", "index order", "verify against"])
+def test_a_shard_without_ids_is_one_line_never_a_traceback(ids_never_written, tmp_path, capsys, argv):
+    run = ids_never_written
+    merged = tmp_path / "whole.h5"
+    good = [p for i, p in enumerate(run.shard_files) if i != 1]
+    aggregate_shards(good, merged)
+    words = {"run": run.directory, "out": tmp_path / "m.h5", "index": run.index, "merged": merged}
+    code = main([arg.format(**words) for arg in argv])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "KeyError" not in err
+    problem = "no 'sequence_ids' dataset (was the worker killed before writing it?)"
+    if argv[0] == "verify":
+        assert code == 0  # its rows are in no shard compared with: said in a note
+        return
+    if "--partial" in argv:
+        assert code == 0
+        assert f"Skipping {run.shard_files[1]}: {problem} (partial merge)" in err
+    elif argv[0] == "validate":
+        assert code in (1, 2)
+    else:
+        assert code == 2
+        assert err.strip().splitlines()[-1] == f"virnucpro-merge: error: {run.shard_files[1]}: {problem}"
+
+
+def test_the_world_size_is_read_past_a_shard_without_ids(ids_never_written):
+    run = ids_never_written
+    assert len(folder_shards(run.directory, index_ids=run.sequence_ids)) == 4
+    found = inspection.inspect_run(run.directory)
+    assert found.shards[1].status == "failed"
+    assert "sequence_ids" in found.shards[1].error

@@ -303,3 +303,22 @@ def test_a_ctrl_c_swallowed_on_the_way_still_ends_the_command(monkeypatch, capsy
     shard.write_bytes(b"")
     assert cli.main(["info", str(shard)]) == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_info_on_a_merge_in_index_order(tmp_path, capsys):
+    """Its shards have no offset (None): the text table shows none, as the HTML one does (one owner of the rows)."""
+    from virnucpro_merge import aggregate_shards, read_merge_report
+    from virnucpro_merge.inspection.tables import report_html
+    from virnucpro_merge.synthetic import make_demo_run
+
+    run = make_demo_run(tmp_path / "run", n_sequences=30, world_size=3, dim=4, truncated=(), absent=(1,), empty=(),
+                        short={})
+    merged = aggregate_shards(run.shard_files, tmp_path / "m.h5", run.sequence_ids, partial=True, order="index")
+    assert main(["info", str(merged)]) == 0
+    out = capsys.readouterr().out
+    table = out.split("\n\n")[1].splitlines()
+    assert table[0].split() == ["shard", "status", "rows", "offset", "NaN/Inf", "rows", "problem"]
+    assert table[1].split() == ["shard_0.h5", "ok", "10", "0"]  # (no offset: rows go in index order)
+    assert table[2].split()[:3] == ["shard_1.h5", "failed", "0"]
+    html = report_html(read_merge_report(merged))
+    assert html.count("<tr>") == 4

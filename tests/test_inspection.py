@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import doctest
+import re
+import shutil
 import sys
 
 import numpy as np
 import pytest
 
 import virnucpro_merge.inspection.run
-from virnucpro_merge import read_expected_ids, validate_shard_completeness, validation
+from virnucpro_merge import MergeError, read_expected_ids, validate_shard_completeness, validation
 from virnucpro_merge.expected import write_id_list
 from virnucpro_merge.inspection import (
     ABSENT,
@@ -20,6 +22,7 @@ from virnucpro_merge.inspection import (
     OFF_STRIDE,
     OK,
     format_shard_table,
+    format_summary,
     inspect_run,
 )
 from virnucpro_merge.ranks import rank_paths
@@ -357,3 +360,94 @@ def test_shard_files_in_shell_order_are_placed_at_their_ranks(tmp_path):
     found = inspect_run(shell_order, run.directory / "sequence_index.json")
     assert [s.status for s in found.shards] == ["ok"] * 6 + ["absent"] + ["ok"] * 9
     assert found.world_size == 16
+
+
+# --------------------------------------------------------------------------- values from a file reach HTML escaped
+
+MARKUP = "<script>alert('x')</script><img src=x onerror=alert(1)>"
+
+
+def _forged(tmp_path, demo):
+    """A partial merge whose report carries markup in every text field it shows, its checksums
+    made anew (as someone handing over a crafted file would)."""
+    from tests.helpers import edit_summary
+    from virnucpro_merge import aggregate_shards
+
+    run, _ = demo
+    merged = aggregate_shards(run.shard_files, tmp_path / "m.h5", run.sequence_ids, partial=True)
+
+    def inject(summary):
+        for shard in summary["shards"]:
+            shard.update(path=f"{MARKUP}/{MARKUP}.h5", status=MARKUP, error=MARKUP, dtype=MARKUP)
+        summary.update(failed_shards=[s["path"] for s in summary["shards"]], created_by=MARKUP, created_at=MARKUP,
+                       materialized_from=MARKUP,
+                       lineage=[{"path": f"x/{MARKUP}", "created_at": MARKUP, "total_sequences": 5, "partial": True,
+                                 "num_missing": 1, "failed_shards": [MARKUP]}])
+
+    edit_summary(merged, inject)
+    return merged
+
+
+def test_markup_in_every_field_of_a_merge_report_is_escaped(tmp_path, demo):
+    from virnucpro_merge import read_merge_report
+    from virnucpro_merge.inspection.tables import format_report, report_html
+
+    report = read_merge_report(_forged(tmp_path, demo))
+    page = report_html(report)
+    assert "<script" not in page
+    assert "<img" not in page
+    assert "&lt;script&gt;" in page  # shown, as text
+    assert MARKUP in format_report(report)  # (text is text)
+
+
+@pytest.mark.parametrize(("field", "value", "problem"), [
+    ("lineage", [{"path": "m.h5", "total_sequences": MARKUP}], "'lineage' holds a record whose 'total_sequences'"),
+    ("lineage", [{"path": "m.h5", "partial": MARKUP}], "'lineage' holds a record whose 'partial'"),
+    ("num_expected", MARKUP, "'num_expected' is not a whole number"),
+    ("nonfinite_rows", MARKUP, "'nonfinite_rows' is not a whole number"),
+    ("shards", [{"path": "a", "num_sequences": 1, "offset": 0, "status": "ok", "nonfinite_rows": MARKUP}],
+     "'shards' holds a record whose 'nonfinite_rows'"),
+    ("sources", [{"path": MARKUP}], "'sources' holds a record whose 'size'"),
+    ("layout", MARKUP, "'layout' is not 'contiguous' or 'virtual'"),
+])
+def test_a_value_of_the_wrong_kind_is_a_damaged_report(tmp_path, demo, field, value, problem):
+    """What a report shows as a count or a flag must be one: a file that says otherwise is damaged."""
+    from tests.helpers import edit_summary
+    from virnucpro_merge import aggregate_shards, read_merge_report, verify_merged
+
+    run, _ = demo
+    merged = aggregate_shards(run.shard_files, tmp_path / "m.h5", run.sequence_ids, partial=True)
+    edit_summary(merged, lambda summary: summary.update({field: value}))
+    with pytest.raises(MergeError, match=re.escape(problem)):
+        read_merge_report(merged)
+    found = verify_merged(merged)
+    assert not found.intact
+    assert problem in found.problems[0]
+
+
+def test_markup_in_shard_names_and_errors_of_an_inspection_is_escaped(tmp_path):
+    from virnucpro_merge.inspection.tables import inspection_html
+
+    folder = tmp_path / "<i>run"
+    folder.mkdir()
+    write_shard(folder / "<b>0.h5", ["a", "b"], np.zeros((2, 4), np.float32))
+    (folder / "<script>1.h5").write_bytes(b"<script>not hdf5</script>")
+    found = inspect_run([folder / "<b>0.h5", folder / "<script>1.h5"], ["a", "b", "c"])
+    page = inspection_html(found)
+    assert not any(tag in page for tag in ("<script", "<b>", "<i>"))
+    assert "&lt;script&gt;1.h5" in page
+
+
+def test_a_shard_list_of_one_folder_finds_its_index(tmp_path):
+    """Shard files of one run folder (a shell's shard_*.h5) bring its sequence index along, as the folder does."""
+    run = make_demo_run(tmp_path / "run", n_sequences=30, world_size=3, dim=4, truncated=(), absent=(2,),
+                        empty=(), short={})
+    by_files = inspect_run([p for p in run.shard_files if p.exists()])
+    assert by_files.expected_from == "sequence_index.json, the run folder's index"
+    assert by_files.num_missing == 10 == inspect_run(run.directory).num_missing
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(run.shard_files[0], elsewhere / "shard_0.h5")
+    lone = inspect_run([elsewhere / "shard_0.h5"])
+    assert lone.expected_from is None
+    assert "completeness NOT checked: no expected IDs" in format_summary(lone)

@@ -205,3 +205,43 @@ def test_the_tick_check_sees_an_overlap():
     fig, ax = plt.subplots(figsize=(2, 2))
     ax.set_xticks(range(50), [f"label {i}" for i in range(50)])
     assert _tick_labels_apart(fig)
+
+
+# --------------------------------------------------------------------------- trust what it says (issue 20)
+
+
+def test_the_share_present_is_what_its_label_says():
+    """Past 16 ranks a bar is (assigned - missing) / assigned: a rank holding half of its assignment,
+    its last batch written twice, draws 0.5, not rows / assigned = 1."""
+    from pathlib import Path
+
+    from virnucpro_merge.inspection import RunInspection, ShardSummary
+
+    ranks, n = 32, 32 * 10
+    missing = np.zeros((ranks, 10), dtype=bool)
+    missing[7, 5:] = True  # rank 7 lost half of its sequences...
+    shards = [ShardSummary(rank=r, path=Path(f"shard_{r}.h5"), expected=10, present=10,
+                           missing=int(missing[r].sum()), status="incomplete" if r == 7 else "ok")
+              for r in range(ranks)]  # ... and holds 10 rows all the same (5 of them twice)
+    fig = plot_shard_counts(RunInspection(shards=shards, missing=missing, sequence_ids=range(n)))
+    heights = [bar.get_height() for bar in fig.axes[0].patches[:ranks]]
+    assert heights[7] == 0.5
+    assert heights[0] == 1.0
+    assert fig.axes[0].get_ylabel() == "share of its assignment present"
+
+
+def test_a_run_without_expected_ids_draws_without_a_warning(tmp_path):
+    """No expected IDs: the heatmap says completeness was not checked (no 'identical xlims' warning)."""
+    import warnings
+
+    run = make_demo_run(tmp_path / "run", n_sequences=40, world_size=20, dim=4, short={})
+    run.index.unlink()
+    found = inspect_run(run.directory)
+    assert found.expected_from is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        heatmap = plot_missing_heatmap(found)
+        counts = plot_shard_counts(found)
+        for fig in (heatmap, counts):
+            fig.savefig(tmp_path / "f.png")
+    assert heatmap.axes[0].get_title() == "Missing sequences: not checked"

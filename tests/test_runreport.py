@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -192,3 +193,142 @@ def test_a_notebook_that_stops_says_why_and_leaves_no_kernel(pipeline_run, tmp_p
         runreport.write_run_report(pipeline_run.directory, tmp_path / "r.html")
     assert not (tmp_path / "r.html").exists()
     assert _kernels_left() == []
+
+
+# --------------------------------------------------------------------------- trust what it says (issue 20)
+
+
+def _copy_run(pipeline_run, folder):
+    shutil.copytree(pipeline_run.directory, folder)
+    return folder
+
+
+def _cli(*argv, cwd=None):
+    return subprocess.run([sys.executable, "-m", "virnucpro_merge", *map(str, argv)], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+def test_nothing_in_the_run_folder_is_run(pipeline_run, tmp_path):
+    """A matplotlib.py (or a matplotlibrc) lying in a shared run folder is data: `cd run && report .` runs none."""
+    run = _copy_run(pipeline_run, tmp_path / "run")
+    marker = tmp_path / "PWNED"
+    (run / "matplotlib.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    (run / "pandas.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    (run / "matplotlibrc").write_text("backend: module://evil_backend\n")
+    (run / "evil_backend.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    done = _cli("report", ".", "-o", tmp_path / "r.html", cwd=run)
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists()
+    assert "sequences expected: 600" in (tmp_path / "r.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("case", ["rerun list is the expected file", "rerun list is the index", "report is the index",
+                                  "rerun list is the report", "report is a shard", "report is the merged file"])
+def test_no_output_is_an_input(pipeline_run, tmp_path, capsys, case):
+    run = _copy_run(pipeline_run, tmp_path / "run")
+    index = run / "sequence_index.json"
+    ids = tmp_path / "report-rerun.txt"
+    ids.write_text("".join(f"{i}\n" for i in pipeline_run.sequence_ids[:50]))
+    merged = tmp_path / "m.h5"
+    argv = {"rerun list is the expected file": ["-o", tmp_path / "report.html", "--expected", ids],
+            "rerun list is the index": ["-o", tmp_path / "x.html", "--rerun-list", index],
+            "report is the index": ["-o", index],
+            "rerun list is the report": ["-o", tmp_path / "x.html", "--rerun-list", tmp_path / "x.html"],
+            "report is a shard": ["-o", run / "shard_0.h5"],
+            "report is the merged file": ["-o", merged, "--merged", merged]}[case]
+    if case == "report is the merged file":
+        assert main(["-q", "aggregate", str(run), "-o", str(merged), "--partial"]) == 0
+    before = {p: p.read_bytes() for p in [*run.iterdir(), ids, *([merged] if merged.exists() else [])]}
+    assert main(["report", str(run), *map(str, argv)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("virnucpro-merge: error: ")
+    assert "is an input of this report" in err[0] or "is the report itself" in err[0]
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_the_documented_rerun_loop_keeps_its_list(pipeline_run, tmp_path):
+    """report, re-embed report-rerun.txt, report the re-run with --expected report-rerun.txt: the list survives."""
+    run = _copy_run(pipeline_run, tmp_path / "run")
+    assert _cli("report", run, "-o", tmp_path / "report.html").returncode == 0
+    listed = (tmp_path / "report-rerun.txt").read_text()
+    rerun = tmp_path / "rerun"
+    rerun.mkdir()
+    ids = listed.split()
+    write_shard(rerun / "shard_0.h5", ids, np.zeros((len(ids), 4), np.float32))
+    done = _cli("report", rerun, "--expected", tmp_path / "report-rerun.txt", "-o", tmp_path / "again.html")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "report-rerun.txt").read_text() == listed
+    assert "No re-run list written: nothing is missing" in done.stderr
+    assert not (tmp_path / "again-rerun.txt").exists()
+
+
+def test_a_list_that_cannot_be_written_is_never_left_stale(pipeline_run, tmp_path):
+    """A missing ID with white space at an end: no list this time, and the earlier report's list removed."""
+    run = _copy_run(pipeline_run, tmp_path / "run")
+    ids = [*pipeline_run.sequence_ids, "odd id "]
+    index = tmp_path / "index.json"
+    index.write_text(json.dumps({"sequences": [{"sequence_id": i} for i in ids]}))
+    stale = tmp_path / "r-rerun.txt"
+    stale.write_text("seq_from_an_earlier_report\n")
+    done = _cli("report", run, "--expected", index, "-o", tmp_path / "r.html", "--world-size", "8")
+    assert done.returncode == 0, done.stderr
+    assert not stale.exists()
+    assert f"warning: Removed {stale}, the re-run list of an earlier report:" in done.stderr
+    assert "cannot be written one a line" in done.stderr
+    assert "Re-run list:" not in done.stderr
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "no re-run list written:" in page
+
+
+def test_shard_files_of_one_folder_use_its_index(pipeline_run, tmp_path):
+    """The glob form of the how-to (`report run/shard_*.h5`), without --expected: the folder's index is used."""
+    run = _copy_run(pipeline_run, tmp_path / "run")
+    shards = sorted(run.glob("shard_*.h5"))
+    done = _cli("report", *shards, "-o", tmp_path / "g.html")
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "g.html").read_text(encoding="utf-8")
+    assert "sequences expected: 600" in page
+    assert len((tmp_path / "g-rerun.txt").read_text().split()) == 75 + 75 + 75 + 38
+
+
+def test_without_expected_ids_completeness_is_not_checked(pipeline_run, tmp_path):
+    """No index anywhere: the page says completeness was not checked, no list is written, no warning in the page."""
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    for shard in pipeline_run.shard_files[:2]:
+        shutil.copy(shard, lone / shard.name)
+    done = _cli("report", lone, "-o", tmp_path / "l.html")
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "l.html").read_text(encoding="utf-8")
+    assert "completeness NOT checked: no expected IDs" in page
+    assert "Missing sequences: not checked" not in done.stderr
+    assert 'data-mime-type="application/vnd.jupyter.stderr"' not in page  # no library warning in the page
+    assert "Warning" not in re.sub(r"<style.*?</style>", "", page, flags=re.DOTALL)
+    assert not (tmp_path / "l-rerun.txt").exists()
+
+
+def test_a_crafted_merged_file_cannot_put_markup_in_the_page(pipeline_run, tmp_path):
+    from tests.helpers import edit_summary
+
+    merged = tmp_path / "m.h5"
+    assert main(["-q", "aggregate", str(pipeline_run.directory), "-o", str(merged), "--partial"]) == 0
+    markup = "<script>document.title='owned'</script>"
+
+    def inject(summary):
+        for shard in summary["shards"]:
+            shard.update(path=f"{markup}.h5", error=markup, status="failed")
+        summary.update(failed_shards=[s["path"] for s in summary["shards"]], created_by=markup,
+                       lineage=[{"path": markup, "total_sequences": 1, "partial": False}])
+
+    edit_summary(merged, inject)
+    done = _cli("report", pipeline_run.directory, "--merged", merged, "-o", tmp_path / "r.html")
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<script>document.title" not in page
+    assert "&lt;script&gt;document.title" in page  # shown, as text
+    edit_summary(merged, lambda summary: summary["lineage"][0].update(total_sequences=markup))
+    done = _cli("report", pipeline_run.directory, "--merged", merged, "-o", tmp_path / "r.html")
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith("damaged merge report ('lineage' holds a record whose 'total_sequences' "
+                                        "is not a whole number >= 0 or null)")

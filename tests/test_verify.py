@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.helpers import ids, read_datasets
+from tests.helpers import edit_summary, ids, read_datasets, tables_of
 from virnucpro_merge import MergeError, aggregate_shards, materialize, read_expected_ids, verify_merged
 from virnucpro_merge.checksums import ids_crc, rows_checksum
 from virnucpro_merge.cli import main
@@ -39,26 +39,6 @@ def flip_byte(path, offset):
         byte = fh.read(1)
         fh.seek(offset)
         fh.write(bytes([byte[0] ^ 0x40]))
-
-
-def edit_summary(path, edit, *, reseal=True):
-    """Change a merged file's report summary in place, as an edited file would be: its checksums
-    made anew to match (``reseal``: so that what the cross-checks catch is tested), or not (as
-    damage would leave it)."""
-    with h5py.File(path, "r+") as f:
-        group = f["merge_report"]
-        summary = json.loads(group["summary"].asstr()[()])
-        edit(summary)
-        if reseal:
-            seal(group, summary, tables_of(group))
-        else:
-            del group["summary"]
-            group["summary"] = json.dumps(summary)
-
-
-def tables_of(group):
-    """A report group's tables as stored (what :func:`seal` takes)."""
-    return {name: group[name][()] for name in group if name != "summary"}
 
 
 def as_format_1(path):
@@ -509,7 +489,8 @@ CATCHES = {
     "summary checksummed": (lambda m: _flip_in_summary(m, '"num_expected": 3000'),
                             "the report's summary does not match the checksum"),
     "summary checksum there": (lambda m: _set_attr(m, "summary_crc32", None), "the report's summary has no checksum"),
-    "every table there": (lambda m: _delete(m, "merge_report/id_checksums"), "the report's 'id_checksums' table is gone"),
+    "every table there": (lambda m: _delete(m, "merge_report/id_checksums"),
+                          "the report's 'id_checksums' table is gone"),
     "no table unlisted": (lambda m: _add(m, "merge_report/notes", np.arange(3)),
                           "the report holds 'notes', which its summary does not list"),
     "checksum kind known": (lambda m: edit_summary(m, lambda s: s["checksums"].update(algorithm="wsum64-crc33")),

@@ -30,7 +30,7 @@ from .expected import iter_expected_ids, read_expected_ids
 from .inspection.tables import format_report
 from .merge import CHUNK_SIZE, LAYOUTS, ORDERS, OUTPUT_IS_THE_EXPECTED_FILE, aggregate_shards, materialize
 from .plan import failed_summary
-from .ranks import expand_shard_args, run_index
+from .ranks import expand_shard_args, folder_shards, index_beside, run_index
 from .report import read_merge_report
 from .rerun import write_missing_fasta
 from .shards import get_shard_info
@@ -223,7 +223,10 @@ def _index_hint(args: argparse.Namespace) -> str | None:
     """The sequence index of a run folder on the command line, when --expected is not given."""
     if args.expected is not None:
         return None
+    files = [Path(arg) for arg in args.shards if not Path(arg).is_dir()]
     indexes = [index for arg in args.shards if Path(arg).is_dir() and (index := run_index(arg)) is not None]
+    if files and (beside := index_beside(files)) is not None:
+        indexes.append(beside)
     return str(indexes[0]) if indexes else None
 
 
@@ -307,10 +310,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
     run: Path | list[Path] = folder if folder is not None else expand_shard_args(args.run, world_size=args.world_size)
     output = write_run_report(run, args.output, expected=args.expected, merged=args.merged,
                               world_size=args.world_size, rerun_list=args.rerun_list, show_code=args.show_code)
-    if args.expected is None and folder is not None and (index := run_index(folder)) is not None:
-        logger.info("Expected IDs: %s, the run folder's sequence index", index)
-    rerun = args.rerun_list or output.with_name(f"{output.stem}-rerun.txt")
-    logger.info("Wrote %s%s", output, f" and the re-run list {rerun}" if rerun.exists() else "")
+    if args.expected is None:
+        index = index_beside(run if isinstance(run, list) else folder_shards(run, world_size=args.world_size))
+        if index is not None:
+            logger.info("Expected IDs: %s, the run folder's sequence index", index)
+    logger.info("Wrote %s", output)  # (and the report said what became of its re-run list)
     return EXIT_OK
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "rank_paths",
     "stride_positions",
     "run_index",
+    "index_beside",
     "stride_step",
     "world_size_of",
     "sample_steps",
@@ -84,6 +85,17 @@ def run_index(directory: str | os.PathLike[str]) -> Path | None:
     """The run folder's sequence index (``sequence_index.json``), if it has one."""
     index = Path(directory) / INDEX_NAME
     return index if index.is_file() else None
+
+
+def index_beside(paths: Sequence[str | os.PathLike[str]]) -> Path | None:
+    """The sequence index of the one run folder that holds all of ``paths`` (a run folder's
+    shards, given as files), if it has one; None for files of several folders.
+
+    >>> index_beside([Path("run/shard_0.h5"), Path("other/shard_1.h5")]) is None
+    True
+    """
+    folders = {Path(p).parent for p in paths}
+    return run_index(folders.pop()) if len(folders) == 1 else None
 
 
 def stride_step(rank: int, positions: Iterable[int] | np.ndarray) -> int:

@@ -174,8 +174,10 @@ def _fraction_present(shards: list[ShardSummary], ax: Axes | None, figsize: tupl
     fig, ax = _axes(ax, figsize)
     ranks = np.arange(len(shards))
     known = any(s.expected for s in shards)
-    heights = np.array([s.present / s.expected if s.expected else float(s.present > 0) if known else s.present
-                        for s in shards], dtype=float)
+    # the share of its assignment that is present: not rows / assigned (a rank that wrote its
+    # last batch twice would reach 1 with half of its sequences missing)
+    heights = np.array([(s.expected - s.missing) / s.expected if s.expected else float(s.present > 0) if known
+                        else s.present for s in shards], dtype=float)
     colors = [STATUS_COLORS.get(s.status, "#999999") for s in shards]
     ax.bar(ranks, heights, width=1.0, color=colors, linewidth=0)
     if known:
@@ -264,6 +266,12 @@ def plot_missing_heatmap(
     """
     ranks, width = inspection.missing.shape
     fig, ax = _axes(ax, figsize or (8.0, min(12.0, max(2.8, 1.8 + 0.12 * ranks))))
+    if width == 0:  # no expected IDs (or none assigned): nothing to place
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "No expected IDs: completeness was not checked, so no sequence can be placed or missed.",
+                ha="center", va="center", transform=ax.transAxes, wrap=True)
+        ax.set_title("Missing sequences: not checked")
+        return fig
     width_px, height_px = _axes_pixels(fig, ax)
     col_bin, row_bin = max(1, math.ceil(width / max(width_px, 50))), max(1, math.ceil(ranks / max(height_px, 20)))
     if col_bin == 1 and row_bin == 1:

@@ -44,9 +44,9 @@ from ..plan import shard_paths
 from ..ranks import (
     folder_shards,
     in_rank_order,
+    index_beside,
     listed,
     rank_of,
-    run_index,
     shard_path,
     stride_positions,
     world_size_of,
@@ -427,12 +427,12 @@ def _repeated_extras(paths: Sequence[Path], scans: Sequence[_Scan]) -> set[int]:
 # --------------------------------------------------------------------------- inspect_run
 
 
-def _shard_list(run: object, world_size: int | None) -> tuple[list[Path], Path | None]:
-    """The per-rank shard paths of ``run`` (a folder, or a list), and the folder if it is one."""
+def _shard_list(run: object, world_size: int | None) -> list[Path]:
+    """The per-rank shard paths of ``run`` (a folder, or a list)."""
     if isinstance(run, str | os.PathLike):
         folder = Path(run)
         if folder.is_dir():
-            return folder_shards(folder, world_size=world_size), folder
+            return folder_shards(folder, world_size=world_size)
         problem = "is a file" if folder.exists() else "does not exist"
         msg = f"{folder}: {problem}; inspect_run takes a run folder, or a list of shard files in rank order"
         raise MergeError(msg)
@@ -443,15 +443,15 @@ def _shard_list(run: object, world_size: int | None) -> tuple[list[Path], Path |
     if world_size is not None and world_size < len(paths):
         msg = f"{len(paths)} shard files for a world size of {world_size}"
         raise MergeError(msg)
-    return paths, None
+    return paths
 
 
-def _expected_ids(expected: object, folder: Path | None
+def _expected_ids(expected: object, paths: Sequence[Path]
                   ) -> tuple[Iterable[tuple[np.ndarray, np.ndarray]] | None, str | None]:
     """The expected IDs in index order, in blocks (encoded, with their hashes), and where
     they come from (for the summary)."""
     if expected is None:
-        index = run_index(folder) if folder is not None else None
+        index = index_beside(paths)
         if index is None:
             return None, None
         logger.info("Expected IDs from %s, the run folder's sequence index", index)
@@ -505,8 +505,8 @@ def inspect_run(
         files of other names are one per rank, in rank order.
     expected : path-like or sequence of str, optional
         The run's sequence IDs in index (run) order: the sequence-index JSON or any
-        expected-ID file, or a list. By default, a run folder's
-        ``sequence_index.json`` when it has one.
+        expected-ID file, or a list. By default, the ``sequence_index.json`` of the
+        run folder (or of the one folder that holds the shard files given), when it has one.
     world_size : int, optional
         The number of workers. By default it is read off the IDs' index positions
         (worker ``r`` holds positions ``r, r + N, ...``), so that dead last ranks
@@ -544,8 +544,8 @@ def inspect_run(
     if world_size is not None and (isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1):
         msg = f"world_size must be a positive integer, got {world_size!r}"
         raise MergeError(msg)
-    paths, folder = _shard_list(run, world_size)
-    ids, expected_from = _expected_ids(expected, folder)
+    paths = _shard_list(run, world_size)
+    ids, expected_from = _expected_ids(expected, paths)
     lookup = _Lookup(ids if ids is not None else ())
     n = lookup.n
     present = np.zeros(n, dtype=bool)

@@ -7,6 +7,14 @@ bottom in a fresh kernel of this very Python, and renders it with nbconvert: cod
 hidden unless asked for, figures embedded, and no script or style fetched from the
 network (HPC nodes have no internet), so the page opens anywhere, offline.
 
+A run folder may come from someone else: the kernel runs with nothing of the current
+folder on its import path (``python -P``), in a scratch folder of its own (so that no
+``matplotlibrc`` or module lying in the run is read), with absolute paths. Nothing it
+writes lands on an input: the report and its re-run list are refused, before the
+notebook runs, when either is one of the run's files, and a re-run list that cannot be
+written this time is removed, not left standing from an earlier report. What the
+kernel prints on stderr (a library's warning) is logged, not put in the page.
+
 Needs the ``notebooks`` extra (nbclient, nbconvert, ipykernel, matplotlib).
 """
 
@@ -14,20 +22,29 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .._write.atomic import atomic_output
-from ..errors import MergeError
-from ..expected import detect_form
-from ..ranks import folder_shards
+from .._write.atomic import atomic_output, refuse_overwriting
+from ..errors import ExpectedIdsError, MergeError, OutputError
+from ..expected import detect_form, write_id_list
+from ..plan import shard_paths
+from ..ranks import folder_shards, in_rank_order, index_beside
 from ..report import read_merge_report
 
-__all__ = ["NOTEBOOK", "PARAMETERS", "inject_parameters", "kernel_manager", "write_run_report"]
+if TYPE_CHECKING:
+    from .run import RunInspection
+
+__all__ = ["NOTEBOOK", "PARAMETERS", "RERUN_MIME", "RerunList", "write_rerun_list", "inject_parameters",
+           "kernel_manager", "write_run_report"]
+
+logger = logging.getLogger("virnucpro_merge")
 
 #: The report notebook (package data).
 NOTEBOOK = Path(__file__).with_name("run_report.ipynb")
@@ -35,6 +52,56 @@ NOTEBOOK = Path(__file__).with_name("run_report.ipynb")
 PARAMETERS = ("run", "expected", "merged", "world_size", "rerun_list")
 _TEMPLATES = Path(__file__).with_name("templates")
 _KERNEL = "virnucpro-merge-report"
+#: The MIME type of what the notebook says of its re-run list (read, then dropped from the page).
+RERUN_MIME = "text/x-virnucpro-merge-rerun"
+_NOT_CHECKED = "completeness was not checked (no expected IDs), so nothing is known to be missing"
+_NOTHING_MISSING = "nothing is missing"
+
+
+@dataclass(frozen=True)
+class RerunList:
+    """What became of a report's re-run list: ``count`` IDs written to ``path``, or why none
+    was (``why``). In a notebook it shows as one sentence."""
+
+    path: str
+    count: int = 0
+    why: str | None = None
+
+    @property
+    def written(self) -> bool:
+        return self.why is None
+
+    def __str__(self) -> str:
+        if self.written:
+            return f"{self.count:,} IDs to re-run written to {self.path}"
+        return f"no re-run list written: {self.why}"
+
+    def _repr_mimebundle_(self, include: object = None, exclude: object = None) -> dict[str, str]:
+        outcome = {"written": self.written, "count": self.count, "why": self.why}
+        return {"text/plain": str(self), RERUN_MIME: json.dumps(outcome)}
+
+
+def write_rerun_list(found: RunInspection, path: str | os.PathLike[str]) -> RerunList:
+    """Write the missing IDs of an inspection one a line (a list to re-embed, and a valid
+    ``--expected`` file for the merge of the re-run): when there is something to re-run, and
+    it can be written so that it reads back the same.
+
+    Returns
+    -------
+    RerunList
+        The count written, or why nothing was: completeness was not checked (no expected
+        IDs), nothing is missing, or an ID that a one-a-line list cannot hold.
+    """
+    if found.expected_from is None:
+        return RerunList(str(path), why=_NOT_CHECKED)
+    missing = found.missing_ids
+    if not missing:
+        return RerunList(str(path), why=_NOTHING_MISSING)
+    try:
+        write_id_list(missing, path)
+    except ExpectedIdsError as err:
+        return RerunList(str(path), why=str(err))
+    return RerunList(str(path), count=len(missing))
 
 
 def inject_parameters(nb: Any, values: Mapping[str, object]) -> Any:
@@ -63,7 +130,9 @@ def kernel_manager(folder: Path) -> Any:
 
     spec = folder / "kernels" / _KERNEL
     spec.mkdir(parents=True)
-    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}", "--IPKernelApp.log_level=ERROR"]
+    # -P: nothing of the folder it starts in on its import path (a run folder holds data, never code)
+    argv = [sys.executable, "-P", "-m", "ipykernel_launcher", "-f", "{connection_file}",
+            "--IPKernelApp.log_level=ERROR"]
     (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "virnucpro-merge report",
                                                   "language": "python"}))
     return KernelManager(kernel_name=_KERNEL, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec.parent)]))
@@ -80,8 +149,8 @@ def _exporter(*, show_code: bool) -> Any:
     return exporter
 
 
-def _execute_and_render(nb: Any, cwd: Path, timeout: int, *, show_code: bool) -> str:
-    """Run notebook ``nb`` (in place) in a fresh kernel, then render it as HTML.
+def _execute_and_render(nb: Any, timeout: int, *, show_code: bool) -> tuple[str, dict | None]:
+    """Run notebook ``nb`` (in place) in a fresh kernel, in a scratch folder, then render it as HTML.
 
     The kernel is started first, and the exporter made while it starts; the kernel is
     shut down whatever happens (none is left running).
@@ -92,8 +161,10 @@ def _execute_and_render(nb: Any, cwd: Path, timeout: int, *, show_code: bool) ->
     with tempfile.TemporaryDirectory(prefix="virnucpro-report-") as scratch:
         km = kernel_manager(Path(scratch))
         client = NotebookClient(nb, km=km, timeout=timeout, record_timing=False)
+        workdir = Path(scratch) / "work"
+        workdir.mkdir()
         try:
-            km.start_kernel(cwd=str(cwd))
+            km.start_kernel(cwd=str(workdir))
             exporter = _exporter(show_code=show_code)
             client.execute()
         except CellExecutionError as err:
@@ -105,8 +176,32 @@ def _execute_and_render(nb: Any, cwd: Path, timeout: int, *, show_code: bool) ->
                 client.kc.stop_channels()
             if km.has_kernel:
                 km.shutdown_kernel(now=True)
+    _keep_stderr_out_of_the_page(nb)
+    outcome = _rerun_outcome(nb)
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": "Run report"}})
-    return body
+    return body, outcome
+
+
+def _keep_stderr_out_of_the_page(nb: Any) -> None:
+    """Drop what the kernel printed on stderr from the notebook (a library's warning is not
+    part of the report), logging it."""
+    for cell in nb.cells:
+        outputs = cell.get("outputs", [])
+        for output in outputs:
+            if output.get("output_type") == "stream" and output.get("name") == "stderr":
+                logger.debug("the report notebook said on stderr: %s", output.get("text", "").strip())
+        cell["outputs"] = [o for o in outputs if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+
+
+def _rerun_outcome(nb: Any) -> dict | None:
+    """What the notebook said of its re-run list (None: nothing), that output dropped from the page."""
+    outcome = None
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if RERUN_MIME in data:
+                outcome = json.loads(data.pop(RERUN_MIME))
+    return outcome
 
 
 def _readable(path: Path, what: str) -> None:
@@ -164,26 +259,58 @@ def write_run_report(
         cannot be written, or the notebook stopped (its error, in one line).
     """
     output = Path(output)
-    if isinstance(run, str | os.PathLike):
-        if Path(run).is_dir():
-            folder_shards(run, world_size=world_size)  # a folder without shards: say so now
-        else:
-            _readable(Path(run), "the run folder")
-        shown_run: object = str(run)
-    else:
-        shown_run = [str(p) for p in run]
+    shards = _run_shards(run, world_size)
     if expected is not None:
         _readable(Path(expected), "expected-ID file")
         detect_form(expected)  # unreadable or not UTF-8: say so now, in one line
     if merged is not None:
         read_merge_report(merged)
     rerun = Path(rerun_list) if rerun_list is not None else output.with_name(f"{output.stem}-rerun.txt")
-    values = {"run": shown_run, "expected": None if expected is None else str(expected),
-              "merged": None if merged is None else str(merged), "world_size": world_size, "rerun_list": str(rerun)}
+    index = Path(expected) if expected is not None else index_beside(shards)
+    inputs = [*shards, *([index] if index is not None else []), *([Path(merged)] if merged is not None else [])]
+    refuse_overwriting(output, inputs, "is an input of this report; choose another path for the report")
+    refuse_overwriting(rerun, inputs, "is an input of this report; choose another path for the re-run list")
+    refuse_overwriting(rerun, [output], "is the report itself; choose another path for the re-run list")
+    shown_run: object = str(Path(run).absolute()) if isinstance(run, str | os.PathLike) else [
+        str(p.absolute()) for p in shards]
+    values = {"run": shown_run, "expected": None if expected is None else str(Path(expected).absolute()),
+              "merged": None if merged is None else str(Path(merged).absolute()), "world_size": world_size,
+              "rerun_list": str(rerun.absolute())}
     import nbformat
 
     with atomic_output(output) as pending:  # the output folder is checked before the notebook runs
         nb = inject_parameters(nbformat.read(NOTEBOOK, as_version=4), values)
-        html = _execute_and_render(nb, Path.cwd(), timeout, show_code=show_code)
+        html, outcome = _execute_and_render(nb, timeout, show_code=show_code)
         pending.path.write_text(html, encoding="utf-8")
+    _settle_rerun_list(rerun, outcome)
     return output
+
+
+def _run_shards(run: object, world_size: int | None) -> list[Path]:
+    """The shard paths of ``run`` (a folder, or shard files), checked enough to say what is wrong in one line."""
+    if isinstance(run, str | os.PathLike):
+        if not Path(run).is_dir():
+            _readable(Path(run), "the run folder")
+            return [Path(run)]
+        return folder_shards(run, world_size=world_size)  # a folder without shards: said now
+    return in_rank_order(shard_paths(run))
+
+
+def _settle_rerun_list(rerun: Path, outcome: dict | None) -> None:
+    """Say what became of the re-run list; where none was written this time, remove one an
+    earlier report left there (it would name the wrong sequences)."""
+    if outcome is None:
+        return
+    if outcome["written"]:
+        logger.info("Re-run list: %s IDs in %s", f"{outcome['count']:,}", rerun)
+        return
+    why = outcome["why"]
+    if rerun.exists():
+        try:
+            rerun.unlink()
+        except OSError as err:
+            msg = f"{rerun}: a re-run list of an earlier report, and it cannot be removed ({err.strerror or err})"
+            raise OutputError(msg) from err
+        logger.warning("Removed %s, the re-run list of an earlier report: %s", rerun, why)
+    log = logger.info if why in (_NOT_CHECKED, _NOTHING_MISSING) else logger.warning  # (an ID it cannot hold)
+    log("No re-run list written: %s", why)

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..ranks import rank_ranges
+from ..ranks import INDEX_NAME, rank_ranges
 from .statuses import STATUS_COLORS
 
 if TYPE_CHECKING:
@@ -69,7 +69,8 @@ def _summary_lines(found: RunInspection) -> list[str]:
     expected = len(found.sequence_ids)
     lines = [f"world size: {found.world_size} (from {found.world_size_from})"]
     if found.expected_from is None:
-        lines.append(f"sequences present: {found.num_present:,}; no expected IDs given, so none can be missing")
+        lines.append(f"completeness NOT checked: no expected IDs (none given, and no {INDEX_NAME} beside the "
+                     f"shards); {found.num_present:,} rows present")
     else:
         lines.append(f"sequences expected: {expected:,} (from {found.expected_from})")
         lines.append(f"sequences present: {found.num_present:,} rows; missing: {found.num_missing:,}; "

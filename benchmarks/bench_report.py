@@ -13,13 +13,18 @@ round by round::
                    (its kernel, the imports of matplotlib and nbconvert, the command)
     report         virnucpro-merge report RUN -o report.html (the run's index read for the IDs)
     report[text]   the same with --expected IDS.txt (a plain list of the same IDs)
+    inspect        inspect_run(RUN) in a fresh process: the report's reading, without its kernel
+    inspect[1-line] the same with the run's index written on one line (json.dump's default): where
+                   the lines break must change neither the time nor the memory
 
 and prints each as a ratio to ``read-ids`` of the same round; for the reports
 also what they take beyond the kernel, and beyond the whole fixed start-up. Then,
 in a fresh process, the memory ``inspect_run`` needs on a run of ``--memory-ids``
 IDs (default 10^7): its peak RSS growth, in bytes per ID, with the expected IDs read
-from a plain list and from the index; and the private memory of the processes that
-read a large file in byte ranges (all of them at once, at their peak).
+from a plain list, from the index and from the index on one line; and the private memory
+of the processes that read a large file in byte ranges (all of them at once, at their
+peak); and the peak RSS of a single-process ``validate_shard_completeness`` against the
+index, as written and on one line.
 
 Usage::
 
@@ -60,7 +65,8 @@ from harness import (  # beside this script
 
 SCRIPT = Path(__file__).resolve()
 RANKS = 64
-METHODS = ["read-ids", "json-load", "kernel", "start-up", "report", "report[text]"]
+METHODS = ["read-ids", "json-load", "kernel", "start-up", "report", "report[text]", "inspect", "inspect[1-line]"]
+ONE_LINE = "index_one_line.json"
 
 
 def child_main(spec: dict) -> None:
@@ -92,6 +98,23 @@ def child_main(spec: dict) -> None:
         with tempfile.TemporaryDirectory() as scratch:
             NotebookClient(nb, km=runreport.kernel_manager(Path(scratch))).execute()
         reply({"wall": time.perf_counter() - start})
+    elif method in ("inspect", "inspect[1-line]"):
+        from virnucpro_merge.inspection import inspect_run
+
+        expected = folder / (ONE_LINE if method == "inspect[1-line]" else "sequence_index.json")
+        start = time.perf_counter()
+        found = inspect_run(folder, expected)
+        reply({"wall": time.perf_counter() - start, "count": len(found.sequence_ids)})
+    elif method == "validate-memory":
+        from virnucpro_merge import validate_shard_completeness
+        from virnucpro_merge.ranks import folder_shards
+
+        shards = [p for p in folder_shards(folder, world_size=RANKS) if p.exists()]
+        gc.collect()
+        reset_peak()
+        base = rss_now()
+        missing, _ = validate_shard_completeness(shards, folder / spec["expected"])
+        reply({"growth": rss_peak() - base, "missing": len(missing)})
     elif method == "memory":
         from virnucpro_merge.inspection import inspect_run
 
@@ -157,6 +180,11 @@ def build(folder: Path, n: int) -> Path:
     run = write_stride_run(folder, n, RANKS, dim=1, zeros=True, index=True, id_format="contig_{:09d}")
     for rank in (5, RANKS - 1):  # a lost worker, and a lost last one
         run.shard_files[rank].unlink()
+    with open(folder / "sequence_index.json", encoding="utf-8") as fh:  # the same index, on one line
+        index = json.load(fh)
+    with open(folder / ONE_LINE, "w", encoding="utf-8") as fh:
+        json.dump(index, fh)
+    del index
     for path in folder.iterdir():  # a warm page cache for every method alike
         path.read_bytes()
     return folder
@@ -231,7 +259,7 @@ def main() -> int:
         log(f"building {int(args.memory_ids):,} IDs for the memory run ...")
         big = build(workdir / "big", int(args.memory_ids))
         print()
-        for expected in ("expected_ids.txt", "sequence_index.json"):
+        for expected in ("expected_ids.txt", "sequence_index.json", ONE_LINE):
             memory = run_fresh(SCRIPT, {"method": "memory", "run": str(big), "expected": expected}, package,
                                what="memory")
             print(f"inspect_run on {memory['ids']:,} IDs ({memory['missing']:,} missing), expected IDs from "
@@ -239,6 +267,11 @@ def main() -> int:
                   f"{memory['growth'] / memory['ids']:.1f} bytes an ID; its worker processes: "
                   f"{memory['readers'] / 1e6:.0f} MB at most, together (USS), "
                   f"{memory['readers'] / memory['ids']:.1f} bytes an ID")
+        for expected in ("sequence_index.json", ONE_LINE):
+            memory = run_fresh(SCRIPT, {"method": "validate-memory", "run": str(big), "expected": expected}, package,
+                               what="validate-memory")
+            print(f"validate_shard_completeness (one process), expected IDs from {expected}: peak RSS growth "
+                  f"{memory['growth'] / 1e6:.0f} MB, {memory['growth'] / int(args.memory_ids):.1f} bytes an ID")
     return 0
 
 

@@ -379,3 +379,87 @@ def test_a_damaged_gzip_is_one_line_naming_the_file(tmp_path, damage, capsys):
     write_shard(shard, ["seq000000"], np.zeros((1, 2), "f4"))
     assert main(["validate", str(shard), "--expected", str(path)]) == 2  # unreadable input, not failed validation
     assert capsys.readouterr().err.startswith(f"virnucpro-merge: error: {path}: damaged gzip file (")
+
+
+# --------------------------------------------------------------------------- an index on one line (issue 20)
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | ID_TEXT,
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(ID_TEXT, inner, max_size=3),
+                           max_leaves=6)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ids=st.lists(ID_TEXT, min_size=1, max_size=20), extra=st.dictionaries(st.sampled_from(["v", "n", "z"]),
+                                                                              JSON_VALUES, max_size=3),
+       fields=st.dictionaries(st.sampled_from(["length", "score", "ok", "meta"]), JSON_VALUES, max_size=3),
+       indent=st.sampled_from([None, None, 1]), block=st.integers(1, 64), range_bytes=st.integers(1, 300))
+def test_any_index_reads_the_same_whatever_its_blocks(tmp_path, ids, extra, fields, indent, block, range_bytes):
+    """A block may end anywhere (inside a string, a literal, a number, an escape): the records read are json's."""
+    from virnucpro_merge import expected
+
+    index = {**extra, "sequences": [{**fields, "sequence_id": i} for i in ids]}
+    path = tmp_path / "index.json"
+    path.write_text(json.dumps(index, indent=indent, ensure_ascii=bool(block % 2)), encoding="utf-8")
+    want = [r["sequence_id"] for r in json.loads(path.read_text(encoding="utf-8"))["sequences"]]
+    old = expected._BLOCK
+    try:
+        expected._BLOCK = block
+        assert _whole(path) == want
+        assert _in_ranges(path, range_bytes) == want
+    finally:
+        expected._BLOCK = old
+
+
+def _bytes_read_in_ranges(path, range_bytes, monkeypatch):
+    """How many bytes reading ``path`` in byte ranges reads from the disk, all ranges together."""
+    from virnucpro_merge import expected
+
+    total = [0]
+    real_open = expected._open
+
+    class Counting:
+        def __init__(self, raw):
+            self.raw = raw
+
+        def read(self, size=-1):
+            data = self.raw.read(size)
+            total[0] += len(data)
+            return data
+
+        def __getattr__(self, name):
+            return getattr(self.raw, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.raw.close()
+
+    monkeypatch.setattr(expected, "_open", lambda p, name: Counting(real_open(p, name)))
+    ids = _in_ranges(path, range_bytes)
+    return total[0], ids
+
+
+@pytest.mark.parametrize("layout", ["one line", "a line a record", "text on one line", "fasta, one long line"])
+def test_where_the_lines_break_does_not_change_the_cost(tmp_path, monkeypatch, layout):
+    """Each range reads about its own bytes: an index on one line (json.dump's default) is not read
+    to its end by every range (which cost size squared)."""
+    records = [{"sequence_id": f"contig_{i:07d}", "length": i, "file_path": "a.fa", "byte_offset": i * 9}
+               for i in range(4000)]
+    path = tmp_path / ("index.json" if "text" not in layout and "fasta" not in layout else "ids.fa")
+    if layout == "one line":
+        path.write_text(json.dumps({"sequences": records}))
+    elif layout == "a line a record":
+        path.write_text(json.dumps({"sequences": records}, indent=1))
+    elif layout == "text on one line":  # (one ID: the whole file)
+        path = tmp_path / "ids.txt"
+        path.write_text("x" * 300_000)
+    else:
+        path.write_text(">a\n" + "ACGT" * 75_000 + "\n>b\nAC\n")
+    from virnucpro_merge import expected
+
+    monkeypatch.setattr(expected, "_BLOCK", 1024)  # (a range of 4 KiB, read 1 KiB at a time)
+    size = path.stat().st_size
+    read, ids = _bytes_read_in_ranges(path, 4096, monkeypatch)
+    assert not isinstance(ids, str), ids
+    assert read <= 3 * size, f"{read / size:.1f} x the file read"

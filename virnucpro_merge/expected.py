@@ -71,6 +71,7 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _WS = re.compile(r"[ \t\n\r]*")  # JSON's own whitespace
 _SEPARATOR = re.compile(r"[ \t\n\r]*([,\]])[ \t\n\r]*")  # after a record of the list
 _DECODE = json.JSONDecoder().raw_decode  # one value at a position: (value, end)
+_NEAR_END = 8  # characters: longer than any token the window can cut short and still read (true, \\uXXXX, 1e+5)
 _NOT_AN_INDEX = 'not a sequence index: expected {"sequences": [{"sequence_id": ...}, ...]}'
 
 
@@ -144,32 +145,59 @@ def _cut(data: bytes) -> int:
     return max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1
 
 
+def _char_end(data: bytes) -> int:
+    """Where the last whole UTF-8 character of ``data`` ends, before a final ``\\r`` (which may
+    be the first half of ``\\r\\n``)."""
+    end = len(data) - (data[-1:] == b"\r")
+    for at in range(end - 1, max(end - 4, 0) - 1, -1):
+        byte = data[at]
+        if byte & 0xC0 != 0x80:  # an ASCII byte, or the first of a character
+            size = 1 if byte < 0x80 else 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return end if at + size <= end else at
+    return end  # (not UTF-8: the decoding says so)
+
+
 def _text_blocks(name: object, blocks: Iterable[bytes], offset: int = 0, *, cut_at: int | None = None
                  ) -> Iterator[tuple[str, int]]:
-    """Decoded text, each piece ending at a line break, with the byte offset where it starts.
+    """Decoded text, with the byte offset where each piece starts.
 
-    ``offset`` is the byte offset of the first block; a piece also ends at byte
-    ``cut_at`` (a line start), so that the text before it is a piece of its own.
-    Bytes are held (not copied again and again) until a block brings a line break.
+    A piece ends at the last line break of a block, or, in a block without one (a file
+    written on one line), at its last whole character: the text streams whatever its
+    lines, and no more than a character is ever held back. Readers that need whole
+    lines join such pieces (:func:`_whole_lines`). ``offset`` is the byte offset of the
+    first block; a piece also ends at byte ``cut_at``, so that the text before it is a
+    piece of its own.
     """
-    held: list[bytes] = []
-    held_size = 0
+    held = b""
     for block in blocks:
-        start = offset + held_size  # where ``block`` starts in the file
+        start = offset + len(held)  # where ``block`` starts in the file
         if cut_at is not None and offset < cut_at and start <= cut_at < start + len(block):
-            yield _decode(name, b"".join([*held, block[: cut_at - start]]), offset)
-            block, offset, held, held_size = block[cut_at - start :], cut_at, [], 0
-        cut = _cut(block)
-        if cut == 0:
-            held.append(block)
-            held_size += len(block)
-            continue
-        data = b"".join([*held, block[:cut]])
-        yield _decode(name, data, offset)
-        offset += len(data)
-        held, held_size = ([block[cut:]], len(block) - cut) if cut < len(block) else ([], 0)
-    if held_size:
-        yield _decode(name, b"".join(held), offset)
+            yield _decode(name, held + block[: cut_at - start], offset)
+            block, offset, held = block[cut_at - start :], cut_at, b""
+        data = held + block
+        cut = _cut(data) or _char_end(data)
+        if cut:
+            yield _decode(name, data[:cut], offset)
+            offset += cut
+        held = data[cut:]
+    if held:
+        yield _decode(name, held, offset)
+
+
+def _whole_lines(pieces: Iterable[tuple[str, int]]) -> Iterator[tuple[str, int]]:
+    """The pieces, joined where one ends inside a line: each then ends at a line break (or
+    at the end of the file)."""
+    parts: list[str] = []
+    first = 0
+    for text, offset in pieces:
+        if not parts:
+            first = offset
+        parts.append(text)
+        if text.endswith(("\n", "\r")):
+            yield "".join(parts), first
+            parts = []
+    if parts:
+        yield "".join(parts), first
 
 
 def _decode(name: object, data: bytes, offset: int) -> tuple[str, int]:
@@ -183,15 +211,6 @@ def _decode(name: object, data: bytes, offset: int) -> tuple[str, int]:
     if offset == 0 and text.startswith(_BOM):
         return text[1:], len(_BOM.encode())
     return text, offset
-
-
-def _lines(pieces: Iterable[tuple[str, int]]) -> Iterator[str]:
-    """The lines of the text, without their line breaks."""
-    for text, _ in pieces:
-        lines = _LINE_BREAK.split(text)
-        if lines and lines[-1] == "":
-            lines.pop()  # the piece ended with a line break
-        yield from lines
 
 
 # --------------------------------------------------------------------------- the rules
@@ -280,9 +299,8 @@ def _encodable(text: str) -> bool:
 class _JsonText:
     """A window onto a file's text, fed piece by piece, for reading one JSON value at a time.
 
-    Pieces end at line breaks, and a line break is never inside a JSON token (JSON
-    strings cannot hold one), so a value the window cuts short always fails at its
-    very end: then more text is read and the value read again.
+    A value the window cuts short fails at its very end, or (a number) ends there: then
+    more text is read and the value read again.
     """
 
     def __init__(self, pieces: Iterator[tuple[str, int]], name: object, *, owned_until: int | None = None) -> None:
@@ -291,13 +309,15 @@ class _JsonText:
         self.dropped = 0  # characters dropped from the front of the window so far
         self.byte_base: int | None = None  # byte offset of the window's first character
         self.line = 1  # line number of the window's first character
+        self.column = 0  # characters of that line dropped before it
         self.owned_until = owned_until  # byte offset where this reader's records end
         self.owned_chars: int | None = None  # ... as a character count from the start of reading
         self.pin: int | None = None  # a character (counted likewise) that must stay in the window
         self.dropped_crlf = 0  # \r\n pairs among the dropped characters (json counts them as one)
 
     def more(self) -> bool:
-        """Read one more piece into the window; False at the end of the file."""
+        """Read one more piece into the window; False at the end of the file. What was read
+        is dropped first (a file on one line streams as one of many lines does)."""
         piece = next(self.pieces, None)
         if piece is None:
             return False
@@ -306,12 +326,14 @@ class _JsonText:
             self.byte_base = offset
         if offset == self.owned_until:
             self.owned_chars = self.dropped + len(self.text)
-        until = self.pos if self.pin is None else min(self.pos, self.pin - self.dropped)
-        keep = _after_last_break(self.text, until)  # drop whole lines already read
-        if keep and self.byte_base is not None:
+        keep = self.pos if self.pin is None else min(self.pos, self.pin - self.dropped)
+        keep -= keep > 0 and self.text[keep - 1] == "\r"  # (a \r\n is dropped whole, or not at all)
+        if keep > 0 and self.byte_base is not None:
             gone = self.text[:keep]
             crs, pairs = (gone.count("\r"), gone.count("\r\n")) if "\r" in gone else (0, 0)  # most files: no \r
-            self.line += gone.count("\n") + crs - pairs
+            breaks = gone.count("\n") + crs - pairs
+            self.line += breaks
+            self.column = keep - _after_last_break(gone, keep) if breaks else self.column + keep
             self.dropped_crlf += pairs
             self.byte_base += len(gone) if gone.isascii() else len(gone.encode())
             self.dropped += keep
@@ -335,7 +357,12 @@ class _JsonText:
         self.pos += 1
 
     def value(self) -> object:
-        """The JSON value at the current position (after any whitespace)."""
+        """The JSON value at the current position (after any whitespace).
+
+        A value the window may have cut short is read again with more text: one that
+        fails or ends within a few characters of the window's end (a literal, an escape,
+        a number's tail), or a string that runs to its end.
+        """
         self.next_char()
         while True:
             try:
@@ -343,10 +370,14 @@ class _JsonText:
             except json.JSONDecodeError as err:
                 where, problem = err.pos, err.msg
             else:
+                if end >= len(self.text) - _NEAR_END and self.more():
+                    continue
                 self.pos = end
                 return found
-            if where >= len(self.text.rstrip(" \t\n\r")) and self.more():
-                continue  # cut short by the window
+            cut_short = problem.startswith("Unterminated string") or (
+                where >= len(self.text.rstrip(" \t\n\r")) - _NEAR_END)
+            if cut_short and self.more():
+                continue
             raise self.error(problem, where)
 
     def byte_offset(self) -> int:
@@ -365,7 +396,8 @@ class _JsonText:
         """``invalid JSON``, placed as :mod:`json` places it (line, column and character of the
         text with its line ends read as ``\\n``)."""
         line = self.line + len(_LINE_BREAK.findall(self.text, 0, where))
-        column = where - _after_last_break(self.text, where) + 1
+        start = _after_last_break(self.text, where)
+        column = where - start + 1 + (self.column if start == 0 else 0)
         char = self.dropped - self.dropped_crlf + where - self.text.count("\r\n", 0, where)
         msg = f"{self.name}: invalid JSON ({problem}: line {line} column {column} (char {char}))"
         return ExpectedIdsError(msg)
@@ -501,11 +533,9 @@ class _IndexReader:
             char = text.next_char()
             if char == "" or not text.owned():
                 return
-            if char == '"':
-                text.value()  # a string (ranges start at line starts: never inside one)
-                continue
-            if char != "{":
-                text.pos += 1
+            if char != "{":  # (a '{' inside a string never parses as a record: its quotes are escaped)
+                brace = text.text.find("{", text.pos)
+                text.pos = len(text.text) if brace < 0 else brace
                 continue
             start = text.pin = text.dropped + text.pos  # keep it in the window while guessing
             try:
@@ -575,12 +605,14 @@ def _form_and_pieces(name: object, raw: BinaryIO) -> tuple[str | None, str, Iter
     if form is not None:
         return form, why, pieces
     seen: list[tuple[str, int]] = []
+    at_line_start = True
     for piece in pieces:
         seen.append(piece)
-        first = next((line for line in _lines([piece]) if line.strip()), None)
-        if first is not None:
-            form, why = _form_by_content(first)
-            return form, why, _chain(seen, pieces)
+        for number, line in enumerate(_LINE_BREAK.split(piece[0])):
+            if line.strip():  # the first non-blank line (on from a blank start: as if indented)
+                form, why = _form_by_content(line if at_line_start or number else " " + line)
+                return form, why, _chain(seen, pieces)
+        at_line_start = piece[0].endswith(("\n", "\r"))
     return None, "", iter(seen)
 
 
@@ -623,7 +655,7 @@ def _blocks(path: Path, name: object, *, index_only: bool, require_ids: bool = F
                     found = found or bool(records)
                     yield records, [record["sequence_id"] for record in records]
             elif form is not None:
-                for text, _ in pieces:
+                for text, _ in _whole_lines(pieces):
                     ids = _line_ids(text, form)
                     found = found or bool(ids)
                     yield None, ids
@@ -743,14 +775,16 @@ def expected_ranges(path: str | os.PathLike[str], range_bytes: int) -> list[tupl
     return list(itertools.pairwise(bounds)) or [(0, 0)]
 
 
-def _line_start(raw: BinaryIO, position: int) -> int:
-    """The first line start at or after byte ``position``."""
+def _line_start(raw: BinaryIO, position: int, *, until: int | None = None) -> int:
+    """The first line start at or after byte ``position`` (looked for up to byte ``until``
+    at most, which is returned when there is none before it: a file on one line is not
+    read to its end by every range)."""
     if position == 0:
         return 0
     raw.seek(position - 1)
     previous = raw.read(1)
-    while True:
-        data = raw.read(_BLOCK)
+    while until is None or position < until:
+        data = raw.read(_BLOCK if until is None else min(_BLOCK, until - position + 1))
         if not data:
             return position
         if previous == b"\n" or (previous == b"\r" and data[:1] != b"\n"):
@@ -760,6 +794,17 @@ def _line_start(raw: BinaryIO, position: int) -> int:
             position, previous = position + len(data), data[-1:]
             continue
         return position + found.end()
+    return until
+
+
+def _char_start(raw: BinaryIO, position: int) -> int:
+    """The first start of a UTF-8 character at or after byte ``position``."""
+    raw.seek(position)
+    head = raw.read(4)
+    skip = 0
+    while skip < len(head) and head[skip] & 0xC0 == 0x80:
+        skip += 1
+    return position + skip
 
 
 def read_range(path: str | os.PathLike[str], form: str, start: int, end: int, *, shown_as: object = None,
@@ -776,13 +821,18 @@ def read_range(path: str | os.PathLike[str], form: str, start: int, end: int, *,
     path = Path(path)
     name = shown_as or path
     with _open(path, name) as raw:
-        first, last = _line_start(raw, start), _line_start(raw, end)
+        if form == JSON:  # records are found by parsing, wherever the lines break
+            first, last = _char_start(raw, start), _char_start(raw, end)
+        else:
+            first = _line_start(raw, start, until=end)
+            last = _line_start(raw, end) if first < end else first  # (no line starts in it: it holds none)
         found = RangeIds(first, last)
         raw.seek(first)
         if form != JSON:
             region = _read_head(raw, name, last - first) if first < last else b""
             try:
-                found.ids = [i for text, _ in _text_blocks(name, [region], first) for i in _line_ids(text, form)]
+                found.ids = [i for text, _ in _whole_lines(_text_blocks(name, [region], first))
+                             for i in _line_ids(text, form)]
             except ExpectedIdsError as err:
                 raise _noted(err, why) from err
             return found

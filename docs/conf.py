@@ -40,7 +40,10 @@ nb_execution_mode = "off"
 nb_merge_streams = True
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
-suppress_warnings = ["myst.header"]  # a notebook's H1 after its title cell is fine
+suppress_warnings = [
+    "myst.header",  # a notebook's H1 after its title cell is fine
+    "mystnb.unknown_mime_type",  # what the report notebook tells the report command (its re-run list): not shown
+]
 
 # --- API reference: numpydoc docstrings through napoleon, one page per public name
 templates_path = ["_templates"]  # autosummary/class.rst: members on the class's own page

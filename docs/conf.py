@@ -18,7 +18,7 @@ from virnucpro_merge import __version__  # noqa: E402
 
 project = "virnucpro_merge"
 author = "the virnucpro_merge developers"
-copyright = "2026, " + author  # noqa: A001
+copyright = "2026, " + author
 release = version = __version__
 
 extensions = [

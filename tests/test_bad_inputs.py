@@ -71,7 +71,7 @@ def test_extra_datasets_are_ignored(make_shard, tmp_path):
     with h5py.File(shard, "a") as f:
         f.create_dataset("attention", data=np.zeros((2, 5)))
         f.create_group("meta").attrs["model"] = "esm2_t33_650M"
-    emb, seq = read_datasets(aggregate_shards([shard], tmp_path / "o.h5"))
+    _emb, seq = read_datasets(aggregate_shards([shard], tmp_path / "o.h5"))
     with h5py.File(tmp_path / "o.h5") as f:
         assert sorted(f) == ["embeddings", "merge_report", "sequence_ids"]
     assert seq == ["a", "b"]

@@ -52,11 +52,11 @@ class TestAggregate:
     def test_expected_forms(self, run_dir, form, capsys):
         path = run_dir / f"expected.{form}"
         if form == "txt":
-            path.write_text("# ids\n" + "\n".join(ALL_IDS + ["lost"]) + "\n")
+            path.write_text("# ids\n" + "\n".join([*ALL_IDS, "lost"]) + "\n")
         elif form == "fasta":
-            path.write_text("".join(f">{i} desc\nACGT\n" for i in ALL_IDS + ["lost"]))
+            path.write_text("".join(f">{i} desc\nACGT\n" for i in [*ALL_IDS, "lost"]))
         else:
-            path.write_text(json.dumps({"sequences": [{"sequence_id": i} for i in ALL_IDS + ["lost"]]}))
+            path.write_text(json.dumps({"sequences": [{"sequence_id": i} for i in [*ALL_IDS, "lost"]]}))
         out = run_dir / "merged.h5"
         code = main(["aggregate", str(run_dir), "-o", str(out), "--expected", str(path)])
         assert code == 1
@@ -133,7 +133,7 @@ class TestValidate:
         assert not (run_dir / "embeddings.h5").exists()
 
     def test_missing_exits_1(self, run_dir, capsys):
-        (run_dir / "ids.txt").write_text("\n".join(ALL_IDS + ["x9", "x1"]))
+        (run_dir / "ids.txt").write_text("\n".join([*ALL_IDS, "x9", "x1"]))
         assert main(["validate", str(run_dir), "--expected", str(run_dir / "ids.txt")]) == 1
         assert "missing: 2 (first 10: ['x1', 'x9'])" in capsys.readouterr().out
 

@@ -60,8 +60,8 @@ def plan_facts(plan):
 
 def test_plan_equals_single_process(client, demo):
     run, expected = demo
-    local = plan_merge(run.shard_files, expected + ["not-in-any-shard"], partial=True)
-    spread = plan_merge(run.shard_files, expected + ["not-in-any-shard"], partial=True, client=client)
+    local = plan_merge(run.shard_files, [*expected, "not-in-any-shard"], partial=True)
+    spread = plan_merge(run.shard_files, [*expected, "not-in-any-shard"], partial=True, client=client)
     assert plan_facts(spread) == plan_facts(local)
 
 
@@ -136,7 +136,7 @@ def test_to_dask_on_virtual(demo, tmp_path, make_shard):
     virtual = aggregate_shards(shards, tmp_path / "v.h5", layout="virtual")
     np.testing.assert_array_equal(to_dask(virtual).compute(), read_datasets(virtual)[0])
     shards[1].unlink()
-    with pytest.raises(ValueError, match="shard_1.h5: source shard of the virtual output .* is missing"):
+    with pytest.raises(ValueError, match=r"shard_1\.h5: source shard of the virtual output .* is missing"):
         to_dask(virtual)
 
 
@@ -175,7 +175,7 @@ def test_expected_file_in_byte_ranges(client, demo, tmp_path, form, monkeypatch)
     from virnucpro_merge import cluster
 
     run, expected = demo
-    wanted = expected + ["not-in-any-shard", "β-ghost"]
+    wanted = [*expected, "not-in-any-shard", "β-ghost"]
     path = tmp_path / f"expected.{form}"
     if form == "text":
         path.write_text("\ufeff# run 7\n" + "\r\n".join(wanted) + "\n")

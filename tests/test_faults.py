@@ -200,9 +200,8 @@ class TestFolderRemoved:
             if when == "before the rename":
                 shutil.rmtree(folder)
 
-        with pytest.raises(OutputError) as err:  # noqa: PT012 (the failure is in leaving the block)
-            with atomic_output(target) as pending:
-                write(pending)
+        with pytest.raises(OutputError) as err, atomic_output(target) as pending:
+            write(pending)
         assert str(err.value) == f"{target}: output folder {folder} was removed during the merge"
 
 
@@ -257,6 +256,6 @@ class TestInputsUntouched:
         with pytest.raises(MergeError):
             aggregate_shards(shards, tmp_path / "dup.h5")
         with pytest.raises(MergeError):
-            aggregate_shards([*good, half], tmp_path / "missing.h5", ["absent"] + ids("h", 300))
+            aggregate_shards([*good, half], tmp_path / "missing.h5", ["absent", *ids("h", 300)])
         assert checksums() == before
         assert mtimes() == before_m

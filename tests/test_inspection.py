@@ -67,7 +67,7 @@ def demo(tmp_path_factory):
 
 
 def test_demo_summary_matches_the_failures(demo):
-    run, found = demo
+    _run, found = demo
     assert [s.rank for s in found.shards] == list(range(8))
     assert [s.expected for s in found.shards] == [250] * 8
     assert [s.present for s in found.shards] == [250, 250, 250, 0, 250, 0, 150, 0]
@@ -79,7 +79,7 @@ def test_demo_summary_matches_the_failures(demo):
 
 
 def test_demo_missing_matrix_is_what_the_failures_imply(demo):
-    run, found = demo
+    _run, found = demo
     expected = np.zeros((8, 250), dtype=bool)
     expected[[3, 5, 7], :] = True  # lost shards: whole rows
     expected[6, 150:] = True  # died after 60 % of its 250: the tail

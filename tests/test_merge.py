@@ -36,7 +36,7 @@ def crashed_run(make_shard, tmp_path):
 
 class TestPartial:
     def test_strict_merge_stops_at_the_crashed_worker(self, crashed_run, tmp_path):
-        with pytest.raises(UnreadableShardError, match="shard_1.h5: truncated"):
+        with pytest.raises(UnreadableShardError, match=r"shard_1\.h5: truncated"):
             aggregate_shards(crashed_run, tmp_path / "out.h5")
         assert not (tmp_path / "out.h5").exists()
 
@@ -98,7 +98,7 @@ class TestDtypesAndIds:
 
     def test_unicode_and_odd_ids_round_trip(self, make_shard, tmp_path):
         odd = ["NC_045512.2|ORF1ab", "β-coronavirus", "病毒_1", "emoji🦠", " padded ", "", "tab\tid"]
-        emb, seq = read_datasets(aggregate_shards([make_shard("shard_0", odd)], tmp_path / "o.h5"))
+        _emb, seq = read_datasets(aggregate_shards([make_shard("shard_0", odd)], tmp_path / "o.h5"))
         assert seq == odd
 
     def test_merged_file_is_a_valid_shard(self, make_shard, tmp_path):
@@ -185,7 +185,7 @@ class TestReport:
         assert report["missing_ids"] == []
 
     def test_many_missing_ids_are_stored(self, make_shard, tmp_path):
-        expected = ["have"] + ids("gone", 20000)
+        expected = ["have", *ids("gone", 20000)]
         out = aggregate_shards([make_shard("shard_0", ["have"])], tmp_path / "o.h5", expected, partial=True)
         assert read_merge_report(out)["missing_ids"] == sorted(ids("gone", 20000))
 
@@ -250,7 +250,7 @@ class TestCopyPaths:
             return result
 
         monkeypatch.setattr(module, step, then_rewrite)
-        with pytest.raises(ValueError, match="shard_0.h5: changed while the merge was running"):
+        with pytest.raises(ValueError, match=r"shard_0\.h5: changed while the merge was running"):
             aggregate_shards([shard], tmp_path / "o.h5", ids("a", 10), order=order)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["shard_0.h5"]
 
@@ -269,7 +269,7 @@ class TestCopyPaths:
             return original(block, start, checksums)
 
         monkeypatch.setattr(copy_module, "scan_rows", fail_on_the_fourth)
-        with pytest.raises(UnreadableShardError, match="shard_1.h5: truncated: the embeddings end early"):
+        with pytest.raises(UnreadableShardError, match=r"shard_1\.h5: truncated: the embeddings end early"):
             aggregate_shards(shards, tmp_path / "o.h5", chunk_size=100)
         assert sorted(p.name for p in tmp_path.iterdir()) == [s.name for s in shards]
         assert len(scanned) == 4, "the scan went on after it failed"

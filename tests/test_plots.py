@@ -8,21 +8,21 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.colors import to_hex  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
 
-from virnucpro_merge.inspection import STATUS_COLORS, inspect_run  # noqa: E402
-from virnucpro_merge.inspection.memory import MIB, MemoryProfile  # noqa: E402
-from virnucpro_merge.inspection.plots import (  # noqa: E402
+from virnucpro_merge.inspection import STATUS_COLORS, inspect_run
+from virnucpro_merge.inspection.memory import MIB, MemoryProfile
+from virnucpro_merge.inspection.plots import (
     plot_memory_profile,
     plot_missing_heatmap,
     plot_peak_scaling,
     plot_shard_counts,
 )
-from virnucpro_merge.synthetic import make_demo_run  # noqa: E402
+from virnucpro_merge.synthetic import make_demo_run
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +72,7 @@ def test_missing_heatmap_shows_the_matrix_and_the_padding(found):
     assert (cells[3:, 25] == 2).all()
     assert (cells[:3, 25] != 2).all()
     assert ax.get_title() == f"Missing sequences: {found.num_missing} of 203"
-    assert [t.get_text() for t in ax.get_yticklabels()][0] == "rank 0"
+    assert next(t.get_text() for t in ax.get_yticklabels()) == "rank 0"
 
 
 def test_memory_profile_one_line_per_call():
@@ -184,7 +184,7 @@ def test_heatmap_reads_at_any_scale(ranks, n):
     column_of = lambda j: j * columns // found.missing.shape[1]  # noqa: E731
     assert cells[row_of(dead)].min() > 0, "a lost shard's row is drawn as missing all along"
     assert cells[row_of(lone), column_of(found.missing.shape[1] // 3)] > 0, "a single missing sequence is seen"
-    present = [r for r in range(ranks) if r not in (dead, short, lone)][0]
+    present = next(r for r in range(ranks) if r not in (dead, short, lone))
     assert cells[row_of(present)].max() in (0, 2) or row_of(present) in {row_of(dead), row_of(short), row_of(lone)}
 
 

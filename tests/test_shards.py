@@ -146,7 +146,7 @@ def test_expand_keeps_files_as_given(tmp_path):
 
 
 def test_expand_empty_folder(tmp_path):
-    with pytest.raises(ValueError, match="no shard_<N>.h5 files"):
+    with pytest.raises(ValueError, match=r"no shard_<N>\.h5 files"):
         expand_shard_args([tmp_path])
 
 

@@ -67,7 +67,7 @@ def test_validate_completeness_tolerates_duplicates(make_shard, hashing):
 def test_merge_finds_real_duplicates_among_collisions(make_shard, tmp_path, hashing):
     a = make_shard("shard_0", ["aa", "bb", "cc"])
     b = make_shard("shard_1", ["dd", "bb"])
-    with pytest.raises(DuplicateIdError, match="Duplicate sequence ID found: bb in .*shard_1.h5 .*shard_0.h5"):
+    with pytest.raises(DuplicateIdError, match=r"Duplicate sequence ID found: bb in .*shard_1\.h5 .*shard_0\.h5"):
         aggregate_shards([a, b], tmp_path / "m.h5")
 
 

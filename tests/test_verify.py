@@ -464,7 +464,7 @@ CATCHES = {
     "missing IDs counted": (lambda m: edit_summary(m, lambda s: s.update(num_missing=s["num_missing"] + 1)),
                             "the report lists 1275 missing IDs, its summary says 1276"),
     "missing IDs checksummed": (lambda m: _replace(m, "merge_report/missing_ids",
-                                                   np.array(_missing_ids(m)[:-1] + ["zzz"], dtype=object),
+                                                   np.array([*_missing_ids(m)[:-1], "zzz"], dtype=object),
                                                    reseal=False),
                                 "the report's 'missing_ids' table does not match the checksum"),
     "missing IDs absent from the IDs": (

@@ -58,7 +58,7 @@ def test_virtual_holds_no_embeddings(make_shard, tmp_path):
 def test_same_validation_as_contiguous(run, make_shard):
     folder, shards = run
     with pytest.raises(ValueError, match="Missing 1 expected sequences"):
-        aggregate_shards(shards, folder / "v.h5", ids("r0_", 40) + ["gone"], layout="virtual")
+        aggregate_shards(shards, folder / "v.h5", [*ids("r0_", 40), "gone"], layout="virtual")
     dup = make_shard("dup", ["r0_3"], dim=16)
     with pytest.raises(ValueError, match="Duplicate sequence ID found: r0_3"):
         aggregate_shards([*shards, dup], folder / "v.h5", layout="virtual")

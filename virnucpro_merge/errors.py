@@ -118,7 +118,7 @@ def twins_note(twins: dict[str, str], most: int = 3) -> str:
     if not twins:
         return ""
     pairs = list(twins.items())
-    shown = ", ".join(f"{ascii(missing[:_SHOWN])} differs from the present {ascii(present[:_SHOWN])}"
+    shown = ", ".join(f"{missing[:_SHOWN]!a} differs from the present {present[:_SHOWN]!a}"
                       for missing, present in pairs[:most])
     more = f" (and {len(pairs) - most} more such IDs)" if len(pairs) > most else ""
     return f"; {shown}{more} only by Unicode normalisation (NFC/NFD): IDs are compared exactly"

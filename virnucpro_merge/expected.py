@@ -81,7 +81,7 @@ _NOT_AN_INDEX = 'not a sequence index: expected {"sequences": [{"sequence_id": .
 def _open(path: Path, name: object) -> BinaryIO:
     """Open ``path`` for reading; errors name it as ``name`` (the path as the user gave it)."""
     try:
-        return open(path, "rb")  # noqa: SIM115 - the callers close it
+        return open(path, "rb")
     except FileNotFoundError as err:
         msg = f"{name}: expected-ID file does not exist"
         raise ExpectedIdsError(msg) from err
@@ -1031,8 +1031,8 @@ def write_id_list(ids: Iterable[str], path: str | os.PathLike[str]) -> Path:
                    f"back the same ({why}); nothing written")
             raise ExpectedIdsError(msg)
     ids = [str(i) for i in given]
-    with atomic_output(path, sum(map(len, ids)) * 4 + len(ids)) as pending:
-        with open(pending.path, "w", encoding="utf-8", newline="\n") as fh:
-            for start in range(0, len(ids), 2**16):
-                fh.write("".join(f"{i}\n" for i in ids[start : start + 2**16]))
+    with atomic_output(path, sum(map(len, ids)) * 4 + len(ids)) as pending, \
+            open(pending.path, "w", encoding="utf-8", newline="\n") as fh:
+        for start in range(0, len(ids), 2**16):
+            fh.write("".join(f"{i}\n" for i in ids[start : start + 2**16]))
     return path

@@ -22,6 +22,7 @@ removed table, a flipped bit in a count, an edited status, all show.
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import json
 import logging
 import os
@@ -166,33 +167,46 @@ def report_problems(group: h5py.Group, summary: Mapping, missing: list[str]) -> 
     list of str
         One line per problem (empty: none found).
     """
-    problems = _stored_problems(group, summary, missing)
+    return [*_stored_problems(group, summary, missing), *_status_problems(summary, missing),
+            *_offset_problems(summary), *_count_problems(summary, missing)]
+
+
+def _status_problems(summary: Mapping, missing: list[str]) -> list[str]:
+    """The failed shards, the shards' statuses and ``partial``, against each other."""
+    problems = []
     failed = {str(p) for p in summary["failed_shards"]}
-    status = {s["path"]: s["status"] for s in summary["shards"]}
-    wrong = sorted(p for p, st in status.items() if (st == "failed") != (p in failed))
+    wrong = sorted(s["path"] for s in summary["shards"] if (s["status"] == "failed") != (s["path"] in failed))
     if wrong:
         problems.append(f"the report's failed_shards and its shards' statuses disagree on {', '.join(wrong[:5])}")
-    partial = bool(failed) or bool(missing)
-    if summary["partial"] != partial:
+    if summary["partial"] != (bool(failed) or bool(missing)):
         problems.append(f"the report says partial={summary['partial']}, but {_count(len(failed), 'shard')} "
                         f"failed and {_count(len(missing), 'ID')} are missing")
-    if summary.get("order", "shards") == "shards":
-        offset = 0
-        for shard in summary["shards"]:
-            if shard["status"] == "failed":
-                continue
-            if shard["offset"] != offset:
-                problems.append(f"the report puts {shard['path']} at row {shard['offset']}, not {offset}")
-                break
-            offset += shard["num_sequences"]
+    return problems
+
+
+def _offset_problems(summary: Mapping) -> list[str]:
+    """The first shard not placed right after the one before it (a merge in shard order)."""
+    if summary.get("order", "shards") != "shards":
+        return []
+    offset = 0
+    for shard in (s for s in summary["shards"] if s["status"] != "failed"):
+        if shard["offset"] != offset:
+            return [f"the report puts {shard['path']} at row {shard['offset']}, not {offset}"]
+        offset += shard["num_sequences"]
+    return []
+
+
+def _count_problems(summary: Mapping, missing: list[str]) -> list[str]:
+    """The missing IDs (counted, sorted) and the counts, against what they derive from."""
+    problems = []
     if len(missing) != summary.get("num_missing", len(missing)):
         problems.append(f"the report lists {len(missing)} missing IDs, its summary says {summary['num_missing']}")
-    if any(a >= b for a, b in zip(missing, missing[1:], strict=False)):
+    if any(a >= b for a, b in itertools.pairwise(missing)):
         problems.append("the report's missing IDs are not sorted and distinct")
-    expected, extra = summary.get("num_expected"), summary.get("num_extra", 0)
-    if expected is not None and expected - len(missing) + extra != summary["total_sequences"]:
+    expected, extra, rows = summary.get("num_expected"), summary.get("num_extra", 0), summary["total_sequences"]
+    if expected is not None and expected - len(missing) + extra != rows:
         problems.append(f"the report's counts disagree: {expected:,} expected - {len(missing):,} missing + "
-                        f"{extra:,} not expected is not its {summary['total_sequences']:,} rows")
+                        f"{extra:,} not expected is not its {rows:,} rows")
     if expected is None and (missing or extra):
         problems.append("the report counts missing or unexpected IDs, but no expected ones")
     return problems
@@ -206,21 +220,13 @@ def _stored_problems(group: h5py.Group, summary: Mapping, missing: list[str]) ->
     if summary.get("format_version", version) != version:
         return [f"the report's format version is {version!r} in its group and "
                 f"{summary.get('format_version')!r} in its summary"]
-    if not isinstance(version, int | np.integer) or not 1 <= version <= FORMAT_VERSION:
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         return [f"its report is of format {version!r}, which this version of virnucpro-merge does not know "
                 f"(it reads 1 to {FORMAT_VERSION}): it cannot be verified"]
     checksums = summary.get("checksums")
     if version == 1:
-        if not isinstance(checksums, dict):
-            return []  # merged before checksums existed (verify says so)
-        if ID_TABLE not in group:
-            return [f"the report says its IDs were checksummed, but '{ID_TABLE}' is gone (damaged report)"]
-        recorded = checksums.get("missing_ids")
-        if isinstance(recorded, int) and ids_crc(missing) != recorded:
-            return ["the report's missing IDs do not match the checksum the merge recorded"]
-        return []
-    stored = group.attrs.get(SUMMARY_CRC)
-    raw = group["summary"][()]
+        return _format_1_problems(group, checksums, missing)
+    stored, raw = group.attrs.get(SUMMARY_CRC), group["summary"][()]
     if stored is None:
         return [f"the report's summary has no checksum ('{SUMMARY_CRC}' is gone: damaged report)"]
     if zlib.crc32(raw if isinstance(raw, bytes) else str(raw).encode()) != stored:
@@ -232,10 +238,27 @@ def _stored_problems(group: h5py.Group, summary: Mapping, missing: list[str]) ->
     if checksums.get("algorithm") != ALGORITHM:
         problems.append(f"the report names checksums of a kind this version does not know "
                         f"({checksums.get('algorithm')!r}): its rows cannot be checked")
+    return problems + _table_problems(group, summary, tables, missing)
+
+
+def _format_1_problems(group: h5py.Group, checksums: object, missing: list[str]) -> list[str]:
+    """A file of the previous version: its IDs' table there, its missing IDs' CRC."""
+    if not isinstance(checksums, dict):
+        return []  # merged before checksums existed (verify says so)
+    if ID_TABLE not in group:
+        return [f"the report says its IDs were checksummed, but '{ID_TABLE}' is gone (damaged report)"]
+    recorded = checksums.get("missing_ids")
+    if isinstance(recorded, int) and ids_crc(missing) != recorded:
+        return ["the report's missing IDs do not match the checksum the merge recorded"]
+    return []
+
+
+def _table_problems(group: h5py.Group, summary: Mapping, tables: dict, missing: list[str]) -> list[str]:
+    """Every table the report needs listed, every listed table there and as recorded, none other."""
     needed = {ID_TABLE, "missing_ids"} | ({ROW_TABLE} if summary.get("layout") != "virtual" else set()) | (
         {"missing_positions"} if summary.get("order") == "index" else set())
-    for name in sorted(needed - set(tables)):
-        problems.append(f"the report's summary does not list its '{name}' table (damaged report)")
+    problems = [f"the report's summary does not list its '{name}' table (damaged report)"
+                for name in sorted(needed - set(tables))]
     for name, crc in tables.items():
         if name not in group:
             problems.append(f"the report's '{name}' table is gone (damaged report)")
@@ -247,8 +270,8 @@ def _stored_problems(group: h5py.Group, summary: Mapping, missing: list[str]) ->
             continue
         if table_crc(np.asarray(values)) != crc:
             problems.append(f"the report's '{name}' table does not match the checksum the merge recorded")
-    for name in sorted(set(group) - set(tables) - {"summary"}):
-        problems.append(f"the report holds '{name}', which its summary does not list (damaged report)")
+    problems += [f"the report holds '{name}', which its summary does not list (damaged report)"
+                 for name in sorted(set(group) - set(tables) - {"summary"})]
     return problems
 
 

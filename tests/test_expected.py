@@ -15,12 +15,12 @@ from virnucpro_merge import ExpectedIdsError, read_expected_ids
 from virnucpro_merge.cli import main
 from virnucpro_merge.expected import (
     detect_form,
-    encode_ids,
     expected_ranges,
     ranges_agree,
     read_range,
     read_sequence_index,
 )
+from virnucpro_merge.ids import encode_ids
 from virnucpro_merge.synthetic import write_shard
 
 

@@ -23,7 +23,7 @@ from tests.helpers import ids, read_datasets
 from tests.killing import KillRun, child_env, time_one_merge, trial
 from virnucpro_merge import MergeError, OutputError, aggregate_shards
 from virnucpro_merge._write import sysio
-from virnucpro_merge._write.atomic import atomic_output, remove_stale_temps, temp_path
+from virnucpro_merge.outputs import atomic_output, remove_stale_temps, temp_path
 from virnucpro_merge.synthetic import write_shard
 
 

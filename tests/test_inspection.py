@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import virnucpro_merge.inspection.run
-from virnucpro_merge import MergeError, read_expected_ids, validate_shard_completeness, validation
+from virnucpro_merge import MergeError, read_expected_ids, validate_shard_completeness
+from virnucpro_merge import ids as ids_module
 from virnucpro_merge.expected import write_id_list
 from virnucpro_merge.inspection import (
     ABSENT,
@@ -310,7 +311,7 @@ def test_exact_though_two_ids_share_a_hash(tmp_path, monkeypatch, processes, ids
     """Hashes only point the way: every match is checked against the ID's bytes."""
     write_shard(tmp_path / "shard_0.h5", [ids[0], ids[2], "zz"], np.zeros((3, 2), np.float32))  # zz: not expected
     write_shard(tmp_path / "shard_1.h5", [ids[1]], np.zeros((1, 2), np.float32))
-    monkeypatch.setattr(validation, "_id_hash", len)  # every ID collides with those of its length
+    monkeypatch.setattr(ids_module, "_id_hash", len)  # every ID collides with those of its length
     found = inspect_run(rank_paths(tmp_path, 2), ids)
     assert found.missing_ids == [ids[3]]
     assert found.num_extra == 1

@@ -349,12 +349,13 @@ class TestCopyWhileChecking:
 
     def test_the_space_is_reserved_before_copying(self, make_shard, tmpfs, monkeypatch):
         """Past the free-space estimate (here: switched off), a full disk fails at once."""
-        from virnucpro_merge._write import atomic, sysio
+        from virnucpro_merge import outputs
+        from virnucpro_merge._write import sysio
 
         shard = make_shard("shard_0", ["x", "y"], dim=512 * 1024)
         small = tmpfs("size=2m")
         copies = []
-        monkeypatch.setattr(atomic, "room_problem", lambda *args: None)
+        monkeypatch.setattr(outputs, "room_problem", lambda *args: None)
         monkeypatch.setattr(sysio, "copy_bytes", lambda *args: copies.append(args))
         with pytest.raises(OutputError, match=r"o.h5: cannot write the merged file \(\[Errno 28\]"):
             aggregate_shards([shard], small / "o.h5")

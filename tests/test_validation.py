@@ -10,16 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from virnucpro_merge import DuplicateIdError, MissingIdsError, aggregate_shards, validate_shard_completeness, validation
+from virnucpro_merge import DuplicateIdError, MissingIdsError, aggregate_shards, validate_shard_completeness
+from virnucpro_merge import ids as ids_module
 from virnucpro_merge.cli import main
-from virnucpro_merge.validation import IdIndex, SortedHashes
+from virnucpro_merge.ids import SortedHashes
+from virnucpro_merge.validation import IdIndex
 
 
 @pytest.fixture(params=["python hash", "colliding hash"])
 def hashing(request, monkeypatch):
     """Run each test with the real hash and with one where many IDs collide."""
     if request.param == "colliding hash":
-        monkeypatch.setattr(validation, "_id_hash", lambda s: len(s) % 3)
+        monkeypatch.setattr(ids_module, "_id_hash", lambda s: len(s) % 3)
     return request.param
 
 
@@ -87,7 +89,7 @@ def test_index_memory_is_a_few_bytes_per_id():
 
 
 def test_missing_id_hidden_by_a_collision_is_still_found(make_shard, monkeypatch):
-    monkeypatch.setattr(validation, "_id_hash", lambda s: len(s) % 3)
+    monkeypatch.setattr(ids_module, "_id_hash", lambda s: len(s) % 3)
     shard = make_shard("shard_0", ["aa", "b"])  # hashes 2 and 1: no repeat among the shard IDs
     # "cc" hashes like "aa": by hash alone it would look present
     assert validate_shard_completeness([shard], {"aa", "b", "cc"}) == ({"cc"}, set())

@@ -23,12 +23,12 @@ from typing import Any
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ._version import __version__
-from ._write.atomic import refuse_overwriting
 from .checks import plan_merge
 from .errors import MergeError, ValidationError, twins_note
 from .expected import iter_expected_ids, read_expected_ids
 from .inspection.tables import format_report
 from .merge import CHUNK_SIZE, LAYOUTS, ORDERS, OUTPUT_IS_THE_EXPECTED_FILE, aggregate_shards, materialize
+from .outputs import refuse_overwriting
 from .plan import failed_summary
 from .ranks import expand_shard_args, folder_shards, index_beside, run_index
 from .report import read_merge_report

@@ -39,13 +39,13 @@ from .expected import (
     RANGE_BYTES,
     RangeIds,
     detect_form,
-    encode_ids,
     expected_ranges,
     iter_expected_ids,
     ranges_agree,
     read_expected_ids,
     read_range,
 )
+from .ids import encode_ids
 from .shards import EMBEDDINGS, ShardMeta, first_line, open_shard, read_id_bytes, read_shard_meta
 from .sources import source_problems
 from .validation import Findings, normalisation_twins

@@ -36,9 +36,9 @@ from typing import Any, BinaryIO, Literal, overload
 import numpy as np
 
 from ._processes import pool
-from ._write.atomic import atomic_output
 from .errors import ExpectedIdsError, shown_id
-from .validation import id_hashes
+from .ids import encode_and_hash_ids, encode_ids
+from .outputs import atomic_output
 
 __all__ = [
     "TEXT",
@@ -52,8 +52,6 @@ __all__ = [
     "iter_index_records",
     "read_sequence_index",
     "RANGE_BYTES",
-    "encode_ids",
-    "encode_and_hash_ids",
     "not_text",
     "iter_encoded_id_blocks",
     "expected_ranges",
@@ -868,55 +866,6 @@ def ranges_agree(ranges: list[RangeIds]) -> bool:
         if owns:
             expected_next = None if part.chain.closed else part.chain.next
     return expected_next is None
-
-
-def encode_ids(ids: Sequence[str] | np.ndarray, *, max_width: int | None = None) -> np.ndarray:
-    """IDs as an array of their UTF-8 bytes: fixed width (``dtype='S'``), compact, quick to
-    pickle and to sort (UTF-8 bytes sort as the strings do); a bytes array is returned as it is.
-
-    With ``max_width``, the array keeps every ID's bytes exactly: IDs of which one is
-    longer than ``max_width`` bytes (which would make every row that long) or ends in a
-    NUL byte (which a fixed-width array drops) are kept as ``bytes`` objects instead.
-
-    Examples
-    --------
-    >>> encode_ids(["seq1", "séq2"])
-    array([b'seq1', b's\\xc3\\xa9q2'], dtype='|S5')
-    >>> encode_ids(["seq1", "x" * 40], max_width=16).dtype
-    dtype('O')
-    >>> encode_ids(["seq1", "seq1\\x00"], max_width=16).tolist()
-    [b'seq1', b'seq1\\x00']
-    """
-    if isinstance(ids, np.ndarray) and ids.dtype.kind == "S":
-        return ids
-    if not len(ids):
-        return np.empty(0, dtype="S1")
-    ascii_only = "".join(ids).isascii()
-    source = ids if ascii_only else [i.encode() for i in ids]  # ASCII: numpy encodes it as it copies
-    lengths = np.fromiter(map(len, source), dtype=np.intp, count=len(source))
-    widest = int(lengths.max())
-    fixed = np.fromiter(source, dtype=f"S{max(widest, 1)}", count=len(source))
-    if max_width is None:
-        return fixed
-    rows = fixed.view(np.uint8).reshape(fixed.size, fixed.itemsize)
-    ends_in_nul = (lengths > 0) & (rows[np.arange(fixed.size), np.maximum(lengths - 1, 0)] == 0)
-    if widest <= max_width and not ends_in_nul.any():
-        return fixed
-    kept = np.empty(fixed.size, dtype=object)
-    kept[:] = [i.encode() for i in ids] if ascii_only else source
-    return kept
-
-
-def encode_and_hash_ids(ids: Sequence[str], *, max_width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """IDs as :func:`encode_ids` gives them, and the hash of each one's bytes
-    (:func:`~virnucpro_merge.validation.id_hashes`: what a shard's IDs, read as bytes, hash to).
-
-    >>> encoded, hashes = encode_and_hash_ids(["seq1"])
-    >>> hashes.tolist() == [hash(b"seq1")]
-    True
-    """
-    encoded = encode_ids(ids, max_width=max_width)
-    return encoded, id_hashes(encoded.tolist())
 
 
 def _encoded_range(path: Path, form: str, start: int, end: int, shown: object, why: str,

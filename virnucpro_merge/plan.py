@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ._files import file_key, fingerprint
 from .errors import DuplicateIdError, MergeError, MissingIdsError, ShardError, UnreadableShardError
 from .ranks import rank_of, rank_ranges
 from .shards import ABSENT, ShardMeta, iter_id_chunks, open_shard, read_shard_meta
-from .sources import file_key, fingerprint
 from .validation import Findings, IdIndex, warn_extra
 
 __all__ = [

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeGuard
 
-from ._openfiles import OpenFiles
-from ._write.atomic import atomic_output, refuse_overwriting
+from ._files import OpenFiles
 from .errors import IndexMismatchError
 from .expected import iter_index_records
+from .outputs import atomic_output, refuse_overwriting
 from .report import read_merge_report
 
 __all__ = ["write_missing_fasta"]

@@ -20,8 +20,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ._files import fingerprint
 from .errors import ShardError, UnreadableShardError
-from .sources import fingerprint, source_problems
+from .sources import source_problems
 
 __all__ = [
     "EMBEDDINGS",

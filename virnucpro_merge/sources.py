@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["file_key", "fingerprint", "relative_source", "hdf5_source_name", "resolve_source", "source_problems"]
+from ._files import fingerprint
+
+__all__ = ["relative_source", "hdf5_source_name", "resolve_source", "source_problems"]
 
 
 def relative_source(shard: Path, output: Path) -> str:
@@ -41,23 +43,6 @@ def resolve_source(stored: str, output: Path) -> Path:
     """Where a stored source path points, seen from the output's folder (as the user named it)."""
     path = Path(stored)
     return path if path.is_absolute() else Path(output).parent / path
-
-
-def file_key(path: str | os.PathLike[str], cwd: str | None = None) -> tuple:
-    """What tells two names of one file apart from two files: its device and inode where it
-    exists (links and hard links included), its normalised absolute path where it does not
-    (against ``cwd``, the current directory unless given: pass it for many paths at once)."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return ("absent", os.path.normpath(os.path.join(cwd or os.getcwd(), path)))
-    return (stat.st_dev, stat.st_ino)
-
-
-def fingerprint(path: Path) -> dict:
-    """Size and modification time of a source file: cheap, and changed by any rewrite."""
-    stat = path.stat()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def source_problems(output: Path, sources: list[dict]) -> list[str]:

@@ -15,7 +15,6 @@ answer is exact:
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import unicodedata
@@ -25,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .ids import SortedHashes, id_hashes, repeated_hashes
 from .shards import iter_id_chunks, open_shard
 
-__all__ = ["Findings", "IdIndex", "SortedHashes", "id_hashes", "as_id_set", "normalisation_twins", "warn_extra"]
+__all__ = ["Findings", "IdIndex", "as_id_set", "normalisation_twins", "warn_extra"]
 
 logger = logging.getLogger("virnucpro_merge")
 
@@ -74,65 +74,6 @@ def normalisation_twins(missing: Collection[str], present: Iterable[str]) -> dic
 def as_id_set(ids: Collection[str]) -> set[str] | frozenset[str]:
     """Return ``ids`` as a set, without copying one that already is."""
     return ids if isinstance(ids, (set, frozenset)) else set(ids)
-
-
-#: The 64-bit hash of an ID (Python's own; tests swap in a colliding one).
-_id_hash = hash
-
-
-def id_hashes(ids: Collection[str] | Collection[bytes]) -> np.ndarray:
-    """The 64-bit hash of each ID, as str or as its UTF-8 bytes (this process's, and its
-    forked children's; not for sending to others)."""
-    return np.fromiter(map(_id_hash, ids), dtype=np.int64, count=len(ids))
-
-
-class SortedHashes:
-    """Sorted 64-bit hashes, and where given hashes sit among them: the answers of
-    :func:`numpy.searchsorted`, kept in range.
-
-    Few keys among many hashes (fewer than one per 32) are found through a table of
-    every 8th hash (1 byte an ID: small enough to stay in a cache), then three halving
-    steps within a block of 8: about twice as fast as :func:`numpy.searchsorted`, whose
-    every search starts from the whole array. Many keys, sorted, are quicker its way.
-
-    Examples
-    --------
-    >>> table = SortedHashes(np.array([3, 5, 5, 9]))
-    >>> table.first_at_least(np.array([0, 5, 6, 99])).tolist()
-    [0, 1, 3, 3]
-    >>> [found.tolist() for found in table.find(np.array([5, 6]))]
-    [[1, 3], [True, False]]
-    """
-
-    _STEP = 8  # hashes a coarse entry stands for
-    _SPARSE = 32  # hashes per key from which the coarse table is the quicker way
-
-    def __init__(self, ordered: np.ndarray) -> None:
-        self.ordered = ordered  # (sorted; not copied)
-
-    @functools.cached_property
-    def _coarse(self) -> np.ndarray:
-        return self.ordered[:: self._STEP].copy()
-
-    def first_at_least(self, keys: np.ndarray) -> np.ndarray:
-        """For each key, the first position whose hash is not below it, or the last
-        position if every hash is (0 for no hashes)."""
-        size = self.ordered.size
-        if not size:
-            return np.zeros(keys.size, dtype=np.intp)
-        if keys.size * self._SPARSE > size:
-            return np.minimum(np.searchsorted(self.ordered, keys), size - 1)
-        # The block of 8 from the last coarse entry below a key holds the last hash below it.
-        at = np.maximum(np.searchsorted(self._coarse, keys) - 1, 0) * self._STEP
-        for step in (4, 2, 1):
-            ahead = np.minimum(at + step, size - 1)
-            at = np.where(self.ordered[ahead] < keys, ahead, at)
-        return np.minimum(at + (self.ordered[at] < keys), size - 1)
-
-    def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For each key, its :meth:`first_at_least` position, and whether the hash there is the key."""
-        at = self.first_at_least(keys)
-        return at, (self.ordered[at] == keys) if self.ordered.size else np.zeros(keys.size, dtype=bool)
 
 
 def _iter_shard_ids(paths: Iterable[Path]) -> Iterable[tuple[Path, str]]:
@@ -208,8 +149,7 @@ class IdIndex:
         self._sorted = None
 
     def has_repeated_hash(self) -> bool:
-        ordered = self._sorted_hashes()
-        return bool(np.any(ordered[1:] == ordered[:-1]))
+        return bool(repeated_hashes(self._sorted_hashes()).size)
 
     def find_duplicate(self) -> tuple[str, Path, Path] | None:
         """The first repeated ID in shard order, with its shard and first shard; else None."""

@@ -23,9 +23,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ._files import file_key
 from ._write.copy import nonfinite_rows
 from .checksums import ALGORITHM, ID_TABLE, ROW_TABLE, ids_crc, read_checksums, rows_checksum
 from .errors import MergeError, ShardError, UnreadableShardError, shown_id
+from .ids import SortedHashes, id_hashes
 from .ranks import folder_shards, listed
 from .report import report_problems
 from .shards import (
@@ -43,8 +45,8 @@ from .shards import (
     open_shard_file,
     read_report_summary,
 )
-from .sources import file_key, source_problems
-from .validation import IdIndex, SortedHashes, id_hashes
+from .sources import source_problems
+from .validation import IdIndex
 
 __all__ = ["Verification", "verify_merged"]
 

@@ -22,12 +22,12 @@ from tqdm import tqdm
 
 from ..checksums import ChecksummedIds, Checksums, IdSink, summary_entry
 from ..errors import OutputError
+from ..outputs import Pending, atomic_output
 from ..plan import MergePlan, refuse_changed
 from ..report import record_nonfinite, write_report
 from ..shards import EMBEDDINGS, SEQUENCE_IDS, first_line
 from ..sources import hdf5_source_name, relative_source, resolve_source
 from . import sysio
-from .atomic import Pending, atomic_output
 from .copy import (
     OUTPUT_DTYPE,
     BlockWriter,

@@ -20,12 +20,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .._openfiles import OpenFiles
+from .._files import OpenFiles
 from ..checksums import Checksums, IdSink
 from ..errors import ExpectedIdsError, ShardError, UnreadableShardError
+from ..ids import id_hashes
 from ..plan import MergePlan, ShardPlan
 from ..shards import embeddings_of, first_line, open_shard_file, read_id_rows, read_rows
-from ..validation import id_hashes
 from .copy import OUTPUT_DTYPE, BlockWriter, nonfinite_rows
 
 __all__ = ["RowOrder", "index_order", "write_in_order"]

@@ -39,7 +39,8 @@ import numpy as np
 from .._processes import pool, usable_cpus
 from ..checks import expected_in_memory
 from ..errors import MergeError, ShardError
-from ..expected import encode_and_hash_ids, iter_encoded_id_blocks
+from ..expected import iter_encoded_id_blocks
+from ..ids import IdLookup, as_bytes, encode_and_hash_ids, repeated_hashes
 from ..plan import shard_paths
 from ..ranks import (
     folder_shards,
@@ -52,7 +53,6 @@ from ..ranks import (
     world_size_of,
 )
 from ..shards import iter_id_blocks, open_shard, read_id_rows, read_shard_meta
-from ..validation import SortedHashes, id_hashes
 from .statuses import ABSENT, DUPLICATED, EMPTY, FAILED, INCOMPLETE, OFF_STRIDE, OK, STATUSES
 
 if TYPE_CHECKING:
@@ -252,65 +252,6 @@ _SHARED_FROM = 200_000  # expected IDs from which the shards are scanned by seve
 _READ_RANGE = 8 * 2**20  # bytes of an expected-ID file a reading process takes at a time
 
 
-class _Lookup:
-    """Where each expected ID sits in the index: sorted 64-bit hashes of the UTF-8 bytes,
-    the positions in that order, and the bytes themselves, to check every match."""
-
-    def __init__(self, id_blocks: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
-        blocks, hashes = [], []
-        for block, block_hashes in id_blocks:  # (encoded, and hashed, where they were read)
-            if block.size:
-                blocks.append(block)
-                hashes.append(block_hashes)
-        self.n = sum(b.size for b in blocks)
-        if any(b.dtype == object for b in blocks):
-            self.encoded = np.concatenate([b.astype(object) for b in blocks])
-        else:
-            self.encoded = np.concatenate(blocks) if blocks else np.empty(0, "S1")
-        del blocks
-        self.sorted = np.concatenate(hashes) if hashes else np.empty(0, np.int64)
-        del hashes
-        self.order = self.sorted.argsort()  # (no need to be stable: hashes that repeat are looked up by bytes)
-        self.position_type = np.int32 if self.n < 2**31 else np.int64  # what a shard's positions are kept as
-        self.sorted.sort()  # in place: two arrays of 8 bytes an ID, not three
-        self.table = SortedHashes(self.sorted)
-        # A hash that several expected IDs share (an ID listed twice, or a collision):
-        # those IDs are looked up by their bytes instead.
-        repeated = np.flatnonzero(self.sorted[1:] == self.sorted[:-1])
-        self.shared = np.unique(self.sorted[repeated])
-        self.by_bytes: dict[bytes, list[int]] = {}
-        for position in self.order[np.isin(self.sorted, self.shared)].tolist():
-            self.by_bytes.setdefault(_as_bytes(self.encoded[position]), []).append(position)
-
-    def positions(self, block: np.ndarray, raw: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """For a block of a shard's IDs (bytes, as :func:`~virnucpro_merge.shards.iter_id_blocks`
-        yields them; ``raw``: the same as a list): the index positions of the expected ones,
-        a mask of those that are not expected, and every ID's hash."""
-        hashes = id_hashes(raw)
-        expected = np.zeros(len(raw), bool)
-        if not self.n:
-            return np.empty(0, np.int64), ~expected, hashes
-        shared = np.isin(hashes, self.shared) if self.shared.size else np.zeros(len(raw), bool)
-        needles = np.argsort(hashes)  # looked up in order, the sorted hashes are read in order
-        where, matched = np.empty(len(raw), dtype=np.intp), np.empty(len(raw), dtype=bool)
-        where[needles], matched[needles] = self.table.find(hashes[needles])
-        candidates = np.flatnonzero(matched & ~shared)
-        found = self.order[where[candidates]]
-        same = self.encoded[found] == block[candidates]  # every match checked: a collision is not a match
-        expected[candidates[same]] = True
-        positions = [found[same]]
-        for i in np.flatnonzero(shared).tolist():
-            also = self.by_bytes.get(raw[i])
-            if also:
-                expected[i] = True
-                positions.append(np.array(also, dtype=np.int64))
-        return np.concatenate(positions), ~expected, hashes
-
-
-def _as_bytes(value: object) -> bytes:
-    return value if isinstance(value, bytes) else bytes(value)  # type: ignore[call-overload]
-
-
 # --------------------------------------------------------------------------- the shards
 
 
@@ -326,7 +267,7 @@ class _Scan:
     held: np.ndarray | None = None  # the index positions of the expected IDs it holds, in file order
 
 
-def _scan(rank: int, path: Path, lookup: _Lookup) -> _Scan:
+def _scan(rank: int, path: Path, lookup: IdLookup) -> _Scan:
     scan = _Scan()
     if not path.exists():
         return _Scan(status=ABSENT, error="file does not exist")
@@ -368,10 +309,10 @@ def _settled(scan: _Scan, present: np.ndarray) -> _Scan:
     return scan
 
 
-_INHERITED: tuple[_Lookup, Sequence[Path]] | None = None  # a scanning process's lookup and shards
+_INHERITED: tuple[IdLookup, Sequence[Path]] | None = None  # a scanning process's lookup and shards
 
 
-def _inherit(lookup: _Lookup, paths: Sequence[Path]) -> None:
+def _inherit(lookup: IdLookup, paths: Sequence[Path]) -> None:
     """Scanning process start: keep what the process that forked it handed over."""
     global _INHERITED
     _INHERITED = (lookup, paths)
@@ -384,7 +325,7 @@ def _scan_inherited(rank: int) -> _Scan:
     return _scan(rank, paths[rank], lookup)
 
 
-def _scans(paths: Sequence[Path], lookup: _Lookup, present: np.ndarray) -> list[_Scan]:
+def _scans(paths: Sequence[Path], lookup: IdLookup, present: np.ndarray) -> list[_Scan]:
     """Every rank's scan: shared out to forked processes that are handed the lookup, where
     there are enough IDs to gain by it, else here, rank by rank."""
     size = min(usable_cpus(), _MAX_PROCESSES, len(paths)) if lookup.n >= _SHARED_FROM else 1
@@ -403,9 +344,7 @@ def _repeated_extras(paths: Sequence[Path], scans: Sequence[_Scan]) -> set[int]:
     hashes = [h for scan in scans for h, _ in scan.extra]
     if not hashes:
         return set()
-    flat = np.concatenate(hashes)
-    ordered = np.sort(flat)
-    repeated = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+    repeated = set(repeated_hashes(np.sort(np.concatenate(hashes))).tolist())
     if not repeated:
         return set()
     first: dict[bytes, int] = {}
@@ -546,7 +485,7 @@ def inspect_run(
         raise MergeError(msg)
     paths = _shard_list(run, world_size)
     ids, expected_from = _expected_ids(expected, paths)
-    lookup = _Lookup(ids if ids is not None else ())
+    lookup = IdLookup(ids if ids is not None else ())
     n = lookup.n
     present = np.zeros(n, dtype=bool)
     scans = _scans(paths, lookup, present)
@@ -592,7 +531,7 @@ def inspect_run(
     else:
         sequence_ids = _EncodedIds(lookup.encoded)
         absent_encoded = lookup.encoded[~present]
-        missing_ids = [_as_bytes(v).decode() for v in np.sort(absent_encoded).tolist()]
+        missing_ids = [as_bytes(v).decode() for v in np.sort(absent_encoded).tolist()]
     return RunInspection(shards=shards, missing=missing, sequence_ids=sequence_ids, num_extra=num_extra,
                          expected_from=expected_from, world_size_from=size_from, _missing_ids=missing_ids)
 

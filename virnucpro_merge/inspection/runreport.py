@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._write.atomic import atomic_output, refuse_overwriting
 from ..errors import ExpectedIdsError, MergeError, OutputError
 from ..expected import detect_form, write_id_list
+from ..outputs import atomic_output, refuse_overwriting
 from ..plan import shard_paths
 from ..ranks import folder_shards, in_rank_order, index_beside
 from ..report import read_merge_report

@@ -1,4 +1,4 @@
-"""Write a file so that it appears whole or not at all.
+"""Every output the package writes: whole or not at all, and never onto one of its inputs.
 
 The data goes to a hidden temporary file beside the target
 (``.<name>.<host>.<pid>.<random>.partial``, :func:`temp_path`; a name too long for
@@ -12,7 +12,8 @@ is gone. Temporary files of live processes and of other hosts are left alone.
 
 This module also owns the checks made before the first byte: enough free space
 (:func:`room_problem`), and an output that is none of the inputs
-(:func:`refuse_overwriting`).
+(:func:`refuse_overwriting`). Every writer uses both: the merge, ``materialize``, the
+re-run FASTA and ID lists, the HTML report.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import OutputError
-from ..sources import file_key
+from ._files import file_key
+from .errors import OutputError
 
 __all__ = [
     "TEMP_SUFFIX",

@@ -1,18 +1,39 @@
-"""A cache of open files: the most recently used stay open, at most a few at a time.
+"""Files as the package tells them apart, and keeps them open.
 
-A merge in index order reads rows from every shard in turn, and a re-run reads
-records from every FASTA file its index names; reopening a file for each read would
-cost more than the read. One cache serves both.
+- :func:`file_key`: what tells two names of one file apart from two files;
+- :func:`fingerprint`: a file's size and modification time, changed by any rewrite;
+- :class:`OpenFiles`: a cache of open files, the most recently used kept open, a few at
+  a time (a merge in index order reads rows from every shard in turn, a re-run reads
+  records from every FASTA file its index names: reopening a file for each read would
+  cost more than the read).
 """
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from types import TracebackType
 from typing import Generic, Protocol, Self, TypeVar
 
-__all__ = ["OpenFiles"]
+__all__ = ["file_key", "fingerprint", "OpenFiles"]
+
+
+def file_key(path: str | os.PathLike[str], cwd: str | None = None) -> tuple:
+    """What tells two names of one file apart from two files: its device and inode where it
+    exists (links and hard links included), its normalised absolute path where it does not
+    (against ``cwd``, the current directory unless given: pass it for many paths at once)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return ("absent", os.path.normpath(os.path.join(cwd or os.getcwd(), path)))
+    return (stat.st_dev, stat.st_ino)
+
+
+def fingerprint(path: str | os.PathLike[str]) -> dict:
+    """Size and modification time of a file: cheap, and changed by any rewrite."""
+    stat = os.stat(path)
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 class _Closable(Protocol):

@@ -1,0 +1,211 @@
+"""Sequence IDs as the package holds them: encoded, hashed, looked up.
+
+A run's IDs are held as 64-bit hashes (8 bytes an ID) and, where they must be named or
+compared, as their UTF-8 bytes in one numpy array, never as millions of Python strings.
+A hash only ever suggests: two IDs are the same only when their bytes are (the one
+collision rule, which :class:`IdLookup`, :class:`~virnucpro_merge.validation.IdIndex` and
+``verify`` follow).
+
+- :func:`encode_ids`, :func:`encode_and_hash_ids`: IDs as an array of their UTF-8 bytes;
+- :func:`id_hashes`: the hash of each ID (as str or as its bytes);
+- :class:`SortedHashes`: where hashes sit among sorted hashes;
+- :func:`repeated_hashes`: the hashes that occur more than once (candidates, to be
+  confirmed by bytes);
+- :class:`IdLookup`: where each of a run's IDs sits in its index.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Collection, Iterable, Sequence
+
+import numpy as np
+
+__all__ = ["id_hashes", "repeated_hashes", "SortedHashes", "encode_ids", "encode_and_hash_ids", "as_bytes",
+           "IdLookup"]
+
+
+#: The 64-bit hash of an ID (Python's own; tests swap in a colliding one).
+_id_hash = hash
+
+
+def id_hashes(ids: Collection[str] | Collection[bytes]) -> np.ndarray:
+    """The 64-bit hash of each ID, as str or as its UTF-8 bytes (this process's, and its
+    forked children's; not for sending to others)."""
+    return np.fromiter(map(_id_hash, ids), dtype=np.int64, count=len(ids))
+
+
+def repeated_hashes(ordered: np.ndarray) -> np.ndarray:
+    """The hashes that occur more than once in the sorted hashes ``ordered``, each once.
+
+    >>> repeated_hashes(np.array([1, 2, 2, 3, 3, 3])).tolist()
+    [2, 3]
+    """
+    return np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+
+
+class SortedHashes:
+    """Sorted 64-bit hashes, and where given hashes sit among them: the answers of
+    :func:`numpy.searchsorted`, kept in range.
+
+    Few keys among many hashes (fewer than one per 32) are found through a table of
+    every 8th hash (1 byte an ID: small enough to stay in a cache), then three halving
+    steps within a block of 8: about twice as fast as :func:`numpy.searchsorted`, whose
+    every search starts from the whole array. Many keys, sorted, are quicker its way.
+
+    Examples
+    --------
+    >>> table = SortedHashes(np.array([3, 5, 5, 9]))
+    >>> table.first_at_least(np.array([0, 5, 6, 99])).tolist()
+    [0, 1, 3, 3]
+    >>> [found.tolist() for found in table.find(np.array([5, 6]))]
+    [[1, 3], [True, False]]
+    """
+
+    _STEP = 8  # hashes a coarse entry stands for
+    _SPARSE = 32  # hashes per key from which the coarse table is the quicker way
+
+    def __init__(self, ordered: np.ndarray) -> None:
+        self.ordered = ordered  # (sorted; not copied)
+
+    @functools.cached_property
+    def _coarse(self) -> np.ndarray:
+        return self.ordered[:: self._STEP].copy()
+
+    def first_at_least(self, keys: np.ndarray) -> np.ndarray:
+        """For each key, the first position whose hash is not below it, or the last
+        position if every hash is (0 for no hashes)."""
+        size = self.ordered.size
+        if not size:
+            return np.zeros(keys.size, dtype=np.intp)
+        if keys.size * self._SPARSE > size:
+            return np.minimum(np.searchsorted(self.ordered, keys), size - 1)
+        # The block of 8 from the last coarse entry below a key holds the last hash below it.
+        at = np.maximum(np.searchsorted(self._coarse, keys) - 1, 0) * self._STEP
+        for step in (4, 2, 1):
+            ahead = np.minimum(at + step, size - 1)
+            at = np.where(self.ordered[ahead] < keys, ahead, at)
+        return np.minimum(at + (self.ordered[at] < keys), size - 1)
+
+    def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each key, its :meth:`first_at_least` position, and whether the hash there is the key."""
+        at = self.first_at_least(keys)
+        return at, (self.ordered[at] == keys) if self.ordered.size else np.zeros(keys.size, dtype=bool)
+
+
+def encode_ids(ids: Sequence[str] | np.ndarray, *, max_width: int | None = None) -> np.ndarray:
+    """IDs as an array of their UTF-8 bytes: fixed width (``dtype='S'``), compact, quick to
+    pickle and to sort (UTF-8 bytes sort as the strings do); a bytes array is returned as it is.
+
+    With ``max_width``, the array keeps every ID's bytes exactly: IDs of which one is
+    longer than ``max_width`` bytes (which would make every row that long) or ends in a
+    NUL byte (which a fixed-width array drops) are kept as ``bytes`` objects instead.
+
+    Examples
+    --------
+    >>> encode_ids(["seq1", "séq2"])
+    array([b'seq1', b's\\xc3\\xa9q2'], dtype='|S5')
+    >>> encode_ids(["seq1", "x" * 40], max_width=16).dtype
+    dtype('O')
+    >>> encode_ids(["seq1", "seq1\\x00"], max_width=16).tolist()
+    [b'seq1', b'seq1\\x00']
+    """
+    if isinstance(ids, np.ndarray) and ids.dtype.kind == "S":
+        return ids
+    if not len(ids):
+        return np.empty(0, dtype="S1")
+    ascii_only = "".join(ids).isascii()
+    source = ids if ascii_only else [i.encode() for i in ids]  # ASCII: numpy encodes it as it copies
+    lengths = np.fromiter(map(len, source), dtype=np.intp, count=len(source))
+    widest = int(lengths.max())
+    fixed = np.fromiter(source, dtype=f"S{max(widest, 1)}", count=len(source))
+    if max_width is None:
+        return fixed
+    rows = fixed.view(np.uint8).reshape(fixed.size, fixed.itemsize)
+    ends_in_nul = (lengths > 0) & (rows[np.arange(fixed.size), np.maximum(lengths - 1, 0)] == 0)
+    if widest <= max_width and not ends_in_nul.any():
+        return fixed
+    kept = np.empty(fixed.size, dtype=object)
+    kept[:] = [i.encode() for i in ids] if ascii_only else source
+    return kept
+
+
+def encode_and_hash_ids(ids: Sequence[str], *, max_width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """IDs as :func:`encode_ids` gives them, and the hash of each one's bytes
+    (:func:`id_hashes`: what a shard's IDs, read as bytes, hash to).
+
+    >>> encoded, hashes = encode_and_hash_ids(["seq1"])
+    >>> hashes.tolist() == [hash(b"seq1")]
+    True
+    """
+    encoded = encode_ids(ids, max_width=max_width)
+    return encoded, id_hashes(encoded.tolist())
+
+
+def as_bytes(value: object) -> bytes:
+    """An encoded ID (a numpy bytes scalar, or bytes) as ``bytes``."""
+    return value if isinstance(value, bytes) else bytes(value)  # type: ignore[call-overload]
+
+
+class IdLookup:
+    """Where each of a run's IDs sits in its index: sorted 64-bit hashes of the UTF-8 bytes,
+    the positions in that order, and the bytes themselves, to check every match (a hash
+    only suggests: the collision rule). Built from blocks of encoded IDs and their hashes
+    (:func:`encode_and_hash_ids`), in index order.
+
+    Examples
+    --------
+    >>> lookup = IdLookup([encode_and_hash_ids(["s0", "s1", "s2"])])
+    >>> positions, unexpected, _ = lookup.positions(np.array([b"s2", b"zz"], dtype=object), [b"s2", b"zz"])
+    >>> positions.tolist(), unexpected.tolist()
+    ([2], [False, True])
+    """
+
+    def __init__(self, id_blocks: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+        blocks, hashes = [], []
+        for block, block_hashes in id_blocks:  # (encoded, and hashed, where they were read)
+            if block.size:
+                blocks.append(block)
+                hashes.append(block_hashes)
+        self.n = sum(b.size for b in blocks)
+        if any(b.dtype == object for b in blocks):
+            self.encoded = np.concatenate([b.astype(object) for b in blocks])
+        else:
+            self.encoded = np.concatenate(blocks) if blocks else np.empty(0, "S1")
+        del blocks
+        self.sorted = np.concatenate(hashes) if hashes else np.empty(0, np.int64)
+        del hashes
+        self.order = self.sorted.argsort()  # (no need to be stable: hashes that repeat are looked up by bytes)
+        self.position_type = np.int32 if self.n < 2**31 else np.int64  # what a shard's positions are kept as
+        self.sorted.sort()  # in place: two arrays of 8 bytes an ID, not three
+        self.table = SortedHashes(self.sorted)
+        # A hash that several expected IDs share (an ID listed twice, or a collision):
+        # those IDs are looked up by their bytes instead.
+        self.shared = repeated_hashes(self.sorted)
+        self.by_bytes: dict[bytes, list[int]] = {}
+        for position in self.order[np.isin(self.sorted, self.shared)].tolist():
+            self.by_bytes.setdefault(as_bytes(self.encoded[position]), []).append(position)
+
+    def positions(self, block: np.ndarray, raw: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For a block of a shard's IDs (bytes, as :func:`~virnucpro_merge.shards.iter_id_blocks`
+        yields them; ``raw``: the same as a list): the index positions of the expected ones,
+        a mask of those that are not expected, and every ID's hash."""
+        hashes = id_hashes(raw)
+        expected = np.zeros(len(raw), bool)
+        if not self.n:
+            return np.empty(0, np.int64), ~expected, hashes
+        shared = np.isin(hashes, self.shared) if self.shared.size else np.zeros(len(raw), bool)
+        needles = np.argsort(hashes)  # looked up in order, the sorted hashes are read in order
+        where, matched = np.empty(len(raw), dtype=np.intp), np.empty(len(raw), dtype=bool)
+        where[needles], matched[needles] = self.table.find(hashes[needles])
+        candidates = np.flatnonzero(matched & ~shared)
+        found = self.order[where[candidates]]
+        same = self.encoded[found] == block[candidates]  # every match checked: a collision is not a match
+        expected[candidates[same]] = True
+        positions = [found[same]]
+        for i in np.flatnonzero(shared).tolist():
+            also = self.by_bytes.get(raw[i])
+            if also:
+                expected[i] = True
+                positions.append(np.array(also, dtype=np.int64))
+        return np.concatenate(positions), ~expected, hashes

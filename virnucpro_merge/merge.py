@@ -20,12 +20,12 @@ from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import outputs
 from ._write.outfile import IdStep, copy_planned_ids, output_file, write_contiguous, write_virtual
 from ._write.reorder import RowOrder, index_order
 from .checks import expected_in_memory, plan_merge
 from .checksums import IdSink
 from .errors import MergeError, NonFiniteError, twins_note
+from .outputs import refuse_overwriting, room_problem
 from .plan import MergePlan, ShardPlan, check_ids, draft_plan, failed_summary, shard_paths
 from .report import build_report, read_merge_report
 from .sources import resolve_source
@@ -67,7 +67,7 @@ def _refuse_writing_onto_inputs(output: Path, plan: MergePlan) -> None:
     """The output is none of the files the merge reads: a virtual input's sources included."""
     sources = [resolve_source(src["path"], s.path) for s in plan.shards if _virtual(s)
                for src in (s.merged_from or {}).get("sources", [])]
-    outputs.refuse_overwriting(output, sources, "the output path is a source of a virtual input")
+    refuse_overwriting(output, sources, "the output path is a source of a virtual input")
 
 
 @dataclass(frozen=True)
@@ -201,9 +201,9 @@ def aggregate_shards(
     paths = shard_paths(shard_files)
     _check_arguments(chunk_size, layout, order, expected_sequence_ids, fail_on_nonfinite, client)
     output = Path(output_path)
-    outputs.refuse_overwriting(output, paths, _OUTPUT_IS_AN_INPUT)
+    refuse_overwriting(output, paths, _OUTPUT_IS_AN_INPUT)
     if isinstance(expected_sequence_ids, os.PathLike):
-        outputs.refuse_overwriting(output, [Path(expected_sequence_ids)], OUTPUT_IS_THE_EXPECTED_FILE)
+        refuse_overwriting(output, [Path(expected_sequence_ids)], OUTPUT_IS_THE_EXPECTED_FILE)
     options = _Options(chunk_size, partial, progress, fail_on_nonfinite, durable)
     logger.debug("phase: plan")
     if client is not None:  # the workers may read an expected-ID file themselves
@@ -245,7 +245,7 @@ def _merge_while_checking(paths: list[Path], output: Path, expected_ids: Collect
     draft = draft_plan(paths, partial=options.partial)
     _log_left_out(draft)
     _refuse_writing_onto_inputs(output, draft)
-    if outputs.room_problem(output, draft.output_bytes) is not None:
+    if room_problem(output, draft.output_bytes) is not None:
         plan = check_ids(draft, expected, partial=options.partial)
         _log_left_out(plan, draft)
         _write_planned(plan, output, build_report(plan, options.chunk_size), options)
@@ -392,7 +392,7 @@ def materialize(
     if old["source_problems"]:
         raise MergeError(old["source_problems"][0])
     sources = [resolve_source(s["path"], virtual) for s in old["sources"]]
-    outputs.refuse_overwriting(output, [virtual, *sources], _OUTPUT_IS_AN_INPUT)
+    refuse_overwriting(output, [virtual, *sources], _OUTPUT_IS_AN_INPUT)
     plan = plan_merge(sources or [virtual])  # no source holds a row: the file itself holds all there is
     if plan.total_sequences != old["total_sequences"]:
         msg = f"{virtual}: its sources hold {plan.total_sequences} rows, not {old['total_sequences']}"

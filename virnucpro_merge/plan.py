@@ -20,7 +20,6 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from ._files import file_key, fingerprint
 from .errors import DuplicateIdError, MergeError, MissingIdsError, ShardError, UnreadableShardError
 from .ranks import rank_of, rank_ranges
 from .shards import ABSENT, ShardMeta, iter_id_chunks, open_shard, read_shard_meta
+from .statuses import ShardStatus
 from .validation import Findings, IdIndex, warn_extra
 
 __all__ = [
@@ -47,14 +47,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("virnucpro_merge")
-
-
-class ShardStatus(StrEnum):
-    """What a merge does with one input shard (the ``status`` of the report's shards)."""
-
-    OK = "ok"  #: rows to copy
-    EMPTY = "empty"  #: a valid shard without rows
-    FAILED = "failed"  #: absent or unreadable: skipped by a partial merge, its reason in ``error``
 
 
 @dataclass(frozen=True)

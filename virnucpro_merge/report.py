@@ -40,6 +40,7 @@ from .errors import MergeError
 from .plan import MergePlan
 from .shards import REPORT_GROUP, open_shard, read_report_summary
 from .sources import source_problems
+from .statuses import ShardStatus
 
 __all__ = ["FORMAT_VERSION", "SUMMARY_CRC", "MergeReport", "build_report", "record_nonfinite", "write_report",
            "seal", "report_problems", "read_merge_report"]
@@ -175,7 +176,7 @@ def _status_problems(summary: Mapping, missing: list[str]) -> list[str]:
     """The failed shards, the shards' statuses and ``partial``, against each other."""
     problems = []
     failed = {str(p) for p in summary["failed_shards"]}
-    wrong = sorted(s["path"] for s in summary["shards"] if (s["status"] == "failed") != (s["path"] in failed))
+    wrong = sorted(s["path"] for s in summary["shards"] if (s["status"] == ShardStatus.FAILED) != (s["path"] in failed))
     if wrong:
         problems.append(f"the report's failed_shards and its shards' statuses disagree on {', '.join(wrong[:5])}")
     if summary["partial"] != (bool(failed) or bool(missing)):
@@ -189,7 +190,7 @@ def _offset_problems(summary: Mapping) -> list[str]:
     if summary.get("order", "shards") != "shards":
         return []
     offset = 0
-    for shard in (s for s in summary["shards"] if s["status"] != "failed"):
+    for shard in (s for s in summary["shards"] if s["status"] != ShardStatus.FAILED):
         if shard["offset"] != offset:
             return [f"the report puts {shard['path']} at row {shard['offset']}, not {offset}"]
         offset += shard["num_sequences"]

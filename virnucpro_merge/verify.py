@@ -46,6 +46,7 @@ from .shards import (
     read_report_summary,
 )
 from .sources import source_problems
+from .statuses import ShardStatus
 from .validation import IdIndex
 
 __all__ = ["Verification", "verify_merged"]
@@ -233,7 +234,7 @@ class _Checker:
             kind = "virtual" if emb.is_virtual else "contiguous"
             self.problem(f"the report says layout {self.report.get('layout')!r}, the embeddings are {kind}")
             return False
-        merged = [s for s in self.report["shards"] if s["status"] != "failed"]
+        merged = [s for s in self.report["shards"] if s["status"] != ShardStatus.FAILED]
         rows = sum(s["num_sequences"] for s in merged)
         if rows != total:
             self.problem(f"the report's shards hold {rows} rows, the file {total}")
@@ -381,9 +382,9 @@ class _Checker:
     def _recorded_failed(self, shards: list[Path]) -> dict[Path, str]:
         """The shards of ``shards`` that the merge recorded as failed, with why: the same file,
         or the same folder and name (the merge may have named it from another folder)."""
-        recorded = [s for s in self.report["shards"] if s["status"] == "failed"]
-        by_key = {file_key(s["path"]): s.get("error") or "failed" for s in recorded}
-        by_tail = {Path(s["path"]).parts[-2:]: s.get("error") or "failed" for s in recorded}
+        recorded = [s for s in self.report["shards"] if s["status"] == ShardStatus.FAILED]
+        by_key = {file_key(s["path"]): s.get("error") or ShardStatus.FAILED for s in recorded}
+        by_tail = {Path(s["path"]).parts[-2:]: s.get("error") or ShardStatus.FAILED for s in recorded}
         found = {}
         for shard in shards:
             why = by_key.get(file_key(shard), by_tail.get(Path(os.path.abspath(shard)).parts[-2:]))

@@ -6,7 +6,6 @@
 - :mod:`.plots`: the figures (matplotlib, from the ``notebooks`` extra);
 - :mod:`.memory`: :func:`profile_memory`, RSS sampled while a call runs (psutil);
 - :mod:`.runreport`: the report notebook run on a run, rendered as one HTML file;
-- :mod:`.statuses`: the statuses of a rank, and their colours.
 
 Everything is importable from here. The figures and the memory profile load
 matplotlib and psutil on first use, so that the text tables stay light enough for
@@ -18,8 +17,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ..statuses import ABSENT, DUPLICATED, EMPTY, FAILED, INCOMPLETE, OFF_STRIDE, OK, STATUS_COLORS, STATUSES
 from .run import RunInspection, ShardSummary, inspect_run
-from .statuses import ABSENT, DUPLICATED, EMPTY, FAILED, INCOMPLETE, OFF_STRIDE, OK, STATUS_COLORS, STATUSES
 from .tables import format_report, format_shard_table, format_summary, rank_ranges
 
 if TYPE_CHECKING:

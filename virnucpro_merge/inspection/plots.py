@@ -24,8 +24,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
+from ..statuses import ABSENT, EMPTY, FAILED, OK, STATUS_COLORS, STATUSES
 from .memory import MIB, MemoryProfile
-from .statuses import ABSENT, EMPTY, FAILED, STATUS_COLORS, STATUSES
 from .tables import rank_ranges
 
 if TYPE_CHECKING:
@@ -198,7 +198,7 @@ def _fraction_present(shards: list[ShardSummary], ax: Axes | None, figsize: tupl
     for status in STATUSES:
         of_status = [s.rank for s in shards if s.status == status]
         if of_status:
-            named = "" if status == "ok" else f": {rank_ranges(of_status, most=6)}"
+            named = "" if status == OK else f": {rank_ranges(of_status, most=6)}"
             handles.append(Patch(facecolor=STATUS_COLORS[status], label=f"{status} ({len(of_status)}){named}"))
     ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.spines[["top", "right"]].set_visible(False)

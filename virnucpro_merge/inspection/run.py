@@ -53,7 +53,7 @@ from ..ranks import (
     world_size_of,
 )
 from ..shards import iter_id_blocks, open_shard, read_id_rows, read_shard_meta
-from .statuses import ABSENT, DUPLICATED, EMPTY, FAILED, INCOMPLETE, OFF_STRIDE, OK, STATUSES
+from ..statuses import ABSENT, DUPLICATED, EMPTY, FAILED, INCOMPLETE, OFF_STRIDE, OK, STATUSES
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..ranks import INDEX_NAME, rank_ranges
-from .statuses import STATUS_COLORS
+from ..statuses import OK, SHARD_COLORS, STATUS_COLORS, ShardStatus
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -121,10 +121,6 @@ _TABLE_STYLE = ("border-collapse: collapse; font-size: 0.9em; font-variant-numer
 _CELL = "padding: 0.15em 0.6em; border-bottom: 1px solid #ddd; white-space: nowrap;"
 
 
-#: The colours of a merge report's shard statuses (its own meanings: "empty" is a valid shard without rows).
-_SHARD_COLORS = {"ok": STATUS_COLORS["ok"], "empty": "#999999", "failed": STATUS_COLORS["failed"]}
-
-
 class Markup(str):
     """HTML built here, from parts that went through :func:`escape`: shown as it is."""
 
@@ -188,7 +184,7 @@ def inspection_html(found: RunInspection) -> str:
     rows = [[s.rank, s.path.name, f"{s.expected:,}", f"{s.present:,}", f"{s.missing:,}", _badge(s.status), s.error]
             for s in found.shards]
     table = _folded(["rank", "shard", "expected", "present", "missing", "status", "problem"], rows,
-                    [True, False, True, True, True, False, False], [s.status != "ok" for s in found.shards], "rank")
+                    [True, False, True, True, True, False, False], [s.status != OK for s in found.shards], "rank")
     return f'<div class="virnucpro-inspection">{_items(_summary_lines(found))}{table}</div>'
 
 
@@ -276,8 +272,8 @@ def _report_lines(report: Mapping) -> list[str]:
 
 def report_html(report: Mapping) -> str:
     """How a merge report shows in a notebook: its findings, then a row per input shard."""
-    rows: list[list[object]] = [[row[0], _badge(row[1], _SHARD_COLORS.get(row[1])), *row[2:]]
+    rows: list[list[object]] = [[row[0], _badge(row[1], SHARD_COLORS.get(row[1])), *row[2:]]
                                 for row in _report_rows(report)]
-    look = [s["status"] == "failed" or bool(s.get("nonfinite_rows")) for s in report["shards"]]
+    look = [s["status"] == ShardStatus.FAILED or bool(s.get("nonfinite_rows")) for s in report["shards"]]
     table = _folded(list(_REPORT_COLUMNS), rows, _REPORT_RIGHT, look, "shard")
     return f'<div class="virnucpro-report">{_items(_report_lines(report))}{table}</div>'

@@ -463,3 +463,15 @@ def test_where_the_lines_break_does_not_change_the_cost(tmp_path, monkeypatch, l
     read, ids = _bytes_read_in_ranges(path, 4096, monkeypatch)
     assert not isinstance(ids, str), ids
     assert read <= 3 * size, f"{read / size:.1f} x the file read"
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 4096])
+def test_a_byte_order_mark_alone_in_a_piece_tells_no_form(tmp_path, monkeypatch, block):
+    """A file without an extension is told by its first line, however the blocks fall (a piece that
+    holds only the byte-order mark is no line)."""
+    from virnucpro_merge import expected
+
+    path = tmp_path / "ids"
+    path.write_bytes("\ufeff>a\nACGT\n>b\nAC\n".encode())
+    monkeypatch.setattr(expected, "_BLOCK", block)
+    assert read_expected_ids(path) == ["a", "b"]

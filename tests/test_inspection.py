@@ -401,6 +401,21 @@ def test_markup_in_every_field_of_a_merge_report_is_escaped(tmp_path, demo):
     assert MARKUP in format_report(report)  # (text is text)
 
 
+def test_the_tables_escape_what_they_are_given_whatever_its_kind():
+    """One escaping path: even a value that skipped the file's checks (a dict given in Python) is
+    shown as text, a lineage entry's counts and flags included."""
+    from virnucpro_merge.inspection.tables import report_html
+
+    report = {"total_sequences": 1, "embedding_dim": 4, "partial": MARKUP, "missing_ids": [MARKUP],
+              "failed_shards": [], "num_expected": 2, "num_missing": 1, "num_extra": MARKUP,
+              "shards": [{"path": "a.h5", "num_sequences": MARKUP, "offset": MARKUP, "status": MARKUP,
+                          "error": MARKUP, "nonfinite_rows": MARKUP}],
+              "lineage": [{"path": MARKUP, "total_sequences": MARKUP, "partial": MARKUP}]}
+    page = report_html(report)
+    assert "<script" not in page
+    assert "<img" not in page
+
+
 @pytest.mark.parametrize(("field", "value", "problem"), [
     ("lineage", [{"path": "m.h5", "total_sequences": MARKUP}], "'lineage' holds a record whose 'total_sequences'"),
     ("lineage", [{"path": "m.h5", "partial": MARKUP}], "'lineage' holds a record whose 'partial'"),
@@ -408,7 +423,7 @@ def test_markup_in_every_field_of_a_merge_report_is_escaped(tmp_path, demo):
     ("nonfinite_rows", MARKUP, "'nonfinite_rows' is not a whole number"),
     ("shards", [{"path": "a", "num_sequences": 1, "offset": 0, "status": "ok", "nonfinite_rows": MARKUP}],
      "'shards' holds a record whose 'nonfinite_rows'"),
-    ("sources", [{"path": MARKUP}], "'sources' holds a record whose 'size'"),
+    ("sources", [{"path": MARKUP}], "'sources' holds a record without its 'size'"),
     ("layout", MARKUP, "'layout' is not 'contiguous' or 'virtual'"),
 ])
 def test_a_value_of_the_wrong_kind_is_a_damaged_report(tmp_path, demo, field, value, problem):

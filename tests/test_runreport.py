@@ -256,11 +256,32 @@ def test_the_documented_rerun_loop_keeps_its_list(pipeline_run, tmp_path):
     rerun.mkdir()
     ids = listed.split()
     write_shard(rerun / "shard_0.h5", ids, np.zeros((len(ids), 4), np.float32))
+    same = _cli("report", rerun, "--expected", tmp_path / "report-rerun.txt", "-o", tmp_path / "report.html")
+    assert same.returncode == 2  # its list would be written over its --expected: refused, before writing
+    assert "report-rerun.txt: is an input of this report" in same.stderr
+    assert (tmp_path / "report-rerun.txt").read_text() == listed
     done = _cli("report", rerun, "--expected", tmp_path / "report-rerun.txt", "-o", tmp_path / "again.html")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "report-rerun.txt").read_text() == listed
     assert "No re-run list written: nothing is missing" in done.stderr
     assert not (tmp_path / "again-rerun.txt").exists()
+
+
+def test_the_list_and_the_page_are_never_one_file_under_two_names(pipeline_run, tmp_path, capsys):
+    (tmp_path / "lnk").symlink_to(tmp_path, target_is_directory=True)
+    assert main(["report", str(pipeline_run.directory), "-o", str(tmp_path / "r.html"),
+                 "--rerun-list", str(tmp_path / "lnk" / "r.html")]) == 2
+    assert "is the report itself" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_some_of_a_folders_shards_are_not_checked_against_its_whole_index(pipeline_run, tmp_path):
+    """Shard files of one folder use its index only when they are all of its shards: the index would
+    call the other shards' sequences missing."""
+    done = _cli("report", pipeline_run.shard_files[0], "-o", tmp_path / "one.html")
+    assert done.returncode == 0, done.stderr
+    assert "completeness NOT checked: no expected IDs" in (tmp_path / "one.html").read_text(encoding="utf-8")
+    assert not (tmp_path / "one-rerun.txt").exists()
 
 
 def test_a_list_that_cannot_be_written_is_never_left_stale(pipeline_run, tmp_path):

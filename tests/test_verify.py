@@ -596,3 +596,78 @@ class TestAShardThatAppearedSince:
     def test_a_shard_the_merge_never_saw_is_still_a_problem(self, run, merged, tmp_path):
         stranger = write_shard(tmp_path / "shard_0.h5", ["not-in-the-run"], np.ones((1, 32), np.float32))
         assert "not-in-the-run of" in verify_merged(merged, against=[stranger]).problems[0]
+
+
+# --------------------------------------------------------------------------- found by a review (issue 20)
+
+
+@pytest.mark.parametrize("edit", [lambda s: s.update(failed_shards=[*s["failed_shards"], "run/shard_9.h5"]),
+                                  lambda s: s.update(failed_shards=[*s["failed_shards"], s["failed_shards"][0]])],
+                         ids=["a failed shard that is not among the shards", "a failed shard listed twice"])
+def test_failed_shards_agree_with_the_shards_both_ways(merged, capsys, edit):
+    edit_summary(merged, edit)
+    assert "the report's failed_shards and its shards' statuses disagree" in verify_merged(merged).summary()
+    assert main(["info", str(merged)]) == 0
+    assert "from 6 of 8 shards" in capsys.readouterr().out  # (counted from the statuses, one owner)
+
+
+@pytest.mark.parametrize(("damage", "problem"), [
+    (lambda m: edit_summary(m, lambda s: s.update(lineage=[{"total_sequences": 3}])),
+     "damaged merge report ('lineage' holds a record without its 'path')"),
+    (lambda m: edit_summary(m, lambda s: s["shards"][0].pop("offset")),
+     "damaged merge report ('shards' holds a record without its 'offset')"),
+    (lambda m: _delete(m, "merge_report/missing_ids"), "damaged merge report (its 'missing_ids' table is gone)"),
+], ids=["lineage without a path", "a shard without an offset", "missing IDs gone"])
+def test_what_the_tables_need_is_there_or_the_report_is_damaged(merged, capsys, damage, problem):
+    damage(merged)
+    assert main(["info", str(merged)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert problem in err[0]
+    assert not verify_merged(merged).intact
+
+
+def test_info_needs_no_count_it_can_derive(merged, capsys):
+    edit_summary(merged, lambda s: s.pop("num_missing"))
+    assert main(["info", str(merged)]) == 0
+    assert "missing sequences: 1275 of 3000 expected" in capsys.readouterr().out
+
+
+def test_damaged_metadata_of_the_report_is_damage_not_a_traceback(merged, capsys):
+    with h5py.File(merged) as f:
+        header = h5py.h5o.get_info(f["merge_report/id_checksums"].id).addr
+    data = bytearray(merged.read_bytes())
+    data[header + 12] ^= 0x04  # a bit of the table's object header
+    merged.write_bytes(bytes(data))
+    found = verify_merged(merged)
+    assert found.problems[0].startswith(f"{merged}: damaged: HDF5 cannot read it (")
+    assert main(["verify", str(merged)]) == 1
+    assert main(["info", str(merged)]) == 0  # (it reads the summary and the missing IDs only)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_damaged_metadata_read_by_info_is_one_line(merged, capsys):
+    with h5py.File(merged) as f:
+        header = h5py.h5o.get_info(f["merge_report/missing_ids"].id).addr
+    data = bytearray(merged.read_bytes())
+    data[header + 12] ^= 0x04
+    merged.write_bytes(bytes(data))
+    assert main(["info", str(merged)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"virnucpro-merge: error: {merged}: corrupt HDF5 file (")
+
+
+def test_a_same_named_shard_of_another_folder_is_still_compared(tmp_path, rng):
+    """The pipeline names every run's folder output/: a shard that failed in one is not another's."""
+    one, two = tmp_path / "exp1" / "output", tmp_path / "exp2" / "output"
+    for folder in (one, two):
+        folder.mkdir(parents=True)
+    write_shard(one / "shard_1.h5", ids("a", 5), rng.random((5, 4), dtype=np.float32))
+    write_shard(two / "shard_0.h5", ids("b", 5), rng.random((5, 4), dtype=np.float32))
+    merged = aggregate_shards([one / "shard_0.h5", one / "shard_1.h5", two / "shard_0.h5"], tmp_path / "m.h5",
+                              partial=True)
+    found = verify_merged(merged, against=[two / "shard_0.h5"])
+    assert found.intact
+    assert found.notes == [f"{10 - 5:,} rows are in none of the shards compared with"]
+    assert "5 rows compared with 1 shard" in found.checked

@@ -21,12 +21,17 @@ __all__ = ["file_key", "fingerprint", "OpenFiles"]
 
 def file_key(path: str | os.PathLike[str], cwd: str | None = None) -> tuple:
     """What tells two names of one file apart from two files: its device and inode where it
-    exists (links and hard links included), its normalised absolute path where it does not
-    (against ``cwd``, the current directory unless given: pass it for many paths at once)."""
+    exists (links and hard links included), its absolute path with every link on the way
+    resolved where it does not (against ``cwd``, the current directory unless given: pass
+    it for many paths at once).
+
+    >>> file_key("new/a.txt") == file_key("new/../new/./a.txt")
+    True
+    """
     try:
         stat = os.stat(path)
     except OSError:
-        return ("absent", os.path.normpath(os.path.join(cwd or os.getcwd(), path)))
+        return ("absent", os.path.realpath(os.path.join(cwd or os.getcwd(), path)))
     return (stat.st_dev, stat.st_ino)
 
 

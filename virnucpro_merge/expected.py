@@ -610,7 +610,8 @@ def _form_and_pieces(name: object, raw: BinaryIO) -> tuple[str | None, str, Iter
             if line.strip():  # the first non-blank line (on from a blank start: as if indented)
                 form, why = _form_by_content(line if at_line_start or number else " " + line)
                 return form, why, _chain(seen, pieces)
-        at_line_start = piece[0].endswith(("\n", "\r"))
+        if piece[0]:  # (an empty piece, a byte-order mark alone, changes nothing)
+            at_line_start = piece[0].endswith(("\n", "\r"))
     return None, "", iter(seen)
 
 

@@ -88,14 +88,23 @@ def run_index(directory: str | os.PathLike[str]) -> Path | None:
 
 
 def index_beside(paths: Sequence[str | os.PathLike[str]]) -> Path | None:
-    """The sequence index of the one run folder that holds all of ``paths`` (a run folder's
-    shards, given as files), if it has one; None for files of several folders.
+    """The sequence index of the run folder whose shards ``paths`` are (a run folder's
+    ``shard_<rank>.h5`` files, given as files), if it has one: None for files of several
+    folders, or for some of a folder's shards only (its index would call the others'
+    sequences missing).
 
     >>> index_beside([Path("run/shard_0.h5"), Path("other/shard_1.h5")]) is None
     True
     """
     folders = {Path(p).parent for p in paths}
-    return run_index(folders.pop()) if len(folders) == 1 else None
+    if len(folders) != 1:
+        return None
+    folder = folders.pop()
+    try:
+        there = {entry.name for entry in folder.iterdir() if rank_of(entry) is not None}
+    except OSError:
+        return None
+    return run_index(folder) if there <= {Path(p).name for p in paths} else None
 
 
 def stride_step(rank: int, positions: Iterable[int] | np.ndarray) -> int:

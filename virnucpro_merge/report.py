@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import zlib
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -175,10 +176,15 @@ def report_problems(group: h5py.Group, summary: Mapping, missing: list[str]) -> 
 def _status_problems(summary: Mapping, missing: list[str]) -> list[str]:
     """The failed shards, the shards' statuses and ``partial``, against each other."""
     problems = []
-    failed = {str(p) for p in summary["failed_shards"]}
-    wrong = sorted(s["path"] for s in summary["shards"] if (s["status"] == ShardStatus.FAILED) != (s["path"] in failed))
+    failed = Counter(summary["failed_shards"])
+    paths = {s["path"] for s in summary["shards"]}
+    wrong = {s["path"] for s in summary["shards"] if (s["status"] == ShardStatus.FAILED) != (s["path"] in failed)}
+    wrong |= {path for path, times in failed.items() if times > 1}  # listed twice
+    if "materialized_from" not in summary:  # (a materialized output lists its virtual input's failed shards,
+        wrong |= set(failed) - paths        # and its shards are the sources it was copied from)
     if wrong:
-        problems.append(f"the report's failed_shards and its shards' statuses disagree on {', '.join(wrong[:5])}")
+        problems.append("the report's failed_shards and its shards' statuses disagree on "
+                        f"{', '.join(sorted(wrong)[:5])}")
     if summary["partial"] != (bool(failed) or bool(missing)):
         problems.append(f"the report says partial={summary['partial']}, but {_count(len(failed), 'shard')} "
                         f"failed and {_count(len(missing), 'ID')} are missing")
@@ -326,6 +332,9 @@ def read_merge_report(merged_path: str | os.PathLike[str]) -> MergeReport:
             msg = f"{path}: not a merged output (no '{REPORT_GROUP}' in it)"
             raise MergeError(msg)
         group = handle[REPORT_GROUP]
+        if "missing_ids" not in group:
+            msg = f"{path}: damaged merge report (its 'missing_ids' table is gone)"
+            raise MergeError(msg)
         try:
             for name, dtype in _ARRAYS.items():
                 if name in group:

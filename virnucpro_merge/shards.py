@@ -36,6 +36,7 @@ __all__ = [
     "ShardMeta",
     "first_line",
     "open_shard",
+    "raised_by_hdf5",
     "open_shard_file",
     "read_shard_meta",
     "read_report_summary",
@@ -127,9 +128,27 @@ def open_shard_file(path: str | os.PathLike[str]) -> h5py.File:
 
 @contextmanager
 def open_shard(path: str | os.PathLike[str]) -> Iterator[h5py.File]:
-    """``with open_shard(path) as handle:`` -- :func:`open_shard_file`, closed on exit."""
+    """``with open_shard(path) as handle:`` -- :func:`open_shard_file`, closed on exit.
+
+    What HDF5 cannot read inside the block (damaged metadata: h5py raises ``KeyError``,
+    ``RuntimeError`` or ``OSError`` for it, from wherever it is met) is an
+    :class:`UnreadableShardError` naming the file, never a traceback.
+    """
     with open_shard_file(path) as handle:
-        yield handle
+        try:
+            yield handle
+        except (KeyError, RuntimeError, OSError, ValueError, TypeError) as err:
+            if not raised_by_hdf5(err):
+                raise
+            raise UnreadableShardError(path, f"{CORRUPT} ({first_line(err)})") from err
+
+
+def raised_by_hdf5(err: BaseException) -> bool:
+    """Whether ``err`` was raised inside h5py (its innermost frame is h5py's own)."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).parts[-2:-1] == ("h5py",)
 
 
 def _dataset(handle: h5py.File, name: str, path: Path) -> h5py.Dataset:
@@ -266,7 +285,9 @@ def _records(fields: dict[str, tuple[Callable[[object], bool], str]], *, require
             if not isinstance(record, dict):
                 return "holds a record that is not a JSON object"
             for key, (valid, kind) in fields.items():
-                if (key in record or key in required) and not valid(record.get(key)):
+                if key in required and key not in record:
+                    return f"holds a record without its '{key}'"
+                if key in record and not valid(record[key]):
                     return f"holds a record whose '{key}' is not {kind}"
         return None
 
@@ -304,7 +325,7 @@ _SUMMARY_LISTS: dict[str, Callable[[object], str | None]] = {
                        required=("path", "num_sequences", "offset", "status")),
     "lineage": _records({"path": _TEXT, "created_at": _MAYBE_TEXT, "total_sequences": _MAYBE_COUNT,
                          "partial": _MAYBE_FLAG, "num_missing": _MAYBE_COUNT,
-                         "failed_shards": (_optional(_texts), "a list of paths or null")}),
+                         "failed_shards": (_optional(_texts), "a list of paths or null")}, required=("path",)),
     "sources": _records({"path": _TEXT, "size": _COUNT, "mtime_ns": _COUNT}, required=("path", "size", "mtime_ns")),
 }
 _REQUIRED = ("total_sequences", "embedding_dim", "partial", "shards", "failed_shards")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,6 @@ from .shards import (
     first_line,
     iter_id_chunks,
     open_shard,
-    open_shard_file,
     read_report_summary,
 )
 from .sources import source_problems
@@ -125,28 +125,31 @@ def verify_merged(path: str | os.PathLike[str], against: Sequence[str | os.PathL
     path = Path(path)
     compared = None if against is None else _shards_to_compare(against)
     found = Verification(path)
+    opened = False
     try:
-        handle = open_shard_file(path)
+        with open_shard(path) as handle:
+            opened = True
+            _check(path, handle, found, compared)
     except UnreadableShardError as err:
-        if err.problem.startswith((TRUNCATED, CORRUPT)):  # an HDF5 file, damaged
-            cause = first_line(err.__cause__) if err.__cause__ is not None else err.problem
-            found.problems.append(f"{path}: damaged: HDF5 cannot open it ({cause})")
-            return found
-        if err.problem.startswith(EMPTY_FILE):  # what a crash leaves of a file that was never written back
-            found.problems.append(f"{path}: damaged: {EMPTY_FILE}")
-            return found
-        raise
-    with handle:
-        try:
-            report = read_report_summary(handle, path)
-        except ShardError as err:  # the report's own bytes are damaged
-            found.problems.append(f"{path}: damaged: {err.problem}")
-            return found
-        if report is None:
-            msg = f"{path}: not a merged output (no '{REPORT_GROUP}' in it): nothing to verify it against"
-            raise MergeError(msg)
-        _Checker(path, handle, report, found).run(compared)
+        if err.path != str(path) or not err.problem.startswith((TRUNCATED, CORRUPT, EMPTY_FILE)):
+            raise
+        cause = first_line(err.__cause__) if err.__cause__ is not None else err.problem
+        damage = EMPTY_FILE if err.problem.startswith(EMPTY_FILE) else \
+            f"HDF5 cannot {'read' if opened else 'open'} it ({cause})"
+        found.problems.append(f"{path}: damaged: {damage}")  # (what a crash or a disk leaves of a file)
     return found
+
+
+def _check(path: Path, handle: h5py.File, found: Verification, compared: list[Path] | None) -> None:
+    try:
+        report = read_report_summary(handle, path)
+    except ShardError as err:  # the report's own bytes are damaged
+        found.problems.append(f"{path}: damaged: {err.problem}")
+        return
+    if report is None:
+        msg = f"{path}: not a merged output (no '{REPORT_GROUP}' in it): nothing to verify it against"
+        raise MergeError(msg)
+    _Checker(path, handle, report, found).run(compared)
 
 
 def _shards_to_compare(against: object) -> list[Path]:
@@ -384,7 +387,9 @@ class _Checker:
         or the same folder and name (the merge may have named it from another folder)."""
         recorded = [s for s in self.report["shards"] if s["status"] == ShardStatus.FAILED]
         by_key = {file_key(s["path"]): s.get("error") or ShardStatus.FAILED for s in recorded}
-        by_tail = {Path(s["path"]).parts[-2:]: s.get("error") or ShardStatus.FAILED for s in recorded}
+        tails = Counter(Path(s["path"]).parts[-2:] for s in self.report["shards"])  # (a tail two shards share: no)
+        by_tail = {tail: s.get("error") or ShardStatus.FAILED for s in recorded
+                   if tails[tail := Path(s["path"]).parts[-2:]] == 1 and not os.path.lexists(s["path"])}
         found = {}
         for shard in shards:
             why = by_key.get(file_key(shard), by_tail.get(Path(os.path.abspath(shard)).parts[-2:]))

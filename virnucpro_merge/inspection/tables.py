@@ -244,15 +244,14 @@ def format_report(report: Mapping) -> str:
 
 
 def _report_lines(report: Mapping) -> list[str]:
-    lines = [
-        f"{report['total_sequences']} sequences of dimension {report['embedding_dim']} "
-        f"from {len(report['shards']) - len(report['failed_shards'])} of {len(report['shards'])} shards"
-    ]
+    merged = sum(s["status"] != ShardStatus.FAILED for s in report["shards"])
+    lines = [f"{report['total_sequences']} sequences of dimension {report['embedding_dim']} "
+             f"from {merged} of {len(report['shards'])} shards"]
     if report["failed_shards"]:
         names = ", ".join(Path(p).name for p in report["failed_shards"])
         lines.append(f"failed shards: {len(report['failed_shards'])} ({names})")
     if report.get("num_expected") is not None:
-        lines.append(f"missing sequences: {report['num_missing']} of {report['num_expected']} expected")
+        lines.append(f"missing sequences: {len(report['missing_ids'])} of {report['num_expected']} expected")
         if report["missing_ids"]:
             lines.append(f"first missing IDs: {', '.join(report['missing_ids'][:10])}")
         if report.get("num_extra"):

@@ -174,7 +174,7 @@ def test_small_read_blocks_change_nothing(tmp_path, monkeypatch, name, block):
 
     path = write(tmp_path, name, TRICKY[name])
     whole = _whole(path)
-    monkeypatch.setattr(expected, "_BLOCK", block)
+    monkeypatch.setattr(expected._text, "BLOCK", block)
     assert _whole(path) == whole
     assert _in_ranges(path, 23) == whole
 
@@ -188,7 +188,7 @@ def test_a_large_index_in_ranges(tmp_path, monkeypatch):
                for i in range(3000)]
     path = tmp_path / "index.json"
     path.write_text(json.dumps({"sequences": records}, indent=rng.choice([None, 1])))
-    monkeypatch.setattr(expected, "_BLOCK", 4096)
+    monkeypatch.setattr(expected._text, "BLOCK", 4096)
     want = [r["sequence_id"] for r in records]
     assert _whole(path) == want
     for range_bytes in (1000, 7919, 65536):
@@ -306,7 +306,7 @@ def test_invalid_json_is_placed_as_json_places_it(tmp_path, monkeypatch, text):
         json.loads(text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n"))
     want = f"{path}: invalid JSON ({truth.value}); read as a sequence index: its name ends in .json"
     assert _whole(path) == want
-    monkeypatch.setattr(expected, "_BLOCK", 3)
+    monkeypatch.setattr(expected._text, "BLOCK", 3)
     assert _whole(path) == want
 
 
@@ -401,13 +401,13 @@ def test_any_index_reads_the_same_whatever_its_blocks(tmp_path, ids, extra, fiel
     path = tmp_path / "index.json"
     path.write_text(json.dumps(index, indent=indent, ensure_ascii=bool(block % 2)), encoding="utf-8")
     want = [r["sequence_id"] for r in json.loads(path.read_text(encoding="utf-8"))["sequences"]]
-    old = expected._BLOCK
+    old = expected._text.BLOCK
     try:
-        expected._BLOCK = block
+        expected._text.BLOCK = block
         assert _whole(path) == want
         assert _in_ranges(path, range_bytes) == want
     finally:
-        expected._BLOCK = old
+        expected._text.BLOCK = old
 
 
 def _bytes_read_in_ranges(path, range_bytes, monkeypatch):
@@ -415,7 +415,7 @@ def _bytes_read_in_ranges(path, range_bytes, monkeypatch):
     from virnucpro_merge import expected
 
     total = [0]
-    real_open = expected._open
+    real_open = expected._text.open_expected
 
     class Counting:
         def __init__(self, raw):
@@ -435,7 +435,7 @@ def _bytes_read_in_ranges(path, range_bytes, monkeypatch):
         def __exit__(self, *exc):
             self.raw.close()
 
-    monkeypatch.setattr(expected, "_open", lambda p, name: Counting(real_open(p, name)))
+    monkeypatch.setattr(expected._ranges, "open_expected", lambda p, name: Counting(real_open(p, name)))
     ids = _in_ranges(path, range_bytes)
     return total[0], ids
 
@@ -458,7 +458,7 @@ def test_where_the_lines_break_does_not_change_the_cost(tmp_path, monkeypatch, l
         path.write_text(">a\n" + "ACGT" * 75_000 + "\n>b\nAC\n")
     from virnucpro_merge import expected
 
-    monkeypatch.setattr(expected, "_BLOCK", 1024)  # (a range of 4 KiB, read 1 KiB at a time)
+    monkeypatch.setattr(expected._text, "BLOCK", 1024)  # (a range of 4 KiB, read 1 KiB at a time)
     size = path.stat().st_size
     read, ids = _bytes_read_in_ranges(path, 4096, monkeypatch)
     assert not isinstance(ids, str), ids
@@ -473,5 +473,5 @@ def test_a_byte_order_mark_alone_in_a_piece_tells_no_form(tmp_path, monkeypatch,
 
     path = tmp_path / "ids"
     path.write_bytes("\ufeff>a\nACGT\n>b\nAC\n".encode())
-    monkeypatch.setattr(expected, "_BLOCK", block)
+    monkeypatch.setattr(expected._text, "BLOCK", block)
     assert read_expected_ids(path) == ["a", "b"]

@@ -49,7 +49,7 @@ def test_several_processes_do_share_the_work(tmp_path, monkeypatch, processes):
     real = _processes.pool
     monkeypatch.setattr(virnucpro_merge.inspection.run, "pool",
                         lambda n, **kw: made.append(("scan", n)) or real(n, **kw))
-    monkeypatch.setattr(__import__("virnucpro_merge.expected").expected, "pool",
+    monkeypatch.setattr(__import__("virnucpro_merge.expected._ranges").expected._ranges, "pool",
                         lambda n, **kw: made.append(("read", n)) or real(n, **kw))
     run = make_demo_run(tmp_path / "run", n_sequences=300, world_size=4, dim=2)
     inspect_run(run.directory)

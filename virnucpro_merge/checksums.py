@@ -39,8 +39,8 @@ from typing import Protocol
 import h5py
 import numpy as np
 
-__all__ = ["ALGORITHM", "ROW_TABLE", "ID_TABLE", "rows_checksum", "ids_crc", "summary_entry", "table_crc",
-           "Checksums", "IdSink", "ChecksummedIds", "read_checksums"]
+__all__ = ["ALGORITHM", "ROW_TABLE", "ID_TABLE", "rows_checksum", "nonfinite_rows", "ids_crc", "summary_entry",
+           "table_crc", "Checksums", "IdSink", "ChecksummedIds", "read_checksums"]
 
 #: The name of the checksum, as the report's summary gives it.
 ALGORITHM = "wsum64-crc32"
@@ -75,6 +75,18 @@ def rows_checksum(block: np.ndarray) -> int:
     words = data.view("<u8")
     sums = np.einsum("ij,j->i", words, _word_weights(words.shape[1])).astype("<u8", copy=False)
     return zlib.crc32(sums.data.cast("B"))
+
+
+def nonfinite_rows(block: np.ndarray) -> int:
+    """How many rows of ``block`` hold a NaN or an Inf (one fast pass when there are none):
+    what a merge counts as it checksums the rows, and ``verify`` counts again.
+
+    >>> nonfinite_rows(np.array([[1.0, np.nan], [2.0, 3.0], [np.inf, 0.0]], dtype=np.float32))
+    2
+    """
+    if block.size == 0 or (np.isfinite(block.min()) and np.isfinite(block.max())):
+        return 0  # NaN poisons min and max; +Inf would be the max, -Inf the min
+    return int(block.shape[0] - np.isfinite(block).all(axis=1).sum())
 
 
 def ids_crc(ids: Sequence[str | bytes] | np.ndarray) -> int:

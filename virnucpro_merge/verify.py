@@ -25,8 +25,7 @@ import h5py
 import numpy as np
 
 from ._files import file_key
-from ._write.copy import nonfinite_rows
-from .checksums import ALGORITHM, ID_TABLE, ROW_TABLE, ids_crc, read_checksums, rows_checksum
+from .checksums import ALGORITHM, ID_TABLE, ROW_TABLE, ids_crc, nonfinite_rows, read_checksums, rows_checksum
 from .errors import MergeError, ShardError, UnreadableShardError, shown_id
 from .ids import SortedHashes, id_hashes
 from .ranks import folder_shards, listed

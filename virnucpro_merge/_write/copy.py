@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checksums import Checksums, IdSink
+from ..checksums import Checksums, IdSink, nonfinite_rows
 from ..errors import UnreadableShardError
 from ..plan import ShardPlan
 from ..shards import embeddings_of, first_line, iter_id_blocks, open_shard
@@ -61,13 +61,6 @@ def raw_copyable(shard: ShardPlan) -> bool:
 def _chunks(total: int, chunk_size: int) -> Iterator[tuple[int, int]]:
     for start in range(0, total, chunk_size):
         yield start, min(start + chunk_size, total)
-
-
-def nonfinite_rows(block: np.ndarray) -> int:
-    """How many rows of ``block`` hold a NaN or an Inf (one fast pass when there are none)."""
-    if block.size == 0 or (np.isfinite(block.min()) and np.isfinite(block.max())):
-        return 0  # NaN poisons min and max; +Inf would be the max, -Inf the min
-    return int(block.shape[0] - np.isfinite(block).all(axis=1).sum())
 
 
 def scan_rows(block: np.ndarray, start: int, checksums: Checksums) -> int:

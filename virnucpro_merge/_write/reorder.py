@@ -21,12 +21,12 @@ import h5py
 import numpy as np
 
 from .._files import OpenFiles
-from ..checksums import Checksums, IdSink
+from ..checksums import Checksums, IdSink, nonfinite_rows
 from ..errors import ExpectedIdsError, ShardError, UnreadableShardError
 from ..ids import id_hashes
 from ..plan import MergePlan, ShardPlan
 from ..shards import embeddings_of, first_line, open_shard_file, read_id_rows, read_rows
-from .copy import OUTPUT_DTYPE, BlockWriter, nonfinite_rows
+from .copy import OUTPUT_DTYPE, BlockWriter
 
 __all__ = ["RowOrder", "index_order", "write_in_order"]
 

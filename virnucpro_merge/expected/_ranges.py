@@ -1,0 +1,187 @@
+"""An expected-ID file read in byte ranges, by a cluster's workers or by this machine's
+cores: the same rules and errors as a read from start to end."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal, overload
+
+import numpy as np
+
+from .._processes import pool
+from ..errors import ExpectedIdsError
+from ..ids import encode_and_hash_ids, encode_ids
+from ._index import Chain, IndexReader, JsonText
+from ._text import (
+    JSON,
+    char_start,
+    line_ids,
+    line_start,
+    open_expected,
+    read_blocks,
+    read_head,
+    text_blocks,
+    whole_lines,
+)
+from ._whole import detect_form, iter_expected_id_blocks, noted
+
+__all__ = ["RANGE_BYTES", "RangeIds", "expected_ranges", "read_range", "ranges_agree", "iter_encoded_id_blocks"]
+
+
+RANGE_BYTES = 32 * 2**20
+
+
+@dataclass
+class RangeIds:
+    """The expected IDs whose line (or JSON record) starts in bytes ``[first, last)`` of a
+    file: the lines that start in the range asked for."""
+
+    first: int
+    last: int
+    ids: list[str] = field(default_factory=list)
+    #: for a JSON index: where its records sit (None: its guess of a record start failed)
+    chain: Chain | None = None
+
+
+def expected_ranges(path: str | os.PathLike[str], range_bytes: int) -> list[tuple[int, int]] | None:
+    """Byte ranges of about ``range_bytes`` that cover the file; None where the file can only
+    be read from start to end (gzipped, or not a regular file)."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    if not path.is_file() or detect_form(path)[1]:
+        return None
+    bounds = [*range(0, stat.st_size, max(1, range_bytes)), stat.st_size]
+    return list(itertools.pairwise(bounds)) or [(0, 0)]
+
+
+def read_range(path: str | os.PathLike[str], form: str, start: int, end: int, *, shown_as: object = None,
+               why: str = "") -> RangeIds:
+    """The expected IDs of the lines that start in bytes ``[start, end)`` of a plain file.
+
+    A text or FASTA range holds the IDs of those lines. A JSON range holds the records
+    that start on them, found by a guess that :func:`ranges_agree` checks; a range
+    whose guess fails reports ``chain=None`` instead of an error (the range that
+    starts the file is no guess: its errors are the file's). Errors name the file
+    as ``shown_as`` when given, and say ``why`` it is read as ``form``
+    (:func:`detect_form`), as a whole-file read does.
+    """
+    path = Path(path)
+    name = shown_as or path
+    with open_expected(path, name) as raw:
+        if form == JSON:  # records are found by parsing, wherever the lines break
+            first, last = char_start(raw, start), char_start(raw, end)
+        else:
+            first = line_start(raw, start, until=end)
+            last = line_start(raw, end) if first < end else first  # (no line starts in it: it holds none)
+        found = RangeIds(first, last)
+        raw.seek(first)
+        if form != JSON:
+            region = read_head(raw, name, last - first) if first < last else b""
+            try:
+                found.ids = [i for text, _ in whole_lines(text_blocks(name, [region], first))
+                             for i in line_ids(text, form)]
+            except ExpectedIdsError as err:
+                raise noted(err, why) from err
+            return found
+        blocks = read_blocks(raw)
+        reader = IndexReader(JsonText(text_blocks(name, blocks, first, cut_at=last), name, owned_until=last))
+        try:
+            records = reader.from_the_top() if first == 0 else reader.from_a_range()
+            found.ids = [record["sequence_id"] for block in records for record in block]
+        except ExpectedIdsError as err:
+            if first == 0:
+                raise noted(err, why) from err
+            found.ids = []
+            return found
+        found.chain = reader.chain
+        return found
+
+
+def ranges_agree(ranges: list[RangeIds]) -> bool:
+    """Whether the records that the JSON ranges found are exactly the file's records.
+
+    The range that starts the file reads from the top; every other range must start
+    its records exactly where the range before it said the next record starts (or
+    find none, where that is past its end), and the list must end, with the rest of
+    the file sound, in the last range that holds records.
+    """
+    expected_next: int | None = 0  # where the next record starts; None: past the list's end
+    for part in ranges:  # in file order
+        if part.chain is None:
+            return False
+        owns = expected_next is not None and part.first <= expected_next < part.last
+        if part.chain.first != (expected_next if owns else None):
+            return False
+        if owns:
+            expected_next = None if part.chain.closed else part.chain.next
+    return expected_next is None
+
+
+def _encoded_range(path: Path, form: str, start: int, end: int, shown: object, why: str,
+                   max_width: int | None, hashed: bool) -> tuple[_Block, RangeIds]:
+    """Worker task: the encoded IDs of one byte range (and their hashes), and the range read
+    (without its IDs)."""
+    found = read_range(path, form, start, end, shown_as=shown, why=why)
+    return _encoded(found.ids, max_width, hashed), replace(found, ids=[])
+
+
+_Block = np.ndarray | tuple[np.ndarray, np.ndarray]
+
+
+def _encoded(ids: Sequence[str], max_width: int | None, hashed: bool) -> _Block:
+    return encode_and_hash_ids(ids, max_width=max_width) if hashed else encode_ids(ids, max_width=max_width)
+
+
+@overload
+def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = ..., max_width: int | None = ...,
+                           range_bytes: int | None = ..., shown_as: object = ...,
+                           hashed: Literal[False] = ...) -> Iterator[np.ndarray]: ...
+@overload
+def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = ..., max_width: int | None = ...,
+                           range_bytes: int | None = ..., shown_as: object = ...,
+                           hashed: Literal[True]) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = 1, max_width: int | None = None,
+                           range_bytes: int | None = None, shown_as: object = None,
+                           hashed: bool = False) -> Iterator[_Block]:
+    """The expected IDs of a file in file order, as arrays of their UTF-8 bytes
+    (:func:`encode_ids`), read by up to ``workers`` processes at once where that helps.
+
+    A plain file larger than one range (``range_bytes``, by default :data:`RANGE_BYTES`)
+    is read in byte ranges (:func:`read_range`) by
+    a pool of ``workers`` processes: the same rules and errors as a read from start to
+    end (the first error in the file is the one raised), and a JSON index whose ranges
+    do not agree (:func:`ranges_agree`) is read again from start to end. A gzipped
+    file, a pipe, a small file, ``workers=1`` or a system without ``fork``: read here,
+    from start to end. With ``hashed``, each block comes with its IDs' hashes
+    (:func:`encode_and_hash_ids`), worked out by the process that read it.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> _ = Path("ids.txt").write_text("seq1\\nseq2\\n")
+    >>> [block.tolist() for block in iter_encoded_id_blocks("ids.txt", workers=2)]
+    [[b'seq1', b'seq2']]
+    >>> [hashes.size for _, hashes in iter_encoded_id_blocks("ids.txt", hashed=True)]
+    [2]
+    """
+    path = Path(path)
+    ranges = expected_ranges(path, range_bytes or RANGE_BYTES) if workers > 1 else None
+    form, _, why = detect_form(path, shown_as=shown_as) if ranges and len(ranges) > 1 else (None, False, "")
+    parts = None
+    if ranges and form is not None:
+        with pool(min(workers, len(ranges))) as readers:
+            if readers is not None:
+                tasks = [(path, form, a, b, shown_as or path, why, max_width, hashed) for a, b in ranges]
+                parts = list(readers.map(_encoded_range, *zip(*tasks, strict=True)))
+    if parts is not None and (form != JSON or ranges_agree([where for _, where in parts])):
+        yield from (block for block, _ in parts)
+        return
+    for ids in iter_expected_id_blocks(path, shown_as=shown_as):
+        yield _encoded(ids, max_width, hashed)

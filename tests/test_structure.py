@@ -17,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "virnucpro_merge"
-HEAVY = ("matplotlib", "pandas", "psutil", "dask", "distributed", "nbformat", "nbclient", "nbconvert")
+HEAVY = ("matplotlib", "pandas", "psutil", "dask", "distributed", "nbformat", "nbclient", "nbconvert", "IPython",
+         "ipykernel", "jupyter_client")
 
 
 def _module_name(path: Path) -> str:
@@ -50,10 +51,11 @@ def _type_checking_only(tree: ast.Module) -> set[int]:
             for inner in ast.walk(node)}
 
 
-def _imports(name: str) -> list[tuple[str, list[str], int]]:
-    """Every import that runs in module ``name``: (module imported, names taken from it, line)."""
+def _imports(name: str, *, for_types: bool = False) -> list[tuple[str, list[str], int]]:
+    """Every import that runs in module ``name`` (with ``for_types``, those under ``if
+    TYPE_CHECKING:`` too): (module imported, names taken from it, line)."""
     found = []
-    skip = _type_checking_only(TREES[name])
+    skip = set() if for_types else _type_checking_only(TREES[name])
     for node in ast.walk(TREES[name]):
         if id(node) in skip:
             continue
@@ -65,11 +67,12 @@ def _imports(name: str) -> list[tuple[str, list[str], int]]:
     return found
 
 
-def _edges() -> dict[str, set[str]]:
-    """The package's own import graph: module -> the package modules it imports."""
+def _edges(*, for_types: bool = False) -> dict[str, set[str]]:
+    """The package's own import graph: module -> the package modules it imports (those in
+    functions included; with ``for_types``, those for type checking too)."""
     graph: dict[str, set[str]] = {name: set() for name in MODULES}
     for name in MODULES:
-        for target, names, _ in _imports(name):
+        for target, names, _ in _imports(name, for_types=for_types):
             if target in MODULES:
                 graph[name].add(target)
             for taken in names:  # `from . import sysio` imports a module
@@ -106,7 +109,56 @@ def test_the_cycle_finder_finds_a_cycle():
 
 
 def test_no_import_cycle():
-    assert _cycle(_edges()) is None
+    """Counting every import: in functions, and for type checking only."""
+    assert _cycle(_edges(for_types=True)) is None
+
+
+#: The layers of the package, lowest first (docs/reference/modules.md): a module imports
+#: modules of its own layer and of those below, never above. A name stands for the module
+#: and everything under it.
+LAYERS = {
+    "ground": ["virnucpro_merge._version", "virnucpro_merge.errors", "virnucpro_merge.ids", "virnucpro_merge._files",
+               "virnucpro_merge.statuses", "virnucpro_merge._processes", "virnucpro_merge.outputs"],
+    "reading": ["virnucpro_merge.shards", "virnucpro_merge.sources", "virnucpro_merge.ranks",
+                "virnucpro_merge.expected"],
+    "deciding": ["virnucpro_merge.validation", "virnucpro_merge.plan", "virnucpro_merge.checksums"],
+    "writing": ["virnucpro_merge.report", "virnucpro_merge.checks", "virnucpro_merge.merge", "virnucpro_merge._write",
+                "virnucpro_merge.rerun", "virnucpro_merge.verify"],
+    "faces": ["virnucpro_merge.cluster", "virnucpro_merge.cli", "virnucpro_merge.synthetic",
+              "virnucpro_merge.inspection", "virnucpro_merge.__main__", "virnucpro_merge"],
+}
+#: The imports that go up, each for a reason (all inside a function).
+UPWARD = {
+    ("virnucpro_merge.report", "virnucpro_merge.inspection.tables"): "a merge report shows itself in a notebook",
+    ("virnucpro_merge.checks", "virnucpro_merge.cluster"): "the one place that picks the route: here or on Dask",
+}
+
+
+def _layer(module: str) -> int:
+    """The index of the layer of ``module`` (by its longest listed prefix)."""
+    best = max(((entry, at) for at, entries in enumerate(LAYERS.values()) for entry in entries
+                if module == entry or module.startswith(entry + ".")), key=lambda found: len(found[0]), default=None)
+    assert best is not None, f"{module} is in no layer"
+    return best[1]
+
+
+def test_every_module_is_in_a_layer():
+    assert all(_layer(module) >= 0 for module in MODULES)
+
+
+def test_no_import_goes_up_a_layer():
+    wrong = sorted(f"{name} ({list(LAYERS)[_layer(name)]}) imports {target} ({list(LAYERS)[_layer(target)]})"
+                   for name, targets in _edges(for_types=True).items() for target in targets
+                   if _layer(target) > _layer(name) and (name, target) not in UPWARD)
+    assert not wrong
+
+
+def test_the_layer_check_sees_an_upward_import(monkeypatch):
+    edges = {name: set(targets) for name, targets in _edges(for_types=True).items()}
+    edges["virnucpro_merge.shards"].add("virnucpro_merge.merge")
+    monkeypatch.setitem(globals(), "_edges", lambda **_: edges)
+    with pytest.raises(AssertionError, match="virnucpro_merge.shards .reading. imports virnucpro_merge.merge"):
+        test_no_import_goes_up_a_layer()
 
 
 ADAPTERS = {"virnucpro_merge.cluster", "virnucpro_merge.cli", "virnucpro_merge.synthetic"}

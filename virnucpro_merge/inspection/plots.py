@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -24,12 +23,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
+from ..ranks import rank_ranges
 from ..statuses import ABSENT, EMPTY, FAILED, OK, STATUS_COLORS, STATUSES
 from .memory import MIB, MemoryProfile
-from .tables import rank_ranges
-
-if TYPE_CHECKING:
-    from .run import RunInspection, ShardSummary
+from .views import InspectionView, RankView
 
 __all__ = [
     "MAX_FIGSIZE",
@@ -92,12 +89,12 @@ def _compact(value: float, _position: object = None) -> str:
     return f"{value:.0f}"
 
 
-def _summaries(shards: Sequence[ShardSummary] | RunInspection) -> list[ShardSummary]:
+def _summaries(shards: Sequence[RankView] | InspectionView) -> list[RankView]:
     return list(shards) if isinstance(shards, Sequence) else list(shards.shards)
 
 
 def plot_shard_counts(
-    shards: Sequence[ShardSummary] | RunInspection,
+    shards: Sequence[RankView] | InspectionView,
     *,
     ax: Axes | None = None,
     figsize: tuple[float, float] | None = None,
@@ -141,7 +138,7 @@ def plot_shard_counts(
     return _fraction_present(summaries, ax, figsize or (min(20.0, 6.0 + len(summaries) / 64), 4.2))
 
 
-def _two_bars(shards: list[ShardSummary], ax: Axes | None, figsize: tuple[float, float]) -> Figure:
+def _two_bars(shards: list[RankView], ax: Axes | None, figsize: tuple[float, float]) -> Figure:
     fig, ax = _axes(ax, figsize)
     ranks = np.arange(len(shards))
     width = 0.4
@@ -170,7 +167,7 @@ def _two_bars(shards: list[ShardSummary], ax: Axes | None, figsize: tuple[float,
     return fig
 
 
-def _fraction_present(shards: list[ShardSummary], ax: Axes | None, figsize: tuple[float, float]) -> Figure:
+def _fraction_present(shards: list[RankView], ax: Axes | None, figsize: tuple[float, float]) -> Figure:
     fig, ax = _axes(ax, figsize)
     ranks = np.arange(len(shards))
     known = any(s.expected for s in shards)
@@ -205,7 +202,7 @@ def _fraction_present(shards: list[ShardSummary], ax: Axes | None, figsize: tupl
     return fig
 
 
-def _binned(found: RunInspection, row_bin: int, col_bin: int) -> np.ndarray:
+def _binned(found: InspectionView, row_bin: int, col_bin: int) -> np.ndarray:
     """Fraction missing of each block of ``row_bin`` ranks x ``col_bin`` positions (2: all padding)."""
     ranks, width = found.missing.shape
     n = len(found.sequence_ids)
@@ -231,7 +228,7 @@ def _mark_sparse(ax: Axes, cells: np.ndarray, row_bin: int, col_bin: int) -> Non
 
 
 def plot_missing_heatmap(
-    inspection: RunInspection, *, ax: Axes | None = None, figsize: tuple[float, float] | None = None
+    inspection: InspectionView, *, ax: Axes | None = None, figsize: tuple[float, float] | None = None
 ) -> Figure:
     """Heatmap of missing sequences: one row per rank, one column per assigned position.
 

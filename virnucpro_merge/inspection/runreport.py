@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import ExpectedIdsError, MergeError, OutputError
 from ..expected import detect_form, write_id_list
@@ -37,9 +37,7 @@ from ..outputs import atomic_output, refuse_overwriting
 from ..plan import shard_paths
 from ..ranks import folder_shards, in_rank_order, index_beside
 from ..report import read_merge_report
-
-if TYPE_CHECKING:
-    from .run import RunInspection
+from .views import InspectionView
 
 __all__ = ["NOTEBOOK", "PARAMETERS", "RERUN_MIME", "RerunList", "write_rerun_list", "inject_parameters",
            "kernel_manager", "write_run_report"]
@@ -81,7 +79,7 @@ class RerunList:
         return {"text/plain": str(self), RERUN_MIME: json.dumps(outcome)}
 
 
-def write_rerun_list(found: RunInspection, path: str | os.PathLike[str]) -> RerunList:
+def write_rerun_list(found: InspectionView, path: str | os.PathLike[str]) -> RerunList:
     """Write the missing IDs of an inspection one a line (a list to re-embed, and a valid
     ``--expected`` file for the merge of the re-run): when there is something to re-run, and
     it can be written so that it reads back the same.

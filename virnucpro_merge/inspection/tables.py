@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING
 
 from ..ranks import INDEX_NAME, rank_ranges
 from ..statuses import OK, SHARD_COLORS, STATUS_COLORS, ShardStatus
+from .views import InspectionView, RankView
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from .run import RunInspection, ShardSummary
 
 __all__ = [
     "Markup",
@@ -35,7 +34,7 @@ __all__ = [
 ]
 
 
-def format_shard_table(shards: Sequence[ShardSummary]) -> str:
+def format_shard_table(shards: Sequence[RankView]) -> str:
     """The per-shard summary as a fixed-width text table (one line per rank).
 
     Paths are shown by file name only, so the table reads the same wherever the
@@ -65,7 +64,7 @@ def format_shard_table(shards: Sequence[ShardSummary]) -> str:
     return "\n".join(lines)
 
 
-def _summary_lines(found: RunInspection) -> list[str]:
+def _summary_lines(found: InspectionView) -> list[str]:
     expected = len(found.sequence_ids)
     lines = [f"world size: {found.world_size} (from {found.world_size_from})"]
     if found.expected_from is None:
@@ -80,7 +79,7 @@ def _summary_lines(found: RunInspection) -> list[str]:
     return lines
 
 
-def format_summary(found: RunInspection) -> str:
+def format_summary(found: InspectionView) -> str:
     """A run's summary in a few lines: world size, sequences expected, present and missing,
     and the ranks of each status.
 
@@ -99,7 +98,7 @@ def format_summary(found: RunInspection) -> str:
     return "\n".join(_summary_lines(found))
 
 
-def rank_frame(found: RunInspection) -> pd.DataFrame:
+def rank_frame(found: InspectionView) -> pd.DataFrame:
     """The per-rank summary as a pandas DataFrame, one row per rank (indexed by rank)."""
     import pandas as pd
 
@@ -179,7 +178,7 @@ def _folded(headers: Sequence[str], rows: Sequence[Sequence[object]], right: Seq
     return Markup(f"{head}<details><summary>all {len(rows):,} {escape(what)}s</summary>{every}</details>")
 
 
-def inspection_html(found: RunInspection) -> str:
+def inspection_html(found: InspectionView) -> str:
     """How a :class:`RunInspection` shows in a notebook: its summary and per-rank table."""
     rows = [[s.rank, s.path.name, f"{s.expected:,}", f"{s.present:,}", f"{s.missing:,}", _badge(s.status), s.error]
             for s in found.shards]

@@ -14,7 +14,7 @@ export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo docs notebooks test lint unit nbval torture bench clean
+.PHONY: help install demo docs notebooks test lint unit unit-fast nbval torture bench clean
 
 help: ## Show this list of targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ lint: $(STAMP) ## Check style and imports (ruff) and types (mypy)
 
 unit: $(STAMP) ## Run the unit tests and the docstring examples
 	$(BIN)/python -m pytest tests virnucpro_merge --doctest-modules
+
+unit-fast: $(STAMP) ## The inner loop: the unit tests and doctests but the slow ones (a minute or so), first failure stops
+	$(BIN)/python -m pytest tests virnucpro_merge --doctest-modules -m "not slow" -x -q
 
 nbval: $(STAMP) ## Run the notebooks under nbval only (outputs compared)
 	$(BIN)/python -m pytest $(NBVAL) notebooks

@@ -84,6 +84,7 @@ def test_complex_or_string_embeddings(tmp_path, dtype):
         aggregate_shards([shard], tmp_path / "o.h5")
 
 
+@pytest.mark.slow
 def test_thousand_shards_one_file_open_at_a_time(tmp_path):
     """1,000 shards merge with the process allowed only 64 open files."""
     rng = np.random.default_rng(0)

@@ -14,6 +14,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 CORE_METHODS = ["raw-copy", "raw-copy+fsync", "seed-plan", "naive", "virnucpro_merge"]
 VALIDATION_METHODS = ["seed-plan", "plan_merge", "validate_shard_completeness"]
 
+pytestmark = pytest.mark.slow  # (make unit-fast leaves these out)
+
 
 def _bench(script: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(

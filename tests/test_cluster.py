@@ -12,6 +12,8 @@ import pytest
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
 
+pytestmark = pytest.mark.slow  # (make unit-fast leaves these out)
+
 from tests.helpers import ids, read_datasets  # noqa: E402
 from virnucpro_merge import (  # noqa: E402
     DuplicateIdError,

@@ -36,6 +36,7 @@ def temp_files(folder) -> list[str]:
 
 
 class TestKilled:
+    @pytest.mark.slow
     def test_sigkill_at_many_moments(self, tmp_path):
         run = KillRun.build(tmp_path)
         duration = min(time_one_merge(run) for _ in range(2))

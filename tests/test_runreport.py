@@ -17,6 +17,8 @@ from virnucpro_merge.synthetic import make_demo_run, write_shard
 
 pytest.importorskip("nbclient", reason="the notebooks extra is not installed")
 
+pytestmark = pytest.mark.slow  # (make unit-fast leaves these out)
+
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):

@@ -7,6 +7,7 @@ functions too), so a cycle or a wrong arrow fails here before it bites at run ti
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import subprocess
 import sys
@@ -67,6 +68,7 @@ def _imports(name: str, *, for_types: bool = False) -> list[tuple[str, list[str]
     return found
 
 
+@functools.cache
 def _edges(*, for_types: bool = False) -> dict[str, set[str]]:
     """The package's own import graph: module -> the package modules it imports (those in
     functions included; with ``for_types``, those for type checking too)."""
@@ -154,7 +156,7 @@ def test_no_import_goes_up_a_layer():
 
 
 def test_the_layer_check_sees_an_upward_import(monkeypatch):
-    edges = {name: set(targets) for name, targets in _edges(for_types=True).items()}
+    edges = {name: set(targets) for name, targets in _edges(for_types=True).items()}  # (a copy: _edges is cached)
     edges["virnucpro_merge.shards"].add("virnucpro_merge.merge")
     monkeypatch.setitem(globals(), "_edges", lambda **_: edges)
     with pytest.raises(AssertionError, match="virnucpro_merge.shards .reading. imports virnucpro_merge.merge"):
@@ -273,6 +275,7 @@ def _fresh(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_every_module_imports_first_in_a_fresh_interpreter():
     """Whatever is imported first, it imports (an import order that only works one way fails here)."""
     with ThreadPoolExecutor(max_workers=2) as pool:

@@ -191,20 +191,25 @@ def _expected_pieces(client: Any, expected: object, parts: int, range_bytes: int
         expected = read_expected_ids(expected)  # a pipe (or an error: absent, a folder...)
     if not isinstance(expected, os.PathLike):  # IDs in memory here: partition and send them
         return client.scatter([piece for piece, in _split(encode_ids(list(expected)), parts)])  # type: ignore[call-overload]
+    return _file_on_workers(client, expected, parts, range_bytes)
+
+
+def _file_on_workers(client: Any, expected: os.PathLike[str], parts: int, range_bytes: int) -> list:
+    """Partition ``p`` of the IDs of an expected-ID file, for each ``p``, as futures: the file
+    read by the workers, in byte ranges where it can be (a JSON index's ranges checked, and
+    read again in one task where they do not agree), from start to end in one task where not."""
     shown, path = str(expected), Path(expected).resolve()  # workers may run elsewhere: absolute paths
     form, _, why = detect_form(path, shown_as=shown)
     no_ids = f"{shown}: no sequence IDs in this file" + (f"; {why}" if why else "")
     if form is None:
         raise ExpectedIdsError(no_ids)
     ranges = expected_ranges(path, range_bytes)
-    if ranges is None:
-        tasks = [client.submit(_read_expected_part, path, shown, None, 0, 0, parts, pure=False)]
-    else:
-        tasks = [client.submit(_read_expected_part, path, shown, form, a, b, parts, why, pure=False)
-                 for a, b in ranges]
+    whole = [(path, shown, None, 0, 0, parts)]  # (one task, from start to end)
+    tasks = [client.submit(_read_expected_part, *task, pure=False) for task in
+             (whole if ranges is None else [(path, shown, form, a, b, parts, why) for a, b in ranges])]
     summaries = _gathered(client, tasks)
     if form == JSON and ranges is not None and not ranges_agree([w for _, w, _ in summaries if w is not None]):
-        tasks = [client.submit(_read_expected_part, path, shown, None, 0, 0, parts, pure=False)]
+        tasks = [client.submit(_read_expected_part, *whole[0], pure=False)]
         summaries = _gathered(client, tasks)
     if not sum(count for count, _, _ in summaries):
         raise ExpectedIdsError(no_ids)

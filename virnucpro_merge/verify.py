@@ -222,29 +222,32 @@ class _Checker:
         makes no sense."""
         for problem in report_problems(self.handle[REPORT_GROUP], self.report, self.missing):
             self.problem(problem)
-        total, dim = self.total, self.dim
-        if emb.ndim != 2 or emb.shape[0] != total or (total and emb.shape[1] != dim):
-            self.problem(f"'{EMBEDDINGS}' has shape {emb.shape}, the report says ({total}, {dim})")
+        mismatch = self._datasets_problem(emb, ids)
+        if mismatch is not None:
+            self.problem(mismatch)
             return False
-        if ids.shape != (total,):
-            self.problem(f"'{SEQUENCE_IDS}' has shape {ids.shape}, the report says ({total},)")
-            return False
-        if not (h5py.check_string_dtype(ids.dtype) or ids.dtype.kind == "S"):
-            self.problem(f"'{SEQUENCE_IDS}' holds {ids.dtype}, not strings")
-            return False
-        if emb.is_virtual != (self.report.get("layout") == "virtual"):
-            kind = "virtual" if emb.is_virtual else "contiguous"
-            self.problem(f"the report says layout {self.report.get('layout')!r}, the embeddings are {kind}")
-            return False
-        merged = [s for s in self.report["shards"] if s["status"] != ShardStatus.FAILED]
-        rows = sum(s["num_sequences"] for s in merged)
-        if rows != total:
-            self.problem(f"the report's shards hold {rows} rows, the file {total}")
+        rows = sum(s["num_sequences"] for s in self.report["shards"] if s["status"] != ShardStatus.FAILED)
+        if rows != self.total:
+            self.problem(f"the report's shards hold {rows} rows, the file {self.total}")
         if self.format == 1 and isinstance(self.report.get("checksums"), dict):
             self.found.notes.append("merged by an earlier version (report format 1): its report is cross-checked, "
                                     "not checksummed")
         self.found.checked.append("structure")
         return True
+
+    def _datasets_problem(self, emb: h5py.Dataset, ids: h5py.Dataset) -> str | None:
+        """How the datasets disagree with the report's shape and layout (None: they do not)."""
+        total, dim, layout = self.total, self.dim, self.report.get("layout")
+        if emb.ndim != 2 or emb.shape[0] != total or (total and emb.shape[1] != dim):
+            return f"'{EMBEDDINGS}' has shape {emb.shape}, the report says ({total}, {dim})"
+        if ids.shape != (total,):
+            return f"'{SEQUENCE_IDS}' has shape {ids.shape}, the report says ({total},)"
+        if not (h5py.check_string_dtype(ids.dtype) or ids.dtype.kind == "S"):
+            return f"'{SEQUENCE_IDS}' holds {ids.dtype}, not strings"
+        if emb.is_virtual != (layout == "virtual"):
+            kind = "virtual" if emb.is_virtual else "contiguous"
+            return f"the report says layout {layout!r}, the embeddings are {kind}"
+        return None
 
     # ------------------------------------------------------------------ IDs
     def _id_blocks(self, ids: h5py.Dataset) -> Iterator[tuple[int, int, int | None]]:
@@ -300,32 +303,44 @@ class _Checker:
         """Every block of rows against its checksum (contiguous outputs), or the sources'
         fingerprints (virtual ones)."""
         if self.report.get("layout") == "virtual":
-            for problem in source_problems(self.path, self.report.get("sources", [])):
-                self.found.problems.append(problem)
-            sources = len(self.report.get("sources", []))
-            self.found.checked.append(f"the {_count(sources, 'source')}' fingerprints" if sources != 1
-                                      else "the source's fingerprint")
-            self.found.notes.append("its rows are its shards' own rows: only their fingerprints can be checked")
-            return
+            self._check_sources()
+        elif self._rows_checkable(compared):
+            self._checksum_rows(emb)
+
+    def _check_sources(self) -> None:
+        """A virtual output: its rows are its shards', checked by their fingerprints."""
+        for problem in source_problems(self.path, self.report.get("sources", [])):
+            self.found.problems.append(problem)
+        sources = len(self.report.get("sources", []))
+        self.found.checked.append(f"the {_count(sources, 'source')}' fingerprints" if sources != 1
+                                  else "the source's fingerprint")
+        self.found.notes.append("its rows are its shards' own rows: only their fingerprints can be checked")
+
+    def _rows_checkable(self, compared: bool) -> bool:
+        """Whether the rows have checksums this version can check; where not, why is said
+        (a problem, or a note for a file of an earlier version)."""
+        hint = "" if compared else " (compare them with --against)"
+        algorithm = self.recorded.get("algorithm", ALGORITHM)
         if self.row_sums is None and self.broken_table:
-            return
+            return False  # (a problem already)
         if self.row_sums is None and self.recorded.get("embeddings"):
             self.problem(f"the report says its rows were checksummed, but '{ROW_TABLE}' is gone (damaged report)")
-            return
-        if self.row_sums is None:
-            self.found.notes.append("merged before checksums existed: its rows cannot be checked"
-                                    + ("" if compared else " (compare them with --against)"))
-            return
-        algorithm = self.recorded.get("algorithm", ALGORITHM)
-        if algorithm != ALGORITHM and self.format > 1:
-            return  # (a problem already: this version wrote the file, and it names no checksum it knows)
-        if algorithm != ALGORITHM:
+        elif self.row_sums is None:
+            self.found.notes.append("merged before checksums existed: its rows cannot be checked" + hint)
+        elif algorithm != ALGORITHM and self.format == 1:
             self.found.notes.append(f"its rows' checksums are of a kind this version does not know ({algorithm!r}): "
-                                    "they cannot be checked" + ("" if compared else " (compare them with --against)"))
-            return
-        if not _covers(self.row_sums, self.total):
+                                    "they cannot be checked" + hint)
+        elif algorithm != ALGORITHM:
+            pass  # (a problem already: this version wrote the file, and it names no checksum it knows)
+        elif not _covers(self.row_sums, self.total):
             self.problem("the row checksums do not cover every row once (damaged report)")
-            return
+        else:
+            return True
+        return False
+
+    def _checksum_rows(self, emb: h5py.Dataset) -> None:
+        """Every block of rows read back and checksummed; the rows holding NaN or Inf counted."""
+        assert self.row_sums is not None
         widest = int((self.row_sums[:, 1] - self.row_sums[:, 0]).max(initial=0))
         buffer = np.empty((widest, self.dim), "<f4")
         bad: list[tuple[int, int]] = []

@@ -4,7 +4,7 @@
 copied on a second thread from the start while an *ID step* writes the IDs (and, for
 a plain merge, checks them: the final plan is known only when it returns);
 :func:`write_virtual` writes an output whose embeddings stay in the shards. Both
-write into a temporary file that :mod:`.atomic` moves into place.
+write into a temporary file that :mod:`virnucpro_merge.outputs` moves into place.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from ..checksums import ChecksummedIds, Checksums, IdSink, summary_entry
 from ..errors import OutputError
 from ..outputs import Pending, atomic_output
-from ..plan import MergePlan, refuse_changed
+from ..plan import MergePlan, ShardPlan, refuse_changed
 from ..report import record_nonfinite, write_report
 from ..shards import EMBEDDINGS, SEQUENCE_IDS, first_line
 from ..sources import hdf5_source_name, relative_source, resolve_source
@@ -103,31 +104,22 @@ class _NoBar(contextlib.nullcontext):
         pass
 
 
-def write_contiguous(
-    draft: MergePlan,
-    temp: Path,
-    id_step: IdStep,
-    *,
-    chunk_size: int,
-    progress: bool,
-    row_order: RowOrder | None = None,
-    durable: bool = True,
-) -> tuple[MergePlan, dict[str, int]]:
-    """Write a self-contained output of ``draft``'s rows into ``temp``, with the
-    checksums of every block of rows and IDs written (:mod:`..checksums`).
+@dataclass
+class _Output:
+    """The output being written: its file, where its rows go, its IDs, their checksums."""
 
-    Returns the final plan (the ID step's) and the rows holding NaN or Inf per
-    shard path. Where the final plan moves rows (a shard whose IDs could not be
-    read), the copy is stopped there and ``temp`` holds nothing usable. Without
-    ``durable``, the written rows are not sent on to the disk as they go.
-    """
-    shards = draft.copied_shards
-    nonfinite: dict[str, int] = {}
-    for shard in shards:
-        refuse_changed(shard)
-    raw = [s for s in shards if raw_copyable(s)] if row_order is None else []
-    rows = min(chunk_size, draft.total_sequences) if row_order is None and len(raw) < len(shards) else 0
-    buffer = np.empty((rows, draft.embedding_dim), OUTPUT_DTYPE)  # only the h5py path uses it
+    file: h5py.File
+    temp: Path
+    data_offset: int  # where the embeddings' bytes are in the file (0 where there are no rows)
+    row_bytes: int
+    written: sysio.Written
+    ids: ChecksummedIds
+    checksums: Checksums
+
+
+@contextmanager
+def _opened(draft: MergePlan, temp: Path, *, progress: bool, durable: bool) -> Iterator[_Output]:
+    """The output file of ``draft``, its datasets made (the embeddings' bytes placed at once)."""
     row_bytes = draft.embedding_dim * OUTPUT_DTYPE.itemsize
     bar = tqdm(total=draft.total_sequences, unit="seq", desc="Merging") if progress else _NoBar()
     checksums = Checksums()
@@ -141,35 +133,93 @@ def write_contiguous(
         out.flush()  # HDF5's own writes are done: from here on the embeddings' bytes are written directly
         written = sysio.Written(temp, data_offset if durable else None, row_bytes, bar)
         try:
-            if row_order is not None:
-                writer = BlockWriter(temp, data_offset, row_bytes, written)
-                try:
-                    nonfinite = write_in_order(draft, row_order, writer, ids_out, chunk_size, checksums)
-                finally:
-                    writer.close()
-            with raw_copy_in_background(raw, temp, data_offset, chunk_size, written, checksums) as copying:
-                plan, report = id_step(ids_out)
-                if not plan.same_rows_as(draft):
-                    copying.stop()
-                    return plan, {}
-                if len(raw) < len(shards) and row_order is None:
-                    row_writer = RowWriter(temp, data_offset, row_bytes, written)
-                    try:
-                        for shard in shards:
-                            if shard not in raw:
-                                nonfinite[str(shard.path)] = copy_embeddings_h5py(shard, row_writer, buffer, checksums)
-                    finally:
-                        row_writer.close()
-                nonfinite.update(copying.nonfinite())
-                record_nonfinite(report, nonfinite)
-                report["checksums"] = summary_entry(embeddings=True)
-                write_report(out, report, checksums.tables())
-            for shard in shards:  # a worker that rewrote its file meanwhile
-                refuse_changed(shard)
+            yield _Output(out, temp, data_offset or 0, row_bytes, written, ids_out, checksums)
         finally:
             written.close()
-        for shard in shards:
-            logger.debug("Merged %s: %d sequences at row %d", shard.path, shard.num_sequences, shard.offset)
+
+
+#: What a route of :func:`write_contiguous` returns: the final plan, its report, and the
+#: rows holding NaN or Inf per shard path (none counted where the final plan moved rows).
+_Written = tuple[MergePlan, dict, dict[str, int]]
+
+
+def _in_index_order(out: _Output, draft: MergePlan, id_step: IdStep, row_order: RowOrder, chunk_size: int
+                    ) -> _Written:
+    """Rows in the index's order, block by block; then the ID step (the IDs are the order's)."""
+    writer = BlockWriter(out.temp, out.data_offset, out.row_bytes, out.written)
+    try:
+        nonfinite = write_in_order(draft, row_order, writer, out.ids, chunk_size, out.checksums)
+    finally:
+        writer.close()
+    plan, report = id_step(out.ids)
+    return plan, report, nonfinite
+
+
+def _shard_by_shard(out: _Output, draft: MergePlan, id_step: IdStep, chunk_size: int) -> _Written:
+    """Rows shard by shard: the raw-copyable shards copied on a second thread from the start,
+    while the ID step runs here; then the others through h5py. Where the ID step's plan moves
+    rows (a shard whose IDs could not be read), the copy is stopped and nothing more written."""
+    shards = draft.copied_shards
+    raw = [s for s in shards if raw_copyable(s)]
+    with raw_copy_in_background(raw, out.temp, out.data_offset, chunk_size, out.written, out.checksums) as copying:
+        plan, report = id_step(out.ids)
+        if not plan.same_rows_as(draft):
+            copying.stop()
+            return plan, report, {}
+        nonfinite = _copy_through_h5py([s for s in shards if s not in raw], out, min(chunk_size, draft.total_sequences),
+                                       draft.embedding_dim)
+        nonfinite.update(copying.nonfinite())
+    return plan, report, nonfinite
+
+
+def _copy_through_h5py(shards: list[ShardPlan], out: _Output, rows: int, dim: int) -> dict[str, int]:
+    """The shards that cannot be copied as raw bytes (float16, chunked, compressed...), read by h5py."""
+    if not shards:
+        return {}
+    buffer = np.empty((rows, dim), OUTPUT_DTYPE)
+    row_writer = RowWriter(out.temp, out.data_offset, out.row_bytes, out.written)
+    try:
+        return {str(shard.path): copy_embeddings_h5py(shard, row_writer, buffer, out.checksums) for shard in shards}
+    finally:
+        row_writer.close()
+
+
+def write_contiguous(
+    draft: MergePlan,
+    temp: Path,
+    id_step: IdStep,
+    *,
+    chunk_size: int,
+    progress: bool,
+    row_order: RowOrder | None = None,
+    durable: bool = True,
+) -> tuple[MergePlan, dict[str, int]]:
+    """Write a self-contained output of ``draft``'s rows into ``temp``, with the
+    checksums of every block of rows and IDs written (:mod:`..checksums`): in the index's
+    order (``row_order``), or shard by shard.
+
+    Returns the final plan (the ID step's) and the rows holding NaN or Inf per
+    shard path. Where the final plan moves rows (a shard whose IDs could not be
+    read), the copy is stopped there and ``temp`` holds nothing usable. Without
+    ``durable``, the written rows are not sent on to the disk as they go.
+    """
+    shards = draft.copied_shards
+    for shard in shards:
+        refuse_changed(shard)
+    with _opened(draft, temp, progress=progress, durable=durable) as out:
+        if row_order is not None:
+            plan, report, nonfinite = _in_index_order(out, draft, id_step, row_order, chunk_size)
+        else:
+            plan, report, nonfinite = _shard_by_shard(out, draft, id_step, chunk_size)
+        if not plan.same_rows_as(draft):
+            return plan, {}
+        record_nonfinite(report, nonfinite)
+        report["checksums"] = summary_entry(embeddings=True)
+        write_report(out.file, report, out.checksums.tables())
+        for shard in shards:  # a worker that rewrote its file meanwhile
+            refuse_changed(shard)
+    for shard in shards:
+        logger.debug("Merged %s: %d sequences at row %d", shard.path, shard.num_sequences, shard.offset)
     nonfinite = {str(s.path): nonfinite[str(s.path)] for s in shards}  # in shard order
     if any(nonfinite.values()):
         logger.warning("%d rows of embeddings hold NaN or Inf (see the report's nonfinite_rows)",

@@ -172,16 +172,30 @@ def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = 1, ma
     [2]
     """
     path = Path(path)
-    ranges = expected_ranges(path, range_bytes or RANGE_BYTES) if workers > 1 else None
-    form, _, why = detect_form(path, shown_as=shown_as) if ranges and len(ranges) > 1 else (None, False, "")
-    parts = None
-    if ranges and form is not None:
-        with pool(min(workers, len(ranges))) as readers:
-            if readers is not None:
-                tasks = [(path, form, a, b, shown_as or path, why, max_width, hashed) for a, b in ranges]
-                parts = list(readers.map(_encoded_range, *zip(*tasks, strict=True)))
-    if parts is not None and (form != JSON or ranges_agree([where for _, where in parts])):
-        yield from (block for block, _ in parts)
+    blocks = _read_in_ranges(path, workers, range_bytes or RANGE_BYTES, shown_as, max_width, hashed)
+    if blocks is not None:
+        yield from blocks
         return
     for ids in iter_expected_id_blocks(path, shown_as=shown_as):
         yield _encoded(ids, max_width, hashed)
+
+
+def _read_in_ranges(path: Path, workers: int, range_bytes: int, shown_as: object, max_width: int | None,
+                    hashed: bool) -> list[_Block] | None:
+    """The encoded IDs of a file read in byte ranges by a pool of processes; None where it
+    cannot be (one worker, one range, gzip, a pipe, no fork) or a JSON index's ranges do not
+    agree: then it is read from start to end."""
+    ranges = expected_ranges(path, range_bytes) if workers > 1 else None
+    if not ranges or len(ranges) < 2:
+        return None
+    form, _, why = detect_form(path, shown_as=shown_as)
+    if form is None:
+        return None
+    with pool(min(workers, len(ranges))) as readers:
+        if readers is None:
+            return None
+        tasks = [(path, form, a, b, shown_as or path, why, max_width, hashed) for a, b in ranges]
+        parts = list(readers.map(_encoded_range, *zip(*tasks, strict=True)))
+    if form == JSON and not ranges_agree([where for _, where in parts]):
+        return None
+    return [block for block, _ in parts]

@@ -318,6 +318,7 @@ def write_id_list(ids: Iterable[str], path: str | os.PathLike[str]) -> Path:
 
     Examples
     --------
+    >>> from virnucpro_merge.expected import read_expected_ids
     >>> out = write_id_list(["seq2", "seq1"], "rerun.txt")
     >>> out.read_text()
     'seq2\\nseq1\\n'

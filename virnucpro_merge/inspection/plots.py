@@ -167,14 +167,32 @@ def _two_bars(shards: list[RankView], ax: Axes | None, figsize: tuple[float, flo
     return fig
 
 
+def _share_present(shards: list[RankView], known: bool) -> np.ndarray:
+    """The bar of each rank: the share of its assignment that is present (not rows / assigned:
+    a rank that wrote its last batch twice would reach 1 with half of its sequences missing);
+    its rows, where nothing is known of assignments."""
+    if not known:
+        return np.array([s.present for s in shards], dtype=float)
+    return np.array([(s.expected - s.missing) / s.expected if s.expected else float(s.present > 0)
+                     for s in shards], dtype=float)
+
+
+def _status_legend(ax: Axes, shards: list[RankView]) -> None:
+    """A legend entry for each status that occurs, naming the ranks of every status but ok."""
+    handles = []
+    for status in STATUSES:
+        of_status = [s.rank for s in shards if s.status == status]
+        if of_status:
+            named = "" if status == OK else f": {rank_ranges(of_status, most=6)}"
+            handles.append(Patch(facecolor=STATUS_COLORS[status], label=f"{status} ({len(of_status)}){named}"))
+    ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
 def _fraction_present(shards: list[RankView], ax: Axes | None, figsize: tuple[float, float]) -> Figure:
     fig, ax = _axes(ax, figsize)
     ranks = np.arange(len(shards))
     known = any(s.expected for s in shards)
-    # the share of its assignment that is present: not rows / assigned (a rank that wrote its
-    # last batch twice would reach 1 with half of its sequences missing)
-    heights = np.array([(s.expected - s.missing) / s.expected if s.expected else float(s.present > 0) if known
-                        else s.present for s in shards], dtype=float)
+    heights = _share_present(shards, known)
     colors = [STATUS_COLORS.get(s.status, "#999999") for s in shards]
     ax.bar(ranks, heights, width=1.0, color=colors, linewidth=0)
     if known:
@@ -191,13 +209,7 @@ def _fraction_present(shards: list[RankView], ax: Axes | None, figsize: tuple[fl
     ax.set_xlabel("rank")
     ax.set_ylabel("share of its assignment present" if known else "rows")
     ax.set_title(f"Rows per rank against its assignment, {len(shards)} ranks", pad=14)
-    handles = []
-    for status in STATUSES:
-        of_status = [s.rank for s in shards if s.status == status]
-        if of_status:
-            named = "" if status == OK else f": {rank_ranges(of_status, most=6)}"
-            handles.append(Patch(facecolor=STATUS_COLORS[status], label=f"{status} ({len(of_status)}){named}"))
-    ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    _status_legend(ax, shards)
     ax.spines[["top", "right"]].set_visible(False)
     return fig
 

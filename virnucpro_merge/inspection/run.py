@@ -52,6 +52,7 @@ from ..ranks import (
     stride_positions,
     world_size_of,
 )
+from ..shards import ABSENT as ABSENT_FILE
 from ..shards import iter_id_blocks, open_shard, read_id_rows, read_shard_meta
 from ..statuses import ABSENT, DUPLICATED, EMPTY, FAILED, INCOMPLETE, OFF_STRIDE, OK, STATUSES
 
@@ -257,11 +258,12 @@ _READ_RANGE = 8 * 2**20  # bytes of an expected-ID file a reading process takes 
 
 @dataclass
 class _Scan:
-    """What reading one rank's shard found."""
+    """What reading one rank's shard found: facts, of which :func:`_status` makes its status."""
 
     present: int = 0
-    status: str | None = None  # ABSENT, FAILED or DUPLICATED when one applies
-    error: str | None = None
+    absent: bool = False  # no file
+    error: str | None = None  # why the file cannot be read (or "file does not exist")
+    repeats: bool = False  # an ID it holds is in it twice, or in a lower rank's shard
     step: int = 0  # stride_step of the positions it holds
     extra: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (hashes, rows) of unexpected IDs
     held: np.ndarray | None = None  # the index positions of the expected IDs it holds, in file order
@@ -270,7 +272,7 @@ class _Scan:
 def _scan(rank: int, path: Path, lookup: IdLookup) -> _Scan:
     scan = _Scan()
     if not path.exists():
-        return _Scan(status=ABSENT, error="file does not exist")
+        return _Scan(absent=True, error=ABSENT_FILE)
     held = []
     try:
         with open_shard(path) as handle:
@@ -291,19 +293,17 @@ def _scan(rank: int, path: Path, lookup: IdLookup) -> _Scan:
                     scan.extra.append((hashes[rows], rows + row))
                 row += block.size
     except ShardError as err:
-        return _Scan(status=FAILED, error=err.problem)
+        return _Scan(error=err.problem)
     scan.held = np.concatenate(held) if held else np.empty(0, lookup.position_type)
-    if not (np.diff(scan.held) > 0).all() and np.unique(scan.held).size != scan.held.size:
-        scan.status = DUPLICATED  # an ID repeated within the shard
+    scan.repeats = not (np.diff(scan.held) > 0).all() and np.unique(scan.held).size != scan.held.size
     return scan
 
 
 def _settled(scan: _Scan, present: np.ndarray) -> _Scan:
-    """A rank's scan, its IDs marked present (in rank order: a repeat of a lower rank's ID
-    makes it DUPLICATED), and let go of."""
+    """A rank's scan, its IDs marked present (in rank order: a lower rank's ID held again is a
+    repeat), and let go of."""
     if scan.held is not None and scan.held.size:
-        if scan.status is None and present[scan.held].any():
-            scan.status = DUPLICATED
+        scan.repeats = scan.repeats or bool(present[scan.held].any())
         present[scan.held] = True
     scan.held = None
     return scan
@@ -486,52 +486,66 @@ def inspect_run(
     paths = _shard_list(run, world_size)
     ids, expected_from = _expected_ids(expected, paths)
     lookup = IdLookup(ids if ids is not None else ())
-    n = lookup.n
-    present = np.zeros(n, dtype=bool)
+    present = np.zeros(lookup.n, dtype=bool)
     scans = _scans(paths, lookup, present)
     for rank in _repeated_extras(paths, scans):
-        if scans[rank].status is None:
-            scans[rank].status = DUPLICATED
-
-    size, size_from = len(paths), "the shard files"
-    if world_size is not None:
-        size, size_from = world_size, "given"
-    else:
-        inferred = world_size_of({rank: scan.step for rank, scan in enumerate(scans) if scan.status != FAILED})
-        named = all(rank_of(p) == r for r, p in enumerate(paths)) and len({p.parent for p in paths}) == 1
-        if inferred == size:
-            size_from = "the IDs' index positions"
-        if inferred is not None and inferred > size and named:
-            logger.info("World size %d, from the IDs' index positions: no %s", inferred,
-                        listed([p.name for p in (shard_path(paths[0].parent, r) for r in range(size, inferred))]))
-            size, size_from = inferred, "the IDs' index positions"
+        scans[rank].repeats = True
+    size, size_from = _world_size(paths, scans, world_size)
     if size > len(paths):
         paths += [shard_path(paths[0].parent, rank) for rank in range(len(paths), size)]
-        scans += [_Scan(status=ABSENT, error="file does not exist") for _ in range(len(scans), size)]
-
-    width = -(-n // size)  # ceil
-    cells = np.zeros(size * width, dtype=bool)
-    cells[:n] = ~present
-    missing = cells.reshape(width, size).T.copy()
-    shards = []
-    for rank, (path, scan) in enumerate(zip(paths, scans, strict=True)):
-        assigned = int(stride_positions(n, size, rank).size)
-        holes = int(missing[rank].sum())
-        status = scan.status
-        if status is None and scan.step % size:
-            status = OFF_STRIDE
-        if status is None and holes:
-            status = EMPTY if scan.present == 0 else INCOMPLETE
-        shards.append(ShardSummary(rank=rank, path=path, expected=assigned, present=scan.present, missing=holes,
-                                   status=status or OK, error=scan.error))
+        scans += [_Scan(absent=True, error=ABSENT_FILE) for _ in range(len(scans), size)]
+    missing = _missing_matrix(present, size)
+    shards = [ShardSummary(rank=rank, path=path, expected=int(stride_positions(lookup.n, size, rank).size),
+                           present=scan.present, missing=int(missing[rank].sum()),
+                           status=_status(scan, int(missing[rank].sum()), size), error=scan.error)
+              for rank, (path, scan) in enumerate(zip(paths, scans, strict=True))]
     num_extra = sum(rows.size for scan in scans for _, rows in scan.extra)
     if isinstance(ids, _Given):
         sequence_ids: Sequence[str] = ids.ids
         missing_ids = None
     else:
         sequence_ids = _EncodedIds(lookup.encoded)
-        absent_encoded = lookup.encoded[~present]
-        missing_ids = [as_bytes(v).decode() for v in np.sort(absent_encoded).tolist()]
+        missing_ids = [as_bytes(v).decode() for v in np.sort(lookup.encoded[~present]).tolist()]
     return RunInspection(shards=shards, missing=missing, sequence_ids=sequence_ids, num_extra=num_extra,
                          expected_from=expected_from, world_size_from=size_from, _missing_ids=missing_ids)
 
+
+def _status(scan: _Scan, holes: int, world_size: int) -> str:
+    """A rank's status: the first that applies, in the documented precedence (the one place
+    it is decided)."""
+    if scan.absent:
+        return ABSENT
+    if scan.error is not None:
+        return FAILED
+    if scan.repeats:
+        return DUPLICATED
+    if scan.step % world_size:
+        return OFF_STRIDE
+    if holes:
+        return EMPTY if scan.present == 0 else INCOMPLETE
+    return OK
+
+
+def _world_size(paths: list[Path], scans: list[_Scan], given: int | None) -> tuple[int, str]:
+    """The world size, and how it was found: given, else read off the IDs' index positions
+    (more ranks than files only for a run folder's ``shard_<rank>.h5``), else the files'."""
+    if given is not None:
+        return given, "given"
+    size = len(paths)
+    inferred = world_size_of({rank: scan.step for rank, scan in enumerate(scans) if scan.error is None})
+    named = all(rank_of(p) == r for r, p in enumerate(paths)) and len({p.parent for p in paths}) == 1
+    if inferred is not None and inferred > size and named:
+        logger.info("World size %d, from the IDs' index positions: no %s", inferred,
+                    listed([p.name for p in (shard_path(paths[0].parent, r) for r in range(size, inferred))]))
+        return inferred, "the IDs' index positions"
+    return size, "the IDs' index positions" if inferred == size else "the shard files"
+
+
+def _missing_matrix(present: np.ndarray, world_size: int) -> np.ndarray:
+    """bool ``(world_size, ceil(n / world_size))``: cell ``(r, j)`` True where index position
+    ``r + j * world_size`` is in no shard (padding cells False)."""
+    n = present.size
+    width = -(-n // world_size)  # ceil
+    cells = np.zeros(world_size * width, dtype=bool)
+    cells[:n] = ~present
+    return cells.reshape(width, world_size).T.copy()

@@ -14,12 +14,12 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from types import TracebackType
-from typing import Generic, Protocol, Self, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 __all__ = ["file_key", "fingerprint", "OpenFiles"]
 
 
-def file_key(path: str | os.PathLike[str], cwd: str | None = None) -> tuple:
+def file_key(path: str | os.PathLike[str], cwd: str | None = None) -> tuple[Any, ...]:
     """What tells two names of one file apart from two files: its device and inode where it
     exists (links and hard links included), its absolute path with every link on the way
     resolved where it does not (against ``cwd``, the current directory unless given: pass
@@ -35,7 +35,7 @@ def file_key(path: str | os.PathLike[str], cwd: str | None = None) -> tuple:
     return (stat.st_dev, stat.st_ino)
 
 
-def fingerprint(path: str | os.PathLike[str]) -> dict:
+def fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Size and modification time of a file: cheap, and changed by any rewrite."""
     stat = os.stat(path)
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}

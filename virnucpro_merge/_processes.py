@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from typing import Any
 
 __all__ = ["usable_cpus", "pool"]
 
@@ -26,7 +27,7 @@ def usable_cpus() -> int:
 
 @contextmanager
 def pool(workers: int, *, initializer: Callable[..., object] | None = None,
-         initargs: tuple = ()) -> Iterator[ProcessPoolExecutor | None]:
+         initargs: tuple[Any, ...] = ()) -> Iterator[ProcessPoolExecutor | None]:
     """A pool of ``workers`` forked processes, each started with ``initializer(*initargs)``
     (handed over in memory, not pickled); None where there is no point (one worker) or
     no fork to be had: then do the work here.

@@ -34,7 +34,7 @@ import functools
 import threading
 import zlib
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import h5py
 import numpy as np
@@ -96,7 +96,7 @@ def ids_crc(ids: Sequence[str | bytes] | np.ndarray) -> int:
     >>> ids_crc(["ab", "c"]) == ids_crc([b"ab", b"c"]) != ids_crc(["a", "bc"])
     True
     """
-    items: list = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+    items: list[Any] = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
     if not items:
         return 0
     if isinstance(items[0], str):
@@ -104,7 +104,7 @@ def ids_crc(ids: Sequence[str | bytes] | np.ndarray) -> int:
     return zlib.crc32(b"\0".join(items) + b"\0")
 
 
-def summary_entry(*, embeddings: bool) -> dict:
+def summary_entry(*, embeddings: bool) -> dict[str, Any]:
     """The report summary's ``checksums``: the algorithm, and whether the rows have a table of
     checksums (not in a virtual output). The report adds the CRC of each of its tables
     (:func:`table_crc`) when it is stored."""

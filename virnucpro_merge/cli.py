@@ -66,7 +66,7 @@ class _Interrupt:
 
 
 @contextlib.contextmanager
-def _signals_unwind():
+def _signals_unwind() -> Iterator[None]:
     """While a command runs, turn SIGTERM into an exception, and make sure a Ctrl-C is
     never lost (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress(args: argparse.Namespace) -> tuple[bool, contextlib.AbstractContextManager]:
+def _progress(args: argparse.Namespace) -> tuple[bool, contextlib.AbstractContextManager[Any]]:
     """Whether to show a bar, and the context that keeps log lines from breaking it."""
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     return progress, logging_redirect_tqdm(loggers=[logger]) if progress else contextlib.nullcontext()

@@ -58,7 +58,7 @@ _TARGET_CHUNK_BYTES = 64 * 2**20
 _CONNECT_SECONDS = 20  # to a running scheduler: then one line, not a hang
 
 
-def _require_dask():
+def _require_dask() -> None:
     try:
         import dask.array  # noqa: F401
         import distributed  # noqa: F401
@@ -170,7 +170,7 @@ def _summary(part: _ExpectedPart) -> tuple[int, RangeIds | None, ExpectedIdsErro
     return part.count, part.where, part.error
 
 
-def _gathered(client: Any, tasks: list) -> list[tuple[int, RangeIds | None, ExpectedIdsError | None]]:
+def _gathered(client: Any, tasks: list[Any]) -> list[tuple[int, RangeIds | None, ExpectedIdsError | None]]:
     summaries = client.gather([client.submit(_summary, task, pure=False) for task in tasks])
     errors = [error for _, _, error in summaries if error is not None]
     if errors:
@@ -178,7 +178,7 @@ def _gathered(client: Any, tasks: list) -> list[tuple[int, RangeIds | None, Expe
     return summaries
 
 
-def _expected_pieces(client: Any, expected: object, parts: int, range_bytes: int) -> list:
+def _expected_pieces(client: Any, expected: object, parts: int, range_bytes: int) -> list[Any]:
     """Partition ``p`` of the expected IDs for each ``p``: futures, or None without expected IDs.
 
     A file is read by the workers: in byte ranges where it can be (the answer, or the
@@ -194,7 +194,7 @@ def _expected_pieces(client: Any, expected: object, parts: int, range_bytes: int
     return _file_on_workers(client, expected, parts, range_bytes)
 
 
-def _file_on_workers(client: Any, expected: os.PathLike[str], parts: int, range_bytes: int) -> list:
+def _file_on_workers(client: Any, expected: os.PathLike[str], parts: int, range_bytes: int) -> list[Any]:
     """Partition ``p`` of the IDs of an expected-ID file, for each ``p``, as futures: the file
     read by the workers, in byte ranges where it can be (a JSON index's ranges checked, and
     read again in one task where they do not agree), from start to end in one task where not."""

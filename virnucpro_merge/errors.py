@@ -57,7 +57,7 @@ class ShardError(MergeError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
-    def __reduce__(self):  # picklable, so that Dask workers can raise it
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # picklable, so that Dask workers can raise it
         return type(self), (self.path, self.problem)
 
 
@@ -104,7 +104,7 @@ class DuplicateIdError(ValidationError):
         )
         super().__init__(f"Duplicate sequence ID found: {shown_id(sequence_id)} {where}")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
         return type(self), (self.sequence_id, self.shard, self.first_shard)
 
 
@@ -135,7 +135,7 @@ class MissingIdsError(ValidationError):
         super().__init__(f"Missing {len(missing)} expected sequences. First 10 missing IDs: {first}"
                          f"{twins_note(self.twins)}")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
         return type(self), (self.missing, self.twins)
 
 
@@ -150,5 +150,5 @@ class NonFiniteError(ValidationError):
             f"shards: {shards}"
         )
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
         return type(self), (self.counts,)

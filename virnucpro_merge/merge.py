@@ -19,6 +19,7 @@ import os
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from ._write.outfile import IdStep, copy_planned_ids, output_file, write_contiguous, write_virtual
 from ._write.reorder import RowOrder, index_order
@@ -269,7 +270,7 @@ def _merge_while_checking(paths: list[Path], output: Path, expected_ids: Collect
 def _checking_ids(draft: MergePlan, expected: set[str] | frozenset[str] | None, options: _Options) -> IdStep:
     """The ID step of the plain route: check the IDs, writing them out as they are read."""
 
-    def step(ids_out: IdSink) -> tuple[MergePlan, dict]:
+    def step(ids_out: IdSink) -> tuple[MergePlan, dict[str, Any]]:
         def write_ids(shard: ShardPlan, chunks: Iterator[list[str]]) -> Iterator[list[str]]:
             start = shard.offset
             for chunk in chunks:
@@ -313,11 +314,11 @@ def _merge_in_index_order(paths: list[Path], output: Path, index_ids: list[str],
     _write_planned(plan, output, report, options, row_order=row_order)
 
 
-def _write_planned(plan: MergePlan, output: Path, report: dict, options: _Options,
+def _write_planned(plan: MergePlan, output: Path, report: dict[str, Any], options: _Options,
                    row_order: RowOrder | None = None) -> None:
     """The write step of a merge planned beforehand, into ``output``, atomically."""
 
-    def ids_written_by_the_order(ids_out: IdSink) -> tuple[MergePlan, dict]:
+    def ids_written_by_the_order(ids_out: IdSink) -> tuple[MergePlan, dict[str, Any]]:
         return plan, report
 
     step = copy_planned_ids(plan, report, chunk_size=options.chunk_size) if row_order is None \

@@ -21,6 +21,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -61,8 +62,8 @@ class ShardPlan:
     dtype: np.dtype | None = None
     data_offset: int | None = None
     error: str | None = None
-    merged_from: dict | None = None  # the report summary, when the input is itself a merge
-    fingerprint: dict | None = None  # size and mtime when planned
+    merged_from: dict[str, Any] | None = None  # the report summary, when the input is itself a merge
+    fingerprint: dict[str, Any] | None = None  # size and mtime when planned
 
     @property
     def usable(self) -> bool:
@@ -155,7 +156,7 @@ def up_to_first_absent(paths: list[Path]) -> list[Path]:
 
 def refuse_repeated_paths(paths: Sequence[Path]) -> None:
     """Refuse a shard given twice (under any name)."""
-    first: dict[tuple, Path] = {}
+    first: dict[tuple[Any, ...], Path] = {}
     cwd = os.getcwd()
     for path in paths:
         key = file_key(path, cwd)

@@ -56,7 +56,7 @@ SUMMARY_CRC = "summary_crc32"
 _ARRAYS = {"missing_ids": h5py.string_dtype(), "missing_positions": np.dtype("int64")}
 
 
-class MergeReport(dict):
+class MergeReport(dict[str, Any]):
     """The report of a merge: a plain ``dict`` (see :func:`~virnucpro_merge.read_merge_report`) that, in a
     notebook, shows itself as its findings and a table of the input shards."""
 
@@ -71,7 +71,7 @@ class MergeReport(dict):
         printer.text(format_report(self))
 
 
-def _lineage(plan: MergePlan) -> list[dict]:
+def _lineage(plan: MergePlan) -> list[dict[str, Any]]:
     """The earlier merges this one takes as input (a re-run loop), in input order."""
     keep = ("created_at", "total_sequences", "partial", "num_missing", "failed_shards")
     return [
@@ -81,7 +81,8 @@ def _lineage(plan: MergePlan) -> list[dict]:
     ]
 
 
-def build_report(plan: MergePlan, chunk_size: int, *, layout: str = "contiguous", order: str = "shards") -> dict:
+def build_report(plan: MergePlan, chunk_size: int, *, layout: str = "contiguous", order: str = "shards"
+                 ) -> dict[str, Any]:
     """The report of a planned merge, as the dict :func:`read_merge_report` returns."""
     return {
         "format_version": FORMAT_VERSION,
@@ -116,14 +117,14 @@ def build_report(plan: MergePlan, chunk_size: int, *, layout: str = "contiguous"
     }
 
 
-def record_nonfinite(report: dict, counts: dict[str, int] | None) -> None:
+def record_nonfinite(report: dict[str, Any], counts: dict[str, int] | None) -> None:
     """Put the rows holding NaN or Inf, per shard path, into ``report`` (None: not counted)."""
     for shard in report["shards"]:
         shard["nonfinite_rows"] = None if counts is None else counts.get(shard["path"], 0)
     report["nonfinite_rows"] = None if counts is None else sum(counts.values())
 
 
-def write_report(handle: h5py.File, report: dict, tables: Mapping[str, np.ndarray] | None = None) -> None:
+def write_report(handle: h5py.File, report: dict[str, Any], tables: Mapping[str, np.ndarray] | None = None) -> None:
     """Store ``report`` in an open output file, with ``tables`` (the checksums of its rows and
     IDs), every part covered by a checksum (:func:`seal`)."""
     group = handle.create_group(REPORT_GROUP)
@@ -135,7 +136,7 @@ def write_report(handle: h5py.File, report: dict, tables: Mapping[str, np.ndarra
     seal(group, {k: v for k, v in report.items() if k not in _ARRAYS}, arrays)
 
 
-def seal(group: h5py.Group, summary: dict, tables: Mapping[str, np.ndarray]) -> None:
+def seal(group: h5py.Group, summary: dict[str, Any], tables: Mapping[str, np.ndarray]) -> None:
     """Write ``summary`` into a report's group, with the CRC-32 of each of ``tables`` (the
     group's datasets, as stored) in it and the CRC-32 of its own bytes beside it."""
     checksums = {**summary.get("checksums", {}), "tables": {name: table_crc(data) for name, data in tables.items()}}
@@ -151,7 +152,7 @@ def _count(n: int, thing: str) -> str:
     return f"{n:,} {thing}" + ("" if n == 1 else "s")
 
 
-def report_problems(group: h5py.Group, summary: Mapping, missing: list[str]) -> list[str]:
+def report_problems(group: h5py.Group, summary: Mapping[str, Any], missing: list[str]) -> list[str]:
     """What is wrong with a stored report by itself, without reading the rows: each part
     against its checksum (format 2), and what is derivable against what it derives from.
 
@@ -173,7 +174,7 @@ def report_problems(group: h5py.Group, summary: Mapping, missing: list[str]) -> 
             *_offset_problems(summary), *_count_problems(summary, missing)]
 
 
-def _status_problems(summary: Mapping, missing: list[str]) -> list[str]:
+def _status_problems(summary: Mapping[str, Any], missing: list[str]) -> list[str]:
     """The failed shards, the shards' statuses and ``partial``, against each other."""
     problems = []
     failed = Counter(summary["failed_shards"])
@@ -191,7 +192,7 @@ def _status_problems(summary: Mapping, missing: list[str]) -> list[str]:
     return problems
 
 
-def _offset_problems(summary: Mapping) -> list[str]:
+def _offset_problems(summary: Mapping[str, Any]) -> list[str]:
     """The first shard not placed right after the one before it (a merge in shard order)."""
     if summary.get("order", "shards") != "shards":
         return []
@@ -203,7 +204,7 @@ def _offset_problems(summary: Mapping) -> list[str]:
     return []
 
 
-def _count_problems(summary: Mapping, missing: list[str]) -> list[str]:
+def _count_problems(summary: Mapping[str, Any], missing: list[str]) -> list[str]:
     """The missing IDs (counted, sorted) and the counts, against what they derive from."""
     problems = []
     if len(missing) != summary.get("num_missing", len(missing)):
@@ -219,7 +220,7 @@ def _count_problems(summary: Mapping, missing: list[str]) -> list[str]:
     return problems
 
 
-def _stored_problems(group: h5py.Group, summary: Mapping, missing: list[str]) -> list[str]:
+def _stored_problems(group: h5py.Group, summary: Mapping[str, Any], missing: list[str]) -> list[str]:
     """Each stored part of the report against its checksum (format 2; format 1 recorded
     the missing IDs' only), and the tables its summary says it has, there."""
     version = group.attrs.get("format_version")
@@ -260,7 +261,8 @@ def _format_1_problems(group: h5py.Group, checksums: object, missing: list[str])
     return []
 
 
-def _table_problems(group: h5py.Group, summary: Mapping, tables: dict, missing: list[str]) -> list[str]:
+def _table_problems(group: h5py.Group, summary: Mapping[str, Any], tables: dict[str, Any], missing: list[str]
+                    ) -> list[str]:
     """Every table the report needs listed, every listed table there and as recorded, none other."""
     needed = {ID_TABLE, "missing_ids"} | ({ROW_TABLE} if summary.get("layout") != "virtual" else set()) | (
         {"missing_positions"} if summary.get("order") == "index" else set())

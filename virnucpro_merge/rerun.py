@@ -23,7 +23,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeGuard
+from typing import Any, BinaryIO, TypeGuard
 
 from ._files import OpenFiles
 from .errors import IndexMismatchError
@@ -78,7 +78,7 @@ def _find_fasta(file_path: str, index_path: Path, fasta_dir: Path | None) -> Pat
     raise IndexMismatchError(msg)
 
 
-def _select(records: Iterable[dict], missing: set[str], index_path: Path, merged_path: Path,
+def _select(records: Iterable[dict[str, Any]], missing: set[str], index_path: Path, merged_path: Path,
             fasta_dir: Path | None) -> list[_Wanted]:
     """The index records of the ``missing`` IDs, in index order, checked for shape."""
     wanted: list[_Wanted] = []

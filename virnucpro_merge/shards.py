@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -70,9 +71,9 @@ class ShardMeta:
     #: byte offset of contiguous, uncompressed embeddings in the file (else None)
     data_offset: int | None
     #: the merge report's summary when the shard is itself a merged output
-    merged_from: dict | None = None
+    merged_from: dict[str, Any] | None = None
     #: the file's size and modification time when read (a rewrite changes them)
-    fingerprint: dict | None = None
+    fingerprint: dict[str, Any] | None = None
 
 
 def first_line(err: BaseException) -> str:
@@ -234,7 +235,7 @@ def read_shard_meta(
     )
 
 
-def read_report_summary(handle: h5py.File, path: str | os.PathLike[str]) -> dict | None:
+def read_report_summary(handle: h5py.File, path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The JSON summary of a merged file's report, or None for a plain shard."""
     group = handle.get(REPORT_GROUP)
     if not isinstance(group, h5py.Group):
@@ -438,7 +439,7 @@ def read_id_bytes(handle: h5py.File, path: str | os.PathLike[str]) -> np.ndarray
     return np.concatenate(blocks) if blocks else np.empty(0, dtype="S1")
 
 
-def get_shard_info(shard_path: str | os.PathLike[str]) -> dict:
+def get_shard_info(shard_path: str | os.PathLike[str]) -> dict[str, Any]:
     """Describe a shard (or a merged output) without reading its embeddings.
 
     Parameters

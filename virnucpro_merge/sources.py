@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from ._files import fingerprint
 
@@ -45,7 +46,7 @@ def resolve_source(stored: str, output: Path) -> Path:
     return path if path.is_absolute() else Path(output).parent / path
 
 
-def source_problems(output: Path, sources: list[dict]) -> list[str]:
+def source_problems(output: Path, sources: list[dict[str, Any]]) -> list[str]:
     """One line for each recorded source that is missing or changed since the merge."""
     problems = []
     for source in sources:

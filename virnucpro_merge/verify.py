@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -172,12 +173,12 @@ class _Checker:
 
     broken_table = False  # a checksum table that is there but unusable (already a problem)
 
-    def __init__(self, path: Path, handle: h5py.File, report: dict, found: Verification) -> None:
+    def __init__(self, path: Path, handle: h5py.File, report: dict[str, Any], found: Verification) -> None:
         self.path, self.handle, self.report, self.found = path, handle, report, found
         self.total, self.dim = report["total_sequences"], report["embedding_dim"]
         group = handle[REPORT_GROUP]
         recorded = report.get("checksums")
-        self.recorded: dict = recorded if isinstance(recorded, dict) else {}
+        self.recorded: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
         version = group.attrs.get("format_version", 1)
         self.format = int(version) if isinstance(version, int | np.integer) else 0
         try:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -46,7 +47,7 @@ logger = logging.getLogger("virnucpro_merge")
 
 #: The ID step of a write: given the output's ``sequence_ids``, write the IDs there
 #: and return the final plan and its report.
-IdStep = Callable[[IdSink], tuple[MergePlan, dict]]
+IdStep = Callable[[IdSink], tuple[MergePlan, dict[str, Any]]]
 
 
 @contextmanager
@@ -61,10 +62,10 @@ def output_file(output: Path, size: int, *, durable: bool = True) -> Iterator[Pe
             raise OutputError(msg) from err
 
 
-def copy_planned_ids(plan: MergePlan, report: dict, *, chunk_size: int) -> IdStep:
+def copy_planned_ids(plan: MergePlan, report: dict[str, Any], *, chunk_size: int) -> IdStep:
     """The ID step of a merge planned beforehand: copy each shard's IDs into place."""
 
-    def step(ids_out: IdSink) -> tuple[MergePlan, dict]:
+    def step(ids_out: IdSink) -> tuple[MergePlan, dict[str, Any]]:
         for shard in plan.copied_shards:
             copy_ids(shard, ids_out, chunk_size)
         return plan, report
@@ -97,7 +98,7 @@ def _create_embeddings(out: h5py.File, rows: int, dim: int) -> h5py.Dataset:
     return out.create_dataset(EMBEDDINGS, shape=(rows, dim), dtype=OUTPUT_DTYPE, dcpl=dcpl, fill_time="never")
 
 
-class _NoBar(contextlib.nullcontext):
+class _NoBar(contextlib.nullcontext[None]):
     """A progress bar that shows nothing (cheaper than a disabled tqdm, ~10 ms to create)."""
 
     def update(self, n: int) -> None:
@@ -140,7 +141,7 @@ def _opened(draft: MergePlan, temp: Path, *, progress: bool, durable: bool) -> I
 
 #: What a route of :func:`write_contiguous` returns: the final plan, its report, and the
 #: rows holding NaN or Inf per shard path (none counted where the final plan moved rows).
-_Written = tuple[MergePlan, dict, dict[str, int]]
+_Written = tuple[MergePlan, dict[str, Any], dict[str, int]]
 
 
 def _in_index_order(out: _Output, draft: MergePlan, id_step: IdStep, row_order: RowOrder, chunk_size: int
@@ -227,7 +228,7 @@ def write_contiguous(
     return plan, nonfinite
 
 
-def write_virtual(plan: MergePlan, temp: Path, output: Path, report: dict, *, chunk_size: int) -> None:
+def write_virtual(plan: MergePlan, temp: Path, output: Path, report: dict[str, Any], *, chunk_size: int) -> None:
     """Write a virtual output: IDs and report for real, embeddings mapped from the shards."""
     shards = plan.copied_shards
     report["sources"] = []

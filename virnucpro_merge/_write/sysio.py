@@ -56,7 +56,7 @@ def write_block(fd: int, block: np.ndarray, offset: int) -> None:
 
 
 @functools.cache
-def _libc_function(name: str, argtypes: tuple) -> Callable[..., int] | None:
+def _libc_function(name: str, argtypes: tuple[Any, ...]) -> Callable[..., int] | None:
     """A C library function of the running program, typed once; None where it does not exist."""
     libc = ctypes.CDLL(None, use_errno=True) if os.name == "posix" else None
     function = getattr(libc, name, None)
@@ -65,7 +65,7 @@ def _libc_function(name: str, argtypes: tuple) -> Callable[..., int] | None:
     return function
 
 
-def libc_call(name: str, argtypes: tuple, *args: int) -> bool | None:
+def libc_call(name: str, argtypes: tuple[Any, ...], *args: int) -> bool | None:
     """Call a Linux-only libc function; None where it does not exist here.
 
     Raises OSError when the call fails for a reason other than not being

@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import ExpectedIdsError
 from ._text import LINE_BREAK, NOT_AN_INDEX, checked_records, record_ids
@@ -149,7 +150,7 @@ class IndexReader:
     def __init__(self, text: JsonText) -> None:
         self.text, self.chain = text, Chain()
 
-    def from_the_top(self) -> Iterator[list[dict]]:
+    def from_the_top(self) -> Iterator[list[dict[str, Any]]]:
         """Every record of the file, the whole file checked as :func:`json.load` would
         (up to the end of this reader's range, if it has one)."""
         text = self.text
@@ -176,7 +177,7 @@ class IndexReader:
         self._end_of_file()
         raise self._not_an_index()
 
-    def records(self) -> Iterator[list[dict]]:
+    def records(self) -> Iterator[list[dict[str, Any]]]:
         """Records from the current position to the end of the list (then ``chain.closed``)
         or of this reader's range (then ``chain.next`` is where the next record starts),
         a list at a time."""
@@ -208,7 +209,7 @@ class IndexReader:
                 msg = "Expecting ',' delimiter"
                 raise text.error(msg, text.pos - 1)
 
-    def _quickly(self) -> Iterator[list[dict]]:
+    def _quickly(self) -> Iterator[list[dict[str, Any]]]:
         """The records that lie whole in the window: most of them by one C call, as one
         list (from here to the last ``},`` in the window), the rest one at a time.
 
@@ -248,7 +249,7 @@ class IndexReader:
             yield single
         text.pos = pos
 
-    def from_a_range(self) -> Iterator[list[dict]]:
+    def from_a_range(self) -> Iterator[list[dict[str, Any]]]:
         """The records that start in this reader's range: from the first place where a
         record parses and is followed by ',' or ']' (a guess :func:`ranges_agree` checks)."""
         text = self.text

@@ -244,7 +244,7 @@ def line_ids(text: str, form: str) -> list[str]:
     return [words[0] for words in (line[1:].split(maxsplit=1) for line in lines if line[:1] == ">") if words]
 
 
-def checked_records(records: list[Any], name: object) -> list[dict]:
+def checked_records(records: list[Any], name: object) -> list[dict[str, Any]]:
     """``records``, checked to be index records: each a dict with a str ``sequence_id``."""
     record_ids(records, name)
     return records

@@ -7,7 +7,7 @@ import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ..errors import ExpectedIdsError
 from ._index import IndexReader, JsonText
@@ -79,7 +79,7 @@ def detect_form(path: str | os.PathLike[str], *, shown_as: object = None) -> tup
 
 
 def _blocks(path: Path, name: object, *, index_only: bool, require_ids: bool = False
-            ) -> Iterator[tuple[list[dict] | None, list[str]]]:
+            ) -> Iterator[tuple[list[dict[str, Any]] | None, list[str]]]:
     """``(records, IDs)`` of the expected IDs in file order, a block at a time (``records``:
     for a JSON index)."""
     with open_expected(path, name) as raw:
@@ -161,13 +161,13 @@ def read_expected_ids(path: str | os.PathLike[str]) -> list[str]:
     return [i for _, ids in _blocks(path, path, index_only=False, require_ids=True) for i in ids]
 
 
-def iter_index_records(path: str | os.PathLike[str]) -> Iterator[dict]:
+def iter_index_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """Yield the records of a run's sequence-index JSON, in index order, one at a time."""
     path = Path(path)
     return itertools.chain.from_iterable(records or [] for records, _ in _blocks(path, path, index_only=True))
 
 
-def read_sequence_index(path: str | os.PathLike[str]) -> list[dict]:
+def read_sequence_index(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read a run's sequence-index JSON and return its ``sequences`` records.
 
     Examples

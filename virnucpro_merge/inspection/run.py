@@ -197,7 +197,7 @@ class RunInspection:
                 found[status] = ranks
         return found
 
-    def counts(self) -> dict[str, list]:
+    def counts(self) -> dict[str, list[Any]]:
         """The summary as columns (``rank``, ``expected``, ``present``, ``missing``, ``status``)."""
         return {
             "rank": [s.rank for s in self.shards],

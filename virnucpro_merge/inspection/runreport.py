@@ -147,7 +147,7 @@ def _exporter(*, show_code: bool) -> Any:
     return exporter
 
 
-def _execute_and_render(nb: Any, timeout: int, *, show_code: bool) -> tuple[str, dict | None]:
+def _execute_and_render(nb: Any, timeout: int, *, show_code: bool) -> tuple[str, dict[str, Any] | None]:
     """Run notebook ``nb`` (in place) in a fresh kernel, in a scratch folder, then render it as HTML.
 
     The kernel is started first, and the exporter made while it starts; the kernel is
@@ -191,7 +191,7 @@ def _keep_stderr_out_of_the_page(nb: Any) -> None:
         cell["outputs"] = [o for o in outputs if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
 
 
-def _rerun_outcome(nb: Any) -> dict | None:
+def _rerun_outcome(nb: Any) -> dict[str, Any] | None:
     """What the notebook said of its re-run list (None: nothing), that output dropped from the page."""
     outcome = None
     for cell in nb.cells:
@@ -294,7 +294,7 @@ def _run_shards(run: object, world_size: int | None) -> list[Path]:
     return in_rank_order(shard_paths(run))
 
 
-def _settle_rerun_list(rerun: Path, outcome: dict | None) -> None:
+def _settle_rerun_list(rerun: Path, outcome: dict[str, Any] | None) -> None:
     """Say what became of the re-run list; where none was written this time, remove one an
     earlier report left there (it would name the wrong sequences)."""
     if outcome is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..ranks import INDEX_NAME, rank_ranges
 from ..statuses import OK, SHARD_COLORS, STATUS_COLORS, ShardStatus
@@ -199,7 +199,7 @@ _REPORT_COLUMNS = ("shard", "status", "rows", "offset", "NaN/Inf rows", "problem
 _REPORT_RIGHT = (False, False, True, True, True, False)
 
 
-def _report_rows(report: Mapping) -> list[list[str]]:
+def _report_rows(report: Mapping[str, Any]) -> list[list[str]]:
     """The rows of a merge report's shard table, as text: the one owner of what each cell
     shows (an offset of None, in a merge in index order, shows as nothing)."""
     return [[Path(s["path"]).name, str(s["status"]), _number(s["num_sequences"]), _number(s.get("offset")),
@@ -207,7 +207,7 @@ def _report_rows(report: Mapping) -> list[list[str]]:
             for s in report["shards"]]
 
 
-def format_report(report: Mapping) -> str:
+def format_report(report: Mapping[str, Any]) -> str:
     """A merge report as a short text table, for terminals and notebooks.
 
     Examples
@@ -242,7 +242,7 @@ def format_report(report: Mapping) -> str:
     return "\n".join(lines)
 
 
-def _report_lines(report: Mapping) -> list[str]:
+def _report_lines(report: Mapping[str, Any]) -> list[str]:
     merged = sum(s["status"] != ShardStatus.FAILED for s in report["shards"])
     lines = [f"{report['total_sequences']} sequences of dimension {report['embedding_dim']} "
              f"from {merged} of {len(report['shards'])} shards"]
@@ -268,7 +268,7 @@ def _report_lines(report: Mapping) -> list[str]:
     return lines
 
 
-def report_html(report: Mapping) -> str:
+def report_html(report: Mapping[str, Any]) -> str:
     """How a merge report shows in a notebook: its findings, then a row per input shard."""
     rows: list[list[object]] = [[row[0], _badge(row[1], SHARD_COLORS.get(row[1])), *row[2:]]
                                 for row in _report_rows(report)]

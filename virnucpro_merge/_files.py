@@ -2,6 +2,7 @@
 
 - :func:`file_key`: what tells two names of one file apart from two files;
 - :func:`fingerprint`: a file's size and modification time, changed by any rewrite;
+- :func:`open_input`: a user's input file opened to read, its failures one line each;
 - :class:`OpenFiles`: a cache of open files, the most recently used kept open, a few at
   a time (a merge in index order reads rows from every shard in turn, a re-run reads
   records from every FASTA file its index names: reopening a file for each read would
@@ -14,9 +15,9 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from types import TracebackType
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import Any, BinaryIO, Generic, Protocol, Self, TypeVar
 
-__all__ = ["file_key", "fingerprint", "OpenFiles"]
+__all__ = ["file_key", "fingerprint", "open_input", "OpenFiles"]
 
 
 def file_key(path: str | os.PathLike[str], cwd: str | None = None) -> tuple[Any, ...]:
@@ -33,6 +34,26 @@ def file_key(path: str | os.PathLike[str], cwd: str | None = None) -> tuple[Any,
     except OSError:
         return ("absent", os.path.realpath(os.path.join(cwd or os.getcwd(), path)))
     return (stat.st_dev, stat.st_ino)
+
+
+def open_input(path: str | os.PathLike[str], kind: str, error: type[Exception], *, shown: object = None,
+               note: str = "") -> BinaryIO:
+    """Open an input file to read (binary); why it cannot be is ``error("<shown>: <kind> does
+    not exist<note>")``, ``"... is a directory, not a <kind><note>"`` or ``"... cannot read
+    <kind> (<why>)"``, naming the file as ``shown`` (the path as the user gave it) when given.
+    """
+    name = path if shown is None else shown
+    try:
+        return open(path, "rb")
+    except FileNotFoundError as err:
+        msg = f"{name}: {kind} does not exist{note}"
+        raise error(msg) from err
+    except IsADirectoryError as err:
+        msg = f"{name}: is a directory, not {'an' if kind[0] in 'aeiou' else 'a'} {kind}{note}"
+        raise error(msg) from err
+    except OSError as err:
+        msg = f"{name}: cannot read {kind} ({err.strerror or err})"
+        raise error(msg) from err
 
 
 def fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeGuard
 
-from ._files import OpenFiles
+from ._files import OpenFiles, open_input
 from .errors import IndexMismatchError
 from .expected import iter_index_records
 from .outputs import atomic_output, refuse_overwriting
@@ -134,17 +134,7 @@ class _FastaReader(OpenFiles[Path, BinaryIO]):
 
     def _open_fasta(self, path: Path) -> BinaryIO:
         """Open a FASTA file named by the index, checked to be plain (not gzipped)."""
-        try:
-            handle = open(path, "rb")  # noqa: SIM115 - closed by OpenFiles
-        except FileNotFoundError as err:
-            msg = f"{path}: FASTA file does not exist (named by {self._index_name})"
-            raise IndexMismatchError(msg) from err
-        except IsADirectoryError as err:
-            msg = f"{path}: is a directory, not a FASTA file (named by {self._index_name})"
-            raise IndexMismatchError(msg) from err
-        except OSError as err:
-            msg = f"{path}: cannot read FASTA file ({err.strerror or err})"
-            raise IndexMismatchError(msg) from err
+        handle = open_input(path, "FASTA file", IndexMismatchError, note=f" (named by {self._index_name})")
         if handle.read(2) == _GZIP_MAGIC:
             handle.close()
             msg = (f"{path}: gzip-compressed FASTA, which byte offsets cannot address: "

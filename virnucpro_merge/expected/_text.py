@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .._files import open_input
 from ..errors import ExpectedIdsError, shown_id
 from ..outputs import atomic_output
 
@@ -44,17 +45,7 @@ def read_blocks(raw: BinaryIO) -> Iterator[bytes]:
 
 def open_expected(path: Path, name: object) -> BinaryIO:
     """Open ``path`` for reading; errors name it as ``name`` (the path as the user gave it)."""
-    try:
-        return open(path, "rb")
-    except FileNotFoundError as err:
-        msg = f"{name}: expected-ID file does not exist"
-        raise ExpectedIdsError(msg) from err
-    except IsADirectoryError as err:
-        msg = f"{name}: is a directory, not an expected-ID file"
-        raise ExpectedIdsError(msg) from err
-    except OSError as err:
-        msg = f"{name}: cannot read expected-ID file ({err.strerror or err})"
-        raise ExpectedIdsError(msg) from err
+    return open_input(path, "expected-ID file", ExpectedIdsError, shown=name)
 
 
 class _Prefixed:

@@ -13,6 +13,7 @@ __all__ = [
     "MergeError",
     "ShardError",
     "UnreadableShardError",
+    "CheckpointError",
     "ExpectedIdsError",
     "IndexMismatchError",
     "OutputError",
@@ -67,6 +68,25 @@ class UnreadableShardError(ShardError):
     This is what a crashed worker leaves behind; ``partial=True`` merges skip such
     shards and record them, where every other :class:`ShardError` still stops the merge.
     """
+
+
+class CheckpointError(MergeError):
+    """A checkpoint file of the pipeline cannot be used: damaged, not of the format, or
+    holding what a checkpoint never holds (code to run is refused, never run).
+
+    Attributes
+    ----------
+    path : str
+        The checkpoint file, as found.
+    """
+
+    def __init__(self, path: object, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return type(self), (self.path, self.problem)
 
 
 class ExpectedIdsError(MergeError):

@@ -36,6 +36,7 @@ __all__ = [
     "write_stride_run",
     "synthetic_embeddings",
     "write_shard",
+    "write_checkpoint",
     "embed_fasta_like_run",
     "FASTA_NAME",
     "EXPECTED_NAME",
@@ -98,6 +99,39 @@ def write_shard(
         f.create_dataset(
             "sequence_ids", data=np.array(list(sequence_ids), dtype=object), dtype=h5py.string_dtype()
         )
+    return path
+
+
+def write_checkpoint(path: str | os.PathLike[str], ids: Sequence[str], embeddings: np.ndarray,
+                     metadata: Mapping[str, object] | None = None, *, done: bool = True) -> Path:
+    """Write a checkpoint as the pipeline's workers do, without torch: the archive
+    ``torch.save({...}, path, pickle_protocol=4)`` writes for numpy embeddings (members
+    ``<stem>/data.pkl``, ``<stem>/byteorder``, ``<stem>/version``, ...), and, with
+    ``done``, the ``.done`` marker beside it. Return the path.
+
+    Examples
+    --------
+    >>> saved = write_checkpoint("batch_00000.pt", ["seq1"], np.zeros((1, 4), np.float32), {"batch_idx": 0})
+    >>> sorted(p.name for p in saved.parent.glob("batch_00000*"))
+    ['batch_00000.pt', 'batch_00000.pt.done']
+    """
+    import pickle
+    import zipfile
+
+    path = Path(path)
+    payload = {"embeddings": np.ascontiguousarray(embeddings), "sequence_ids": list(ids),
+               "metadata": dict(metadata or {})}
+    stem = path.stem
+    members = {"data.pkl": pickle.dumps(payload, protocol=4), ".format_version": b"1",
+               ".storage_alignment": b"64", "byteorder": b"little", "version": b"3\n",
+               ".data/serialization_id": str(abs(hash((stem, len(ids))))).zfill(40)[:40].encode()}
+    temp = path.with_suffix(".tmp")
+    with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, data in members.items():
+            archive.writestr(f"{stem}/{name}", data)
+    os.replace(temp, path)
+    if done:
+        path.with_name(path.name + ".done").touch()
     return path
 
 

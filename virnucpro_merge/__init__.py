@@ -9,6 +9,7 @@ from ._version import __version__
 from .checks import validate_shard_completeness
 from .cluster import to_dask
 from .errors import (
+    CheckpointError,
     DuplicateIdError,
     ExpectedIdsError,
     IndexMismatchError,
@@ -44,6 +45,7 @@ __all__ = [
     "ShardError",
     "UnreadableShardError",
     "ExpectedIdsError",
+    "CheckpointError",
     "IndexMismatchError",
     "OutputError",
     "ValidationError",

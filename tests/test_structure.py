@@ -121,7 +121,8 @@ def test_no_import_cycle():
 LAYERS = {
     "ground": ["virnucpro_merge._version", "virnucpro_merge.errors", "virnucpro_merge.ids", "virnucpro_merge._files",
                "virnucpro_merge.statuses", "virnucpro_merge._processes", "virnucpro_merge.outputs"],
-    "reading": ["virnucpro_merge.shards", "virnucpro_merge.checkpoints", "virnucpro_merge.sources",
+    "reading": ["virnucpro_merge.shards", "virnucpro_merge.checkpoints", "virnucpro_merge.manifest",
+                "virnucpro_merge.sources",
                 "virnucpro_merge.ranks", "virnucpro_merge.expected"],
     "deciding": ["virnucpro_merge.validation", "virnucpro_merge.plan", "virnucpro_merge.checksums"],
     "writing": ["virnucpro_merge.report", "virnucpro_merge.checks", "virnucpro_merge.merge", "virnucpro_merge._write",

@@ -35,7 +35,8 @@ import numpy as np
 from ._files import open_input
 from .errors import CheckpointError
 
-__all__ = ["CHECKPOINT_NAME", "DONE_SUFFIX", "Checkpoint", "read_checkpoint", "checkpoint_batch"]
+__all__ = ["CHECKPOINT_NAME", "DONE_SUFFIX", "Checkpoint", "read_checkpoint", "checkpoint_batch", "CheckpointFile",
+           "RankCheckpoints", "rank_checkpoints"]
 
 #: What the pipeline names a checkpoint: ``batch_<5 digits>.pt``.
 CHECKPOINT_NAME = re.compile(r"^batch_(\d+)\.pt$")
@@ -77,6 +78,62 @@ def checkpoint_batch(path: str | os.PathLike[str]) -> int | None:
     """
     match = CHECKPOINT_NAME.match(Path(path).name)
     return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class CheckpointFile:
+    """One checkpoint file of a rank, as found: its batch number, and whether its ``.done``
+    marker is there (without one, the file was renamed into place but the worker died before
+    marking it: whole all the same, and used, as its CRCs show)."""
+
+    path: Path
+    batch: int
+    done: bool
+
+
+@dataclass(frozen=True)
+class RankCheckpoints:
+    """What a rank's checkpoint folder (``checkpoints/shard_<rank>``) holds."""
+
+    folder: Path
+    files: list[CheckpointFile]  # in batch order
+    #: saves in progress (``batch_NNNNN.tmp``): never read
+    temps: list[Path]
+    #: why the folder cannot be listed (a file where the folder should be), or None
+    problem: str | None = None
+
+
+def rank_checkpoints(folder: str | os.PathLike[str]) -> RankCheckpoints:
+    """The checkpoint files of one rank's folder, in batch order, told apart: with their
+    ``.done`` marker or without it, and the saves in progress (``.tmp``), which are not read.
+    An absent folder holds nothing (a worker that died before its first checkpoint).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pathlib import Path
+    >>> from virnucpro_merge.synthetic import write_checkpoint
+    >>> _ = write_checkpoint("shard_3/batch_00001.pt", ["a"], np.zeros((1, 2), np.float32), done=False)
+    >>> _ = write_checkpoint("shard_3/batch_00000.pt", ["b"], np.zeros((1, 2), np.float32))
+    >>> _ = Path("shard_3/batch_00002.tmp").write_bytes(b"")
+    >>> found = rank_checkpoints("shard_3")
+    >>> [(f.batch, f.done) for f in found.files], [p.name for p in found.temps]
+    ([(0, True), (1, False)], ['batch_00002.tmp'])
+    """
+    folder = Path(folder)
+    try:
+        entries = sorted(folder.iterdir())
+    except FileNotFoundError:
+        return RankCheckpoints(folder, [], [])
+    except NotADirectoryError:
+        return RankCheckpoints(folder, [], [], problem=f"{folder}: a file where the checkpoint folder should be")
+    except OSError as err:
+        return RankCheckpoints(folder, [], [], problem=f"{folder}: cannot list it ({err.strerror or err})")
+    names = {entry.name for entry in entries}
+    files = [CheckpointFile(entry, batch, entry.name + DONE_SUFFIX in names)
+             for entry in entries if (batch := checkpoint_batch(entry)) is not None and entry.is_file()]
+    temps = [entry for entry in entries if re.fullmatch(r"batch_\d+\.tmp", entry.name)]
+    return RankCheckpoints(folder, sorted(files, key=lambda f: f.batch), temps)
 
 
 # --------------------------------------------------------------------------- what a pickle may hold

@@ -13,6 +13,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,10 @@ from .shards import iter_id_chunks, open_shard
 
 __all__ = [
     "INDEX_NAME",
+    "CHECKPOINTS_NAME",
+    "LOGS_NAME",
+    "RunFolder",
+    "run_folder",
     "shard_name",
     "shard_path",
     "rank_of",
@@ -43,6 +48,8 @@ logger = logging.getLogger("virnucpro_merge")
 
 #: The sequence index the pipeline writes into its run folder.
 INDEX_NAME = "sequence_index.json"
+#: Its checkpoints folder (``.checkpoints`` beside a run its command line wrote), and its logs folder.
+CHECKPOINTS_NAME, LOGS_NAME = "checkpoints", "logs"
 
 _SHARD_NAME = re.compile(r"^shard_(\d+)\.h5$")
 
@@ -85,6 +92,40 @@ def run_index(directory: str | os.PathLike[str]) -> Path | None:
     """The run folder's sequence index (``sequence_index.json``), if it has one."""
     index = Path(directory) / INDEX_NAME
     return index if index.is_file() else None
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Where a run folder keeps what the pipeline wrote besides its shards (None: not there).
+
+    The pipeline puts its checkpoints in ``RUN/checkpoints`` when called from Python; its
+    command line writes the run into ``<out>/esm_v2`` and the checkpoints into
+    ``<out>/.checkpoints``, beside it. The manifest is in the checkpoints folder; the
+    workers' logs in ``RUN/logs``.
+    """
+
+    folder: Path
+    index: Path | None
+    checkpoints: Path | None
+    manifest: Path | None
+    logs: Path | None
+
+
+def run_folder(folder: str | os.PathLike[str]) -> RunFolder:
+    """What a run folder holds besides its shards, where the pipeline puts it.
+
+    >>> found = run_folder("run")  # (nothing there)
+    >>> found.index, found.checkpoints, found.manifest, found.logs
+    (None, None, None, None)
+    """
+    folder = Path(folder)
+    checkpoints = next((c for c in (folder / CHECKPOINTS_NAME, folder.parent / f".{CHECKPOINTS_NAME}")
+                        if c.exists()), None)
+    manifest = checkpoints / "manifest.json" if checkpoints is not None else None
+    logs = folder / LOGS_NAME
+    return RunFolder(folder, run_index(folder), checkpoints,
+                     manifest if manifest is not None and manifest.is_file() else None,
+                     logs if logs.is_dir() else None)
 
 
 def index_beside(paths: Sequence[str | os.PathLike[str]]) -> Path | None:

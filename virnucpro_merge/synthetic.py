@@ -126,6 +126,7 @@ def write_checkpoint(path: str | os.PathLike[str], ids: Sequence[str], embedding
                ".storage_alignment": b"64", "byteorder": b"little", "version": b"3\n",
                ".data/serialization_id": str(abs(hash((stem, len(ids))))).zfill(40)[:40].encode()}
     temp = path.with_suffix(".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_STORED) as archive:
         for name, data in members.items():
             archive.writestr(f"{stem}/{name}", data)

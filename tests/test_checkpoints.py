@@ -231,7 +231,7 @@ def test_a_checkpoint_of_another_byte_order_is_not_read(tmp_path):
     with zipfile.ZipFile(bad, "w") as archive:
         archive.writestr("batch_00000/data.pkl", pkl)
         archive.writestr("batch_00000/byteorder", b"big")
-    with pytest.raises(CheckpointError, match="saved on a big-endian machine"):
+    with pytest.raises(CheckpointError, match="saved on a machine of byte order b'big': not read"):
         read_checkpoint(bad)
 
 
@@ -240,3 +240,161 @@ def test_no_torch_is_imported():
             f"read_checkpoint({str(FIXTURES / 'tensor_bfloat16.pt')!r}); print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr
+
+
+# --------------------------------------------------------------------------- found by a review: crafted pickles
+
+import struct  # noqa: E402
+
+
+def _u(text: str) -> bytes:
+    data = text.encode("utf-8", "surrogatepass")
+    return b"X" + struct.pack("<I", len(data)) + data
+
+
+def _g(module: str, name: str) -> bytes:  # GLOBAL
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _i(n: int) -> bytes:
+    return b"J" + struct.pack("<i", n)
+
+
+def _t(*items: bytes) -> bytes:
+    return b"(" + b"".join(items) + b"t"
+
+
+def _l(*items: bytes) -> bytes:
+    return b"(" + b"".join(items) + b"l"
+
+
+def _d(**items: bytes) -> bytes:
+    return b"}" + (b"(" + b"".join(_u(k) + v for k, v in items.items()) + b"u" if items else b"")
+
+
+def _embedded(value: object) -> bytes:
+    data = pickle.dumps(value, protocol=3)
+    return data[2:-1]
+
+
+def _checkpoint(embeddings: bytes | None = None, ids: bytes | None = None, metadata: bytes | None = None) -> bytes:
+    body = _d(embeddings=embeddings if embeddings is not None else _embedded(np.zeros((1, 2), "f4")),
+              sequence_ids=ids if ids is not None else _l(_u("a")), metadata=metadata if metadata is not None else _d())
+    return b"\x80\x02" + body + b"."
+
+
+def _storage(key: str, count: int, kind: str = "FloatStorage") -> bytes:
+    return b"(" + _u("storage") + _g("torch", kind) + _u(key) + _u("cpu") + _i(count) + b"tQ"
+
+
+def _tensor(storage: bytes, offset: int, size: tuple[int, ...], stride: tuple[int, ...]) -> bytes:
+    return (_g("torch._utils", "_rebuild_tensor_v2") + _t(storage, _i(offset), _t(*map(_i, size)),
+                                                         _t(*map(_i, stride)), b"\x89",
+                                                         _g("collections", "OrderedDict") + b")R") + b"R")
+
+
+def test_a_crafted_checkpoint_cannot_change_how_the_next_is_read(tmp_path):
+    """BUILD on the stand-in of torch.FloatStorage (its dtype set to big-endian): refused, and a
+    checkpoint read after it reads as before."""
+    legit = FIXTURES / "tensor_float32.pt"
+    before = read_checkpoint(legit).embeddings.tolist()
+    evil = _archive_with(tmp_path / "batch_00000.pt", _checkpoint(
+        metadata=_d(x=_g("torch", "FloatStorage") + _d(dtype=_u(">f4")) + b"b")))
+    with pytest.raises(CheckpointError):
+        read_checkpoint(evil)
+    assert read_checkpoint(legit).embeddings.tolist() == before
+
+
+def test_a_big_endian_array_reads_as_its_values(tmp_path):
+    rows = np.array([[1.0, 2.0], [3.0, -0.5]], dtype=">f4")
+    saved = _archive_with(tmp_path / "batch_00000.pt", pickle.dumps(
+        {"embeddings": rows, "sequence_ids": ["a", "b"], "metadata": {}}, protocol=4))
+    found = read_checkpoint(saved)
+    assert found.embeddings.tolist() == [[1.0, 2.0], [3.0, -0.5]]
+    assert found.embeddings.dtype == np.dtype("=f4")
+
+
+@pytest.mark.parametrize(("make", "problem"), [
+    (lambda p: None, "checkpoint file does not exist"),
+    (lambda p: p.mkdir(), "is a directory, not a checkpoint file"),
+    (lambda p: os.mkfifo(p), "not a regular file (a pipe or a device?)"),
+], ids=["absent", "a folder", "a FIFO"])
+def test_what_is_not_a_file_is_one_line_at_once(tmp_path, make, problem):
+    path = tmp_path / "batch_00000.pt"
+    make(path)
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    assert str(err.value) == f"{path}: {problem}" if "pipe" not in problem else str(err.value).startswith(
+        f"{path}: {problem}")
+
+
+def test_damaged_zip_metadata_is_one_line(tmp_path):
+    """Flags and headers the zip module chokes on (encryption, a bad CRC of a small member) are damage."""
+    copy = _copy(tmp_path)
+    data = bytearray(copy.read_bytes())
+    at = _data_at(copy, "numpy_float32/byteorder")
+    data[at] ^= 0x01  # (its CRC-32 no longer matches)
+    copy.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="damaged checkpoint: Bad CRC-32"):
+        read_checkpoint(copy)
+    copy = _copy(tmp_path)
+    data = bytearray(copy.read_bytes())
+    central = bytes(data).index(b"PK\x01\x02")  # the central directory's first entry (data.pkl)
+    assert bytes(data[central + 46 : central + 46 + 22]) == b"numpy_float32/data.pkl"
+    data[central + 8] |= 0x01  # its flag: encrypted
+    copy.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="damaged checkpoint: "):
+        read_checkpoint(copy)
+
+
+@pytest.mark.parametrize(("body", "members", "problem"), [
+    (_checkpoint(embeddings=_tensor(_storage("0", 1), 0, (4, 4_000_000), (0, 0)),
+                 ids=_l(*(_u(f"s{i}") for i in range(4)))),
+     {"data/0": np.float32(1).tobytes()}, "many times what the file holds"),
+    (_checkpoint(embeddings=_g("numpy", "ndarray") + _t(_t(_i(2), _i(50_000_000)), _u("<f4")) + b"R"),
+     {}, "damaged checkpoint: its data cannot be read"),
+    (b"\x80\x02N" + b"r" + struct.pack("<I", 2**25) + _checkpoint()[2:], {}, "refused a memo index of 33554432"),
+    (b"\x80\x02" + _g("os", "system") + _u("echo\nSECOND LINE") + b"\x85R.", {}, "refused os.system"),
+    (b"\x80\x04" + _u("os\nSECOND") + _u("system") + b"\x93.", {}, "refused 'os\\nSECOND.system'"),
+    (b"\x80\x02" + _g("copyreg", "x") + b".", {}, "refused copyreg.x"),
+    (b"\x80\x02(" + _g("collections", "OrderedDict") + b"o.", {}, "refused the pickle opcode OBJ"),
+], ids=["a stride-0 tensor of 64 MB from 4 bytes", "numpy.ndarray called", "a memo index of 2**25",
+        "a global, its argument two lines", "a name of two lines", "another module", "OBJ"])
+def test_crafted_pickles_cost_nothing_and_say_so_in_one_line(tmp_path, body, members, problem):
+    bad = _archive_with(tmp_path / "batch_00000.pt", body, **members)
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(bad)
+    assert problem in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_storage_referenced_many_times_is_read_once(tmp_path, monkeypatch):
+    from virnucpro_merge import checkpoints
+
+    reads = []
+    real = checkpoints._member
+    monkeypatch.setattr(checkpoints, "_member", lambda *a, **k: reads.append(a[2]) or real(*a, **k))
+    body = _checkpoint(embeddings=_tensor(_storage("0", 4), 0, (2, 2), (2, 1)), ids=_l(_u("a"), _u("b")),
+                       metadata=_d(x=_l(*(_tensor(_storage("0", 4), 0, (2, 2), (2, 1)) for _ in range(50)))))
+    bad = _archive_with(tmp_path / "batch_00000.pt", body, **{"data/0": np.arange(4, dtype="<f4").tobytes()})
+    with pytest.raises(CheckpointError, match="its metadata holding a ndarray, not plain data"):
+        read_checkpoint(bad)
+    assert reads.count("batch_00000/data/0") == 1
+
+
+def test_numpy_arrays_pickled_by_protocol_2_and_numpy_strings(tmp_path):
+    """torch.save's default protocol (2) pickles bytes through _codecs.encode; IDs may be numpy strings."""
+    rows = np.arange(4, dtype=np.float32).reshape(2, 2)
+    saved = _archive_with(tmp_path / "batch_00000.pt", pickle.dumps(
+        {"embeddings": rows, "sequence_ids": [np.str_("a"), "b"], "metadata": {"x": np.float32(0.5)}}, protocol=2))
+    found = read_checkpoint(saved)
+    assert found.embeddings.tolist() == rows.tolist()
+    assert found.sequence_ids == ["a", "b"]
+    assert type(found.sequence_ids[0]) is str
+    assert found.metadata == {"x": 0.5}
+
+
+def test_half_a_surrogate_pair_in_an_id(tmp_path):
+    saved = _archive_with(tmp_path / "batch_00000.pt", _checkpoint(ids=_l(_u("x\ud800"))))
+    with pytest.raises(CheckpointError, match="is not Unicode text"):
+        read_checkpoint(saved)

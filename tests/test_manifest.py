@@ -206,3 +206,47 @@ def test_a_checkpoint_folder_that_is_a_file(tmp_path):
 def test_no_checkpoint_folder_holds_nothing(tmp_path):
     found = rank_checkpoints(tmp_path / "shard_9")
     assert (found.files, found.temps, found.problem) == ([], [], None)
+
+
+# --------------------------------------------------------------------------- found by a review
+
+
+@pytest.mark.parametrize("make", [lambda p: __import__("os").mkfifo(p), lambda p: p.symlink_to("/dev/zero")],
+                         ids=["a FIFO", "a device"])
+def test_a_manifest_that_is_not_a_file_is_said_at_once(tmp_path, make):
+    path = tmp_path / "manifest.json"
+    make(path)
+    found = read_manifest(path)
+    assert "not a regular file" in found.problem
+    assert read_log_tail(path) is not None  # (a log there is not read either, nor waited on)
+
+
+def test_only_ranks_written_as_the_pipeline_writes_them(tmp_path):
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps({"shards": {"²": {}, "01": {"status": "failed"}, "1": {"status": "complete"},
+                                           "9" * 5000: {}, "-1": {}, "3": {"status": "failed"}}}))
+    found = read_manifest(path)
+    assert sorted(found.ranks) == [1, 3]
+    assert found.ranks[1].status == "complete"
+
+
+@pytest.mark.parametrize(("text", "error", "line"), [
+    ("progress 10%\rprogress 20%\rprogress 30%\nRuntimeError: out of memory\n", "RuntimeError: out of memory", 2),
+    ("a\x0cb\nc\u2028d\nValueError: bad\n", "ValueError: bad", 3),
+    ("ok\nKeyboardInterrupt\n", "KeyboardInterrupt", 2),
+    ("ok\nRuntimeError: no newline at the end", "RuntimeError: no newline at the end", 2),
+], ids=["carriage returns", "form feed and line separator", "a bare exception", "no final newline"])
+def test_the_line_of_the_last_error_is_counted_as_lines_are(tmp_path, text, error, line):
+    path = tmp_path / "worker_0.log"
+    path.write_bytes(text.encode())
+    tail = read_log_tail(path)
+    assert (tail.last_error, tail.line) == (error, line)
+
+
+@pytest.mark.parametrize("tail", [14, 15, 16, 19, 20])
+def test_a_tail_that_starts_anywhere_counts_lines_right(tmp_path, monkeypatch, tail):
+    monkeypatch.setattr(manifest_module, "_TAIL", tail)
+    path = tmp_path / "worker_0.log"
+    path.write_text("aaaa\nbbbb\nValueError: x\n")  # 24 bytes: the error is line 3 (its 14), tails around it
+    found = read_log_tail(path)
+    assert (found.last_error, found.line) == ("ValueError: x", 3)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from types import TracebackType
@@ -30,21 +31,25 @@ def file_key(path: str | os.PathLike[str], cwd: str | None = None) -> tuple[Any,
     True
     """
     try:
-        stat = os.stat(path)
+        info = os.stat(path)
     except OSError:
         return ("absent", os.path.realpath(os.path.join(cwd or os.getcwd(), path)))
-    return (stat.st_dev, stat.st_ino)
+    return (info.st_dev, info.st_ino)
 
 
-def open_input(path: str | os.PathLike[str], kind: str, error: type[Exception], *, shown: object = None,
-               note: str = "") -> BinaryIO:
+def open_input(path: str | os.PathLike[str], kind: str, error: Callable[[str], Exception], *, shown: object = None,
+               note: str = "", regular: bool = False) -> BinaryIO:
     """Open an input file to read (binary); why it cannot be is ``error("<shown>: <kind> does
     not exist<note>")``, ``"... is a directory, not a <kind><note>"`` or ``"... cannot read
     <kind> (<why>)"``, naming the file as ``shown`` (the path as the user gave it) when given.
+    With ``regular``, anything but a regular file (a FIFO that would block, a device that
+    never ends) is refused too, without waiting on it.
     """
     name = path if shown is None else shown
     try:
-        return open(path, "rb")
+        if not regular:
+            return open(path, "rb")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # (a FIFO opens at once, to be refused)
     except FileNotFoundError as err:
         msg = f"{name}: {kind} does not exist{note}"
         raise error(msg) from err
@@ -54,12 +59,20 @@ def open_input(path: str | os.PathLike[str], kind: str, error: type[Exception], 
     except OSError as err:
         msg = f"{name}: cannot read {kind} ({err.strerror or err})"
         raise error(msg) from err
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        article = "an" if kind[0] in "aeiou" else "a"
+        what = "is a directory" if stat.S_ISDIR(mode) else "not a regular file (a pipe or a device?)"
+        msg = f"{name}: {what}, not {article} {kind}{note if stat.S_ISDIR(mode) else ''}"
+        raise error(msg)
+    return os.fdopen(fd, "rb")
 
 
 def fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Size and modification time of a file: cheap, and changed by any rewrite."""
-    stat = os.stat(path)
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    info = os.stat(path)
+    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
 
 
 class _Closable(Protocol):

@@ -22,24 +22,27 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
 import re
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from ._files import open_input
-from .errors import CheckpointError
+from .errors import CheckpointError, shown_id
+from .expected import not_text
+from .shards import first_line
 
 __all__ = ["CHECKPOINT_NAME", "DONE_SUFFIX", "Checkpoint", "read_checkpoint", "checkpoint_batch", "CheckpointFile",
            "RankCheckpoints", "rank_checkpoints"]
 
 #: What the pipeline names a checkpoint: ``batch_<5 digits>.pt``.
-CHECKPOINT_NAME = re.compile(r"^batch_(\d+)\.pt$")
+CHECKPOINT_NAME = re.compile(r"batch_([0-9]+)\.pt")
 #: The marker touched after a checkpoint's rename: the pipeline's sign that it is whole.
 DONE_SUFFIX = ".done"
 
@@ -76,7 +79,7 @@ def checkpoint_batch(path: str | os.PathLike[str]) -> int | None:
     >>> checkpoint_batch("run/checkpoints/shard_3/batch_00007.pt"), checkpoint_batch("batch_7.tmp")
     (7, None)
     """
-    match = CHECKPOINT_NAME.match(Path(path).name)
+    match = CHECKPOINT_NAME.fullmatch(Path(path).name)
     return int(match.group(1)) if match else None
 
 
@@ -129,10 +132,10 @@ def rank_checkpoints(folder: str | os.PathLike[str]) -> RankCheckpoints:
         return RankCheckpoints(folder, [], [], problem=f"{folder}: a file where the checkpoint folder should be")
     except OSError as err:
         return RankCheckpoints(folder, [], [], problem=f"{folder}: cannot list it ({err.strerror or err})")
-    names = {entry.name for entry in entries}
-    files = [CheckpointFile(entry, batch, entry.name + DONE_SUFFIX in names)
+    markers = {entry.name for entry in entries if entry.name.endswith(DONE_SUFFIX) and entry.is_file()}
+    files = [CheckpointFile(entry, batch, entry.name + DONE_SUFFIX in markers)
              for entry in entries if (batch := checkpoint_batch(entry)) is not None and entry.is_file()]
-    temps = [entry for entry in entries if re.fullmatch(r"batch_\d+\.tmp", entry.name)]
+    temps = [entry for entry in entries if re.fullmatch(r"batch_[0-9]+\.tmp", entry.name)]
     return RankCheckpoints(folder, sorted(files, key=lambda f: f.batch), temps)
 
 
@@ -140,20 +143,55 @@ def rank_checkpoints(folder: str | os.PathLike[str]) -> RankCheckpoints:
 
 
 class _Refused(Exception):
-    """A global the format never needs: refused before anything is built from it."""
+    """Something the format never holds: refused before anything is built from it."""
 
 
-class _TorchStorage:
-    """Stands for one of torch's typed storage classes (``torch.FloatStorage``...): its dtype."""
+class _Frozen:
+    """What a pickle is handed for a global: nothing it can change (no attribute can be set,
+    so a BUILD on it fails), made anew for each use."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        msg = f"setting {name!r}"
+        raise _Refused(msg)
+
+
+class _Callable(_Frozen):
+    """An allowed function, called through REDUCE."""
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: Callable[..., object]) -> None:
+        object.__setattr__(self, "_call", call)
+
+    def __call__(self, *args: object) -> object:
+        return self._call(*args)  # type: ignore[attr-defined]
+
+
+class _TorchStorage(_Frozen):
+    """One of torch's typed storage classes (``torch.FloatStorage``...): the dtype of its bytes."""
+
+    __slots__ = ("dtype", "name")
+    dtype: str
+    name: str
 
     def __init__(self, name: str, dtype: str) -> None:
-        self.name, self.dtype = name, dtype
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "dtype", dtype)
+
+
+class _NdarrayClass(_Frozen):
+    """``numpy.ndarray`` as a pickle names it for :func:`_reconstruct`: not a thing to call."""
+
+    __slots__ = ()
 
 
 #: torch's storage classes a checkpoint may hold, with the numpy dtype of their bytes
 #: (bfloat16 is read as its 16 bits, then widened).
-_STORAGES = {name: _TorchStorage(name, dtype) for name, dtype in
-             (("FloatStorage", "<f4"), ("HalfStorage", "<f2"), ("BFloat16Storage", "<u2"))}
+_STORAGES = {"FloatStorage": "<f4", "HalfStorage": "<f2", "BFloat16Storage": "<u2"}
+#: The dtypes an array or a number of a checkpoint may have (numbers, strings; never objects).
+_KINDS = "fiubUS"
 
 
 @dataclass(frozen=True)
@@ -165,32 +203,44 @@ class _Storage:
 
 
 def _numeric_dtype(spec: object, align: object = False, copy: object = True) -> np.dtype[Any]:
-    """``numpy.dtype`` as a pickle calls it, for the numeric dtypes a checkpoint holds only."""
+    """``numpy.dtype`` as a pickle calls it (its byte order set next, by BUILD), for dtypes of
+    numbers and strings only."""
+    if not isinstance(spec, str):
+        msg = f"numpy.dtype of a {type(spec).__name__}"
+        raise _Refused(msg)
     try:
-        dtype = np.dtype(spec)  # type: ignore[call-overload]
-    except TypeError as err:
-        msg = f"numpy.dtype({spec!r})"
+        dtype = np.dtype(spec, bool(align), bool(copy))
+    except (TypeError, ValueError) as err:
+        msg = f"numpy.dtype({_shown(spec)})"
         raise _Refused(msg) from err
-    if dtype.kind not in "fiub" or dtype.fields is not None:
-        msg = f"numpy.dtype({spec!r}): an array of {'objects' if dtype.kind == 'O' else dtype}"
+    if dtype.kind not in _KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        msg = f"numpy.dtype({_shown(spec)}): an array of {'objects' if dtype.kind == 'O' else 'this kind'}"
         raise _Refused(msg)
     return dtype
 
 
 def _reconstruct(cls: object, shape: object, typecode: object) -> np.ndarray:
     """numpy's ``_reconstruct``, for a plain ``numpy.ndarray`` only (its data comes next, by BUILD)."""
-    if cls is not np.ndarray:
-        msg = f"numpy array reconstruction of {cls!r}"
+    if not isinstance(cls, _NdarrayClass):
+        msg = f"numpy array reconstruction of {_shown(repr(cls))}"
         raise _Refused(msg)
     return np.ndarray.__new__(np.ndarray, (0,), np.dtype("b"))
 
 
 def _scalar(dtype: object, data: object = b"") -> object:
-    """numpy's ``scalar`` (a numpy number in the metadata), for a numeric dtype and its bytes."""
-    if not isinstance(dtype, np.dtype) or dtype.kind not in "fiub" or not isinstance(data, bytes):
-        msg = f"numpy scalar of {dtype!r}"
+    """numpy's ``scalar`` (a numpy number in the metadata), for a dtype of numbers or strings."""
+    if not isinstance(dtype, np.dtype) or dtype.kind not in _KINDS or not isinstance(data, bytes):
+        msg = f"numpy scalar of {_shown(repr(dtype))}"
         raise _Refused(msg)
     return np.frombuffer(data, dtype=dtype, count=1)[0]
+
+
+def _latin1(text: object, encoding: object = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol 2 pickles bytes with it (``latin1`` text), and nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        msg = "_codecs.encode of anything but latin1 text"
+        raise _Refused(msg)
+    return text.encode("latin1")
 
 
 def _ints(value: object) -> tuple[int, ...] | None:
@@ -200,83 +250,152 @@ def _ints(value: object) -> tuple[int, ...] | None:
     return None
 
 
-def _rebuild_tensor(storage: object, offset: object, size: object, stride: object, *rest: object) -> np.ndarray:
-    """torch's ``_rebuild_tensor_v2``: the tensor's view of its storage, as a numpy array of its own."""
-    shape, steps = _ints(size), _ints(stride)
-    if not isinstance(storage, _Storage) or not isinstance(offset, int) or shape is None or steps is None:
-        msg = "a tensor rebuilt from something other than a storage of this file"
-        raise _Refused(msg)
-    values = storage.values
-    itemsize = values.dtype.itemsize
-    try:
-        view = np.ndarray(shape, dtype=values.dtype, buffer=values, offset=offset * itemsize,
-                          strides=tuple(s * itemsize for s in steps))
-    except (TypeError, ValueError) as err:
-        msg = f"a tensor of shape {shape} does not fit its storage of {values.size} values"
-        raise _Refused(msg) from err
-    if storage.bfloat16:  # the 16 high bits of a float32: widened exactly
-        return (view.astype(np.uint32) << 16).view(np.float32)
-    return view.copy()
+class _Reader:
+    """What one checkpoint's pickle may build: its globals, its storages (each read once), and
+    the bytes it may make of them (a few times the file's size, however its tensors view them)."""
 
+    def __init__(self, archive: zipfile.ZipFile, path: Path, stem: str, budget: int) -> None:
+        self.archive, self.path, self.stem, self.budget = archive, path, stem, budget
+        self.storages: dict[str, _Storage] = {}
 
-#: Every global a checkpoint's pickle may name, and what stands for it here.
-_ALLOWED: dict[tuple[str, str], object] = {
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "scalar"): _scalar,
-    ("numpy.core.multiarray", "scalar"): _scalar,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): _numeric_dtype,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("collections", "OrderedDict"): OrderedDict,
-    **{("torch", name): storage for name, storage in _STORAGES.items()},
-}
+    def find_class(self, module: str, name: str) -> object:
+        """A fresh stand-in for an allowed global; any other is refused, by name."""
+        if module in ("numpy._core.multiarray", "numpy.core.multiarray") and name == "_reconstruct":
+            return _Callable(_reconstruct)
+        if module in ("numpy._core.multiarray", "numpy.core.multiarray") and name == "scalar":
+            return _Callable(_scalar)
+        if (module, name) == ("numpy", "ndarray"):
+            return _NdarrayClass()
+        if (module, name) == ("numpy", "dtype"):
+            return _Callable(_numeric_dtype)
+        if (module, name) == ("_codecs", "encode"):
+            return _Callable(_latin1)
+        if (module, name) == ("collections", "OrderedDict"):
+            return _Callable(OrderedDict)
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _Callable(self.rebuild_tensor)
+        if module == "torch" and name in _STORAGES:
+            return _TorchStorage(name, _STORAGES[name])
+        refused = f"{module}.{name}"
+        raise _Refused(_shown(refused))
+
+    def persistent_load(self, pid: Any) -> _Storage:
+        """A tensor's storage: ``("storage", <storage class>, key, location, count)``."""
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[1], _TorchStorage)
+                and isinstance(pid[2], str) and isinstance(pid[4], int) and pid[4] >= 0):
+            msg = f"a persistent reference {_shown(str(pid))}"
+            raise _Refused(msg)
+        key, kind, count = pid[2], pid[1], pid[4]
+        if not re.fullmatch(r"[A-Za-z0-9_]+", key):
+            msg = f"a storage named {_shown(repr(key))}"
+            raise _Refused(msg)
+        if key not in self.storages:
+            raw = _member(self.archive, self.path, f"{self.stem}/data/{key}")
+            values = np.frombuffer(raw, dtype=kind.dtype)
+            if values.size < count:
+                problem = f"damaged checkpoint: its storage {key} holds {values.size} of {count} values"
+                raise CheckpointError(self.path, problem)
+            self.storages[key] = _Storage(values[:count], bfloat16=kind.name == "BFloat16Storage")
+        return self.storages[key]
+
+    def rebuild_tensor(self, storage: object, offset: object, size: object, stride: object, *rest: object
+                       ) -> np.ndarray:
+        """torch's ``_rebuild_tensor_v2``: the tensor's view of its storage, as a numpy array of its own."""
+        shape, steps = _ints(size), _ints(stride)
+        if not isinstance(storage, _Storage) or not isinstance(offset, int) or shape is None or steps is None:
+            msg = "a tensor rebuilt from something other than a storage of this file"
+            raise _Refused(msg)
+        values = storage.values
+        itemsize = values.dtype.itemsize
+        out_bytes = int(np.prod(shape, dtype=np.float64)) * (4 if storage.bfloat16 else itemsize)
+        if out_bytes > self.budget:
+            msg = f"a tensor of shape {shape} ({out_bytes:,} bytes), many times what the file holds"
+            raise _Refused(msg)
+        self.budget -= out_bytes
+        try:
+            view = np.ndarray(shape, dtype=values.dtype, buffer=values, offset=offset * itemsize,
+                              strides=tuple(s * itemsize for s in steps))
+        except (TypeError, ValueError) as err:
+            msg = f"a tensor of shape {shape} that does not fit its storage of {values.size} values"
+            raise _Refused(msg) from err
+        if storage.bfloat16:  # the 16 high bits of a float32: widened exactly
+            return (view.astype(np.uint32) << 16).view(np.float32)
+        return view.copy()
 
 
 class _Unpickler(pickle.Unpickler):
     """An unpickler that builds nothing the checkpoint format does not need."""
 
-    def __init__(self, data: bytes, storage: Callable[[str, _TorchStorage, int], _Storage]) -> None:
+    def __init__(self, data: bytes, reader: _Reader) -> None:
         super().__init__(io.BytesIO(data))
-        self._storage = storage
+        self._reader = reader
 
     def find_class(self, module: str, name: str) -> Any:
-        found = _ALLOWED.get((module, name))
-        if found is None:
-            refused = f"{module}.{name}"
-            raise _Refused(refused)
-        return found
+        return self._reader.find_class(module, name)
 
     def persistent_load(self, pid: Any) -> Any:
-        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[1], _TorchStorage)
-                and isinstance(pid[2], str) and isinstance(pid[4], int)):
-            msg = f"a persistent reference {str(pid)[:80]!r}"
+        return self._reader.persistent_load(pid)
+
+
+#: The opcodes a checkpoint's pickle may hold: building lists, dicts and tuples of plain
+#: values, naming an allowed global and calling it, a tensor's storage, the memo. Never
+#: INST, OBJ, NEWOBJ or the extension registry (which build instances of other classes).
+_OPCODES = frozenset((
+    "PROTO", "FRAME", "STOP", "MARK", "POP", "POP_MARK", "DUP", "NONE", "NEWTRUE", "NEWFALSE", "INT", "BININT",
+    "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT", "STRING", "BINSTRING", "SHORT_BINSTRING",
+    "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
+    "BINUNICODE8", "EMPTY_LIST", "APPEND", "APPENDS", "LIST", "EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3",
+    "EMPTY_DICT", "DICT", "SETITEM", "SETITEMS", "EMPTY_SET", "ADDITEMS", "FROZENSET", "GLOBAL", "STACK_GLOBAL",
+    "REDUCE", "BUILD", "PERSID", "BINPERSID", "GET", "BINGET", "LONG_BINGET", "PUT", "BINPUT", "LONG_BINPUT",
+    "MEMOIZE"))
+
+
+def _check_opcodes(data: bytes) -> None:
+    """Every opcode of the pickle allowed, and no memo index beyond the pickle's size (an
+    index of 2**30 would make the unpickler allocate gigabytes before reading on)."""
+    for opcode, argument, _ in pickletools.genops(data):
+        if opcode.name not in _OPCODES:
+            msg = f"the pickle opcode {opcode.name}"
             raise _Refused(msg)
-        return self._storage(pid[2], pid[1], pid[4])
+        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET") and (
+                not isinstance(argument, int) or argument > len(data)):
+            msg = f"a memo index of {argument}"
+            raise _Refused(msg)
+
+
+def _shown(text: str) -> str:
+    """A name or value from a file as a one-line message shows it: quoted when it holds
+    anything unprintable, cut when long."""
+    return shown_id(text)
 
 
 # --------------------------------------------------------------------------- the file
 
+#: Failures of the zip module on a damaged archive (its CRCs, headers, flags, names).
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, RuntimeError, NotImplementedError,
+               UnicodeDecodeError, ValueError, KeyError)
 
-def _archive(path: Path) -> zipfile.ZipFile:
+
+def _archive(handle: BinaryIO, path: Path) -> zipfile.ZipFile:
     """The checkpoint's zip archive, its members checked to be what ``torch.save`` writes."""
-    with open_input(path, "checkpoint file", CheckpointError) as handle:
-        head = handle.read(len(_ZIP_MAGIC))
+    head = handle.read(len(_ZIP_MAGIC))
     if not head:
         raise CheckpointError(path, "empty file (0 bytes): its worker died while saving it")
     if head != _ZIP_MAGIC:
         if head[:1] == b"\x80":  # a pickle: the format torch saved in before 1.6
             raise CheckpointError(path, "a checkpoint in torch's legacy format (not a zip archive), which is not read")
         raise CheckpointError(path, "not a checkpoint (not a zip archive as torch.save writes)")
+    handle.seek(0)
     try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as err:
-        raise CheckpointError(path, f"damaged checkpoint: {err}") from err
-    size = path.stat().st_size
+        archive = zipfile.ZipFile(handle)
+    except _ZIP_ERRORS as err:
+        raise CheckpointError(path, f"damaged checkpoint: {first_line(err)}") from err
+    size = os.fstat(handle.fileno()).st_size
     members = archive.infolist()
-    if any(m.compress_type != zipfile.ZIP_STORED for m in members) or sum(m.file_size for m in members) > size:
-        archive.close()
+    if any(m.compress_type != zipfile.ZIP_STORED for m in members):
         raise CheckpointError(path, "not a checkpoint: a member is compressed (torch.save stores them as they are)")
+    if sum(m.file_size for m in members) > size:
+        raise CheckpointError(path, "damaged checkpoint: its members claim more bytes than the file holds")
     return archive
 
 
@@ -284,20 +403,21 @@ def _member(archive: zipfile.ZipFile, path: Path, name: str, *, limit: int | Non
     """One member's bytes, checked against its CRC-32."""
     try:
         info = archive.getinfo(name)
-        if limit is not None and info.file_size > limit:
-            raise CheckpointError(path, f"its '{name}' is {info.file_size:,} bytes, more than a checkpoint holds")
-        return archive.read(info)
     except KeyError as err:
-        raise CheckpointError(path, f"damaged checkpoint: no '{name}' in it") from err
-    except (zipfile.BadZipFile, OSError, EOFError) as err:  # (a CRC-32 that does not match, a truncated file)
-        raise CheckpointError(path, f"damaged checkpoint: {err}") from err
+        raise CheckpointError(path, f"damaged checkpoint: no {_shown(name)} in it") from err
+    if limit is not None and info.file_size > limit:
+        raise CheckpointError(path, f"its {_shown(name)} is {info.file_size:,} bytes, more than a checkpoint holds")
+    try:
+        return archive.read(info)
+    except _ZIP_ERRORS as err:  # (a CRC-32 that does not match, a truncated file, a flag it cannot read)
+        raise CheckpointError(path, f"damaged checkpoint: {first_line(err)}") from err
 
 
 def _stem(archive: zipfile.ZipFile, path: Path) -> str:
     """The folder of the archive's members (``batch_00003``: the name it was saved under)."""
     pickles = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
     if len(pickles) != 1:
-        raise CheckpointError(path, "not a checkpoint (no <name>/data.pkl in the archive)")
+        raise CheckpointError(path, "not a checkpoint (no single <name>/data.pkl in the archive)")
     return pickles[0].split("/")[0]
 
 
@@ -317,10 +437,11 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     Raises
     ------
     CheckpointError
-        One line naming the file: not a zip archive (or torch's legacy format), damaged (a
-        member's CRC-32, a truncated file), a global the format never holds (named, and
-        never run), or contents not shaped like a checkpoint (rows and IDs of different
-        counts, an object array, an ID that is not a str).
+        One line naming the file: not a regular file, not a zip archive (or torch's legacy
+        format), damaged (a member's CRC-32, a truncated file), a global or an opcode the
+        format never holds (named, and never run), more than a few times the file's size
+        to build, or contents not shaped like a checkpoint (rows and IDs of different
+        counts, an object array, an ID that is not text, metadata that is not plain data).
 
     Examples
     --------
@@ -332,36 +453,47 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     (['seq1', 'seq2'], (2, 4), 0)
     """
     path = Path(path)
-    archive = _archive(path)
-    with archive:
+
+    def error(message: str) -> CheckpointError:
+        return CheckpointError(path, message.removeprefix(f"{path}: "))
+
+    with open_input(path, "checkpoint file", error, regular=True) as handle, _archive(handle, path) as archive:
         stem = _stem(archive, path)
-        byteorder = archive.read(f"{stem}/byteorder").strip() if f"{stem}/byteorder" in archive.namelist() else b""
-        if byteorder not in (b"", b"little"):
-            raise CheckpointError(path, f"saved on a {byteorder.decode(errors='replace')}-endian machine: not read")
+        byteorder = _member(archive, path, f"{stem}/byteorder", limit=16) \
+            if f"{stem}/byteorder" in archive.namelist() else b"little"
+        if byteorder.strip() != b"little":
+            raise CheckpointError(path, f"saved on a machine of byte order {_shown(repr(byteorder))}: not read")
         data = _member(archive, path, f"{stem}/data.pkl", limit=_MAX_PICKLE)
-
-        def storage(key: str, kind: _TorchStorage, numel: int) -> _Storage:
-            if not re.fullmatch(r"\w+", key):
-                msg = f"a storage named {key!r}"
-                raise _Refused(msg)
-            raw = _member(archive, path, f"{stem}/data/{key}")
-            values = np.frombuffer(raw, dtype=kind.dtype)
-            if values.size < numel:
-                problem = f"damaged checkpoint: its storage {key} holds {values.size} of {numel} values"
-                raise CheckpointError(path, problem)
-            return _Storage(values[:numel], bfloat16=kind.name == "BFloat16Storage")
-
+        reader = _Reader(archive, path, stem, budget=4 * os.fstat(handle.fileno()).st_size + 2**20)
         try:
-            loaded = _Unpickler(data, storage).load()
+            _check_opcodes(data)
+            loaded = _Unpickler(data, reader).load()
         except _Refused as err:
             raise CheckpointError(path, f"refused {err}: a checkpoint holds arrays, tensors and plain data only "
                                         "(nothing in it was run)") from None
         except CheckpointError:
             raise
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
-                MemoryError, RecursionError, OverflowError) as err:
-            raise CheckpointError(path, f"damaged checkpoint: its data cannot be read ({err})") from err
+                MemoryError, RecursionError, OverflowError, UnicodeDecodeError) as err:
+            raise CheckpointError(path, f"damaged checkpoint: its data cannot be read ({first_line(err)})") from err
     return _checked(path, loaded)
+
+
+def _plain(value: object, depth: int = 0) -> object:
+    """Metadata as plain data (numpy numbers as Python ones); ``_Refused`` for anything else."""
+    if depth > 32:
+        msg = "metadata nested deeper than 32 levels"
+        raise _Refused(msg)
+    if value is None or isinstance(value, bool | int | float | str):
+        return str(value) if isinstance(value, str) else value
+    if isinstance(value, np.generic) and value.dtype.kind in _KINDS:
+        return value.item()
+    if isinstance(value, list | tuple):
+        return [_plain(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v, depth + 1) for k, v in value.items() if isinstance(k, str | int)}
+    msg = f"metadata holding a {type(value).__name__}"
+    raise _Refused(msg)
 
 
 def _checked(path: Path, loaded: object) -> Checkpoint:
@@ -378,9 +510,16 @@ def _checked(path: Path, loaded: object) -> Checkpoint:
         wrong = type(ids).__name__ if not isinstance(ids, list) else \
             type(next(i for i in ids if not isinstance(i, str))).__name__
         raise CheckpointError(path, f"its sequence IDs hold a {wrong}, not only str")
+    if (bad := not_text(ids)) is not None:
+        raise CheckpointError(path, f"its sequence ID {shown_id(bad)} is not Unicode text (half a surrogate pair)")
     if len(ids) != embeddings.shape[0]:
         raise CheckpointError(path, f"it has {embeddings.shape[0]} rows of embeddings but {len(ids)} sequence IDs")
     if not isinstance(metadata, dict):
         raise CheckpointError(path, f"its metadata is a {type(metadata).__name__}, not a dict")
-    return Checkpoint(path=path, embeddings=embeddings.astype(embeddings.dtype.newbyteorder("="), copy=False),
-                      sequence_ids=ids, metadata=dict(metadata))
+    try:
+        plain = _plain(metadata)
+    except _Refused as err:
+        raise CheckpointError(path, f"its {err}, not plain data") from None
+    native = embeddings.astype(embeddings.dtype.newbyteorder("="), copy=False)  # (saved big-endian: converted)
+    return Checkpoint(path=path, embeddings=np.ascontiguousarray(native), sequence_ids=[str(i) for i in ids],
+                      metadata=plain)  # type: ignore[arg-type]

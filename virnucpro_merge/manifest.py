@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._files import open_input
+
 __all__ = ["MANIFEST_NAME", "RankClaim", "Manifest", "read_manifest", "LogTail", "read_log_tail", "log_path"]
 
 #: Where the pipeline keeps its manifest, in its checkpoints folder.
@@ -28,7 +30,7 @@ _COUNT_LINES_UP_TO = 64 * 2**20  # a log up to this size has its lines counted (
 #: A log line of the pipeline: "2026-01-05 10:20:30,123 - Worker 6 - name - ERROR - message".
 _LEVEL = re.compile(r" - (ERROR|CRITICAL) - ")
 #: The last line of a Python traceback: "RuntimeError: CUDA error: an illegal memory access ...".
-_RAISED = re.compile(r"^(?:[A-Za-z_][\w.]*)?(?:Error|Exception|Interrupt|Exit)\b.*?: \S")
+_RAISED = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)(?:: \S.*)?$")
 
 
 @dataclass(frozen=True)
@@ -93,20 +95,21 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > _MAX_MANIFEST:
-            why = f"{path}: a manifest of {size:,} bytes is not read: the files are read instead"
+        with open_input(path, "manifest", ValueError, regular=True) as handle:
+            data = handle.read(_MAX_MANIFEST + 1)
+        if len(data) > _MAX_MANIFEST:
+            why = f"{path}: a manifest of more than {_MAX_MANIFEST:,} bytes is not read: the files are read instead"
             return Manifest(path, problem=why)
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        content = json.loads(data.decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
-        why = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        why = str(err).removeprefix(f"{path}: ").splitlines()[0] if str(err) else type(err).__name__
         return Manifest(path, problem=f"{path}: damaged manifest ({why}): the files are read instead")
-    shards = data.get("shards") if isinstance(data, dict) else None
+    shards = content.get("shards") if isinstance(content, dict) else None
     if not isinstance(shards, dict):
         return Manifest(path, problem=f"{path}: damaged manifest (no 'shards' object): the files are read instead")
     ranks = {int(key): _claim(int(key), entry) for key, entry in shards.items()
-             if isinstance(key, str) and key.isdigit() and isinstance(entry, dict)}
-    return Manifest(path, world_size=_int_or_none(data.get("world_size")), ranks=ranks)
+             if isinstance(key, str) and re.fullmatch(r"0|[1-9][0-9]{0,8}", key) and isinstance(entry, dict)}
+    return Manifest(path, world_size=_int_or_none(content.get("world_size")), ranks=ranks)
 
 
 @dataclass(frozen=True)
@@ -139,24 +142,25 @@ def read_log_tail(path: str | os.PathLike[str]) -> LogTail | None:
     """
     path = Path(path)
     try:
-        with open(path, "rb") as handle:
+        with open_input(path, "log", OSError, regular=True) as handle:
             size = handle.seek(0, os.SEEK_END)
             start = max(0, size - _TAIL)
-            handle.seek(start)
-            data = handle.read(_TAIL)
+            handle.seek(max(0, start - 1))
+            data = handle.read(_TAIL + (1 if start else 0))
             before = _lines_before(handle, start) if size <= _COUNT_LINES_UP_TO else None
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return None
-    except OSError:
+    except OSError as err:
+        if "does not exist" in str(err) or "is a directory" in str(err):
+            return None
         return LogTail(path)
-    if start:
-        data = data[data.find(b"\n") + 1 :]  # (the first line is cut: from the next)
-        before = None if before is None else before + 1
+    if start:  # from the first whole line of the tail (its first byte is the one before the tail's start)
+        cut = data.find(b"\n")
+        data = data[cut + 1 :]
+        before = None if before is None or cut < 0 else before + (cut > 0)
     try:
         text, not_utf8 = data.decode("utf-8"), False
     except UnicodeDecodeError:
         text, not_utf8 = data.decode("utf-8", "replace"), True
-    lines = text.splitlines()
+    lines = text.split("\n")  # (line breaks as the line count counts them)
     for number in range(len(lines) - 1, -1, -1):
         line = lines[number].strip()
         if _LEVEL.search(line) or _RAISED.match(line):

@@ -134,7 +134,8 @@ class _FastaReader(OpenFiles[Path, BinaryIO]):
 
     def _open_fasta(self, path: Path) -> BinaryIO:
         """Open a FASTA file named by the index, checked to be plain (not gzipped)."""
-        handle = open_input(path, "FASTA file", IndexMismatchError, note=f" (named by {self._index_name})")
+        handle = open_input(path, "FASTA file", IndexMismatchError, note=f" (named by {self._index_name})",
+                            regular=True)
         if handle.read(2) == _GZIP_MAGIC:
             handle.close()
             msg = (f"{path}: gzip-compressed FASTA, which byte offsets cannot address: "

@@ -16,6 +16,7 @@ without embedding anything), a shard holding only the first part of its assignme
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -37,6 +38,7 @@ __all__ = [
     "synthetic_embeddings",
     "write_shard",
     "write_checkpoint",
+    "write_pipeline_files",
     "embed_fasta_like_run",
     "FASTA_NAME",
     "EXPECTED_NAME",
@@ -209,6 +211,10 @@ class DemoRun:
     empty: tuple[int, ...] = ()
     short: Mapping[int, float] = field(default_factory=dict)
     duplicated: tuple[int, ...] = ()
+    #: the checkpoints folder (None: the run was written without checkpoints)
+    checkpoints: Path | None = None
+    preempted: tuple[int, ...] = ()
+    resumed: tuple[int, ...] = ()
 
     @property
     def failed_ranks(self) -> tuple[int, ...]:
@@ -244,6 +250,9 @@ def make_demo_run(
     short: Mapping[int, float] | None = None,
     duplicated: Sequence[int] = (),
     batch_size: int = 32,
+    checkpoint_every: int | None = None,
+    preempted: Sequence[int] = (),
+    resumed: Sequence[int] = (),
 ) -> DemoRun:
     """Write a seeded synthetic run with chosen worker failures.
 
@@ -266,6 +275,18 @@ def make_demo_run(
         Ranks that wrote their first batch twice (a duplicate-ID error).
     batch_size : int
         Rows in the batch that ``duplicated`` ranks repeat.
+    checkpoint_every : int, optional
+        Write the rest of a run folder as the pipeline leaves it
+        (``checkpoints/shard_<rank>/batch_NNNNN.pt`` of this many sequences each,
+        ``checkpoints/manifest.json``, ``logs/worker_<rank>.log``): see
+        :func:`write_pipeline_files`. None (the default): shards and index only.
+    preempted : sequence of int
+        Ranks stopped by SIGTERM part-way (with ``checkpoint_every``): no shard, an
+        ``emergency_sigterm`` checkpoint last.
+    resumed : sequence of int
+        Ranks that died part-way, were resumed from their checkpoints and finished (with
+        ``checkpoint_every``): their checkpoints repeat earlier ones, and their shard's IDs
+        are in another order than its rows, as the pipeline writes them after a resume.
 
     Returns
     -------
@@ -302,7 +323,7 @@ def make_demo_run(
         path = shard_path(directory, rank)
         shard_files.append(path)
         path.unlink(missing_ok=True)
-        if rank in absent:
+        if rank in absent or rank in preempted:
             continue
         positions = stride_positions(n_sequences, world_size, rank)
         if rank in empty:
@@ -311,9 +332,16 @@ def make_demo_run(
             positions = positions[: int(len(positions) * short[rank])]
         if rank in duplicated:
             positions = np.concatenate([positions, positions[:batch_size]])
-        write_shard(path, [ids[p] for p in positions], synthetic_embeddings(positions, dim, seed))
+        labels = [ids[p] for p in positions]
+        if rank in resumed and checkpoint_every:
+            labels = _resumed_labels(labels, _died_after(len(positions), checkpoint_every), seed + rank)
+        write_shard(path, labels, synthetic_embeddings(positions, dim, seed))
         if rank in truncated:
             os.truncate(path, path.stat().st_size // 2)
+    checkpoints = None
+    if checkpoint_every:
+        checkpoints = write_pipeline_files(directory, ids, world_size, dim, seed, checkpoint_every=checkpoint_every,
+                                           died=(*absent, *truncated), preempted=preempted, resumed=resumed)
 
     return DemoRun(
         directory=directory,
@@ -329,7 +357,138 @@ def make_demo_run(
         empty=tuple(empty),
         short=short,
         duplicated=tuple(duplicated),
+        checkpoints=checkpoints,
+        preempted=tuple(preempted),
+        resumed=tuple(resumed),
     )
+
+
+#: When the synthetic runs start, and how long a rank takes for a checkpoint's worth (s).
+_START = _dt.datetime(2026, 1, 5, 10, 0, 0, tzinfo=_dt.UTC)
+_CHECKPOINT_SECONDS = 300
+
+
+def _died_after(assigned: int, every: int) -> int:
+    """How many of its sequences a rank that dies part-way checkpoints: three fifths, in whole
+    checkpoints (at least one where it has two)."""
+    return max(min(1, assigned // every - 1), int(assigned * 0.6) // every) * every
+
+
+def _resumed_labels(labels: list[str], resumed: int, seed: int) -> list[str]:
+    """The IDs a resumed worker writes beside its rows: those of the rows taken from its
+    checkpoints in another order (the pipeline writes a set's order there), the others in
+    place."""
+    shuffled = labels[:resumed]
+    np.random.default_rng(seed).shuffle(shuffled)
+    return shuffled + labels[resumed:]
+
+
+def _iso(seconds: float) -> str:
+    return (_START + _dt.timedelta(seconds=seconds)).isoformat()
+
+
+def write_pipeline_files(
+    directory: str | os.PathLike[str],
+    ids: Sequence[str],
+    world_size: int,
+    dim: int,
+    seed: int,
+    *,
+    checkpoint_every: int,
+    died: Sequence[int] = (),
+    preempted: Sequence[int] = (),
+    resumed: Sequence[int] = (),
+) -> Path:
+    """Write what the pipeline leaves in a run folder besides its shards, as it does: each
+    rank's checkpoints, the manifest and the workers' logs. Return the checkpoints folder.
+
+    Rank ``r`` embeds its stride assignment in order and saves a checkpoint of
+    ``checkpoint_every`` sequences at a time, except its last sequences (the final flush,
+    never checkpointed). A rank in ``died`` stops after three fifths (its last checkpoint
+    renamed but never marked ``.done``, a save in progress left as ``.tmp``), its log ending
+    in a CUDA error; one in ``preempted`` likewise, after an ``emergency_sigterm`` checkpoint
+    (the manifest still says ``in_progress``); one in ``resumed`` dies so too, is resumed,
+    repeats its checkpoints and finishes. Rank ``r`` takes ``300 * (1 + r / N)`` seconds a
+    checkpoint (the higher ranks are the stragglers). The rows are those of the shards
+    (:func:`synthetic_embeddings`).
+    """
+    directory = Path(directory)
+    checkpoints = directory / "checkpoints"
+    logs = directory / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    shards: dict[str, dict[str, object]] = {}
+    for rank in range(world_size):
+        positions = stride_positions(len(ids), world_size, rank)
+        folder = checkpoints / f"shard_{rank}"
+        folder.mkdir(parents=True, exist_ok=True)
+        stops = rank in died or rank in preempted or rank in resumed
+        upto = _died_after(positions.size, checkpoint_every) if stops else \
+            max(0, (-(-positions.size // checkpoint_every) - 1) * checkpoint_every)
+        pace = _CHECKPOINT_SECONDS * (1 + rank / world_size)
+        batches = [positions[i : i + checkpoint_every] for i in range(0, upto, checkpoint_every)]
+        if rank in resumed:
+            batches += batches[-1:]  # (resumed: its checkpoints repeat earlier ones)
+            finished = [positions[i : i + checkpoint_every]
+                        for i in range(upto, max(upto, (-(-positions.size // checkpoint_every) - 1) * checkpoint_every),
+                                       checkpoint_every)]
+            batches += finished
+        records = []
+        for number, batch in enumerate(batches):
+            trigger = "emergency_sigterm" if rank in preempted and number == len(batches) - 1 else "sequence_threshold"
+            metadata = {"batch_idx": number, "num_sequences": int(batch.size),
+                        "timestamp": _iso(pace * (number + 1))[:-6],  # (UTC, without its zone, as the pipeline)
+                        "trigger_reason": trigger, "model_dtype": "torch.float16", "packing_enabled": True}
+            last_of_the_dead = rank in died and number == len(batches) - 1
+            write_checkpoint(folder / f"batch_{number:05d}.pt", [ids[p] for p in batch],
+                             synthetic_embeddings(batch, dim, seed), metadata, done=not last_of_the_dead)
+            records.append({"batch_idx": number, "num_sequences": int(batch.size), "file": f"batch_{number:05d}.pt",
+                            "timestamp": _iso(pace * (number + 1)), "sequence_range": ""})
+        if rank in died:
+            (folder / f"batch_{len(batches):05d}.tmp").write_bytes(b"PK\x03\x04")  # (a save in progress)
+        shards[str(rank)] = _manifest_entry(rank, records, died=rank in died, preempted=rank in preempted,
+                                            resumed=rank in resumed, finished_at=_iso(pace * (len(batches) + 1)))
+        _write_log(logs / f"worker_{rank}.log", rank, records, died=rank in died, preempted=rank in preempted)
+    manifest = {"version": "2.0", "world_size": world_size, "created_at": _iso(0), "input_fingerprint": "",
+                "model_config_hash": "", "global_checkpoints": [], "shards": shards}
+    (checkpoints / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return checkpoints
+
+
+def _manifest_entry(rank: int, records: list[dict[str, object]], *, died: bool, preempted: bool, resumed: bool,
+                    finished_at: str) -> dict[str, object]:
+    """What the pipeline's manifest says of one rank (its updates all kept)."""
+    entry: dict[str, object] = {
+        "status": "failed" if died else "in_progress" if preempted else "complete", "original_rank": rank,
+        "assigned_rank": rank, "last_checkpoint_batch": len(records) - 1,
+        "total_sequences": sum(int(r["num_sequences"]) for r in records),  # type: ignore[call-overload]
+        "last_checkpoint_time": records[-1]["timestamp"] if records else None,
+        "retry_count": 1 if died or resumed else 0, "error": None, "checkpoints": records}
+    if died or resumed:  # (error and failed_at stay after a later success)
+        entry.update(error="CUDA error: an illegal memory access was encountered", failed_at=finished_at)
+    if not died and not preempted:
+        entry["completed_at"] = finished_at
+    return entry
+
+
+def _write_log(path: Path, rank: int, records: list[dict[str, object]], *, died: bool, preempted: bool) -> None:
+    """A worker's log, in the pipeline's format, ending as the worker did."""
+    def line(at: str, level: str, message: str) -> str:
+        when = at.replace("T", " ")[:19] + ",000"
+        return f"{when} - Worker {rank} - virnucpro.pipeline - {level} - {message}"
+
+    lines = [line(_iso(0), "INFO", f"Worker {rank} logging initialized: {path}")]
+    lines += [line(str(r["timestamp"]), "INFO", f"Checkpoint {r['batch_idx']}: {r['num_sequences']} sequences")
+              for r in records]
+    end = str(records[-1]["timestamp"]) if records else _iso(1)
+    if died:
+        lines += [line(end, "ERROR", "Worker failed during inference"), "Traceback (most recent call last):",
+                  '  File "virnucpro/pipeline/gpu_worker.py", line 212, in run_worker',
+                  "RuntimeError: CUDA error: an illegal memory access was encountered"]
+    elif preempted:
+        lines.append(line(end, "WARNING", "Received SIGTERM: emergency checkpoint written, exiting"))
+    else:
+        lines.append(line(end, "INFO", "Shard written"))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 @dataclass(frozen=True)

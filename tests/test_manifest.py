@@ -250,3 +250,63 @@ def test_a_tail_that_starts_anywhere_counts_lines_right(tmp_path, monkeypatch, t
     path.write_text("aaaa\nbbbb\nValueError: x\n")  # 24 bytes: the error is line 3 (its 14), tails around it
     found = read_log_tail(path)
     assert (found.last_error, found.line) == ("ValueError: x", 3)
+
+
+# --------------------------------------------------------------------------- the synthetic run folder
+
+
+@pytest.fixture(scope="module")
+def crashed(tmp_path_factory):
+    """The issue's crashed run: 8 ranks, 4,000 sequences; rank 5 died, 6 was preempted, 7 died and was resumed."""
+    from virnucpro_merge.synthetic import make_demo_run
+
+    return make_demo_run(tmp_path_factory.mktemp("crashed") / "run", n_sequences=4000, world_size=8, dim=8,
+                         truncated=(), absent=(5,), empty=(), short={}, checkpoint_every=86, preempted=(6,),
+                         resumed=(7,))
+
+
+def _rows_of(run, rank):
+    """Every checkpointed ID of a rank with its row (a repeat must repeat the row)."""
+    from virnucpro_merge.checkpoints import read_checkpoint
+
+    rows: dict[str, bytes] = {}
+    for found in rank_checkpoints(run.checkpoints / f"shard_{rank}").files:
+        checkpoint = read_checkpoint(found.path)
+        for sequence_id, row in zip(checkpoint.sequence_ids, checkpoint.embeddings, strict=True):
+            assert rows.setdefault(sequence_id, row.tobytes()) == row.tobytes()
+    return rows
+
+
+def test_the_synthetic_run_folder_is_the_pipelines(crashed):
+    from tests.helpers import read_datasets
+    from virnucpro_merge.ranks import stride_positions
+    from virnucpro_merge.synthetic import synthetic_embeddings
+
+    folder = run_folder(crashed.directory)
+    assert folder.checkpoints == crashed.checkpoints
+    assert folder.manifest is not None
+    claims = read_manifest(folder.manifest).ranks
+    assert [claims[r].status for r in range(8)] == ["complete"] * 5 + ["failed", "in_progress", "complete"]
+    for rank in range(8):
+        assigned = [crashed.sequence_ids[p] for p in stride_positions(4000, 8, rank)]
+        rows = _rows_of(crashed, rank)
+        assert set(rows) <= set(assigned)
+        want = synthetic_embeddings(stride_positions(4000, 8, rank), 8, crashed.seed)
+        by_id = dict(zip(assigned, want, strict=True))
+        assert all(by_id[i].tobytes() == row for i, row in rows.items())  # checkpoint rows are the run's rows
+        if rank < 5:  # complete: the last sequences (the final flush) are in the shard only
+            assert 0 < len(rows) < len(assigned)
+            assert assigned[-1] not in rows
+    assert len(_rows_of(crashed, 5)) == len(_rows_of(crashed, 6)) == 3 * 86  # "after three checkpoints"
+    dead = rank_checkpoints(crashed.checkpoints / "shard_5")
+    assert [f.done for f in dead.files][-1] is False
+    assert [t.name for t in dead.temps] == ["batch_00003.tmp"]
+    assert read_log_tail(folder.logs / "worker_5.log").last_error.startswith("RuntimeError: CUDA error")
+    embeddings, ids = read_datasets(crashed.shard_files[7])  # resumed: its IDs are in another order than its rows
+    assigned = [crashed.sequence_ids[p] for p in stride_positions(4000, 8, 7)]
+    assert sorted(ids) == sorted(assigned)
+    assert ids != assigned
+    want = dict(zip(assigned, synthetic_embeddings(stride_positions(4000, 8, 7), 8, crashed.seed), strict=True))
+    wrong = sum(want[i].tobytes() != row.tobytes() for i, row in zip(ids, embeddings, strict=True))
+    assert wrong > 200
+    assert all(want[i].tobytes() == row.tobytes() for i, row in list(zip(ids, embeddings, strict=True))[300:])

@@ -12,6 +12,9 @@ from virnucpro_merge.synthetic import write_shard
 
 ShardFactory = Callable[..., Path]
 
+#: Fixture files and the scripts that wrote them (with torch, which the tests do not need)
+collect_ignore_glob = ["fixtures/*"]
+
 
 @pytest.fixture
 def rng() -> np.random.Generator:

@@ -411,6 +411,15 @@ def write_pipeline_files(
     repeats its checkpoints and finishes. Rank ``r`` takes ``300 * (1 + r / N)`` seconds a
     checkpoint (the higher ranks are the stragglers). The rows are those of the shards
     (:func:`synthetic_embeddings`).
+
+    Examples
+    --------
+    >>> ids = [f"seq{i}" for i in range(40)]
+    >>> folder = write_pipeline_files("run", ids, 2, 4, 0, checkpoint_every=5, died=(1,))
+    >>> sorted(p.name for p in (folder / "shard_1").iterdir())[-3:]
+    ['batch_00000.pt.done', 'batch_00001.pt', 'batch_00002.tmp']
+    >>> sorted(p.name for p in Path("run", "logs").iterdir())
+    ['worker_0.log', 'worker_1.log']
     """
     directory = Path(directory)
     checkpoints = directory / "checkpoints"

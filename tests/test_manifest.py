@@ -310,3 +310,41 @@ def test_the_synthetic_run_folder_is_the_pipelines(crashed):
     wrong = sum(want[i].tobytes() != row.tobytes() for i, row in zip(ids, embeddings, strict=True))
     assert wrong > 200
     assert all(want[i].tobytes() == row.tobytes() for i, row in list(zip(ids, embeddings, strict=True))[300:])
+
+
+# --------------------------------------------------------------------------- why each worker stopped
+
+
+def test_the_inspection_says_why_each_worker_stopped(crashed):
+    from virnucpro_merge.inspection import format_summary, inspect_run
+
+    found = inspect_run(crashed.directory)
+    assert sorted(found.stops) == [5, 6]  # (7 was resumed and finished)
+    assert found.stops[5].startswith("rank 5: failed: RuntimeError: CUDA error: an illegal memory access was "
+                                     "encountered (logs/worker_5.log line 8) after 258 sequences in 3 checkpoints")
+    assert found.stops[6].startswith("rank 6: stopped by SIGTERM (preempted) after 258 sequences in 3 checkpoints")
+    assert found.stops[6] in format_summary(found).splitlines()
+    assert inspect_run(crashed.directory, checkpoints=False).stops == {}
+
+
+def test_where_the_manifest_and_the_files_disagree_the_files_win(crashed, tmp_path):
+    import shutil
+
+    from virnucpro_merge.inspection import inspect_run
+
+    run = tmp_path / "run"
+    shutil.copytree(crashed.directory, run)
+    manifest = run / "checkpoints" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["shards"]["6"]["status"] = "complete"  # (a lost update, say)
+    manifest.write_text(json.dumps(data))
+    (run / "checkpoints" / "shard_5" / "batch_00001.pt").write_bytes(b"PK\x03\x04 damaged")
+    found = inspect_run(run)
+    assert found.stops[6].endswith("; the manifest says complete, but its shard is absent: the files win")
+    assert "after 172 sequences in 2 checkpoints" in found.stops[5]
+    assert "; 1 damaged checkpoint" in found.stops[5]
+    manifest.write_text("{")
+    found = inspect_run(run)
+    assert found.notes == [f"{manifest}: damaged manifest (Expecting property name enclosed in double quotes: "
+                           "line 1 column 2 (char 1)): the files are read instead"]
+    assert found.stops[6].startswith("rank 6: stopped by SIGTERM (preempted)")

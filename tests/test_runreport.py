@@ -355,3 +355,15 @@ def test_a_crafted_merged_file_cannot_put_markup_in_the_page(pipeline_run, tmp_p
     assert done.returncode == 2
     assert done.stderr.strip().endswith("damaged merge report ('lineage' holds a record whose 'total_sequences' "
                                         "is not a whole number >= 0 or null)")
+
+
+def test_the_report_says_why_each_worker_stopped(tmp_path):
+    """A run folder as the pipeline leaves it, checkpoints, manifest and logs included."""
+    run = make_demo_run(tmp_path / "run", n_sequences=800, world_size=4, dim=4, truncated=(), absent=(2,), empty=(),
+                        short={}, checkpoint_every=40, preempted=(3,))
+    done = _cli("report", run.directory, "-o", tmp_path / "r.html")
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert ("rank 2: failed: RuntimeError: CUDA error: an illegal memory access was encountered "
+            "(logs/worker_2.log") in page
+    assert "rank 3: stopped by SIGTERM (preempted) after 120 sequences in 3 checkpoints" in page

@@ -20,7 +20,8 @@ from typing import Any
 
 from ._files import open_input
 
-__all__ = ["MANIFEST_NAME", "RankClaim", "Manifest", "read_manifest", "LogTail", "read_log_tail", "log_path"]
+__all__ = ["MANIFEST_NAME", "RankClaim", "Manifest", "read_manifest", "LogTail", "read_log_tail", "log_path",
+           "Progress", "stop_line"]
 
 #: Where the pipeline keeps its manifest, in its checkpoints folder.
 MANIFEST_NAME = "manifest.json"
@@ -180,3 +181,51 @@ def _lines_before(handle: Any, end: int) -> int:
         count += block.count(b"\n")
         left -= len(block)
     return count
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a rank's checkpoint files show of its work."""
+
+    checkpoints: int = 0  # readable ones
+    sequences: int = 0  # distinct IDs in them
+    last_time: str | None = None  # the last one's timestamp (UTC)
+    last_trigger: str | None = None  # why the last one was saved (``emergency_sigterm``: preempted)
+    damaged: int = 0  # checkpoint files that cannot be read
+
+
+def stop_line(rank: int, shard: str, progress: Progress, claim: RankClaim | None, log: LogTail | None) -> str:
+    """One line on why rank ``rank`` did not finish: what its files show first (a SIGTERM
+    checkpoint, its log's last error), then what the manifest claims; where the manifest
+    says otherwise than the files (complete, without a shard), the files win and the line
+    says so. ``shard`` is what its shard file is (``absent``, ``failed``, ...).
+
+    Examples
+    --------
+    >>> stop_line(6, "absent", Progress(), RankClaim(6, "failed", "OOM"), None)
+    'rank 6: failed: OOM (the manifest says); no checkpoint'
+    >>> stop_line(7, "absent", Progress(3, 247, "2026-01-05T10:15:00", "emergency_sigterm"), None, None)
+    'rank 7: stopped by SIGTERM (preempted) after 247 sequences in 3 checkpoints (the last at 2026-01-05T10:15:00)'
+    """
+    if progress.last_trigger == "emergency_sigterm":
+        how = "stopped by SIGTERM (preempted)"
+    elif log is not None and log.last_error:
+        where = f"line {log.line}" if log.line is not None else "near its end"
+        how = f"failed: {log.last_error} ({log.path.parent.name}/{log.path.name} {where})"
+    elif claim is not None and claim.status == "failed":
+        how = f"failed: {claim.error or 'no error given'} (the manifest says)"
+    elif claim is not None and claim.status == "in_progress":
+        how = "stopped without an error (the manifest says it was still running)"
+    else:
+        how = f"its shard is {shard}, and nothing says why"
+    if progress.checkpoints:
+        last = f" (the last at {progress.last_time})" if progress.last_time else ""
+        done = (f" after {progress.sequences:,} sequences in {progress.checkpoints} checkpoint"
+                f"{'s' if progress.checkpoints != 1 else ''}{last}")
+    else:
+        done = "; no checkpoint"
+    damaged = f"; {progress.damaged} damaged checkpoint{'s' if progress.damaged != 1 else ''}" if progress.damaged \
+        else ""
+    disagrees = (f"; the manifest says complete, but its shard is {shard}: the files win"
+                 if claim is not None and claim.status == "complete" else "")
+    return f"rank {rank}: {how}{done}{damaged}{disagrees}"

@@ -211,7 +211,7 @@ class DemoRun:
     empty: tuple[int, ...] = ()
     short: Mapping[int, float] = field(default_factory=dict)
     duplicated: tuple[int, ...] = ()
-    #: the checkpoints folder (None: the run was written without checkpoints)
+    #: the checkpoints folder, or None for a run written without checkpoints
     checkpoints: Path | None = None
     preempted: tuple[int, ...] = ()
     resumed: tuple[int, ...] = ()

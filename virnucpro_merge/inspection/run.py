@@ -37,10 +37,12 @@ from typing import TYPE_CHECKING, Any, overload
 import numpy as np
 
 from .._processes import pool, usable_cpus
+from ..checkpoints import rank_checkpoints, read_checkpoint
 from ..checks import expected_in_memory
-from ..errors import MergeError, ShardError
+from ..errors import CheckpointError, MergeError, ShardError
 from ..expected import iter_encoded_id_blocks
 from ..ids import IdLookup, as_bytes, encode_and_hash_ids, repeated_hashes
+from ..manifest import MANIFEST_NAME, Progress, log_path, read_log_tail, read_manifest, stop_line
 from ..plan import shard_paths
 from ..ranks import (
     folder_shards,
@@ -48,6 +50,7 @@ from ..ranks import (
     index_beside,
     listed,
     rank_of,
+    run_folder,
     shard_path,
     stride_positions,
     world_size_of,
@@ -155,6 +158,10 @@ class RunInspection:
     num_extra: int = 0
     expected_from: str | None = None
     world_size_from: str = "the shard files"
+    #: rank -> one line on why its worker did not finish (from its checkpoints, log and the manifest)
+    stops: dict[int, str] = field(default_factory=dict)
+    #: what could not be read of the run folder's other files (a damaged manifest)
+    notes: list[str] = field(default_factory=list)
     _missing_ids: list[str] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -429,11 +436,13 @@ def inspect_run(
     expected: str | os.PathLike[str] | Sequence[str] | None = None,
     *,
     world_size: int | None = None,
+    checkpoints: str | os.PathLike[str] | bool | None = None,
 ) -> RunInspection:
     """Compare each rank's shard with its stride assignment; locate every missing ID.
 
-    Reads sequence IDs only, never embeddings. Unlike a merge, this never raises
-    for a bad shard: an absent or unreadable file is reported in its summary.
+    Reads the shards' sequence IDs only, never their embeddings (the checkpoints of a
+    worker that did not finish are read, to say what they hold). Unlike a merge, this
+    never raises for a bad shard: an absent or unreadable file is reported in its summary.
 
     Parameters
     ----------
@@ -450,6 +459,10 @@ def inspect_run(
         The number of workers. By default it is read off the IDs' index positions
         (worker ``r`` holds positions ``r, r + N, ...``), so that dead last ranks
         are found too, or else it is the number of shard files.
+    checkpoints : path-like or False, optional
+        The pipeline's checkpoints folder (its ``manifest.json`` in it), to say why each
+        worker that did not finish stopped (``stops``): by default where the pipeline
+        puts it beside the run (:func:`virnucpro_merge.ranks.run_folder`); False: none.
 
     Returns
     -------
@@ -500,6 +513,7 @@ def inspect_run(
                            status=_status(scan, int(missing[rank].sum()), size), error=scan.error)
               for rank, (path, scan) in enumerate(zip(paths, scans, strict=True))]
     num_extra = sum(rows.size for scan in scans for _, rows in scan.extra)
+    stops, notes = _stops(paths, shards, checkpoints)
     if isinstance(ids, _Given):
         sequence_ids: Sequence[str] = ids.ids
         missing_ids = None
@@ -507,7 +521,54 @@ def inspect_run(
         sequence_ids = _EncodedIds(lookup.encoded)
         missing_ids = [as_bytes(v).decode() for v in np.sort(lookup.encoded[~present]).tolist()]
     return RunInspection(shards=shards, missing=missing, sequence_ids=sequence_ids, num_extra=num_extra,
-                         expected_from=expected_from, world_size_from=size_from, _missing_ids=missing_ids)
+                         expected_from=expected_from, world_size_from=size_from, stops=stops, notes=notes,
+                         _missing_ids=missing_ids)
+
+
+#: The statuses of a rank whose worker did not finish its assignment.
+_UNFINISHED = (ABSENT, FAILED, EMPTY, INCOMPLETE)
+
+
+def _stops(paths: list[Path], shards: list[ShardSummary], checkpoints: object) -> tuple[dict[int, str], list[str]]:
+    """Why each worker that did not finish stopped, from its checkpoints, its log and the
+    manifest (only for the ranks that need a word); and what of those files could not be read."""
+    unfinished = [s for s in shards if s.status in _UNFINISHED]
+    if checkpoints is False or not unfinished or len({p.parent for p in paths}) != 1:
+        return {}, []
+    folder = run_folder(paths[0].parent)
+    where = Path(checkpoints) if isinstance(checkpoints, str | os.PathLike) else folder.checkpoints
+    if where is None and folder.logs is None:
+        return {}, []
+    manifest = read_manifest(where / MANIFEST_NAME) if where is not None and (where / MANIFEST_NAME).exists() else None
+    notes = [manifest.problem] if manifest is not None and manifest.problem else []
+    stops = {}
+    for shard in unfinished:
+        progress = _progress(where / f"shard_{shard.rank}") if where is not None else Progress()
+        log = read_log_tail(log_path(folder.logs, shard.rank)) if folder.logs is not None else None
+        claim = manifest.ranks.get(shard.rank) if manifest is not None else None
+        stops[shard.rank] = stop_line(shard.rank, shard.status, progress, claim, log)
+    return stops, notes
+
+
+def _progress(folder: Path) -> Progress:
+    """What a rank's checkpoints show: how many, how many sequences, the last one's time and trigger."""
+    found = rank_checkpoints(folder)
+    ids: set[str] = set()
+    read, damaged, last = 0, 0, None
+    for entry in found.files:
+        try:
+            checkpoint = read_checkpoint(entry.path)
+        except CheckpointError:
+            damaged += 1
+            continue
+        read += 1
+        ids.update(checkpoint.sequence_ids)
+        last = checkpoint.metadata
+    if last is None:
+        return Progress(damaged=damaged)
+    when, trigger = last.get("timestamp"), last.get("trigger_reason")
+    return Progress(read, len(ids), when if isinstance(when, str) else None,
+                    trigger if isinstance(trigger, str) else None, damaged)
 
 
 def _status(scan: _Scan, holes: int, world_size: int) -> str:

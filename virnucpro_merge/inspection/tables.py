@@ -76,6 +76,8 @@ def _summary_lines(found: InspectionView) -> list[str]:
                      f"not expected: {found.num_extra:,}")
     lines.append("ranks by status: " + "; ".join(f"{status} {len(ranks)} ({rank_ranges(ranks)})"
                                                  for status, ranks in found.by_status().items()))
+    lines.extend(found.stops[rank] for rank in sorted(found.stops))
+    lines.extend(found.notes)
     return lines
 
 

@@ -459,7 +459,7 @@ def inspect_run(
         The number of workers. By default it is read off the IDs' index positions
         (worker ``r`` holds positions ``r, r + N, ...``), so that dead last ranks
         are found too, or else it is the number of shard files.
-    checkpoints : path-like or False, optional
+    checkpoints : path-like or bool, optional
         The pipeline's checkpoints folder (its ``manifest.json`` in it), to say why each
         worker that did not finish stopped (``stops``): by default where the pipeline
         puts it beside the run (:func:`virnucpro_merge.ranks.run_folder`); False: none.

@@ -37,8 +37,8 @@ demo: $(STAMP) ## Build the synthetic 8-worker run, merge it, write its report, 
 	@echo "the demo run's report: $(CURDIR)/$(REPORT)/demo_run.html"
 	@echo "the documentation site: $(CURDIR)/$(SITE)/index.html"
 
-docs: $(STAMP) ## Build the documentation site into docs/_build/html (warnings are errors; opens offline)
-	$(BIN)/sphinx-build -q -W --keep-going -n -b html -d docs/_build/doctrees docs $(SITE)
+docs: $(STAMP) ## Build the documentation site into docs/_build/html (read afresh, warnings are errors; opens offline)
+	$(BIN)/sphinx-build -q -E -W --keep-going -n -b html -d docs/_build/doctrees docs $(SITE)
 
 notebooks: $(STAMP) ## Re-execute the notebooks in place, strip metadata (review the diff, then commit)
 	$(BIN)/jupyter nbconvert --to notebook --execute --inplace \

@@ -1,4 +1,5 @@
-"""The benchmarks (benchmarks/bench_merge.py, bench_validation.py) still run, and still check their answers."""
+"""The benchmarks (benchmarks/bench_merge.py, bench_validation.py, bench_checkpoints.py) still run, and still
+check their answers."""
 
 from __future__ import annotations
 
@@ -71,3 +72,12 @@ def test_validation_smoke_run_catches_a_wrong_answer(tmp_path, method):
     assert re.search(rf"^\s*20,000\s+{re.escape(method)}\s+FAILED: VERIFICATION FAILED", proc.stdout, re.MULTILINE)
     assert "verification: OK" not in proc.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_smoke_run_prints_both_readers(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "bench_checkpoints.py"), "--smoke", "--workdir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^h5py +[\d.]+", proc.stdout, re.MULTILINE)
+    assert re.search(r"^checkpoints +[\d.]+", proc.stdout, re.MULTILINE)
+    assert "checkpoints / h5py: x" in proc.stdout

@@ -24,7 +24,9 @@ import os
 import pickle
 import pickletools
 import re
+import struct
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +49,9 @@ CHECKPOINT_NAME = re.compile(r"batch_([0-9]+)\.pt")
 DONE_SUFFIX = ".done"
 
 _ZIP_MAGIC = b"PK\x03\x04"
+#: A zip member's local header: signature, versions, flags, method, time, date, CRC, sizes,
+#: and the lengths of its name and its extra field (the member's bytes follow those).
+_LOCAL_HEADER = struct.Struct("<4s5H3I2H")
 _MAX_PICKLE = 256 * 2**20  # bytes of data.pkl read at most (a checkpoint's is some KB: IDs and metadata)
 
 
@@ -59,7 +64,8 @@ class Checkpoint:
     path : Path
         The file.
     embeddings : numpy.ndarray
-        ``(n, D)`` float32 or float16 (a bfloat16 tensor widened exactly to float32).
+        ``(n, D)`` float32 or float16 (a bfloat16 tensor widened exactly to float32);
+        read-only where it views the bytes read (copy it to change it).
     sequence_ids : list of str
         The ``n`` IDs, in row order.
     metadata : dict
@@ -219,12 +225,40 @@ def _numeric_dtype(spec: object, align: object = False, copy: object = True) -> 
     return dtype
 
 
-def _reconstruct(cls: object, shape: object, typecode: object) -> np.ndarray:
+class _Array(_Frozen):
+    """A numpy array as its pickle builds it: made by ``_reconstruct``, filled once by BUILD
+    with ``(version, shape, dtype, fortran, data)``; its values are the pickle's own bytes,
+    viewed, not copied."""
+
+    __slots__ = ("array",)
+    array: np.ndarray | None
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "array", None)
+
+    def __setstate__(self, state: object) -> None:
+        if self.array is not None or not (isinstance(state, tuple) and len(state) == 5):
+            msg = "numpy array state of another form"
+            raise _Refused(msg)
+        _, shape, dtype, fortran, data = state
+        dims = _ints(shape)
+        if dims is None or not isinstance(dtype, np.dtype) or not isinstance(data, bytes):
+            msg = "numpy array state of another form"
+            raise _Refused(msg)
+        count = int(np.prod(dims, dtype=np.int64))
+        if count * dtype.itemsize != len(data):
+            msg = f"a numpy array of shape {dims} whose data holds {len(data):,} bytes"
+            raise _Refused(msg)
+        flat = np.frombuffer(data, dtype=dtype, count=count)
+        object.__setattr__(self, "array", flat.reshape(dims, order="F" if fortran else "C"))
+
+
+def _reconstruct(cls: object, shape: object, typecode: object) -> _Array:
     """numpy's ``_reconstruct``, for a plain ``numpy.ndarray`` only (its data comes next, by BUILD)."""
     if not isinstance(cls, _NdarrayClass):
         msg = f"numpy array reconstruction of {_shown(repr(cls))}"
         raise _Refused(msg)
-    return np.ndarray.__new__(np.ndarray, (0,), np.dtype("b"))
+    return _Array()
 
 
 def _scalar(dtype: object, data: object = b"") -> object:
@@ -350,17 +384,59 @@ _OPCODES = frozenset((
     "MEMOIZE"))
 
 
+def _opcode_table() -> dict[int, tuple[int, int, str]]:
+    """Each allowed opcode's byte -> (the size of its argument, as :mod:`pickletools` codes it;
+    how many lines a line argument takes; its name)."""
+    table = {}
+    for op in pickletools.opcodes:
+        if op.name in _OPCODES:
+            lines = 2 if op.arg is not None and op.arg.name == "stringnl_noescape_pair" else 1
+            table[op.code.encode("latin-1")[0]] = (op.arg.n if op.arg is not None else 0, lines, op.name)
+    return table
+
+
+_TABLE = _opcode_table()
+#: pickletools' codes of a length-prefixed argument -> the prefix's size and format
+_PREFIXED = {pickletools.TAKEN_FROM_ARGUMENT1: (1, "<B"), pickletools.TAKEN_FROM_ARGUMENT4: (4, "<i"),
+             pickletools.TAKEN_FROM_ARGUMENT4U: (4, "<I"), pickletools.TAKEN_FROM_ARGUMENT8U: (8, "<Q")}
+_MEMO = frozenset(("PUT", "GET", "LONG_BINPUT", "LONG_BINGET"))
+
+
 def _check_opcodes(data: bytes) -> None:
     """Every opcode of the pickle allowed, and no memo index beyond the pickle's size (an
-    index of 2**30 would make the unpickler allocate gigabytes before reading on)."""
-    for opcode, argument, _ in pickletools.genops(data):
-        if opcode.name not in _OPCODES:
-            msg = f"the pickle opcode {opcode.name}"
+    index of 2**30 would make the unpickler allocate gigabytes before reading on). One pass
+    that steps over each argument (the embeddings' bytes in one step)."""
+    at, end = 0, len(data)
+    while at < end:
+        entry = _TABLE.get(data[at])
+        if entry is None:
+            name = next((op.name for op in pickletools.opcodes if op.code.encode("latin-1")[0] == data[at]),
+                        f"byte 0x{data[at]:02x}")
+            msg = f"the pickle opcode {name}"
             raise _Refused(msg)
-        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET") and (
-                not isinstance(argument, int) or argument > len(data)):
-            msg = f"a memo index of {argument}"
-            raise _Refused(msg)
+        size, lines, name = entry
+        at += 1
+        if size >= 0:
+            if name in _MEMO and int.from_bytes(data[at : at + size], "little") > end:
+                msg = f"a memo index of {int.from_bytes(data[at : at + size], 'little')}"
+                raise _Refused(msg)
+            at += size
+        elif size == pickletools.UP_TO_NEWLINE:
+            for _ in range(lines):
+                newline = data.find(b"\n", at)
+                if newline < 0:
+                    msg = "a pickle cut short"
+                    raise ValueError(msg)
+                if name in _MEMO and (not data[at:newline].isdigit() or int(data[at:newline]) > end):
+                    msg = f"a memo index of {_shown(data[at:newline].decode('latin-1'))}"
+                    raise _Refused(msg)
+                at = newline + 1
+        else:
+            prefix, layout = _PREFIXED[size]
+            (length,) = struct.unpack_from(layout, data, at)
+            at += prefix + max(0, length)
+        if name == "STOP":
+            return
 
 
 def _shown(text: str) -> str:
@@ -407,10 +483,24 @@ def _member(archive: zipfile.ZipFile, path: Path, name: str, *, limit: int | Non
         raise CheckpointError(path, f"damaged checkpoint: no {_shown(name)} in it") from err
     if limit is not None and info.file_size > limit:
         raise CheckpointError(path, f"its {_shown(name)} is {info.file_size:,} bytes, more than a checkpoint holds")
-    try:
-        return archive.read(info)
-    except _ZIP_ERRORS as err:  # (a CRC-32 that does not match, a truncated file, a flag it cannot read)
+    if info.flag_bits & 0x41:  # encrypted (torch.save never encrypts)
+        raise CheckpointError(path, f"damaged checkpoint: {_shown(name)} is marked encrypted")
+    handle = archive.fp
+    assert handle is not None
+    try:  # a stored member read straight into place (zipfile would read it in pieces, and join them)
+        header = os.pread(handle.fileno(), _LOCAL_HEADER.size, info.header_offset)
+        if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+            raise CheckpointError(path, f"damaged checkpoint: the header of {_shown(name)} is not where it should be")
+        name_size, extra_size = _LOCAL_HEADER.unpack(header)[-2:]
+        data = os.pread(handle.fileno(), info.file_size, info.header_offset + _LOCAL_HEADER.size + name_size
+                        + extra_size)
+    except OSError as err:
         raise CheckpointError(path, f"damaged checkpoint: {first_line(err)}") from err
+    if len(data) != info.file_size:
+        raise CheckpointError(path, f"damaged checkpoint: {_shown(name)} is cut short (a truncated file)")
+    if zlib.crc32(data) != info.CRC:
+        raise CheckpointError(path, f"damaged checkpoint: Bad CRC-32 for file {_shown(name)}")
+    return data
 
 
 def _stem(archive: zipfile.ZipFile, path: Path) -> str:
@@ -488,6 +578,9 @@ def _plain(value: object, depth: int = 0) -> object:
         return str(value) if isinstance(value, str) else value
     if isinstance(value, np.generic) and value.dtype.kind in _KINDS:
         return value.item()
+    if isinstance(value, _Array):
+        msg = "metadata holding a ndarray"
+        raise _Refused(msg)
     if isinstance(value, list | tuple):
         return [_plain(v, depth + 1) for v in value]
     if isinstance(value, dict):
@@ -501,6 +594,8 @@ def _checked(path: Path, loaded: object) -> Checkpoint:
     if not isinstance(loaded, dict) or not {"embeddings", "sequence_ids"} <= set(loaded):
         raise CheckpointError(path, "not a checkpoint (no 'embeddings' and 'sequence_ids' in it)")
     embeddings, ids, metadata = loaded["embeddings"], loaded["sequence_ids"], loaded.get("metadata") or {}
+    if isinstance(embeddings, _Array):
+        embeddings = embeddings.array
     if not isinstance(embeddings, np.ndarray) or embeddings.ndim != 2 or embeddings.dtype.kind != "f" \
             or embeddings.dtype.itemsize not in (2, 4):
         kind = f"{embeddings.dtype} of shape {embeddings.shape}" if isinstance(embeddings, np.ndarray) \

@@ -377,8 +377,8 @@ def test_a_storage_referenced_many_times_is_read_once(tmp_path, monkeypatch):
     body = _checkpoint(embeddings=_tensor(_storage("0", 4), 0, (2, 2), (2, 1)), ids=_l(_u("a"), _u("b")),
                        metadata=_d(x=_l(*(_tensor(_storage("0", 4), 0, (2, 2), (2, 1)) for _ in range(50)))))
     bad = _archive_with(tmp_path / "batch_00000.pt", body, **{"data/0": np.arange(4, dtype="<f4").tobytes()})
-    with pytest.raises(CheckpointError, match="its metadata holding a ndarray, not plain data"):
-        read_checkpoint(bad)
+    found = read_checkpoint(bad)
+    assert found.metadata == {"x": [[[0.0, 1.0], [2.0, 3.0]]] * 50}
     assert reads.count("batch_00000/data/0") == 1
 
 
@@ -392,6 +392,30 @@ def test_numpy_arrays_pickled_by_protocol_2_and_numpy_strings(tmp_path):
     assert found.sequence_ids == ["a", "b"]
     assert type(found.sequence_ids[0]) is str
     assert found.metadata == {"x": 0.5}
+
+
+def test_numpy_string_ids_of_every_length(tmp_path):
+    """numpy pickles each numpy string with its own dtype (U1, U12...), an empty one as U0 with no bytes."""
+    ids = ["a", "contig_000012", "\u00e9t\u00e9", ""]
+    saved = _archive_with(tmp_path / "batch_00000.pt", pickle.dumps(
+        {"embeddings": np.zeros((4, 2), np.float32), "sequence_ids": [np.str_(i) for i in ids],
+         "metadata": {"name": np.str_(""), "tag": np.bytes_(b"ab")}}, protocol=2))
+    found = read_checkpoint(saved)
+    assert found.sequence_ids == ids
+    assert found.metadata == {"name": "", "tag": b"ab"}
+
+
+def test_small_arrays_and_torch_dtypes_in_the_metadata_are_read_as_plain_data(tmp_path):
+    body = _checkpoint(metadata=_d(loss=_tensor(_storage("0", 1), 0, (), ()), model_dtype=_g("torch", "float16"),
+                                   steps=_embedded(np.arange(3, dtype=np.int64))))
+    saved = _archive_with(tmp_path / "batch_00000.pt", body, **{"data/0": np.float32(0.5).tobytes()})
+    assert read_checkpoint(saved).metadata == {"loss": 0.5, "model_dtype": "torch.float16", "steps": [0, 1, 2]}
+
+
+def test_a_large_array_in_the_metadata_is_refused(tmp_path):
+    body = _checkpoint(metadata=_d(big=_embedded(np.zeros(10_001, np.float32))))
+    with pytest.raises(CheckpointError, match="metadata holding an array of more than 10,000 values"):
+        read_checkpoint(_archive_with(tmp_path / "batch_00000.pt", body))
 
 
 def test_half_a_surrogate_pair_in_an_id(tmp_path):

@@ -373,7 +373,14 @@ class TestCopyWhileChecking:
             calls.append((name, args[-3:-1] if name == "sync_file_range" else args[-2:]))
             return call(name, argtypes, *args)
 
+        class EveryHint(sysio.ThreadPoolExecutor):
+            """Hints still queued at close are dropped (the fsync follows); here, all run."""
+
+            def shutdown(self, wait=True, *, cancel_futures=False):
+                super().shutdown(wait=True)
+
         monkeypatch.setattr(sysio, "libc_call", spy)
+        monkeypatch.setattr(sysio, "ThreadPoolExecutor", EveryHint)
         shards = [make_shard("shard_0", ids("a", 25), dim=16),
                   make_shard("shard_1", ids("b", 9), dim=16, dtype="float16")]
         out = aggregate_shards(shards, tmp_path / "o.h5", chunk_size=10)

@@ -187,6 +187,16 @@ class _TorchStorage(_Frozen):
         object.__setattr__(self, "dtype", dtype)
 
 
+class _TorchDtype(_Frozen):
+    """A torch dtype (``torch.float16``) named in the metadata: read as its name."""
+
+    __slots__ = ("name",)
+    name: str
+
+    def __init__(self, name: str) -> None:
+        object.__setattr__(self, "name", name)
+
+
 class _NdarrayClass(_Frozen):
     """``numpy.ndarray`` as a pickle names it for :func:`_reconstruct`: not a thing to call."""
 
@@ -195,7 +205,10 @@ class _NdarrayClass(_Frozen):
 
 #: torch's storage classes a checkpoint may hold, with the numpy dtype of their bytes
 #: (bfloat16 is read as its 16 bits, then widened).
-_STORAGES = {"FloatStorage": "<f4", "HalfStorage": "<f2", "BFloat16Storage": "<u2"}
+_STORAGES = {"FloatStorage": "<f4", "HalfStorage": "<f2", "BFloat16Storage": "<u2", "DoubleStorage": "<f8"}
+#: torch's dtypes, as metadata may name one (``"model_dtype": torch.float16``): read as their names.
+_TORCH_DTYPES = frozenset(("float16", "float32", "float64", "bfloat16", "half", "float", "double",
+                           "int8", "int16", "int32", "int64", "uint8", "bool"))
 #: The dtypes an array or a number of a checkpoint may have (numbers, strings; never objects).
 _KINDS = "fiubUS"
 
@@ -266,7 +279,20 @@ def _scalar(dtype: object, data: object = b"") -> object:
     if not isinstance(dtype, np.dtype) or dtype.kind not in _KINDS or not isinstance(data, bytes):
         msg = f"numpy scalar of {_shown(repr(dtype))}"
         raise _Refused(msg)
+    if len(data) != dtype.itemsize:
+        msg = f"a numpy scalar of {dtype} whose data holds {len(data):,} bytes"
+        raise _Refused(msg)
+    if dtype.itemsize == 0:  # an empty string: numpy pickles it as U0/S0 with no bytes
+        return dtype.type()
     return np.frombuffer(data, dtype=dtype, count=1)[0]
+
+
+def _empty_bytes(*args: object) -> bytes:
+    """``bytes()`` as protocol 2 pickles empty bytes (an empty numpy string's data), and nothing else."""
+    if args:
+        msg = "bytes() of anything"
+        raise _Refused(msg)
+    return b""
 
 
 def _latin1(text: object, encoding: object = "latin1") -> bytes:
@@ -302,6 +328,8 @@ class _Reader:
             return _NdarrayClass()
         if (module, name) == ("numpy", "dtype"):
             return _Callable(_numeric_dtype)
+        if module in ("__builtin__", "builtins") and name == "bytes":
+            return _Callable(_empty_bytes)
         if (module, name) == ("_codecs", "encode"):
             return _Callable(_latin1)
         if (module, name) == ("collections", "OrderedDict"):
@@ -310,6 +338,8 @@ class _Reader:
             return _Callable(self.rebuild_tensor)
         if module == "torch" and name in _STORAGES:
             return _TorchStorage(name, _STORAGES[name])
+        if module == "torch" and name in _TORCH_DTYPES:
+            return _TorchDtype(name)
         refused = f"{module}.{name}"
         raise _Refused(_shown(refused))
 
@@ -522,7 +552,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     Returns
     -------
     Checkpoint
-        Its embeddings (a numpy array), sequence IDs and metadata.
+        Its embeddings (a numpy array), sequence IDs and metadata (plain data: numpy
+        numbers as Python ones, a small tensor or array of at most 10,000 values as
+        lists, a torch dtype as its name, ``"torch.float16"``).
 
     Raises
     ------
@@ -569,8 +601,12 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     return _checked(path, loaded)
 
 
+_METADATA_ARRAY_VALUES = 10_000  # metadata is small; a bigger array in it is not metadata
+
+
 def _plain(value: object, depth: int = 0) -> object:
-    """Metadata as plain data (numpy numbers as Python ones); ``_Refused`` for anything else."""
+    """Metadata as plain data (numpy numbers as Python ones, small arrays as lists, torch
+    dtypes as their names); ``_Refused`` for anything else."""
     if depth > 32:
         msg = "metadata nested deeper than 32 levels"
         raise _Refused(msg)
@@ -578,9 +614,14 @@ def _plain(value: object, depth: int = 0) -> object:
         return str(value) if isinstance(value, str) else value
     if isinstance(value, np.generic) and value.dtype.kind in _KINDS:
         return value.item()
-    if isinstance(value, _Array):
-        msg = "metadata holding a ndarray"
-        raise _Refused(msg)
+    if isinstance(value, _TorchDtype):
+        return f"torch.{value.name}"
+    if isinstance(value, _Array | np.ndarray):
+        array = value.array if isinstance(value, _Array) else value
+        if array is None or array.size > _METADATA_ARRAY_VALUES:
+            msg = f"metadata holding an array of more than {_METADATA_ARRAY_VALUES:,} values"
+            raise _Refused(msg)
+        return array.tolist()  # a small array (a tensor or numpy array of numbers) as lists
     if isinstance(value, list | tuple):
         return [_plain(v, depth + 1) for v in value]
     if isinstance(value, dict):

@@ -10,7 +10,13 @@ each in a fresh process, methods alternating round by round, the page cache warm
     checkpoints    every checkpoint read with virnucpro_merge.checkpoints.read_checkpoint
                    (the unpickler that runs nothing, every member's CRC-32 checked)
 
-and prints each as a ratio to ``h5py`` of the same round (target: at most 1.5).
+and prints each as a ratio to ``h5py`` of the same round (target: at most 1.5). Then what
+checking a merge's shards against their checkpoints costs, on a run folder of 4 ranks
+holding the same number of rows (each rank checkpointed ``--rows`` at a time, so nearly
+every row is in a checkpoint too), each merge without fsync (``durable=False``)::
+
+    merge          aggregate_shards(..., checkpoints=False): the baseline
+    cross-checked  aggregate_shards(...): every shard's rows compared with its checkpoints'
 
 Usage::
 
@@ -44,10 +50,24 @@ from harness import (  # beside this script
 
 SCRIPT = Path(__file__).resolve()
 METHODS = ["h5py", "checkpoints"]
+MERGES = ["merge", "cross-checked"]
 
 
 def child_main(spec: dict) -> None:
     folder = Path(spec["folder"])
+    if spec["method"] in MERGES:
+        from virnucpro_merge import aggregate_shards, read_merge_report
+
+        shards = sorted(folder.glob("shard_*.h5"))
+        output = folder.parent / "merged.h5"
+        start = time.perf_counter()
+        aggregate_shards(shards, output, folder / "sequence_index.json", durable=False,
+                         checkpoints=None if spec["method"] == "cross-checked" else False)
+        wall = time.perf_counter() - start
+        rows = read_merge_report(output)["total_sequences"]
+        output.unlink()
+        reply({"wall": wall, "rows": rows, "ids": rows})
+        return
     if spec["method"] == "h5py":
         import h5py
 
@@ -87,6 +107,38 @@ def build(folder: Path, files: int, rows: int, dim: int) -> int:
     return total
 
 
+def build_run(folder: Path, files: int, rows: int, dim: int) -> int:
+    """A run folder of 4 ranks with checkpoints of ``rows`` sequences; return its row count."""
+    from virnucpro_merge.synthetic import make_demo_run
+
+    run = make_demo_run(folder, n_sequences=files * rows, world_size=4, dim=dim, truncated=(), absent=(), empty=(),
+                        short={}, checkpoint_every=rows)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.read_bytes()
+    return len(run.sequence_ids)
+
+
+def compare(methods: list[str], folder: Path, expected_rows: int, args: argparse.Namespace, package: object
+            ) -> list[list[object]] | None:
+    """Each method timed in a fresh process, ``args.rounds`` rounds; the table's rows (None: a wrong count)."""
+    rounds: dict[str, list[dict]] = {m: [] for m in methods}
+    for number in range(args.rounds):
+        for method in rotated(methods, number):
+            measured = run_fresh(SCRIPT, {"method": method, "folder": str(folder)}, package, what=method)
+            if measured["rows"] != expected_rows or measured["ids"] != measured["rows"]:
+                log(f"error: {method} read {measured['rows']} rows and {measured['ids']} IDs")
+                return None
+            rounds[method].append(measured)
+        log(f"round {number + 1}: " + ", ".join(f"{m} {r[-1]['wall']:.3f}s" for m, r in rounds.items()))
+    rows = []
+    for method in methods:
+        walls = [r["wall"] for r in rounds[method]]
+        ratio, lowest = median_and_min(same_round_ratios(rounds[method], rounds[methods[0]]))
+        rows.append([method, statistics.median(walls), min(walls), ratio, lowest])
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=20)
@@ -110,27 +162,23 @@ def main() -> int:
         facts["files"] = f"{args.files} checkpoints of {args.rows:,} x {args.dim} float32 ({size / 1e6:.0f} MB), " \
                          "and the same rows as HDF5 files"
         print_facts("virnucpro_merge checkpoint reader benchmark", facts)
-        rounds: dict[str, list[dict]] = {m: [] for m in METHODS}
-        for number in range(args.rounds):
-            for method in rotated(METHODS, number):
-                measured = run_fresh(SCRIPT, {"method": method, "folder": str(folder)}, package, what=method)
-                if measured["rows"] != args.files * args.rows or measured["ids"] != measured["rows"]:
-                    log(f"error: {method} read {measured['rows']} rows and {measured['ids']} IDs")
-                    return 1
-                rounds[method].append(measured)
-            log(f"round {number + 1}: " + ", ".join(f"{m} {r[-1]['wall']:.3f}s" for m, r in rounds.items()))
-        rows = []
-        for method in METHODS:
-            walls = [r["wall"] for r in rounds[method]]
-            ratio, lowest = median_and_min(same_round_ratios(rounds[method], rounds["h5py"]))
-            rows.append([method, statistics.median(walls), min(walls), size / 1e9 / statistics.median(walls), ratio,
-                         lowest])
+        columns = [Column("method", 14, left=True), Column("wall med", 9, ".3f"), Column("wall min", 9, ".3f"),
+                   Column("x base", 7, ".2f"), Column("x min", 6, ".2f")]
+        rows = compare(METHODS, folder, args.files * args.rows, args, package)
+        if rows is None:
+            return 1
         print()
-        print(table([Column("method", 12, left=True), Column("wall med", 9, ".3f"), Column("wall min", 9, ".3f"),
-                     Column("GB/s", 6, ".2f"), Column("x h5py", 7, ".2f"), Column("x min", 6, ".2f")], rows))
-        ratio = rows[1][4]
+        print(table(columns, rows))
+        ratio = rows[1][3]
         print(f"checkpoints / h5py: x{ratio:.2f} (median of same-round ratios) -- target <= 1.50: "
               f"{'met' if ratio is not None and ratio <= 1.5 else 'NOT MET'}")
+        run = workdir / "run"
+        merged = compare(MERGES, run, build_run(run, args.files, args.rows, args.dim), args, package)
+        if merged is None:
+            return 1
+        print()
+        print(table(columns, merged))
+        print(f"cross-checked merge / merge: x{merged[1][3]:.2f} (median of same-round ratios; no fsync)")
     return 0
 
 

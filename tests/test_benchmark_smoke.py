@@ -81,3 +81,5 @@ def test_checkpoint_smoke_run_prints_both_readers(tmp_path):
     assert re.search(r"^h5py +[\d.]+", proc.stdout, re.MULTILINE)
     assert re.search(r"^checkpoints +[\d.]+", proc.stdout, re.MULTILINE)
     assert "checkpoints / h5py: x" in proc.stdout
+    assert re.search(r"^cross-checked +[\d.]+", proc.stdout, re.MULTILINE)
+    assert "cross-checked merge / merge: x" in proc.stdout

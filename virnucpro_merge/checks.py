@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection, Sequence
+from pathlib import Path
 
 from .errors import MergeError, shown_id
 from .expected import not_text, read_expected_ids
@@ -21,6 +22,7 @@ from .plan import (
     check_ids,
     draft_plan,
     plan_from_scan,
+    refuse_contradicted,
     refuse_repeated_paths,
     shard_paths,
     up_to_first_absent,
@@ -68,6 +70,7 @@ def plan_merge(
     client: object | None = None,
     keep_ids: bool = False,
     storage: bool = True,
+    checkpoints: Path | None = None,
 ) -> MergePlan:
     """Read every shard's metadata and IDs and decide what the merge will write.
 
@@ -90,6 +93,10 @@ def plan_merge(
         Look at where each shard keeps its embeddings (a merge copies them); a check
         of IDs alone (``False``) does not need them, and works on shards whose
         embeddings are lost.
+    checkpoints : Path, optional
+        The run's checkpoints folder: each shard's rows are compared with those its
+        rank's checkpoints hold, and a shard they contradict is refused (with
+        ``partial``, left out; on a cluster, refused either way).
 
     Returns
     -------
@@ -115,13 +122,16 @@ def plan_merge(
     paths = shard_paths(shard_files)
     if client is None:
         expected = None if expected_sequence_ids is None else as_id_set(expected_in_memory(expected_sequence_ids))
-        draft = draft_plan(paths, partial=partial, storage=storage)
+        draft = draft_plan(paths, partial=partial, storage=storage, checkpoints=checkpoints)
         return check_ids(draft, expected, partial=partial, keep_ids=keep_ids)
     from .cluster import scan_on_cluster
 
     if not partial:
         paths = up_to_first_absent(paths)
     refuse_repeated_paths(paths)
+    if checkpoints is not None:
+        for path in filter(Path.is_file, paths):
+            refuse_contradicted(path, checkpoints)
     scans, findings = scan_on_cluster(paths, expected_sequence_ids, client=client, storage=storage)
     return plan_from_scan(scans, findings, partial=partial)
 

@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fail (exit 1) if any embedding holds NaN or Inf; by default they are counted")
     agg.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="show a progress bar (default: when stderr is a terminal)")
+    saved = agg.add_mutually_exclusive_group()
+    saved.add_argument("--checkpoints", type=Path, metavar="DIR",
+                       help="the run's checkpoints folder: each shard's rows are checked against those its "
+                            "rank's checkpoints hold (default: RUN/checkpoints or <out>/.checkpoints, if there)")
+    saved.add_argument("--no-checkpoints", dest="checkpoints", action="store_false",
+                       help="do not look at the run's checkpoints")
 
     val = sub.add_parser("validate", help="check shards against the expected IDs, writing nothing")
     val.add_argument("shards", nargs="+", metavar="SHARD_OR_DIR", help=shards_help)
@@ -255,6 +261,7 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
             order=args.order,
             client=client,
             durable=not args.no_fsync,
+            checkpoints=args.checkpoints,
         )
     report = read_merge_report(output)
     if report["partial"]:

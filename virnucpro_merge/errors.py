@@ -14,6 +14,7 @@ __all__ = [
     "ShardError",
     "UnreadableShardError",
     "CheckpointError",
+    "MislabelledShardError",
     "ExpectedIdsError",
     "IndexMismatchError",
     "OutputError",
@@ -108,6 +109,13 @@ class OutputError(MergeError):
 
 class ValidationError(MergeError):
     """The shards are readable but their sequence IDs fail validation."""
+
+
+class MislabelledShardError(UnreadableShardError, ValidationError):
+    """A shard whose rows are not those of its IDs, as its rank's checkpoints show (the
+    pipeline writes such shards after a resume: row and ID counts agree, so nothing in the
+    shard alone shows it). A strict merge stops; ``partial=True`` leaves the shard out like
+    a crashed worker's, so that no row a checkpoint contradicts is written."""
 
 
 class DuplicateIdError(ValidationError):

@@ -28,6 +28,7 @@ from .checksums import IdSink
 from .errors import MergeError, NonFiniteError, twins_note
 from .outputs import refuse_overwriting, room_problem
 from .plan import MergePlan, ShardPlan, check_ids, draft_plan, failed_summary, shard_paths
+from .ranks import checkpoints_of
 from .report import build_report, read_merge_report
 from .sources import resolve_source
 from .validation import as_id_set
@@ -80,6 +81,7 @@ class _Options:
     progress: bool
     fail_on_nonfinite: bool
     durable: bool = True
+    checkpoints: Path | None = None  # the run's checkpoints folder, to check the shards' rows against
 
 
 def _check_arguments(chunk_size: int, layout: str, order: str, expected: object, fail_on_nonfinite: bool,
@@ -121,6 +123,7 @@ def aggregate_shards(
     order: str = "shards",
     client: object | None = None,
     durable: bool = True,
+    checkpoints: str | os.PathLike[str] | bool | None = None,
 ) -> Path:
     """Merge shard files into one HDF5 file, checking that no sequence is lost.
 
@@ -170,6 +173,15 @@ def aggregate_shards(
         skips that wait but never the atomic rename: a killed merge still leaves
         no partial output, but a power loss soon after the merge can leave a
         damaged one (:func:`verify_merged` tells).
+    checkpoints : path-like or bool, optional
+        The pipeline's checkpoints folder (``checkpoints/shard_<rank>/batch_NNNNN.pt``).
+        Each shard's rows are compared with those its rank's checkpoints hold for the
+        same IDs; a shard they contradict (its IDs do not match its rows, as the
+        pipeline writes after a resume) is refused
+        (:class:`~virnucpro_merge.errors.MislabelledShardError`), or with ``partial``,
+        left out and its IDs recorded as missing: no row a checkpoint contradicts is
+        written. None (the default): where the pipeline puts it beside the shards'
+        run folder, if there; False: never.
 
     Returns
     -------
@@ -205,10 +217,11 @@ def aggregate_shards(
     refuse_overwriting(output, paths, _OUTPUT_IS_AN_INPUT)
     if isinstance(expected_sequence_ids, os.PathLike):
         refuse_overwriting(output, [Path(expected_sequence_ids)], OUTPUT_IS_THE_EXPECTED_FILE)
-    options = _Options(chunk_size, partial, progress, fail_on_nonfinite, durable)
+    options = _Options(chunk_size, partial, progress, fail_on_nonfinite, durable, checkpoints_of(paths, checkpoints))
     logger.debug("phase: plan")
     if client is not None:  # the workers may read an expected-ID file themselves
-        plan = plan_merge(paths, expected_sequence_ids, partial=partial, client=client)
+        plan = plan_merge(paths, expected_sequence_ids, partial=partial, client=client,
+                          checkpoints=options.checkpoints)
         _log_left_out(plan)
         _refuse_writing_onto_inputs(output, plan)
         if layout == "virtual":
@@ -219,7 +232,7 @@ def aggregate_shards(
         return output
     expected = expected_in_memory(expected_sequence_ids) if expected_sequence_ids is not None else None
     if layout == "virtual":
-        plan = plan_merge(paths, expected, partial=partial)
+        plan = plan_merge(paths, expected, partial=partial, checkpoints=options.checkpoints)
         _log_left_out(plan)
         _merge_virtually(plan, output, options)
     elif order == "index":
@@ -243,7 +256,7 @@ def _merge_while_checking(paths: list[Path], output: Path, expected_ids: Collect
     away and the merge written from the final plan.
     """
     expected = None if expected_ids is None else as_id_set(expected_ids)
-    draft = draft_plan(paths, partial=options.partial)
+    draft = draft_plan(paths, partial=options.partial, checkpoints=options.checkpoints)
     _log_left_out(draft)
     _refuse_writing_onto_inputs(output, draft)
     if room_problem(output, draft.output_bytes) is not None:
@@ -305,7 +318,7 @@ def _merge_virtually(plan: MergePlan, output: Path, options: _Options) -> None:
 
 def _merge_in_index_order(paths: list[Path], output: Path, index_ids: list[str], options: _Options) -> None:
     """The index-order route: planned (keeping the IDs' hashes), then written block by block."""
-    plan = plan_merge(paths, index_ids, partial=options.partial, keep_ids=True)
+    plan = plan_merge(paths, index_ids, partial=options.partial, keep_ids=True, checkpoints=options.checkpoints)
     _log_left_out(plan)
     _refuse_writing_onto_inputs(output, plan)
     report = build_report(plan, options.chunk_size, order="index")

@@ -26,7 +26,15 @@ from typing import Any
 import numpy as np
 
 from ._files import file_key, fingerprint
-from .errors import DuplicateIdError, MergeError, MissingIdsError, ShardError, UnreadableShardError
+from .crosscheck import rows_against_checkpoints
+from .errors import (
+    DuplicateIdError,
+    MergeError,
+    MislabelledShardError,
+    MissingIdsError,
+    ShardError,
+    UnreadableShardError,
+)
 from .ranks import rank_of, rank_ranges
 from .shards import ABSENT, ShardMeta, iter_id_chunks, open_shard, read_shard_meta
 from .statuses import ShardStatus
@@ -38,6 +46,7 @@ __all__ = [
     "MergePlan",
     "IdsHook",
     "draft_plan",
+    "refuse_contradicted",
     "check_ids",
     "plan_from_scan",
     "refuse_changed",
@@ -248,16 +257,21 @@ def _settled(shards: list[ShardPlan], findings: Findings, *, partial: bool) -> M
     return plan
 
 
-def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool = False, storage: bool = True
-               ) -> MergePlan:
+def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool = False, storage: bool = True,
+               checkpoints: Path | None = None) -> MergePlan:
     """Read every shard's metadata (no IDs) and place the shards' rows one after another.
+
+    With ``checkpoints`` (the run's checkpoints folder), each shard's rows are first
+    compared with those its rank's checkpoints hold (:mod:`.crosscheck`): a shard they
+    contradict is an error, or with ``partial``, left out (its IDs then missing).
 
     Raises
     ------
     MergeError
         No shards; a shard listed twice; with ``partial=False``, an absent or
-        unreadable shard; always, a shard of an unsupported shape or dtype, or
-        shards of different embedding dimensions.
+        unreadable shard, or one its checkpoints contradict
+        (:class:`MislabelledShardError`); always, a shard of an unsupported shape or
+        dtype, or shards of different embedding dimensions.
     """
     paths = shard_paths(shard_files)
     if not partial:
@@ -267,10 +281,21 @@ def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool =
     for path in paths:
         try:
             with open_shard(path) as handle:
-                shards.append(_readable(read_shard_meta(handle, path, storage=storage)))
+                shard = _readable(read_shard_meta(handle, path, storage=storage))
+            if checkpoints is not None and shard.num_sequences:
+                refuse_contradicted(path, checkpoints)
+            shards.append(shard)
         except UnreadableShardError as err:
             shards.append(_failed(err, partial=partial))
     return _placed(shards)
+
+
+def refuse_contradicted(path: Path, checkpoints: Path) -> None:
+    """Raise :class:`MislabelledShardError` when the rank's checkpoints hold other rows
+    for some of the shard's IDs than the shard does."""
+    disagreement = rows_against_checkpoints(path, checkpoints)
+    if disagreement is not None:
+        raise MislabelledShardError(path, str(disagreement))
 
 
 #: Wraps one shard's stream of ID chunks (a merge writes them out as they go by).

@@ -27,6 +27,7 @@ __all__ = [
     "LOGS_NAME",
     "RunFolder",
     "run_folder",
+    "checkpoints_of",
     "shard_name",
     "shard_path",
     "rank_of",
@@ -126,6 +127,34 @@ def run_folder(folder: str | os.PathLike[str]) -> RunFolder:
     return RunFolder(folder, run_index(folder), checkpoints,
                      manifest if manifest is not None and manifest.is_file() else None,
                      logs if logs.is_dir() else None)
+
+
+def checkpoints_of(paths: Sequence[Path], checkpoints: object = None) -> Path | None:
+    """The checkpoints folder of these shards: ``checkpoints`` when it is a path, none when
+    it is False, and when None, where the pipeline puts it beside the run folder whose
+    shards these are (none for shards of several folders).
+
+    Raises
+    ------
+    MergeError
+        ``checkpoints`` names no folder.
+
+    >>> checkpoints_of([Path("run/shard_0.h5")]), checkpoints_of([Path("run/shard_0.h5")], False)
+    (None, None)
+    """
+    if checkpoints is False:
+        return None
+    if isinstance(checkpoints, str | os.PathLike):
+        given = Path(checkpoints)
+        if not given.is_dir():
+            msg = f"{given}: {'not a folder' if given.exists() else 'no such folder'} (the checkpoints folder)"
+            raise MergeError(msg)
+        return given
+    if checkpoints is not None:
+        msg = f"checkpoints must be a folder, None or False, not {type(checkpoints).__name__}"
+        raise MergeError(msg)
+    folders = {Path(p).parent for p in paths}
+    return run_folder(folders.pop()).checkpoints if len(folders) == 1 else None
 
 
 def index_beside(paths: Sequence[str | os.PathLike[str]]) -> Path | None:

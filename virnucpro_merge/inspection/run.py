@@ -45,6 +45,7 @@ from ..ids import IdLookup, as_bytes, encode_and_hash_ids, repeated_hashes
 from ..manifest import MANIFEST_NAME, Progress, log_path, read_log_tail, read_manifest, stop_line
 from ..plan import shard_paths
 from ..ranks import (
+    checkpoints_of,
     folder_shards,
     in_rank_order,
     index_beside,
@@ -536,7 +537,7 @@ def _stops(paths: list[Path], shards: list[ShardSummary], checkpoints: object) -
     if checkpoints is False or not unfinished or len({p.parent for p in paths}) != 1:
         return {}, []
     folder = run_folder(paths[0].parent)
-    where = Path(checkpoints) if isinstance(checkpoints, str | os.PathLike) else folder.checkpoints
+    where = checkpoints_of(paths, checkpoints)
     if where is None and folder.logs is None:
         return {}, []
     manifest = read_manifest(where / MANIFEST_NAME) if where is not None and (where / MANIFEST_NAME).exists() else None

@@ -1,0 +1,129 @@
+"""Whether a shard's rows are those of its IDs, as its rank's checkpoints show.
+
+After a resume, the pipeline writes ``shard_<rank>.h5`` with its IDs in another order
+than its rows (``UPSTREAM-RUN-FOLDER.md``): row and ID counts agree, so nothing in the
+shard alone shows it. The rank's checkpoints hold the same sequences with their own
+rows, written as they were computed: every ID in both must have a bit-identical row
+(compared in the shard's dtype). A checkpoint that cannot vouch for anything -- damaged,
+or of another dimension -- is passed over and logged.
+
+Cost: each checkpoint of the rank is read once, and the shard's rows that it covers
+(``benchmarks/bench_checkpoints.py`` measures it).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoints import rank_checkpoints, read_checkpoint
+from .errors import CheckpointError, shown_id
+from .ranks import rank_of
+from .shards import embeddings_of, open_shard, read_id_bytes, read_rows
+
+__all__ = ["Disagreement", "rows_against_checkpoints"]
+
+logger = logging.getLogger("virnucpro_merge")
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """How a shard's rows disagree with its rank's checkpoints."""
+
+    rank: int
+    #: IDs of the shard found in a checkpoint, and of those, how many have another row there
+    checked: int
+    differing: int
+    first_id: str
+    checkpoints: Path
+
+    def __str__(self) -> str:
+        return (f"its IDs do not match its rows: {self.differing:,} of the {self.checked:,} rows that rank "
+                f"{self.rank}'s checkpoints hold differ from them (first: {shown_id(self.first_id)}; "
+                f"checkpoints in {self.checkpoints})")
+
+
+def rows_against_checkpoints(shard: Path, checkpoints: Path) -> Disagreement | None:
+    """Compare the rows of ``shard`` with those its rank's checkpoints
+    (``checkpoints/shard_<rank>``) hold for the same IDs: None when every one is
+    bit-identical (or nothing is in both), else how they disagree.
+
+    Raises
+    ------
+    UnreadableShardError
+        The shard's IDs or rows cannot be read.
+
+    Examples
+    --------
+    >>> from virnucpro_merge.synthetic import make_demo_run
+    >>> run = make_demo_run("run", n_sequences=400, world_size=4, dim=4, truncated=(), absent=(), empty=(),
+    ...                     short={}, checkpoint_every=25, resumed=(1,))
+    >>> rows_against_checkpoints(run.shard_files[0], run.directory / "checkpoints") is None
+    True
+    >>> print(rows_against_checkpoints(run.shard_files[1], run.directory / "checkpoints"))  # doctest: +ELLIPSIS
+    its IDs do not match its rows: ... of the ... rows that rank 1's checkpoints hold differ from them (first: ...)
+    """
+    rank = rank_of(shard)
+    if rank is None:
+        return None
+    found = rank_checkpoints(checkpoints / f"shard_{rank}")
+    if not found.files:
+        return None
+    with open_shard(shard) as handle:
+        ids = read_id_bytes(handle, shard)
+        order = np.argsort(ids, kind="stable")
+        ordered = ids[order]
+        emb = embeddings_of(handle, shard)
+        checked: set[bytes] = set()
+        differing: set[bytes] = set()
+        first: bytes | None = None
+        for entry in found.files:
+            rows = _rows_in_shard(entry.path, ordered, order, emb.shape[1])
+            if rows is None:
+                continue
+            at, theirs, names = rows
+            ours = read_rows(emb, at)
+            same = _bits(ours, emb.dtype) == _bits(np.asarray(theirs, dtype=emb.dtype), emb.dtype)
+            checked.update(names.tolist())
+            bad = ~same.all(axis=1)
+            if bad.any():
+                wrong = names[bad]
+                differing.update(wrong.tolist())
+                first = first if first is not None else wrong[0]
+    if first is None:
+        return None
+    return Disagreement(rank, len(checked), len(differing), first.decode("utf-8"), found.folder)
+
+
+def _rows_in_shard(path: Path, ordered: np.ndarray, order: np.ndarray, dim: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """For one checkpoint: the shard rows of its IDs that the shard holds (sorted), its rows
+    for them (in the same order) and the IDs; None when it cannot vouch for anything."""
+    try:
+        checkpoint = read_checkpoint(path)
+    except CheckpointError as err:
+        logger.warning("Not compared with its shard: %s", err)
+        return None
+    if checkpoint.embeddings.shape[1:] != (dim,) or not checkpoint.sequence_ids:
+        if checkpoint.sequence_ids:
+            logger.warning("Not compared with its shard: %s: rows of dimension %d, the shard's %d", path,
+                           checkpoint.embeddings.shape[1], dim)
+        return None
+    theirs = np.array([i.encode("utf-8") for i in checkpoint.sequence_ids], dtype=bytes)
+    where = np.searchsorted(ordered, theirs)
+    inside = where < len(ordered)
+    inside[inside] = ordered[where[inside]] == theirs[inside]
+    at = order[where[inside]]
+    sort = np.argsort(at, kind="stable")
+    at, mine = at[sort], np.flatnonzero(inside)[sort]
+    keep = np.ones(len(at), dtype=bool)
+    keep[1:] = at[1:] != at[:-1]  # an ID twice in one checkpoint: its first row
+    return at[keep], checkpoint.embeddings[mine[keep]], theirs[mine[keep]]
+
+
+def _bits(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Rows as the unsigned integers of their bits (a NaN equals the same NaN)."""
+    return np.ascontiguousarray(rows, dtype=dtype).view(f"u{np.dtype(dtype).itemsize}")

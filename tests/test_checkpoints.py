@@ -418,6 +418,17 @@ def test_a_large_array_in_the_metadata_is_refused(tmp_path):
         read_checkpoint(_archive_with(tmp_path / "batch_00000.pt", body))
 
 
+@pytest.mark.parametrize("sample", sorted((FIXTURES / "garbled").glob("*.pkl")), ids=lambda p: p.stem)
+def test_garbled_pickles_are_damaged_checkpoints_in_one_line(tmp_path, sample):
+    """Found by fuzzing a real checkpoint's data.pkl (its zip and CRC intact): a length cut short
+    (struct.error), a dtype string numpy's parser chokes on (SyntaxError), the C unpickler's SystemError."""
+    saved = _archive_with(tmp_path / "batch_00000.pt", sample.read_bytes())
+    one_line = r"damaged checkpoint: its data cannot be read|refused numpy\.dtype"
+    with pytest.raises(CheckpointError, match=one_line) as err:
+        read_checkpoint(saved)
+    assert "\n" not in str(err.value)
+
+
 def test_half_a_surrogate_pair_in_an_id(tmp_path):
     saved = _archive_with(tmp_path / "batch_00000.pt", _checkpoint(ids=_l(_u("x\ud800"))))
     with pytest.raises(CheckpointError, match="is not Unicode text"):

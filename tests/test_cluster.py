@@ -263,3 +263,25 @@ def test_normalisation_twin_named_as_in_one_process(client, make_shard):
     spread = plan_merge(shards, ["cafe\u0301", "plain"], partial=True, client=client)
     assert spread.missing_twins == plan_merge(shards, ["cafe\u0301", "plain"], partial=True).missing_twins
     assert spread.missing_twins == {"cafe\u0301": "caf\u00e9"}
+
+
+def test_a_shard_its_checkpoints_contradict_on_the_cluster(client, tmp_path):
+    """As here: refused by a strict merge; left out of a partial one (its IDs missing), beside a
+    truncated shard that the partial merge skips as usual."""
+    from virnucpro_merge.errors import MislabelledShardError
+
+    run = make_demo_run(tmp_path / "run", n_sequences=800, world_size=4, dim=8, truncated=(3,), absent=(), empty=(),
+                        short={}, checkpoint_every=50, resumed=(1,))
+    expected = read_expected_ids(run.index)
+    with pytest.raises(MislabelledShardError, match="rank 1's checkpoints"):
+        aggregate_shards(run.shard_files[:3], tmp_path / "strict.h5", expected, client=client)
+    here = aggregate_shards(run.shard_files, tmp_path / "here.h5", expected, partial=True)
+    there = aggregate_shards(run.shard_files, tmp_path / "there.h5", expected, partial=True, client=client)
+    from virnucpro_merge import read_merge_report
+
+    assert read_merge_report(there)["failed_shards"] == [str(run.shard_files[1]), str(run.shard_files[3])]
+    assert read_merge_report(there)["missing_ids"] == read_merge_report(here)["missing_ids"]
+    assert read_merge_report(there)["num_missing"] == 400
+    (rows_there, ids_there), (rows_here, ids_here) = read_datasets(there), read_datasets(here)
+    assert ids_there == ids_here
+    np.testing.assert_array_equal(rows_there, rows_here)

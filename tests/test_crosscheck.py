@@ -136,3 +136,63 @@ def test_the_command_line_exits_1_for_a_contradicted_shard_and_2_for_no_folder(t
                              check=False)
     assert nowhere.returncode == 2
     assert subprocess.run([*base, "--no-checkpoints"], capture_output=True, check=False).returncode == 0
+
+
+def _one_shard(folder: Path, rows: np.ndarray, names: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    with h5py.File(folder / "shard_0.h5", "w") as f:
+        f["embeddings"] = rows
+        f["sequence_ids"] = np.array(names, dtype=h5py.string_dtype())
+    return folder / "shard_0.h5"
+
+
+def test_an_id_recomputed_after_a_resume_agrees_if_it_matches_any_of_its_checkpoints(tmp_path, caplog):
+    rows = np.arange(6, dtype=np.float32).reshape(3, 2)
+    shard = _one_shard(tmp_path / "run", rows, ["a", "b", "c"])
+    older = rows.copy()
+    older[1, 0] = np.nextafter(older[1, 0], np.inf)  # the first computation, one bit away
+    saved = tmp_path / "run" / "checkpoints" / "shard_0"
+    write_checkpoint(saved / "batch_00000.pt", ["a", "b"], older[:2])
+    write_checkpoint(saved / "batch_00001.pt", ["a", "b", "c"], rows)
+    with caplog.at_level(logging.WARNING, logger="virnucpro_merge"):
+        assert rows_against_checkpoints(shard, tmp_path / "run" / "checkpoints") is None
+    assert "1 IDs are held with different rows by different checkpoints of rank 0" in caplog.text
+
+
+def test_narrower_checkpoints_are_compared_in_their_dtype(tmp_path):
+    rows = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float16).astype(np.float32)
+    shard = _one_shard(tmp_path / "run", rows, ["a", "b", "c", "d"])
+    write_checkpoint(tmp_path / "run" / "checkpoints" / "shard_0" / "batch_00000.pt", ["a", "b", "c", "d"],
+                     rows.astype(np.float16))
+    assert rows_against_checkpoints(shard, tmp_path / "run" / "checkpoints") is None
+    write_checkpoint(tmp_path / "run" / "checkpoints" / "shard_0" / "batch_00000.pt", ["b", "a", "c", "d"],
+                     rows.astype(np.float16))
+    assert rows_against_checkpoints(shard, tmp_path / "run" / "checkpoints").differing == 2
+
+
+def test_an_idle_shard_and_an_unlistable_rank_folder_are_not_compared(tmp_path, caplog):
+    idle = tmp_path / "run"
+    idle.mkdir()
+    with h5py.File(idle / "shard_0.h5", "w") as f:
+        f["embeddings"] = np.zeros((0, 0), np.float32)
+        f["sequence_ids"] = np.array([], dtype=h5py.string_dtype())
+    write_checkpoint(idle / "checkpoints" / "shard_0" / "batch_00000.pt", ["a"], np.ones((1, 3), np.float32))
+    (idle / "checkpoints" / "shard_1").write_bytes(b"")
+    shard = _one_shard(tmp_path / "other", np.ones((1, 3), np.float32), ["a"])
+    shard = shard.rename(shard.with_name("shard_1.h5"))
+    with caplog.at_level(logging.WARNING, logger="virnucpro_merge"):
+        assert rows_against_checkpoints(idle / "shard_0.h5", idle / "checkpoints") is None
+        assert caplog.text == ""
+        assert rows_against_checkpoints(shard, idle / "checkpoints") is None
+    assert "a file where the checkpoint folder should be" in caplog.text
+
+
+def test_a_checkpoints_folder_named_wrongly_is_refused_and_one_folder_spelled_twice_is_one(tmp_path, monkeypatch):
+    run = _run(tmp_path)
+    with pytest.raises(MergeError, match="empty path"):
+        checkpoints_of(run.shard_files, "")
+    with pytest.raises(MergeError, match="no shard_<rank> folder in it"):
+        checkpoints_of(run.shard_files, run.directory / "checkpoints" / "shard_2")
+    monkeypatch.chdir(tmp_path)
+    mixed = [Path("run") / "shard_0.h5", (tmp_path / "run" / "shard_1.h5").resolve()]
+    assert checkpoints_of(mixed).resolve() == (run.directory / "checkpoints").resolve()

@@ -229,7 +229,7 @@ def _numeric_dtype(spec: object, align: object = False, copy: object = True) -> 
         raise _Refused(msg)
     try:
         dtype = np.dtype(spec, bool(align), bool(copy))
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, SyntaxError) as err:
         msg = f"numpy.dtype({_shown(spec)})"
         raise _Refused(msg) from err
     if dtype.kind not in _KINDS or dtype.fields is not None or dtype.subdtype is not None:
@@ -596,7 +596,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         except CheckpointError:
             raise
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
-                MemoryError, RecursionError, OverflowError, UnicodeDecodeError) as err:
+                MemoryError, RecursionError, OverflowError, UnicodeDecodeError, struct.error, SyntaxError,
+                SystemError) as err:  # (garbled bytes: numpy's dtype parser and the C unpickler raise the last two)
             raise CheckpointError(path, f"damaged checkpoint: its data cannot be read ({first_line(err)})") from err
     return _checked(path, loaded)
 

@@ -15,7 +15,7 @@ import os
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from .errors import MergeError, shown_id
+from .errors import MergeError, MislabelledShardError, UnreadableShardError, shown_id
 from .expected import not_text, read_expected_ids
 from .plan import (
     MergePlan,
@@ -96,7 +96,7 @@ def plan_merge(
     checkpoints : Path, optional
         The run's checkpoints folder: each shard's rows are compared with those its
         rank's checkpoints hold, and a shard they contradict is refused (with
-        ``partial``, left out; on a cluster, refused either way).
+        ``partial``, left out).
 
     Returns
     -------
@@ -129,11 +129,28 @@ def plan_merge(
     if not partial:
         paths = up_to_first_absent(paths)
     refuse_repeated_paths(paths)
-    if checkpoints is not None:
-        for path in filter(Path.is_file, paths):
+    contradicted = _contradicted(paths, checkpoints, partial=partial) if checkpoints is not None else {}
+    scanned = [p for p in paths if p not in contradicted]
+    scans, findings = scan_on_cluster(scanned, expected_sequence_ids, client=client, storage=storage)
+    by_path = dict(zip(scanned, scans, strict=True))
+    return plan_from_scan([contradicted.get(p) or by_path[p] for p in paths], findings, partial=partial)
+
+
+def _contradicted(paths: list[Path], checkpoints: Path, *, partial: bool) -> dict[Path, MislabelledShardError]:
+    """The shards that their checkpoints contradict (with ``partial``: the others raise),
+    each with its error: left out of the cluster's scan, so their IDs count as missing.
+    A shard that cannot be read is left for the scan to find."""
+    found = {}
+    for path in paths:
+        try:
             refuse_contradicted(path, checkpoints)
-    scans, findings = scan_on_cluster(paths, expected_sequence_ids, client=client, storage=storage)
-    return plan_from_scan(scans, findings, partial=partial)
+        except MislabelledShardError as err:
+            if not partial:
+                raise
+            found[path] = err
+        except UnreadableShardError:
+            pass
+    return found
 
 
 def validate_shard_completeness(

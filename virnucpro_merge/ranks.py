@@ -137,7 +137,8 @@ def checkpoints_of(paths: Sequence[Path], checkpoints: object = None) -> Path | 
     Raises
     ------
     MergeError
-        ``checkpoints`` names no folder.
+        ``checkpoints`` names no folder, or one without any ``shard_<rank>`` folder in it
+        (a rank's folder given for the checkpoints folder?).
 
     >>> checkpoints_of([Path("run/shard_0.h5")]), checkpoints_of([Path("run/shard_0.h5")], False)
     (None, None)
@@ -145,15 +146,26 @@ def checkpoints_of(paths: Sequence[Path], checkpoints: object = None) -> Path | 
     if checkpoints is False:
         return None
     if isinstance(checkpoints, str | os.PathLike):
+        if not os.fspath(checkpoints):
+            msg = "the checkpoints folder is an empty path"
+            raise MergeError(msg)
         given = Path(checkpoints)
         if not given.is_dir():
             msg = f"{given}: {'not a folder' if given.exists() else 'no such folder'} (the checkpoints folder)"
+            raise MergeError(msg)
+        try:
+            ranks = [e for e in given.iterdir() if re.fullmatch(r"shard_[0-9]+", e.name) and e.is_dir()]
+        except OSError as err:
+            msg = f"{given}: cannot list the checkpoints folder ({err.strerror or err})"
+            raise MergeError(msg) from None
+        if not ranks:
+            msg = f"{given}: no shard_<rank> folder in it: not the pipeline's checkpoints folder"
             raise MergeError(msg)
         return given
     if checkpoints is not None:
         msg = f"checkpoints must be a folder, None or False, not {type(checkpoints).__name__}"
         raise MergeError(msg)
-    folders = {Path(p).parent for p in paths}
+    folders = {Path(os.path.abspath(p)).parent for p in paths}
     return run_folder(folders.pop()).checkpoints if len(folders) == 1 else None
 
 

@@ -282,7 +282,7 @@ def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool =
         try:
             with open_shard(path) as handle:
                 shard = _readable(read_shard_meta(handle, path, storage=storage))
-            if checkpoints is not None and shard.num_sequences:
+            if checkpoints is not None:
                 refuse_contradicted(path, checkpoints)
             shards.append(shard)
         except UnreadableShardError as err:

@@ -53,9 +53,17 @@ def test_a_resumed_shard_is_refused_by_a_strict_merge_naming_rank_count_and_firs
     assert not (tmp_path / "o.h5").exists()
 
 
-def test_a_partial_merge_leaves_the_contradicted_shard_out(tmp_path):
+def test_a_partial_merge_writes_no_contradicted_row(tmp_path):
     run = _run(tmp_path, resumed=(2,))
     merged = aggregate_shards(run.shard_files, tmp_path / "o.h5", run.index, partial=True)
+    report = read_merge_report(merged)
+    assert report["shards"][2]["status"] == "salvaged"  # (its rows: test_salvage.py)
+    assert _contradicted(merged, _checkpointed_rows(run)) == []
+
+
+def test_a_partial_merge_that_cannot_salvage_leaves_the_contradicted_shard_out(tmp_path):
+    run = _run(tmp_path, resumed=(2,))
+    merged = aggregate_shards(run.shard_files, tmp_path / "o.h5", run.index, partial=True, layout="virtual")
     report = read_merge_report(merged)
     assert report["failed_shards"] == [str(run.shard_files[2])]
     assert report["num_missing"] == 200  # rank 2's sequences: to be re-run

@@ -10,6 +10,7 @@ from .checks import validate_shard_completeness
 from .cluster import to_dask
 from .errors import (
     CheckpointError,
+    ConflictingCheckpointsError,
     DuplicateIdError,
     ExpectedIdsError,
     IndexMismatchError,
@@ -48,6 +49,7 @@ __all__ = [
     "ExpectedIdsError",
     "CheckpointError",
     "MislabelledShardError",
+    "ConflictingCheckpointsError",
     "IndexMismatchError",
     "OutputError",
     "ValidationError",

@@ -15,19 +15,12 @@ import os
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from .errors import MergeError, MislabelledShardError, UnreadableShardError, shown_id
+from .errors import MergeError, shown_id
 from .expected import not_text, read_expected_ids
-from .plan import (
-    MergePlan,
-    check_ids,
-    draft_plan,
-    plan_from_scan,
-    refuse_contradicted,
-    refuse_repeated_paths,
-    shard_paths,
-    up_to_first_absent,
-)
-from .shards import iter_id_chunks, open_shard, read_shard_meta
+from .plan import MergePlan, check_ids, draft_plan, plan_from_scan, shard_paths
+from .ranks import checkpoints_of
+from .salvage import Scratch, scratch_folder
+from .shards import iter_id_chunks, open_shard
 from .validation import IdIndex, as_id_set
 
 __all__ = ["plan_merge", "validate_shard_completeness", "expected_in_memory"]
@@ -71,6 +64,7 @@ def plan_merge(
     keep_ids: bool = False,
     storage: bool = True,
     checkpoints: Path | None = None,
+    scratch: Scratch | None = None,
 ) -> MergePlan:
     """Read every shard's metadata and IDs and decide what the merge will write.
 
@@ -97,6 +91,9 @@ def plan_merge(
         The run's checkpoints folder: each shard's rows are compared with those its
         rank's checkpoints hold, and a shard they contradict is refused (with
         ``partial``, left out).
+    scratch : Scratch, optional
+        With ``checkpoints``: a rank whose shard cannot be used gives the rows its
+        checkpoints hold instead, written here (:mod:`virnucpro_merge.salvage`).
 
     Returns
     -------
@@ -119,38 +116,16 @@ def plan_merge(
     >>> plan.total_sequences, plan.missing_ids
     (8, ['seq000002', 'seq000005', 'seq000008', 'seq000011'])
     """
-    paths = shard_paths(shard_files)
+    draft = draft_plan(shard_paths(shard_files), partial=partial, storage=storage, checkpoints=checkpoints,
+                       scratch=scratch)
     if client is None:
         expected = None if expected_sequence_ids is None else as_id_set(expected_in_memory(expected_sequence_ids))
-        draft = draft_plan(paths, partial=partial, storage=storage, checkpoints=checkpoints)
         return check_ids(draft, expected, partial=partial, keep_ids=keep_ids)
     from .cluster import scan_on_cluster
 
-    if not partial:
-        paths = up_to_first_absent(paths)
-    refuse_repeated_paths(paths)
-    contradicted = _contradicted(paths, checkpoints, partial=partial) if checkpoints is not None else {}
-    scanned = [p for p in paths if p not in contradicted]
-    scans, findings = scan_on_cluster(scanned, expected_sequence_ids, client=client, storage=storage)
-    by_path = dict(zip(scanned, scans, strict=True))
-    return plan_from_scan([contradicted.get(p) or by_path[p] for p in paths], findings, partial=partial)
-
-
-def _contradicted(paths: list[Path], checkpoints: Path, *, partial: bool) -> dict[Path, MislabelledShardError]:
-    """The shards that their checkpoints contradict (with ``partial``: the others raise),
-    each with its error: left out of the cluster's scan, so their IDs count as missing.
-    A shard that cannot be read is left for the scan to find."""
-    found = {}
-    for path in paths:
-        try:
-            refuse_contradicted(path, checkpoints)
-        except MislabelledShardError as err:
-            if not partial:
-                raise
-            found[path] = err
-        except UnreadableShardError:
-            pass
-    return found
+    scans, findings = scan_on_cluster([s.source for s in draft.shards if s.usable], expected_sequence_ids,
+                                      client=client, storage=storage)
+    return plan_from_scan(draft, scans, findings, partial=partial)
 
 
 def validate_shard_completeness(
@@ -158,10 +133,13 @@ def validate_shard_completeness(
     expected_ids: Collection[str] | os.PathLike[str],
     *,
     client: object | None = None,
+    checkpoints: str | os.PathLike[str] | bool | None = None,
 ) -> tuple[set[str], set[str]]:
     """Compare the IDs in some shards with the IDs a run should have produced.
 
-    Reads sequence IDs only, never embeddings. Empty and ``(0, 0)`` shards are fine.
+    Reads sequence IDs only, never the shards' embeddings. Empty and ``(0, 0)`` shards
+    are fine. A rank whose shard is absent or unreadable counts the IDs its checkpoints
+    hold (what a merge would salvage from them: :mod:`virnucpro_merge.salvage`).
 
     Parameters
     ----------
@@ -173,16 +151,22 @@ def validate_shard_completeness(
     client : dask.distributed.Client, optional
         Scan the shards on this cluster's workers and check the IDs
         hash-partitioned across them, so that no process holds them all.
+    checkpoints : path-like or bool, optional
+        The pipeline's checkpoints folder. None (the default): where the pipeline
+        puts it beside the shards' run folder, if there; False: never.
 
     Returns
     -------
     missing_ids, extra_ids : set of str
-        Expected IDs found in no shard, and IDs found but not expected.
+        Expected IDs found in no shard (nor checkpoint), and IDs found but not expected.
 
     Raises
     ------
     ShardError
-        A shard is absent, unreadable or not shaped like a shard.
+        A shard is absent or unreadable (and its rank's checkpoints hold nothing), or
+        not shaped like a shard.
+    CheckpointError
+        A checkpoint that would stand in for a shard is damaged.
 
     Examples
     --------
@@ -190,17 +174,20 @@ def validate_shard_completeness(
     ({'a'}, set())
     """
     paths = shard_paths(shard_files, allow_empty=True)
-    if client is not None:
-        from .cluster import scan_on_cluster
+    saved = checkpoints_of(paths, checkpoints) if paths else None
+    with scratch_folder() as scratch:
+        shards = draft_plan(paths, storage=False, checkpoints=saved, scratch=scratch).shards if paths else []
+        if client is not None:
+            from .cluster import scan_on_cluster
 
-        scans, findings = scan_on_cluster(paths, expected_ids, client=client, storage=False)
-        for scan in scans:
-            if isinstance(scan, Exception):
-                raise scan
-        return set(findings.missing), set(findings.extra)
-    index = IdIndex(as_id_set(expected_in_memory(expected_ids)))
-    for path in paths:
-        with open_shard(path) as handle:
-            read_shard_meta(handle, path, storage=False)
-            index.add_shard(path, iter_id_chunks(handle, path))
-    return set(index.missing()), set(index.extra)
+            scans, findings = scan_on_cluster([s.source for s in shards], expected_ids, client=client,
+                                              storage=False)
+            for scan in scans:
+                if isinstance(scan, Exception):
+                    raise scan
+            return set(findings.missing), set(findings.extra)
+        index = IdIndex(as_id_set(expected_in_memory(expected_ids)))
+        for shard in shards:
+            with open_shard(shard.source) as handle:
+                index.add_shard(shard.source, iter_id_chunks(handle, shard.origin), shard.origin)
+        return set(index.missing()), set(index.extra)

@@ -19,6 +19,7 @@ __all__ = [
     "IndexMismatchError",
     "OutputError",
     "ValidationError",
+    "ConflictingCheckpointsError",
     "DuplicateIdError",
     "MissingIdsError",
     "NonFiniteError",
@@ -116,6 +117,20 @@ class MislabelledShardError(UnreadableShardError, ValidationError):
     pipeline writes such shards after a resume: row and ID counts agree, so nothing in the
     shard alone shows it). A strict merge stops; ``partial=True`` leaves the shard out like
     a crashed worker's, so that no row a checkpoint contradicts is written."""
+
+
+class ConflictingCheckpointsError(ValidationError):
+    """Two checkpoints of a rank hold the same sequence ID with different rows, and no shard
+    says which is right: a merge that takes rows from checkpoints stops (``partial=True``
+    leaves the ID out, for re-run)."""
+
+    def __init__(self, sequence_id: str, first: object, second: object) -> None:
+        self.sequence_id = sequence_id
+        self.first = str(first)
+        self.second = str(second)
+        super().__init__(f"{self.second}: sequence ID {shown_id(sequence_id)} has another row here than in "
+                         f"{self.first}: which one is right cannot be told (re-run it, or merge with --partial "
+                         "to leave it out)")
 
 
 class DuplicateIdError(ValidationError):

@@ -30,6 +30,7 @@ from .outputs import refuse_overwriting, room_problem
 from .plan import MergePlan, ShardPlan, check_ids, draft_plan, failed_summary, shard_paths
 from .ranks import checkpoints_of
 from .report import build_report, read_merge_report
+from .salvage import Scratch, scratch_folder
 from .sources import resolve_source
 from .validation import as_id_set
 
@@ -82,6 +83,7 @@ class _Options:
     fail_on_nonfinite: bool
     durable: bool = True
     checkpoints: Path | None = None  # the run's checkpoints folder, to check the shards' rows against
+    scratch: Scratch | None = None  # where a rank's checkpointed rows are written, when they may stand in for its shard
 
 
 def _check_arguments(chunk_size: int, layout: str, order: str, expected: object, fail_on_nonfinite: bool,
@@ -218,29 +220,40 @@ def aggregate_shards(
     if isinstance(expected_sequence_ids, os.PathLike):
         refuse_overwriting(output, [Path(expected_sequence_ids)], OUTPUT_IS_THE_EXPECTED_FILE)
     options = _Options(chunk_size, partial, progress, fail_on_nonfinite, durable, checkpoints_of(paths, checkpoints))
+    with scratch_folder(output) as scratch:
+        if options.checkpoints is not None and layout != "virtual" and (partial or expected_sequence_ids is not None):
+            options = replace(options, scratch=scratch)  # (strict, only the expected IDs can show a rank whole)
+        _merge(paths, output, expected_sequence_ids, options, layout=layout, order=order, client=client)
+    logger.debug("phase: done")
+    return output
+
+
+def _merge(paths: list[Path], output: Path, expected_sequence_ids: Collection[str] | os.PathLike[str] | None,
+           options: _Options, *, layout: str, order: str, client: object | None) -> None:
+    """Take the route that ``layout``, ``order`` and ``client`` ask for."""
     logger.debug("phase: plan")
     if client is not None:  # the workers may read an expected-ID file themselves
-        plan = plan_merge(paths, expected_sequence_ids, partial=partial, client=client,
-                          checkpoints=options.checkpoints)
+        plan = plan_merge(paths, expected_sequence_ids, partial=options.partial, client=client,
+                          checkpoints=options.checkpoints, scratch=options.scratch)
         _log_left_out(plan)
         _refuse_writing_onto_inputs(output, plan)
         if layout == "virtual":
             _merge_virtually(plan, output, options)
         else:
-            _write_planned(plan, output, build_report(plan, chunk_size), options)
-        logger.debug("phase: done")
-        return output
+            _write_planned(plan, output, build_report(plan, options.chunk_size), options)
+        return
     expected = expected_in_memory(expected_sequence_ids) if expected_sequence_ids is not None else None
     if layout == "virtual":
-        plan = plan_merge(paths, expected, partial=partial, checkpoints=options.checkpoints)
+        plan = plan_merge(paths, expected, partial=options.partial, checkpoints=options.checkpoints)
         _log_left_out(plan)
+        if options.checkpoints is not None and plan.failed_shards:
+            logger.warning("layout='virtual' maps shards in place: it takes no rows from checkpoints for the failed "
+                           "shards' ranks (layout='contiguous' takes them)")
         _merge_virtually(plan, output, options)
     elif order == "index":
         _merge_in_index_order(paths, output, list(expected or ()), options)
     else:
         _merge_while_checking(paths, output, expected, options)
-    logger.debug("phase: done")
-    return output
 
 
 def _merge_while_checking(paths: list[Path], output: Path, expected_ids: Collection[str] | None,
@@ -256,7 +269,7 @@ def _merge_while_checking(paths: list[Path], output: Path, expected_ids: Collect
     away and the merge written from the final plan.
     """
     expected = None if expected_ids is None else as_id_set(expected_ids)
-    draft = draft_plan(paths, partial=options.partial, checkpoints=options.checkpoints)
+    draft = draft_plan(paths, partial=options.partial, checkpoints=options.checkpoints, scratch=options.scratch)
     _log_left_out(draft)
     _refuse_writing_onto_inputs(output, draft)
     if room_problem(output, draft.output_bytes) is not None:
@@ -318,7 +331,8 @@ def _merge_virtually(plan: MergePlan, output: Path, options: _Options) -> None:
 
 def _merge_in_index_order(paths: list[Path], output: Path, index_ids: list[str], options: _Options) -> None:
     """The index-order route: planned (keeping the IDs' hashes), then written block by block."""
-    plan = plan_merge(paths, index_ids, partial=options.partial, keep_ids=True, checkpoints=options.checkpoints)
+    plan = plan_merge(paths, index_ids, partial=options.partial, keep_ids=True, checkpoints=options.checkpoints,
+                      scratch=options.scratch)
     _log_left_out(plan)
     _refuse_writing_onto_inputs(output, plan)
     report = build_report(plan, options.chunk_size, order="index")

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ._files import file_key, fingerprint
+from .checkpoints import rank_checkpoints
 from .crosscheck import rows_against_checkpoints
 from .errors import (
     DuplicateIdError,
@@ -36,8 +37,9 @@ from .errors import (
     UnreadableShardError,
 )
 from .ranks import rank_of, rank_ranges
+from .salvage import Salvage, Scratch, salvage_rank
 from .shards import ABSENT, ShardMeta, iter_id_chunks, open_shard, read_shard_meta
-from .statuses import ShardStatus
+from .statuses import ShardStatus, unfinished
 from .validation import Findings, IdIndex, warn_extra
 
 __all__ = [
@@ -72,11 +74,23 @@ class ShardPlan:
     data_offset: int | None = None
     error: str | None = None
     merged_from: dict[str, Any] | None = None  # the report summary, when the input is itself a merge
-    fingerprint: dict[str, Any] | None = None  # size and mtime when planned
+    fingerprint: dict[str, Any] | None = None  # size and mtime (of ``source``) when planned
+    salvage: Salvage | None = None  # a salvaged rank's: where its rows came from
 
     @property
     def usable(self) -> bool:
         return self.status is not ShardStatus.FAILED
+
+    @property
+    def source(self) -> Path:
+        """The file its rows are read from: the shard, or the one written from a salvaged
+        rank's checkpoints."""
+        return self.path if self.salvage is None else self.salvage.file
+
+    @property
+    def origin(self) -> Path:
+        """What a message about its rows names: the shard, or a salvaged rank's checkpoint folder."""
+        return self.path if self.salvage is None else self.salvage.folder
 
 
 @dataclass
@@ -109,16 +123,22 @@ class MergePlan:
 
     @property
     def copied_shards(self) -> list[ShardPlan]:
-        """The shards whose rows go into the output."""
-        return [s for s in self.shards if s.status is ShardStatus.OK]
+        """The shards whose rows go into the output (a salvaged rank's included)."""
+        return [s for s in self.shards if s.status in (ShardStatus.OK, ShardStatus.SALVAGED)]
 
     @property
     def failed_shards(self) -> list[ShardPlan]:
         return [s for s in self.shards if not s.usable]
 
     @property
+    def unfinished_shards(self) -> list[ShardPlan]:
+        """The shards a partial merge records as failed: those left out, and the salvaged ranks'
+        when no expected IDs say whether their checkpoints hold all they were given."""
+        return [s for s in self.shards if unfinished(s.status, self.num_expected is not None)]
+
+    @property
     def partial(self) -> bool:
-        return bool(self.failed_shards or self.missing_ids)
+        return bool(self.unfinished_shards or self.missing_ids)
 
     def same_rows_as(self, other: MergePlan) -> bool:
         """Whether both plans put the same shards' rows in the same places."""
@@ -153,12 +173,13 @@ def shard_paths(shard_files: object, *, allow_empty: bool = False) -> list[Path]
     return [p if isinstance(p, Path) else Path(p) for p in given]
 
 
-def up_to_first_absent(paths: list[Path]) -> list[Path]:
+def up_to_first_absent(paths: list[Path], saved: Path | None = None) -> list[Path]:
     """The shards a strict merge looks at: those up to the first that does not exist,
     which fails in its turn (a stray ``shard_200000.h5`` among 8 shards lists 199,992
-    absent ones: no other work is done on them)."""
+    absent ones: no other work is done on them) -- but one whose rank has checkpoints in
+    ``saved`` does not stop the list (they may stand in for it)."""
     for at, path in enumerate(paths):
-        if not os.path.lexists(path):
+        if not os.path.lexists(path) and not _has_checkpoints(path, saved):
             return paths[: at + 1]
     return paths
 
@@ -177,7 +198,7 @@ def refuse_repeated_paths(paths: Sequence[Path]) -> None:
 def refuse_changed(shard: ShardPlan) -> None:
     """Refuse a shard whose file was rewritten or removed since ``shard`` was planned."""
     try:
-        now = fingerprint(shard.path)
+        now = fingerprint(shard.source)
     except OSError:
         now = None
     if now != shard.fingerprint:
@@ -222,10 +243,11 @@ def failed_summary(plan: MergePlan, most: int = 10) -> list[str]:
     return lines
 
 
-def _placed(shards: list[ShardPlan]) -> MergePlan:
-    """Check the shards agree on the dimension, then place their rows one after another."""
+def _placed(shards: list[ShardPlan], *, same_dims: bool = True) -> MergePlan:
+    """Check the shards agree on the dimension (unless not ``same_dims``: a check of IDs
+    alone), then place their rows one after another."""
     dims = [s for s in shards if s.usable and s.embedding_dim > 0]
-    for shard in dims[1:]:
+    for shard in dims[1:] if same_dims else ():
         if shard.embedding_dim != dims[0].embedding_dim:
             raise ShardError(
                 shard.path,
@@ -258,36 +280,84 @@ def _settled(shards: list[ShardPlan], findings: Findings, *, partial: bool) -> M
 
 
 def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool = False, storage: bool = True,
-               checkpoints: Path | None = None) -> MergePlan:
+               checkpoints: Path | None = None, scratch: Scratch | None = None) -> MergePlan:
     """Read every shard's metadata (no IDs) and place the shards' rows one after another.
 
     With ``checkpoints`` (the run's checkpoints folder), each shard's rows are first
     compared with those its rank's checkpoints hold (:mod:`.crosscheck`): a shard they
-    contradict is an error, or with ``partial``, left out (its IDs then missing).
+    contradict is an error, or with ``partial``, left out. With ``scratch`` as well, a rank
+    whose shard is absent, unreadable or (with ``partial``) contradicted gives the rows its
+    checkpoints hold instead (:mod:`.salvage`, written into ``scratch``). A check of IDs
+    alone (``storage=False``) reads no shard's rows: it compares none, and salvages the
+    checkpoints' IDs only.
 
     Raises
     ------
     MergeError
         No shards; a shard listed twice; with ``partial=False``, an absent or
-        unreadable shard, or one its checkpoints contradict
-        (:class:`MislabelledShardError`); always, a shard of an unsupported shape or
-        dtype, or shards of different embedding dimensions.
+        unreadable shard whose rank's checkpoints give nothing, or one its checkpoints
+        contradict (:class:`MislabelledShardError`), or a damaged checkpoint;
+        always, a shard of an unsupported shape or dtype, or shards of different
+        embedding dimensions.
     """
     paths = shard_paths(shard_files)
+    salvaging = checkpoints is not None and scratch is not None
     if not partial:
-        paths = up_to_first_absent(paths)
+        paths = up_to_first_absent(paths, saved=checkpoints if salvaging else None)
     refuse_repeated_paths(paths)
-    shards = []
+    shards, errors = [], {}
     for path in paths:
         try:
             with open_shard(path) as handle:
                 shard = _readable(read_shard_meta(handle, path, storage=storage))
-            if checkpoints is not None:
+            if checkpoints is not None and storage:
                 refuse_contradicted(path, checkpoints)
             shards.append(shard)
         except UnreadableShardError as err:
-            shards.append(_failed(err, partial=partial))
-    return _placed(shards)
+            if not partial and (isinstance(err, MislabelledShardError) or not salvaging
+                                or not _has_checkpoints(path, checkpoints)):
+                raise
+            errors[path] = err
+            shards.append(_failed(err, partial=True))
+    if salvaging and errors:
+        shards = _salvaged(shards, errors, checkpoints, scratch, partial=partial, rows=storage)  # type: ignore[arg-type]
+    if not partial:
+        for shard in shards:
+            if not shard.usable:
+                raise errors[shard.path]
+    return _placed(shards, same_dims=storage)
+
+
+def _has_checkpoints(path: Path, checkpoints: Path | None) -> bool:
+    """Whether the rank of ``path`` has checkpoint files in ``checkpoints``."""
+    rank = rank_of(path)
+    return checkpoints is not None and rank is not None and bool(rank_checkpoints(checkpoints / f"shard_{rank}").files)
+
+
+def _salvaged(shards: list[ShardPlan], errors: dict[Path, UnreadableShardError], checkpoints: Path,
+              scratch: Scratch, *, partial: bool, rows: bool) -> list[ShardPlan]:
+    """``shards``, each failed one replaced by the rows its rank's checkpoints hold, where they hold any."""
+    dims = [s.embedding_dim for s in shards if s.usable and s.embedding_dim > 0]
+    out = []
+    for shard in shards:
+        rank = rank_of(shard.path)
+        found = None
+        if not shard.usable and rank is not None:
+            err = errors[shard.path]
+            found = salvage_rank(rank, shard.path, err.problem, checkpoints / f"shard_{rank}", scratch,
+                                 dim=dims[0] if dims else None, partial=partial, rows=rows,
+                                 mislabelled=isinstance(err, MislabelledShardError))
+        if found is None:
+            out.append(shard)
+            continue
+        logger.info("Salvaged %s", found)
+        with open_shard(found.file) as handle:
+            meta = read_shard_meta(handle, found.file, storage=False)
+        dims = dims or [meta.embedding_dim]
+        out.append(ShardPlan(path=shard.path, status=ShardStatus.SALVAGED, num_sequences=meta.num_sequences,
+                             embedding_dim=meta.embedding_dim, dtype=meta.dtype, error=found.problem,
+                             fingerprint=meta.fingerprint, salvage=found))
+    return out
 
 
 def refuse_contradicted(path: Path, checkpoints: Path) -> None:
@@ -323,9 +393,9 @@ def check_ids(
         if shard.usable:
             try:
                 refuse_changed(shard)
-                with open_shard(shard.path) as handle:
-                    chunks = iter_id_chunks(handle, shard.path)
-                    index.add_shard(shard.path, chunks if on_ids is None else on_ids(shard, chunks))
+                with open_shard(shard.source) as handle:
+                    chunks = iter_id_chunks(handle, shard.origin)
+                    index.add_shard(shard.source, chunks if on_ids is None else on_ids(shard, chunks), shard.origin)
             except UnreadableShardError as err:
                 shard = _failed(err, partial=partial)
         logger.debug("Planned %s: %s, %d sequences", shard.path, shard.status, shard.num_sequences)
@@ -338,19 +408,25 @@ def check_ids(
     return plan
 
 
-def plan_from_scan(
-    scans: Sequence[ShardMeta | ShardError], findings: Findings, *, partial: bool = False
-) -> MergePlan:
-    """The plan of shards read elsewhere (on a cluster's workers): each shard's metadata,
-    or the error that reading it gave, in shard order, and the findings of their IDs."""
+def plan_from_scan(draft: MergePlan, scans: Sequence[ShardMeta | ShardError], findings: Findings, *,
+                   partial: bool = False) -> MergePlan:
+    """The plan of a draft whose usable shards were read elsewhere (on a cluster's workers,
+    by their ``source``): each one's metadata, or the error that reading it gave, in shard
+    order, and the findings of their IDs."""
+    usable = [s for s in draft.shards if s.usable]
+    outcome = dict(zip((id(s) for s in usable), scans, strict=True))
     shards = []
-    for scan in scans:
-        if isinstance(scan, ShardMeta):
-            shards.append(_readable(scan))
-        elif isinstance(scan, UnreadableShardError):
-            shards.append(_failed(scan, partial=partial))
-        else:
+    for shard in draft.shards:
+        scan = outcome.get(id(shard))
+        if isinstance(scan, UnreadableShardError):
+            shard = _failed(scan, partial=partial)
+        elif isinstance(scan, ShardError):
             raise scan
+        shards.append(shard)
+    if findings.duplicate is not None:  # (named by the files read: a salvaged rank's by its checkpoints)
+        named = {s.source: s.origin for s in usable}
+        sequence_id, repeat, first = findings.duplicate
+        findings = replace(findings, duplicate=(sequence_id, named.get(repeat, repeat), named.get(first, first)))
     plan = _settled(shards, findings, partial=partial)
     _log_plan(plan)
     return plan

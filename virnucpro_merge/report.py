@@ -41,7 +41,7 @@ from .errors import MergeError
 from .plan import MergePlan
 from .shards import REPORT_GROUP, open_shard, read_report_summary
 from .sources import source_problems
-from .statuses import ShardStatus
+from .statuses import ShardStatus, unfinished
 
 __all__ = ["FORMAT_VERSION", "SUMMARY_CRC", "MergeReport", "build_report", "record_nonfinite", "write_report",
            "seal", "report_problems", "read_merge_report"]
@@ -104,10 +104,11 @@ def build_report(plan: MergePlan, chunk_size: int, *, layout: str = "contiguous"
                 "error": s.error,
                 "merged": s.merged_from is not None,
                 "nonfinite_rows": 0,
+                **({} if s.salvage is None else {"salvage": s.salvage.summary()}),
             }
             for s in plan.shards
         ],
-        "failed_shards": [str(s.path) for s in plan.failed_shards],
+        "failed_shards": [str(s.path) for s in plan.unfinished_shards],
         "lineage": _lineage(plan),
         "num_expected": plan.num_expected,
         "num_missing": len(plan.missing_ids),
@@ -179,7 +180,8 @@ def _status_problems(summary: Mapping[str, Any], missing: list[str]) -> list[str
     problems = []
     failed = Counter(summary["failed_shards"])
     paths = {s["path"] for s in summary["shards"]}
-    wrong = {s["path"] for s in summary["shards"] if (s["status"] == ShardStatus.FAILED) != (s["path"] in failed)}
+    known = summary.get("num_expected") is not None
+    wrong = {s["path"] for s in summary["shards"] if unfinished(s["status"], known) != (s["path"] in failed)}
     wrong |= {path for path, times in failed.items() if times > 1}  # listed twice
     if "materialized_from" not in summary:  # (a materialized output lists its virtual input's failed shards,
         wrong |= set(failed) - paths        # and its shards are the sources it was copied from)

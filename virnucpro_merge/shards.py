@@ -320,9 +320,22 @@ _SUMMARY_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
     "materialized_from": _TEXT,
     "checksums": (lambda v: isinstance(v, dict), "a JSON object"),
 }
+#: Where a salvaged rank's rows came from (``salvage.Salvage.summary``).
+_SALVAGE_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
+                   "checkpoints_folder": _TEXT, "shard_problem": _TEXT, "from_checkpoints": _COUNT,
+                   "checkpoints_used": _COUNT, "repeats": _COUNT, "kept_from_shard": _COUNT,
+                   "dropped_from_shard": _COUNT, "skipped_checkpoints": (_texts, "a list of lines"),
+                   "conflicting_ids": _COUNT, "unmarked_checkpoints": _COUNT, "saves_in_progress": _COUNT}
+
+
+def _salvage(value: object) -> bool:
+    return _records(_SALVAGE_FIELDS, required=tuple(_SALVAGE_FIELDS))([value]) is None
+
+
 _SUMMARY_LISTS: dict[str, Callable[[object], str | None]] = {
     "shards": _records({"path": _TEXT, "num_sequences": _COUNT, "offset": _MAYBE_COUNT, "status": _TEXT,
-                        "dtype": _MAYBE_TEXT, "error": _MAYBE_TEXT, "merged": _FLAG, "nonfinite_rows": _MAYBE_COUNT},
+                        "dtype": _MAYBE_TEXT, "error": _MAYBE_TEXT, "merged": _FLAG, "nonfinite_rows": _MAYBE_COUNT,
+                        "salvage": (_salvage, "a record of salvaged rows")},
                        required=("path", "num_sequences", "offset", "status")),
     "lineage": _records({"path": _TEXT, "created_at": _MAYBE_TEXT, "total_sequences": _MAYBE_COUNT,
                          "partial": _MAYBE_FLAG, "num_missing": _MAYBE_COUNT,

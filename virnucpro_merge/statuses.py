@@ -18,7 +18,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 __all__ = ["OK", "INCOMPLETE", "EMPTY", "ABSENT", "FAILED", "DUPLICATED", "OFF_STRIDE", "STATUSES", "STATUS_COLORS",
-           "ShardStatus", "SHARD_COLORS"]
+           "ShardStatus", "SHARD_COLORS", "unfinished"]
 
 # The status of a rank: what its shard holds against what it was assigned.
 OK = "ok"  #: Every assigned sequence is there
@@ -50,8 +50,21 @@ class ShardStatus(StrEnum):
     OK = "ok"  #: rows to copy
     EMPTY = "empty"  #: a valid shard without rows
     FAILED = "failed"  #: absent or unreadable: skipped by a partial merge, its reason in ``error``
+    #: unusable (why in ``error``), but its rank's checkpoints gave rows (``salvage`` says which)
+    SALVAGED = "salvaged"
+
+
+def unfinished(status: str, expected_known: bool) -> bool:
+    """Whether a merge records a shard of this status among its failed shards: left out, or
+    salvaged when no expected IDs say whether its rank's checkpoints hold all it was given.
+
+    >>> unfinished(ShardStatus.SALVAGED, expected_known=True), unfinished(ShardStatus.SALVAGED, expected_known=False)
+    (False, True)
+    """
+    return status == ShardStatus.FAILED or (status == ShardStatus.SALVAGED and not expected_known)
 
 
 #: The colour of each status of a shard in a merge (an empty shard is fine: grey, not a rank's pink).
 SHARD_COLORS: dict[str, str] = {ShardStatus.OK: STATUS_COLORS[OK], ShardStatus.EMPTY: "#999999",
-                                 ShardStatus.FAILED: STATUS_COLORS[FAILED]}
+                                 ShardStatus.FAILED: STATUS_COLORS[FAILED],
+                                 ShardStatus.SALVAGED: STATUS_COLORS[INCOMPLETE]}

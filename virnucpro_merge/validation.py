@@ -76,12 +76,13 @@ def as_id_set(ids: Collection[str]) -> set[str] | frozenset[str]:
     return ids if isinstance(ids, (set, frozenset)) else set(ids)
 
 
-def _iter_shard_ids(paths: Iterable[Path]) -> Iterable[tuple[Path, str]]:
-    for path in paths:
+def _iter_shard_ids(shards: Iterable[tuple[Path, Path]]) -> Iterable[tuple[Path, str]]:
+    """Each ID of the shards (the file, and the name to say), with the shard's name."""
+    for path, name in shards:
         with open_shard(path) as handle:
-            for chunk in iter_id_chunks(handle, path):
+            for chunk in iter_id_chunks(handle, name):
                 for sequence_id in chunk:
-                    yield path, sequence_id
+                    yield name, sequence_id
 
 
 class IdIndex:
@@ -100,13 +101,15 @@ class IdIndex:
     def __init__(self, expected: set[str] | frozenset[str] | None = None) -> None:
         self.expected = expected
         self.shards: list[Path] = []
+        self._names: list[Path] = []
         self.num_present = 0  # IDs that are in ``expected``
         self.extra: list[str] = []
         self._hashes: list[np.ndarray] = []
         self._sorted: np.ndarray | None = None
 
-    def add_shard(self, path: Path, chunks: Iterable[list[str]]) -> None:
-        """Take in one shard's IDs, all or nothing (a read that fails adds none)."""
+    def add_shard(self, path: Path, chunks: Iterable[list[str]], name: Path | None = None) -> None:
+        """Take in the IDs of the shard file ``path`` (called ``name`` in messages: a
+        salvaged rank's checkpoints), all or nothing (a read that fails adds none)."""
         hashes: list[np.ndarray] = []
         extra: list[str] = []
         present = 0
@@ -116,6 +119,7 @@ class IdIndex:
                 present += self._look_up(chunk, extra)
         self._hashes.append(np.concatenate(hashes) if hashes else np.empty(0, np.int64))
         self.shards.append(path)
+        self._names.append(path if name is None else name)
         self.num_present += present
         self.extra.extend(extra)
         self._sorted = None
@@ -156,7 +160,7 @@ class IdIndex:
         if not self.has_repeated_hash():
             return None
         first_shard: dict[str, Path] = {}
-        for path, sequence_id in _iter_shard_ids(self.shards):
+        for path, sequence_id in _iter_shard_ids(zip(self.shards, self._names, strict=True)):
             if sequence_id in first_shard:
                 return sequence_id, path, first_shard[sequence_id]
             first_shard[sequence_id] = path
@@ -195,7 +199,7 @@ class IdIndex:
 
     def _missing_plainly(self) -> list[str]:
         assert self.expected is not None
-        seen = {sequence_id for _, sequence_id in _iter_shard_ids(self.shards)}
+        seen = {sequence_id for _, sequence_id in _iter_shard_ids(zip(self.shards, self._names, strict=True))}
         return sorted(self.expected - seen)
 
     def findings(self) -> Findings:

@@ -54,6 +54,12 @@ __all__ = ["Verification", "verify_merged"]
 logger = logging.getLogger("virnucpro_merge")
 
 _BLOCK_BYTES = 8 * 2**20  # rows read at a time where no checksum table says how many
+_SALVAGED = "salvaged"  # why a shard was not compared: its rank's rows came from checkpoints
+
+
+def _why(shard: dict[str, Any]) -> str:
+    """Why a recorded shard is not compared: salvaged, or its error."""
+    return _SALVAGED if shard["status"] == ShardStatus.SALVAGED else shard.get("error") or ShardStatus.FAILED
 
 
 @dataclass
@@ -375,6 +381,9 @@ class _Checker:
         compared, skipped = 0, []
         failed = self._recorded_failed(shards)
         for shard in shards:
+            if failed.get(shard) == _SALVAGED:
+                skipped.append(f"{shard.name} (its rank's rows were taken from its checkpoints)")
+                continue
             if shard in failed:
                 if shard.exists():  # a dead worker's shard, there since: the merge never had its rows
                     self.found.notes.append(f"{shard}: the merge recorded it as failed ({failed[shard]}); it is "
@@ -390,20 +399,23 @@ class _Checker:
                 skipped.append(f"{Path(err.path).name} ({err.problem})")
             if self.found.problems:
                 break
-        used = len(shards) - len(skipped) - sum(1 for shard in shards if shard in failed and shard.exists())
+        used = len(shards) - len(skipped) - sum(1 for shard in shards if shard in failed and shard.exists()
+                                                and failed[shard] != _SALVAGED)
         self.found.checked.append(f"{_count(compared, 'row')} compared with {_count(used, 'shard')}")
         if compared < self.total and not self.found.problems:
-            self.found.notes.append(f"{self.total - compared:,} rows are in none of the shards compared with")
+            salvaged = sum(s["num_sequences"] for s in self.report["shards"] if s["status"] == ShardStatus.SALVAGED)
+            self.found.notes.append(f"{self.total - compared:,} rows are in none of the shards compared with"
+                                    + (f" (the merge salvaged {salvaged:,} from checkpoints)" if salvaged else ""))
         if skipped:
             self.found.notes.append(f"not compared: {listed(skipped)}")
 
     def _recorded_failed(self, shards: list[Path]) -> dict[Path, str]:
-        """The shards of ``shards`` that the merge recorded as failed, with why: the same file,
-        or the same folder and name (the merge may have named it from another folder)."""
-        recorded = [s for s in self.report["shards"] if s["status"] == ShardStatus.FAILED]
-        by_key = {file_key(s["path"]): s.get("error") or ShardStatus.FAILED for s in recorded}
+        """The shards of ``shards`` that the merge recorded as failed (or salvaged), with why: the
+        same file, or the same folder and name (the merge may have named it from another folder)."""
+        recorded = [s for s in self.report["shards"] if s["status"] in (ShardStatus.FAILED, ShardStatus.SALVAGED)]
+        by_key = {file_key(s["path"]): _why(s) for s in recorded}
         tails = Counter(Path(s["path"]).parts[-2:] for s in self.report["shards"])  # (a tail two shards share: no)
-        by_tail = {tail: s.get("error") or ShardStatus.FAILED for s in recorded
+        by_tail = {tail: _why(s) for s in recorded
                    if tails[tail := Path(s["path"]).parts[-2:]] == 1 and not os.path.lexists(s["path"])}
         found = {}
         for shard in shards:

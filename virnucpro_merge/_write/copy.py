@@ -78,8 +78,8 @@ def copy_embeddings_h5py(shard: ShardPlan, write: Callable[[np.ndarray, int], ob
     of rows holding NaN or Inf.
     """
     nonfinite = 0
-    with open_shard(shard.path) as handle:
-        emb = embeddings_of(handle, shard.path)
+    with open_shard(shard.source) as handle:
+        emb = embeddings_of(handle, shard.source)
         for chunk_start, chunk_end in _chunks(shard.num_sequences, buffer.shape[0]):
             rows = chunk_end - chunk_start
             try:
@@ -89,7 +89,7 @@ def copy_embeddings_h5py(shard: ShardPlan, write: Callable[[np.ndarray, int], ob
                     buffer[:rows] = emb[chunk_start:chunk_end]
             except OSError as err:
                 raise UnreadableShardError(
-                    shard.path, f"cannot read rows {chunk_start}-{chunk_end} ({first_line(err)})"
+                    shard.origin, f"cannot read rows {chunk_start}-{chunk_end} ({first_line(err)})"
                 ) from err
             nonfinite += scan_rows(buffer[:rows], shard.offset + chunk_start, checksums)
             write(buffer[:rows], shard.offset + chunk_start)
@@ -110,14 +110,14 @@ def count_nonfinite_raw(shard: ShardPlan, chunk_size: int, checksums: Checksums,
     row_bytes = dim * OUTPUT_DTYPE.itemsize
     window = np.empty((max(1, min(chunk_size, _WINDOW_BYTES // row_bytes)), dim), OUTPUT_DTYPE)
     nonfinite = 0
-    with open(shard.path, "rb") as src:
+    with open(shard.source, "rb") as src:
         for chunk_start, chunk_end in _chunks(shard.num_sequences, window.shape[0]):
             if stop is not None and stop.is_set():
                 break
             rows = window[: chunk_end - chunk_start]
             got = os.preadv(src.fileno(), [rows.data.cast("B")], shard.data_offset + chunk_start * row_bytes)
             if got < rows.nbytes:
-                raise UnreadableShardError(shard.path, "truncated: the embeddings end early")
+                raise UnreadableShardError(shard.origin, "truncated: the embeddings end early")
             nonfinite += scan_rows(rows, shard.offset + chunk_start, checksums)
     return nonfinite
 
@@ -125,8 +125,8 @@ def count_nonfinite_raw(shard: ShardPlan, chunk_size: int, checksums: Checksums,
 def copy_ids(shard: ShardPlan, ids_out: IdSink, chunk_size: int) -> None:
     """Copy one shard's sequence IDs, as stored (UTF-8 bytes), into place."""
     start = shard.offset
-    with open_shard(shard.path) as handle:
-        for block in iter_id_blocks(handle, shard.path, chunk_size):
+    with open_shard(shard.source) as handle:
+        for block in iter_id_blocks(handle, shard.source, chunk_size):
             ids_out[start : start + block.size] = block
             start += block.size
 
@@ -190,7 +190,7 @@ def _copy_embeddings_raw(
     """Copy one raw-copyable shard's embedding bytes into the output file ``dst``."""
     assert shard.data_offset is not None
     row_bytes = shard.embedding_dim * OUTPUT_DTYPE.itemsize
-    with open(shard.path, "rb") as src_file:
+    with open(shard.source, "rb") as src_file:
         src = src_file.fileno()
         for chunk_start, chunk_end in _chunks(shard.num_sequences, chunk_size):
             if stop.is_set():
@@ -201,7 +201,7 @@ def _copy_embeddings_raw(
             while remaining:
                 copied = sysio.copy_bytes(src, dst, remaining, src_offset, dst_offset)
                 if copied == 0:
-                    raise UnreadableShardError(shard.path, "truncated: the embeddings end early")
+                    raise UnreadableShardError(shard.origin, "truncated: the embeddings end early")
                 src_offset, dst_offset, remaining = src_offset + copied, dst_offset + copied, remaining - copied
             on_written(shard.offset + chunk_start, shard.offset + chunk_end)
 

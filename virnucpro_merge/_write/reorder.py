@@ -127,12 +127,12 @@ def write_in_order(
                 local = source[slots] - shard.offset
                 sort = np.argsort(local, kind="stable")
                 slots, local = slots[sort], local[sort]
-                handle = handles.get(shard.path)
+                handle = handles.get(shard.source)
                 try:
-                    _gather(embeddings_of(handle, shard.path), local, block, slots)
-                    block_ids[slots] = read_id_rows(handle, shard.path, local, text=True)
+                    _gather(embeddings_of(handle, shard.source), local, block, slots)
+                    block_ids[slots] = read_id_rows(handle, shard.source, local, text=True)
                 except OSError as err:
-                    raise UnreadableShardError(shard.path, f"cannot read rows ({first_line(err)})") from err
+                    raise UnreadableShardError(shard.origin, f"cannot read rows ({first_line(err)})") from err
             checksums.add_rows(out_start, block)
             bad = _nonfinite_mask(block)
             if bad is not None:
@@ -160,6 +160,6 @@ def _check_ids(block_ids: np.ndarray, order: RowOrder, out_start: int, shards: S
     if not np.array_equal(got, expected):
         bad = int(np.flatnonzero(got != expected)[0])
         raise ShardError(
-            shards[owner[bad]].path,
+            shards[owner[bad]].origin,
             f"row for {expected[bad]!r} holds {got[bad]!r} (64-bit hash collision; please report)",
         )

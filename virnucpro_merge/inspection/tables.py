@@ -205,8 +205,26 @@ def _report_rows(report: Mapping[str, Any]) -> list[list[str]]:
     """The rows of a merge report's shard table, as text: the one owner of what each cell
     shows (an offset of None, in a merge in index order, shows as nothing)."""
     return [[Path(s["path"]).name, str(s["status"]), _number(s["num_sequences"]), _number(s.get("offset")),
-             _number(s.get("nonfinite_rows")), str(s.get("error") or "")]
+             _number(s.get("nonfinite_rows")), _problem(s)]
             for s in report["shards"]]
+
+
+def _problem(shard: Mapping[str, Any]) -> str:
+    """What the problem column says of a shard: its error, and for a salvaged rank, where its rows came from."""
+    said = str(shard.get("error") or "")
+    saved = shard.get("salvage")
+    if not saved:
+        return said
+    parts = [f"{_number(saved['from_checkpoints'])} rows from {_number(saved['checkpoints_used'])} checkpoints"]
+    if saved["kept_from_shard"]:
+        parts.append(f"{_number(saved['kept_from_shard'])} of its own shown right")
+    if saved["dropped_from_shard"]:
+        parts.append(f"{_number(saved['dropped_from_shard'])} of its own not kept")
+    if saved["skipped_checkpoints"]:
+        parts.append(f"{_number(len(saved['skipped_checkpoints']))} checkpoints not usable")
+    if saved["conflicting_ids"]:
+        parts.append(f"{_number(saved['conflicting_ids'])} IDs with conflicting checkpoints left out")
+    return f"{said}; salvaged: {', '.join(parts)}"
 
 
 def format_report(report: Mapping[str, Any]) -> str:
@@ -246,8 +264,10 @@ def format_report(report: Mapping[str, Any]) -> str:
 
 def _report_lines(report: Mapping[str, Any]) -> list[str]:
     merged = sum(s["status"] != ShardStatus.FAILED for s in report["shards"])
+    salvaged = sum(s["status"] == ShardStatus.SALVAGED for s in report["shards"])
     lines = [f"{report['total_sequences']} sequences of dimension {report['embedding_dim']} "
-             f"from {merged} of {len(report['shards'])} shards"]
+             f"from {merged} of {len(report['shards'])} shards"
+             + (f" ({salvaged} of them salvaged from their rank's checkpoints)" if salvaged else "")]
     if report["failed_shards"]:
         names = ", ".join(Path(p).name for p in report["failed_shards"])
         lines.append(f"failed shards: {len(report['failed_shards'])} ({names})")
@@ -274,6 +294,7 @@ def report_html(report: Mapping[str, Any]) -> str:
     """How a merge report shows in a notebook: its findings, then a row per input shard."""
     rows: list[list[object]] = [[row[0], _badge(row[1], SHARD_COLORS.get(row[1])), *row[2:]]
                                 for row in _report_rows(report)]
-    look = [s["status"] == ShardStatus.FAILED or bool(s.get("nonfinite_rows")) for s in report["shards"]]
+    look = [(s["status"] != ShardStatus.OK and s["status"] != ShardStatus.EMPTY) or bool(s.get("nonfinite_rows"))
+            for s in report["shards"]]
     table = _folded(list(_REPORT_COLUMNS), rows, _REPORT_RIGHT, look, "shard")
     return f'<div class="virnucpro-report">{_items(_report_lines(report))}{table}</div>'

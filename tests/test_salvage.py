@@ -274,3 +274,55 @@ def test_validation_counts_what_checkpoints_hold(tmp_path):
     assert len(missing) == 200 - len(set(_checkpointed(run, 1)))
     with pytest.raises(UnreadableShardError, match=r"shard_1\.h5: file does not exist"):
         validate_shard_completeness(run.shard_files, run.index, checkpoints=False)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "virnucpro_merge", *args], capture_output=True, text=True,
+                          check=False)
+
+
+def test_validate_on_the_command_line_counts_what_checkpoints_hold(tmp_path):
+    run = _run(tmp_path, n=800, world=4, absent=(1,))
+    _complete_the_checkpoints(run, 1)
+    found = _cli("validate", str(run.directory), "--expected", str(run.index))
+    assert found.returncode == 0, found.stderr
+    assert "missing: 0" in found.stdout
+    assert "Salvaged rank 1: 200 rows from" in found.stderr
+    ignored = _cli("validate", str(run.directory), "--expected", str(run.index), "--no-checkpoints")
+    assert ignored.returncode == 2
+    assert "missing: 200" in ignored.stdout
+    elsewhere = _cli("validate", str(run.directory), "--expected", str(run.index), "--checkpoints",
+                     str(tmp_path / "nowhere"))
+    assert elsewhere.returncode == 2
+    assert "nowhere" in elsewhere.stderr
+    assert "Traceback" not in elsewhere.stderr
+
+
+def test_rerun_says_which_missing_sequences_checkpoints_hold(tmp_path):
+    run = _run(tmp_path, n=800, world=4, absent=(1,))
+    merged = aggregate_shards(run.shard_files, tmp_path / "o.h5", run.index, partial=True, checkpoints=False)
+    done = _cli("rerun", str(merged), "--index", str(run.index), "-o", str(tmp_path / "re.fa"))
+    assert done.returncode == 0
+    held = len(set(_checkpointed(run, 1)))
+    assert f"{held} of these sequences are held by checkpoints in {run.directory / 'checkpoints'}" in done.stderr
+    quiet = _cli("rerun", str(merged), "--index", str(run.index), "-o", str(tmp_path / "re.fa"), "--no-checkpoints")
+    assert "held by checkpoints" not in quiet.stderr
+    salvaged = aggregate_shards(run.shard_files, tmp_path / "s.h5", run.index, partial=True)
+    again = _cli("rerun", str(salvaged), "--index", str(run.index), "-o", str(tmp_path / "re2.fa"))
+    assert "held by checkpoints" not in again.stderr
+    assert again.stderr.startswith(f"Wrote the {200 - held} sequences missing")
+
+
+def test_an_inspection_counts_checkpointed_sequences_as_salvageable(tmp_path):
+    from virnucpro_merge.inspection import inspect_run
+    from virnucpro_merge.inspection.tables import format_summary
+
+    run = _run(tmp_path, n=800, world=4, absent=(1,), truncated=(3,))
+    found = inspect_run(run.directory)
+    held = {1: len(set(_checkpointed(run, 1))), 3: len(set(_checkpointed(run, 3)))}
+    assert [s.checkpointed for s in found.shards] == [0, held[1], 0, held[3]]
+    assert found.num_missing == 400 - held[1] - held[3]
+    assert set(found.missing_ids).isdisjoint(_checkpointed(run, 1))
+    assert f"held only by checkpoints (a merge salvages them, not counted missing): {held[1] + held[3]}, of ranks " \
+           "1, 3" in format_summary(found)
+    assert inspect_run(run.directory, checkpoints=False).num_missing == 400

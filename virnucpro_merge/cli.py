@@ -30,9 +30,10 @@ from .inspection.tables import format_report
 from .merge import CHUNK_SIZE, LAYOUTS, ORDERS, OUTPUT_IS_THE_EXPECTED_FILE, aggregate_shards, materialize
 from .outputs import refuse_overwriting
 from .plan import failed_summary
-from .ranks import expand_shard_args, folder_shards, index_beside, run_index
+from .ranks import checkpoints_of, expand_shard_args, folder_shards, index_beside, run_index
 from .report import read_merge_report
-from .rerun import write_missing_fasta
+from .rerun import checkpointed_missing, write_missing_fasta
+from .salvage import scratch_folder
 from .shards import get_shard_info
 from .synthetic import make_demo_run
 from .verify import verify_merged
@@ -123,12 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fail (exit 1) if any embedding holds NaN or Inf; by default they are counted")
     agg.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="show a progress bar (default: when stderr is a terminal)")
-    saved = agg.add_mutually_exclusive_group()
-    saved.add_argument("--checkpoints", type=Path, metavar="DIR",
-                       help="the run's checkpoints folder: each shard's rows are checked against those its "
-                            "rank's checkpoints hold (default: RUN/checkpoints or <out>/.checkpoints, if there)")
-    saved.add_argument("--no-checkpoints", dest="checkpoints", action="store_false",
-                       help="do not look at the run's checkpoints")
 
     val = sub.add_parser("validate", help="check shards against the expected IDs, writing nothing")
     val.add_argument("shards", nargs="+", metavar="SHARD_OR_DIR", help=shards_help)
@@ -184,6 +179,22 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--rerun-list", type=Path, metavar="FILE",
                      help="where to write the missing IDs (default: <REPORT>-rerun.txt beside the report)")
     rep.add_argument("--show-code", action="store_true", help="show the report notebook's code too")
+
+    saved_help = {
+        agg: "each shard's rows are checked against those its rank's checkpoints hold, and a rank without a usable "
+             "shard gives the rows they hold",
+        val: "a rank without a usable shard counts the IDs they hold (its shards' rows are not compared: aggregate "
+             "does that)",
+        rep: "why each dead worker stopped, and the sequences they hold (not missing: a merge salvages them)",
+        rerun: "the missing IDs they hold are said (merge again with them before re-running)",
+    }
+    for command, what in saved_help.items():
+        saved = command.add_mutually_exclusive_group()
+        saved.add_argument("--checkpoints", type=Path, metavar="DIR",
+                           help=f"the run's checkpoints folder: {what} (default: RUN/checkpoints or "
+                                "<out>/.checkpoints beside the shards, if there)")
+        saved.add_argument("--no-checkpoints", dest="checkpoints", action="store_false",
+                           help="do not look at the run's checkpoints")
 
     demo = sub.add_parser("demo", help="make a synthetic 8-worker run, merge it and print its merge report")
     demo.add_argument("directory", nargs="?", type=Path, default=Path("demo_run"), metavar="DIR",
@@ -277,10 +288,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         hint = _index_hint(args)
         msg = "validate needs --expected FILE" + (f" (this run's sequence index is {hint})" if hint else "")
         raise MergeError(msg)
-    with _dask_client(args) as client:
+    with _dask_client(args) as client, scratch_folder() as scratch:
         expected = _expected_for(args, client)
         shards = _shards_for(args, expected)
-        plan = plan_merge(shards, expected, partial=True, client=client, storage=False)
+        plan = plan_merge(shards, expected, partial=True, client=client, storage=False,
+                          checkpoints=checkpoints_of(shards, args.checkpoints), scratch=scratch)
     print(f"{len(shards)} shards, {plan.total_sequences} sequences, {plan.num_expected} expected IDs")
     for line in failed_summary(plan):  # (a run of absent ranks in one line)
         print(f"failed: {line}")
@@ -302,6 +314,10 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
 
 def _cmd_rerun(args: argparse.Namespace) -> int:
     write_missing_fasta(args.merged, args.index, args.output, fasta_dir=args.fasta_dir)  # (it says what it wrote)
+    held = checkpointed_missing(args.merged, args.checkpoints)
+    if held:
+        logger.warning("%s of these sequences are held by checkpoints in %s: merge again (aggregate reads the run's "
+                       "checkpoints) to take their rows in, and re-run only the rest", f"{held[0]:,}", held[1])
     return EXIT_OK
 
 
@@ -316,7 +332,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     folder = Path(args.run[0]) if len(args.run) == 1 and Path(args.run[0]).is_dir() else None
     run: Path | list[Path] = folder if folder is not None else expand_shard_args(args.run, world_size=args.world_size)
     output = write_run_report(run, args.output, expected=args.expected, merged=args.merged,
-                              world_size=args.world_size, rerun_list=args.rerun_list, show_code=args.show_code)
+                              world_size=args.world_size, rerun_list=args.rerun_list, show_code=args.show_code,
+                              checkpoints=args.checkpoints)
     if args.expected is None:
         index = index_beside(run if isinstance(run, list) else folder_shards(run, world_size=args.world_size))
         if index is not None:

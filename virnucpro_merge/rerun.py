@@ -26,12 +26,15 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeGuard
 
 from ._files import OpenFiles, open_input
-from .errors import IndexMismatchError
+from .checkpoints import rank_checkpoints, read_checkpoint
+from .errors import CheckpointError, IndexMismatchError
 from .expected import iter_index_records
 from .outputs import atomic_output, refuse_overwriting
+from .ranks import checkpoints_of, rank_of
 from .report import read_merge_report
+from .statuses import ShardStatus
 
-__all__ = ["write_missing_fasta"]
+__all__ = ["write_missing_fasta", "checkpointed_missing"]
 
 logger = logging.getLogger("virnucpro_merge")
 
@@ -287,3 +290,39 @@ def write_missing_fasta(
             output_path,
         )
     return len(wanted)
+
+
+def checkpointed_missing(merged_path: str | os.PathLike[str], checkpoints: object = None) -> tuple[int, Path] | None:
+    """How many of a merged file's missing IDs the run's checkpoints hold (a merge made
+    without them, or before they were there), and where; None when none (or no folder).
+
+    ``checkpoints`` as for :func:`~virnucpro_merge.aggregate_shards` (None: beside the
+    shards the merge recorded; False: never). Only the checkpoints of the ranks whose
+    shards failed in the merge are read.
+
+    Examples
+    --------
+    >>> from virnucpro_merge import aggregate_shards
+    >>> from virnucpro_merge.synthetic import make_demo_run
+    >>> run = make_demo_run("run", n_sequences=400, world_size=4, dim=4, truncated=(), absent=(2,), empty=(),
+    ...                     short={}, checkpoint_every=25)
+    >>> merged = aggregate_shards(run.shard_files, "o.h5", run.index, partial=True, checkpoints=False)
+    >>> checkpointed_missing(merged)[0]
+    50
+    """
+    report = read_merge_report(merged_path)
+    missing = set(report["missing_ids"])
+    folder = checkpoints_of([Path(s["path"]) for s in report["shards"]], checkpoints) if missing else None
+    if folder is None:
+        return None
+    held: set[str] = set()
+    for shard in report["shards"]:
+        rank = rank_of(shard["path"])
+        if rank is None or shard["status"] not in (ShardStatus.FAILED, ShardStatus.SALVAGED):
+            continue
+        for entry in rank_checkpoints(folder / f"shard_{rank}").files:
+            try:
+                held.update(missing.intersection(read_checkpoint(entry.path).sequence_ids))
+            except CheckpointError:
+                continue  # (a damaged one holds nothing that can be taken)
+    return (len(held), folder) if held else None

@@ -93,6 +93,9 @@ class ShardSummary:
         first that applies.
     error : str or None
         Why the file could not be read (``failed`` and ``absent`` only).
+    checkpointed : int
+        For a rank without a readable shard: the sequences of the run its checkpoints
+        hold, which a merge salvages (counted as present, not missing).
     """
 
     rank: int
@@ -102,6 +105,7 @@ class ShardSummary:
     missing: int
     status: str
     error: str | None = None
+    checkpointed: int = 0
 
 
 class _EncodedIds(Sequence[str]):
@@ -508,13 +512,18 @@ def inspect_run(
     if size > len(paths):
         paths += [shard_path(paths[0].parent, rank) for rank in range(len(paths), size)]
         scans += [_Scan(absent=True, error=ABSENT_FILE) for _ in range(len(scans), size)]
+    saved = checkpoints_of(paths, checkpoints) if checkpoints is not False and len({p.parent for p in paths}) == 1 \
+        else None
+    progress = {rank: _salvageable(saved / f"shard_{rank}", lookup, present)
+                for rank, scan in enumerate(scans) if saved is not None and scan.error is not None}
     missing = _missing_matrix(present, size)
     shards = [ShardSummary(rank=rank, path=path, expected=int(stride_positions(lookup.n, size, rank).size),
                            present=scan.present, missing=int(missing[rank].sum()),
-                           status=_status(scan, int(missing[rank].sum()), size), error=scan.error)
+                           status=_status(scan, int(missing[rank].sum()), size), error=scan.error,
+                           checkpointed=progress[rank].sequences if rank in progress else 0)
               for rank, (path, scan) in enumerate(zip(paths, scans, strict=True))]
     num_extra = sum(rows.size for scan in scans for _, rows in scan.extra)
-    stops, notes = _stops(paths, shards, checkpoints)
+    stops, notes = _stops(paths, shards, checkpoints, progress)
     if isinstance(ids, _Given):
         sequence_ids: Sequence[str] = ids.ids
         missing_ids = None
@@ -530,9 +539,11 @@ def inspect_run(
 _UNFINISHED = (ABSENT, FAILED, EMPTY, INCOMPLETE)
 
 
-def _stops(paths: list[Path], shards: list[ShardSummary], checkpoints: object) -> tuple[dict[int, str], list[str]]:
-    """Why each worker that did not finish stopped, from its checkpoints, its log and the
-    manifest (only for the ranks that need a word); and what of those files could not be read."""
+def _stops(paths: list[Path], shards: list[ShardSummary], checkpoints: object, known: dict[int, Progress]
+           ) -> tuple[dict[int, str], list[str]]:
+    """Why each worker that did not finish stopped, from its checkpoints (``known``: those
+    read already), its log and the manifest (only for the ranks that need a word); and what
+    of those files could not be read."""
     unfinished = [s for s in shards if s.status in _UNFINISHED]
     if checkpoints is False or not unfinished or len({p.parent for p in paths}) != 1:
         return {}, []
@@ -544,17 +555,31 @@ def _stops(paths: list[Path], shards: list[ShardSummary], checkpoints: object) -
     notes = [manifest.problem] if manifest is not None and manifest.problem else []
     stops = {}
     for shard in unfinished:
-        progress = _progress(where / f"shard_{shard.rank}") if where is not None else Progress()
+        progress = known.get(shard.rank) or (_progress(where / f"shard_{shard.rank}") if where is not None
+                                             else Progress())
         log = read_log_tail(log_path(folder.logs, shard.rank)) if folder.logs is not None else None
         claim = manifest.ranks.get(shard.rank) if manifest is not None else None
         stops[shard.rank] = stop_line(shard.rank, shard.status, progress, claim, log)
     return stops, notes
 
 
-def _progress(folder: Path) -> Progress:
-    """What a rank's checkpoints show: how many, how many sequences, the last one's time and trigger."""
-    found = rank_checkpoints(folder)
+def _salvageable(folder: Path, lookup: IdLookup, present: np.ndarray) -> Progress:
+    """What the checkpoints of a rank without a readable shard show (:func:`_progress`); the
+    run's sequences they hold marked present, as a merge would salvage them."""
     ids: set[str] = set()
+    progress = _progress(folder, ids)
+    if ids:
+        raw = [i.encode("utf-8") for i in ids]
+        positions, _, _ = lookup.positions(np.array(raw, dtype=bytes), raw)
+        present[positions] = True
+    return progress
+
+
+def _progress(folder: Path, ids: set[str] | None = None) -> Progress:
+    """What a rank's checkpoints show: how many, how many sequences, the last one's time and
+    trigger (their IDs put into ``ids``)."""
+    found = rank_checkpoints(folder)
+    ids = set() if ids is None else ids
     read, damaged, last = 0, 0, None
     for entry in found.files:
         try:

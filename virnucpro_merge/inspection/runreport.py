@@ -35,7 +35,7 @@ from ..errors import ExpectedIdsError, MergeError, OutputError
 from ..expected import detect_form, write_id_list
 from ..outputs import atomic_output, refuse_overwriting
 from ..plan import shard_paths
-from ..ranks import folder_shards, in_rank_order, index_beside
+from ..ranks import checkpoints_of, folder_shards, in_rank_order, index_beside
 from ..report import read_merge_report
 from .views import InspectionView
 
@@ -47,7 +47,7 @@ logger = logging.getLogger("virnucpro_merge")
 #: The report notebook (package data).
 NOTEBOOK = Path(__file__).with_name("run_report.ipynb")
 #: The names its ``parameters`` cell sets.
-PARAMETERS = ("run", "expected", "merged", "world_size", "rerun_list")
+PARAMETERS = ("run", "expected", "merged", "world_size", "checkpoints", "rerun_list")
 _TEMPLATES = Path(__file__).with_name("templates")
 _KERNEL = "virnucpro-merge-report"
 #: The MIME type of what the notebook says of its re-run list (read, then dropped from the page).
@@ -223,6 +223,7 @@ def write_run_report(
     rerun_list: str | os.PathLike[str] | None = None,
     show_code: bool = False,
     timeout: int = 3600,
+    checkpoints: str | os.PathLike[str] | bool | None = None,
 ) -> Path:
     """Write the HTML report of a run: summary, per-rank table, pictures, re-run list, merge report.
 
@@ -244,6 +245,10 @@ def write_run_report(
         Show the notebook's code cells too.
     timeout : int
         Seconds a cell may run.
+    checkpoints : path-like or bool, optional
+        The run's checkpoints folder: why each dead worker stopped, and the sequences
+        its checkpoints hold (not counted missing: a merge salvages them). None: where
+        the pipeline puts it; False: ignore it.
 
     Returns
     -------
@@ -258,6 +263,7 @@ def write_run_report(
     """
     output = Path(output)
     shards = _run_shards(run, world_size)
+    saved = checkpoints_of(shards, checkpoints)  # (a folder that is not there: said now, in one line)
     if expected is not None:
         _readable(Path(expected), "expected-ID file")
         detect_form(expected)  # unreadable or not UTF-8: say so now, in one line
@@ -273,7 +279,8 @@ def write_run_report(
         str(p.absolute()) for p in shards]
     values = {"run": shown_run, "expected": None if expected is None else str(Path(expected).absolute()),
               "merged": None if merged is None else str(Path(merged).absolute()), "world_size": world_size,
-              "rerun_list": str(rerun.absolute())}
+              "rerun_list": str(rerun.absolute()),
+              "checkpoints": False if saved is None else str(saved.absolute())}
     import nbformat
 
     with atomic_output(output) as pending:  # the output folder is checked before the notebook runs

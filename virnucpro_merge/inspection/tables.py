@@ -74,6 +74,10 @@ def _summary_lines(found: InspectionView) -> list[str]:
         lines.append(f"sequences expected: {expected:,} (from {found.expected_from})")
         lines.append(f"sequences present: {found.num_present:,} rows; missing: {found.num_missing:,}; "
                      f"not expected: {found.num_extra:,}")
+    saved = [s for s in found.shards if s.checkpointed]
+    if saved:
+        lines.append(f"held only by checkpoints (a merge salvages them, not counted missing): "
+                     f"{sum(s.checkpointed for s in saved):,}, of ranks {rank_ranges([s.rank for s in saved])}")
     lines.append("ranks by status: " + "; ".join(f"{status} {len(ranks)} ({rank_ranges(ranks)})"
                                                  for status, ranks in found.by_status().items()))
     lines.extend(found.stops[rank] for rank in sorted(found.stops))

@@ -326,3 +326,19 @@ def test_an_inspection_counts_checkpointed_sequences_as_salvageable(tmp_path):
     assert f"held only by checkpoints (a merge salvages them, not counted missing): {held[1] + held[3]}, of ranks " \
            "1, 3" in format_summary(found)
     assert inspect_run(run.directory, checkpoints=False).num_missing == 400
+
+
+def test_a_shard_cut_short_or_empty_gains_the_rows_its_checkpoints_hold(tmp_path):
+    run = _run(tmp_path, short={6: 0.6}, empty=(7,))
+    merged = aggregate_shards(run.shard_files, tmp_path / "o.h5", run.index, partial=True)
+    report = read_merge_report(merged)
+    six, seven = _shard_of(report, 6), _shard_of(report, 7)
+    held6, held7 = set(_checkpointed(run, 6)), set(_checkpointed(run, 7))
+    assert six["status"] == seven["status"] == "salvaged"
+    assert six["num_sequences"] == len(held6 | set(run.sequence_ids[6::8][:300]))
+    assert six["salvage"]["kept_from_shard"] == six["num_sequences"] - len(held6)
+    assert seven["num_sequences"] == len(held7)
+    assert report["num_missing"] == 500 - six["num_sequences"] + 500 - seven["num_sequences"]
+    _assert_every_row_is_its_own(run, merged)
+    missing, _ = validate_shard_completeness(run.shard_files, run.index)
+    assert sorted(missing) == report["missing_ids"]  # (the check of IDs alone counts them alike)

@@ -122,6 +122,7 @@ LAYERS = {
     "ground": ["virnucpro_merge._version", "virnucpro_merge.errors", "virnucpro_merge.ids", "virnucpro_merge._files",
                "virnucpro_merge.statuses", "virnucpro_merge._processes", "virnucpro_merge.outputs"],
     "reading": ["virnucpro_merge.shards", "virnucpro_merge.checkpoints", "virnucpro_merge.manifest",
+                "virnucpro_merge.timeline",
                 "virnucpro_merge.sources",
                 "virnucpro_merge.ranks", "virnucpro_merge.expected"],
     "deciding": ["virnucpro_merge.validation", "virnucpro_merge.crosscheck", "virnucpro_merge.salvage",

@@ -314,8 +314,8 @@ class _Reader:
     """What one checkpoint's pickle may build: its globals, its storages (each read once), and
     the bytes it may make of them (a few times the file's size, however its tensors view them)."""
 
-    def __init__(self, archive: zipfile.ZipFile, path: Path, stem: str, budget: int) -> None:
-        self.archive, self.path, self.stem, self.budget = archive, path, stem, budget
+    def __init__(self, archive: zipfile.ZipFile, path: Path, stem: str, budget: int, *, rows: bool = True) -> None:
+        self.archive, self.path, self.stem, self.budget, self.rows = archive, path, stem, budget, rows
         self.storages: dict[str, _Storage] = {}
 
     def find_class(self, module: str, name: str) -> object:
@@ -353,6 +353,8 @@ class _Reader:
         if not re.fullmatch(r"[A-Za-z0-9_]+", key):
             msg = f"a storage named {_shown(repr(key))}"
             raise _Refused(msg)
+        if key not in self.storages and not self.rows:  # (not read: a tensor of it is zeros taking no memory)
+            self.storages[key] = _Storage(np.empty(0, dtype=kind.dtype), bfloat16=kind.name == "BFloat16Storage")
         if key not in self.storages:
             raw = _member(self.archive, self.path, f"{self.stem}/data/{key}")
             values = np.frombuffer(raw, dtype=kind.dtype)
@@ -376,6 +378,8 @@ class _Reader:
             msg = f"a tensor of shape {shape} ({out_bytes:,} bytes), many times what the file holds"
             raise _Refused(msg)
         self.budget -= out_bytes
+        if not self.rows:
+            return np.broadcast_to(np.zeros((), np.float32 if storage.bfloat16 else values.dtype), shape)
         try:
             view = np.ndarray(shape, dtype=values.dtype, buffer=values, offset=offset * itemsize,
                               strides=tuple(s * itemsize for s in steps))
@@ -541,13 +545,17 @@ def _stem(archive: zipfile.ZipFile, path: Path) -> str:
     return pickles[0].split("/")[0]
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+def read_checkpoint(path: str | os.PathLike[str], *, rows: bool = True) -> Checkpoint:
     """Read one checkpoint file of the pipeline, safely (no code in it runs; torch is not needed).
 
     Parameters
     ----------
     path : path-like
         A ``batch_NNNNN.pt`` file.
+    rows : bool
+        Read the rows. Without, only the IDs and metadata are read (quick: a progress
+        view): ``embeddings`` then has the rows' shape and dtype but holds zeros and takes
+        no memory, and the rows' CRCs are not checked.
 
     Returns
     -------
@@ -586,7 +594,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         if byteorder.strip() != b"little":
             raise CheckpointError(path, f"saved on a machine of byte order {_shown(repr(byteorder))}: not read")
         data = _member(archive, path, f"{stem}/data.pkl", limit=_MAX_PICKLE)
-        reader = _Reader(archive, path, stem, budget=4 * os.fstat(handle.fileno()).st_size + 2**20)
+        reader = _Reader(archive, path, stem, budget=4 * os.fstat(handle.fileno()).st_size + 2**20, rows=rows)
         try:
             _check_opcodes(data)
             loaded = _Unpickler(data, reader).load()
@@ -599,7 +607,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
                 MemoryError, RecursionError, OverflowError, UnicodeDecodeError, struct.error, SyntaxError,
                 SystemError) as err:  # (garbled bytes: numpy's dtype parser and the C unpickler raise the last two)
             raise CheckpointError(path, f"damaged checkpoint: its data cannot be read ({first_line(err)})") from err
-    return _checked(path, loaded)
+    return _checked(path, loaded, rows=rows)
 
 
 _METADATA_ARRAY_VALUES = 10_000  # metadata is small; a bigger array in it is not metadata
@@ -631,7 +639,7 @@ def _plain(value: object, depth: int = 0) -> object:
     raise _Refused(msg)
 
 
-def _checked(path: Path, loaded: object) -> Checkpoint:
+def _checked(path: Path, loaded: object, *, rows: bool = True) -> Checkpoint:
     """What was read, checked to be shaped like a checkpoint."""
     if not isinstance(loaded, dict) or not {"embeddings", "sequence_ids"} <= set(loaded):
         raise CheckpointError(path, "not a checkpoint (no 'embeddings' and 'sequence_ids' in it)")
@@ -657,6 +665,8 @@ def _checked(path: Path, loaded: object) -> Checkpoint:
         plain = _plain(metadata)
     except _Refused as err:
         raise CheckpointError(path, f"its {err}, not plain data") from None
-    native = embeddings.astype(embeddings.dtype.newbyteorder("="), copy=False)  # (saved big-endian: converted)
-    return Checkpoint(path=path, embeddings=np.ascontiguousarray(native), sequence_ids=[str(i) for i in ids],
+    if rows:
+        native = embeddings.astype(embeddings.dtype.newbyteorder("="), copy=False)  # (saved big-endian: converted)
+        embeddings = np.ascontiguousarray(native)
+    return Checkpoint(path=path, embeddings=embeddings, sequence_ids=[str(i) for i in ids],
                       metadata=plain)  # type: ignore[arg-type]

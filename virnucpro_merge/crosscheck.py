@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoints import rank_checkpoints, read_checkpoint
+from .checkpoints import CheckpointFile, rank_checkpoints, read_checkpoint
 from .errors import CheckpointError, shown_id
 from .ranks import rank_of
 from .shards import embeddings_of, open_shard, read_id_bytes, read_rows
 
-__all__ = ["Disagreement", "rows_against_checkpoints"]
+__all__ = ["Disagreement", "Comparison", "compare_with_checkpoints", "rows_against_checkpoints"]
 
 logger = logging.getLogger("virnucpro_merge")
 
@@ -46,6 +46,15 @@ class Disagreement:
         return (f"its IDs do not match its rows: {self.differing:,} of the {self.checked:,} rows that rank "
                 f"{self.rank}'s checkpoints hold differ from them (first: {shown_id(self.first_id)}; "
                 f"checkpoints in {self.checkpoints})")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A shard against its rank's checkpoints: how its rows disagree (None: they do not), and
+    how many IDs the checkpoints hold that it lacks (a shard cut short, or empty: salvageable)."""
+
+    disagreement: Disagreement | None = None
+    unheld: int = 0
 
 
 def rows_against_checkpoints(shard: Path, checkpoints: Path) -> Disagreement | None:
@@ -68,28 +77,53 @@ def rows_against_checkpoints(shard: Path, checkpoints: Path) -> Disagreement | N
     >>> print(rows_against_checkpoints(run.shard_files[1], run.directory / "checkpoints"))  # doctest: +ELLIPSIS
     its IDs do not match its rows: ... of the ... rows that rank 1's checkpoints hold differ from them (first: ...)
     """
+    return compare_with_checkpoints(shard, checkpoints).disagreement
+
+
+def compare_with_checkpoints(shard: Path, checkpoints: Path, *, rows: bool = True) -> Comparison:
+    """:func:`rows_against_checkpoints`, and how many IDs the checkpoints hold that the shard
+    lacks (counted in the same pass). Without ``rows``, only the IDs are read: the IDs the
+    shard lacks are counted, and no row is compared.
+
+    Raises
+    ------
+    UnreadableShardError
+        The shard's IDs or rows cannot be read.
+
+    Examples
+    --------
+    >>> from virnucpro_merge.synthetic import make_demo_run
+    >>> run = make_demo_run("run", n_sequences=400, world_size=4, dim=4, truncated=(), absent=(), empty=(2,),
+    ...                     short={}, checkpoint_every=25)
+    >>> compare_with_checkpoints(run.shard_files[2], run.directory / "checkpoints")  # an empty shard
+    Comparison(disagreement=None, unheld=75)
+    """
     rank = rank_of(shard)
     if rank is None:
-        return None
+        return Comparison()
     found = rank_checkpoints(checkpoints / f"shard_{rank}")
     if found.problem is not None:
         logger.warning("%s: not compared with its checkpoints: %s", shard, found.problem)
     if not found.files:
-        return None
+        return Comparison()
+    unheld: set[bytes] = set()
     with open_shard(shard) as handle:
         emb = embeddings_of(handle, shard)
         if emb.shape[0] == 0:
-            return None
+            return Comparison(unheld=_count_ids(found.files))
         ids = read_id_bytes(handle, shard)
         order = np.argsort(ids, kind="stable")
         ordered = ids[order]
+        if not rows:
+            return Comparison(unheld=_count_ids(found.files, np.unique(ordered)))
         agreed: set[bytes] = set()
         differed: dict[bytes, None] = {}  # (in the order found: the first is named)
         for entry in found.files:
-            rows = _rows_in_shard(entry.path, ordered, order, emb.shape[1])
-            if rows is None:
+            both = _rows_in_shard(entry.path, ordered, order, emb.shape[1])
+            if both is None:
                 continue
-            at, theirs, names = rows
+            at, theirs, names, outside = both
+            unheld.update(outside.tolist())
             narrower = emb.dtype if emb.dtype.itemsize <= theirs.dtype.itemsize else theirs.dtype
             same = (_bits(read_rows(emb, at), narrower) == _bits(theirs, narrower)).all(axis=1)
             agreed.update(names[same].tolist())
@@ -100,15 +134,32 @@ def rows_against_checkpoints(shard: Path, checkpoints: Path) -> Disagreement | N
                        "agrees with one of them", shard, len(conflicting), rank)
     differing = [name for name in differed if name not in agreed]
     if not differing:
-        return None
-    return Disagreement(rank, len(agreed) + len(differing), len(differing), differing[0].decode("utf-8"),
-                        found.folder)
+        return Comparison(unheld=len(unheld))
+    return Comparison(Disagreement(rank, len(agreed) + len(differing), len(differing), differing[0].decode("utf-8"),
+                                   found.folder), len(unheld))
+
+
+def _count_ids(files: list[CheckpointFile], but: np.ndarray | None = None) -> int:
+    """The distinct IDs of the checkpoints that can be read (IDs only), but those in ``but``
+    (sorted UTF-8 bytes)."""
+    ids: set[str] = set()
+    for entry in files:
+        try:
+            ids.update(read_checkpoint(entry.path, rows=False).sequence_ids)
+        except CheckpointError:
+            continue
+    if but is None or not ids:
+        return len(ids)
+    theirs = np.array([i.encode("utf-8") for i in ids], dtype=bytes)
+    where = np.minimum(np.searchsorted(but, theirs), max(len(but) - 1, 0))
+    return int((but[where] != theirs).sum()) if len(but) else len(ids)
 
 
 def _rows_in_shard(path: Path, ordered: np.ndarray, order: np.ndarray, dim: int
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """For one checkpoint: the shard rows of its IDs that the shard holds (sorted), its rows
-    for them (in the same order) and the IDs; None when it cannot vouch for anything."""
+    for them (in the same order), those IDs, and its IDs the shard lacks; None when it cannot
+    vouch for anything."""
     try:
         checkpoint = read_checkpoint(path)
     except CheckpointError as err:
@@ -128,7 +179,7 @@ def _rows_in_shard(path: Path, ordered: np.ndarray, order: np.ndarray, dim: int
     at, mine = at[sort], np.flatnonzero(inside)[sort]
     keep = np.ones(len(at), dtype=bool)
     keep[1:] = at[1:] != at[:-1]  # an ID twice in one checkpoint: its first row
-    return at[keep], checkpoint.embeddings[mine[keep]], theirs[mine[keep]]
+    return at[keep], checkpoint.embeddings[mine[keep]], theirs[mine[keep]], theirs[~inside]
 
 
 def _bits(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -27,7 +27,7 @@ import numpy as np
 
 from ._files import file_key, fingerprint
 from .checkpoints import rank_checkpoints
-from .crosscheck import rows_against_checkpoints
+from .crosscheck import compare_with_checkpoints
 from .errors import (
     DuplicateIdError,
     MergeError,
@@ -305,13 +305,15 @@ def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool =
     if not partial:
         paths = up_to_first_absent(paths, saved=checkpoints if salvaging else None)
     refuse_repeated_paths(paths)
-    shards, errors = [], {}
+    shards, errors, lacking = [], {}, {}
     for path in paths:
         try:
             with open_shard(path) as handle:
                 shard = _readable(read_shard_meta(handle, path, storage=storage))
-            if checkpoints is not None and storage:
-                refuse_contradicted(path, checkpoints)
+            if checkpoints is not None and (storage or salvaging):
+                unheld = refuse_contradicted(path, checkpoints, rows=storage)
+                if unheld and salvaging and shard.merged_from is None:
+                    lacking[path] = unheld
             shards.append(shard)
         except UnreadableShardError as err:
             if not partial and (isinstance(err, MislabelledShardError) or not salvaging
@@ -319,8 +321,9 @@ def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool =
                 raise
             errors[path] = err
             shards.append(_failed(err, partial=True))
-    if salvaging and errors:
-        shards = _salvaged(shards, errors, checkpoints, scratch, partial=partial, rows=storage)  # type: ignore[arg-type]
+    if salvaging and (errors or lacking):
+        shards = _salvaged(shards, errors, lacking, checkpoints, scratch, partial=partial,  # type: ignore[arg-type]
+                           rows=storage)
     if not partial:
         for shard in shards:
             if not shard.usable:
@@ -334,19 +337,23 @@ def _has_checkpoints(path: Path, checkpoints: Path | None) -> bool:
     return checkpoints is not None and rank is not None and bool(rank_checkpoints(checkpoints / f"shard_{rank}").files)
 
 
-def _salvaged(shards: list[ShardPlan], errors: dict[Path, UnreadableShardError], checkpoints: Path,
-              scratch: Scratch, *, partial: bool, rows: bool) -> list[ShardPlan]:
-    """``shards``, each failed one replaced by the rows its rank's checkpoints hold, where they hold any."""
+def _salvaged(shards: list[ShardPlan], errors: dict[Path, UnreadableShardError], lacking: dict[Path, int],
+              checkpoints: Path, scratch: Scratch, *, partial: bool, rows: bool) -> list[ShardPlan]:
+    """``shards``, each failed one replaced by the rows its rank's checkpoints hold, where they
+    hold any, and each that lacks some of them by its rows and theirs."""
     dims = [s.embedding_dim for s in shards if s.usable and s.embedding_dim > 0]
     out = []
     for shard in shards:
         rank = rank_of(shard.path)
         found = None
-        if not shard.usable and rank is not None:
-            err = errors[shard.path]
-            found = salvage_rank(rank, shard.path, err.problem, checkpoints / f"shard_{rank}", scratch,
-                                 dim=dims[0] if dims else None, partial=partial, rows=rows,
-                                 mislabelled=isinstance(err, MislabelledShardError))
+        if rank is not None and (shard.path in errors or shard.path in lacking):
+            err = errors.get(shard.path)
+            problem = err.problem if err is not None else \
+                f"it lacks {lacking[shard.path]:,} sequences that its rank's checkpoints hold"
+            keep = "none" if err is None and not shard.num_sequences else "all" if err is None else \
+                "shown" if isinstance(err, MislabelledShardError) else "none"
+            found = salvage_rank(rank, shard.path, problem, checkpoints / f"shard_{rank}", scratch,
+                                 dim=dims[0] if dims else None, partial=partial, rows=rows, keep=keep)
         if found is None:
             out.append(shard)
             continue
@@ -360,12 +367,14 @@ def _salvaged(shards: list[ShardPlan], errors: dict[Path, UnreadableShardError],
     return out
 
 
-def refuse_contradicted(path: Path, checkpoints: Path) -> None:
+def refuse_contradicted(path: Path, checkpoints: Path, *, rows: bool = True) -> int:
     """Raise :class:`MislabelledShardError` when the rank's checkpoints hold other rows
-    for some of the shard's IDs than the shard does."""
-    disagreement = rows_against_checkpoints(path, checkpoints)
-    if disagreement is not None:
-        raise MislabelledShardError(path, str(disagreement))
+    for some of the shard's IDs than the shard does; return how many IDs they hold that
+    it lacks. Without ``rows``, only the IDs are compared (nothing is refused)."""
+    found = compare_with_checkpoints(path, checkpoints, rows=rows)
+    if found.disagreement is not None:
+        raise MislabelledShardError(path, str(found.disagreement))
+    return found.unheld
 
 
 #: Wraps one shard's stream of ID chunks (a merge writes them out as they go by).

@@ -322,7 +322,7 @@ def checkpointed_missing(merged_path: str | os.PathLike[str], checkpoints: objec
             continue
         for entry in rank_checkpoints(folder / f"shard_{rank}").files:
             try:
-                held.update(missing.intersection(read_checkpoint(entry.path).sequence_ids))
+                held.update(missing.intersection(read_checkpoint(entry.path, rows=False).sequence_ids))
             except CheckpointError:
                 continue  # (a damaged one holds nothing that can be taken)
     return (len(held), folder) if held else None

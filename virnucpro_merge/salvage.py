@@ -75,7 +75,8 @@ class Salvage:
     repeats : int
         IDs held again, with the same row, by a later checkpoint (counted once).
     kept, dropped : int
-        A mislabelled shard's rows that no checkpoint holds: kept (shown right), or not.
+        The shard's own rows of IDs that no checkpoint holds: kept (a shard cut short, or
+        a mislabelled one's shown right), or not.
     skipped : list of str
         A line for each checkpoint not used, and why.
     conflicting : list of str
@@ -113,7 +114,7 @@ class Salvage:
         notes = [f"without a .done marker, whole, used: {self.unmarked}" if self.unmarked else "",
                  f"saves in progress, not read: {self.in_progress}" if self.in_progress else "",
                  f"repeated rows, counted once: {self.repeats:,}" if self.repeats else "",
-                 f"rows of its shard shown right: {self.kept:,}" if self.kept else "",
+                 f"rows of its own shard kept: {self.kept:,}" if self.kept else "",
                  f"rows of its shard not kept: {self.dropped:,}" if self.dropped else "",
                  f"checkpoints not usable: {len(self.skipped)}" if self.skipped else ""]
         said = "; ".join(n for n in notes if n)
@@ -185,7 +186,7 @@ class _Writer:
         self._ids = self._file.create_dataset(SEQUENCE_IDS, shape=(0,), maxshape=(None,),
                                               dtype=h5py.string_dtype(), chunks=(65536,))
 
-    def append(self, ids: list[str], rows: np.ndarray) -> None:
+    def append(self, ids: list[str], rows: np.ndarray | None) -> None:
         if not ids:
             return
         end = self.count + len(ids)
@@ -213,7 +214,7 @@ class _Taken:
 
 
 def salvage_rank(rank: int, shard: Path, problem: str, folder: Path, scratch: Scratch, *, dim: int | None,
-                 partial: bool, rows: bool = True, mislabelled: bool = False) -> Salvage | None:
+                 partial: bool, rows: bool = True, keep: str = "none") -> Salvage | None:
     """Write the rows that rank ``rank``'s checkpoints (in ``folder``) hold into a shard in
     ``scratch``; None when they hold none that can be used.
 
@@ -235,9 +236,10 @@ def salvage_rank(rank: int, shard: Path, problem: str, folder: Path, scratch: Sc
         rows; otherwise both are errors.
     rows : bool
         Write the rows (a merge); without, only the IDs (a check: the rows take no space).
-    mislabelled : bool
-        ``shard`` is readable but mislabelled: keep its rows that are shown right (see the
-        module's notes).
+    keep : {"none", "shown", "all"}
+        The shard's own rows of IDs no checkpoint holds that go in too: none (it cannot be
+        read), those shown right (it is mislabelled: see the module's notes) or all (it
+        agrees with its checkpoints but lacks some of their IDs: cut short, or empty).
 
     Raises
     ------
@@ -263,7 +265,7 @@ def salvage_rank(rank: int, shard: Path, problem: str, folder: Path, scratch: Sc
         return None
     for temp in found.temps:
         logger.debug("%s: a save in progress when the worker stopped: not read", temp)
-    narrow = _shard_dtype(shard) if mislabelled else None
+    narrow = _shard_dtype(shard) if keep == "shown" else None
     taken, used, skipped = _Taken(), list[str](), list[str]()
     writer: _Writer | None = None
     try:
@@ -282,8 +284,8 @@ def salvage_rank(rank: int, shard: Path, problem: str, folder: Path, scratch: Sc
         if writer is None or not writer.count:
             return None
         kept = dropped = 0
-        if mislabelled:
-            kept, dropped = _keep_shown_right(shard, taken, writer)
+        if keep != "none":
+            kept, dropped = _keep_shard_rows(shard, taken, writer, shown=keep == "shown")
     finally:
         if writer is not None:
             writer.close()
@@ -348,10 +350,10 @@ def _take(checkpoint: Checkpoint, taken: _Taken, writer: _Writer, narrow: np.dty
     writer.append(new_ids, rows[new_at])
 
 
-def _keep_shown_right(shard: Path, taken: _Taken, writer: _Writer) -> tuple[int, int]:
-    """Append the mislabelled ``shard``'s rows of IDs no checkpoint holds, if its rows under
-    the checkpointed IDs are exactly the checkpointed rows (as a multiset); return how many
-    were kept and how many not."""
+def _keep_shard_rows(shard: Path, taken: _Taken, writer: _Writer, *, shown: bool) -> tuple[int, int]:
+    """Append ``shard``'s rows of IDs no checkpoint holds -- for a mislabelled shard
+    (``shown``), only if its rows under the checkpointed IDs are exactly the checkpointed rows
+    (as a multiset); return how many were kept and how many not."""
     with open_shard(shard) as handle:
         emb = embeddings_of(handle, shard)
         ids = [i for chunk in iter_id_chunks(handle, shard) for i in chunk]
@@ -359,9 +361,8 @@ def _keep_shown_right(shard: Path, taken: _Taken, writer: _Writer) -> tuple[int,
         others = np.flatnonzero(~held)
         if not len(others):
             return 0, 0
-        touched = [i for i in ids if i in taken.conflicting]
-        shown = not touched and _same_rows(emb, np.flatnonzero(held), ids, taken)
-        if not shown:
+        touched = [i for i in ids if i in taken.conflicting] if shown else []
+        if shown and (touched or not _same_rows(emb, np.flatnonzero(held), ids, taken)):
             why = f"{len(touched)} of its IDs have conflicting checkpoints" if touched else \
                 "the rows under its checkpointed IDs are not the checkpointed rows"
             logger.warning("%s: its %d rows that no checkpoint holds are not kept (%s): listed for re-run",
@@ -369,9 +370,10 @@ def _keep_shown_right(shard: Path, taken: _Taken, writer: _Writer) -> tuple[int,
             return 0, len(others)
         for start in range(0, len(others), _ROWS_AT_A_TIME):
             at = others[start : start + _ROWS_AT_A_TIME]
-            writer.append([ids[i] for i in at], read_rows(emb, at).astype("<f4"))
-    logger.info("%s: %d rows that no checkpoint holds kept (the rows under its checkpointed IDs are the "
-                "checkpointed rows, shuffled: the other rows are as written)", shard, len(others))
+            writer.append([ids[i] for i in at], read_rows(emb, at).astype("<f4") if writer.with_rows else None)
+    if shown:
+        logger.info("%s: %d rows that no checkpoint holds kept (the rows under its checkpointed IDs are the "
+                    "checkpointed rows, shuffled: the other rows are as written)", shard, len(others))
     return len(others), 0
 
 

@@ -253,6 +253,7 @@ def make_demo_run(
     checkpoint_every: int | None = None,
     preempted: Sequence[int] = (),
     resumed: Sequence[int] = (),
+    stragglers: Sequence[int] = (),
 ) -> DemoRun:
     """Write a seeded synthetic run with chosen worker failures.
 
@@ -287,6 +288,8 @@ def make_demo_run(
         Ranks that died part-way, were resumed from their checkpoints and finished (with
         ``checkpoint_every``): their checkpoints repeat earlier ones, and their shard's IDs
         are in another order than its rows, as the pipeline writes them after a resume.
+    stragglers : sequence of int
+        Ranks whose checkpoints come three times slower (with ``checkpoint_every``).
 
     Returns
     -------
@@ -341,7 +344,8 @@ def make_demo_run(
     checkpoints = None
     if checkpoint_every:
         checkpoints = write_pipeline_files(directory, ids, world_size, dim, seed, checkpoint_every=checkpoint_every,
-                                           died=(*absent, *truncated), preempted=preempted, resumed=resumed)
+                                           died=(*absent, *truncated), preempted=preempted, resumed=resumed,
+                                           stragglers=stragglers)
 
     return DemoRun(
         directory=directory,
@@ -398,6 +402,7 @@ def write_pipeline_files(
     died: Sequence[int] = (),
     preempted: Sequence[int] = (),
     resumed: Sequence[int] = (),
+    stragglers: Sequence[int] = (),
 ) -> Path:
     """Write what the pipeline leaves in a run folder besides its shards, as it does: each
     rank's checkpoints, the manifest and the workers' logs. Return the checkpoints folder.
@@ -409,7 +414,8 @@ def write_pipeline_files(
     in a CUDA error; one in ``preempted`` likewise, after an ``emergency_sigterm`` checkpoint
     (the manifest still says ``in_progress``); one in ``resumed`` dies so too, is resumed,
     repeats its checkpoints and finishes. Rank ``r`` takes ``300 * (1 + r / N)`` seconds a
-    checkpoint (the higher ranks are the stragglers). The rows are those of the shards
+    checkpoint (the higher ranks are the slower), and a rank in ``stragglers`` three times
+    that (a slow GPU). The rows are those of the shards
     (:func:`synthetic_embeddings`).
 
     Examples
@@ -433,7 +439,7 @@ def write_pipeline_files(
         stops = rank in died or rank in preempted or rank in resumed
         upto = _died_after(positions.size, checkpoint_every) if stops else \
             max(0, (-(-positions.size // checkpoint_every) - 1) * checkpoint_every)
-        pace = _CHECKPOINT_SECONDS * (1 + rank / world_size)
+        pace = _CHECKPOINT_SECONDS * (1 + rank / world_size) * (3 if rank in stragglers else 1)
         batches = [positions[i : i + checkpoint_every] for i in range(0, upto, checkpoint_every)]
         if rank in resumed:
             batches += batches[-1:]  # (resumed: its checkpoints repeat earlier ones)

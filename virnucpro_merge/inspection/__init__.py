@@ -23,7 +23,7 @@ from .tables import format_report, format_shard_table, format_summary, rank_rang
 
 if TYPE_CHECKING:
     from .memory import MIB, MemoryProfile, profile_memory, release_free_memory
-    from .plots import plot_memory_profile, plot_missing_heatmap, plot_peak_scaling, plot_shard_counts
+    from .plots import plot_memory_profile, plot_missing_heatmap, plot_peak_scaling, plot_shard_counts, plot_timeline
 
 __all__ = [
     "OK",
@@ -44,6 +44,7 @@ __all__ = [
     "rank_ranges",
     "plot_shard_counts",
     "plot_missing_heatmap",
+    "plot_timeline",
     "plot_memory_profile",
     "plot_peak_scaling",
     "MIB",
@@ -54,8 +55,8 @@ __all__ = [
 
 #: Names loaded on first use, and the module of each.
 _LAZY = {
-    **dict.fromkeys(("plot_shard_counts", "plot_missing_heatmap", "plot_memory_profile", "plot_peak_scaling"),
-                    "plots"),
+    **dict.fromkeys(("plot_shard_counts", "plot_missing_heatmap", "plot_timeline", "plot_memory_profile",
+                     "plot_peak_scaling"), "plots"),
     **dict.fromkeys(("MIB", "MemoryProfile", "profile_memory", "release_free_memory"), "memory"),
 }
 

@@ -12,19 +12,23 @@ import this module.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.axis import Axis
+from matplotlib.collections import LineCollection
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
 from ..ranks import rank_ranges
-from ..statuses import ABSENT, EMPTY, FAILED, OK, STATUS_COLORS, STATUSES
+from ..statuses import ABSENT, EMPTY, FAILED, INCOMPLETE, OK, STATUS_COLORS, STATUSES
+from ..timeline import STRAGGLER_RATIO, RankTimeline, Timeline
 from .memory import MIB, MemoryProfile
 from .views import InspectionView, RankView
 
@@ -32,6 +36,7 @@ __all__ = [
     "MAX_FIGSIZE",
     "plot_shard_counts",
     "plot_missing_heatmap",
+    "plot_timeline",
     "plot_memory_profile",
     "plot_peak_scaling",
 ]
@@ -394,3 +399,151 @@ def plot_peak_scaling(
     ax.legend(fontsize="small", frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     return fig
+
+
+_TIMELINE_LABELS = 10  # ranks named beside their line, at most (the legend names the rest)
+_PREEMPTED = "emergency_sigterm"
+
+
+def _hours(timeline: RankTimeline, start: np.datetime64) -> np.ndarray:
+    return (timeline.times - start) / np.timedelta64(1, "h")
+
+
+def _spread(wanted: list[float], gap: float, low: float, high: float) -> list[float]:
+    """Label heights as near ``wanted`` (sorted) as they can be, each ``gap`` from the next,
+    inside ``low`` .. ``high``."""
+    placed: list[float] = []
+    for y in wanted:
+        placed.append(max(y, placed[-1] + gap) if placed else max(y, low))
+    overshoot = (placed[-1] - high) if placed else 0.0
+    if overshoot > 0:  # pushed past the top: slide them all down, keeping the gaps
+        placed = [y - overshoot for y in placed]
+        for k in range(len(placed) - 2, -1, -1):
+            placed[k] = min(placed[k], placed[k + 1] - gap)
+    return placed
+
+
+def plot_timeline(
+    timeline: Timeline,
+    stopped: Sequence[int] = (),
+    *,
+    ax: Axes | None = None,
+    figsize: tuple[float, float] | None = None,
+) -> Figure:
+    """Sequences each rank checkpointed over time: the run's pace, its stragglers, and when
+    the ranks that did not finish stopped.
+
+    Every rank is a line (its sequences done after each checkpoint against the hours since
+    the run's first checkpoint): thin and grey for the ranks that kept pace, coloured for
+    the stragglers (below half the median rate) and for the ranks in ``stopped``, whose line
+    ends in a cross (a SIGTERM checkpoint last: a square, preempted). At most 10 ranks are
+    named beside their line's end, the slowest and the stopped first; the legend names the
+    others. A dashed line is the median pace. It reads alike for 8 ranks and for 1,024.
+
+    Parameters
+    ----------
+    timeline : Timeline
+        From :func:`virnucpro_merge.timeline.read_timeline` (or ``RunInspection.timeline``).
+    stopped : sequence of int
+        The ranks that did not finish (``RunInspection.stops``).
+    ax : matplotlib.axes.Axes, optional
+        Draw here instead of on a new figure.
+    figsize : tuple of float, optional
+        Size in inches of a new figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> from virnucpro_merge.synthetic import make_demo_run
+    >>> from virnucpro_merge.timeline import read_timeline
+    >>> run = make_demo_run("run", n_sequences=800, world_size=8, dim=4, truncated=(), absent=(5,), empty=(),
+    ...                     short={}, checkpoint_every=20, stragglers=(2,))
+    >>> fig = plot_timeline(read_timeline(run.checkpoints, 8), stopped=[5])
+    >>> sorted(t.get_text() for t in fig.axes[0].texts)
+    ['rank 2', 'rank 5']
+    """
+    fig, ax = _axes(ax, figsize or (9.0, 4.6))
+    start = timeline.start
+    drawn = [r for r in timeline.ranks if r.times.size]
+    if start is None or not drawn:
+        ax.text(0.5, 0.5, "no checkpoint to draw", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    slow, gone = set(timeline.stragglers), set(stopped)
+    many = len(drawn) > 64
+    quiet = [r for r in drawn if r.rank not in slow and r.rank not in gone]
+    ax.add_collection(LineCollection([np.column_stack([_hours(r, start), r.done]) for r in quiet],
+                                     colors="#8C8C8C", linewidths=0.6 if many else 1.0,
+                                     alpha=0.25 if many else 0.7, zorder=1))
+    loud = sorted((r for r in drawn if r.rank in slow or r.rank in gone),
+                  key=lambda r: (r.rank in gone, r.rate if r.rate is not None else 0.0))
+    for r in loud:
+        color = STATUS_COLORS[FAILED] if r.rank in gone else STATUS_COLORS[INCOMPLETE]
+        x = _hours(r, start)
+        ax.plot(x, r.done, color=color, linewidth=1.4, zorder=2, marker="." if not many else None, markersize=4)
+        if r.rank in gone:
+            ax.scatter(x[-1:], r.done[-1:], marker="s" if r.last_trigger == _PREEMPTED else "x", s=36,
+                       color=color, zorder=3, linewidths=1.6)
+    median = timeline.median_rate
+    span = max(float(_hours(r, start)[-1]) for r in drawn) or 1.0
+    if median is not None:  # through the middle of the first checkpoints, at the median rate
+        x0 = float(np.median([_hours(r, start)[0] for r in drawn]))
+        y0 = float(np.median([r.done[0] for r in drawn]))
+        ax.plot([x0, span], [y0, y0 + median * (span - x0)], color="black", linestyle="--", linewidth=1, zorder=0)
+    top = max(int(r.done[-1]) for r in drawn)
+    ax.set_xlim(0, span * 1.22)  # (room for the names at the lines' ends)
+    ax.set_ylim(0, top * 1.08)
+    ax.set_xlabel(f"hours since {str(start)[:16].replace('T', ' ')} UTC")
+    ax.set_ylabel("sequences checkpointed")
+    ax.yaxis.set_major_formatter(FuncFormatter(_compact))
+    ax.set_title(f"Sequences checkpointed over time, {len(timeline.ranks):,} ranks", pad=10, loc="left")
+    _timeline_legend(ax, timeline, drawn, slow, gone, median)
+    ax.spines[["top", "right"]].set_visible(False)
+    named = [r for r in loud if r.rank not in gone][: _TIMELINE_LABELS // 2]  # the slowest, then the stopped
+    named += [r for r in loud if r.rank in gone][: _TIMELINE_LABELS - len(named)]
+    _label_ends(fig, ax, named, start)  # (last: the layout is then settled)
+    return fig
+
+
+def _label_ends(fig: Figure, ax: Axes, ranks: list[RankTimeline], start: np.datetime64) -> None:
+    """Name each rank at its line's end, the names spread apart so that none overlaps another."""
+    if not ranks:
+        return
+    fig.draw_without_rendering()  # (the layout settled: the axes' height in pixels is final)
+    height_px = ax.get_window_extent().height
+    low, high = ax.get_ylim()
+    gap = (_font_px(fig, "small") * 1.3) / max(height_px, 1.0) * (high - low)
+    ends = sorted(ranks, key=lambda r: int(r.done[-1]))
+    heights = _spread([float(r.done[-1]) for r in ends], gap, low + gap / 2, high - gap / 2)
+    for r, y in zip(ends, heights, strict=True):
+        x = float(_hours(r, start)[-1])
+        label = ax.annotate(f"rank {r.rank}", xy=(x, float(r.done[-1])), xytext=(x + ax.get_xlim()[1] * 0.015, y),
+                            fontsize="small", va="center", ha="left", annotation_clip=False,
+                            arrowprops={"arrowstyle": "-", "color": "#999999", "linewidth": 0.7, "shrinkA": 0,
+                                        "shrinkB": 2})
+        label.set_in_layout(False)  # (placed for this layout: it must not move the axes)
+
+
+def _timeline_legend(ax: Axes, timeline: Timeline, drawn: list[RankTimeline], slow: set[int], gone: set[int],
+                     median: float | None) -> None:
+    handles = [Line2D([], [], color="#8C8C8C", label=f"kept pace ({len(drawn) - len(slow | gone):,})")]
+    if slow - gone:
+        handles.append(Line2D([], [], color=STATUS_COLORS[INCOMPLETE], linewidth=1.4,
+                              label=f"straggler (under {STRAGGLER_RATIO:.0%} of the median rate): ranks "
+                                    f"{rank_ranges(sorted(slow - gone), most=6)}"))
+    if gone:
+        handles.append(Line2D([], [], color=STATUS_COLORS[FAILED], marker="x", linewidth=1.4,
+                              label=f"did not finish (x: died, square: preempted): ranks "
+                                    f"{rank_ranges(sorted(gone), most=6)}"))
+    if median is not None:
+        handles.append(Line2D([], [], color="black", linestyle="--", linewidth=1,
+                              label=f"median pace: {median:,.0f} sequences an hour"))
+    empty = len(timeline.ranks) - len(drawn)
+    if empty:
+        handles.append(Line2D([], [], linestyle="none", label=f"{empty:,} ranks without a checkpoint"))
+    for handle in handles:  # (narrow: the plot keeps its width)
+        handle.set_label(textwrap.fill(str(handle.get_label()), 34))
+    ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)

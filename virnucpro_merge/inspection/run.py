@@ -59,6 +59,7 @@ from ..ranks import (
 from ..shards import ABSENT as ABSENT_FILE
 from ..shards import iter_id_blocks, open_shard, read_id_rows, read_shard_meta
 from ..statuses import ABSENT, DUPLICATED, EMPTY, FAILED, INCOMPLETE, OFF_STRIDE, OK, STATUSES
+from ..timeline import Timeline, read_timeline
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -167,7 +168,10 @@ class RunInspection:
     stops: dict[int, str] = field(default_factory=dict)
     #: what could not be read of the run folder's other files (a damaged manifest)
     notes: list[str] = field(default_factory=list)
+    #: the run's checkpoints folder, where one was found (None: none, or not looked for)
+    checkpoints: Path | None = None
     _missing_ids: list[str] | None = field(default=None, repr=False, compare=False)
+    _timeline: list[Timeline] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def world_size(self) -> int:
@@ -254,6 +258,30 @@ class RunInspection:
         from .plots import plot_missing_heatmap
 
         return plot_missing_heatmap(self, **options)
+
+    @property
+    def timeline(self) -> Timeline:
+        """Every rank's checkpoints over time (:func:`~virnucpro_merge.timeline.read_timeline`:
+        read once, IDs and metadata only).
+
+        Raises
+        ------
+        MergeError
+            No checkpoints folder was found (give ``inspect_run(..., checkpoints=DIR)``).
+        """
+        if self.checkpoints is None:
+            msg = "this inspection found no checkpoints folder: inspect_run(run, checkpoints=FOLDER) names one"
+            raise MergeError(msg)
+        if not self._timeline:
+            self._timeline.append(read_timeline(self.checkpoints, self.world_size))
+        return self._timeline[0]
+
+    def plot_timeline(self, **options: Any) -> Figure:
+        """:func:`~virnucpro_merge.inspection.plot_timeline` of this run: sequences checkpointed
+        over time per rank, its stragglers, and when the ranks that did not finish stopped."""
+        from .plots import plot_timeline
+
+        return plot_timeline(self.timeline, sorted(self.stops), **options)
 
 
 # --------------------------------------------------------------------------- the expected IDs
@@ -532,7 +560,7 @@ def inspect_run(
         missing_ids = [as_bytes(v).decode() for v in np.sort(lookup.encoded[~present]).tolist()]
     return RunInspection(shards=shards, missing=missing, sequence_ids=sequence_ids, num_extra=num_extra,
                          expected_from=expected_from, world_size_from=size_from, stops=stops, notes=notes,
-                         _missing_ids=missing_ids)
+                         checkpoints=saved, _missing_ids=missing_ids)
 
 
 #: The statuses of a rank whose worker did not finish its assignment.
@@ -583,7 +611,7 @@ def _progress(folder: Path, ids: set[str] | None = None) -> Progress:
     read, damaged, last = 0, 0, None
     for entry in found.files:
         try:
-            checkpoint = read_checkpoint(entry.path)
+            checkpoint = read_checkpoint(entry.path, rows=False)
         except CheckpointError:
             damaged += 1
             continue

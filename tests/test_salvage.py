@@ -342,3 +342,92 @@ def test_a_shard_cut_short_or_empty_gains_the_rows_its_checkpoints_hold(tmp_path
     _assert_every_row_is_its_own(run, merged)
     missing, _ = validate_shard_completeness(run.shard_files, run.index)
     assert sorted(missing) == report["missing_ids"]  # (the check of IDs alone counts them alike)
+
+
+def test_checkpoints_of_another_computation_take_no_row_of_a_mislabelled_rank(tmp_path, caplog):
+    run = _run(tmp_path, resumed=(2,))
+    other = make_demo_run(tmp_path / "other", n_sequences=4000, world_size=8, dim=16, seed=1, truncated=(),
+                          absent=(), empty=(), short={}, checkpoint_every=100)
+    shutil.rmtree(run.directory / "checkpoints" / "shard_2")
+    shutil.copytree(other.directory / "checkpoints" / "shard_2", run.directory / "checkpoints" / "shard_2")
+    with caplog.at_level(logging.WARNING, logger="virnucpro_merge"):
+        merged = aggregate_shards(run.shard_files, tmp_path / "o.h5", run.index, partial=True)
+    report = read_merge_report(merged)
+    assert _shard_of(report, 2)["status"] == "failed"
+    assert report["num_missing"] == 500
+    assert "are not among its rows" in caplog.text
+    _assert_every_row_is_its_own(run, merged)  # (seed 0's rows only: none of seed 1's)
+
+
+def test_a_duplicate_in_a_shard_whose_rows_are_kept_is_still_an_error(tmp_path):
+    run = _run(tmp_path, resumed=(2,), duplicated=(2,))
+    with pytest.raises(ValueError, match="Duplicate sequence ID found"):
+        aggregate_shards(run.shard_files, tmp_path / "o.h5", run.index, partial=True)
+
+
+def test_an_empty_checkpoint_is_passed_over(tmp_path):
+    run = _run(tmp_path, absent=(3,))
+    write_checkpoint(run.directory / "checkpoints" / "shard_3" / "batch_00000.pt", [], np.empty((0, 0), np.float32))
+    merged = aggregate_shards(run.shard_files, tmp_path / "o.h5", run.index, partial=True)
+    assert _shard_of(read_merge_report(merged), 3)["num_sequences"] == 200  # batches 1 and 2
+    _assert_every_row_is_its_own(run, merged)
+
+
+def test_a_run_every_worker_of_which_died_merges_from_the_command_line(tmp_path):
+    run = _run(tmp_path, absent=tuple(range(8)))
+    stale = run.directory / "checkpoints" / "shard_0"
+    for path in sorted(stale.glob("*.pt")):  # (rank 0's checkpoints of another dimension: the others decide)
+        write_checkpoint(path, read_checkpoint(path).sequence_ids, np.ones((len(read_checkpoint(path).sequence_ids), 8),
+                                                                           np.float32))
+    done = _cli("aggregate", str(run.directory), "--expected", str(run.index), "--partial", "-o",
+                str(tmp_path / "o.h5"))
+    assert done.returncode == 0, done.stderr
+    report = read_merge_report(tmp_path / "o.h5")
+    assert report["embedding_dim"] == 16
+    assert _shard_of(report, 0)["status"] == "failed"
+    assert "its rank's checkpoints gave no row (" in _shard_of(report, 0)["error"]
+    assert [s["status"] for s in report["shards"]][1:] == ["salvaged"] * 7
+    _assert_every_row_is_its_own(run, tmp_path / "o.h5")
+
+
+def test_a_strict_merge_without_expected_ids_says_how_checkpoints_would_help(tmp_path):
+    run = _run(tmp_path, absent=(2,))
+    with pytest.raises(UnreadableShardError, match=r"checkpoints hold rows: a merge with the expected IDs takes"):
+        aggregate_shards(run.shard_files, tmp_path / "o.h5")
+
+
+def test_one_checkpoint_holding_an_id_twice_with_different_rows_says_so(tmp_path):
+    run = _run(tmp_path, absent=(3,))
+    _complete_the_checkpoints(run, 3)
+    path = run.directory / "checkpoints" / "shard_3" / "batch_00000.pt"
+    first = read_checkpoint(path)
+    rows = np.concatenate([first.embeddings, first.embeddings[:1] + 1])
+    write_checkpoint(path, [*first.sequence_ids, first.sequence_ids[0]], rows)
+    with pytest.raises(ConflictingCheckpointsError, match=f"{first.sequence_ids[0]} twice in it, with different rows"):
+        aggregate_shards(run.shard_files, tmp_path / "o.h5", run.index)
+
+
+def test_no_room_for_the_salvaged_rows_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    import os as os_module
+
+    from virnucpro_merge import OutputError
+
+    run = _run(tmp_path, absent=(3, 5))
+    real = os_module.statvfs
+
+    class Full:
+        def __init__(self, stats):
+            self.f_frsize, self.f_bavail = stats.f_frsize, 10
+
+    monkeypatch.setattr("virnucpro_merge.outputs.os.statvfs", lambda path: Full(real(path)))
+    with pytest.raises(OutputError, match="not enough free space"):
+        aggregate_shards(run.shard_files, tmp_path / "o.h5", run.index, partial=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_an_output_folder_that_is_not_there_is_named_not_the_scratch_folder(tmp_path):
+    from virnucpro_merge import OutputError
+
+    run = _run(tmp_path, absent=(3,))
+    with pytest.raises(OutputError, match=r"output folder .*nowhere does not exist$"):
+        aggregate_shards(run.shard_files, tmp_path / "nowhere" / "o.h5", run.index, partial=True)

@@ -151,9 +151,11 @@ def validate_shard_completeness(
     client : dask.distributed.Client, optional
         Scan the shards on this cluster's workers and check the IDs
         hash-partitioned across them, so that no process holds them all.
-    checkpoints : path-like or bool, optional
+    checkpoints : path-like, None or False
         The pipeline's checkpoints folder. None (the default): where the pipeline
-        puts it beside the shards' run folder, if there; False: never.
+        puts it beside the shards' run folder, if there; False: never. (Only IDs are
+        compared here: a shard whose rows its checkpoints contradict is the merge's
+        to refuse.)
 
     Returns
     -------

@@ -128,9 +128,10 @@ class ConflictingCheckpointsError(ValidationError):
         self.sequence_id = sequence_id
         self.first = str(first)
         self.second = str(second)
-        super().__init__(f"{self.second}: sequence ID {shown_id(sequence_id)} has another row here than in "
-                         f"{self.first}: which one is right cannot be told (re-run it, or merge with --partial "
-                         "to leave it out)")
+        where = "twice in it, with different rows" if self.first == self.second else \
+            f"has another row here than in {self.first}"
+        super().__init__(f"{self.second}: sequence ID {shown_id(sequence_id)} {where}: which one is right cannot be "
+                         "told (re-run it, or merge with --partial to leave it out)")
 
 
 class DuplicateIdError(ValidationError):

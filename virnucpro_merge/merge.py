@@ -25,12 +25,12 @@ from ._write.outfile import IdStep, copy_planned_ids, output_file, write_contigu
 from ._write.reorder import RowOrder, index_order
 from .checks import expected_in_memory, plan_merge
 from .checksums import IdSink
-from .errors import MergeError, NonFiniteError, twins_note
+from .errors import MergeError, NonFiniteError, UnreadableShardError, twins_note
 from .outputs import refuse_overwriting, room_problem
 from .plan import MergePlan, ShardPlan, check_ids, draft_plan, failed_summary, shard_paths
 from .ranks import checkpoints_of
 from .report import build_report, read_merge_report
-from .salvage import Scratch, scratch_folder
+from .salvage import Scratch, has_checkpoints, scratch_folder
 from .sources import resolve_source
 from .validation import as_id_set
 
@@ -175,15 +175,19 @@ def aggregate_shards(
         skips that wait but never the atomic rename: a killed merge still leaves
         no partial output, but a power loss soon after the merge can leave a
         damaged one (:func:`verify_merged` tells).
-    checkpoints : path-like or bool, optional
+    checkpoints : path-like, None or False
         The pipeline's checkpoints folder (``checkpoints/shard_<rank>/batch_NNNNN.pt``).
         Each shard's rows are compared with those its rank's checkpoints hold for the
         same IDs; a shard they contradict (its IDs do not match its rows, as the
         pipeline writes after a resume) is refused
-        (:class:`~virnucpro_merge.errors.MislabelledShardError`), or with ``partial``,
-        left out and its IDs recorded as missing: no row a checkpoint contradicts is
-        written. None (the default): where the pipeline puts it beside the shards'
-        run folder, if there; False: never.
+        (:class:`~virnucpro_merge.errors.MislabelledShardError`): no row a checkpoint
+        contradicts is written. A rank whose shard is absent or unreadable (with
+        ``partial``, also contradicted), or lacks IDs its checkpoints hold, gives the
+        rows its checkpoints hold (:mod:`virnucpro_merge.salvage`; the report's
+        ``status`` is ``salvaged``): with the expected IDs, a strict merge succeeds when
+        nothing is missing; without them only a partial merge salvages. None (the
+        default): where the pipeline puts it beside the shards' run folder, if there;
+        False: never.
 
     Returns
     -------
@@ -196,7 +200,11 @@ def aggregate_shards(
         (a ``ValueError``) No shards; a duplicate ID (:class:`DuplicateIdError`);
         missing expected IDs (:class:`MissingIdsError`); NaN or Inf with
         ``fail_on_nonfinite`` (:class:`NonFiniteError`); a bad shard
-        (:class:`ShardError`); an unusable output path (:class:`OutputError`).
+        (:class:`ShardError`; one its checkpoints contradict:
+        :class:`MislabelledShardError`); without ``partial``, a damaged checkpoint
+        that would stand in for a shard (:class:`CheckpointError`) or an ID two
+        checkpoints hold with different rows (:class:`ConflictingCheckpointsError`);
+        an unusable output path (:class:`OutputError`).
 
     Examples
     --------
@@ -223,7 +231,15 @@ def aggregate_shards(
     with scratch_folder(output) as scratch:
         if options.checkpoints is not None and layout != "virtual" and (partial or expected_sequence_ids is not None):
             options = replace(options, scratch=scratch)  # (strict, only the expected IDs can show a rank whole)
-        _merge(paths, output, expected_sequence_ids, options, layout=layout, order=order, client=client)
+        try:
+            _merge(paths, output, expected_sequence_ids, options, layout=layout, order=order, client=client)
+        except UnreadableShardError as err:
+            if type(err) is UnreadableShardError and options.scratch is None and \
+                    has_checkpoints(Path(err.path), options.checkpoints):
+                hint = "with the expected IDs" if layout != "virtual" else "with layout='contiguous'"
+                msg = f"{err.problem} (its rank's checkpoints hold rows: a merge {hint} takes them in)"
+                raise UnreadableShardError(err.path, msg) from err
+            raise
     logger.debug("phase: done")
     return output
 

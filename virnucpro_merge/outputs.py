@@ -41,6 +41,7 @@ __all__ = [
     "Pending",
     "atomic_output",
     "room_problem",
+    "check_output_folder",
     "check_room",
     "refuse_overwriting",
     "remove_stale_temps",
@@ -160,6 +161,16 @@ def check_room(target: Path, nbytes: int) -> None:
         raise OutputError(problem)
 
 
+def check_output_folder(target: Path) -> None:
+    """Refuse an output whose folder is not there, or that is a folder itself."""
+    if not target.parent.is_dir():
+        msg = f"{target}: output folder {target.parent} does not exist"
+        raise OutputError(msg)
+    if target.is_dir():
+        msg = f"{target}: is a directory"
+        raise OutputError(msg)
+
+
 def refuse_overwriting(output: Path, inputs: Iterable[Path], problem: str) -> None:
     """Refuse an output that is one of ``inputs`` (the same path, or the same file under
     another name): ``OutputError("<output>: <problem>")``."""
@@ -200,12 +211,7 @@ def atomic_output(target: Path, size_hint: int = 0, *, durable: bool = True) -> 
     Without ``durable`` the rename is just as atomic, but a power loss soon after
     can leave ``target`` damaged (or the old file back).
     """
-    if not target.parent.is_dir():
-        msg = f"{target}: output folder {target.parent} does not exist"
-        raise OutputError(msg)
-    if target.is_dir():
-        msg = f"{target}: is a directory"
-        raise OutputError(msg)
+    check_output_folder(target)
     if target.is_symlink():  # write where the link points (keeping the link), not over the link
         target = target.resolve()
         if not target.parent.is_dir():

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from ._files import file_key, fingerprint
-from .checkpoints import rank_checkpoints
 from .crosscheck import compare_with_checkpoints
 from .errors import (
     DuplicateIdError,
@@ -37,7 +36,7 @@ from .errors import (
     UnreadableShardError,
 )
 from .ranks import rank_of, rank_ranges
-from .salvage import Salvage, Scratch, salvage_rank
+from .salvage import Salvage, Scratch, has_checkpoints, salvage_rank, usual_dimension
 from .shards import ABSENT, ShardMeta, iter_id_chunks, open_shard, read_shard_meta
 from .statuses import ShardStatus, unfinished
 from .validation import Findings, IdIndex, warn_extra
@@ -85,7 +84,7 @@ class ShardPlan:
     def source(self) -> Path:
         """The file its rows are read from: the shard, or the one written from a salvaged
         rank's checkpoints."""
-        return self.path if self.salvage is None else self.salvage.file
+        return self.path if self.salvage is None or self.salvage.file is None else self.salvage.file
 
     @property
     def origin(self) -> Path:
@@ -179,7 +178,7 @@ def up_to_first_absent(paths: list[Path], saved: Path | None = None) -> list[Pat
     absent ones: no other work is done on them) -- but one whose rank has checkpoints in
     ``saved`` does not stop the list (they may stand in for it)."""
     for at, path in enumerate(paths):
-        if not os.path.lexists(path) and not _has_checkpoints(path, saved):
+        if not os.path.lexists(path) and not has_checkpoints(path, saved):
             return paths[: at + 1]
     return paths
 
@@ -317,7 +316,7 @@ def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool =
             shards.append(shard)
         except UnreadableShardError as err:
             if not partial and (isinstance(err, MislabelledShardError) or not salvaging
-                                or not _has_checkpoints(path, checkpoints)):
+                                or not has_checkpoints(path, checkpoints)):
                 raise
             errors[path] = err
             shards.append(_failed(err, partial=True))
@@ -331,10 +330,8 @@ def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool =
     return _placed(shards, same_dims=storage)
 
 
-def _has_checkpoints(path: Path, checkpoints: Path | None) -> bool:
-    """Whether the rank of ``path`` has checkpoint files in ``checkpoints``."""
-    rank = rank_of(path)
-    return checkpoints is not None and rank is not None and bool(rank_checkpoints(checkpoints / f"shard_{rank}").files)
+def _first(lines: list[str]) -> str:
+    return lines[0] + (f"; and {len(lines) - 1:,} more" if len(lines) > 1 else "")
 
 
 def _salvaged(shards: list[ShardPlan], errors: dict[Path, UnreadableShardError], lacking: dict[Path, int],
@@ -342,6 +339,10 @@ def _salvaged(shards: list[ShardPlan], errors: dict[Path, UnreadableShardError],
     """``shards``, each failed one replaced by the rows its rank's checkpoints hold, where they
     hold any, and each that lacks some of them by its rows and theirs."""
     dims = [s.embedding_dim for s in shards if s.usable and s.embedding_dim > 0]
+    if not dims:  # (no shard says it: the dimension most of the ranks' checkpoints have)
+        usual = usual_dimension([checkpoints / f"shard_{rank}" for s in shards if (rank := rank_of(s.path)) is not None
+                                 and (s.path in errors or s.path in lacking)])
+        dims = [usual] if usual is not None else []
     out = []
     for shard in shards:
         rank = rank_of(shard.path)
@@ -354,8 +355,9 @@ def _salvaged(shards: list[ShardPlan], errors: dict[Path, UnreadableShardError],
                 "shown" if isinstance(err, MislabelledShardError) else "none"
             found = salvage_rank(rank, shard.path, problem, checkpoints / f"shard_{rank}", scratch,
                                  dim=dims[0] if dims else None, partial=partial, rows=rows, keep=keep)
-        if found is None:
-            out.append(shard)
+        if found is None or found.file is None:
+            out.append(shard if found is None else replace(
+                shard, error=f"{shard.error}; its rank's checkpoints gave no row ({_first(found.skipped)})"))
             continue
         logger.info("Salvaged %s", found)
         with open_shard(found.file) as handle:
@@ -373,7 +375,7 @@ def refuse_contradicted(path: Path, checkpoints: Path, *, rows: bool = True) -> 
     it lacks. Without ``rows``, only the IDs are compared (nothing is refused)."""
     found = compare_with_checkpoints(path, checkpoints, rows=rows)
     if found.disagreement is not None:
-        raise MislabelledShardError(path, str(found.disagreement))
+        raise MislabelledShardError(path, f"{found.disagreement} (a partial merge salvages what they hold)")
     return found.unheld
 
 

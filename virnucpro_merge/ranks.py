@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MergeError, ShardError
+from .manifest import MANIFEST_NAME, read_manifest
 from .shards import iter_id_chunks, open_shard
 
 __all__ = [
@@ -292,8 +293,7 @@ def folder_shards(
             raise MergeError(msg)
         found[rank] = entry
     if not found:
-        msg = f"{directory}: no shard_<N>.h5 files in this folder"
-        raise MergeError(msg)
+        return _ranks_of_checkpoints(directory, world_size)
     size = max(found) + 1
     if world_size is not None:
         if world_size < size:
@@ -307,6 +307,23 @@ def folder_shards(
             logger.info("World size %d, from the IDs' index positions: no %s", inferred, listed(dead))
             size = inferred
     return [found.get(rank, shard_path(directory, rank)) for rank in range(size)]
+
+
+def _ranks_of_checkpoints(directory: Path, world_size: int | None) -> list[Path]:
+    """The shards of a run folder none of whose workers wrote one (a lost node), when its
+    checkpoints are there: ranks 0 to N - 1, N the world size given, else the manifest's, else
+    the highest rank with a checkpoint folder, plus one."""
+    saved = run_folder(directory).checkpoints
+    ranks = [int(m.group(1)) for entry in (saved.iterdir() if saved is not None and saved.is_dir() else ())
+             if (m := re.fullmatch(r"shard_(\d+)", entry.name)) and entry.is_dir()]
+    if not ranks:
+        msg = f"{directory}: no shard_<N>.h5 files in this folder"
+        raise MergeError(msg)
+    manifest = read_manifest(saved / MANIFEST_NAME) if saved is not None and (saved / MANIFEST_NAME).is_file() \
+        else None
+    size = world_size or (manifest.world_size if manifest is not None else None) or max(ranks) + 1
+    logger.info("%s: no shard_<N>.h5 file; %d ranks, from its checkpoints in %s", directory, size, saved)
+    return [shard_path(directory, rank) for rank in range(size)]
 
 
 def in_rank_order(paths: Sequence[Path]) -> list[Path]:

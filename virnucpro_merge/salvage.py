@@ -44,10 +44,12 @@ import h5py
 import numpy as np
 
 from .checkpoints import Checkpoint, rank_checkpoints, read_checkpoint
-from .errors import CheckpointError, ConflictingCheckpointsError, shown_id
-from .shards import EMBEDDINGS, SEQUENCE_IDS, embeddings_of, iter_id_chunks, open_shard, read_rows
+from .errors import CheckpointError, ConflictingCheckpointsError, DuplicateIdError, OutputError, shown_id
+from .outputs import check_output_folder, check_room
+from .ranks import rank_of
+from .shards import EMBEDDINGS, SEQUENCE_IDS, embeddings_of, first_line, iter_id_chunks, open_shard, read_rows
 
-__all__ = ["Salvage", "Scratch", "scratch_folder", "salvage_rank"]
+__all__ = ["Salvage", "Scratch", "scratch_folder", "salvage_rank", "usual_dimension", "has_checkpoints"]
 
 logger = logging.getLogger("virnucpro_merge")
 
@@ -66,8 +68,9 @@ class Salvage:
         Its shard, which could not be used, and ``problem``, why.
     folder : Path
         Its checkpoint folder.
-    file : Path
-        The shard written from them (in a scratch folder: gone after the merge).
+    file : Path or None
+        The shard written from them (in a scratch folder: gone after the merge); None
+        when they gave no row (``skipped`` says why).
     rows : int
         The rows in ``file``: from checkpoints, and ``kept`` from the shard.
     checkpoints : list of str
@@ -91,7 +94,7 @@ class Salvage:
     shard: Path
     problem: str
     folder: Path
-    file: Path
+    file: Path | None
     rows: int
     checkpoints: list[str] = field(default_factory=list)
     repeats: int = 0
@@ -118,7 +121,7 @@ class Salvage:
                  f"rows of its shard not kept: {self.dropped:,}" if self.dropped else "",
                  f"checkpoints not usable: {len(self.skipped)}" if self.skipped else ""]
         said = "; ".join(n for n in notes if n)
-        return (f"rank {self.rank}: {self.rows:,} rows from {len(self.checkpoints)} checkpoints in "
+        return (f"rank {self.rank}: {self.rows - self.kept:,} rows from {len(self.checkpoints)} checkpoints in "
                 f"{self.folder}{f' ({said})' if said else ''}; its shard {self.shard}: {self.problem}")
 
 
@@ -130,12 +133,27 @@ class Scratch:
         self._beside = beside
         self._path: Path | None = None
 
-    def file(self, name: str) -> Path:
-        """A path for ``name`` in the folder (made now if it is not there yet)."""
+    def file(self, name: str, size: int = 0) -> Path:
+        """A path for ``name`` in the folder (made now if it is not there yet), with room
+        for ``size`` bytes.
+
+        Raises
+        ------
+        OutputError
+            The output's folder is not there or cannot be written, or lacks the room.
+        """
+        if self._beside is not None:
+            check_output_folder(self._beside)
+            check_room(self._beside, size)
         if self._path is None:
             where = None if self._beside is None else self._beside.parent
             prefix = "virnucpro-salvage-" if self._beside is None else f".{self._beside.name}.salvage-"
-            self._path = Path(tempfile.mkdtemp(prefix=prefix, dir=where))
+            try:
+                self._path = Path(tempfile.mkdtemp(prefix=prefix, dir=where))
+            except OSError as err:
+                shown = self._beside or where
+                msg = f"{shown}: cannot write the rows salvaged from checkpoints ({err.strerror or err})"
+                raise OutputError(msg) from err
         return self._path / name
 
     def remove(self) -> None:
@@ -190,11 +208,15 @@ class _Writer:
         if not ids:
             return
         end = self.count + len(ids)
-        self._emb.resize(end, axis=0)
-        if self.with_rows:  # (without: a check of IDs only; the rows stay unwritten, no space taken)
-            self._emb[self.count : end] = rows
-        self._ids.resize(end, axis=0)
-        self._ids[self.count : end] = np.array(ids, dtype=object)
+        try:
+            self._emb.resize(end, axis=0)
+            if self.with_rows:  # (without: a check of IDs only; the rows stay unwritten, no space taken)
+                self._emb[self.count : end] = rows
+            self._ids.resize(end, axis=0)
+            self._ids[self.count : end] = np.array(ids, dtype=object)
+        except (OSError, RuntimeError, ValueError) as err:  # (a full disk, mostly)
+            msg = f"{self.path.parent}: cannot write the rows salvaged from checkpoints ({first_line(err)})"
+            raise OutputError(msg) from err
         self.count = end
 
     def close(self) -> None:
@@ -216,7 +238,8 @@ class _Taken:
 def salvage_rank(rank: int, shard: Path, problem: str, folder: Path, scratch: Scratch, *, dim: int | None,
                  partial: bool, rows: bool = True, keep: str = "none") -> Salvage | None:
     """Write the rows that rank ``rank``'s checkpoints (in ``folder``) hold into a shard in
-    ``scratch``; None when they hold none that can be used.
+    ``scratch``; None when they hold none (a :class:`Salvage` of no rows when they hold some
+    that cannot be used: ``skipped`` says why).
 
     Parameters
     ----------
@@ -277,15 +300,19 @@ def salvage_rank(rank: int, shard: Path, problem: str, folder: Path, scratch: Sc
                 logger.debug("%s: no .done marker (the worker stopped right after saving it); whole, so used",
                              entry.path)
             if writer is None:
-                writer = _Writer(scratch.file(f"checkpoints-of-rank-{rank}.h5"), checkpoint.embeddings.shape[1],
+                room = sum(_size(f.path) for f in found.files) * 2 + 2**20 if rows else 2**20  # (float16 widens)
+                writer = _Writer(scratch.file(f"checkpoints-of-rank-{rank}.h5", room), checkpoint.embeddings.shape[1],
                                  rows=rows)
             used.append(str(entry.path))
             _take(checkpoint, taken, writer, narrow, partial=partial)
         if writer is None or not writer.count:
-            return None
+            return Salvage(rank, shard, problem, found.folder, None, 0, used, skipped=skipped) if skipped else None
         kept = dropped = 0
         if keep != "none":
-            kept, dropped = _keep_shard_rows(shard, taken, writer, shown=keep == "shown")
+            counts = _keep_shard_rows(shard, taken, writer, shown=keep == "shown")
+            if counts is None:
+                return None
+            kept, dropped = counts
     finally:
         if writer is not None:
             writer.close()
@@ -306,12 +333,54 @@ def _shard_dtype(shard: Path) -> np.dtype:
         return embeddings_of(handle, shard).dtype
 
 
+def has_checkpoints(shard: Path, checkpoints: Path | None) -> bool:
+    """Whether the rank of ``shard`` (``shard_<rank>.h5``) has checkpoint files in ``checkpoints``.
+
+    >>> has_checkpoints(Path("run/shard_3.h5"), None)
+    False
+    """
+    rank = rank_of(shard)
+    return checkpoints is not None and rank is not None and bool(rank_checkpoints(checkpoints / f"shard_{rank}").files)
+
+
+def usual_dimension(folders: list[Path]) -> int | None:
+    """The embedding dimension most of these ranks' checkpoints have (each rank's first
+    readable one with rows: IDs and shapes only), or None (ties: the smaller); for a run none
+    of whose shards can say it.
+
+    >>> usual_dimension([])
+    """
+    found: Counter[int] = Counter()
+    for folder in folders:
+        for entry in rank_checkpoints(folder).files:
+            try:
+                checkpoint = read_checkpoint(entry.path, rows=False)
+            except CheckpointError:
+                continue
+            if checkpoint.sequence_ids:
+                found[checkpoint.embeddings.shape[1]] += 1
+                break
+    if not found:
+        return None
+    most = max(found.values())
+    return min(dim for dim, n in found.items() if n == most)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def _usable(path: Path, dim: int | None, *, partial: bool, skipped: list[str]) -> Checkpoint | None:
-    """The checkpoint at ``path``, or None (said, and listed in ``skipped``) when it cannot be
-    used; without ``partial``, an error instead."""
+    """The checkpoint at ``path``, or None when it holds no row, or (said, and listed in
+    ``skipped``) when it cannot be used; without ``partial``, an error instead."""
     try:
         checkpoint = read_checkpoint(path)
-        if dim is not None and checkpoint.embeddings.shape[1] != dim and checkpoint.sequence_ids:
+        if not checkpoint.sequence_ids:
+            return None
+        if dim is not None and checkpoint.embeddings.shape[1] != dim:
             raise CheckpointError(path, f"rows of dimension {checkpoint.embeddings.shape[1]}, the run's {dim}")
     except CheckpointError as err:
         if not partial:
@@ -344,29 +413,37 @@ def _take(checkpoint: Checkpoint, taken: _Taken, writer: _Writer, narrow: np.dty
         elif sequence_id not in taken.conflicting:
             if not partial:
                 raise ConflictingCheckpointsError(sequence_id, taken.source[sequence_id], here)
-            logger.warning("Not salvaged: %s", ConflictingCheckpointsError(sequence_id, taken.source[sequence_id],
-                                                                           here))
+            logger.warning("Not salvaged: sequence ID %s, which %s and %s hold with different rows: neither is "
+                           "taken (listed for re-run)", shown_id(sequence_id), taken.source[sequence_id], here)
             taken.conflicting[sequence_id] = None
     writer.append(new_ids, rows[new_at])
 
 
-def _keep_shard_rows(shard: Path, taken: _Taken, writer: _Writer, *, shown: bool) -> tuple[int, int]:
-    """Append ``shard``'s rows of IDs no checkpoint holds -- for a mislabelled shard
-    (``shown``), only if its rows under the checkpointed IDs are exactly the checkpointed rows
-    (as a multiset); return how many were kept and how many not."""
+def _keep_shard_rows(shard: Path, taken: _Taken, writer: _Writer, *, shown: bool) -> tuple[int, int] | None:
+    """Append ``shard``'s rows of IDs no checkpoint holds; return how many were kept and how
+    many not. For a mislabelled shard (``shown``): None when the checkpointed rows are not
+    among its rows at all (then nothing says whether the shard or the checkpoints are right),
+    and its other rows only where its rows under the checkpointed IDs are exactly the
+    checkpointed rows (as a multiset)."""
     with open_shard(shard) as handle:
         emb = embeddings_of(handle, shard)
         ids = [i for chunk in iter_id_chunks(handle, shard) for i in chunk]
+        if len(set(ids)) != len(ids):
+            seen: set[str] = set()
+            again = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+            raise DuplicateIdError(again, shard, shard)
         held = np.array([i in taken.digests for i in ids], dtype=bool)
         others = np.flatnonzero(~held)
+        verdict = _verdict(emb, held, ids, taken) if shown else "proven"
+        if verdict == "foreign":
+            logger.warning("%s: the rows its rank's checkpoints hold are not among its rows: which are right cannot "
+                           "be told, so neither is taken (listed for re-run)", shard)
+            return None
         if not len(others):
             return 0, 0
-        touched = [i for i in ids if i in taken.conflicting] if shown else []
-        if shown and (touched or not _same_rows(emb, np.flatnonzero(held), ids, taken)):
-            why = f"{len(touched)} of its IDs have conflicting checkpoints" if touched else \
-                "the rows under its checkpointed IDs are not the checkpointed rows"
-            logger.warning("%s: its %d rows that no checkpoint holds are not kept (%s): listed for re-run",
-                           shard, len(others), why)
+        if verdict != "proven":
+            logger.warning("%s: its %d rows that no checkpoint holds are not kept (%s): listed for re-run", shard,
+                           len(others), verdict)
             return 0, len(others)
         for start in range(0, len(others), _ROWS_AT_A_TIME):
             at = others[start : start + _ROWS_AT_A_TIME]
@@ -377,16 +454,31 @@ def _keep_shard_rows(shard: Path, taken: _Taken, writer: _Writer, *, shown: bool
     return len(others), 0
 
 
-def _same_rows(emb: h5py.Dataset, held: np.ndarray, ids: list[str], taken: _Taken) -> bool:
-    """Whether the rows at ``held`` are, as a multiset of bit patterns, the checkpointed rows
-    of the IDs there (compared in the shard's dtype)."""
-    mine: Counter[bytes] = Counter()
-    for start in range(0, len(held), _ROWS_AT_A_TIME):
-        at = held[start : start + _ROWS_AT_A_TIME]
-        mine.update(_digest(_narrowed(row, taken.narrow[ids[i]][1])) for i, row in zip(at, read_rows(emb, at),
-                                                                                         strict=True))
-    theirs = Counter(taken.narrow[ids[i]][0] for i in held)
-    return mine == theirs
+def _verdict(emb: h5py.Dataset, held: np.ndarray, ids: list[str], taken: _Taken) -> str:
+    """What a mislabelled shard's rows show: ``proven`` (the rows under its checkpointed IDs
+    are, as a multiset of bit patterns, the checkpointed rows: its other rows are as written),
+    ``foreign`` (some checkpointed row is nowhere among its rows: the checkpoints and the shard
+    are not of one computation), else why its other rows cannot be kept."""
+    if any(i in taken.conflicting for i in ids):
+        return "some of its IDs have conflicting checkpoints"
+    theirs: dict[np.dtype, Counter[bytes]] = {}
+    for i in np.flatnonzero(held):
+        digest, dtype = taken.narrow[ids[i]]
+        theirs.setdefault(dtype, Counter())[digest] += 1
+    under: Counter[bytes] = Counter()
+    anywhere: dict[np.dtype, Counter[bytes]] = {dtype: Counter() for dtype in theirs}
+    for start in range(0, len(ids), _ROWS_AT_A_TIME):
+        block = emb[start : start + _ROWS_AT_A_TIME]
+        for k, row in enumerate(block, start):
+            for dtype, seen in anywhere.items():
+                seen[_digest(_narrowed(row, dtype))] += 1
+            if held[k]:
+                under[_digest(_narrowed(row, taken.narrow[ids[k]][1]))] += 1
+    if any(wanted - anywhere[dtype] for dtype, wanted in theirs.items()):
+        return "foreign"
+    if under != sum(theirs.values(), Counter()):
+        return "the rows under its checkpointed IDs are not the checkpointed rows"
+    return "proven"
 
 
 def _without(path: Path, drop: set[str], into: Path, *, rows: bool) -> Path:

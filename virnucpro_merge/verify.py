@@ -405,7 +405,7 @@ class _Checker:
         if compared < self.total and not self.found.problems:
             salvaged = sum(s["num_sequences"] for s in self.report["shards"] if s["status"] == ShardStatus.SALVAGED)
             self.found.notes.append(f"{self.total - compared:,} rows are in none of the shards compared with"
-                                    + (f" (the merge salvaged {salvaged:,} from checkpoints)" if salvaged else ""))
+                                    + (f" (the salvaged ranks' rows: {salvaged:,})" if salvaged else ""))
         if skipped:
             self.found.notes.append(f"not compared: {listed(skipped)}")
 

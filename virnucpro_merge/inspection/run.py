@@ -95,8 +95,9 @@ class ShardSummary:
     error : str or None
         Why the file could not be read (``failed`` and ``absent`` only).
     checkpointed : int
-        For a rank without a readable shard: the sequences of the run its checkpoints
-        hold, which a merge salvages (counted as present, not missing).
+        The run's sequences that only this rank's checkpoints hold (its shard is absent,
+        unreadable or lacks them): a merge salvages them, so they count as present, not
+        missing (``status`` still says what the shard itself holds).
     """
 
     rank: int
@@ -492,10 +493,13 @@ def inspect_run(
         The number of workers. By default it is read off the IDs' index positions
         (worker ``r`` holds positions ``r, r + N, ...``), so that dead last ranks
         are found too, or else it is the number of shard files.
-    checkpoints : path-like or bool, optional
+    checkpoints : path-like, None or False
         The pipeline's checkpoints folder (its ``manifest.json`` in it), to say why each
-        worker that did not finish stopped (``stops``): by default where the pipeline
-        puts it beside the run (:func:`virnucpro_merge.ranks.run_folder`); False: none.
+        worker that did not finish stopped (``stops``), to count the sequences that the
+        checkpoints of a rank without a readable shard hold as present (a merge salvages
+        them: ``ShardSummary.checkpointed``), and for :meth:`RunInspection.plot_timeline`:
+        by default where the pipeline puts it beside the run
+        (:func:`virnucpro_merge.ranks.run_folder`); False: none.
 
     Returns
     -------
@@ -542,13 +546,19 @@ def inspect_run(
         scans += [_Scan(absent=True, error=ABSENT_FILE) for _ in range(len(scans), size)]
     saved = checkpoints_of(paths, checkpoints) if checkpoints is not False and len({p.parent for p in paths}) == 1 \
         else None
-    progress = {rank: _salvageable(saved / f"shard_{rank}", lookup, present)
-                for rank, scan in enumerate(scans) if saved is not None and scan.error is not None}
+    holes = _missing_matrix(present, size).sum(axis=1)  # (what the shards alone lack: their statuses)
+    progress, gained = {}, {}
+    for rank in (r for r in range(size) if holes[r] or scans[r].error is not None):
+        if saved is None:
+            break
+        before = int(present.sum())
+        progress[rank] = _salvageable(saved / f"shard_{rank}", lookup, present)
+        gained[rank] = int(present.sum()) - before
     missing = _missing_matrix(present, size)
     shards = [ShardSummary(rank=rank, path=path, expected=int(stride_positions(lookup.n, size, rank).size),
                            present=scan.present, missing=int(missing[rank].sum()),
-                           status=_status(scan, int(missing[rank].sum()), size), error=scan.error,
-                           checkpointed=progress[rank].sequences if rank in progress else 0)
+                           status=_status(scan, int(holes[rank]), size), error=scan.error,
+                           checkpointed=gained.get(rank, 0))
               for rank, (path, scan) in enumerate(zip(paths, scans, strict=True))]
     num_extra = sum(rows.size for scan in scans for _, rows in scan.extra)
     stops, notes = _stops(paths, shards, checkpoints, progress)
@@ -592,7 +602,7 @@ def _stops(paths: list[Path], shards: list[ShardSummary], checkpoints: object, k
 
 
 def _salvageable(folder: Path, lookup: IdLookup, present: np.ndarray) -> Progress:
-    """What the checkpoints of a rank without a readable shard show (:func:`_progress`); the
+    """What the checkpoints of a rank whose shard lacks sequences show (:func:`_progress`); the
     run's sequences they hold marked present, as a merge would salvage them."""
     ids: set[str] = set()
     progress = _progress(folder, ids)

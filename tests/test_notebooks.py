@@ -30,6 +30,7 @@ MIN_FIGURES = {
     "05_rerun_missing.ipynb": 2,
     "06_distributed_validation.ipynb": 1,
     "07_run_report.ipynb": 2,
+    "08_crashed_run.ipynb": 1,
 }
 MAX_BYTES = 250_000  # (the report notebook holds four figures, one of them a line per rank over time)
 ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:tmp|home|root|work|Users|private|var/folders)/")

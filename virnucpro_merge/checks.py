@@ -91,7 +91,7 @@ def plan_merge(
         The run's checkpoints folder: each shard's rows are compared with those its
         rank's checkpoints hold, and a shard they contradict is refused (with
         ``partial``, left out).
-    scratch : Scratch, optional
+    scratch : virnucpro_merge.salvage.Scratch, optional
         With ``checkpoints``: a rank whose shard cannot be used gives the rows its
         checkpoints hold instead, written here (:mod:`virnucpro_merge.salvage`).
 
@@ -151,7 +151,7 @@ def validate_shard_completeness(
     client : dask.distributed.Client, optional
         Scan the shards on this cluster's workers and check the IDs
         hash-partitioned across them, so that no process holds them all.
-    checkpoints : path-like, None or False
+    checkpoints : path-like, optional
         The pipeline's checkpoints folder. None (the default): where the pipeline
         puts it beside the shards' run folder, if there; False: never. (Only IDs are
         compared here: a shard whose rows its checkpoints contradict is the merge's

@@ -175,7 +175,7 @@ def aggregate_shards(
         skips that wait but never the atomic rename: a killed merge still leaves
         no partial output, but a power loss soon after the merge can leave a
         damaged one (:func:`verify_merged` tells).
-    checkpoints : path-like, None or False
+    checkpoints : path-like, optional
         The pipeline's checkpoints folder (``checkpoints/shard_<rank>/batch_NNNNN.pt``).
         Each shard's rows are compared with those its rank's checkpoints hold for the
         same IDs; a shard they contradict (its IDs do not match its rows, as the

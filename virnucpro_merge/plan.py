@@ -131,7 +131,7 @@ class MergePlan:
 
     @property
     def unfinished_shards(self) -> list[ShardPlan]:
-        """The shards a partial merge records as failed: those left out, and the salvaged ranks'
+        """The shards a partial merge records as failed, those left out and the salvaged ranks'
         when no expected IDs say whether their checkpoints hold all they were given."""
         return [s for s in self.shards if unfinished(s.status, self.num_expected is not None)]
 
@@ -315,6 +315,9 @@ def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool =
                     lacking[path] = unheld
             shards.append(shard)
         except UnreadableShardError as err:
+            if not partial and isinstance(err, MislabelledShardError) and salvaging:
+                raise MislabelledShardError(err.path, f"{err.problem} (a partial merge salvages what they hold)") \
+                    from None
             if not partial and (isinstance(err, MislabelledShardError) or not salvaging
                                 or not has_checkpoints(path, checkpoints)):
                 raise
@@ -375,7 +378,7 @@ def refuse_contradicted(path: Path, checkpoints: Path, *, rows: bool = True) -> 
     it lacks. Without ``rows``, only the IDs are compared (nothing is refused)."""
     found = compare_with_checkpoints(path, checkpoints, rows=rows)
     if found.disagreement is not None:
-        raise MislabelledShardError(path, f"{found.disagreement} (a partial merge salvages what they hold)")
+        raise MislabelledShardError(path, str(found.disagreement))
     return found.unheld
 
 

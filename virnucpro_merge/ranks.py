@@ -167,7 +167,7 @@ def checkpoints_of(paths: Sequence[Path], checkpoints: object = None) -> Path | 
         msg = f"checkpoints must be a folder, None or False, not {type(checkpoints).__name__}"
         raise MergeError(msg)
     folders = {Path(os.path.abspath(p)).parent for p in paths}
-    return run_folder(folders.pop()).checkpoints if len(folders) == 1 else None
+    return run_folder(Path(paths[0]).parent).checkpoints if len(folders) == 1 else None  # (as the shards were named)
 
 
 def index_beside(paths: Sequence[str | os.PathLike[str]]) -> Path | None:

@@ -249,7 +249,7 @@ def salvage_rank(rank: int, shard: Path, problem: str, folder: Path, scratch: Sc
         Its shard, which cannot be used, and ``problem``, why.
     folder : Path
         Its checkpoint folder, ``checkpoints/shard_<rank>``.
-    scratch : Scratch
+    scratch : virnucpro_merge.salvage.Scratch
         Where to write the salvaged shard.
     dim : int, optional
         The run's embedding dimension (checkpoints of another are not used); None: the

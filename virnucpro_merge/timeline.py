@@ -58,7 +58,7 @@ class RankTimeline:
 
     @property
     def rate(self) -> float | None:
-        """Sequences an hour between its first and last checkpoint (None: fewer than two)."""
+        """Sequences an hour between its first and last checkpoint, or None with fewer than two."""
         if self.times.size < 2:
             return None
         hours = float((self.times[-1] - self.times[0]) / np.timedelta64(1, "h"))
@@ -79,7 +79,7 @@ class Timeline:
 
     @property
     def stragglers(self) -> list[int]:
-        """The ranks whose rate is below :data:`STRAGGLER_RATIO` of the median rate."""
+        """The ranks whose rate is below ``STRAGGLER_RATIO`` (a half) of the median rate."""
         median = self.median_rate
         if median is None:
             return []

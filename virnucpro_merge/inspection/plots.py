@@ -442,7 +442,7 @@ def plot_timeline(
 
     Parameters
     ----------
-    timeline : Timeline
+    timeline : virnucpro_merge.timeline.Timeline
         From :func:`virnucpro_merge.timeline.read_timeline` (or ``RunInspection.timeline``).
     stopped : sequence of int
         The ranks that did not finish (``RunInspection.stops``).
@@ -527,23 +527,27 @@ def _label_ends(fig: Figure, ax: Axes, ranks: list[RankTimeline], start: np.date
         label.set_in_layout(False)  # (placed for this layout: it must not move the axes)
 
 
+def _ranks_named(ranks: list[int]) -> str:
+    return f"{'rank' if len(ranks) == 1 else 'ranks'} {rank_ranges(ranks, most=6)}"
+
+
 def _timeline_legend(ax: Axes, timeline: Timeline, drawn: list[RankTimeline], slow: set[int], gone: set[int],
                      median: float | None) -> None:
-    handles = [Line2D([], [], color="#8C8C8C", label=f"kept pace ({len(drawn) - len(slow | gone):,})")]
+    quiet = sum(r.rank not in slow and r.rank not in gone for r in drawn)
+    handles = [Line2D([], [], color="#8C8C8C", label=f"kept pace ({quiet:,})")]
     if slow - gone:
         handles.append(Line2D([], [], color=STATUS_COLORS[INCOMPLETE], linewidth=1.4,
-                              label=f"straggler (under {STRAGGLER_RATIO:.0%} of the median rate): ranks "
-                                    f"{rank_ranges(sorted(slow - gone), most=6)}"))
+                              label=f"straggler (under {STRAGGLER_RATIO:.0%} of the median rate): "
+                                    f"{_ranks_named(sorted(slow - gone))}"))
     if gone:
         handles.append(Line2D([], [], color=STATUS_COLORS[FAILED], marker="x", linewidth=1.4,
-                              label=f"did not finish (x: died, square: preempted): ranks "
-                                    f"{rank_ranges(sorted(gone), most=6)}"))
+                              label=f"did not finish (x: died, square: preempted): {_ranks_named(sorted(gone))}"))
     if median is not None:
         handles.append(Line2D([], [], color="black", linestyle="--", linewidth=1,
                               label=f"median pace: {median:,.0f} sequences an hour"))
-    empty = len(timeline.ranks) - len(drawn)
+    empty = [r.rank for r in timeline.ranks if not r.times.size]
     if empty:
-        handles.append(Line2D([], [], linestyle="none", label=f"{empty:,} ranks without a checkpoint"))
+        handles.append(Line2D([], [], linestyle="none", label=f"no checkpoint: {_ranks_named(empty)}"))
     for handle in handles:  # (narrow: the plot keeps its width)
         handle.set_label(textwrap.fill(str(handle.get_label()), 34))
     ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)

@@ -169,7 +169,7 @@ class RunInspection:
     stops: dict[int, str] = field(default_factory=dict)
     #: what could not be read of the run folder's other files (a damaged manifest)
     notes: list[str] = field(default_factory=list)
-    #: the run's checkpoints folder, where one was found (None: none, or not looked for)
+    #: The run's checkpoints folder where one was found, else None.
     checkpoints: Path | None = None
     _missing_ids: list[str] | None = field(default=None, repr=False, compare=False)
     _timeline: list[Timeline] = field(default_factory=list, repr=False, compare=False)
@@ -493,7 +493,7 @@ def inspect_run(
         The number of workers. By default it is read off the IDs' index positions
         (worker ``r`` holds positions ``r, r + N, ...``), so that dead last ranks
         are found too, or else it is the number of shard files.
-    checkpoints : path-like, None or False
+    checkpoints : path-like, optional
         The pipeline's checkpoints folder (its ``manifest.json`` in it), to say why each
         worker that did not finish stopped (``stops``), to count the sequences that the
         checkpoints of a rank without a readable shard hold as present (a merge salvages

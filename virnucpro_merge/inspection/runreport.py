@@ -245,7 +245,7 @@ def write_run_report(
         Show the notebook's code cells too.
     timeout : int
         Seconds a cell may run.
-    checkpoints : path-like, None or False
+    checkpoints : path-like, optional
         The run's checkpoints folder: why each dead worker stopped, and the sequences
         its checkpoints hold (not counted missing: a merge salvages them). None: where
         the pipeline puts it; False: ignore it.

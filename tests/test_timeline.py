@@ -35,7 +35,7 @@ def test_each_rank_s_sequences_over_time_and_the_stragglers(tmp_path):
     assert zero.rate == pytest.approx(600.0)  # 50 sequences every 5 minutes
     assert timeline.stragglers == [2]
     assert timeline.ranks[5].done[-1] == 300  # (died after three fifths)
-    assert "stragglers (under 50% of the median pace): ranks 2 (" in timeline.describe()
+    assert "stragglers (under 50% of the median pace): rank 2 (" in timeline.describe()
 
 
 def test_a_repeated_checkpoint_is_counted_once_and_a_damaged_one_is_counted_apart(tmp_path):
@@ -103,3 +103,15 @@ def test_a_run_without_checkpoints_says_so(tmp_path):
         found.plot_timeline()
     fig = plot_timeline(Timeline())
     assert fig.axes[0].texts[0].get_text() == "no checkpoint to draw"
+
+
+def test_the_rows_per_rank_picture_shows_what_only_checkpoints_hold_hatched(tmp_path):
+    run = _run(tmp_path, absent=(5,), short={6: 0.6})
+    found = inspect_run(run.directory)
+    fig = found.plot_counts()
+    hatched = {round(p.get_x() + p.get_width() / 2): (p.get_y(), p.get_height())
+               for p in fig.axes[0].patches if p.get_hatch() and p.get_height()}
+    assert hatched == {round(s.rank + 0.2): (s.present, s.checkpointed) for s in found.shards if s.checkpointed}
+    assert {5, 6} == {s.rank for s in found.shards if s.checkpointed}
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "only in its checkpoints\n(a merge salvages them)" in legend

@@ -105,7 +105,8 @@ class Timeline:
         if slow:
             shown = ", ".join(f"{r.rank} ({r.rate:,.0f} an hour)" for r in slow[:most])
             more = f" and {len(slow) - most:,} more" if len(slow) > most else ""
-            lines.append(f"stragglers (under {STRAGGLER_RATIO:.0%} of the median pace): ranks {shown}{more}")
+            lines.append(f"stragglers (under {STRAGGLER_RATIO:.0%} of the median pace): "
+                         f"{'rank' if len(slow) == 1 else 'ranks'} {shown}{more}")
         else:
             lines.append("stragglers: none")
         return "\n".join(lines)

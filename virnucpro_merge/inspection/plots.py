@@ -108,7 +108,8 @@ def plot_shard_counts(
 
     Up to 16 ranks, each rank gets two bars: a grey one for the rows its stride
     assignment expected, and one for the rows its file holds, in its status's
-    colour; a shard without rows gets a cross on the axis, and up to 12 ranks the x
+    colour, topped by a hatched one for what only its checkpoints hold (a merge
+    salvages them); a shard without rows gets a cross on the axis, and up to 12 ranks the x
     labels repeat the status. Past 16 ranks, each rank gets one bar, the fraction
     of its assignment its file holds, and the legend names the ranks of every status
     but ``ok`` (failed and absent ones are also crossed on the axis).
@@ -151,6 +152,10 @@ def _two_bars(shards: list[RankView], ax: Axes | None, figsize: tuple[float, flo
            edgecolor="#8C8C8C", label="expected (assigned)")
     colors = [STATUS_COLORS.get(s.status, "#999999") for s in shards]
     ax.bar(ranks + width / 2, [s.present for s in shards], width, color=colors)
+    saved = np.array([s.checkpointed for s in shards])  # (what only its checkpoints hold: hatched, on top)
+    if saved.any():
+        ax.bar(ranks + width / 2, saved, width, bottom=[s.present for s in shards], color="white", edgecolor=colors,
+               hatch="////", linewidth=0.8)
     # A shard with no rows has no bar: mark its place on the axis in its colour.
     nothing = [i for i, s in enumerate(shards) if s.present == 0]
     ax.scatter(ranks[nothing] + width / 2, np.zeros(len(nothing)), marker="x", s=30,
@@ -167,6 +172,9 @@ def _two_bars(shards: list[RankView], ax: Axes | None, figsize: tuple[float, flo
     seen = [status for status in STATUSES if any(s.status == status for s in shards)]
     handles = [Patch(facecolor=_EXPECTED_COLOR, edgecolor="#8C8C8C", label="expected")]
     handles += [Patch(facecolor=STATUS_COLORS[status], label=f"present: {status}") for status in seen]
+    if saved.any():
+        handles.append(Patch(facecolor="white", edgecolor="#555555", hatch="////",
+                             label="only in its checkpoints\n(a merge salvages them)"))
     ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     return fig

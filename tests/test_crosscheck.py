@@ -204,3 +204,22 @@ def test_a_checkpoints_folder_named_wrongly_is_refused_and_one_folder_spelled_tw
     monkeypatch.chdir(tmp_path)
     mixed = [Path("run") / "shard_0.h5", (tmp_path / "run" / "shard_1.h5").resolve()]
     assert checkpoints_of(mixed).resolve() == (run.directory / "checkpoints").resolve()
+
+
+def test_comparisons_shared_out_to_processes_say_the_same_and_their_warnings_are_told_here(tmp_path, monkeypatch,
+                                                                                             caplog):
+    from virnucpro_merge import crosscheck
+
+    run = _run(tmp_path, resumed=(1,))
+    damaged = sorted((run.directory / "checkpoints" / "shard_2").glob("batch_*.pt"))[0]
+    damaged.write_bytes(damaged.read_bytes()[:-40])
+    here = crosscheck.compare_many(run.shard_files, run.directory / "checkpoints")
+    monkeypatch.setattr(crosscheck, "_SHARED_FROM", 0)
+    monkeypatch.setattr(crosscheck, "usable_cpus", lambda: 2)
+    with caplog.at_level(logging.WARNING, logger="virnucpro_merge"):
+        there = crosscheck.compare_many(run.shard_files, run.directory / "checkpoints")
+    assert there == here
+    assert there[run.shard_files[1]].disagreement is not None
+    assert f"Not compared with its shard: {damaged}" in caplog.text
+    with pytest.raises(MislabelledShardError):
+        aggregate_shards(run.shard_files, tmp_path / "o.h5", run.index)

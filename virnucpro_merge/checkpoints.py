@@ -434,6 +434,8 @@ _TABLE = _opcode_table()
 _PREFIXED = {pickletools.TAKEN_FROM_ARGUMENT1: (1, "<B"), pickletools.TAKEN_FROM_ARGUMENT4: (4, "<i"),
              pickletools.TAKEN_FROM_ARGUMENT4U: (4, "<I"), pickletools.TAKEN_FROM_ARGUMENT8U: (8, "<Q")}
 _MEMO = frozenset(("PUT", "GET", "LONG_BINPUT", "LONG_BINGET"))
+_SHORT_BINUNICODE, _MEMOIZE = (next(op.code.encode("latin-1")[0] for op in pickletools.opcodes if op.name == name)
+                                for name in ("SHORT_BINUNICODE", "MEMOIZE"))
 
 
 def _check_opcodes(data: bytes) -> None:
@@ -442,7 +444,14 @@ def _check_opcodes(data: bytes) -> None:
     that steps over each argument (the embeddings' bytes in one step)."""
     at, end = 0, len(data)
     while at < end:
-        entry = _TABLE.get(data[at])
+        op = data[at]
+        if op == _SHORT_BINUNICODE and at + 1 < end:  # (the IDs: most of the opcodes, stepped over at once)
+            at += 2 + data[at + 1]
+            continue
+        if op == _MEMOIZE:
+            at += 1
+            continue
+        entry = _TABLE.get(op)
         if entry is None:
             name = next((op.name for op in pickletools.opcodes if op.code.encode("latin-1")[0] == data[at]),
                         f"byte 0x{data[at]:02x}")

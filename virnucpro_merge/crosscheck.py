@@ -10,23 +10,26 @@ them. A checkpoint that cannot vouch for anything -- damaged, or of another dime
 and a rank folder that cannot be listed are passed over and logged.
 
 Cost: each checkpoint of the rank is read once, and the shard's rows that it covers
-(``benchmarks/bench_checkpoints.py`` measures it).
+(``benchmarks/bench_checkpoints.py`` measures it); :func:`compare_many` shares the ranks out
+to this machine's cores when there is enough to read.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ._processes import pool, usable_cpus
 from .checkpoints import CheckpointFile, rank_checkpoints, read_checkpoint
-from .errors import CheckpointError, shown_id
+from .errors import CheckpointError, MergeError, shown_id
 from .ranks import rank_of
 from .shards import embeddings_of, open_shard, read_id_bytes, read_rows
 
-__all__ = ["Disagreement", "Comparison", "compare_with_checkpoints", "rows_against_checkpoints"]
+__all__ = ["Disagreement", "Comparison", "compare_with_checkpoints", "compare_many", "rows_against_checkpoints"]
 
 logger = logging.getLogger("virnucpro_merge")
 
@@ -186,3 +189,74 @@ def _bits(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Rows as the unsigned integers of their bits (a NaN equals the same NaN)."""
     with np.errstate(over="ignore", invalid="ignore"):  # (a float32 row narrowed to a checkpoint's float16)
         return np.ascontiguousarray(rows, dtype=dtype).view(f"u{np.dtype(dtype).itemsize}")
+
+
+#: Bytes of checkpoints from which the comparisons are shared out to processes, and how many at most.
+_SHARED_FROM, _MAX_PROCESSES = 64 * 2**20, 8
+
+
+class _Kept(logging.Handler):
+    """The log records of a comparison made in another process, to be told in this one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        record.msg, record.args = record.getMessage(), None  # (plain text: it travels back pickled)
+        self.records.append(record)
+
+
+def _outcome(shard: Path, checkpoints: Path, rows: bool) -> Comparison | MergeError:
+    try:
+        return compare_with_checkpoints(shard, checkpoints, rows=rows)
+    except MergeError as err:  # (said when the shard is reached in its turn)
+        return err
+
+
+def _outcome_here(task: tuple[Path, Path, bool]) -> tuple[Comparison | MergeError, list[logging.LogRecord]]:
+    """Process task: one shard's comparison, with what it logged."""
+    kept, handlers, propagate = _Kept(), logger.handlers[:], logger.propagate
+    logger.handlers, logger.propagate = [kept], False
+    try:
+        return _outcome(*task), kept.records
+    finally:
+        logger.handlers, logger.propagate = handlers, propagate
+
+
+def compare_many(shards: Sequence[Path], checkpoints: Path, *, rows: bool = True
+                 ) -> dict[Path, Comparison | MergeError]:
+    """:func:`compare_with_checkpoints` for each of ``shards``: the comparison, or the error
+    it met (the shard cannot be read). Where their ranks' checkpoints hold enough to read
+    (64 MiB), the shards are shared out to forked processes (one per usable core, at most
+    8), their log records told here; else they are compared here, in turn.
+
+    Examples
+    --------
+    >>> from virnucpro_merge.synthetic import make_demo_run
+    >>> run = make_demo_run("run", n_sequences=400, world_size=4, dim=4, truncated=(), absent=(), empty=(),
+    ...                     short={}, checkpoint_every=25, resumed=(1,))
+    >>> found = compare_many(run.shard_files, run.directory / "checkpoints")
+    >>> [found[p].disagreement is not None for p in run.shard_files]
+    [False, True, False, False]
+    """
+    folders = [checkpoints / f"shard_{rank}" for shard in shards if (rank := rank_of(shard)) is not None]
+    total = sum(_size(f.path) for folder in folders for f in rank_checkpoints(folder).files) if rows else 0
+    workers = min(usable_cpus(), _MAX_PROCESSES, len(shards)) if total >= _SHARED_FROM else 1
+    with pool(workers) as executor:
+        if executor is None:
+            return {shard: _outcome(shard, checkpoints, rows) for shard in shards}
+        found = {}
+        for shard, (outcome, records) in zip(shards, executor.map(_outcome_here, [(s, checkpoints, rows)
+                                                                                 for s in shards]), strict=True):
+            for record in records:
+                logger.handle(record)
+            found[shard] = outcome
+        return found
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

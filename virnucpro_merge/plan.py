@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ._files import file_key, fingerprint
-from .crosscheck import compare_with_checkpoints
+from .crosscheck import Comparison, compare_many, compare_with_checkpoints
 from .errors import (
     DuplicateIdError,
     MergeError,
@@ -304,13 +304,15 @@ def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool =
     if not partial:
         paths = up_to_first_absent(paths, saved=checkpoints if salvaging else None)
     refuse_repeated_paths(paths)
+    compared = compare_many(paths, checkpoints, rows=storage) if checkpoints is not None and (storage or salvaging) \
+        else {}
     shards, errors, lacking = [], {}, {}
     for path in paths:
         try:
             with open_shard(path) as handle:
                 shard = _readable(read_shard_meta(handle, path, storage=storage))
             if checkpoints is not None and (storage or salvaging):
-                unheld = refuse_contradicted(path, checkpoints, rows=storage)
+                unheld = refuse_contradicted(path, checkpoints, rows=storage, known=compared.get(path))
                 if unheld and salvaging and shard.merged_from is None:
                     lacking[path] = unheld
             shards.append(shard)
@@ -372,11 +374,15 @@ def _salvaged(shards: list[ShardPlan], errors: dict[Path, UnreadableShardError],
     return out
 
 
-def refuse_contradicted(path: Path, checkpoints: Path, *, rows: bool = True) -> int:
+def refuse_contradicted(path: Path, checkpoints: Path, *, rows: bool = True,
+                        known: Comparison | MergeError | None = None) -> int:
     """Raise :class:`MislabelledShardError` when the rank's checkpoints hold other rows
     for some of the shard's IDs than the shard does; return how many IDs they hold that
-    it lacks. Without ``rows``, only the IDs are compared (nothing is refused)."""
-    found = compare_with_checkpoints(path, checkpoints, rows=rows)
+    it lacks. Without ``rows``, only the IDs are compared (nothing is refused). ``known``:
+    the comparison made already (:func:`~virnucpro_merge.crosscheck.compare_many`)."""
+    if isinstance(known, MergeError):
+        raise known
+    found = known if known is not None else compare_with_checkpoints(path, checkpoints, rows=rows)
     if found.disagreement is not None:
         raise MislabelledShardError(path, str(found.disagreement))
     return found.unheld

@@ -431,3 +431,12 @@ def test_an_output_folder_that_is_not_there_is_named_not_the_scratch_folder(tmp_
     run = _run(tmp_path, absent=(3,))
     with pytest.raises(OutputError, match=r"output folder .*nowhere does not exist$"):
         aggregate_shards(run.shard_files, tmp_path / "nowhere" / "o.h5", run.index, partial=True)
+
+
+def test_verify_against_the_run_folder_passes_over_a_mislabelled_shard(tmp_path):
+    run = _run(tmp_path, n=800, world=4, resumed=(2,))
+    first = aggregate_shards(run.shard_files, tmp_path / "first.h5", run.index, partial=True)
+    again = aggregate_shards([first], tmp_path / "again.h5", run.index)  # (a merge of a merge: the re-run loop)
+    found = verify_merged(again, [run.directory])
+    assert found.intact, found.problems
+    assert "shard_2.h5 (its IDs do not match its rows, as its checkpoints show)" in found.summary()

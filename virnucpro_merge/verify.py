@@ -27,9 +27,10 @@ import numpy as np
 
 from ._files import file_key
 from .checksums import ALGORITHM, ID_TABLE, ROW_TABLE, ids_crc, nonfinite_rows, read_checksums, rows_checksum
+from .crosscheck import rows_against_checkpoints
 from .errors import MergeError, ShardError, UnreadableShardError, shown_id
 from .ids import SortedHashes, id_hashes
-from .ranks import folder_shards, listed
+from .ranks import checkpoints_of, folder_shards, listed
 from .report import report_problems
 from .shards import (
     CORRUPT,
@@ -55,6 +56,15 @@ logger = logging.getLogger("virnucpro_merge")
 
 _BLOCK_BYTES = 8 * 2**20  # rows read at a time where no checksum table says how many
 _SALVAGED = "salvaged"  # why a shard was not compared: its rank's rows came from checkpoints
+
+
+def _mislabelled(shard: Path, checkpoints: Path) -> bool:
+    """Whether the shard's checkpoints show that its IDs do not match its rows (a shard that
+    cannot be read is left to the comparison to say so)."""
+    try:
+        return rows_against_checkpoints(shard, checkpoints) is not None
+    except ShardError:
+        return False
 
 
 def _why(shard: dict[str, Any]) -> str:
@@ -380,9 +390,13 @@ class _Checker:
         ordered = SortedHashes(hashes[order])
         compared, skipped = 0, []
         failed = self._recorded_failed(shards)
+        saved = checkpoints_of(shards)
         for shard in shards:
             if failed.get(shard) == _SALVAGED:
                 skipped.append(f"{shard.name} (its rank's rows were taken from its checkpoints)")
+                continue
+            if shard not in failed and saved is not None and _mislabelled(shard, saved):
+                skipped.append(f"{shard.name} (its IDs do not match its rows, as its checkpoints show)")
                 continue
             if shard in failed:
                 if shard.exists():  # a dead worker's shard, there since: the merge never had its rows

@@ -285,3 +285,12 @@ def test_a_shard_its_checkpoints_contradict_on_the_cluster(client, tmp_path):
     (rows_there, ids_there), (rows_here, ids_here) = read_datasets(there), read_datasets(here)
     assert ids_there == ids_here
     np.testing.assert_array_equal(rows_there, rows_here)
+
+
+def test_completeness_counts_checkpointed_ids_alike_on_the_cluster(client, tmp_path):
+    run = make_demo_run(tmp_path / "run", n_sequences=800, world_size=4, dim=8, truncated=(3,), absent=(1,), empty=(),
+                        short={}, checkpoint_every=50)
+    here = validate_shard_completeness(run.shard_files, read_expected_ids(run.index))
+    there = validate_shard_completeness(run.shard_files, read_expected_ids(run.index), client=client)
+    assert there == here
+    assert len(here[0]) == 200  # (ranks 1 and 3 checkpointed 100 of their 200 each)

@@ -267,7 +267,7 @@ def test_validate_says_failed_not_skipping(stray_run, capsys):
     out, err = capsys.readouterr()
     assert "Skipping" not in out + err
     assert f"failed: 4,998 absent shards, ranks 2-4999 (in {stray_run})" in out
-    assert code == 2  # failed shards: the run cannot be vouched for
+    assert code == 1  # failed shards: the run is not complete (a usage error is 2)
 
 
 # --------------------------------------------------------------------------- a shard without its IDs (issue 20)

@@ -88,7 +88,24 @@ class TestAggregate:
         report = read_merge_report(out)
         assert report["partial"] is True
         assert report["num_missing"] == 3
-        assert "Partial merge: 1 failed shards, 3 missing sequences" in capsys.readouterr().err
+        assert ("Partial merge: INCOMPLETE: 3 of 33 sequences missing (9.09%); ranks to re-run: 1 (failed 1)"
+                in capsys.readouterr().err)
+
+    def test_fail_on_missing_writes_then_exits_1(self, run_dir, capsys):
+        (run_dir / "shard_1.h5").write_bytes(b"")
+        expected = run_dir / "ids.txt"
+        expected.write_text("\n".join(ALL_IDS))
+        out = run_dir / "m.h5"
+        command = ["aggregate", str(run_dir), "-o", str(out), "--expected", str(expected), "--partial",
+                   "--fail-on-missing"]
+        assert main(command) == 1
+        assert read_merge_report(out)["num_missing"] == 3  # (written all the same)
+        assert one_error_line(capsys.readouterr().err).endswith("m.h5: written, but INCOMPLETE: 3 of 33 sequences "
+                                                                "missing (9.09%); ranks to re-run: 1 (failed 1)")
+        (run_dir / "shard_1.h5").unlink()
+        expected.write_text("\n".join(i for i in ALL_IDS if i not in read_merge_report(out)["missing_ids"]))
+        assert main([*command[:1], *(str(p) for p in sorted(run_dir.glob("shard_*.h5"))), *command[2:]]) == 0
+        assert main(["aggregate", str(run_dir), "-o", str(out), "--fail-on-missing"]) == 2
 
     def test_chunk_size_and_progress(self, run_dir, capsys):
         out = run_dir / "m.h5"
@@ -127,21 +144,37 @@ class TestValidate:
         (run_dir / "ids.txt").write_text("\n".join(ALL_IDS))
         assert main(["validate", str(run_dir), "--expected", str(run_dir / "ids.txt")]) == 0
         out = capsys.readouterr().out
+        assert out.startswith("COMPLETE: all 33 expected sequences are there\n")
         assert "11 shards, 33 sequences, 33 expected IDs" in out
         assert "missing: 0" in out
         assert not list(run_dir.glob("*.partial"))
         assert not (run_dir / "embeddings.h5").exists()
+
+    def test_json_says_the_same(self, run_dir, capsys):
+        (run_dir / "shard_2.h5").write_bytes(b"junk")
+        (run_dir / "ids.txt").write_text("\n".join([*ALL_IDS, "x9"]))
+        assert main(["validate", str(run_dir), "--expected", str(run_dir / "ids.txt"), "--json"]) == 1
+        found = json.loads(capsys.readouterr().out)
+        assert (found["verdict"], found["exit_status"], found["missing"], found["expected"]) == ("incomplete", 1, 4, 34)
+        assert found["ranks_to_rerun"] == {"failed": [2]}
+        assert found["failed"] == [{"path": str(run_dir / "shard_2.h5"), "error": "not an HDF5 file"}]
+        assert found["line"].startswith("INCOMPLETE: 4 of 34 sequences missing")
+        (run_dir / "shard_2.h5").unlink()
+        assert main(["validate", str(run_dir), "--expected", str(run_dir / "ids.txt"), "--json"]) == 1
+        assert json.loads(capsys.readouterr().out)["ranks_to_rerun"] == {"absent": [2]}
 
     def test_missing_exits_1(self, run_dir, capsys):
         (run_dir / "ids.txt").write_text("\n".join([*ALL_IDS, "x9", "x1"]))
         assert main(["validate", str(run_dir), "--expected", str(run_dir / "ids.txt")]) == 1
         assert "missing: 2 (first 10: ['x1', 'x9'])" in capsys.readouterr().out
 
-    def test_failed_shard_exits_2_and_lists_everything(self, run_dir, capsys):
+    def test_failed_shard_exits_1_and_lists_everything(self, run_dir, capsys):
+        """A dead worker is an incomplete run (1), not a usage error (2): what a workflow engine acts on."""
         (run_dir / "shard_2.h5").write_bytes(b"junk")
         (run_dir / "ids.txt").write_text("\n".join(ALL_IDS))
-        assert main(["validate", str(run_dir), "--expected", str(run_dir / "ids.txt")]) == 2
+        assert main(["validate", str(run_dir), "--expected", str(run_dir / "ids.txt")]) == 1
         out = capsys.readouterr().out
+        assert out.startswith("INCOMPLETE: 3 of 33 sequences missing (9.09%); ranks to re-run: 1 (failed 2)\n")
         assert "shard_2.h5: not an HDF5 file" in out
         assert "missing: 3" in out
 
@@ -277,8 +310,8 @@ def test_expected_ids_from_a_pipe_are_read_whole(run_dir, tmp_path, form):
         data = json.dumps({"sequences": [{"sequence_id": i, "length": 4} for i in wanted]})
     command = [sys.executable, "-m", "virnucpro_merge", "validate", str(run_dir), "--expected", "/dev/stdin"]
     done = subprocess.run(command, input=data, capture_output=True, text=True, timeout=120)
-    assert done.stdout.splitlines()[0] == f"11 shards, 33 sequences, {len(wanted)} expected IDs"
-    assert done.stdout.splitlines()[1].startswith("missing: 2000 (first 10: ['pad00000', ")
+    assert done.stdout.splitlines()[1] == f"11 shards, 33 sequences, {len(wanted)} expected IDs"
+    assert done.stdout.splitlines()[2].startswith("missing: 2000 (first 10: ['pad00000', ")
     assert done.returncode == 1
 
 

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import importlib.util
 import io
+import json
 import logging
 import os
 import signal
@@ -36,6 +37,7 @@ from .rerun import checkpointed_missing, write_missing_fasta
 from .salvage import scratch_folder
 from .shards import get_shard_info
 from .synthetic import make_demo_run
+from .verdict import COMPLETE, failed_ranks, verdict_line, verdict_of
 from .verify import verify_merged
 
 __all__ = ["main", "build_parser"]
@@ -115,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"rows copied at a time (default {CHUNK_SIZE})")
     agg.add_argument("--partial", action="store_true",
                      help="skip failed shards and record missing IDs instead of failing")
+    agg.add_argument("--fail-on-missing", action="store_true",
+                     help="with --partial: write the partial output, then exit 1 if anything is missing "
+                          "(for pipelines)")
     agg.add_argument("--layout", choices=LAYOUTS, default="contiguous",
                      help="virtual: copy no embeddings, map the shards in place (default: contiguous)")
     agg.add_argument("--order", choices=ORDERS, default="shards",
@@ -129,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("shards", nargs="+", metavar="SHARD_OR_DIR", help=shards_help)
     val.add_argument("--expected", type=Path, metavar="FILE",
                      help="expected IDs: text, FASTA or index JSON (required)")
+    val.add_argument("--json", action="store_true",
+                     help="print the findings as one JSON object (verdict, counts, ranks to re-run) instead of text")
     for command in (agg, val):
         command.add_argument("--world-size", type=_positive_int, metavar="N",
                              help="the number of workers, for a folder (default: read off the IDs' index "
@@ -248,6 +255,9 @@ def _index_hint(args: argparse.Namespace) -> str | None:
 
 
 def _cmd_aggregate(args: argparse.Namespace) -> int:
+    if args.fail_on_missing and not args.partial:
+        msg = "--fail-on-missing goes with --partial (a strict merge fails on anything missing anyway)"
+        raise MergeError(msg)
     if args.expected is not None:  # before it is read: a pipe could not be read twice
         refuse_overwriting(args.output, [args.expected], OUTPUT_IS_THE_EXPECTED_FILE)
     if args.order == "index" and args.expected is None:
@@ -275,11 +285,17 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
             checkpoints=args.checkpoints,
         )
     report = read_merge_report(output)
-    if report["partial"]:
-        logger.warning(
-            "Partial merge: %d failed shards, %d missing sequences", len(report["failed_shards"]),
-            report["num_missing"],
-        )
+    failed = set(report["failed_shards"])
+    problems = failed_ranks((at, s["path"], s.get("error")) for at, s in enumerate(report["shards"])
+                            if s["path"] in failed)
+    line = verdict_line(report.get("num_expected"), report["num_missing"], problems)
+    if not report["partial"]:
+        logger.info("%s", line)
+        return EXIT_OK
+    if args.fail_on_missing:
+        print(f"{PROG}: error: {output}: written, but {line}", file=sys.stderr)
+        return EXIT_INVALID
+    logger.warning("Partial merge: %s", line)
     return EXIT_OK
 
 
@@ -293,15 +309,29 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         shards = _shards_for(args, expected)
         plan = plan_merge(shards, expected, partial=True, client=client, storage=False,
                           checkpoints=checkpoints_of(shards, args.checkpoints), scratch=scratch)
+    unfinished = {id(s) for s in plan.unfinished_shards}
+    failed = failed_ranks((at, str(s.path), s.error) for at, s in enumerate(plan.shards) if id(s) in unfinished)
+    line = verdict_line(plan.num_expected, len(plan.missing_ids), failed)
+    status = EXIT_OK if verdict_of(plan.num_expected, len(plan.missing_ids), failed) == COMPLETE else EXIT_INVALID
+    if args.json:
+        print(json.dumps({
+            "verdict": verdict_of(plan.num_expected, len(plan.missing_ids), failed), "line": line,
+            "exit_status": status, "shards": len(shards), "sequences": plan.total_sequences,
+            "expected": plan.num_expected, "missing": len(plan.missing_ids), "missing_ids_first": plan.missing_ids[:10],
+            "extra": plan.num_extra, "ranks_to_rerun": failed,
+            "failed": [{"path": str(s.path), "error": s.error} for s in plan.unfinished_shards],
+            "salvaged": [{"path": str(s.path), "rows": s.num_sequences, "checkpoints": str(s.salvage.folder)}
+                         for s in plan.shards if s.salvage is not None and s.salvage.file is not None],
+        }, indent=1))
+        return status
+    print(line)
     print(f"{len(shards)} shards, {plan.total_sequences} sequences, {plan.num_expected} expected IDs")
-    for line in failed_summary(plan):  # (a run of absent ranks in one line)
-        print(f"failed: {line}")
+    for summary in failed_summary(plan):  # (a run of absent ranks in one line)
+        print(f"failed: {summary}")
     print(f"missing: {len(plan.missing_ids)}" + (f" (first 10: {plan.missing_ids[:10]})" if plan.missing_ids else "")
           + twins_note(plan.missing_twins))
     print(f"extra: {plan.num_extra}")
-    if plan.failed_shards:
-        return EXIT_USAGE
-    return EXIT_INVALID if plan.missing_ids else EXIT_OK
+    return status
 
 
 def _cmd_materialize(args: argparse.Namespace) -> int:

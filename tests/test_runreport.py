@@ -143,9 +143,9 @@ def test_without_expected_a_hint_names_the_index(pipeline_run, tmp_path, capsys)
 
 def test_the_world_size_can_be_given(pipeline_run, capsys):
     assert main(["validate", str(pipeline_run.directory), "--expected", str(pipeline_run.index),
-                 "--world-size", "9"]) == 2
+                 "--world-size", "9"]) == 1  # (incomplete)
     out = capsys.readouterr().out
-    assert out.startswith("9 shards, ")
+    assert out.splitlines()[1].startswith("9 shards, ")
     assert f"failed: {pipeline_run.directory / 'shard_8.h5'}: file does not exist" in out
 
 
@@ -367,3 +367,33 @@ def test_the_report_says_why_each_worker_stopped(tmp_path):
     assert ("rank 2: failed: RuntimeError: CUDA error: an illegal memory access was encountered "
             "(logs/worker_2.log") in page
     assert "rank 3: stopped by SIGTERM (preempted) after 120 sequences in 3 checkpoints" in page
+
+
+def test_beside_the_page_a_pipeline_reads_the_verdict_and_the_ranks(report, pipeline_run):
+    out, done = report
+    found = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+    assert found["verdict"] == "incomplete"
+    assert found["line"].startswith("INCOMPLETE: ")
+    assert found["line"] in done.stderr
+    assert (found["expected"], found["world_size"]) == (600, 8)
+    assert found["ranks_by_status"] == {"incomplete": [6], "empty": [5], "failed": [2], "absent": [7]}
+    assert found["command"].startswith("virnucpro-merge report ")
+    assert found["run"] == str(pipeline_run.directory.absolute())
+    assert [i["path"] for i in found["inputs"]] == [str(pipeline_run.index.absolute())]
+    rows = out.with_name("report-ranks.tsv").read_text(encoding="utf-8").splitlines()
+    assert rows[0].split("\t") == ["rank", "shard", "status", "expected", "present", "missing", "checkpointed",
+                                   "problem"]
+    assert [r.split("\t")[:3] for r in rows[1:]] == [[str(s["rank"]), s["shard"], s["status"]] for s in found["ranks"]]
+    assert rows[8].split("\t")[-1] == "file does not exist"
+
+
+def test_fail_on_incomplete_exits_1_and_a_complete_run_0(pipeline_run, tmp_path):
+    whole = make_demo_run(tmp_path / "whole", n_sequences=40, world_size=2, dim=4, truncated=(), absent=(), empty=(),
+                          short={})
+    done = _cli("report", whole.directory, "-o", tmp_path / "w.html", "--fail-on-incomplete")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "w.json").read_text())["line"] == "COMPLETE: all 40 expected sequences are there"
+    broken = _cli("report", pipeline_run.directory, "-o", tmp_path / "b.html", "--fail-on-incomplete")
+    assert broken.returncode == 1
+    assert (tmp_path / "b.html").exists()
+    assert json.loads((tmp_path / "b.json").read_text())["verdict"] == "incomplete"

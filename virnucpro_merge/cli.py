@@ -186,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--rerun-list", type=Path, metavar="FILE",
                      help="where to write the missing IDs (default: <REPORT>-rerun.txt beside the report)")
     rep.add_argument("--show-code", action="store_true", help="show the report notebook's code too")
+    rep.add_argument("--fail-on-incomplete", action="store_true",
+                     help="exit 1 when the run is not complete (the page and its JSON are written all the same)")
 
     saved_help = {
         agg: "each shard's rows are checked against those its rank's checkpoints hold, and a rank without a usable "
@@ -357,7 +359,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if missing:
         msg = f"report needs the notebooks extra ({', '.join(missing)}): pip install 'virnucpro-merge[notebooks]'"
         raise MergeError(msg)
-    from .inspection.runreport import write_run_report
+    from .inspection.runreport import data_files, write_run_report
 
     folder = Path(args.run[0]) if len(args.run) == 1 and Path(args.run[0]).is_dir() else None
     run: Path | list[Path] = folder if folder is not None else expand_shard_args(args.run, world_size=args.world_size)
@@ -369,6 +371,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
         if index is not None:
             logger.info("Expected IDs: %s, the run folder's sequence index", index)
     logger.info("Wrote %s", output)  # (and the report said what became of its re-run list)
+    summary, _ = data_files(output)
+    if args.fail_on_incomplete:
+        if not summary.exists():
+            msg = f"{output}: written, but the report gave no verdict (no re-run list was asked for)"
+            raise MergeError(msg)
+        if json.loads(summary.read_text(encoding="utf-8"))["verdict"] != COMPLETE:
+            return EXIT_INVALID
     return EXIT_OK
 
 

@@ -21,9 +21,13 @@ Needs the ``notebooks`` extra (nbclient, nbconvert, ipykernel, matplotlib).
 from __future__ import annotations
 
 import copy
+import csv
+import datetime as _dt
 import json
 import logging
 import os
+import shlex
+import socket
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -31,16 +35,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._version import __version__
 from ..errors import ExpectedIdsError, MergeError, OutputError
 from ..expected import detect_form, write_id_list
 from ..outputs import atomic_output, refuse_overwriting
 from ..plan import shard_paths
 from ..ranks import checkpoints_of, folder_shards, in_rank_order, index_beside
 from ..report import read_merge_report
+from ..statuses import OK
+from ..verdict import verdict_line, verdict_of
 from .views import InspectionView
 
-__all__ = ["NOTEBOOK", "PARAMETERS", "RERUN_MIME", "RerunList", "write_rerun_list", "inject_parameters",
-           "kernel_manager", "write_run_report"]
+__all__ = ["NOTEBOOK", "PARAMETERS", "RERUN_MIME", "RANK_COLUMNS", "RerunList", "write_rerun_list", "run_summary",
+           "data_files", "inject_parameters", "kernel_manager", "write_run_report"]
 
 logger = logging.getLogger("virnucpro_merge")
 
@@ -64,6 +71,8 @@ class RerunList:
     path: str
     count: int = 0
     why: str | None = None
+    #: the run's summary (:func:`run_summary`), carried out of the notebook for the report's JSON and TSV
+    run: dict[str, Any] | None = None
 
     @property
     def written(self) -> bool:
@@ -75,7 +84,7 @@ class RerunList:
         return f"no re-run list written: {self.why}"
 
     def _repr_mimebundle_(self, include: object = None, exclude: object = None) -> dict[str, str]:
-        outcome = {"written": self.written, "count": self.count, "why": self.why}
+        outcome = {"written": self.written, "count": self.count, "why": self.why, "run": self.run}
         return {"text/plain": str(self), RERUN_MIME: json.dumps(outcome)}
 
 
@@ -90,16 +99,40 @@ def write_rerun_list(found: InspectionView, path: str | os.PathLike[str]) -> Rer
         The count written, or why nothing was: completeness was not checked (no expected
         IDs), nothing is missing, or an ID that a one-a-line list cannot hold.
     """
+    run = run_summary(found)
     if found.expected_from is None:
-        return RerunList(str(path), why=_NOT_CHECKED)
+        return RerunList(str(path), why=_NOT_CHECKED, run=run)
     missing = found.missing_ids
     if not missing:
-        return RerunList(str(path), why=_NOTHING_MISSING)
+        return RerunList(str(path), why=_NOTHING_MISSING, run=run)
     try:
         write_id_list(missing, path)
     except ExpectedIdsError as err:
-        return RerunList(str(path), why=str(err))
-    return RerunList(str(path), count=len(missing))
+        return RerunList(str(path), why=str(err), run=run)
+    return RerunList(str(path), count=len(missing), run=run)
+
+
+#: The columns of ``<report>-ranks.tsv`` and of the ``ranks`` of ``<report>.json``.
+RANK_COLUMNS = ("rank", "shard", "status", "expected", "present", "missing", "checkpointed", "problem")
+
+
+def run_summary(found: InspectionView) -> dict[str, Any]:
+    """An inspection as plain data: the verdict (:mod:`virnucpro_merge.verdict`), the counts,
+    one record a rank (:data:`RANK_COLUMNS`; ``problem`` is its error, or why its worker
+    stopped, else empty) -- what ``<report>.json`` and ``<report>-ranks.tsv`` hold."""
+    problems = {status: ranks for status, ranks in found.by_status().items() if status != OK}
+    expected = len(found.sequence_ids) if found.expected_from is not None else None
+    return {
+        "verdict": verdict_of(expected, found.num_missing if expected is not None else 0, problems),
+        "line": verdict_line(expected, found.num_missing if expected is not None else 0, problems),
+        "world_size": found.world_size, "world_size_from": found.world_size_from,
+        "expected": expected, "expected_from": found.expected_from, "present": found.num_present,
+        "missing": found.num_missing if expected is not None else None, "extra": found.num_extra,
+        "ranks_by_status": problems,
+        "ranks": [{"rank": s.rank, "shard": s.path.name, "status": s.status, "expected": s.expected,
+                   "present": s.present, "missing": s.missing, "checkpointed": s.checkpointed,
+                   "problem": found.stops.get(s.rank) or s.error or ""} for s in found.shards],
+    }
 
 
 def inject_parameters(nb: Any, values: Mapping[str, object]) -> Any:
@@ -225,7 +258,9 @@ def write_run_report(
     timeout: int = 3600,
     checkpoints: str | os.PathLike[str] | bool | None = None,
 ) -> Path:
-    """Write the HTML report of a run: summary, per-rank table, pictures, re-run list, merge report.
+    """Write the HTML report of a run: summary, per-rank table, pictures, re-run list, merge report;
+    and beside it, for pipelines, ``REPORT.json`` (the verdict, the counts, a record a rank,
+    provenance) and ``REPORT-ranks.tsv`` (:func:`data_files`).
 
     Parameters
     ----------
@@ -275,6 +310,8 @@ def write_run_report(
     refuse_overwriting(output, inputs, "is an input of this report; choose another path for the report")
     refuse_overwriting(rerun, inputs, "is an input of this report; choose another path for the re-run list")
     refuse_overwriting(rerun, [output], "is the report itself; choose another path for the re-run list")
+    for data in data_files(output):
+        refuse_overwriting(data, [*inputs, rerun], "is an input of this report; choose another path for the report")
     shown_run: object = str(Path(run).absolute()) if isinstance(run, str | os.PathLike) else [
         str(p.absolute()) for p in shards]
     values = {"run": shown_run, "expected": None if expected is None else str(Path(expected).absolute()),
@@ -288,7 +325,55 @@ def write_run_report(
         html, outcome = _execute_and_render(nb, timeout, show_code=show_code)
         pending.path.write_text(html, encoding="utf-8")
     _settle_rerun_list(rerun, outcome)
+    if outcome is not None and outcome.get("run") is not None:
+        _write_data_files(output, outcome["run"], inputs, shown_run)
+    else:  # (no verdict this time: an earlier report's files would say another run's)
+        for stale in data_files(output):
+            stale.unlink(missing_ok=True)
     return output
+
+
+def data_files(output: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Where a report at ``output`` (``REPORT.html``) writes its data: ``REPORT.json`` (the
+    verdict, the counts, one record a rank, provenance) and ``REPORT-ranks.tsv`` (the ranks).
+
+    >>> [p.name for p in data_files("out/report.html")]
+    ['report.json', 'report-ranks.tsv']
+    """
+    output = Path(output)
+    return output.with_suffix(".json"), output.with_name(f"{output.stem}-ranks.tsv")
+
+
+def _write_data_files(output: Path, run: dict[str, Any], inputs: list[Path], shown_run: object) -> None:
+    """``REPORT.json`` and ``REPORT-ranks.tsv`` beside the page, each written whole or not at all."""
+    summary, ranks = data_files(output)
+    facts = {"format": "virnucpro-merge report 1", "created_by": f"virnucpro_merge {__version__}",
+             "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "host": socket.gethostname(),
+             "command": _command(), "run": shown_run, "page": str(output.absolute()),
+             "inputs": [_input(path) for path in inputs if not path.name.startswith("shard_")]}
+    with atomic_output(summary) as pending:
+        pending.path.write_text(json.dumps({**facts, **run}, indent=1) + "\n", encoding="utf-8")
+    with atomic_output(ranks) as pending, open(pending.path, "w", encoding="utf-8", newline="") as table:
+        writer = csv.writer(table, delimiter="\t", lineterminator="\n")
+        writer.writerow(RANK_COLUMNS)
+        writer.writerows([[str(record[c]).replace("\t", " ").replace("\n", " ") for c in RANK_COLUMNS]
+                          for record in run["ranks"]])
+    logger.info("%s", run["line"])
+
+
+def _command() -> str:
+    """The command line that made the report (``virnucpro-merge report ...``, or the Python program's)."""
+    if Path(sys.argv[0]).name in ("__main__.py", "virnucpro-merge"):
+        return shlex.join(["virnucpro-merge", *sys.argv[1:]])
+    return shlex.join(sys.argv)
+
+
+def _input(path: Path) -> dict[str, Any]:
+    try:
+        stats = path.stat()
+    except OSError:
+        return {"path": str(path.absolute()), "size": None, "mtime_ns": None}
+    return {"path": str(path.absolute()), "size": stats.st_size, "mtime_ns": stats.st_mtime_ns}
 
 
 def _run_shards(run: object, world_size: int | None) -> list[Path]:

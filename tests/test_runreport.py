@@ -397,3 +397,29 @@ def test_fail_on_incomplete_exits_1_and_a_complete_run_0(pipeline_run, tmp_path)
     assert broken.returncode == 1
     assert (tmp_path / "b.html").exists()
     assert json.loads((tmp_path / "b.json").read_text())["verdict"] == "incomplete"
+
+
+def _text(page: str) -> str:
+    body = page[page.index("<body"):]
+    body = re.sub(r"<(style|script)\b.*?</\1>", "", body, flags=re.DOTALL)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", body)).strip()
+
+
+def test_the_page_answers_first(report, pipeline_run):
+    out, _ = report
+    page = out.read_text(encoding="utf-8")
+    line = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))["line"]
+    assert _text(page).startswith(line)
+    assert f"<title>Run report of {pipeline_run.directory.name}: INCOMPLETE</title>" in page
+    assert "With no run given" not in page  # (the notebook's set-up prose stays in the notebook)
+    assert "## Parameters" not in page and ">Parameters<" not in page
+
+
+def test_a_run_folder_named_like_markup_is_text_in_the_title(pipeline_run, tmp_path):
+    odd = tmp_path / "<i>run&co"
+    shutil.copytree(pipeline_run.directory, odd)
+    done = _cli("report", odd, "-o", tmp_path / "r.html")
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<title>Run report of &lt;i&gt;run&amp;co: INCOMPLETE</title>" in page
+    assert "<i>run" not in page

@@ -46,8 +46,8 @@ from ..statuses import OK
 from ..verdict import verdict_line, verdict_of
 from .views import InspectionView
 
-__all__ = ["NOTEBOOK", "PARAMETERS", "RERUN_MIME", "RANK_COLUMNS", "RerunList", "write_rerun_list", "run_summary",
-           "data_files", "inject_parameters", "kernel_manager", "write_run_report"]
+__all__ = ["NOTEBOOK", "PARAMETERS", "HIDDEN_IN_PAGE", "RERUN_MIME", "RANK_COLUMNS", "RerunList", "write_rerun_list",
+           "run_summary", "data_files", "inject_parameters", "kernel_manager", "write_run_report"]
 
 logger = logging.getLogger("virnucpro_merge")
 
@@ -57,6 +57,8 @@ NOTEBOOK = Path(__file__).with_name("run_report.ipynb")
 PARAMETERS = ("run", "expected", "merged", "world_size", "checkpoints", "rerun_list")
 _TEMPLATES = Path(__file__).with_name("templates")
 _KERNEL = "virnucpro-merge-report"
+#: The tag of the notebook's cells that the page leaves out (its setup, parameters, the synthetic run's prose).
+HIDDEN_IN_PAGE = "report-hide"
 #: The MIME type of what the notebook says of its re-run list (read, then dropped from the page).
 RERUN_MIME = "text/x-virnucpro-merge-rerun"
 _NOT_CHECKED = "completeness was not checked (no expected IDs), so nothing is known to be missing"
@@ -173,14 +175,25 @@ def _exporter(*, show_code: bool) -> Any:
     """The HTML exporter, warmed up: its template compiled, its filters imported."""
     import nbformat
     from nbconvert import HTMLExporter
+    from nbconvert.preprocessors import TagRemovePreprocessor
 
     exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(_TEMPLATES)],
                             exclude_input=not show_code, exclude_input_prompt=True, exclude_output_prompt=True)
+    if not show_code:  # (how the notebook is set up is the notebook's business, not the page's)
+        exporter.register_preprocessor(TagRemovePreprocessor(remove_cell_tags={HIDDEN_IN_PAGE}), enabled=True)
     exporter.from_notebook_node(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("*warm-up*")]))
     return exporter
 
 
-def _execute_and_render(nb: Any, timeout: int, *, show_code: bool) -> tuple[str, dict[str, Any] | None]:
+_VERDICT_STYLE = {  # (the statuses' colours: statuses.py)
+    "complete": "background:#e6f4ee;border-left:6px solid #009E73",
+    "incomplete": "background:#fbece4;border-left:6px solid #D55E00",
+    "not checked": "background:#f0f0f0;border-left:6px solid #999999",
+}
+
+
+def _execute_and_render(nb: Any, timeout: int, *, show_code: bool, name: str = "Run report"
+                        ) -> tuple[str, dict[str, Any] | None]:
     """Run notebook ``nb`` (in place) in a fresh kernel, in a scratch folder, then render it as HTML.
 
     The kernel is started first, and the exporter made while it starts; the kernel is
@@ -209,7 +222,11 @@ def _execute_and_render(nb: Any, timeout: int, *, show_code: bool) -> tuple[str,
                 km.shutdown_kernel(now=True)
     _keep_stderr_out_of_the_page(nb)
     outcome = _rerun_outcome(nb)
-    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": "Run report"}})
+    run = (outcome or {}).get("run")
+    resources: dict[str, Any] = {"metadata": {"name": f"{name}: {run['verdict'].upper()}" if run else name}}
+    if run:  # the verdict first, in one coloured line (escaped by the template)
+        resources["verdict"] = {"line": run["line"], "style": _VERDICT_STYLE.get(run["verdict"], "")}
+    body, _ = exporter.from_notebook_node(nb, resources=resources)
     return body, outcome
 
 
@@ -322,7 +339,9 @@ def write_run_report(
 
     with atomic_output(output) as pending:  # the output folder is checked before the notebook runs
         nb = inject_parameters(nbformat.read(NOTEBOOK, as_version=4), values)
-        html, outcome = _execute_and_render(nb, timeout, show_code=show_code)
+        name = Path(run).name if isinstance(run, str | os.PathLike) else \
+            f"{len(shards)} shards in {shards[0].parent.name}"
+        html, outcome = _execute_and_render(nb, timeout, show_code=show_code, name=f"Run report of {name}")
         pending.path.write_text(html, encoding="utf-8")
     _settle_rerun_list(rerun, outcome)
     if outcome is not None and outcome.get("run") is not None:

@@ -135,6 +135,7 @@ LAYERS = {
 #: The imports that go up, each for a reason (all inside a function).
 UPWARD = {
     ("virnucpro_merge.report", "virnucpro_merge.inspection.tables"): "a merge report shows itself in a notebook",
+    ("virnucpro_merge.verify", "virnucpro_merge.inspection.tables"): "a verification shows itself in a notebook",
     ("virnucpro_merge.checks", "virnucpro_merge.cluster"): "the one place that picks the route: here or on Dask",
 }
 
@@ -173,9 +174,10 @@ CORE = set(MODULES) - ADAPTERS - VIEWING - {"virnucpro_merge", "virnucpro_merge.
 
 @pytest.mark.parametrize("module", sorted(CORE))
 def test_the_core_imports_no_adapter_and_not_the_viewing_wing(module):
-    allowed = {  # the one route choice, and the one display hook (a report shows itself in Jupyter)
+    allowed = {  # the one route choice, and the display hooks (a report, a verification show themselves in Jupyter)
         "virnucpro_merge.checks": {"virnucpro_merge.cluster"},
         "virnucpro_merge.report": {"virnucpro_merge.inspection.tables"},
+        "virnucpro_merge.verify": {"virnucpro_merge.inspection.tables"},
     }.get(module, set())
     wrong = (_edges()[module] & (ADAPTERS | VIEWING)) - allowed
     assert not wrong, f"{module} imports {sorted(wrong)}"

@@ -671,3 +671,17 @@ def test_a_same_named_shard_of_another_folder_is_still_compared(tmp_path, rng):
     assert found.intact
     assert found.notes == [f"{10 - 5:,} rows are in none of the shards compared with"]
     assert "5 rows compared with 1 shard" in found.checked
+
+
+def test_a_verification_shows_its_verdict_in_a_notebook(tmp_path):
+    from virnucpro_merge import Verification
+
+    good = Verification(tmp_path / "m.h5", checked=["structure", "12 IDs checksummed"])._repr_html_()
+    assert "INTACT: m.h5" in good
+    assert "#009E73" in good
+    bad = Verification(tmp_path / "m.h5", problems=[f"m.h5: rows {i}-{i + 1} <differ>" for i in range(12)])
+    page = bad._repr_html_()
+    assert "DAMAGED: m.h5: rows 0-1 &lt;differ&gt; (and 11 more problems)" in page
+    assert "#D55E00" in page
+    assert "... and 2 more" in page
+    assert "<differ>" not in page

@@ -92,6 +92,11 @@ class Verification:
     def __bool__(self) -> bool:
         return self.intact
 
+    def _repr_html_(self) -> str:
+        from .inspection.tables import verification_html  # the viewing wing draws; it needs no extra
+
+        return verification_html(self)
+
     def summary(self) -> str:
         """One line: the first problem (and how many more), or what was found intact."""
         if self.problems:

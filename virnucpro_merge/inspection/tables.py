@@ -31,6 +31,7 @@ __all__ = [
     "rank_frame",
     "inspection_html",
     "report_html",
+    "verification_html",
 ]
 
 
@@ -302,3 +303,29 @@ def report_html(report: Mapping[str, Any]) -> str:
             for s in report["shards"]]
     table = _folded(list(_REPORT_COLUMNS), rows, _REPORT_RIGHT, look, "shard")
     return f'<div class="virnucpro-report">{_items(_report_lines(report))}{table}</div>'
+
+
+_VERDICT_COLORS = {True: ("#e6f4ee", STATUS_COLORS[OK]), False: ("#fbece4", "#D55E00")}
+
+
+def verification_html(found: Any) -> Markup:
+    """How a :class:`~virnucpro_merge.Verification` shows in a notebook: its verdict in one
+    green or red line, then its problems (the first ten), what was checked and the notes.
+
+    >>> from pathlib import Path
+    >>> from virnucpro_merge import Verification
+    >>> page = verification_html(Verification(Path("m.h5"), problems=["m.h5: rows 0-9 do not <match>"]))
+    >>> "DAMAGED" in page, "&lt;match&gt;" in page
+    (True, True)
+    """
+    background, edge = _VERDICT_COLORS[found.intact]
+    verdict = f"INTACT: {found.path.name}" if found.intact else f"DAMAGED: {found.summary()}"
+    head = (f'<div style="background: {background}; border-left: 6px solid {edge}; padding: 0.5em 0.8em; '
+            f'font-weight: 600;">{escape(verdict)}</div>')
+    parts = [head]
+    if found.problems:
+        parts.append(_items([f"problem: {p}" for p in found.problems[:10]]
+                            + ([f"... and {len(found.problems) - 10:,} more"] if len(found.problems) > 10 else [])))
+    parts.append(_items([f"checked: {', '.join(found.checked)}" if found.checked else "nothing could be checked",
+                         *(f"note: {n}" for n in found.notes)]))
+    return Markup('<div class="virnucpro-verification">' + "".join(parts) + "</div>")

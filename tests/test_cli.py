@@ -355,3 +355,20 @@ def test_info_on_a_merge_in_index_order(tmp_path, capsys):
     assert table[2].split()[:3] == ["shard_1.h5", "failed", "0"]
     html = report_html(read_merge_report(merged))
     assert html.count("<tr>") == 4
+
+
+def test_info_on_a_merge_of_many_shards_lists_those_worth_a_look(tmp_path, capsys):
+    from virnucpro_merge import aggregate_shards
+    from virnucpro_merge.synthetic import make_demo_run
+
+    run = make_demo_run(tmp_path / "run", n_sequences=1000, world_size=100, dim=4, truncated=(), absent=(7, 70),
+                        empty=(), short={})
+    merged = aggregate_shards(run.shard_files, tmp_path / "m.h5", partial=True)
+    assert main(["info", str(merged)]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("shard "):].split("\n\n")[0].splitlines()
+    assert [line.split()[0] for line in table[1:-1]] == ["shard_7.h5", "shard_70.h5"]
+    assert table[-1] == "... and 98 more shards, ok or worth no look (--all shows every one)"
+    assert "980 sequences of dimension 4 from 98 of 100 shards" in out
+    assert main(["info", str(merged), "--all"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) > 100

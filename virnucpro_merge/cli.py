@@ -46,6 +46,7 @@ PROG = "virnucpro-merge"
 logger = logging.getLogger("virnucpro_merge")
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+_INFO_SHARDS = 40  # shards of a merge that `info` lists one a line at most, unless --all
 
 
 class _Terminated(BaseException):
@@ -148,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="describe a shard or a merged file")
     info.add_argument("path", type=Path, metavar="SHARD_OR_MERGED")
+    info.add_argument("--all", action="store_true",
+                      help=f"list every shard of a merge (by default, past {_INFO_SHARDS}, those worth a look)")
 
     mat = sub.add_parser("materialize", help="copy a virtual output's embeddings into a self-contained file")
     mat.add_argument("virtual", type=Path, metavar="VIRTUAL")
@@ -400,7 +403,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if info["merged"]:
         report = read_merge_report(args.path)
         print()
-        print(format_report(report))
+        print(format_report(report, most=None if args.all else _INFO_SHARDS))
         if report.get("source_problems"):
             return EXIT_INVALID
     return EXIT_OK

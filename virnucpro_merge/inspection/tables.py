@@ -232,8 +232,10 @@ def _problem(shard: Mapping[str, Any]) -> str:
     return f"{said}; salvaged: {', '.join(parts)}"
 
 
-def format_report(report: Mapping[str, Any]) -> str:
-    """A merge report as a short text table, for terminals and notebooks.
+def format_report(report: Mapping[str, Any], *, most: int | None = None) -> str:
+    """A merge report as a short text table, for terminals and notebooks: every shard, or
+    with ``most``, when there are more shards than that, only the (first ``most``) shards
+    worth a look (not ok, or holding NaN or Inf) and a line counting the others.
 
     Examples
     --------
@@ -256,15 +258,29 @@ def format_report(report: Mapping[str, Any]) -> str:
     partial: True
     """
     rows = _report_rows(report)
+    hidden = 0
+    if most is not None and len(rows) > most:
+        look = [row for row, shard in zip(rows, report["shards"], strict=True)
+                if _worth_a_look(shard)][:most]
+        hidden, rows = len(rows) - len(look), look
     widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(_REPORT_COLUMNS)]
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(f"{c:>{w}}" if r else f"{c:<{w}}"
                          for c, w, r in zip(cells, widths, _REPORT_RIGHT, strict=True)).rstrip()
 
-    lines = [line(_REPORT_COLUMNS), *map(line, rows), ""]
+    lines = [line(_REPORT_COLUMNS), *map(line, rows)]
+    if hidden:
+        lines.append(f"... and {hidden:,} more shards, ok or worth no look (--all shows every one)")
+    lines.append("")
     lines.extend(_report_lines(report))
     return "\n".join(lines)
+
+
+def _worth_a_look(shard: Mapping[str, Any]) -> bool:
+    """A shard a merge did not simply copy, or whose rows hold NaN or Inf (the one rule of
+    both the folded HTML table and the short text one)."""
+    return shard["status"] not in (ShardStatus.OK, ShardStatus.EMPTY) or bool(shard.get("nonfinite_rows"))
 
 
 def _report_lines(report: Mapping[str, Any]) -> list[str]:
@@ -299,8 +315,7 @@ def report_html(report: Mapping[str, Any]) -> str:
     """How a merge report shows in a notebook: its findings, then a row per input shard."""
     rows: list[list[object]] = [[row[0], _badge(row[1], SHARD_COLORS.get(row[1])), *row[2:]]
                                 for row in _report_rows(report)]
-    look = [(s["status"] != ShardStatus.OK and s["status"] != ShardStatus.EMPTY) or bool(s.get("nonfinite_rows"))
-            for s in report["shards"]]
+    look = [_worth_a_look(s) for s in report["shards"]]
     table = _folded(list(_REPORT_COLUMNS), rows, _REPORT_RIGHT, look, "shard")
     return f'<div class="virnucpro-report">{_items(_report_lines(report))}{table}</div>'
 

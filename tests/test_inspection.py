@@ -333,8 +333,12 @@ def test_to_frame(demo):
     _, found = demo
     frame = found.to_frame()
     assert list(frame.index) == list(range(8))
-    assert list(frame.columns) == ["shard", "expected", "present", "missing", "status", "error"]
+    assert list(frame.columns) == ["shard", "expected", "present", "missing", "checkpointed", "status", "problem"]
     assert frame.loc[3, "status"] == FAILED
+    assert frame.loc[3, "problem"].startswith("truncated HDF5 file")
+    assert frame.loc[0, "problem"] == ""  # (not NaN: a column of text)
+    assert frame.loc[6, "problem"] == "holds 150 of its 250 sequences: 100 missing (its worker died part-way?)"
+    assert frame.loc[7, "problem"] == "holds no row of its 250 sequences"
     assert frame["missing"].sum() == 850
 
 

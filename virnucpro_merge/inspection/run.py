@@ -228,7 +228,8 @@ class RunInspection:
         """The per-rank summary as a pandas DataFrame (pandas comes with the notebooks extra).
 
         One row per rank, indexed by rank: ``shard`` (file name), ``expected``,
-        ``present``, ``missing``, ``status`` and ``error``.
+        ``present``, ``missing``, ``checkpointed``, ``status`` and ``problem`` (what is
+        wrong with it, in words; an empty string for none).
         """
         from .tables import rank_frame
 

@@ -44,6 +44,7 @@ from ..ranks import checkpoints_of, folder_shards, in_rank_order, index_beside
 from ..report import read_merge_report
 from ..statuses import OK
 from ..verdict import verdict_line, verdict_of
+from .tables import rank_problem
 from .views import InspectionView
 
 __all__ = ["NOTEBOOK", "PARAMETERS", "HIDDEN_IN_PAGE", "RERUN_MIME", "RANK_COLUMNS", "RerunList", "write_rerun_list",
@@ -120,8 +121,9 @@ RANK_COLUMNS = ("rank", "shard", "status", "expected", "present", "missing", "ch
 
 def run_summary(found: InspectionView) -> dict[str, Any]:
     """An inspection as plain data: the verdict (:mod:`virnucpro_merge.verdict`), the counts,
-    one record a rank (:data:`RANK_COLUMNS`; ``problem`` is its error, or why its worker
-    stopped, else empty) -- what ``<report>.json`` and ``<report>-ranks.tsv`` hold."""
+    one record a rank (:data:`RANK_COLUMNS`; ``problem``:
+    :func:`~virnucpro_merge.inspection.tables.rank_problem`) -- what ``<report>.json`` and
+    ``<report>-ranks.tsv`` hold."""
     problems = {status: ranks for status, ranks in found.by_status().items() if status != OK}
     expected = len(found.sequence_ids) if found.expected_from is not None else None
     return {
@@ -133,7 +135,7 @@ def run_summary(found: InspectionView) -> dict[str, Any]:
         "ranks_by_status": problems,
         "ranks": [{"rank": s.rank, "shard": s.path.name, "status": s.status, "expected": s.expected,
                    "present": s.present, "missing": s.missing, "checkpointed": s.checkpointed,
-                   "problem": found.stops.get(s.rank) or s.error or ""} for s in found.shards],
+                   "problem": rank_problem(found, s)} for s in found.shards],
     }
 
 

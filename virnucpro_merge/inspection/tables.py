@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..ranks import INDEX_NAME, rank_ranges
-from ..statuses import OK, SHARD_COLORS, STATUS_COLORS, ShardStatus
+from ..statuses import DUPLICATED, EMPTY, INCOMPLETE, OFF_STRIDE, OK, SHARD_COLORS, STATUS_COLORS, ShardStatus
 from .views import InspectionView, RankView
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ __all__ = [
     "format_summary",
     "format_report",
     "rank_frame",
+    "rank_problem",
     "inspection_html",
     "report_html",
     "verification_html",
@@ -105,8 +106,35 @@ def format_summary(found: InspectionView) -> str:
     return "\n".join(_summary_lines(found))
 
 
+def rank_problem(found: InspectionView, shard: RankView) -> str:
+    """What is wrong with a rank, in words (empty when nothing is): why its worker stopped,
+    where its files say, else its shard's error, else what its status means for it.
+
+    >>> from virnucpro_merge.inspection import inspect_run
+    >>> from virnucpro_merge.synthetic import make_demo_run
+    >>> run = make_demo_run("run", n_sequences=12, world_size=3, dim=4, truncated=(), absent=(2,), empty=(),
+    ...                     short={1: 0.5})
+    >>> found = inspect_run("run")
+    >>> [rank_problem(found, s) for s in found.shards]
+    ['', 'holds 2 of its 4 sequences: 2 missing (its worker died part-way?)', 'file does not exist']
+    """
+    if shard.rank in found.stops:
+        return found.stops[shard.rank]
+    if shard.error:
+        return shard.error
+    return {
+        INCOMPLETE: f"holds {shard.present:,} of its {shard.expected:,} sequences: {shard.missing:,} missing "
+                    "(its worker died part-way?)",
+        EMPTY: f"holds no row of its {shard.expected:,} sequences",
+        DUPLICATED: "an ID it holds is in it twice, or in a lower rank's shard: a merge refuses it",
+        OFF_STRIDE: "holds IDs of other ranks' index positions (a run resumed with another world size?)",
+    }.get(shard.status, "")
+
+
 def rank_frame(found: InspectionView) -> pd.DataFrame:
-    """The per-rank summary as a pandas DataFrame, one row per rank (indexed by rank)."""
+    """The per-rank summary as a pandas DataFrame, one row per rank (indexed by rank): ``shard``,
+    ``expected``, ``present``, ``missing``, ``checkpointed``, ``status`` and ``problem``
+    (:func:`rank_problem`; an empty string for none)."""
     import pandas as pd
 
     frame = pd.DataFrame(
@@ -115,8 +143,9 @@ def rank_frame(found: InspectionView) -> pd.DataFrame:
             "expected": [s.expected for s in found.shards],
             "present": [s.present for s in found.shards],
             "missing": [s.missing for s in found.shards],
+            "checkpointed": [s.checkpointed for s in found.shards],
             "status": pd.Categorical([s.status for s in found.shards], categories=list(STATUS_COLORS)),
-            "error": [s.error for s in found.shards],
+            "problem": [rank_problem(found, s) for s in found.shards],
         },
         index=pd.RangeIndex(found.world_size, name="rank"),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -402,14 +403,14 @@ def test_fail_on_incomplete_exits_1_and_a_complete_run_0(pipeline_run, tmp_path)
 def _text(page: str) -> str:
     body = page[page.index("<body"):]
     body = re.sub(r"<(style|script)\b.*?</\1>", "", body, flags=re.DOTALL)
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", body)).strip()
+    return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", body)).strip())
 
 
 def test_the_page_answers_first(report, pipeline_run):
     out, _ = report
     page = out.read_text(encoding="utf-8")
     line = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))["line"]
-    assert _text(page).startswith(line)
+    assert _text(page).startswith(f"Run report of {pipeline_run.directory.name} {line}")
     assert f"<title>Run report of {pipeline_run.directory.name}: INCOMPLETE</title>" in page
     assert "With no run given" not in page  # (the notebook's set-up prose stays in the notebook)
     assert ">Parameters<" not in page
@@ -423,3 +424,21 @@ def test_a_run_folder_named_like_markup_is_text_in_the_title(pipeline_run, tmp_p
     page = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert "<title>Run report of &lt;i&gt;run&amp;co: INCOMPLETE</title>" in page
     assert "<i>run" not in page
+
+
+def test_a_title_a_comment_and_how_the_page_was_made_are_text(pipeline_run, tmp_path):
+    done = _cli("report", pipeline_run.directory, "-o", tmp_path / "r.html", "--title", "Batch <7> & co",
+                "--comment", "after the <b>node</b> died")
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    text = _text(page)
+    assert text.startswith("Batch <7> & co INCOMPLETE: ")
+    assert "after the <b>node</b> died" in text
+    assert "<b>node</b>" not in page
+    assert "<title>Batch &lt;7&gt; &amp; co: INCOMPLETE</title>" in page
+    found = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert (found["title"], found["comment"]) == ("Batch <7> & co", "after the <b>node</b> died")
+    made = text[text.index("How this page was made"):]
+    assert f"made by: virnucpro_merge {found['created_by'].split()[-1]}" in made
+    assert f"run: {pipeline_run.directory.absolute()}" in made
+    assert f"input: {pipeline_run.index.absolute()} ({pipeline_run.index.stat().st_size:,} bytes, modified" in made

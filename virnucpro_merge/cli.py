@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--rerun-list", type=Path, metavar="FILE",
                      help="where to write the missing IDs (default: <REPORT>-rerun.txt beside the report)")
     rep.add_argument("--show-code", action="store_true", help="show the report notebook's code too")
+    rep.add_argument("--title", metavar="TEXT", help="the page's title (default: Run report of <the run's folder>)")
+    rep.add_argument("--comment", metavar="TEXT", help="a comment shown under the verdict (and in the JSON)")
     rep.add_argument("--fail-on-incomplete", action="store_true",
                      help="exit 1 when the run is not complete (the page and its JSON are written all the same)")
 
@@ -368,7 +370,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     run: Path | list[Path] = folder if folder is not None else expand_shard_args(args.run, world_size=args.world_size)
     output = write_run_report(run, args.output, expected=args.expected, merged=args.merged,
                               world_size=args.world_size, rerun_list=args.rerun_list, show_code=args.show_code,
-                              checkpoints=args.checkpoints)
+                              checkpoints=args.checkpoints, title=args.title, comment=args.comment)
     if args.expected is None:
         index = index_beside(run if isinstance(run, list) else folder_shards(run, world_size=args.world_size))
         if index is not None:

@@ -194,7 +194,7 @@ _VERDICT_STYLE = {  # (the statuses' colours: statuses.py)
 }
 
 
-def _execute_and_render(nb: Any, timeout: int, *, show_code: bool, name: str = "Run report"
+def _execute_and_render(nb: Any, timeout: int, *, show_code: bool, facts: dict[str, Any]
                         ) -> tuple[str, dict[str, Any] | None]:
     """Run notebook ``nb`` (in place) in a fresh kernel, in a scratch folder, then render it as HTML.
 
@@ -225,9 +225,12 @@ def _execute_and_render(nb: Any, timeout: int, *, show_code: bool, name: str = "
     _keep_stderr_out_of_the_page(nb)
     outcome = _rerun_outcome(nb)
     run = (outcome or {}).get("run")
-    resources: dict[str, Any] = {"metadata": {"name": f"{name}: {run['verdict'].upper()}" if run else name}}
-    if run:  # the verdict first, in one coloured line (escaped by the template)
-        resources["verdict"] = {"line": run["line"], "style": _VERDICT_STYLE.get(run["verdict"], "")}
+    name = facts["title"]
+    resources: dict[str, Any] = {"metadata": {"name": f"{name}: {run['verdict'].upper()}" if run else name},
+                                 "facts": _shown_facts(facts), "title": name}  # (every value escaped by the template)
+    if run:  # the verdict first, in one coloured line
+        resources["verdict"] = {"line": run["line"], "style": _VERDICT_STYLE.get(run["verdict"], ""),
+                                "comment": facts["comment"]}
     body, _ = exporter.from_notebook_node(nb, resources=resources)
     return body, outcome
 
@@ -276,6 +279,8 @@ def write_run_report(
     show_code: bool = False,
     timeout: int = 3600,
     checkpoints: str | os.PathLike[str] | bool | None = None,
+    title: str | None = None,
+    comment: str | None = None,
 ) -> Path:
     """Write the HTML report of a run: summary, per-rank table, pictures, re-run list, merge report;
     and beside it, for pipelines, ``REPORT.json`` (the verdict, the counts, a record a rank,
@@ -303,6 +308,9 @@ def write_run_report(
         The run's checkpoints folder: why each dead worker stopped, and the sequences
         its checkpoints hold (not counted missing: a merge salvages them). None: where
         the pipeline puts it; False: ignore it.
+    title, comment : str, optional
+        The page's title (by default "Run report of <the run's folder>"), and a comment
+        shown under the verdict; both in the JSON too.
 
     Returns
     -------
@@ -339,15 +347,15 @@ def write_run_report(
               "checkpoints": False if saved is None else str(saved.absolute())}
     import nbformat
 
+    name = Path(run).name if isinstance(run, str | os.PathLike) else f"{len(shards)} shards in {shards[0].parent.name}"
+    facts = _provenance(output, inputs, shown_run, title or f"Run report of {name}", comment)
     with atomic_output(output) as pending:  # the output folder is checked before the notebook runs
         nb = inject_parameters(nbformat.read(NOTEBOOK, as_version=4), values)
-        name = Path(run).name if isinstance(run, str | os.PathLike) else \
-            f"{len(shards)} shards in {shards[0].parent.name}"
-        html, outcome = _execute_and_render(nb, timeout, show_code=show_code, name=f"Run report of {name}")
+        html, outcome = _execute_and_render(nb, timeout, show_code=show_code, facts=facts)
         pending.path.write_text(html, encoding="utf-8")
     _settle_rerun_list(rerun, outcome)
     if outcome is not None and outcome.get("run") is not None:
-        _write_data_files(output, outcome["run"], inputs, shown_run)
+        _write_data_files(output, outcome["run"], facts)
     else:  # (no verdict this time: an earlier report's files would say another run's)
         for stale in data_files(output):
             stale.unlink(missing_ok=True)
@@ -365,13 +373,21 @@ def data_files(output: str | os.PathLike[str]) -> tuple[Path, Path]:
     return output.with_suffix(".json"), output.with_name(f"{output.stem}-ranks.tsv")
 
 
-def _write_data_files(output: Path, run: dict[str, Any], inputs: list[Path], shown_run: object) -> None:
+def _provenance(output: Path, inputs: list[Path], shown_run: object, title: str, comment: str | None
+                ) -> dict[str, Any]:
+    """How the report was made: the tool, the date, the host, the command line, the run, the
+    inputs beside its shards (their sizes and modification times); in the page and the JSON."""
+    shards = [path for path in inputs if path.name.startswith("shard_")]
+    return {"format": "virnucpro-merge report 1", "title": title, "comment": comment,
+            "created_by": f"virnucpro_merge {__version__}",
+            "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "host": socket.gethostname(),
+            "command": _command(), "run": shown_run, "page": str(output.absolute()), "shards": len(shards),
+            "inputs": [_input(path) for path in inputs if path not in shards]}
+
+
+def _write_data_files(output: Path, run: dict[str, Any], facts: dict[str, Any]) -> None:
     """``REPORT.json`` and ``REPORT-ranks.tsv`` beside the page, each written whole or not at all."""
     summary, ranks = data_files(output)
-    facts = {"format": "virnucpro-merge report 1", "created_by": f"virnucpro_merge {__version__}",
-             "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "host": socket.gethostname(),
-             "command": _command(), "run": shown_run, "page": str(output.absolute()),
-             "inputs": [_input(path) for path in inputs if not path.name.startswith("shard_")]}
     with atomic_output(summary) as pending:
         pending.path.write_text(json.dumps({**facts, **run}, indent=1) + "\n", encoding="utf-8")
     with atomic_output(ranks) as pending, open(pending.path, "w", encoding="utf-8", newline="") as table:
@@ -380,6 +396,18 @@ def _write_data_files(output: Path, run: dict[str, Any], inputs: list[Path], sho
         writer.writerows([[str(record[c]).replace("\t", " ").replace("\n", " ") for c in RANK_COLUMNS]
                           for record in run["ranks"]])
     logger.info("%s", run["line"])
+
+
+def _shown_facts(facts: dict[str, Any]) -> list[tuple[str, str]]:
+    """The provenance as the page's last lines show it: a label and a text each."""
+    shown = [("made by", facts["created_by"]), ("on", f"{facts['created_at']} (UTC), host {facts['host']}"),
+             ("command", facts["command"]),
+             ("run", facts["run"] if isinstance(facts["run"], str) else f"{len(facts['run'])} shard files"),
+             ("shards", f"{facts['shards']:,}")]
+    shown += [("input", f"{i['path']} ({i['size']:,} bytes, modified "
+                        f"{_dt.datetime.fromtimestamp(i['mtime_ns'] / 1e9, _dt.UTC).isoformat(timespec='seconds')})")
+              if i["size"] is not None else ("input", f"{i['path']} (not readable)") for i in facts["inputs"]]
+    return shown
 
 
 def _command() -> str:

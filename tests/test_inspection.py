@@ -471,3 +471,21 @@ def test_a_shard_list_of_one_folder_finds_its_index(tmp_path):
     lone = inspect_run([elsewhere / "shard_0.h5"])
     assert lone.expected_from is None
     assert "completeness NOT checked: no expected IDs" in format_summary(lone)
+
+
+def test_a_merge_seen_rank_by_rank_agrees_with_its_shards(tmp_path, demo):
+    from virnucpro_merge import aggregate_shards
+    from virnucpro_merge.errors import MergeError
+    from virnucpro_merge.inspection import RunInspection
+
+    run, found = demo
+    merged = aggregate_shards(run.shard_files, tmp_path / "m.h5", run.index, partial=True)
+    seen = RunInspection.from_merged(merged)
+    assert np.array_equal(seen.missing, found.missing)
+    assert seen.missing_ids == found.missing_ids
+    assert [(s.status, s.present, s.missing) for s in seen.shards] == [(s.status, s.present, s.missing)
+                                                                       for s in found.shards]
+    again = aggregate_shards([merged], tmp_path / "again.h5", run.index, partial=True)  # (a merge of a merge)
+    with pytest.raises(MergeError, match="give world_size"):
+        RunInspection.from_merged(again, run.index)
+    assert np.array_equal(RunInspection.from_merged(again, run.index, world_size=8).missing, found.missing)

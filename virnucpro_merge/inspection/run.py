@@ -56,6 +56,7 @@ from ..ranks import (
     stride_positions,
     world_size_of,
 )
+from ..report import read_merge_report
 from ..shards import ABSENT as ABSENT_FILE
 from ..shards import iter_id_blocks, open_shard, read_id_rows, read_shard_meta
 from ..statuses import ABSENT, DUPLICATED, EMPTY, FAILED, INCOMPLETE, OFF_STRIDE, OK, STATUSES
@@ -260,6 +261,70 @@ class RunInspection:
         from .plots import plot_missing_heatmap
 
         return plot_missing_heatmap(self, **options)
+
+    @classmethod
+    def from_merged(cls, path: str | os.PathLike[str], expected: object = None, *,
+                    world_size: int | None = None) -> RunInspection:
+        """A run as a merged output holds it: which of its sequences the merge has, rank by
+        rank -- for the heatmap of a merge, or of the merge that completed a re-run loop.
+
+        Parameters
+        ----------
+        path : path-like
+            A merged output.
+        expected : path-like or list of str, optional
+            The run's IDs in index order (by default the sequence index beside the shards
+            the merge recorded).
+        world_size : int, optional
+            The number of workers (by default the highest rank among the ``shard_<rank>.h5``
+            the merge recorded, plus one; give it for a merge of merges).
+
+        Returns
+        -------
+        RunInspection
+            Each rank: its assigned sequences, those the merged file lacks (its report's
+            missing IDs, at their index positions), and a status of what the file holds
+            for it (``ok``, ``incomplete``, ``empty``; a rank whose shard the merge
+            recorded as absent or failed, and that the file holds nothing of, keeps that).
+
+        Examples
+        --------
+        >>> from virnucpro_merge import aggregate_shards
+        >>> from virnucpro_merge.synthetic import make_demo_run
+        >>> run = make_demo_run("run", n_sequences=12, world_size=3, dim=4, truncated=(), absent=(2,), empty=(),
+        ...                     short={})
+        >>> merged = aggregate_shards(run.shard_files, "m.h5", run.index, partial=True)
+        >>> found = RunInspection.from_merged(merged)
+        >>> [(s.rank, s.present, s.missing, s.status) for s in found.shards]
+        [(0, 4, 0, 'ok'), (1, 4, 0, 'ok'), (2, 0, 4, 'absent')]
+        """
+        report = read_merge_report(path)
+        recorded = {rank: s for s in report["shards"] if (rank := rank_of(s["path"])) is not None}
+        size = world_size or (max(recorded) + 1 if recorded else None)
+        if size is None:
+            msg = f"{path}: its shards are not named shard_<rank>.h5 (a merge of merges?): give world_size"
+            raise MergeError(msg)
+        ids, expected_from = _expected_ids(expected, [Path(s["path"]) for s in report["shards"]])
+        lookup = IdLookup(ids if ids is not None else ())
+        present = np.ones(lookup.n, dtype=bool)
+        if report["missing_ids"] and lookup.n:
+            raw = [i.encode("utf-8") for i in report["missing_ids"]]
+            positions, _, _ = lookup.positions(np.array(raw, dtype=bytes), raw)
+            present[positions] = False
+        missing = _missing_matrix(present, size)
+        shards = []
+        for rank in range(size):
+            assigned, lacking = int(stride_positions(lookup.n, size, rank).size), int(missing[rank].sum())
+            record = recorded.get(rank)
+            error = record.get("error") if record is not None and record["status"] == "failed" else None
+            status = (ABSENT if error == ABSENT_FILE else FAILED) if error is not None and lacking == assigned \
+                else OK if not lacking else EMPTY if lacking == assigned else INCOMPLETE
+            shards.append(ShardSummary(rank, Path(record["path"]) if record else shard_path(".", rank), assigned,
+                                       assigned - lacking, lacking, status, error))
+        return cls(shards=shards, missing=missing, sequence_ids=_EncodedIds(lookup.encoded),
+                   expected_from=expected_from,
+                   world_size_from="given" if world_size else "the ranks the merge recorded",
+                   _missing_ids=sorted(report["missing_ids"]))
 
     @property
     def timeline(self) -> Timeline:

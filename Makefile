@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+DOCS_STAMP := $(VENV)/.installed-docs-stamp
 DEMO   := demo_run
 REPORT := reports
 SITE   := docs/_build/html
@@ -27,9 +28,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
+# The demo and the docs need the package with its docs extra only (not the test stack).
+$(DOCS_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[docs]'
+	touch $@
+
 install: $(STAMP) ## Create .venv and install the package with its test extras
 
-demo: $(STAMP) ## Build the synthetic 8-worker run, merge it, write its report, build the docs site
+demo: $(DOCS_STAMP) ## Build the synthetic 8-worker run, merge it, write its report, build the docs site
 	$(BIN)/virnucpro-merge demo $(DEMO)
 	mkdir -p $(REPORT)
 	$(BIN)/virnucpro-merge report $(DEMO) --merged $(DEMO)/embeddings.h5 -o $(REPORT)/demo_run.html
@@ -37,7 +43,7 @@ demo: $(STAMP) ## Build the synthetic 8-worker run, merge it, write its report, 
 	@echo "the demo run's report: $(CURDIR)/$(REPORT)/demo_run.html"
 	@echo "the documentation site: $(CURDIR)/$(SITE)/index.html"
 
-docs: $(STAMP) ## Build the documentation site into docs/_build/html (read afresh, warnings are errors; opens offline)
+docs: $(DOCS_STAMP) ## Build the documentation site into docs/_build/html (read afresh, warnings are errors; opens offline)
 	$(BIN)/sphinx-build -q -E -W --keep-going -n -b html -d docs/_build/doctrees docs $(SITE)
 
 notebooks: $(STAMP) ## Re-execute the notebooks in place, strip metadata (review the diff, then commit)

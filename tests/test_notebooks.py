@@ -47,7 +47,8 @@ def _code_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
 
 def _markers(cell: nbformat.NotebookNode) -> set[str]:
     comments = {line.strip().lstrip("#").strip() for line in cell.source.splitlines() if line.strip().startswith("#")}
-    return comments | set(cell.metadata.get("tags", []))
+    tags = set(cell.metadata.get("tags", []))
+    return comments | tags | {tag.upper().replace("-", "_") for tag in tags}  # (nbval-ignore-output: NBVAL_IGNORE_OUTPUT)
 
 
 def _python(source: str) -> str:
@@ -238,3 +239,10 @@ def test_each_sanitize_pattern_does_what_its_example_says(regex, replace, exampl
     assert becomes is not None, f"no example for {regex}"
     assert re.search(regex, example), f"{regex} matches nothing in its example"
     assert re.sub(regex, replace, example) == becomes
+
+
+@pytest.mark.parametrize("name", sorted(MIN_FIGURES))
+def test_no_nbval_marker_shows_in_the_code_a_learner_reads(name):
+    """nbval's markers are cell tags (nbval-ignore-output), never comments in the code shown on the site."""
+    for cell in _code_cells(_load(name)):
+        assert "NBVAL" not in cell.source, cell.source

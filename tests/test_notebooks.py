@@ -48,7 +48,7 @@ def _code_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
 def _markers(cell: nbformat.NotebookNode) -> set[str]:
     comments = {line.strip().lstrip("#").strip() for line in cell.source.splitlines() if line.strip().startswith("#")}
     tags = set(cell.metadata.get("tags", []))
-    return comments | tags | {tag.upper().replace("-", "_") for tag in tags}  # (nbval-ignore-output: NBVAL_IGNORE_OUTPUT)
+    return comments | tags | {tag.upper().replace("-", "_") for tag in tags}  # (nbval-ignore-output too)
 
 
 def _python(source: str) -> str:

@@ -368,7 +368,48 @@ def test_info_on_a_merge_of_many_shards_lists_those_worth_a_look(tmp_path, capsy
     out = capsys.readouterr().out
     table = out[out.index("shard "):].split("\n\n")[0].splitlines()
     assert [line.split()[0] for line in table[1:-1]] == ["shard_7.h5", "shard_70.h5"]
-    assert table[-1] == "... and 98 more shards, ok or worth no look (--all shows every one)"
+    assert table[-1] == "... and 98 more shards, ok otherwise (--all lists every one)"
     assert "980 sequences of dimension 4 from 98 of 100 shards" in out
     assert main(["info", str(merged), "--all"]) == 0
     assert len(capsys.readouterr().out.splitlines()) > 100
+
+
+def test_validate_on_a_duplicate_says_invalid_first_and_in_json(tmp_path, capsys):
+    from virnucpro_merge.synthetic import make_demo_run
+
+    run = make_demo_run(tmp_path / "run", n_sequences=80, world_size=4, dim=4, truncated=(), absent=(), empty=(),
+                        short={}, duplicated=(2,))
+    assert main(["validate", str(run.directory), "--expected", str(run.index)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.startswith("INVALID: Duplicate sequence ID found: ")
+    assert "Duplicate sequence ID found" in one_error_line(captured.err)
+    assert main(["validate", str(run.directory), "--expected", str(run.index), "--json"]) == 1
+    found = json.loads(capsys.readouterr().out)
+    assert (found["verdict"], found["exit_status"]) == ("invalid", 1)
+
+
+def test_a_rank_whose_sequences_are_all_there_is_not_to_re_run(tmp_path, capsys):
+    """A dead worker whose checkpoints hold all it was given: the run is complete, in every face."""
+    from virnucpro_merge.synthetic import make_demo_run
+
+    run = make_demo_run(tmp_path / "run", n_sequences=800, world_size=4, dim=4, truncated=(), absent=(), empty=(),
+                        short={1: 0.5})
+    assert main(["validate", str(run.directory), "--expected", str(run.index), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["ranks_to_rerun"] == {"incomplete": [1]}  # (from the index)
+    lost = set(run.sequence_ids[1::4][100:])
+    (tmp_path / "ids.txt").write_text("\n".join(i for i in run.sequence_ids if i not in lost))
+    assert main(["validate", str(run.directory), "--expected", str(tmp_path / "ids.txt")]) == 0
+    assert capsys.readouterr().out.startswith("COMPLETE: ")
+
+
+def test_info_on_a_clean_merge_of_many_shards_says_so_in_a_line(tmp_path, capsys):
+    from virnucpro_merge import aggregate_shards
+    from virnucpro_merge.synthetic import make_demo_run
+
+    run = make_demo_run(tmp_path / "run", n_sequences=500, world_size=50, dim=4, truncated=(), absent=(), empty=(),
+                        short={})
+    merged = aggregate_shards(run.shard_files, tmp_path / "m.h5")
+    assert main(["info", str(merged)]) == 0
+    out = capsys.readouterr().out
+    assert "every one of the 50 shards is ok (--all lists them)" in out
+    assert "shard       status" not in out

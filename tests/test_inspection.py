@@ -489,3 +489,14 @@ def test_a_merge_seen_rank_by_rank_agrees_with_its_shards(tmp_path, demo):
     with pytest.raises(MergeError, match="give world_size"):
         RunInspection.from_merged(again, run.index)
     assert np.array_equal(RunInspection.from_merged(again, run.index, world_size=8).missing, found.missing)
+
+
+def test_a_merge_that_checked_no_ids_is_seen_by_what_it_holds(tmp_path, demo):
+    from virnucpro_merge import aggregate_shards
+    from virnucpro_merge.inspection import RunInspection
+
+    run, found = demo
+    blind = aggregate_shards(run.shard_files, tmp_path / "blind.h5", partial=True)  # (no expected IDs)
+    seen = RunInspection.from_merged(blind, run.index)
+    assert np.array_equal(seen.missing, found.missing)
+    assert seen.num_missing == found.num_missing == 850

@@ -26,7 +26,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ._version import __version__
 from .checks import plan_merge
 from .errors import MergeError, ValidationError, twins_note
-from .expected import iter_expected_ids, read_expected_ids
+from .expected import detect_form, iter_expected_ids, read_expected_ids
 from .inspection.tables import format_report
 from .merge import CHUNK_SIZE, LAYOUTS, ORDERS, OUTPUT_IS_THE_EXPECTED_FILE, aggregate_shards, materialize
 from .outputs import refuse_overwriting
@@ -37,7 +37,7 @@ from .rerun import checkpointed_missing, write_missing_fasta
 from .salvage import scratch_folder
 from .shards import get_shard_info
 from .synthetic import make_demo_run
-from .verdict import COMPLETE, failed_ranks, verdict_line, verdict_of
+from .verdict import COMPLETE, rank_problems, ranks_missing, verdict_line, verdict_of
 from .verify import verify_merged
 
 __all__ = ["main", "build_parser"]
@@ -261,6 +261,25 @@ def _index_hint(args: argparse.Namespace) -> str | None:
     return str(indexes[0]) if indexes else None
 
 
+def _own_problem(error: str | None, salvage: dict[str, Any] | None) -> str | None:
+    """What is wrong with a shard's own file: its error, but none where its rank was salvaged
+    from a file that could be read (cut short, empty, mislabelled: its missing sequences say)."""
+    return None if salvage is not None and salvage.get("shard_readable") else error
+
+
+def _problems(shards: Sequence[tuple[str, str | None, int]], missing: list[str],
+              expected: list[str] | Path | None, given: Path | None) -> dict[str, list[int]]:
+    """The ranks to re-run (:func:`~virnucpro_merge.verdict.rank_problems`); the missing IDs are
+    placed at their ranks by their positions in the expected IDs only when those are the run's
+    sequence index (``given``, a JSON file: in index order, as the ranks were given them)."""
+    if not missing:
+        return rank_problems(shards, {} if given is not None else None)
+    if given is None or not given.is_file() or detect_form(given)[0] != "json":
+        return rank_problems(shards, None)
+    order = iter_expected_ids(expected) if isinstance(expected, Path) else expected or []
+    return rank_problems(shards, ranks_missing(missing, order, len(shards)))
+
+
 def _cmd_aggregate(args: argparse.Namespace) -> int:
     if args.fail_on_missing and not args.partial:
         msg = "--fail-on-missing goes with --partial (a strict merge fails on anything missing anyway)"
@@ -292,9 +311,8 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
             checkpoints=args.checkpoints,
         )
     report = read_merge_report(output)
-    failed = set(report["failed_shards"])
-    problems = failed_ranks((at, s["path"], s.get("error")) for at, s in enumerate(report["shards"])
-                            if s["path"] in failed)
+    problems = _problems([(s["path"], _own_problem(s.get("error"), s.get("salvage")), s["num_sequences"])
+                          for s in report["shards"]], report["missing_ids"], expected, args.expected)
     line = verdict_line(report.get("num_expected"), report["num_missing"], problems)
     if not report["partial"]:
         logger.info("%s", line)
@@ -314,10 +332,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     with _dask_client(args) as client, scratch_folder() as scratch:
         expected = _expected_for(args, client)
         shards = _shards_for(args, expected)
-        plan = plan_merge(shards, expected, partial=True, client=client, storage=False,
-                          checkpoints=checkpoints_of(shards, args.checkpoints), scratch=scratch)
-    unfinished = {id(s) for s in plan.unfinished_shards}
-    failed = failed_ranks((at, str(s.path), s.error) for at, s in enumerate(plan.shards) if id(s) in unfinished)
+        try:
+            plan = plan_merge(shards, expected, partial=True, client=client, storage=False,
+                              checkpoints=checkpoints_of(shards, args.checkpoints), scratch=scratch)
+        except ValidationError as err:  # (a duplicate: the verdict first all the same, and the JSON)
+            line = f"INVALID: {err}"
+            print(json.dumps({"verdict": "invalid", "line": line, "exit_status": EXIT_INVALID}, indent=1)
+                  if args.json else line)
+            raise
+    failed = _problems([(str(s.path), _own_problem(s.error, None if s.salvage is None else s.salvage.summary()),
+                         s.num_sequences) for s in plan.shards], plan.missing_ids, expected, args.expected)
     line = verdict_line(plan.num_expected, len(plan.missing_ids), failed)
     status = EXIT_OK if verdict_of(plan.num_expected, len(plan.missing_ids), failed) == COMPLETE else EXIT_INVALID
     if args.json:
@@ -366,6 +390,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise MergeError(msg)
     from .inspection.runreport import data_files, write_run_report
 
+    if len(args.run) == 1 and not Path(args.run[0]).exists():
+        msg = f"{args.run[0]}: no such run folder or shard file"
+        raise MergeError(msg)
     folder = Path(args.run[0]) if len(args.run) == 1 and Path(args.run[0]).is_dir() else None
     run: Path | list[Path] = folder if folder is not None else expand_shard_args(args.run, world_size=args.world_size)
     output = write_run_report(run, args.output, expected=args.expected, merged=args.merged,

@@ -104,6 +104,8 @@ class Salvage:
     conflicting: list[str] = field(default_factory=list)
     unmarked: int = 0
     in_progress: int = 0
+    #: whether the shard itself could be read (cut short, empty or mislabelled), or not (absent, damaged)
+    readable: bool = False
 
     def summary(self) -> dict[str, Any]:
         """What the merge report records of it (JSON)."""
@@ -111,7 +113,8 @@ class Salvage:
                 "from_checkpoints": self.rows - self.kept, "checkpoints_used": len(self.checkpoints),
                 "repeats": self.repeats, "kept_from_shard": self.kept, "dropped_from_shard": self.dropped,
                 "skipped_checkpoints": self.skipped, "conflicting_ids": len(self.conflicting),
-                "unmarked_checkpoints": self.unmarked, "saves_in_progress": self.in_progress}
+                "unmarked_checkpoints": self.unmarked, "saves_in_progress": self.in_progress,
+                "shard_readable": self.readable}
 
     def __str__(self) -> str:
         notes = [f"without a .done marker, whole, used: {self.unmarked}" if self.unmarked else "",
@@ -325,7 +328,7 @@ def salvage_rank(rank: int, shard: Path, problem: str, folder: Path, scratch: Sc
         return None
     unmarked = sum(not entry.done for entry in found.files if str(entry.path) in used)
     return Salvage(rank, shard, problem, found.folder, file, count, used, taken.repeats, kept, dropped, skipped,
-                   list(taken.conflicting), unmarked, len(found.temps))
+                   list(taken.conflicting), unmarked, len(found.temps), readable=keep != "none")
 
 
 def _shard_dtype(shard: Path) -> np.dtype:

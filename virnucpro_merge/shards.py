@@ -329,7 +329,8 @@ _SALVAGE_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
 
 
 def _salvage(value: object) -> bool:
-    return _records(_SALVAGE_FIELDS, required=tuple(_SALVAGE_FIELDS))([value]) is None
+    fields = {**_SALVAGE_FIELDS, "shard_readable": _FLAG}
+    return _records(fields, required=tuple(_SALVAGE_FIELDS))([value]) is None
 
 
 _SUMMARY_LISTS: dict[str, Callable[[object], str | None]] = {

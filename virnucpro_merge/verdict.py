@@ -6,28 +6,34 @@ Every face that judges a run (``validate``, ``aggregate``, the report) says it w
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from .ranks import rank_of, rank_ranges
 from .shards import ABSENT
+from .statuses import ABSENT as ABSENT_STATUS
+from .statuses import EMPTY, FAILED
+from .statuses import INCOMPLETE as INCOMPLETE_RANK
 
-__all__ = ["COMPLETE", "INCOMPLETE", "NOT_CHECKED", "verdict_of", "verdict_line", "failed_ranks"]
+__all__ = ["COMPLETE", "INCOMPLETE", "NOT_CHECKED", "verdict_of", "verdict_line", "ranks_missing", "rank_problems"]
 
 #: The verdicts, as the JSON files and the exit statuses carry them.
 COMPLETE, INCOMPLETE, NOT_CHECKED = "complete", "incomplete", "not checked"
 
 
 def verdict_of(expected: int | None, missing: int, problems: Mapping[str, Sequence[int]]) -> str:
-    """``"complete"`` (``COMPLETE``) when every expected sequence is there and no rank has a
-    problem, ``"not checked"`` (``NOT_CHECKED``) when no expected IDs were given and no rank
-    has one, else ``"incomplete"`` (``INCOMPLETE``).
+    """``"complete"`` (``COMPLETE``) when every expected sequence is there (a dead worker's
+    included, when its checkpoints held them), ``"not checked"`` (``NOT_CHECKED``) when no
+    expected IDs were given and no rank has a problem, else ``"incomplete"`` (``INCOMPLETE``).
 
     >>> verdict_of(100, 0, {}), verdict_of(100, 3, {}), verdict_of(None, 0, {}), verdict_of(None, 0, {"absent": [2]})
     ('complete', 'incomplete', 'not checked', 'incomplete')
+    >>> verdict_of(100, 0, {"absent": [2]})  # (rank 2's sequences are all there all the same)
+    'complete'
     """
-    if missing or any(problems.values()):
-        return INCOMPLETE
-    return NOT_CHECKED if expected is None else COMPLETE
+    if expected is not None:
+        return INCOMPLETE if missing else COMPLETE
+    return INCOMPLETE if any(problems.values()) else NOT_CHECKED
 
 
 def verdict_line(expected: int | None, missing: int, problems: Mapping[str, Sequence[int]]) -> str:
@@ -56,16 +62,44 @@ def verdict_line(expected: int | None, missing: int, problems: Mapping[str, Sequ
     return f"INCOMPLETE: {missing:,} of {expected:,} sequences missing{share}" + (f"; {ranks}" if ranks else "")
 
 
-def failed_ranks(shards: Iterable[tuple[int, str, str | None]]) -> dict[str, list[int]]:
-    """The ranks of failed shards, ``(position, path, error)`` each, by what is wrong: ``absent``
-    (no file) or ``failed`` (the rest). A shard's rank is the one in its name
-    (``shard_<rank>.h5``), else its position in the list.
+def ranks_missing(missing: Collection[str], expected_in_order: Iterable[str], world_size: int) -> dict[int, int]:
+    """How many of ``missing`` each rank was given: rank ``r`` of ``world_size`` is given the
+    index positions ``r, r + N, ...`` of ``expected_in_order`` (read once; the missing IDs
+    alone are held).
 
-    >>> failed_ranks([(0, "run/shard_6.h5", "file does not exist"), (3, "x.h5", "not an HDF5 file")])
-    {'absent': [6], 'failed': [3]}
+    >>> ranks_missing({"c", "f"}, "abcdef", 3)
+    {2: 2}
+    """
+    wanted, found = set(missing), Counter[int]()
+    if wanted:
+        for position, sequence_id in enumerate(expected_in_order):
+            if sequence_id in wanted:
+                found[position % world_size] += 1
+    return dict(found)
+
+
+def rank_problems(shards: Sequence[tuple[str, str | None, int]], missing: Mapping[int, int] | None
+                  ) -> dict[str, list[int]]:
+    """The ranks to re-run, by what is wrong with them, in the words of
+    ``statuses.STATUSES``: ``absent`` (no file), ``failed`` (a file that
+    cannot be used), else, where sequences it was given are missing, ``empty`` (no row) or
+    ``incomplete``; a rank none of whose sequences is missing is not to re-run, whatever its
+    file. ``shards``: each rank's ``(path, problem of its file or None, rows)``, in rank order
+    (a shard's rank is the one in its name, else its place); ``missing``: a rank -> how many of
+    its sequences are missing (:func:`ranks_missing`), or None where that is not known (then
+    every absent or failed file is to re-run).
+
+    >>> rank_problems([("run/shard_0.h5", None, 4), ("run/shard_1.h5", None, 2), ("run/shard_2.h5",
+    ...                "file does not exist", 0), ("run/shard_3.h5", "not an HDF5 file", 0)], {1: 2, 2: 4, 3: 4})
+    {'incomplete': [1], 'absent': [2], 'failed': [3]}
     """
     found: dict[str, list[int]] = {}
-    for position, path, error in shards:
+    for position, (path, problem, rows) in enumerate(shards):
         rank = rank_of(path)
-        found.setdefault("absent" if error == ABSENT else "failed", []).append(position if rank is None else rank)
+        rank = position if rank is None else rank
+        lacking = True if missing is None else bool(missing.get(rank))
+        status = None if not lacking else ABSENT_STATUS if problem == ABSENT else FAILED if problem is not None \
+            else None if missing is None else EMPTY if not rows else INCOMPLETE_RANK
+        if status is not None:
+            found.setdefault(status, []).append(rank)
     return found

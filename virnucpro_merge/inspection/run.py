@@ -282,9 +282,9 @@ class RunInspection:
         Returns
         -------
         RunInspection
-            Each rank: its assigned sequences, those the merged file lacks (its report's
-            missing IDs, at their index positions), and a status of what the file holds
-            for it (``ok``, ``incomplete``, ``empty``; a rank whose shard the merge
+            Each rank: its assigned sequences, those the merged file lacks (read off its
+            IDs, whatever its report checked), and a status of what the file holds for it
+            (``ok``, ``incomplete``, ``empty``; a rank whose shard the merge
             recorded as absent or failed, and that the file holds nothing of, keeps that).
 
         Examples
@@ -306,11 +306,11 @@ class RunInspection:
             raise MergeError(msg)
         ids, expected_from = _expected_ids(expected, [Path(s["path"]) for s in report["shards"]])
         lookup = IdLookup(ids if ids is not None else ())
-        present = np.ones(lookup.n, dtype=bool)
-        if report["missing_ids"] and lookup.n:
-            raw = [i.encode("utf-8") for i in report["missing_ids"]]
-            positions, _, _ = lookup.positions(np.array(raw, dtype=bytes), raw)
-            present[positions] = False
+        present = np.zeros(lookup.n, dtype=bool)  # (what the file holds: its report may not have checked these)
+        with open_shard(path) as handle:
+            for block in iter_id_blocks(handle, path):
+                positions, _, _ = lookup.positions(block, block.tolist())
+                present[positions] = True
         missing = _missing_matrix(present, size)
         shards = []
         for rank in range(size):
@@ -323,8 +323,7 @@ class RunInspection:
                                        assigned - lacking, lacking, status, error))
         return cls(shards=shards, missing=missing, sequence_ids=_EncodedIds(lookup.encoded),
                    expected_from=expected_from,
-                   world_size_from="given" if world_size else "the ranks the merge recorded",
-                   _missing_ids=sorted(report["missing_ids"]))
+                   world_size_from="given" if world_size else "the ranks the merge recorded")
 
     @property
     def timeline(self) -> Timeline:

@@ -21,11 +21,11 @@ Needs the ``notebooks`` extra (nbclient, nbconvert, ipykernel, matplotlib).
 from __future__ import annotations
 
 import copy
-import csv
 import datetime as _dt
 import json
 import logging
 import os
+import re
 import shlex
 import socket
 import sys
@@ -124,7 +124,9 @@ def run_summary(found: InspectionView) -> dict[str, Any]:
     one record a rank (:data:`RANK_COLUMNS`; ``problem``:
     :func:`~virnucpro_merge.inspection.tables.rank_problem`) -- what ``<report>.json`` and
     ``<report>-ranks.tsv`` hold."""
-    problems = {status: ranks for status, ranks in found.by_status().items() if status != OK}
+    checked = found.expected_from is not None  # (then a rank none of whose sequences is missing is not to re-run)
+    problems = {status: kept for status, ranks in found.by_status().items() if status != OK
+                if (kept := [r for r in ranks if not checked or found.shards[r].missing])}
     expected = len(found.sequence_ids) if found.expected_from is not None else None
     return {
         "verdict": verdict_of(expected, found.num_missing if expected is not None else 0, problems),
@@ -339,6 +341,7 @@ def write_run_report(
     refuse_overwriting(rerun, [output], "is the report itself; choose another path for the re-run list")
     for data in data_files(output):
         refuse_overwriting(data, [*inputs, rerun], "is an input of this report; choose another path for the report")
+        refuse_overwriting(data, [output], "is where the report writes its data; name the page REPORT.html")
     shown_run: object = str(Path(run).absolute()) if isinstance(run, str | os.PathLike) else [
         str(p.absolute()) for p in shards]
     values = {"run": shown_run, "expected": None if expected is None else str(Path(expected).absolute()),
@@ -347,8 +350,10 @@ def write_run_report(
               "checkpoints": False if saved is None else str(saved.absolute())}
     import nbformat
 
-    name = Path(run).name if isinstance(run, str | os.PathLike) else f"{len(shards)} shards in {shards[0].parent.name}"
+    name = Path(run).resolve().name if isinstance(run, str | os.PathLike) else \
+        f"{len(shards)} shards in {shards[0].parent.resolve().name}"
     facts = _provenance(output, inputs, shown_run, title or f"Run report of {name}", comment)
+    facts["rerun_list"] = str(rerun.absolute())
     with atomic_output(output) as pending:  # the output folder is checked before the notebook runs
         nb = inject_parameters(nbformat.read(NOTEBOOK, as_version=4), values)
         html, outcome = _execute_and_render(nb, timeout, show_code=show_code, facts=facts)
@@ -373,6 +378,9 @@ def data_files(output: str | os.PathLike[str]) -> tuple[Path, Path]:
     return output.with_suffix(".json"), output.with_name(f"{output.stem}-ranks.tsv")
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _provenance(output: Path, inputs: list[Path], shown_run: object, title: str, comment: str | None
                 ) -> dict[str, Any]:
     """How the report was made: the tool, the date, the host, the command line, the run, the
@@ -391,10 +399,9 @@ def _write_data_files(output: Path, run: dict[str, Any], facts: dict[str, Any]) 
     with atomic_output(summary) as pending:
         pending.path.write_text(json.dumps({**facts, **run}, indent=1) + "\n", encoding="utf-8")
     with atomic_output(ranks) as pending, open(pending.path, "w", encoding="utf-8", newline="") as table:
-        writer = csv.writer(table, delimiter="\t", lineterminator="\n")
-        writer.writerow(RANK_COLUMNS)
-        writer.writerows([[str(record[c]).replace("\t", " ").replace("\n", " ") for c in RANK_COLUMNS]
-                          for record in run["ranks"]])
+        table.write("\t".join(RANK_COLUMNS) + "\n")  # (plain TSV: no quoting; control characters made spaces)
+        table.writelines("\t".join(_CONTROL.sub(" ", str(record[c])) for c in RANK_COLUMNS) + "\n"
+                         for record in run["ranks"])
     logger.info("%s", run["line"])
 
 
@@ -411,10 +418,11 @@ def _shown_facts(facts: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _command() -> str:
-    """The command line that made the report (``virnucpro-merge report ...``, or the Python program's)."""
+    """The command line that made the report (``virnucpro-merge report ...``), or that it was
+    called from Python (a notebook's kernel or ``python -c`` has no command line worth showing)."""
     if Path(sys.argv[0]).name in ("__main__.py", "virnucpro-merge"):
         return shlex.join(["virnucpro-merge", *sys.argv[1:]])
-    return shlex.join(sys.argv)
+    return "write_run_report(...), from Python"
 
 
 def _input(path: Path) -> dict[str, Any]:

@@ -216,7 +216,8 @@ def _folded(headers: Sequence[str], rows: Sequence[Sequence[object]], right: Seq
 
 def inspection_html(found: InspectionView) -> str:
     """How a :class:`RunInspection` shows in a notebook: its summary and per-rank table."""
-    rows = [[s.rank, s.path.name, f"{s.expected:,}", f"{s.present:,}", f"{s.missing:,}", _badge(s.status), s.error]
+    rows = [[s.rank, s.path.name, f"{s.expected:,}", f"{s.present:,}", f"{s.missing:,}", _badge(s.status),
+             rank_problem(found, s)]
             for s in found.shards]
     table = _folded(["rank", "shard", "expected", "present", "missing", "status", "problem"], rows,
                     [True, False, True, True, True, False, False], [s.status != OK for s in found.shards], "rank")
@@ -287,20 +288,21 @@ def format_report(report: Mapping[str, Any], *, most: int | None = None) -> str:
     partial: True
     """
     rows = _report_rows(report)
-    hidden = 0
+    hidden = hidden_looks = 0
     if most is not None and len(rows) > most:
-        look = [row for row, shard in zip(rows, report["shards"], strict=True)
-                if _worth_a_look(shard)][:most]
-        hidden, rows = len(rows) - len(look), look
+        look = [row for row, shard in zip(rows, report["shards"], strict=True) if _worth_a_look(shard)]
+        hidden, hidden_looks, rows = len(rows) - len(look[:most]), len(look[most:]), look[:most]
     widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(_REPORT_COLUMNS)]
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(f"{c:>{w}}" if r else f"{c:<{w}}"
                          for c, w, r in zip(cells, widths, _REPORT_RIGHT, strict=True)).rstrip()
 
-    lines = [line(_REPORT_COLUMNS), *map(line, rows)]
+    lines = [line(_REPORT_COLUMNS), *map(line, rows)] if rows else []
     if hidden:
-        lines.append(f"... and {hidden:,} more shards, ok or worth no look (--all shows every one)")
+        worth = f" ({hidden_looks:,} of them worth a look too)" if hidden_looks else ""
+        lines.append(f"... and {hidden:,} more shards{worth}, ok otherwise (--all lists every one)" if rows
+                     else f"every one of the {hidden:,} shards is ok (--all lists them)")
     lines.append("")
     lines.extend(_report_lines(report))
     return "\n".join(lines)

@@ -319,3 +319,19 @@ class TestWhereTheFastaIs:
     def test_a_fasta_dir_that_is_not_a_folder(self, run, merged, tmp_path):
         with pytest.raises(IndexMismatchError, match=r"m\.h5: not a folder"):
             write_missing_fasta(merged, run.index, tmp_path / "x.fasta", fasta_dir=tmp_path / "m.h5")
+
+
+def test_a_list_of_ids_stands_for_a_merged_file(tmp_path):
+    run = make_demo_run(tmp_path / "run", n_sequences=40, world_size=4, dim=4, truncated=(), absent=(1,), empty=(),
+                        short={})
+    merged = aggregate_shards(run.shard_files, tmp_path / "m.h5", run.index, partial=True)
+    listed = tmp_path / "rerun.txt"
+    listed.write_text("\n".join(read_merge_report(merged)["missing_ids"]) + "\n")
+    assert write_missing_fasta(listed, run.index, tmp_path / "from_list.fasta") == 10
+    assert write_missing_fasta(merged, run.index, tmp_path / "from_merge.fasta") == 10
+    assert (tmp_path / "from_list.fasta").read_bytes() == (tmp_path / "from_merge.fasta").read_bytes()
+    assert main(["rerun", str(listed), "--index", str(run.index), "-o", str(tmp_path / "cli.fasta")]) == 0
+    assert (tmp_path / "cli.fasta").read_bytes() == (tmp_path / "from_merge.fasta").read_bytes()
+    listed.write_text("seq000001\nnot-in-the-index\n")
+    with pytest.raises(ValueError, match=r"not-in-the-index, missing from .*rerun\.txt, is not in this index"):
+        write_missing_fasta(listed, run.index, tmp_path / "x.fasta")

@@ -170,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also compare every row with the row of the same ID in these shards")
 
     rerun = sub.add_parser("rerun", help="write the FASTA of the sequences a partial merge lacks")
-    rerun.add_argument("merged", type=Path, metavar="MERGED")
+    rerun.add_argument("merged", type=Path, metavar="MERGED_OR_IDS",
+                       help="a (partial) merged file, whose missing IDs are written; or a list of IDs, one a line "
+                            "(the re-run list a report writes)")
     rerun.add_argument("--index", required=True, type=Path, metavar="INDEX",
                        help="the run's sequence-index JSON (sequence_id, file_path, byte_offset)")
     rerun.add_argument("-o", "--output", required=True, type=Path, help="the FASTA file to write")

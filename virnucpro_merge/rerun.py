@@ -28,17 +28,18 @@ from typing import Any, BinaryIO, TypeGuard
 from ._files import OpenFiles, open_input
 from .checkpoints import rank_checkpoints, read_checkpoint
 from .errors import CheckpointError, IndexMismatchError
-from .expected import iter_index_records
+from .expected import iter_index_records, read_expected_ids
 from .outputs import atomic_output, refuse_overwriting
 from .ranks import checkpoints_of, rank_of
 from .report import read_merge_report
 from .statuses import ShardStatus
 
-__all__ = ["write_missing_fasta", "checkpointed_missing"]
+__all__ = ["write_missing_fasta", "checkpointed_missing", "is_merged_file"]
 
 logger = logging.getLogger("virnucpro_merge")
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _MAX_OPEN = 32  # FASTA files kept open at once; an index groups its records by file
 _SHOWN = 60  # characters of a wrong header quoted in an error
 _NEARBY = 4096  # bytes searched either side of a wrong offset for the right header
@@ -201,9 +202,9 @@ def write_missing_fasta(
     *,
     fasta_dir: str | os.PathLike[str] | None = None,
 ) -> int:
-    """Write the FASTA records of the sequences a partial merge lacks.
+    """Write the FASTA records of the sequences a partial merge lacks (or of a list of IDs).
 
-    The missing IDs come from the merged file's report; each is looked up in the
+    The missing IDs come from the merged file's report (or the list); each is looked up in the
     run's sequence index and its record read by byte offset (each FASTA file is
     opened once and never read whole). Every record is checked: its header's
     first word must be the ID, and its sequence must have the index's
@@ -214,7 +215,8 @@ def write_missing_fasta(
     ----------
     merged_path : path-like
         A file written by :func:`aggregate_shards`, usually with ``partial=True``
-        and expected IDs.
+        and expected IDs; or a list of the IDs to write, one a line (the re-run list
+        ``report`` writes; a FASTA file or a sequence index is read too).
     index_path : path-like
         The run's sequence-index JSON. Each ``file_path`` entry is looked for
         as written (absolute, or relative to the current directory, as the
@@ -258,15 +260,17 @@ def write_missing_fasta(
     if folder is not None and not folder.is_dir():
         msg = f"{folder}: not a folder (given as the folder of the FASTA files)"
         raise IndexMismatchError(msg)
-    report = read_merge_report(merged_path)
-    missing = set(report["missing_ids"])
+    report = read_merge_report(merged_path) if is_merged_file(merged_path) else None
+    missing = set(report["missing_ids"]) if report is not None else set(read_expected_ids(merged_path))
     wanted = _select(iter_index_records(index_path), missing, index_path, merged_path, folder)
     fastas = list(dict.fromkeys(w.fasta for w in wanted))
     refuse_overwriting(output_path, [merged_path, index_path, *fastas],
                        "is an input of this re-run; choose another output path")
 
     if not wanted:
-        if report.get("num_expected") is None:
+        if report is None:
+            logger.info("%s lists no ID; writing an empty %s", merged_path, output_path)
+        elif report.get("num_expected") is None:
             logger.warning(
                 "%s was merged without expected IDs, so it records none missing; writing an empty %s",
                 merged_path,
@@ -292,6 +296,22 @@ def write_missing_fasta(
     return len(wanted)
 
 
+def is_merged_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an HDF5 file (a merged output, for the re-run), not a list of IDs;
+    a file that cannot be read is taken for one (reading its report then says what is wrong).
+
+    >>> from pathlib import Path
+    >>> _ = Path("ids.txt").write_text("seq1\\n")
+    >>> is_merged_file("ids.txt")
+    False
+    """
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
+    except OSError:
+        return True
+
+
 def checkpointed_missing(merged_path: str | os.PathLike[str], checkpoints: object = None) -> tuple[int, Path] | None:
     """How many of a merged file's missing IDs the run's checkpoints hold (a merge made
     without them, or before they were there), and where; None when none (or no folder).
@@ -310,6 +330,8 @@ def checkpointed_missing(merged_path: str | os.PathLike[str], checkpoints: objec
     >>> checkpointed_missing(merged)[0]
     50
     """
+    if not is_merged_file(merged_path):
+        return None  # (a list of IDs: its shards are not known)
     report = read_merge_report(merged_path)
     missing = set(report["missing_ids"])
     folder = checkpoints_of([Path(s["path"]) for s in report["shards"]], checkpoints) if missing else None

@@ -442,3 +442,30 @@ def test_a_title_a_comment_and_how_the_page_was_made_are_text(pipeline_run, tmp_
     assert f"made by: virnucpro_merge {found['created_by'].split()[-1]}" in made
     assert f"run: {pipeline_run.directory.absolute()}" in made
     assert f"input: {pipeline_run.index.absolute()} ({pipeline_run.index.stat().st_size:,} bytes, modified" in made
+
+
+def test_the_page_says_what_to_do_next_and_the_fasta_to_re_run_is_beside_it(report, pipeline_run):
+    out, _ = report
+    found = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+    fasta = out.with_name("report-rerun.fasta")
+    assert found["rerun_fasta"] == str(fasta.absolute())
+    listed = out.with_name("report-rerun.txt").read_text().split()
+    assert fasta.read_text().count(">") == found["missing"] == len(listed)
+    text = _text(out.read_text(encoding="utf-8"))
+    steps = text[text.index("Next steps"):text.index("This report is about")]
+    assert f"--partial -o {pipeline_run.directory.absolute() / 'embeddings.h5'}" in steps
+    assert f"embed again the sequences of {fasta.absolute()}" in steps
+
+
+def test_a_complete_run_leaves_no_re_run_files(pipeline_run, tmp_path):
+    whole = make_demo_run(tmp_path / "whole", n_sequences=40, world_size=2, dim=4, truncated=(), absent=(), empty=(),
+                          short={})
+    for stale in ("w-rerun.txt", "w-rerun.fasta"):
+        (tmp_path / stale).write_text("left by an earlier report\n")
+    done = _cli("report", whole.directory, "-o", tmp_path / "w.html")
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "w-rerun.txt").exists()
+    assert not (tmp_path / "w-rerun.fasta").exists()
+    assert json.loads((tmp_path / "w.json").read_text())["rerun_fasta"] is None
+    text = _text((tmp_path / "w.html").read_text(encoding="utf-8"))
+    assert "merge it: virnucpro-merge aggregate " in text

@@ -30,7 +30,7 @@ import shlex
 import socket
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,12 +196,15 @@ _VERDICT_STYLE = {  # (the statuses' colours: statuses.py)
 }
 
 
-def _execute_and_render(nb: Any, timeout: int, *, show_code: bool, facts: dict[str, Any]
+def _execute_and_render(nb: Any, timeout: int, *, show_code: bool, facts: dict[str, Any],
+                        settle: Callable[[dict[str, Any] | None], list[str]] | None = None
                         ) -> tuple[str, dict[str, Any] | None]:
     """Run notebook ``nb`` (in place) in a fresh kernel, in a scratch folder, then render it as HTML.
 
     The kernel is started first, and the exporter made while it starts; the kernel is
-    shut down whatever happens (none is left running).
+    shut down whatever happens (none is left running). ``settle(outcome)``, called between
+    the run and the rendering, does what the outcome asks (the re-run files) and returns
+    the page's next steps.
     """
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -232,7 +235,7 @@ def _execute_and_render(nb: Any, timeout: int, *, show_code: bool, facts: dict[s
                                  "facts": _shown_facts(facts), "title": name}  # (every value escaped by the template)
     if run:  # the verdict first, in one coloured line
         resources["verdict"] = {"line": run["line"], "style": _VERDICT_STYLE.get(run["verdict"], ""),
-                                "comment": facts["comment"]}
+                                "comment": facts["comment"], "steps": settle(outcome) if settle is not None else []}
     body, _ = exporter.from_notebook_node(nb, resources=resources)
     return body, outcome
 
@@ -354,11 +357,20 @@ def write_run_report(
         f"{len(shards)} shards in {shards[0].parent.resolve().name}"
     facts = _provenance(output, inputs, shown_run, title or f"Run report of {name}", comment)
     facts["rerun_list"] = str(rerun.absolute())
+    fasta = output.with_name(f"{output.stem}-rerun.fasta")
+    refuse_overwriting(fasta, [*inputs, output, rerun], "is an input of this report; choose another path for it")
+
+    def settle(outcome: dict[str, Any] | None) -> list[str]:
+        _settle_rerun_list(rerun, outcome)
+        facts["rerun_fasta"] = _settle_rerun_fasta(fasta, rerun, outcome, index)
+        return _next_steps(outcome, shards, index, merged, rerun, facts["rerun_fasta"])
+
     with atomic_output(output) as pending:  # the output folder is checked before the notebook runs
         nb = inject_parameters(nbformat.read(NOTEBOOK, as_version=4), values)
-        html, outcome = _execute_and_render(nb, timeout, show_code=show_code, facts=facts)
+        html, outcome = _execute_and_render(nb, timeout, show_code=show_code, facts=facts, settle=settle)
         pending.path.write_text(html, encoding="utf-8")
-    _settle_rerun_list(rerun, outcome)
+    if outcome is not None and outcome.get("run") is None:
+        _settle_rerun_list(rerun, outcome)
     if outcome is not None and outcome.get("run") is not None:
         _write_data_files(output, outcome["run"], facts)
     else:  # (no verdict this time: an earlier report's files would say another run's)
@@ -441,6 +453,52 @@ def _run_shards(run: object, world_size: int | None) -> list[Path]:
             return [Path(run)]
         return folder_shards(run, world_size=world_size)  # a folder without shards: said now
     return in_rank_order(shard_paths(run))
+
+
+def _settle_rerun_fasta(fasta: Path, rerun: Path, outcome: dict[str, Any] | None, index: Path | None
+                        ) -> str | None:
+    """Write the FASTA of the IDs to re-run beside the report, when there are some and the
+    run's sequence index can give their records; else leave none (an earlier one is removed).
+    Return its path, or None."""
+    from ..expected import detect_form
+    from ..rerun import write_missing_fasta
+
+    if outcome is None or not outcome.get("written") or index is None or detect_form(index)[0] != "json":
+        fasta.unlink(missing_ok=True)  # (nothing to re-run, or no index: none, and none of an earlier report)
+        return None
+    try:
+        count = write_missing_fasta(rerun, index, fasta)
+    except MergeError as err:
+        fasta.unlink(missing_ok=True)
+        logger.warning("No re-run FASTA written: %s", err)
+        return None
+    logger.info("Re-run FASTA: %s sequences in %s", f"{count:,}", fasta)
+    return str(fasta.absolute())
+
+
+def _next_steps(outcome: dict[str, Any] | None, shards: list[Path], index: Path | None, merged: object,
+                rerun: Path, fasta: str | None) -> list[str]:
+    """What to do next, as commands with absolute paths: the partial merge (when no merge was
+    given), the re-run, the merge of the re-run shards with it."""
+    run = (outcome or {}).get("run") or {}
+    folder = shards[0].parent.absolute() if shards else Path.cwd()
+    expected = f" --expected {shlex.quote(str(index.absolute()))}" if index is not None else ""
+    target = Path(str(merged)).absolute() if merged is not None else folder / "embeddings.h5"
+    quoted = shlex.quote(str(target))
+    if run.get("verdict") == "complete":
+        return [] if merged is not None else [f"merge it: virnucpro-merge aggregate {shlex.quote(str(folder))}"
+                                               f"{expected} -o {quoted}"]
+    steps = [] if merged is not None else [f"merge what there is: virnucpro-merge aggregate "
+                                           f"{shlex.quote(str(folder))}{expected} --partial -o {quoted}"]
+    if fasta is not None:
+        steps.append(f"embed again the sequences of {fasta} (the pipeline's input for the re-run)")
+    elif (outcome or {}).get("written"):
+        steps.append(f"re-run the IDs listed in {rerun.absolute()} (virnucpro-merge rerun "
+                     f"{shlex.quote(str(rerun.absolute()))} --index INDEX -o rerun.fasta writes their FASTA)")
+    if steps:
+        steps.append(f"then merge the re-run shards with it: virnucpro-merge aggregate {quoted} RERUN_SHARDS..."
+                     f"{expected} -o {shlex.quote(str(target.with_name(target.stem + '-complete.h5')))}")
+    return steps
 
 
 def _settle_rerun_list(rerun: Path, outcome: dict[str, Any] | None) -> None:

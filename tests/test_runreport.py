@@ -469,3 +469,27 @@ def test_a_complete_run_leaves_no_re_run_files(pipeline_run, tmp_path):
     assert json.loads((tmp_path / "w.json").read_text())["rerun_fasta"] is None
     text = _text((tmp_path / "w.html").read_text(encoding="utf-8"))
     assert "merge it: virnucpro-merge aggregate " in text
+
+
+_TYPES = {"string": str, "integer": int, "list": list, "object": dict, "null": type(None)}
+
+
+def _documented_fields() -> dict[str, tuple[type, ...]]:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "reference" / "format.md").read_text(encoding="utf-8")
+    table = page[page.index("## The report's data"):]
+    fields = {}
+    for row in re.findall(r"^\| `(\w+)` \| ([a-z ]+) \|", table, flags=re.MULTILINE):
+        fields[row[0]] = tuple(_TYPES[t] for t in row[1].split(" or "))
+    return fields
+
+
+def test_the_json_is_what_the_format_page_says(report):
+    out, _ = report
+    found = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+    fields = _documented_fields()
+    assert len(fields) > 20
+    assert set(found) == set(fields)
+    wrong = {name: type(found[name]).__name__ for name, kinds in fields.items() if not isinstance(found[name], kinds)}
+    assert not wrong
+    assert set(found["ranks"][0]) == {"rank", "shard", "status", "expected", "present", "missing", "checkpointed",
+                                      "problem"}

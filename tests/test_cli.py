@@ -413,3 +413,11 @@ def test_info_on_a_clean_merge_of_many_shards_says_so_in_a_line(tmp_path, capsys
     out = capsys.readouterr().out
     assert "every one of the 50 shards is ok (--all lists them)" in out
     assert "shard       status" not in out
+
+
+def test_validate_shows_progress_when_asked(run_dir, capsys):
+    (run_dir / "ids.txt").write_text("\n".join(ALL_IDS))
+    assert main(["validate", str(run_dir), "--expected", str(run_dir / "ids.txt"), "--progress"]) == 0
+    assert "Checking the IDs" in capsys.readouterr().err
+    assert main(["validate", str(run_dir), "--expected", str(run_dir / "ids.txt")]) == 0  # (not a terminal)
+    assert "Checking the IDs" not in capsys.readouterr().err

@@ -500,3 +500,12 @@ def test_a_merge_that_checked_no_ids_is_seen_by_what_it_holds(tmp_path, demo):
     seen = RunInspection.from_merged(blind, run.index)
     assert np.array_equal(seen.missing, found.missing)
     assert seen.num_missing == found.num_missing == 850
+
+
+def test_inspect_run_shows_progress_when_asked(demo, capsys):
+    from virnucpro_merge.inspection import inspect_run
+
+    run, found = demo
+    again = inspect_run(run.shard_files, run.sequence_ids, progress=True)
+    assert "Reading the shards' IDs" in capsys.readouterr().err
+    assert again.missing_ids == found.missing_ids

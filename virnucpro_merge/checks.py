@@ -65,6 +65,7 @@ def plan_merge(
     storage: bool = True,
     checkpoints: Path | None = None,
     scratch: Scratch | None = None,
+    progress: bool = False,
 ) -> MergePlan:
     """Read every shard's metadata and IDs and decide what the merge will write.
 
@@ -94,6 +95,9 @@ def plan_merge(
     scratch : virnucpro_merge.salvage.Scratch, optional
         With ``checkpoints``: a rank whose shard cannot be used gives the rows its
         checkpoints hold instead, written here (:mod:`virnucpro_merge.salvage`).
+    progress : bool
+        Show a progress bar of the shards whose IDs are checked (tqdm, on stderr; here,
+        not on a cluster).
 
     Returns
     -------
@@ -120,7 +124,7 @@ def plan_merge(
                        scratch=scratch)
     if client is None:
         expected = None if expected_sequence_ids is None else as_id_set(expected_in_memory(expected_sequence_ids))
-        return check_ids(draft, expected, partial=partial, keep_ids=keep_ids)
+        return check_ids(draft, expected, partial=partial, keep_ids=keep_ids, progress=progress)
     from .cluster import scan_on_cluster
 
     scans, findings = scan_on_cluster([s.source for s in draft.shards if s.usable], expected_sequence_ids,

@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("shards", nargs="+", metavar="SHARD_OR_DIR", help=shards_help)
     val.add_argument("--expected", type=Path, metavar="FILE",
                      help="expected IDs: text, FASTA or index JSON (required)")
+    val.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="show a progress bar (default: when stderr is a terminal)")
     val.add_argument("--json", action="store_true",
                      help="print the findings as one JSON object (verdict, counts, ranks to re-run) instead of text")
     for command in (agg, val):
@@ -331,12 +333,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         hint = _index_hint(args)
         msg = "validate needs --expected FILE" + (f" (this run's sequence index is {hint})" if hint else "")
         raise MergeError(msg)
-    with _dask_client(args) as client, scratch_folder() as scratch:
+    progress, redirect = _progress(args)
+    with redirect, _dask_client(args) as client, scratch_folder() as scratch:
         expected = _expected_for(args, client)
         shards = _shards_for(args, expected)
         try:
             plan = plan_merge(shards, expected, partial=True, client=client, storage=False,
-                              checkpoints=checkpoints_of(shards, args.checkpoints), scratch=scratch)
+                              checkpoints=checkpoints_of(shards, args.checkpoints), scratch=scratch,
+                              progress=progress)
         except ValidationError as err:  # (a duplicate: the verdict first all the same, and the JSON)
             line = f"INVALID: {err}"
             print(json.dumps({"verdict": "invalid", "line": line, "exit_status": EXIT_INVALID}, indent=1)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from ._files import file_key, fingerprint
 from .crosscheck import Comparison, compare_many, compare_with_checkpoints
@@ -399,6 +400,7 @@ def check_ids(
     partial: bool = False,
     keep_ids: bool = False,
     on_ids: IdsHook | None = None,
+    progress: bool = False,
 ) -> MergePlan:
     """Read and check the IDs of the shards of ``draft`` in this process; return the final plan.
 
@@ -409,7 +411,7 @@ def check_ids(
     """
     index = IdIndex(expected)
     shards: list[ShardPlan] = []
-    for shard in draft.shards:
+    for shard in tqdm(draft.shards, unit="shard", desc="Checking the IDs", disable=not progress):
         if shard.usable:
             try:
                 refuse_changed(shard)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
+from tqdm import tqdm
 
 from .._processes import pool, usable_cpus
 from ..checkpoints import rank_checkpoints, read_checkpoint
@@ -431,14 +432,19 @@ def _scan_inherited(rank: int) -> _Scan:
     return _scan(rank, paths[rank], lookup)
 
 
-def _scans(paths: Sequence[Path], lookup: IdLookup, present: np.ndarray) -> list[_Scan]:
+def _scans(paths: Sequence[Path], lookup: IdLookup, present: np.ndarray, *, progress: bool = False) -> list[_Scan]:
     """Every rank's scan: shared out to forked processes that are handed the lookup, where
-    there are enough IDs to gain by it, else here, rank by rank."""
+    there are enough IDs to gain by it, else here, rank by rank (with ``progress``, a bar)."""
     size = min(usable_cpus(), _MAX_PROCESSES, len(paths)) if lookup.n >= _SHARED_FROM else 1
-    with pool(size, initializer=_inherit, initargs=(lookup, paths)) as workers:
-        if workers is None:
-            return [_settled(_scan(rank, path, lookup), present) for rank, path in enumerate(paths)]
-        return [_settled(scan, present) for scan in workers.map(_scan_inherited, range(len(paths)))]
+    with pool(size, initializer=_inherit, initargs=(lookup, paths)) as workers, \
+            tqdm(total=len(paths), unit="rank", desc="Reading the shards' IDs", disable=not progress) as bar:
+        found = (_scan(rank, path, lookup) for rank, path in enumerate(paths)) if workers is None \
+            else workers.map(_scan_inherited, range(len(paths)))
+        scans = []
+        for scan in found:
+            scans.append(_settled(scan, present))
+            bar.update()
+        return scans
 
 
 def _repeated_extras(paths: Sequence[Path], scans: Sequence[_Scan]) -> set[int]:
@@ -536,6 +542,7 @@ def inspect_run(
     *,
     world_size: int | None = None,
     checkpoints: str | os.PathLike[str] | bool | None = None,
+    progress: bool = False,
 ) -> RunInspection:
     """Compare each rank's shard with its stride assignment; locate every missing ID.
 
@@ -565,6 +572,8 @@ def inspect_run(
         them: ``ShardSummary.checkpointed``), and for :meth:`RunInspection.plot_timeline`:
         by default where the pipeline puts it beside the run
         (:func:`virnucpro_merge.ranks.run_folder`); False: none.
+    progress : bool
+        Show a progress bar of the ranks read (tqdm, on stderr).
 
     Returns
     -------
@@ -602,7 +611,7 @@ def inspect_run(
     ids, expected_from = _expected_ids(expected, paths)
     lookup = IdLookup(ids if ids is not None else ())
     present = np.zeros(lookup.n, dtype=bool)
-    scans = _scans(paths, lookup, present)
+    scans = _scans(paths, lookup, present, progress=progress)
     for rank in _repeated_extras(paths, scans):
         scans[rank].repeats = True
     size, size_from = _world_size(paths, scans, world_size)
@@ -612,12 +621,12 @@ def inspect_run(
     saved = checkpoints_of(paths, checkpoints) if checkpoints is not False and len({p.parent for p in paths}) == 1 \
         else None
     holes = _missing_matrix(present, size).sum(axis=1)  # (what the shards alone lack: their statuses)
-    progress, gained = {}, {}
+    worked, gained = {}, {}  # (what each rank's checkpoints show of its work)
     for rank in (r for r in range(size) if holes[r] or scans[r].error is not None):
         if saved is None:
             break
         before = int(present.sum())
-        progress[rank] = _salvageable(saved / f"shard_{rank}", lookup, present)
+        worked[rank] = _salvageable(saved / f"shard_{rank}", lookup, present)
         gained[rank] = int(present.sum()) - before
     missing = _missing_matrix(present, size)
     shards = [ShardSummary(rank=rank, path=path, expected=int(stride_positions(lookup.n, size, rank).size),
@@ -626,7 +635,7 @@ def inspect_run(
                            checkpointed=gained.get(rank, 0))
               for rank, (path, scan) in enumerate(zip(paths, scans, strict=True))]
     num_extra = sum(rows.size for scan in scans for _, rows in scan.extra)
-    stops, notes = _stops(paths, shards, checkpoints, progress)
+    stops, notes = _stops(paths, shards, checkpoints, worked)
     if isinstance(ids, _Given):
         sequence_ids: Sequence[str] = ids.ids
         missing_ids = None

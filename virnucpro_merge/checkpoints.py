@@ -28,7 +28,7 @@ import struct
 import zipfile
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -41,7 +41,7 @@ from .expected import not_text
 from .shards import first_line
 
 __all__ = ["CHECKPOINT_NAME", "DONE_SUFFIX", "Checkpoint", "read_checkpoint", "checkpoint_batch", "CheckpointFile",
-           "RankCheckpoints", "rank_checkpoints"]
+           "RankCheckpoints", "rank_checkpoints", "checkpointed_ids"]
 
 #: What the pipeline names a checkpoint: ``batch_<5 digits>.pt``.
 CHECKPOINT_NAME = re.compile(r"batch_([0-9]+)\.pt")
@@ -110,6 +110,36 @@ class RankCheckpoints:
     temps: list[Path]
     #: why the folder cannot be listed (a file where the folder should be), or None
     problem: str | None = None
+
+    @property
+    def size(self) -> int:
+        """The bytes of its checkpoint files (one that cannot be asked counts none)."""
+        total = 0
+        for entry in self.files:
+            try:
+                total += entry.path.stat().st_size
+            except OSError:
+                continue
+        return total
+
+
+def checkpointed_ids(files: Iterable[CheckpointFile]) -> set[str]:
+    """The distinct IDs of those checkpoint ``files`` that can be read (IDs and metadata only:
+    :func:`read_checkpoint` with ``rows=False``); a damaged one holds none.
+
+    >>> import numpy as np
+    >>> from virnucpro_merge.synthetic import write_checkpoint
+    >>> _ = write_checkpoint("shard_0/batch_00000.pt", ["a", "b"], np.zeros((2, 2), np.float32))
+    >>> sorted(checkpointed_ids(rank_checkpoints("shard_0").files))
+    ['a', 'b']
+    """
+    ids: set[str] = set()
+    for entry in files:
+        try:
+            ids.update(read_checkpoint(entry.path, rows=False).sequence_ids)
+        except CheckpointError:
+            continue
+    return ids
 
 
 def rank_checkpoints(folder: str | os.PathLike[str]) -> RankCheckpoints:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ._processes import pool, usable_cpus
-from .checkpoints import CheckpointFile, rank_checkpoints, read_checkpoint
+from .checkpoints import CheckpointFile, checkpointed_ids, rank_checkpoints, read_checkpoint
 from .errors import CheckpointError, MergeError, shown_id
 from .ranks import rank_of
 from .shards import embeddings_of, open_shard, read_id_bytes, read_rows
@@ -145,12 +145,7 @@ def compare_with_checkpoints(shard: Path, checkpoints: Path, *, rows: bool = Tru
 def _count_ids(files: list[CheckpointFile], but: np.ndarray | None = None) -> int:
     """The distinct IDs of the checkpoints that can be read (IDs only), but those in ``but``
     (sorted UTF-8 bytes)."""
-    ids: set[str] = set()
-    for entry in files:
-        try:
-            ids.update(read_checkpoint(entry.path, rows=False).sequence_ids)
-        except CheckpointError:
-            continue
+    ids = checkpointed_ids(files)
     if but is None or not ids:
         return len(ids)
     theirs = np.array([i.encode("utf-8") for i in ids], dtype=bytes)
@@ -241,7 +236,7 @@ def compare_many(shards: Sequence[Path], checkpoints: Path, *, rows: bool = True
     [False, True, False, False]
     """
     folders = [checkpoints / f"shard_{rank}" for shard in shards if (rank := rank_of(shard)) is not None]
-    total = sum(_size(f.path) for folder in folders for f in rank_checkpoints(folder).files) if rows else 0
+    total = sum(rank_checkpoints(folder).size for folder in folders) if rows else 0
     workers = min(usable_cpus(), _MAX_PROCESSES, len(shards)) if total >= _SHARED_FROM else 1
     with pool(workers) as executor:
         if executor is None:
@@ -254,9 +249,3 @@ def compare_many(shards: Sequence[Path], checkpoints: Path, *, rows: bool = True
             found[shard] = outcome
         return found
 
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeGuard
 
 from ._files import OpenFiles, open_input
-from .checkpoints import rank_checkpoints, read_checkpoint
-from .errors import CheckpointError, IndexMismatchError
+from .checkpoints import checkpointed_ids, rank_checkpoints
+from .errors import IndexMismatchError
 from .expected import iter_index_records, read_expected_ids
 from .outputs import atomic_output, refuse_overwriting
 from .ranks import checkpoints_of, rank_of
@@ -342,9 +342,5 @@ def checkpointed_missing(merged_path: str | os.PathLike[str], checkpoints: objec
         rank = rank_of(shard["path"])
         if rank is None or shard["status"] not in (ShardStatus.FAILED, ShardStatus.SALVAGED):
             continue
-        for entry in rank_checkpoints(folder / f"shard_{rank}").files:
-            try:
-                held.update(missing.intersection(read_checkpoint(entry.path, rows=False).sequence_ids))
-            except CheckpointError:
-                continue  # (a damaged one holds nothing that can be taken)
+        held.update(missing.intersection(checkpointed_ids(rank_checkpoints(folder / f"shard_{rank}").files)))
     return (len(held), folder) if held else None

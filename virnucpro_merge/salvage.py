@@ -303,7 +303,7 @@ def salvage_rank(rank: int, shard: Path, problem: str, folder: Path, scratch: Sc
                 logger.debug("%s: no .done marker (the worker stopped right after saving it); whole, so used",
                              entry.path)
             if writer is None:
-                room = sum(_size(f.path) for f in found.files) * 2 + 2**20 if rows else 2**20  # (float16 widens)
+                room = found.size * 2 + 2**20 if rows else 2**20  # (float16 rows widen to float32)
                 writer = _Writer(scratch.file(f"checkpoints-of-rank-{rank}.h5", room), checkpoint.embeddings.shape[1],
                                  rows=rows)
             used.append(str(entry.path))
@@ -367,13 +367,6 @@ def usual_dimension(folders: list[Path]) -> int | None:
         return None
     most = max(found.values())
     return min(dim for dim, n in found.items() if n == most)
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def _usable(path: Path, dim: int | None, *, partial: bool, skipped: list[str]) -> Checkpoint | None:

@@ -71,7 +71,7 @@ napoleon_type_aliases = {
 # h5py, the standard library...) cannot, offline, and is not ours to check
 nitpicky = True
 nitpick_ignore_regex = [
-    (r"py:.*", r"(os|h5py|np|numpy|pathlib|collections|typing|matplotlib|pandas|dask|distributed|"
+    (r"py:.*", r"(os|h5py|np|numpy|pathlib|collections|typing|matplotlib|pandas|dask|distributed|bokeh|"
                r"datetime|argparse|threading|concurrent|functools|tracemalloc|zlib|json|gzip|io|shutil|logging)(\..*)?"),
     (r"py:.*", r"(Path|Figure|Axes|DataFrame|Client|Collection|Sequence|Iterable|Iterator|Callable|"
                r"Mapping|mapping|ndarray|dtype|Any|Self|BinaryIO|TextIO|ValueError|OSError|Exception|"

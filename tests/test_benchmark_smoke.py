@@ -83,3 +83,15 @@ def test_checkpoint_smoke_run_prints_both_readers(tmp_path):
     assert "checkpoints / h5py: x" in proc.stdout
     assert re.search(r"^cross-checked +[\d.]+", proc.stdout, re.MULTILINE)
     assert "cross-checked merge / merge: x" in proc.stdout
+
+
+def test_report_scale_smoke_run_compares_with_the_baseline_revision(tmp_path):
+    """Both reports run, each with its own revision's package (the earlier one has no interactive figures)."""
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "bench_report_scale.py"), "--smoke", "--workdir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"^report@36f309f\s+\d", proc.stdout, re.MULTILINE)
+    ratio = re.search(r"report / report@36f309f, same round: median (\d+\.\d+)", proc.stdout)
+    assert ratio
+    assert float(ratio.group(1)) > 0
+    assert list(tmp_path.iterdir()) == []

@@ -421,3 +421,12 @@ def test_validate_shows_progress_when_asked(run_dir, capsys):
     assert "Checking the IDs" in capsys.readouterr().err
     assert main(["validate", str(run_dir), "--expected", str(run_dir / "ids.txt")]) == 0  # (not a terminal)
     assert "Checking the IDs" not in capsys.readouterr().err
+
+
+def test_on_a_terminal_the_bar_shows_unless_quiet(run_dir, capsys, monkeypatch):
+    (run_dir / "ids.txt").write_text("\n".join(ALL_IDS))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["validate", str(run_dir), "--expected", str(run_dir / "ids.txt")]) == 0
+    assert "Checking the IDs" in capsys.readouterr().err
+    assert main(["-q", "validate", str(run_dir), "--expected", str(run_dir / "ids.txt")]) == 0
+    assert "Checking the IDs" not in capsys.readouterr().err

@@ -174,7 +174,8 @@ def test_rank_paths_include_absent_files(tmp_path):
     assert not any(p.exists() for p in paths)
 
 
-def test_docstring_examples():
+def test_docstring_examples(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # (the examples write run/ and m.h5 where they stand, as a user would)
     assert doctest.testmod(virnucpro_merge.inspection.run).failed == 0
 
 
@@ -245,6 +246,7 @@ def test_a_shard_off_the_stride_has_a_status_of_its_own(tmp_path, processes):
     write_shard(tmp_path / "shard_3.h5", [ids[p] for p in (3, 7)], emb[:2])
     found = inspect_run(tmp_path, ids, world_size=4)
     assert [s.status for s in found.shards] == [OK, OFF_STRIDE, OK, DUPLICATED]
+    assert found.by_status == {OK: [0, 2], DUPLICATED: [3], OFF_STRIDE: [1]}  # (a value: a property, best first)
 
 
 @pytest.mark.parametrize(("run", "expected", "words"), [

@@ -127,8 +127,9 @@ def test_shard_counts_many_ranks_only_numbers(tmp_path):
 # --------------------------------------------------------------------------- at scale
 
 
-def _fake_run(ranks: int, n: int, seed: int = 0):
-    """A run of ``ranks`` workers and ``n`` sequences with every kind of hole, built directly."""
+def _fake_run(ranks: int, n: int, seed: int = 0, *, more_dead: int = 0):
+    """A run of ``ranks`` workers and ``n`` sequences with every kind of hole, built directly
+    (and ``more_dead`` other lost shards)."""
     from pathlib import Path
 
     from virnucpro_merge.inspection import RunInspection, ShardSummary
@@ -136,22 +137,24 @@ def _fake_run(ranks: int, n: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     width = -(-n // ranks)
     missing = np.zeros((ranks, width), dtype=bool)
-    dead, short, lone = rng.choice(ranks, 3, replace=False)
-    missing[dead, : -(-(n - dead) // ranks)] = True
+    dead, short, lone, *others = rng.choice(ranks, 3 + more_dead, replace=False)
+    for lost in (dead, *others):
+        missing[lost, : -(-(n - lost) // ranks)] = True
     missing[short, width // 2 : -(-(n - short) // ranks)] = True
     missing[lone, width // 3] = True  # one sequence: must stay visible however binned
     shards = []
     for r in range(ranks):
         expected = -(-(n - r) // ranks)
         holes = int(missing[r].sum())
-        status = "absent" if r == dead else "incomplete" if holes else "ok"
+        status = "absent" if holes == expected else "incomplete" if holes else "ok"
         shards.append(ShardSummary(rank=r, path=Path(f"shard_{r}.h5"), expected=expected,
                                    present=expected - holes, missing=holes, status=status))
     return RunInspection(shards=shards, missing=missing, sequence_ids=range(n)), (dead, short, lone)
 
 
 def _tick_labels_apart(fig) -> list[str]:
-    """Every pair of tick labels that overlap, as drawn (empty: none do)."""
+    """Every pair of tick labels, or of legend entries, that overlap as drawn, and every legend
+    entry that overlaps the plot (empty: none do)."""
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     clashes = []
@@ -161,6 +164,13 @@ def _tick_labels_apart(fig) -> list[str]:
             boxes = sorted(((t.get_window_extent(renderer), t.get_text()) for t in labels),
                            key=lambda box: box[0].get_points()[0][along])
             clashes += [f"{a} / {b}" for (box_a, a), (box_b, b) in itertools.pairwise(boxes) if box_a.overlaps(box_b)]
+        legend = ax.get_legend()
+        if legend is not None:
+            entries = [(t.get_window_extent(renderer), t.get_text()) for t in legend.get_texts()]
+            clashes += [f"legend {a} / {b}" for i, (box_a, a) in enumerate(entries) for box_b, b in entries[i + 1:]
+                        if box_a.overlaps(box_b)]
+            plot = ax.get_window_extent(renderer)
+            clashes += [f"legend {a} / the plot" for box, a in entries if box.overlaps(plot)]
     return clashes
 
 
@@ -180,12 +190,19 @@ def test_heatmap_reads_at_any_scale(ranks, n):
     cells = np.asarray(image.get_array(), dtype=float)
     rows, columns = cells.shape
     assert columns <= 1600, "more columns than pixels"
-    row_of = lambda r: r * rows // ranks  # noqa: E731
+    if ranks > 64:  # past 64 ranks, the ranks that miss any, one row each, each named
+        shown = sorted(int(r) for r in (dead, short, lone))
+        assert rows == len(shown)
+        assert [t.get_text() for t in ax.get_yticklabels()] == [f"rank {r}" for r in shown]
+        row_of = shown.index
+    else:
+        row_of = lambda r: r * rows // ranks  # noqa: E731
     column_of = lambda j: j * columns // found.missing.shape[1]  # noqa: E731
     assert cells[row_of(dead)].min() > 0, "a lost shard's row is drawn as missing all along"
     assert cells[row_of(lone), column_of(found.missing.shape[1] // 3)] > 0, "a single missing sequence is seen"
     present = next(r for r in range(ranks) if r not in (dead, short, lone))
-    assert cells[row_of(present)].max() in (0, 2) or row_of(present) in {row_of(dead), row_of(short), row_of(lone)}
+    if ranks <= 64:
+        assert cells[row_of(present)].max() in (0, 2) or row_of(present) in {row_of(dead), row_of(short), row_of(lone)}
 
 
 @pytest.mark.parametrize("ranks", [8, 64, 256, 1024])
@@ -199,6 +216,24 @@ def test_counts_chart_reads_at_any_scale(ranks):
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     if ranks > 16:  # one bar a rank; the lost ranks are named
         assert f"absent (1): {dead}" in legend
+    if ranks > 64:  # past 64, the three with a problem, each named under its bar; the ok ones summed up
+        labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+        assert labels[0] == f"{ranks - 3:,}\nranks ok"
+        assert sorted(map(int, labels[1:])) == sorted(s.rank for s in found.shards if s.status != "ok")
+
+
+@pytest.mark.parametrize("problems", [3, 64, 65, 300])
+def test_at_1024_ranks_nothing_overlaps_however_many_have_a_problem(problems):
+    """Up to 64 ranks with a problem, one bar and one row each; past it, every rank again
+    (the legend names a few and counts the rest): no tick label or legend entry overlaps."""
+    found, _ = _fake_run(1024, 10**6, more_dead=problems - 3)
+    counts, heatmap = plot_shard_counts(found), plot_missing_heatmap(found)
+    assert _tick_labels_apart(counts) == []
+    assert _tick_labels_apart(heatmap) == []
+    bars = len(counts.axes[0].patches)
+    assert bars == (1 + problems if problems <= 64 else 1024)
+    (image,) = heatmap.axes[0].get_images()
+    assert image.get_array().shape[0] == (problems if problems <= 64 else min(1024, image.get_array().shape[0]))
 
 
 def test_the_tick_check_sees_an_overlap():
@@ -245,3 +280,29 @@ def test_a_run_without_expected_ids_draws_without_a_warning(tmp_path):
         for fig in (heatmap, counts):
             fig.savefig(tmp_path / "f.png")
     assert heatmap.axes[0].get_title() == "Missing sequences: not checked"
+
+
+@pytest.mark.parametrize("ranks", [32, 1024])
+def test_what_only_checkpoints_hold_is_drawn_once_on_top(ranks):
+    """A lost rank whose checkpoints hold half its assignment: its file's bar is 0, what its checkpoints
+    hold sits on top (0.5), nothing reaches past 1, and its place is crossed (past 16 and past 64 ranks)."""
+    from dataclasses import replace
+
+    from virnucpro_merge.inspection import RunInspection
+
+    found, (dead, _, _) = _fake_run(ranks, 10**5)
+    shards = list(found.shards)
+    half = shards[dead].expected // 2
+    shards[dead] = replace(shards[dead], status="failed", present=0, missing=shards[dead].expected - half,
+                           checkpointed=half)
+    fig = plot_shard_counts(RunInspection(shards=shards, missing=found.missing, sequence_ids=found.sequence_ids))
+    ax = fig.axes[0]
+    tops = [bar.get_y() + bar.get_height() for bar in ax.patches]
+    assert max(tops) <= 1.0 + 1e-9
+    saved = [bar for bar in ax.containers[-1] if bar.get_height() > 0]  # (the last bars drawn: the checkpoints')
+    assert len(saved) == 1
+    assert saved[0].get_height() == pytest.approx(half / shards[dead].expected)
+    assert saved[0].get_y() == 0.0  # (on top of its file's bar, which is nothing)
+    crossed = [c for c in ax.collections if len(c.get_offsets())]
+    assert crossed
+    assert "only in its checkpoints" in " ".join(t.get_text() for t in ax.get_legend().get_texts())

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -45,16 +46,51 @@ def test_the_report_is_about_this_run(report):
     assert "world size: 8 (from the IDs&#x27; index positions)" in page or "world size: 8 (from the IDs' index" in page
     assert "sequences expected: 600" in page
     assert "truncated HDF5 file" in page  # a broken shard is reported, never fatal
-    assert page.count("data:image/png;base64,") >= 2  # both figures, embedded
+    assert page.count("Bokeh.embed.embed_item(") == 2  # both figures, for hovering (their static pictures dropped)
+    assert re.findall(r"<img[^>]*data:image/png", page) == []
     assert "sequence_index.json, the run folder's sequence index" in done.stderr
 
 
+class _Fetches(HTMLParser):
+    """What a page would fetch from the network: the address of each element's ``src`` or
+    ``href``, and each ``@import`` or ``url(//...)`` of its styles."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fetched: list[str] = []
+        self._in_style = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._in_style = tag == "style"
+        self.fetched += [value for name, value in attrs if name in ("src", "href") and value
+                         and re.match(r"\s*(?:https?:)?//", value, re.IGNORECASE)]
+        self.fetched += [value for name, value in attrs if name == "style" and value and _REMOTE_CSS.search(value)]
+
+    def handle_data(self, data: str) -> None:
+        if self._in_style:
+            self.fetched += _REMOTE_CSS.findall(data)
+
+
+_REMOTE_CSS = re.compile(r"@import|url\(\s*['\"]?(?:https?:)?//", re.IGNORECASE)
+
+
 def test_the_report_opens_offline(report):
+    """No element or style fetches anything, and no script is loaded from outside. (Bokeh's inlined
+    script holds one address, MathJax's, which it would load only for a figure with TeX: none has.)"""
     page = report[0].read_text(encoding="utf-8")
-    fetched = re.findall(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", page, re.IGNORECASE)
-    fetched += re.findall(r"@import|url\(\s*['\"]?(?:https?:)?//", page, re.IGNORECASE)
-    assert fetched == []
+    parser = _Fetches()
+    parser.feed(page)
+    assert parser.fetched == []
     assert "<script src" not in page
+    assert page.count("<script") >= 3  # (Bokeh, and each figure's data and its call)
+    assert not re.search(r'"name": "(?:TeX|MathML|MathText)"', page)
+
+
+def test_the_offline_check_sees_what_would_be_fetched():
+    parser = _Fetches()
+    parser.feed('<img src="https://x/y.png"><link href=//cdn/a.css><style>@import "b.css"</style>'
+                '<div style="background:url(//x/z.png)"></div><script>t.src="https://cdn/m.js"</script>')
+    assert len(parser.fetched) == 4
 
 
 def test_code_is_hidden_and_the_rerun_list_is_beside_it(report, pipeline_run):
@@ -401,8 +437,9 @@ def test_fail_on_incomplete_exits_1_and_a_complete_run_0(pipeline_run, tmp_path)
 
 
 def _text(page: str) -> str:
+    """The words of a page's body, as a reader sees them (no script, no style)."""
+    page = re.sub(r"<(style|script)\b.*?</\1>", "", page, flags=re.DOTALL)  # (a script may hold "<body")
     body = page[page.index("<body"):]
-    body = re.sub(r"<(style|script)\b.*?</\1>", "", body, flags=re.DOTALL)
     return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", body)).strip())
 
 
@@ -452,7 +489,7 @@ def test_the_page_says_what_to_do_next_and_the_fasta_to_re_run_is_beside_it(repo
     listed = out.with_name("report-rerun.txt").read_text().split()
     assert fasta.read_text().count(">") == found["missing"] == len(listed)
     text = _text(out.read_text(encoding="utf-8"))
-    steps = text[text.index("Next steps"):text.index("This report is about")]
+    steps = text[text.index("Next steps"):text.index("Summary")]
     assert f"--partial -o {pipeline_run.directory.absolute() / 'embeddings.h5'}" in steps
     assert f"embed again the sequences of {fasta.absolute()}" in steps
 
@@ -493,3 +530,65 @@ def test_the_json_is_what_the_format_page_says(report):
     assert not wrong
     assert set(found["ranks"][0]) == {"rank", "shard", "status", "expected", "present", "missing", "checkpointed",
                                       "problem"}
+
+
+def test_a_report_of_1024_ranks_stays_small_and_draws_each_figure_once(tmp_path):
+    """1,024 ranks, 128 of them lost (past 64: every rank is drawn): the page, its figures for
+    hovering with Bokeh's script inlined once, stays under 5 MB."""
+    run = make_demo_run(tmp_path / "run", n_sequences=1024 * 12, world_size=1024, dim=2, truncated=(),
+                        absent=range(0, 1024, 8), empty=(), short={})
+    out = tmp_path / "report.html"
+    assert main(["-q", "report", str(run.directory), "-o", str(out)]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert out.stat().st_size < 5 * 2**20
+    assert page.count("Bokeh.embed.embed_item(") == 2
+    assert page.count("/* BEGIN bokeh.min.js */") == 1  # (the library itself: once, whatever the figures)
+    text = _text(page)
+    assert "Rows per rank against its assignment, 1,024 ranks" in page
+    assert "absent (128)" in page
+    assert text.count("INCOMPLETE") >= 1
+
+
+def test_progress_of_the_report_on_stderr_only_when_asked(pipeline_run, tmp_path, capsys):
+    """Not a terminal: no bar unless asked for; --progress: the notebook's cells counted on stderr."""
+    assert main(["report", str(pipeline_run.directory), "-o", str(tmp_path / "a.html")]) == 0
+    assert "report: its notebook's cells" not in capsys.readouterr().err
+    assert main(["report", str(pipeline_run.directory), "-o", str(tmp_path / "b.html"), "--progress"]) == 0
+    captured = capsys.readouterr()
+    done = re.findall(r"report: its notebook's cells: 100%\|.*?\| (\d+)/(\d+)", captured.err)
+    assert done
+    assert done[-1][0] == done[-1][1]
+    assert "cells" not in captured.out
+
+
+def test_a_kernel_that_dies_is_one_line_and_prints_nothing_on_the_terminal(pipeline_run, tmp_path):
+    """A kernel that cannot start (a port taken, a broken install) is the report's error in one line, with
+    the kernel's last words; what it printed goes to the log, not to the user's terminal, and nothing
+    fails with a traceback as the command exits."""
+    script = tmp_path / "dying.py"
+    script.write_text(f"""
+import json, sys
+from pathlib import Path
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+from virnucpro_merge.cli import main
+from virnucpro_merge.inspection import runreport
+
+def dying(folder):
+    spec = folder / "kernels" / "dying"
+    spec.mkdir(parents=True)
+    code = "import sys; print('Traceback (most recent call last):', file=sys.stderr); " \\
+           "sys.exit('zmq.error.ZMQError: Address already in use')"
+    argv = [sys.executable, "-c", code, "{{connection_file}}"]
+    (spec / "kernel.json").write_text(json.dumps({{"argv": argv, "display_name": "dying", "language": "python"}}))
+    return KernelManager(kernel_name="dying", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec.parent)]))
+
+runreport.kernel_manager = dying
+sys.exit(main(["report", {str(pipeline_run.directory)!r}, "-o", {str(tmp_path / "r.html")!r}]))
+""")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "the report's kernel died: zmq.error.ZMQError: Address already in use" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "Exception ignored" not in done.stderr
+    assert not (tmp_path / "r.html").exists()

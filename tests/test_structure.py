@@ -303,3 +303,17 @@ def test_the_module_map_matches_the_tree():
             for p in PACKAGE.rglob("*.py") if p.name not in ("__main__.py", "_version.py")}
     tree.discard("__init__")
     assert listed == tree
+
+
+def test_nothing_stray_is_committed_at_the_top():
+    """The top of the repository holds what the brief names, not what an example wrote where it stood
+    (a merged m.h5 and a run/ folder were once committed so)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    listed = subprocess.run(["git", "-C", str(root), "ls-files"], capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    top = {line.split("/")[0] for line in listed.stdout.splitlines()}
+    assert top <= {".ci", ".gitignore", "Makefile", "README.md", "benchmarks", "conftest.py", "docs",
+                   "environment.yml", "notebooks", "pyproject.toml", "tests", "virnucpro_merge"}, sorted(top)

@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--rerun-list", type=Path, metavar="FILE",
                      help="where to write the missing IDs (default: <REPORT>-rerun.txt beside the report)")
     rep.add_argument("--show-code", action="store_true", help="show the report notebook's code too")
+    rep.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="show a progress bar of the report notebook's cells (default: when stderr is a terminal)")
     rep.add_argument("--title", metavar="TEXT", help="the page's title (default: Run report of <the run's folder>)")
     rep.add_argument("--comment", metavar="TEXT", help="a comment shown under the verdict (and in the JSON)")
     rep.add_argument("--fail-on-incomplete", action="store_true",
@@ -222,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _progress(args: argparse.Namespace) -> tuple[bool, contextlib.AbstractContextManager[Any]]:
     """Whether to show a bar, and the context that keeps log lines from breaking it."""
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    progress = sys.stderr.isatty() and not args.quiet if args.progress is None else args.progress
     return progress, logging_redirect_tqdm(loggers=[logger]) if progress else contextlib.nullcontext()
 
 
@@ -401,9 +403,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise MergeError(msg)
     folder = Path(args.run[0]) if len(args.run) == 1 and Path(args.run[0]).is_dir() else None
     run: Path | list[Path] = folder if folder is not None else expand_shard_args(args.run, world_size=args.world_size)
-    output = write_run_report(run, args.output, expected=args.expected, merged=args.merged,
-                              world_size=args.world_size, rerun_list=args.rerun_list, show_code=args.show_code,
-                              checkpoints=args.checkpoints, title=args.title, comment=args.comment)
+    progress, redirect = _progress(args)
+    with redirect:
+        output = write_run_report(run, args.output, expected=args.expected, merged=args.merged,
+                                  world_size=args.world_size, rerun_list=args.rerun_list, show_code=args.show_code,
+                                  checkpoints=args.checkpoints, title=args.title, comment=args.comment,
+                                  progress=progress)
     if args.expected is None:
         index = index_beside(run if isinstance(run, list) else folder_shards(run, world_size=args.world_size))
         if index is not None:

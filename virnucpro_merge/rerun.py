@@ -286,8 +286,8 @@ def write_missing_fasta(
             out.write(reader.read(want))
     if wanted:
         logger.info(
-            "Wrote the %d sequences missing from %s (from %d FASTA file%s) to %s",
-            len(wanted),
+            "Wrote the %s sequences missing from %s (from %d FASTA file%s) to %s",
+            f"{len(wanted):,}",
             merged_path,
             len(fastas),
             "" if len(fastas) == 1 else "s",

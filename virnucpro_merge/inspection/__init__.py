@@ -4,6 +4,7 @@
   (reads IDs only);
 - :mod:`.tables`: the text tables (:func:`format_shard_table`, :func:`format_report`);
 - :mod:`.plots`: the figures (matplotlib, from the ``notebooks`` extra);
+- :mod:`.interactive`: the report page's figures, for hovering (Bokeh, from the same extra);
 - :mod:`.memory`: :func:`profile_memory`, RSS sampled while a call runs (psutil);
 - :mod:`.runreport`: the report notebook run on a run, rendered as one HTML file;
 
@@ -22,6 +23,7 @@ from .run import RunInspection, ShardSummary, inspect_run
 from .tables import format_report, format_shard_table, format_summary, rank_ranges
 
 if TYPE_CHECKING:
+    from .interactive import interactive_counts, interactive_missing
     from .memory import MIB, MemoryProfile, profile_memory, release_free_memory
     from .plots import plot_memory_profile, plot_missing_heatmap, plot_peak_scaling, plot_shard_counts, plot_timeline
 
@@ -47,6 +49,8 @@ __all__ = [
     "plot_timeline",
     "plot_memory_profile",
     "plot_peak_scaling",
+    "interactive_counts",
+    "interactive_missing",
     "MIB",
     "MemoryProfile",
     "profile_memory",
@@ -57,6 +61,7 @@ __all__ = [
 _LAZY = {
     **dict.fromkeys(("plot_shard_counts", "plot_missing_heatmap", "plot_timeline", "plot_memory_profile",
                      "plot_peak_scaling"), "plots"),
+    **dict.fromkeys(("interactive_counts", "interactive_missing"), "interactive"),
     **dict.fromkeys(("MIB", "MemoryProfile", "profile_memory", "release_free_memory"), "memory"),
 }
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.collections import LineCollection
@@ -30,7 +31,7 @@ from ..ranks import rank_ranges
 from ..statuses import ABSENT, EMPTY, FAILED, INCOMPLETE, OK, STATUS_COLORS, STATUSES
 from ..timeline import STRAGGLER_RATIO, RankTimeline, Timeline
 from .memory import MIB, MemoryProfile
-from .views import InspectionView, RankView
+from .views import FEW_RANKS, InspectionView, RankView, bar_of, nothing_held, ranks_in_focus
 
 __all__ = [
     "MAX_FIGSIZE",
@@ -47,6 +48,7 @@ _EXPECTED_COLOR = "#D9D9D9"
 _FEW_RANKS = 16  # up to this many ranks, two bars a rank; past it, one (the fraction present)
 # Heatmap cells: present; part of a bin missing (up to 25, 50, 75, under 100 %); missing; padding.
 _HEATMAP_COLORS = ("#EDEDED", "#F6B26B", "#EE9040", "#E4741F", "#DA650C", "#D55E00", "#FFFFFF")
+_PALE = 0.35  # what only checkpoints hold, on bars too thin to hatch
 _SPARSE_MARKS = 400  # at most this many blocks with a few missing get a marker (a one-pixel speck is easy to miss)
 _HEATMAP_BOUNDS = (-0.5, 1e-12, 0.25, 0.5, 0.75, 1 - 1e-12, 1.5, 2.5)
 _PADDING = 2
@@ -112,7 +114,10 @@ def plot_shard_counts(
     salvages them); a shard without rows gets a cross on the axis, and up to 12 ranks the x
     labels repeat the status. Past 16 ranks, each rank gets one bar, the fraction
     of its assignment its file holds, and the legend names the ranks of every status
-    but ``ok`` (failed and absent ones are also crossed on the axis).
+    but ``ok`` (failed and absent ones are also crossed on the axis). Past 64 ranks, when
+    at most 64 are not ``ok``, only those get a bar each, labelled with their rank (and
+    topped, hatched, by what only their checkpoints hold); the ``ok`` ones are summed up
+    in the first bar.
 
     Parameters
     ----------
@@ -141,6 +146,10 @@ def plot_shard_counts(
     summaries = _summaries(shards)
     if len(summaries) <= _FEW_RANKS:
         return _two_bars(summaries, ax, figsize or (8.0, 3.2))
+    known = any(s.expected for s in summaries)
+    focus = ranks_in_focus([s.status != OK for s in summaries]) if known else None
+    if focus is not None:
+        return _focused_bars(summaries, focus, ax, figsize or (min(20.0, max(11.0, 3.0 + 0.18 * len(focus))), 4.2))
     return _fraction_present(summaries, ax, figsize or (min(20.0, 6.0 + len(summaries) / 64), 4.2))
 
 
@@ -157,7 +166,7 @@ def _two_bars(shards: list[RankView], ax: Axes | None, figsize: tuple[float, flo
         ax.bar(ranks + width / 2, saved, width, bottom=[s.present for s in shards], color="white", edgecolor=colors,
                hatch="////", linewidth=0.8)
     # A shard with no rows has no bar: mark its place on the axis in its colour.
-    nothing = [i for i, s in enumerate(shards) if s.present == 0]
+    nothing = [i for i, s in enumerate(shards) if nothing_held(s)]
     ax.scatter(ranks[nothing] + width / 2, np.zeros(len(nothing)), marker="x", s=30,
                c=[colors[i] for i in nothing], zorder=3, clip_on=False)
     if len(shards) <= 12:
@@ -173,45 +182,47 @@ def _two_bars(shards: list[RankView], ax: Axes | None, figsize: tuple[float, flo
     handles = [Patch(facecolor=_EXPECTED_COLOR, edgecolor="#8C8C8C", label="expected")]
     handles += [Patch(facecolor=STATUS_COLORS[status], label=f"present: {status}") for status in seen]
     if saved.any():
-        handles.append(Patch(facecolor="white", edgecolor="#555555", hatch="////",
-                             label="only in its checkpoints\n(a merge salvages them)"))
+        handles.append(_SALVAGED_PATCH)
     ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     return fig
 
 
-def _share_present(shards: list[RankView], known: bool) -> np.ndarray:
-    """The bar of each rank: the share of its assignment that is present (not rows / assigned:
-    a rank that wrote its last batch twice would reach 1 with half of its sequences missing);
-    its rows, where nothing is known of assignments."""
-    if not known:
-        return np.array([s.present for s in shards], dtype=float)
-    return np.array([(s.expected - s.missing) / s.expected if s.expected else float(s.present > 0)
-                     for s in shards], dtype=float)
+#: What only a rank's checkpoints hold, hatched on top of its bar.
+_SALVAGED_PATCH = Patch(facecolor="white", edgecolor="#555555", hatch="////",
+                        label="only in its checkpoints\n(a merge salvages them)")
 
 
-def _status_legend(ax: Axes, shards: list[RankView]) -> None:
-    """A legend entry for each status that occurs, naming the ranks of every status but ok."""
-    handles = []
+def _bars(shards: list[RankView], known: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Each rank's bar: what its file holds, and what only its checkpoints hold (:func:`bar_of`)."""
+    pairs = np.array([bar_of(s, known) for s in shards], dtype=float).reshape(-1, 2)
+    return pairs[:, 0], pairs[:, 1]
+
+
+def _status_legend(ax: Axes, shards: list[RankView], *, more: Sequence[Patch] = ()) -> None:
+    """A legend entry for each status that occurs, naming the ranks of every status but ok (and ``more``)."""
+    handles: list[Patch] = []
     for status in STATUSES:
         of_status = [s.rank for s in shards if s.status == status]
         if of_status:
             named = "" if status == OK else f": {rank_ranges(of_status, most=6)}"
-            handles.append(Patch(facecolor=STATUS_COLORS[status], label=f"{status} ({len(of_status)}){named}"))
-    ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+            handles.append(Patch(facecolor=STATUS_COLORS[status], label=f"{status} ({len(of_status):,}){named}"))
+    ax.legend(handles=[*handles, *more], fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
 def _fraction_present(shards: list[RankView], ax: Axes | None, figsize: tuple[float, float]) -> Figure:
     fig, ax = _axes(ax, figsize)
     ranks = np.arange(len(shards))
     known = any(s.expected for s in shards)
-    heights = _share_present(shards, known)
+    heights, saved = _bars(shards, known)
     colors = [STATUS_COLORS.get(s.status, "#999999") for s in shards]
     ax.bar(ranks, heights, width=1.0, color=colors, linewidth=0)
+    if saved.any():  # (hatching does not show on a bar a pixel wide: a pale bar instead)
+        ax.bar(ranks, saved, width=1.0, bottom=heights, color=colors, alpha=_PALE, linewidth=0)
     if known:
         ax.axhline(1.0, color="#8C8C8C", linewidth=0.8, linestyle="--", zorder=0)
-        ax.set_ylim(0, max(1.05, min(float(heights.max(initial=0)) * 1.05, 2.0)))
-    lost = [i for i, s in enumerate(shards) if s.status in (FAILED, ABSENT, EMPTY)]
+        ax.set_ylim(0, max(1.05, min(float((heights + saved).max(initial=0)) * 1.05, 2.0)))
+    lost = [i for i, s in enumerate(shards) if s.status in (FAILED, ABSENT, EMPTY) or nothing_held(s)]
     top = ax.get_ylim()[1]
     for y, marker in ((0.0, "x"), (top, "v")):  # a lost rank's bar is a gap: mark it below and above
         ax.scatter(ranks[lost], np.full(len(lost), y), marker=marker, s=22, c=[colors[i] for i in lost],
@@ -221,35 +232,71 @@ def _fraction_present(shards: list[RankView], ax: Axes | None, figsize: tuple[fl
     _thin(ax.xaxis, len(shards), width_px, (len(str(len(shards) - 1)) * 0.62 + 0.8) * _font_px(fig))
     ax.set_xlabel("rank")
     ax.set_ylabel("share of its assignment present" if known else "rows")
-    ax.set_title(f"Rows per rank against its assignment, {len(shards)} ranks", pad=14)
-    _status_legend(ax, shards)
+    ax.set_title(f"Rows per rank against its assignment, {len(shards):,} ranks", pad=14)
+    _status_legend(ax, shards, more=[Patch(facecolor="#555555", alpha=_PALE, label="only in its checkpoints\n"
+                                           "(pale; a merge salvages them)")] if saved.any() else [])
     ax.spines[["top", "right"]].set_visible(False)
     return fig
 
 
-def _binned(found: InspectionView, row_bin: int, col_bin: int) -> np.ndarray:
-    """Fraction missing of each block of ``row_bin`` ranks x ``col_bin`` positions (2: all padding)."""
-    ranks, width = found.missing.shape
-    n = len(found.sequence_ids)
-    col_starts, row_starts = np.arange(0, width, col_bin), np.arange(0, ranks, row_bin)
-    missing = np.add.reduceat(found.missing, col_starts, axis=1, dtype=np.int64)
-    missing = np.add.reduceat(missing, row_starts, axis=0)
-    # assigned cells of rank r: the first ceil((n - r) / N) columns
-    lengths = -(-(n - np.arange(ranks)) // ranks) if ranks else np.zeros(0, np.int64)
-    lengths = np.maximum(lengths, 0)
+def _focused_bars(shards: list[RankView], focus: list[int], ax: Axes | None, figsize: tuple[float, float]
+                  ) -> Figure:
+    """The ranks in ``focus`` one bar each, labelled with their numbers; the others (all ok) one bar."""
+    fig, ax = _axes(ax, figsize)
+    chosen = [shards[i] for i in focus]
+    others = [s for i, s in enumerate(shards) if i not in set(focus)]
+    x = np.arange(len(chosen)) + 2.0  # (0: the others' bar; 1: a gap)
+    heights, saved = _bars(chosen, True)
+    colors = [STATUS_COLORS.get(s.status, "#999999") for s in chosen]
+    ax.bar(0, float(_bars(others, True)[0].min(initial=1.0)), width=0.8, color=STATUS_COLORS[OK])
+    ax.bar(x, heights, width=0.8, color=colors)
+    if saved.any():
+        ax.bar(x, saved, 0.8, bottom=heights, color="white", edgecolor=colors, hatch="////", linewidth=0.8)
+    lost = np.array([nothing_held(s) for s in chosen], dtype=bool)
+    ax.scatter(x[lost], np.zeros(int(lost.sum())), marker="x", s=30, zorder=3, clip_on=False,
+               c=[c for c, z in zip(colors, lost, strict=True) if z])
+    ax.axhline(1.0, color="#8C8C8C", linewidth=0.8, linestyle="--", zorder=0)
+    ax.set_ylim(0, max(1.05, min(float((heights + saved).max(initial=0)) * 1.05, 2.0)))
+    ax.set_xlim(-0.7, len(chosen) + 2.5)
+    labels = [str(s.rank) for s in chosen]
+    width_px, _ = _axes_pixels(fig, ax)
+    crowded = max(map(len, labels)) * 0.62 * _font_px(fig, "small") * 1.3 > width_px / (len(chosen) + 3)
+    ax.set_xticks([0.0, *x], [f"{len(others):,}\nrank{'' if len(others) == 1 else 's'} ok", *labels],
+                  fontsize="small")
+    for label in ax.get_xticklabels() if crowded else []:
+        label.set_rotation(90)
+    ax.set_xlabel("rank: those with a problem, one bar each (the ok ones summed up in the first bar)")
+    ax.set_ylabel("share of its assignment present")
+    ax.set_title(f"Rows per rank against its assignment: the {len(chosen)} of {len(shards):,} ranks with a problem",
+                 pad=14)
+    _status_legend(ax, shards, more=[_SALVAGED_PATCH] if saved.any() else [])
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def _binned(missing: np.ndarray, lengths: np.ndarray, row_bin: int, col_bin: int) -> np.ndarray:
+    """Fraction missing of each block of ``row_bin`` rows x ``col_bin`` positions (2: all padding);
+    row ``i`` is assigned its first ``lengths[i]`` positions."""
+    rows, width = missing.shape
+    col_starts, row_starts = np.arange(0, width, col_bin), np.arange(0, rows, row_bin)
+    missed = np.add.reduceat(missing, col_starts, axis=1, dtype=np.int64)
+    missed = np.add.reduceat(missed, row_starts, axis=0)
     col_ends = np.minimum(col_starts + col_bin, width)
     assigned = np.clip(lengths[:, None] - col_starts[None, :], 0, (col_ends - col_starts)[None, :])
     assigned = np.add.reduceat(assigned, row_starts, axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(assigned > 0, missing / np.maximum(assigned, 1), float(_PADDING))
+        return np.where(assigned > 0, missed / np.maximum(assigned, 1), float(_PADDING))
 
 
-def _mark_sparse(ax: Axes, cells: np.ndarray, row_bin: int, col_bin: int) -> None:
-    """Ring the blocks of which under a quarter is missing, when there are few (single holes)."""
+def _mark_sparse(ax: Axes, cells: np.ndarray, row_bin: int, col_bin: int) -> bool:
+    """Ring the blocks of which under a quarter is missing, when there are few (single holes);
+    whether any was ringed."""
     rows, columns = np.nonzero((cells > 0) & (cells <= 0.25))
-    if 0 < rows.size <= _SPARSE_MARKS:
-        ax.scatter((columns + 0.5) * col_bin - 0.5, (rows + 0.5) * row_bin - 0.5, s=40, marker="o",
-                   facecolors="none", edgecolors=_HEATMAP_COLORS[5], linewidths=1.2, zorder=3)
+    if not 0 < rows.size <= _SPARSE_MARKS:
+        return False
+    ax.scatter((columns + 0.5) * col_bin - 0.5, (rows + 0.5) * row_bin - 0.5, s=40, marker="o",
+               facecolors="none", edgecolors=_HEATMAP_COLORS[5], linewidths=1.2, zorder=3)
+    return True
 
 
 def plot_missing_heatmap(
@@ -262,7 +309,9 @@ def plot_missing_heatmap(
     worker that died part-way through its assignment. Where there are more
     positions (or ranks) than pixels, each cell stands for a block of them and shows
     the share missing, in shades: a block with a single missing sequence is never
-    drawn as present.
+    drawn as present (and, when such blocks are few, it is ringed). Past 64 ranks, when
+    at most 64 of them miss any sequence, only those get a row, each named; when none
+    misses any, one line says so.
 
     Parameters
     ----------
@@ -287,38 +336,56 @@ def plot_missing_heatmap(
     >>> fig.savefig("missing.png")
     """
     ranks, width = inspection.missing.shape
-    fig, ax = _axes(ax, figsize or (8.0, min(12.0, max(2.8, 1.8 + 0.12 * ranks))))
+    focus = ranks_in_focus(np.asarray(inspection.missing.any(axis=1)))
+    rows = np.arange(ranks) if focus is None else np.array(focus)
+    per_row = 0.12 if focus is None else 0.19  # (a rank in focus is named on its row)
+    high = 2.0 if ranks > FEW_RANKS and not inspection.missing.any() else max(2.8, 1.8 + per_row * len(rows))
+    fig, ax = _axes(ax, figsize or (11.0, min(MAX_FIGSIZE[1], high)))
     if width == 0:  # no expected IDs (or none assigned): nothing to place
         ax.set_axis_off()
         ax.text(0.5, 0.5, "No expected IDs: completeness was not checked, so no sequence can be placed or missed.",
                 ha="center", va="center", transform=ax.transAxes, wrap=True)
         ax.set_title("Missing sequences: not checked")
         return fig
+    if ranks > FEW_RANKS and not inspection.missing.any():  # (many rows of nothing: one line says it)
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, f"Nothing is missing: each of the {ranks:,} ranks holds its whole assignment.",
+                ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(f"Missing sequences: 0 of {len(inspection.sequence_ids):,}")
+        return fig
+    missing, assigned = inspection.missing[rows], inspection.assigned[rows]
     width_px, height_px = _axes_pixels(fig, ax)
-    col_bin, row_bin = max(1, math.ceil(width / max(width_px, 50))), max(1, math.ceil(ranks / max(height_px, 20)))
+    col_bin = max(1, math.ceil(width / max(width_px, 50)))
+    row_bin = max(1, math.ceil(len(rows) / max(height_px, 20)))
     if col_bin == 1 and row_bin == 1:
-        cells = np.where(inspection.assigned, inspection.missing.astype(np.int8), _PADDING)
+        cells = np.where(assigned, missing.astype(np.int8), _PADDING)
     else:
-        cells = _binned(inspection, row_bin, col_bin)
+        cells = _binned(missing, assigned.sum(axis=1), row_bin, col_bin)
     ax.imshow(cells, cmap=ListedColormap(_HEATMAP_COLORS), norm=BoundaryNorm(_HEATMAP_BOUNDS, len(_HEATMAP_COLORS)),
-              aspect="auto", interpolation="nearest", extent=(-0.5, width - 0.5, ranks - 0.5, -0.5))
+              aspect="auto", interpolation="nearest", extent=(-0.5, width - 0.5, len(rows) - 0.5, -0.5))
     ax.tick_params(labelsize="small")
     font_px = _font_px(fig, "small")
-    _thin(ax.yaxis, ranks, height_px, font_px * 0.9, formatter=FuncFormatter(lambda v, _: f"rank {v:.0f}"))
+    _thin(ax.yaxis, len(rows), height_px, font_px * (0.9 if focus is None else 0.6),  # (in focus: every row named)
+          formatter=FuncFormatter(lambda v, _: f"rank {rows[int(v)]}" if 0 <= v < len(rows) else ""))
     _thin(ax.xaxis, width, width_px, font_px * 3.8, formatter=FuncFormatter(_compact))
-    ax.set_ylim(ranks - 0.5, -0.5)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.set_xlim(-0.5, width - 0.5)
-    if col_bin > 1 or row_bin > 1:
-        _mark_sparse(ax, cells, row_bin, col_bin)
-    blocks = f"\neach cell: {col_bin:,} positions" if col_bin > 1 else ""
-    blocks += f" of {row_bin} ranks" if row_bin > 1 else ""
-    ax.set_xlabel(f"position j in the rank's assignment (index position = rank + j × {ranks}){blocks}")
-    ax.set_title(f"Missing sequences: {inspection.num_missing} of {len(inspection.sequence_ids)}")
-    handles = [Patch(facecolor=_HEATMAP_COLORS[0], edgecolor="#8C8C8C", label="present"),
-               Patch(facecolor=_HEATMAP_COLORS[5], label="missing")]
+    ringed = (col_bin > 1 or row_bin > 1) and _mark_sparse(ax, cells, row_bin, col_bin)
+    blocks = "" if col_bin == row_bin == 1 else "\neach cell: " + " of ".join(
+        [f"{col_bin:,} positions"] * (col_bin > 1) + [f"{row_bin} ranks"] * (row_bin > 1))
+    ax.set_xlabel(f"position j in the rank's assignment (index position = rank + j × {ranks:,}){blocks}")
+    title = f"Missing sequences: {inspection.num_missing:,} of {len(inspection.sequence_ids):,}"
+    if focus is not None:
+        title += f", in the {len(rows)} of {ranks:,} ranks that miss any (the other {ranks - len(rows):,} miss none)"
+    ax.set_title(title)
+    handles: list[Artist] = [Patch(facecolor=_HEATMAP_COLORS[0], edgecolor="#8C8C8C", label="present"),
+                             Patch(facecolor=_HEATMAP_COLORS[5], label="missing")]
     if col_bin > 1 or row_bin > 1:
         handles[1:1] = [Patch(facecolor=_HEATMAP_COLORS[1], label="some of a cell missing"),
                         Patch(facecolor=_HEATMAP_COLORS[3], label="most of a cell missing")]
+    if ringed:
+        handles.append(Line2D([], [], marker="o", linestyle="none", markerfacecolor="none",
+                              markeredgecolor=_HEATMAP_COLORS[5], label="ringed: a few missing\nin the cell"))
     ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
 

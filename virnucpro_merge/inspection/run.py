@@ -207,6 +207,7 @@ class RunInspection:
         positions = ranks + columns * self.world_size
         return sorted(self.sequence_ids[p] for p in positions.tolist())
 
+    @property
     def by_status(self) -> dict[str, list[int]]:
         """The ranks of each status that occurs, best status first."""
         found: dict[str, list[int]] = {}

@@ -20,6 +20,7 @@ Needs the ``notebooks`` extra (nbclient, nbconvert, ipykernel, matplotlib).
 
 from __future__ import annotations
 
+import atexit
 import copy
 import datetime as _dt
 import json
@@ -28,12 +29,15 @@ import os
 import re
 import shlex
 import socket
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from .._version import __version__
 from ..errors import ExpectedIdsError, MergeError, OutputError
@@ -44,6 +48,7 @@ from ..ranks import checkpoints_of, folder_shards, in_rank_order, index_beside
 from ..report import read_merge_report
 from ..statuses import OK
 from ..verdict import verdict_line, verdict_of
+from .interactive import bokeh_available, embed_page_figures
 from .tables import rank_problem
 from .views import InspectionView
 
@@ -55,7 +60,7 @@ logger = logging.getLogger("virnucpro_merge")
 #: The report notebook (package data).
 NOTEBOOK = Path(__file__).with_name("run_report.ipynb")
 #: The names its ``parameters`` cell sets.
-PARAMETERS = ("run", "expected", "merged", "world_size", "checkpoints", "rerun_list")
+PARAMETERS = ("run", "expected", "merged", "world_size", "checkpoints", "rerun_list", "interactive")
 _TEMPLATES = Path(__file__).with_name("templates")
 _KERNEL = "virnucpro-merge-report"
 #: The tag of the notebook's cells that the page leaves out (its setup, parameters, the synthetic run's prose).
@@ -125,7 +130,7 @@ def run_summary(found: InspectionView) -> dict[str, Any]:
     :func:`~virnucpro_merge.inspection.tables.rank_problem`) -- what ``<report>.json`` and
     ``<report>-ranks.tsv`` hold."""
     checked = found.expected_from is not None  # (then a rank none of whose sequences is missing is not to re-run)
-    problems = {status: kept for status, ranks in found.by_status().items() if status != OK
+    problems = {status: kept for status, ranks in found.by_status.items() if status != OK
                 if (kept := [r for r in ranks if not checked or found.shards[r].missing])}
     expected = len(found.sequence_ids) if found.expected_from is not None else None
     return {
@@ -197,7 +202,7 @@ _VERDICT_STYLE = {  # (the statuses' colours: statuses.py)
 
 
 def _execute_and_render(nb: Any, timeout: int, *, show_code: bool, facts: dict[str, Any],
-                        settle: Callable[[dict[str, Any] | None], list[str]] | None = None
+                        settle: Callable[[dict[str, Any] | None], list[str]] | None = None, progress: bool = False
                         ) -> tuple[str, dict[str, Any] | None]:
     """Run notebook ``nb`` (in place) in a fresh kernel, in a scratch folder, then render it as HTML.
 
@@ -207,37 +212,63 @@ def _execute_and_render(nb: Any, timeout: int, *, show_code: bool, facts: dict[s
     the page's next steps.
     """
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, DeadKernelError
 
-    with tempfile.TemporaryDirectory(prefix="virnucpro-report-") as scratch:
+    cells = sum(cell.cell_type == "code" for cell in nb.cells)
+    with tempfile.TemporaryDirectory(prefix="virnucpro-report-") as scratch, \
+            tqdm(total=cells, desc="report: its notebook's cells", unit="cell", disable=not progress,
+                 file=sys.stderr) as bar:
         km = kernel_manager(Path(scratch))
-        client = NotebookClient(nb, km=km, timeout=timeout, record_timing=False)
+        client = NotebookClient(nb, km=km, timeout=timeout, record_timing=False,
+                                on_cell_executed=lambda **_: bar.update(1))
         workdir = Path(scratch) / "work"
         workdir.mkdir()
+        said = Path(scratch) / "kernel.log"  # (what the kernel prints is logged, never on the user's terminal)
         try:
-            km.start_kernel(cwd=str(workdir))
+            with open(said, "wb") as kernel_log:
+                km.start_kernel(cwd=str(workdir), stdin=subprocess.DEVNULL, stdout=kernel_log, stderr=kernel_log)
             exporter = _exporter(show_code=show_code)
             client.execute()
         except CellExecutionError as err:
             problem = f"{err.ename}: {err.evalue}".strip().splitlines()[0] if err.ename else str(err).splitlines()[0]
             msg = f"the report notebook stopped: {problem}"
             raise MergeError(msg) from err
+        except (DeadKernelError, RuntimeError) as err:  # (nbclient's words for a kernel that died or never came up)
+            last = _last_line(said)
+            msg = f"the report's kernel died: {last or str(err).strip().splitlines()[0]}"
+            raise MergeError(msg) from err
         finally:
             if client.kc is not None:
                 client.kc.stop_channels()
             if km.has_kernel:
                 km.shutdown_kernel(now=True)
+            # (nbclient leaves its clean-up registered at exit when the kernel died before answering;
+            # run then, it fails with a traceback on the user's terminal: the kernel is shut down here)
+            atexit.unregister(client._cleanup_kernel)
+            if said.exists() and said.stat().st_size:
+                logger.debug("the report's kernel said: %s", said.read_text(errors="replace")[-4000:].strip())
     _keep_stderr_out_of_the_page(nb)
+    head_js = embed_page_figures(nb)
     outcome = _rerun_outcome(nb)
     run = (outcome or {}).get("run")
     name = facts["title"]
     resources: dict[str, Any] = {"metadata": {"name": f"{name}: {run['verdict'].upper()}" if run else name},
-                                 "facts": _shown_facts(facts), "title": name}  # (every value escaped by the template)
+                                 "facts": _shown_facts(facts), "title": name,  # (every value escaped by the template)
+                                 "head_js": head_js}  # (Bokeh's own script, once, when the page has its figures)
     if run:  # the verdict first, in one coloured line
         resources["verdict"] = {"line": run["line"], "style": _VERDICT_STYLE.get(run["verdict"], ""),
                                 "comment": facts["comment"], "steps": settle(outcome) if settle is not None else []}
     body, _ = exporter.from_notebook_node(nb, resources=resources)
     return body, outcome
+
+
+def _last_line(path: Path) -> str:
+    """The last line a kernel printed that says something (a traceback's last), or ''."""
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace")[-4000:].splitlines()]
+    except OSError:
+        return ""
+    return next((line for line in reversed(lines) if line), "")
 
 
 def _keep_stderr_out_of_the_page(nb: Any) -> None:
@@ -286,6 +317,7 @@ def write_run_report(
     checkpoints: str | os.PathLike[str] | bool | None = None,
     title: str | None = None,
     comment: str | None = None,
+    progress: bool = False,
 ) -> Path:
     """Write the HTML report of a run: summary, per-rank table, pictures, re-run list, merge report;
     and beside it, for pipelines, ``REPORT.json`` (the verdict, the counts, a record a rank,
@@ -316,6 +348,8 @@ def write_run_report(
     title, comment : str, optional
         The page's title (by default "Run report of <the run's folder>"), and a comment
         shown under the verdict; both in the JSON too.
+    progress : bool
+        Show a progress bar (tqdm, on stderr) of the notebook's cells as they run.
 
     Returns
     -------
@@ -350,7 +384,7 @@ def write_run_report(
     values = {"run": shown_run, "expected": None if expected is None else str(Path(expected).absolute()),
               "merged": None if merged is None else str(Path(merged).absolute()), "world_size": world_size,
               "rerun_list": str(rerun.absolute()),
-              "checkpoints": False if saved is None else str(saved.absolute())}
+              "checkpoints": False if saved is None else str(saved.absolute()), "interactive": bokeh_available()}
     import nbformat
 
     name = Path(run).resolve().name if isinstance(run, str | os.PathLike) else \
@@ -367,7 +401,8 @@ def write_run_report(
 
     with atomic_output(output) as pending:  # the output folder is checked before the notebook runs
         nb = inject_parameters(nbformat.read(NOTEBOOK, as_version=4), values)
-        html, outcome = _execute_and_render(nb, timeout, show_code=show_code, facts=facts, settle=settle)
+        html, outcome = _execute_and_render(nb, timeout, show_code=show_code, facts=facts, settle=settle,
+                                            progress=progress)
         pending.path.write_text(html, encoding="utf-8")
     if outcome is not None and outcome.get("run") is None:
         _settle_rerun_list(rerun, outcome)

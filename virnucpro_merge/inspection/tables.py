@@ -81,7 +81,7 @@ def _summary_lines(found: InspectionView) -> list[str]:
         lines.append(f"held only by checkpoints (a merge salvages them, not counted missing): "
                      f"{sum(s.checkpointed for s in saved):,}, of ranks {rank_ranges([s.rank for s in saved])}")
     lines.append("ranks by status: " + "; ".join(f"{status} {len(ranks)} ({rank_ranges(ranks)})"
-                                                 for status, ranks in found.by_status().items()))
+                                                 for status, ranks in found.by_status.items()))
     lines.extend(found.stops[rank] for rank in sorted(found.stops))
     lines.extend(found.notes)
     return lines
@@ -154,6 +154,8 @@ def rank_frame(found: InspectionView) -> pd.DataFrame:
 
 _TABLE_STYLE = ("border-collapse: collapse; font-size: 0.9em; font-variant-numeric: tabular-nums;")
 _CELL = "padding: 0.15em 0.6em; border-bottom: 1px solid #ddd; white-space: nowrap;"
+_WORDS = {"problem"}  # a column of sentences: it wraps, the others stay on one line
+_WRAPPED = " white-space: normal; min-width: 22em;"
 
 
 class Markup(str):
@@ -188,12 +190,12 @@ def _items(lines: Sequence[object]) -> Markup:
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, right: Sequence[bool], scroll: bool
            ) -> Markup:
-    head = "".join(f'<th style="{_CELL} text-align: {"right" if r else "left"};">{escape(h)}</th>'
-                   for h, r in zip(headers, right, strict=True))
+    styles = [f'{_CELL} text-align: {"right" if r else "left"};{_WRAPPED if h in _WORDS else ""}'
+              for h, r in zip(headers, right, strict=True)]
+    head = "".join(f'<th style="{style}">{escape(h)}</th>' for h, style in zip(headers, styles, strict=True))
     body = "".join(
-        "<tr>" + "".join(f'<td style="{_CELL} text-align: {"right" if r else "left"};">{escape(cell)}</td>'
-                         for cell, r in zip(row, right, strict=True)) + "</tr>"
-        for row in rows
+        "<tr>" + "".join(f'<td style="{style}">{escape(cell)}</td>' for cell, style in zip(row, styles, strict=True))
+        + "</tr>" for row in rows
     )
     table = f'<table style="{_TABLE_STYLE}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
     height = " max-height: 28em; overflow-y: auto;" if scroll else ""

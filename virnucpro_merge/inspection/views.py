@@ -14,7 +14,12 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["RankView", "InspectionView"]
+from ..statuses import OK
+
+__all__ = ["RankView", "InspectionView", "FEW_RANKS", "ranks_in_focus", "bar_of", "nothing_held"]
+
+#: Up to this many ranks, a picture draws every rank one by one; past it, only those worth a look.
+FEW_RANKS = 64
 
 
 class RankView(Protocol):
@@ -67,4 +72,70 @@ class InspectionView(Protocol):
     def stops(self) -> dict[int, str]: ...
     @property
     def notes(self) -> list[str]: ...
+    @property
     def by_status(self) -> dict[str, list[int]]: ...
+
+
+def ranks_in_focus(worth_a_look: Sequence[bool] | np.ndarray, *, few: int = FEW_RANKS) -> list[int] | None:
+    """The ranks a picture of many ranks draws one by one, the others summed up; None: every rank.
+
+    Up to ``few`` ranks, every rank is drawn. Past it, the ranks worth a look are drawn in
+    full (each can be named by its number) and the others summed up, as long as there
+    are between one and ``few`` of them; otherwise every rank is drawn, in blocks if need be.
+
+    Parameters
+    ----------
+    worth_a_look : sequence of bool or numpy.ndarray
+        For each rank in order, whether it has something to show.
+    few : int, optional
+        The most ranks drawn one by one.
+
+    Returns
+    -------
+    list of int or None
+        The positions of the ranks to draw, or None for every rank.
+
+    Examples
+    --------
+    >>> ranks_in_focus([False] * 8 + [True])
+    >>> ranks_in_focus([False] * 100 + [True, False, True])
+    [100, 102]
+    >>> ranks_in_focus([False] * 100)
+    """
+    if len(worth_a_look) <= few:
+        return None
+    chosen = [position for position, flag in enumerate(np.asarray(worth_a_look, dtype=bool).tolist()) if flag]
+    return chosen if 0 < len(chosen) <= few else None
+
+
+def bar_of(shard: RankView, known: bool) -> tuple[float, float]:
+    """A rank's bar in a picture of many: what its file holds and, on top, what only its
+    checkpoints hold, as shares of its assignment (as rows where nothing is ``known`` of
+    assignments).
+
+    The file's share is the part of the assignment found in some shard, not rows over
+    assigned: a rank that wrote its last batch twice would reach 1 with sequences missing.
+
+    >>> from pathlib import Path
+    >>> from virnucpro_merge.inspection import ShardSummary
+    >>> bar_of(ShardSummary(rank=3, path=Path("shard_3.h5"), expected=10, present=0, missing=4,
+    ...                     status="failed", checkpointed=6), True)
+    (0.0, 0.6)
+    """
+    if not known:
+        return float(shard.present), float(shard.checkpointed)
+    if not shard.expected:
+        return float(shard.present > 0), 0.0
+    held = max(0, shard.expected - shard.missing - shard.checkpointed)
+    return held / shard.expected, shard.checkpointed / shard.expected
+
+
+def nothing_held(shard: RankView) -> bool:
+    """Whether a rank's file holds nothing of what it should (its place gets a cross: it has no bar).
+
+    >>> from pathlib import Path
+    >>> from virnucpro_merge.inspection import ShardSummary
+    >>> nothing_held(ShardSummary(rank=7, path=Path("shard_7.h5"), expected=0, present=0, missing=0, status="ok"))
+    False
+    """
+    return shard.present == 0 and (shard.expected > 0 or shard.status != OK)

@@ -1,0 +1,380 @@
+"""The report's pictures for pointing at: hover a rank for its number, status, counts and problem.
+
+The same two pictures as :func:`~virnucpro_merge.inspection.plot_shard_counts` and
+:func:`~virnucpro_merge.inspection.plot_missing_heatmap`, drawn with Bokeh for the HTML
+report (``virnucpro-merge report``), which embeds Bokeh's JavaScript once so that the page
+stays one offline file. They pick the same ranks as the static ones
+(:func:`~virnucpro_merge.inspection.views.ranks_in_focus`): past 64 ranks, those with a
+problem one by one and the others summed up. Every value shown on hover is data, and Bokeh
+shows it as text (never as HTML).
+
+Bokeh comes with the ``notebooks`` extra; nothing else in the package imports this module.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..statuses import OK, STATUS_COLORS, STATUSES
+from .tables import rank_problem
+from .views import FEW_RANKS, InspectionView, RankView, bar_of, nothing_held, ranks_in_focus
+
+__all__ = ["interactive_counts", "interactive_missing", "PAGE_FIGURE_MIME", "PageFigure", "for_page",
+           "bokeh_available", "embed_page_figures"]
+
+logger = logging.getLogger("virnucpro_merge")
+
+#: The MIME type of a figure meant for the report's page (Bokeh's JSON of it): the report
+#: turns it into HTML, and a notebook shows its plain text.
+PAGE_FIGURE_MIME = "application/vnd.virnucpro-merge.bokeh+json"
+
+_PRESENT = "#DDDDDD"
+_MISSING = "#D55E00"
+_MAX_STRETCHES = 10_000  # more missing stretches than this: each is made of blocks of positions
+_FONT = "12px"
+
+
+def _columns(rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
+
+
+def _rank_row(found: InspectionView, shard: RankView, known: bool) -> dict[str, Any]:
+    held, saved = bar_of(shard, known)
+    return {"label": str(shard.rank), "status": shard.status, "color": STATUS_COLORS.get(shard.status, "#999999"),
+            "expected": shard.expected, "present": shard.present, "missing": shard.missing,
+            "checkpointed": shard.checkpointed, "problem": rank_problem(found, shard) or "none",
+            "held": held, "saved": held + saved, "lost": nothing_held(shard)}
+
+
+def _summed_up(shards: Sequence[RankView]) -> dict[str, Any]:
+    return {"label": f"{len(shards):,} rank{'' if len(shards) == 1 else 's'} ok", "status": OK,
+            "color": STATUS_COLORS[OK], "expected": sum(s.expected for s in shards),
+            "present": sum(s.present for s in shards), "missing": 0, "checkpointed": 0, "problem": "none",
+            "held": 1.0, "saved": 1.0, "lost": False}
+
+
+def _tooltip(lines: Sequence[str]) -> str:
+    """A tooltip of our own words and fields, at most 26em wide, its lines wrapped (Bokeh shows each
+    field's value as text: escaped, never as HTML)."""
+    body = "".join(f"<div>{line}</div>" for line in lines)
+    return f'<div style="max-width: 26em; white-space: normal; overflow-wrap: anywhere; font-size: 12px">{body}</div>'
+
+
+_RANK_TIP = ["<b>rank @label</b>: @status", "rows: @present{0,0} of @expected{0,0} assigned; missing: @missing{0,0}",
+             "only in its checkpoints: @checkpointed{0,0}", "problem: @problem"]
+_RANK_TIP_UNCHECKED = ["<b>rank @label</b>: @status", "rows: @present{0,0} (no expected IDs: none known missing)",
+                       "only in its checkpoints: @checkpointed{0,0}", "problem: @problem"]
+
+
+def _legend_outside(fig: Any) -> None:
+    """The figure's legend to the right of its plot, out of the bars' way."""
+    from bokeh.models.annotations import Legend
+
+    legend = fig.select_one(Legend)
+    if legend is not None:
+        fig.right = [r for r in fig.center if r is legend] + list(fig.right)
+        fig.center = [r for r in fig.center if r is not legend]
+        legend.label_text_font_size = _FONT
+        legend.click_policy = "none"
+
+
+def interactive_counts(found: InspectionView, *, height: int = 360) -> Any:
+    """Rows per rank against its assignment, coloured by status, for hovering (a Bokeh figure).
+
+    One bar per rank (its share of its assignment present), or, past 64 ranks with at
+    most 64 not ``ok``, one bar per such rank and one for all the ``ok`` ones. Hovering a
+    rank's column shows its number, status, rows, missing sequences, what only its
+    checkpoints hold and its problem in words.
+
+    Parameters
+    ----------
+    found : RunInspection
+        From :func:`virnucpro_merge.inspection.inspect_run`.
+    height : int, optional
+        Height in pixels (the width follows the page's).
+
+    Returns
+    -------
+    bokeh.plotting.figure
+        Show it with ``bokeh.io.show`` (after ``bokeh.io.output_notebook()`` in Jupyter).
+
+    Examples
+    --------
+    >>> from virnucpro_merge.inspection import inspect_run
+    >>> from virnucpro_merge.synthetic import make_demo_run
+    >>> run = make_demo_run("run", n_sequences=12, world_size=3, dim=4,
+    ...                     truncated=(), absent=(2,), empty=(), short={})
+    >>> fig = interactive_counts(inspect_run("run"))
+    >>> fig.title.text
+    'Rows per rank against its assignment, 3 ranks'
+    """
+    from bokeh.models.annotations import Span
+    from bokeh.models.ranges import Range1d
+    from bokeh.models.sources import ColumnDataSource
+    from bokeh.models.tickers import FixedTicker
+    from bokeh.models.tools import HoverTool
+    from bokeh.plotting import figure
+
+    shards = list(found.shards)
+    known = any(s.expected for s in shards)
+    focus = ranks_in_focus([s.status != OK for s in shards]) if known else None
+    if focus is None:
+        rows = [_rank_row(found, s, known) for s in shards]
+        title = f"Rows per rank against its assignment, {len(shards):,} ranks"
+    else:
+        rows = [_summed_up([s for s in shards if s.status == OK])]
+        rows += [_rank_row(found, shards[i], known) for i in focus]
+        title = f"Rows per rank against its assignment: the {len(focus)} of {len(shards):,} ranks with a problem"
+    tallest = max((row["saved"] for row in rows), default=0.0)
+    top = max(1.05, min(tallest * 1.05, 2.0)) if known else max(tallest * 1.05, 1.0)
+    x = list(range(len(rows)))
+    source = ColumnDataSource({**_columns(rows), "x": x, "top": [top] * len(rows)})
+    fig = figure(height=height, sizing_mode="stretch_width", title=title, tools="xpan,xwheel_zoom,reset",
+                 x_range=Range1d(start=-0.7, end=len(rows) - 0.3), y_range=Range1d(start=-0.03 * top, end=top),
+                 toolbar_location="above")
+    width = 0.8 if len(rows) <= 128 else 1.0
+    for status in STATUSES:  # (one renderer a status: one legend entry each, in the statuses' order)
+        picked = [i for i, row in enumerate(rows) if row["status"] == status]
+        if picked:
+            of_status = ColumnDataSource({key: [values[i] for i in picked] for key, values in source.data.items()})
+            fig.vbar(x="x", top="held", width=width, color="color", source=of_status,
+                     legend_label=f"{status} ({sum(s.status == status for s in shards):,})")
+    if any(row["saved"] > row["held"] for row in rows):
+        fig.vbar(x="x", bottom="held", top="saved", width=width, source=source, fill_color="white",
+                 line_color="color", hatch_pattern="/", hatch_color="color", hatch_alpha=0.8,
+                 legend_label="only in its checkpoints (a merge salvages them)")
+    lost = [i for i, row in enumerate(rows) if row["lost"]]
+    for y, marker in ((0.0, "x"), (top, "inverted_triangle")):  # (a lost rank has no bar: mark its place)
+        if lost and (marker == "x" or focus is None):
+            fig.scatter([x[i] for i in lost], [y] * len(lost), marker=marker, size=9, line_width=2,
+                        color=[rows[i]["color"] for i in lost])
+    # the whole column of a rank answers a hover, also where its bar is nothing
+    columns = fig.vbar(x="x", top="top", width=1.0, source=source, fill_alpha=0, line_alpha=0)
+    fig.add_tools(HoverTool(renderers=[columns], tooltips=_tooltip(_RANK_TIP if known else _RANK_TIP_UNCHECKED)))
+    if known:
+        fig.add_layout(Span(location=1.0, dimension="width", line_color="#8C8C8C", line_dash="dashed"))
+    fig.yaxis.axis_label = "share of its assignment present" if known else "rows"
+    if focus is None:
+        fig.xaxis.axis_label = "rank"
+    else:
+        fig.xaxis.ticker = FixedTicker(ticks=x)
+        fig.xaxis.major_label_overrides = {i: row["label"] for i, row in enumerate(rows)}
+        fig.xaxis.axis_label = "rank: those with a problem, one bar each (the ok ones summed up in the first bar)"
+        if len(rows) > 24:
+            fig.xaxis.major_label_orientation = math.pi / 2
+    fig.xgrid.grid_line_color = None
+    _legend_outside(fig)
+    return fig
+
+
+def _runs(missing: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The runs of one rank's assigned positions, missing or present alike (in blocks of
+    ``block``: a block with any missing counts as missing): starts, ends, whether missing,
+    and how many of each run are missing."""
+    if missing.size == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty.astype(bool), empty
+    marks = missing if block == 1 else np.add.reduceat(missing, np.arange(0, missing.size, block)) > 0
+    changes = np.flatnonzero(np.diff(marks.astype(np.int8))) + 1
+    starts = np.concatenate(([0], changes)) * block
+    ends = np.minimum(np.concatenate((changes * block, [missing.size])), missing.size)
+    cumulative = np.concatenate(([0], np.cumsum(missing, dtype=np.int64)))
+    return starts, ends, marks[np.concatenate(([0], changes))].astype(bool), cumulative[ends] - cumulative[starts]
+
+
+def interactive_missing(found: InspectionView, *, height: int | None = None) -> Any:
+    """Where the holes are, for hovering (a Bokeh figure): one row per rank, one column per position.
+
+    Each rank's row is grey over the stretches of its assigned positions that are present,
+    orange over those that are missing. Past 64 ranks, when at most 64 miss any sequence,
+    only those get a row (when none misses any, one line says so). Hovering a stretch shows
+    the rank, its status, its counts, the stretch's positions and how many of them are
+    missing; the rank's problem in words is in :func:`interactive_counts`. On a long run
+    with scattered holes, a stretch is made of blocks of positions, any missing one orange.
+
+    Parameters
+    ----------
+    found : RunInspection
+        From :func:`virnucpro_merge.inspection.inspect_run`.
+    height : int, optional
+        Height in pixels (by default, from the number of rows; the width follows the page's).
+
+    Returns
+    -------
+    bokeh.plotting.figure
+
+    Examples
+    --------
+    >>> from virnucpro_merge.inspection import inspect_run
+    >>> from virnucpro_merge.synthetic import make_demo_run
+    >>> run = make_demo_run("run", n_sequences=12, world_size=3, dim=4,
+    ...                     truncated=(), absent=(2,), empty=(), short={})
+    >>> interactive_missing(inspect_run("run")).title.text
+    'Missing sequences: 4 of 12'
+    """
+    from bokeh.models.annotations import Label
+    from bokeh.models.ranges import Range1d
+    from bokeh.models.sources import ColumnDataSource
+    from bokeh.models.tickers import FixedTicker
+    from bokeh.models.tools import HoverTool
+    from bokeh.plotting import figure
+    from bokeh.transform import dodge
+
+    ranks, width = found.missing.shape
+    focus = ranks_in_focus(np.asarray(found.missing.any(axis=1)))
+    rows = list(range(ranks)) if focus is None else focus
+    title = f"Missing sequences: {found.num_missing:,} of {len(found.sequence_ids):,}"
+    if focus is not None:
+        title += f", in the {len(rows)} of {ranks:,} ranks that miss any (the other {ranks - len(rows):,} miss none)"
+    fig = figure(height=height or min(720, 90 + 22 * len(rows)), sizing_mode="stretch_width",
+                 title=title if width else "Missing sequences: not checked (no expected IDs)",
+                 tools="xpan,xwheel_zoom,box_zoom,reset", toolbar_location="above",
+                 x_range=Range1d(start=-0.5, end=max(width, 1) - 0.5), y_range=Range1d(start=len(rows) - 0.5, end=-0.5))
+    said = ("No expected IDs: completeness was not checked, so no sequence can be placed or missed." if width == 0
+            else f"Nothing is missing: each of the {ranks:,} ranks holds its whole assignment."
+            if ranks > FEW_RANKS and not found.missing.any() else None)
+    if said is not None:  # (a picture of nothing: one line, not a tall blank box)
+        fig.height, fig.axis.visible, fig.toolbar_location = 140, False, None
+        fig.x_range, fig.y_range = Range1d(start=-1, end=1), Range1d(start=-1, end=1)
+        fig.add_layout(Label(x=0, y=0, text=said, text_align="center", text_baseline="middle", text_font_size="14px"))
+        return fig
+    shards = {s.rank: s for s in found.shards}
+    lengths = found.assigned[rows].sum(axis=1)
+    block = 1
+    while True:
+        runs = [_runs(found.missing[r, :n], block) for r, n in zip(rows, lengths.tolist(), strict=True)]
+        if sum(int(run[2].sum()) for run in runs) <= _MAX_STRETCHES:
+            break
+        block *= 4
+    # (the rank's problem in words is the counts figure's: repeated on every stretch, it would weigh the page)
+    columns: dict[str, list[Any]] = {key: [] for key in (
+        "label", "status", "expected", "missing", "y", "left", "right", "first", "last", "count", "hole")}
+    for i, (r, (starts, ends, holes, counts)) in enumerate(zip(rows, runs, strict=True)):
+        about = _rank_row(found, shards[r], True) if r in shards else {
+            "label": str(r), "status": "", "expected": int(lengths[i]), "missing": int(counts.sum())}
+        for key in ("label", "status", "expected", "missing"):
+            columns[key] += [about[key]] * starts.size
+        columns["y"] += [i] * starts.size
+        columns["left"] += (starts - 0.5).tolist()
+        columns["right"] += (ends - 0.5).tolist()
+        columns["first"] += starts.tolist()
+        columns["last"] += (ends - 1).tolist()
+        columns["count"] += counts.tolist()
+        columns["hole"] += holes.tolist()
+    bottom, top = dodge("y", -0.4), dodge("y", 0.4)  # (each rank's row a band: y +- 0.4)
+    drawn: list[Any] = []
+    for hole, color, name in ((False, _PRESENT, "present"), (True, _MISSING, "missing")):
+        picked = [j for j, flag in enumerate(columns["hole"]) if flag == hole]
+        if picked:
+            part = ColumnDataSource({key: [values[j] for j in picked] for key, values in columns.items()})
+            drawn.append(fig.quad(left="left", right="right", bottom=bottom, top=top, source=part, color=color,
+                                  legend_label=name))
+    fig.add_tools(HoverTool(renderers=drawn, tooltips=_tooltip([
+        "<b>rank @label</b>: @status; @missing{0,0} of its @expected{0,0} missing",
+        "positions @first{0,0} to @last{0,0}: @count{0,0} missing"])))
+    if focus is not None or len(rows) <= 64:
+        fig.yaxis.ticker = FixedTicker(ticks=list(range(len(rows))))
+        fig.yaxis.major_label_overrides = {i: f"rank {r}" for i, r in enumerate(rows)}
+    else:
+        fig.yaxis.axis_label = "rank"
+    blocks = f"; each stretch: blocks of {block:,} positions" if block > 1 else ""
+    fig.xaxis.axis_label = f"position j in the rank's assignment (index position = rank + j × {ranks:,}){blocks}"
+    fig.grid.grid_line_color = None
+    _legend_outside(fig)
+    return fig
+
+
+def bokeh_available() -> bool:
+    """Whether Bokeh is there and imports (the report's pictures are then interactive; a Bokeh
+    that is there but broken, too old or built for another numpy, leaves them static).
+
+    >>> isinstance(bokeh_available(), bool)
+    True
+    """
+    if importlib.util.find_spec("bokeh") is None:
+        return False
+    try:
+        from bokeh.embed import json_item  # noqa: F401  (what the page's figures need)
+        from bokeh.plotting import figure  # noqa: F401
+        from bokeh.resources import Resources  # noqa: F401
+    except Exception as err:  # (an ImportError, or whatever a broken install raises)
+        logger.warning("Bokeh is there but does not import (%s): the report's pictures stay static",
+                       f"{type(err).__name__}: {err}".splitlines()[0])
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class PageFigure:
+    """A Bokeh figure on its way to the report's page: displayed in a notebook, it is one
+    line of text there and the figure itself in the page (:func:`embed_page_figures`)."""
+
+    item: dict[str, Any]
+
+    def _repr_mimebundle_(self, include: object = None, exclude: object = None) -> dict[str, Any]:
+        return {PAGE_FIGURE_MIME: self.item, "text/plain": "(an interactive figure: see the HTML report)"}
+
+
+def for_page(fig: Any) -> PageFigure:
+    """``fig`` (a Bokeh figure) ready to display in the report notebook for its page.
+
+    >>> from virnucpro_merge.inspection import inspect_run
+    >>> from virnucpro_merge.synthetic import make_demo_run
+    >>> run = make_demo_run("run", n_sequences=12, world_size=3, dim=4, truncated=(), absent=(2,), empty=(),
+    ...                     short={})
+    >>> shown = for_page(interactive_counts(inspect_run("run")))
+    >>> sorted(shown._repr_mimebundle_())
+    ['application/vnd.virnucpro-merge.bokeh+json', 'text/plain']
+    """
+    from bokeh.embed import json_item
+
+    return PageFigure(dict(json_item(fig)))
+
+
+def _script_safe(item: object) -> str:
+    """JSON that cannot end the ``<script>`` element it sits in, whatever strings it holds."""
+    return json.dumps(item).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def embed_page_figures(nb: Any) -> str:
+    """Turn each page figure among the outputs of notebook ``nb`` (in place) into HTML, and
+    drop the static pictures of its cell (the figure shows the same); return the script
+    tag of Bokeh's JavaScript that the page's head must carry (empty: no figure).
+
+    >>> import nbformat
+    >>> nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("")])
+    >>> embed_page_figures(nb)
+    ''
+    """
+    count = 0
+    for cell in nb.cells:
+        outputs = cell.get("outputs", [])
+        if not any(PAGE_FIGURE_MIME in output.get("data", {}) for output in outputs):
+            continue
+        kept = []
+        for output in outputs:
+            data = output.get("data", {})
+            if PAGE_FIGURE_MIME in data:
+                count += 1
+                name = f"virnucpro-figure-{count}"
+                html = (f'<div id="{name}" class="virnucpro-figure" style="width:100%"></div>\n'
+                        f'<script type="application/json" id="{name}-item">{_script_safe(data[PAGE_FIGURE_MIME])}'
+                        f'</script>\n<script>Bokeh.embed.embed_item(JSON.parse(document.getElementById('
+                        f'"{name}-item").textContent), "{name}");</script>')
+                kept.append({"output_type": "display_data", "metadata": {}, "data": {"text/html": html}})
+            elif "image/png" not in data:
+                kept.append(output)
+        cell["outputs"] = kept
+    if not count:
+        return ""
+    from bokeh.resources import Resources
+
+    return str(Resources(mode="inline", components=["bokeh"]).render_js())

@@ -67,7 +67,7 @@ def test_counts_past_64_ranks_name_each_problem_rank_and_sum_up_the_rest():
     assert list(fig.xaxis.major_label_overrides.values()) == ["1,021 ranks ok", "17", "200", "1023"]
     assert fig.title.text == "Rows per rank against its assignment: the 3 of 1,024 ranks with a problem"
     legend = [item.label.value for item in fig.legend[0].items]
-    assert legend == ["ok (1,021)", "incomplete (1)", "absent (2)"]
+    assert legend == ["ok (1,021)", "incomplete (1)", "absent (2)", "no rows: its place marked"]
     tips = _tooltips(fig)
     assert all(field in tips for field in ("@label", "@status", "@problem", "@missing{0,0}"))
     assert "{safe}" not in tips  # (a file's words shown as text, never as HTML)

@@ -58,7 +58,7 @@ def test_shard_counts_two_bars_per_rank_coloured_by_status(found):
     assert labels[5] == "5\nabsent"
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == ["expected", "present: ok", "present: incomplete", "present: empty",
-                      "present: failed", "present: absent"]
+                      "present: failed", "present: absent", "no rows: its place marked"]
 
 
 def test_missing_heatmap_shows_the_matrix_and_the_padding(found):

@@ -685,3 +685,17 @@ def test_a_verification_shows_its_verdict_in_a_notebook(tmp_path):
     assert "#D55E00" in page
     assert "... and 2 more" in page
     assert "<differ>" not in page
+
+
+def test_what_was_compared_is_counted_as_it_was_when_a_row_differs(tmp_path):
+    """A damaged row found against the first shard: the count says the rows of that shard's block compared,
+    and that the comparison stopped there (it said '0 rows compared with 4 shards')."""
+    run = make_demo_run(tmp_path / "run", n_sequences=200, world_size=4, dim=4, truncated=(), absent=(), empty=(),
+                        short={})
+    merged = aggregate_shards(run.shard_files, tmp_path / "m.h5", run.index)
+    assert verify_merged(merged, against=run.shard_files).checked[-1] == "200 rows compared with 4 shards"
+    with h5py.File(merged, "r+") as f:
+        f["embeddings"][5] = np.float32(7)
+    found = verify_merged(merged, against=run.shard_files)
+    assert not found.intact
+    assert found.checked[-1] == "50 rows compared with 1 shard (then stopped: something is wrong already)"

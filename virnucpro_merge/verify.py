@@ -393,7 +393,7 @@ class _Checker:
         hashes = index.row_hashes()
         order = np.argsort(hashes, kind="stable")
         ordered = SortedHashes(hashes[order])
-        compared, skipped = 0, []
+        compared, used, stopped, skipped = 0, 0, False, []
         failed = self._recorded_failed(shards)
         saved = checkpoints_of(shards)
         for shard in shards:
@@ -414,13 +414,14 @@ class _Checker:
             try:
                 with open_shard(shard) as handle:
                     compared += self._compare_shard(emb, ids, shard, handle, ordered, order)
+                used += 1
             except ShardError as err:
                 skipped.append(f"{Path(err.path).name} ({err.problem})")
             if self.found.problems:
+                stopped = shard != shards[-1]
                 break
-        used = len(shards) - len(skipped) - sum(1 for shard in shards if shard in failed and shard.exists()
-                                                and failed[shard] != _SALVAGED)
-        self.found.checked.append(f"{_count(compared, 'row')} compared with {_count(used, 'shard')}")
+        self.found.checked.append(f"{_count(compared, 'row')} compared with {_count(used, 'shard')}"
+                                  + (" (then stopped: something is wrong already)" if stopped else ""))
         if compared < self.total and not self.found.problems:
             salvaged = sum(s["num_sequences"] for s in self.report["shards"] if s["status"] == ShardStatus.SALVAGED)
             self.found.notes.append(f"{self.total - compared:,} rows are in none of the shards compared with"
@@ -465,7 +466,7 @@ class _Checker:
                 if (stored.decode() if isinstance(stored, bytes) else stored) == chunk[first]:
                     self.problem(f"row {row} ({shown_id(chunk[first])}) differs from row {done + first} of {shard} "
                                  f"({int((~same).sum())} of this block's {len(chunk)} rows differ)")
-                    return done
+                    return done + len(chunk)  # (this block's rows were compared: some differ)
             done += len(chunk)
         return done
 

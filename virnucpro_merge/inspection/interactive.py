@@ -155,7 +155,7 @@ def interactive_counts(found: InspectionView, *, height: int = 360) -> Any:
     for y, marker in ((0.0, "x"), (top, "inverted_triangle")):  # (a lost rank has no bar: mark its place)
         if lost and (marker == "x" or focus is None):
             fig.scatter([x[i] for i in lost], [y] * len(lost), marker=marker, size=9, line_width=2,
-                        color=[rows[i]["color"] for i in lost])
+                        color=[rows[i]["color"] for i in lost], legend_label="no rows: its place marked")
     # the whole column of a rank answers a hover, also where its bar is nothing
     columns = fig.vbar(x="x", top="top", width=1.0, source=source, fill_alpha=0, line_alpha=0)
     fig.add_tools(HoverTool(renderers=[columns], tooltips=_tooltip(_RANK_TIP if known else _RANK_TIP_UNCHECKED)))

@@ -183,7 +183,8 @@ def _two_bars(shards: list[RankView], ax: Axes | None, figsize: tuple[float, flo
     handles += [Patch(facecolor=STATUS_COLORS[status], label=f"present: {status}") for status in seen]
     if saved.any():
         handles.append(_SALVAGED_PATCH)
-    ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.legend(handles=[*handles, *_no_rows(bool(nothing))], fontsize="small", loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     return fig
 
@@ -199,7 +200,13 @@ def _bars(shards: list[RankView], known: bool) -> tuple[np.ndarray, np.ndarray]:
     return pairs[:, 0], pairs[:, 1]
 
 
-def _status_legend(ax: Axes, shards: list[RankView], *, more: Sequence[Patch] = ()) -> None:
+def _no_rows(any_marked: bool, *, above: bool = False) -> list[Artist]:
+    """The legend entry of the cross that marks the place of a rank without rows (when there is one)."""
+    said = "no rows: its place marked" + (" (x below, ▼ above)" if above else "")
+    return [Line2D([], [], marker="x", linestyle="none", color="#555555", label=said)] if any_marked else []
+
+
+def _status_legend(ax: Axes, shards: list[RankView], *, more: Sequence[Artist] = ()) -> None:
     """A legend entry for each status that occurs, naming the ranks of every status but ok (and ``more``)."""
     handles: list[Patch] = []
     for status in STATUSES:
@@ -233,8 +240,8 @@ def _fraction_present(shards: list[RankView], ax: Axes | None, figsize: tuple[fl
     ax.set_xlabel("rank")
     ax.set_ylabel("share of its assignment present" if known else "rows")
     ax.set_title(f"Rows per rank against its assignment, {len(shards):,} ranks", pad=14)
-    _status_legend(ax, shards, more=[Patch(facecolor="#555555", alpha=_PALE, label="only in its checkpoints\n"
-                                           "(pale; a merge salvages them)")] if saved.any() else [])
+    pale = [Patch(facecolor="#555555", alpha=_PALE, label="only in its checkpoints\n(pale; a merge salvages them)")]
+    _status_legend(ax, shards, more=[*(pale if saved.any() else []), *_no_rows(bool(lost), above=True)])
     ax.spines[["top", "right"]].set_visible(False)
     return fig
 
@@ -269,7 +276,7 @@ def _focused_bars(shards: list[RankView], focus: list[int], ax: Axes | None, fig
     ax.set_ylabel("share of its assignment present")
     ax.set_title(f"Rows per rank against its assignment: the {len(chosen)} of {len(shards):,} ranks with a problem",
                  pad=14)
-    _status_legend(ax, shards, more=[_SALVAGED_PATCH] if saved.any() else [])
+    _status_legend(ax, shards, more=[*([_SALVAGED_PATCH] if saved.any() else []), *_no_rows(bool(lost.any()))])
     ax.spines[["top", "right"]].set_visible(False)
     return fig
 

@@ -27,7 +27,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from harness import (  # beside this script
     log,
     machine_facts,
     median_and_min,
+    package_at,
     print_facts,
     rotated,
     same_round_ratios,
@@ -46,7 +46,6 @@ from harness import (  # beside this script
 )
 
 SCRIPT = Path(__file__).resolve()
-REPO = SCRIPT.parents[1]
 BASELINE = "36f309f"
 
 
@@ -75,16 +74,6 @@ def run_report(folder: Path, out: Path, package_root: Path | None) -> dict:
         raise BenchError(msg)
     return {"wall": wall, "bytes": out.stat().st_size, "figures": out.read_text(encoding="utf-8").count(
         "Bokeh.embed.embed_item(")}
-
-
-def snapshot(revision: str, where: Path) -> Path:
-    """The package of ``revision``, unpacked under ``where`` (a folder to put on PYTHONPATH)."""
-    archive = where / "baseline.tar"
-    subprocess.run(["git", "-C", str(REPO), "archive", "-o", str(archive), revision, "virnucpro_merge"], check=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(where / "baseline", filter="data")
-    archive.unlink()
-    return where / "baseline"
 
 
 def build(folder: Path, n: int, ranks: int, lost: int) -> Path:
@@ -116,7 +105,7 @@ def main() -> int:
         facts = machine_facts(workdir, package)
         facts["run"] = f"{int(args.ids):,} IDs over {args.ranks:,} ranks ({args.lost} lost), sequence_index.json"
         print_facts("virnucpro_merge report at scale, against an earlier revision", facts)
-        baseline = snapshot(args.baseline, workdir)
+        baseline = package_at(args.baseline, workdir)
         folder = build(workdir / "run", int(args.ids), args.ranks, args.lost)
         rounds: dict[str, list[dict]] = {m: [] for m in methods}
         for number in range(args.rounds):

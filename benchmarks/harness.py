@@ -334,3 +334,17 @@ def log(message: str) -> None:
 
 
 Logger = Callable[[str], None]
+
+
+def package_at(revision: str, where: Path) -> Path:
+    """The package of git ``revision`` of this repository, unpacked under ``where``: a folder to put
+    first on PYTHONPATH (with ``python -P``, so that a checkout's own package does not shadow it)."""
+    import tarfile
+
+    repo = Path(__file__).resolve().parents[1]
+    archive = where / "baseline.tar"
+    subprocess.run(["git", "-C", str(repo), "archive", "-o", str(archive), revision, "virnucpro_merge"], check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(where / "baseline", filter="data")
+    archive.unlink()
+    return where / "baseline"

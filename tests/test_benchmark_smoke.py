@@ -95,3 +95,12 @@ def test_report_scale_smoke_run_compares_with_the_baseline_revision(tmp_path):
     assert ratio
     assert float(ratio.group(1)) > 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_health_smoke_run_compares_with_the_revision_without_it(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "bench_health.py"), "--smoke", "--workdir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for durable in ("", r" \(no fsync\)"):
+        assert re.search(rf"merge{durable} / merge@cbb6f02{durable}, same round: wall median \d+\.\d+", proc.stdout)
+    assert list(tmp_path.iterdir()) == []

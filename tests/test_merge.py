@@ -262,11 +262,11 @@ class TestCopyPaths:
         shards = [make_shard(f"shard_{r}", ids(f"r{r}-", 300), dim=8) for r in range(3)]
         scanned, original = [], copy_module.scan_rows
 
-        def fail_on_the_fourth(block, start, checksums):
+        def fail_on_the_fourth(block, start, checksums, tally=None):
             scanned.append(start)
             if len(scanned) == 4:
                 raise UnreadableShardError(shards[1], "truncated: the embeddings end early")
-            return original(block, start, checksums)
+            return original(block, start, checksums, tally)
 
         monkeypatch.setattr(copy_module, "scan_rows", fail_on_the_fourth)
         with pytest.raises(UnreadableShardError, match=r"shard_1\.h5: truncated: the embeddings end early"):

@@ -126,6 +126,7 @@ LAYERS = {
                 "virnucpro_merge.sources",
                 "virnucpro_merge.ranks", "virnucpro_merge.expected"],
     "deciding": ["virnucpro_merge.validation", "virnucpro_merge.crosscheck", "virnucpro_merge.salvage",
+                 "virnucpro_merge.health",
                  "virnucpro_merge.plan", "virnucpro_merge.checksums", "virnucpro_merge.verdict"],
     "writing": ["virnucpro_merge.report", "virnucpro_merge.checks", "virnucpro_merge.merge", "virnucpro_merge._write",
                 "virnucpro_merge.rerun", "virnucpro_merge.verify"],

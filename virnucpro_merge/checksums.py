@@ -39,8 +39,8 @@ from typing import Any, Protocol
 import h5py
 import numpy as np
 
-__all__ = ["ALGORITHM", "ROW_TABLE", "ID_TABLE", "rows_checksum", "nonfinite_rows", "ids_crc", "summary_entry",
-           "table_crc", "Checksums", "IdSink", "ChecksummedIds", "read_checksums"]
+__all__ = ["ALGORITHM", "ROW_TABLE", "ID_TABLE", "rows_checksum", "row_sums", "nonfinite_rows", "extremes_of",
+           "ids_crc", "summary_entry", "table_crc", "Checksums", "IdSink", "ChecksummedIds", "read_checksums"]
 
 #: The name of the checksum, as the report's summary gives it.
 ALGORITHM = "wsum64-crc32"
@@ -70,23 +70,48 @@ def rows_checksum(block: np.ndarray) -> int:
     data = np.ascontiguousarray(block, dtype="<f4")
     if data.ndim != 2 or data.shape[0] == 0:
         return zlib.crc32(b"")
+    return zlib.crc32(row_sums(data).data.cast("B"))
+
+
+def row_sums(block: np.ndarray) -> np.ndarray:
+    """Each row's weighted 64-bit sum (:func:`rows_checksum`), as little-endian uint64: the
+    checksum's own, and a key under which rows with the same bytes meet (:mod:`.health`).
+
+    >>> rows = np.array([[1, 2], [3, 4], [1, 2]], dtype=np.float32)
+    >>> sums = row_sums(rows)
+    >>> bool(sums[0] == sums[2] != sums[1])
+    True
+    """
+    data = np.ascontiguousarray(block, dtype="<f4")
+    if data.ndim != 2 or data.shape[0] == 0:
+        return np.zeros(0 if data.ndim != 2 else data.shape[0], "<u8")
     if data.shape[1] % 2:  # an odd width: pad each row to whole 64-bit words
         data = np.concatenate([data, np.zeros((data.shape[0], 1), "<f4")], axis=1)
     words = data.view("<u8")
-    sums = np.einsum("ij,j->i", words, _word_weights(words.shape[1])).astype("<u8", copy=False)
-    return zlib.crc32(sums.data.cast("B"))
+    return np.einsum("ij,j->i", words, _word_weights(words.shape[1])).astype("<u8", copy=False)
 
 
-def nonfinite_rows(block: np.ndarray) -> int:
+def nonfinite_rows(block: np.ndarray, extremes: tuple[float, float] | None = None) -> int:
     """How many rows of ``block`` hold a NaN or an Inf (one fast pass when there are none):
     what a merge counts as it checksums the rows, and ``verify`` counts again.
+    ``extremes``: the block's :func:`extremes`, when already taken.
 
     >>> nonfinite_rows(np.array([[1.0, np.nan], [2.0, 3.0], [np.inf, 0.0]], dtype=np.float32))
     2
     """
-    if block.size == 0 or (np.isfinite(block.min()) and np.isfinite(block.max())):
+    low, high = extremes_of(block) if extremes is None else extremes
+    if block.size == 0 or (np.isfinite(low) and np.isfinite(high)):
         return 0  # NaN poisons min and max; +Inf would be the max, -Inf the min
     return int(block.shape[0] - np.isfinite(block).all(axis=1).sum())
+
+
+def extremes_of(block: np.ndarray) -> tuple[float, float]:
+    """The least and the greatest value of ``block`` (NaN when it holds one; 0, 0 when empty).
+
+    >>> extremes_of(np.array([[1.0, -2.0], [3.0, 0.5]], dtype=np.float32))
+    (-2.0, 3.0)
+    """
+    return (float(block.min()), float(block.max())) if block.size else (0.0, 0.0)
 
 
 def ids_crc(ids: Sequence[str | bytes] | np.ndarray) -> int:
@@ -133,9 +158,11 @@ class Checksums:
         self.ids: list[tuple[int, int, int]] = []
         self._lock = threading.Lock()
 
-    def add_rows(self, start: int, block: np.ndarray) -> None:
-        """Record the rows ``block`` written at output row ``start``."""
-        entry = (start, start + len(block), rows_checksum(block))
+    def add_rows(self, start: int, block: np.ndarray, sums: np.ndarray | None = None) -> None:
+        """Record the rows ``block`` written at output row ``start`` (``sums``: their
+        :func:`row_sums`, when already taken)."""
+        sums = row_sums(block) if sums is None else sums
+        entry = (start, start + len(block), zlib.crc32(sums.data.cast("B")) if len(block) else zlib.crc32(b""))
         with self._lock:
             self.rows.append(entry)
 

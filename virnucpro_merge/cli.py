@@ -17,16 +17,18 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ._version import __version__
 from .checks import plan_merge
-from .errors import MergeError, ValidationError, twins_note
+from .errors import MergeError, ValidationError, shown_id, twins_note
 from .expected import detect_form, iter_expected_ids, read_expected_ids
+from .health import report_flags
 from .inspection.tables import format_report
 from .merge import CHUNK_SIZE, LAYOUTS, ORDERS, OUTPUT_IS_THE_EXPECTED_FILE, aggregate_shards, materialize
 from .outputs import refuse_overwriting
@@ -35,7 +37,7 @@ from .ranks import checkpoints_of, expand_shard_args, folder_shards, index_besid
 from .report import read_merge_report
 from .rerun import checkpointed_missing, write_missing_fasta
 from .salvage import scratch_folder
-from .shards import get_shard_info
+from .shards import get_shard_info, open_shard, read_id_rows
 from .synthetic import make_demo_run
 from .verdict import COMPLETE, rank_problems, ranks_missing, verdict_line, verdict_of
 from .verify import verify_merged
@@ -128,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "default: shard by shard")
     agg.add_argument("--fail-on-nonfinite", action="store_true",
                      help="fail (exit 1) if any embedding holds NaN or Inf; by default they are counted")
+    agg.add_argument("--fail-on-health", action="store_true",
+                     help="write the output, then exit 1 if a rank's embeddings stand out (another scale, rows "
+                          "at the float16 limit, all-zero or identical rows, another dtype); by default they are "
+                          "said as warnings")
     agg.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="show a progress bar (default: when stderr is a terminal)")
 
@@ -286,6 +292,16 @@ def _problems(shards: Sequence[tuple[str, str | None, int]], missing: list[str],
     return rank_problems(shards, ranks_missing(missing, order, len(shards)))
 
 
+def _id_namer(merged: Path) -> Callable[[int], str]:
+    """The ID of a row of a merged file (read when asked: a flag names few)."""
+
+    def named(row: int) -> str:
+        with open_shard(merged) as handle:
+            return shown_id(read_id_rows(handle, merged, np.array([row]), text=True)[0])
+
+    return named
+
+
 def _cmd_aggregate(args: argparse.Namespace) -> int:
     if args.fail_on_missing and not args.partial:
         msg = "--fail-on-missing goes with --partial (a strict merge fails on anything missing anyway)"
@@ -320,6 +336,13 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
     problems = _problems([(s["path"], _own_problem(s.get("error"), s.get("salvage")), s["num_sequences"])
                           for s in report["shards"]], report["missing_ids"], expected, args.expected)
     line = verdict_line(report.get("num_expected"), report["num_missing"], problems)
+    flags = report_flags(report, _id_namer(output))
+    for flag in flags:
+        logger.warning("Embedding health: %s", flag)
+    if flags and args.fail_on_health:
+        print(f"{PROG}: error: {output}: written, but {len(flags):,} embedding health "
+              f"flag{'' if len(flags) == 1 else 's'} (the first: {flags[0]})", file=sys.stderr)
+        return EXIT_INVALID
     if not report["partial"]:
         logger.info("%s", line)
         return EXIT_OK

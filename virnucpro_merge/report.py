@@ -38,12 +38,14 @@ import numpy as np
 from ._version import __version__
 from .checksums import ALGORITHM, ID_TABLE, ROW_TABLE, ids_crc, table_crc
 from .errors import MergeError
+from .health import RankHealth
 from .plan import MergePlan
 from .shards import REPORT_GROUP, open_shard, read_report_summary
 from .sources import source_problems
 from .statuses import ShardStatus, unfinished
 
-__all__ = ["FORMAT_VERSION", "SUMMARY_CRC", "MergeReport", "build_report", "record_nonfinite", "write_report",
+__all__ = ["FORMAT_VERSION", "SUMMARY_CRC", "MergeReport", "build_report", "record_nonfinite", "record_health",
+           "write_report",
            "seal", "report_problems", "read_merge_report"]
 
 logger = logging.getLogger("virnucpro_merge")
@@ -123,6 +125,14 @@ def record_nonfinite(report: dict[str, Any], counts: dict[str, int] | None) -> N
     for shard in report["shards"]:
         shard["nonfinite_rows"] = None if counts is None else counts.get(shard["path"], 0)
     report["nonfinite_rows"] = None if counts is None else sum(counts.values())
+
+
+def record_health(report: dict[str, Any], health: Mapping[str, RankHealth | None]) -> None:
+    """Put each shard's embedding health (:mod:`.health`), by path, into its record of ``report``."""
+    for shard in report["shards"]:
+        found = health.get(shard["path"])
+        if found is not None:
+            shard["health"] = found.to_record()
 
 
 def write_report(handle: h5py.File, report: dict[str, Any], tables: Mapping[str, np.ndarray] | None = None) -> None:

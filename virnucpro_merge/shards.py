@@ -11,6 +11,7 @@ of a shard's IDs: as ``str`` (:func:`iter_id_chunks`), as stored
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ __all__ = [
     "SEQUENCE_IDS",
     "REPORT_GROUP",
     "ID_CHUNK",
+    "rows_reader",
     "ABSENT",
     "TRUNCATED",
     "CORRUPT",
@@ -333,10 +335,32 @@ def _salvage(value: object) -> bool:
     return _records(fields, required=tuple(_SALVAGE_FIELDS))([value]) is None
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _numbers(value: object) -> bool:
+    return isinstance(value, list) and len(value) <= 16 and all(_number(v) for v in value)
+
+
+#: A rank's embedding health (``health.RankHealth.to_record``).
+_HEALTH_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "rows": _COUNT, "norm_quantiles": (_numbers, "a list of numbers"), "mean": (_number, "a number"),
+    "std": (_number, "a number"), "zero_rows": _COUNT, "saturated_rows": _COUNT, "identical_rows": _COUNT}
+
+
+def _health(value: object) -> bool:
+    fields = {**_HEALTH_FIELDS, "dtype": _MAYBE_TEXT,
+              "identical_example": (_optional(lambda v: isinstance(v, list) and len(v) == 2 and all(
+                  _count(x) for x in v)), "two row numbers or null")}
+    return _records(fields, required=tuple(_HEALTH_FIELDS))([value]) is None
+
+
 _SUMMARY_LISTS: dict[str, Callable[[object], str | None]] = {
     "shards": _records({"path": _TEXT, "num_sequences": _COUNT, "offset": _MAYBE_COUNT, "status": _TEXT,
                         "dtype": _MAYBE_TEXT, "error": _MAYBE_TEXT, "merged": _FLAG, "nonfinite_rows": _MAYBE_COUNT,
-                        "salvage": (_salvage, "a record of salvaged rows")},
+                        "salvage": (_salvage, "a record of salvaged rows"),
+                        "health": (_health, "a record of its embeddings' health")},
                        required=("path", "num_sequences", "offset", "status")),
     "lineage": _records({"path": _TEXT, "created_at": _MAYBE_TEXT, "total_sequences": _MAYBE_COUNT,
                          "partial": _MAYBE_FLAG, "num_missing": _MAYBE_COUNT,
@@ -412,6 +436,23 @@ def read_rows(dset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
     if high - low <= _SPAN_SLACK * len(rows):
         return dset[low:high][rows - low]
     return dset[rows]
+
+
+def rows_reader(path: str | os.PathLike[str]) -> Callable[[np.ndarray], np.ndarray]:
+    """A reader of some rows of a shard's embeddings: ``read(rows)`` for sorted, distinct row
+    numbers gives them as little-endian float32 (the shard opened at each call: it is for few rows).
+
+    >>> from virnucpro_merge.synthetic import write_shard
+    >>> shard = write_shard("s.h5", ["a", "b", "c"], np.arange(6, dtype=np.float32).reshape(3, 2))
+    >>> rows_reader(shard)(np.array([0, 2])).tolist()
+    [[0.0, 1.0], [4.0, 5.0]]
+    """
+
+    def read(rows: np.ndarray) -> np.ndarray:
+        with open_shard(path) as handle:
+            return np.ascontiguousarray(read_rows(embeddings_of(handle, path), rows), dtype="<f4")
+
+    return read
 
 
 def read_id_rows(handle: h5py.File, path: str | os.PathLike[str], rows: np.ndarray, *, text: bool = False

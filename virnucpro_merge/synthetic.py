@@ -33,6 +33,7 @@ from .ranks import INDEX_NAME, shard_path, stride_positions
 __all__ = [
     "DemoRun",
     "make_demo_run",
+    "make_unhealthy_run",
     "StrideRun",
     "write_stride_run",
     "synthetic_embeddings",
@@ -365,6 +366,57 @@ def make_demo_run(
         preempted=tuple(preempted),
         resumed=tuple(resumed),
     )
+
+
+def make_unhealthy_run(
+    directory: str | os.PathLike[str],
+    n_sequences: int = 2000,
+    world_size: int = 8,
+    dim: int = 64,
+    seed: int = 0,
+    *,
+    scaled: Sequence[int] = (2,),
+    saturated: Sequence[int] = (4,),
+    identical: Sequence[int] = (5,),
+    zero: Sequence[int] = (6,),
+    rows: int = 16,
+) -> DemoRun:
+    """A complete run whose GPUs did not all compute the same way: every ID right, some rows wrong.
+
+    - ``scaled`` ranks wrote vectors a thirtieth of the others' size (another model or scale);
+    - ``saturated`` ranks ran in float16 and overflowed: their shards hold float16, and
+      ``rows`` of their rows hold values clipped at +-65,504;
+    - ``identical`` ranks wrote one vector for ``rows`` sequences in a row (a packing bug);
+    - ``zero`` ranks wrote ``rows`` all-zero rows (a batch that never ran).
+
+    The other ranks are :func:`make_demo_run`'s healthy shards.
+
+    Examples
+    --------
+    >>> run = make_unhealthy_run("sick", n_sequences=400, world_size=8, dim=8)
+    >>> import h5py
+    >>> with h5py.File(run.shard_files[4]) as f:
+    ...     f["embeddings"].dtype.name, float(abs(f["embeddings"][:]).max())
+    ('float16', 65504.0)
+    """
+    run = make_demo_run(directory, n_sequences, world_size, dim, seed, truncated=(), absent=(), empty=(), short={})
+    for rank, path in enumerate(run.shard_files):
+        if rank not in (*scaled, *saturated, *identical, *zero):
+            continue
+        positions = stride_positions(n_sequences, world_size, rank)
+        emb = synthetic_embeddings(positions, dim, seed)
+        some = slice(0, min(rows, len(positions)))
+        if rank in scaled:
+            emb = emb / 30
+        if rank in identical:
+            emb[some] = emb[0]
+        if rank in zero:
+            emb[some] = 0
+        if rank in saturated:
+            emb[some] = np.clip(emb[some] * 1e5, -65504, 65504)
+            emb = emb.astype(np.float16)
+        write_shard(path, [run.sequence_ids[p] for p in positions], emb)
+    return run
 
 
 #: When the synthetic runs start, and how long a rank takes for a checkpoint's worth (s).

@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from ..checksums import Checksums, IdSink, nonfinite_rows
+from ..checksums import Checksums, IdSink, extremes_of, nonfinite_rows, row_sums
 from ..errors import UnreadableShardError
+from ..health import RankHealth, RankTally
 from ..plan import ShardPlan
-from ..shards import embeddings_of, first_line, iter_id_blocks, open_shard
+from ..shards import embeddings_of, first_line, iter_id_blocks, open_shard, rows_reader
 from . import sysio
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "raw_copyable",
     "nonfinite_rows",
     "scan_rows",
+    "finish_tally",
     "copy_embeddings_h5py",
     "copy_ids",
     "count_nonfinite_raw",
@@ -63,15 +65,28 @@ def _chunks(total: int, chunk_size: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + chunk_size, total)
 
 
-def scan_rows(block: np.ndarray, start: int, checksums: Checksums) -> int:
+def scan_rows(block: np.ndarray, start: int, checksums: Checksums, tally: RankTally | None = None) -> int:
     """The one pass over rows about to be (or being) written at output row ``start``:
-    their checksum recorded, and how many of them hold NaN or Inf."""
-    checksums.add_rows(start, block)
-    return nonfinite_rows(block)
+    their checksum recorded, their rank's health summed up (``tally``), and how many of
+    them hold NaN or Inf."""
+    sums = row_sums(block)
+    checksums.add_rows(start, block, sums)
+    extremes = extremes_of(block)
+    nonfinite = nonfinite_rows(block, extremes)
+    if tally is not None:
+        tally.add(block, sums, nonfinite, extremes=extremes)
+    return nonfinite
+
+
+def finish_tally(shard: ShardPlan, tally: RankTally | None) -> RankHealth | None:
+    """The shard's health from its tally, its identical rows confirmed by reading them back."""
+    if tally is None:
+        return None
+    return tally.health or tally.finish(rows_reader(shard.source), shard.dtype.name if shard.dtype else None)
 
 
 def copy_embeddings_h5py(shard: ShardPlan, write: Callable[[np.ndarray, int], object], buffer: np.ndarray,
-                         checksums: Checksums) -> int:
+                         checksums: Checksums, tally: RankTally | None = None) -> int:
     """Copy one shard's embeddings through ``buffer`` (``chunk_size`` rows).
 
     ``write(rows, start)`` puts rows at output row ``start``. Returns the number
@@ -91,13 +106,14 @@ def copy_embeddings_h5py(shard: ShardPlan, write: Callable[[np.ndarray, int], ob
                 raise UnreadableShardError(
                     shard.origin, f"cannot read rows {chunk_start}-{chunk_end} ({first_line(err)})"
                 ) from err
-            nonfinite += scan_rows(buffer[:rows], shard.offset + chunk_start, checksums)
+            nonfinite += scan_rows(buffer[:rows], shard.offset + chunk_start, checksums, tally)
             write(buffer[:rows], shard.offset + chunk_start)
+    finish_tally(shard, tally)
     return nonfinite
 
 
 def count_nonfinite_raw(shard: ShardPlan, chunk_size: int, checksums: Checksums,
-                        stop: threading.Event | None = None) -> int:
+                        stop: threading.Event | None = None, tally: RankTally | None = None) -> int:
     """Rows holding NaN or Inf in a raw-copied shard, read in windows of raw bytes (each
     window's checksum recorded too).
 
@@ -118,7 +134,9 @@ def count_nonfinite_raw(shard: ShardPlan, chunk_size: int, checksums: Checksums,
             got = os.preadv(src.fileno(), [rows.data.cast("B")], shard.data_offset + chunk_start * row_bytes)
             if got < rows.nbytes:
                 raise UnreadableShardError(shard.origin, "truncated: the embeddings end early")
-            nonfinite += scan_rows(rows, shard.offset + chunk_start, checksums)
+            nonfinite += scan_rows(rows, shard.offset + chunk_start, checksums, tally)
+        else:  # (not stopped: summed up here, on the scan's thread, beside the copy of the next shard)
+            finish_tally(shard, tally)
     return nonfinite
 
 
@@ -238,8 +256,9 @@ class RawCopy:
 
 
 def _scan_all_raw(shards: Sequence[ShardPlan], chunk_size: int, checksums: Checksums,
-                  stop: threading.Event) -> dict[str, int]:
-    return {str(s.path): count_nonfinite_raw(s, chunk_size, checksums, stop) for s in shards}
+                  stop: threading.Event, tallies: Mapping[str, RankTally]) -> dict[str, int]:
+    return {str(s.path): count_nonfinite_raw(s, chunk_size, checksums, stop, tallies.get(str(s.path)))
+            for s in shards}
 
 
 @contextmanager
@@ -250,9 +269,10 @@ def raw_copy_in_background(
     chunk_size: int,
     on_written: Callable[[int, int], object],
     checksums: Checksums,
+    tallies: Mapping[str, RankTally] | None = None,
 ) -> Iterator[RawCopy]:
-    """Copy raw-copyable shards on one thread, and scan them (NaN rows, checksums) on
-    another, while the body runs.
+    """Copy raw-copyable shards on one thread, and scan them (NaN rows, checksums, each
+    shard's health in ``tallies``, by path) on another, while the body runs.
 
     The scan reads the shards, not the output, so it can start at once: with the
     GIL let go in ``zlib``, numpy and ``preadv``, it overlaps the body's Python work
@@ -268,7 +288,7 @@ def raw_copy_in_background(
     assert dst_data_offset is not None
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="virnucpro-copy") as pool:
         copy = pool.submit(_copy_all_raw, shards, output, dst_data_offset, chunk_size, on_written, stop)
-        scan = pool.submit(_scan_all_raw, shards, chunk_size, checksums, stop)
+        scan = pool.submit(_scan_all_raw, shards, chunk_size, checksums, stop, tallies or {})
         try:
             yield RawCopy(stop, scan)
         except BaseException:

@@ -24,9 +24,10 @@ from tqdm import tqdm
 
 from ..checksums import ChecksummedIds, Checksums, IdSink, summary_entry
 from ..errors import OutputError
+from ..health import RankTally
 from ..outputs import Pending, atomic_output
 from ..plan import MergePlan, ShardPlan, refuse_changed
-from ..report import record_nonfinite, write_report
+from ..report import record_health, record_nonfinite, write_report
 from ..shards import EMBEDDINGS, SEQUENCE_IDS, first_line
 from ..sources import hdf5_source_name, relative_source, resolve_source
 from . import sysio
@@ -36,6 +37,7 @@ from .copy import (
     RowWriter,
     copy_embeddings_h5py,
     copy_ids,
+    finish_tally,
     raw_copy_in_background,
     raw_copyable,
 )
@@ -144,43 +146,47 @@ def _opened(draft: MergePlan, temp: Path, *, progress: bool, durable: bool) -> I
 _Written = tuple[MergePlan, dict[str, Any], dict[str, int]]
 
 
-def _in_index_order(out: _Output, draft: MergePlan, id_step: IdStep, row_order: RowOrder, chunk_size: int
-                    ) -> _Written:
+def _in_index_order(out: _Output, draft: MergePlan, id_step: IdStep, row_order: RowOrder, chunk_size: int,
+                    tallies: dict[str, RankTally]) -> _Written:
     """Rows in the index's order, block by block; then the ID step (the IDs are the order's)."""
     writer = BlockWriter(out.temp, out.data_offset, out.row_bytes, out.written)
     try:
-        nonfinite = write_in_order(draft, row_order, writer, out.ids, chunk_size, out.checksums)
+        nonfinite = write_in_order(draft, row_order, writer, out.ids, chunk_size, out.checksums, tallies)
     finally:
         writer.close()
     plan, report = id_step(out.ids)
     return plan, report, nonfinite
 
 
-def _shard_by_shard(out: _Output, draft: MergePlan, id_step: IdStep, chunk_size: int) -> _Written:
+def _shard_by_shard(out: _Output, draft: MergePlan, id_step: IdStep, chunk_size: int,
+                    tallies: dict[str, RankTally]) -> _Written:
     """Rows shard by shard: the raw-copyable shards copied on a second thread from the start,
     while the ID step runs here; then the others through h5py. Where the ID step's plan moves
     rows (a shard whose IDs could not be read), the copy is stopped and nothing more written."""
     shards = draft.copied_shards
     raw = [s for s in shards if raw_copyable(s)]
-    with raw_copy_in_background(raw, out.temp, out.data_offset, chunk_size, out.written, out.checksums) as copying:
+    with raw_copy_in_background(raw, out.temp, out.data_offset, chunk_size, out.written, out.checksums,
+                                tallies) as copying:
         plan, report = id_step(out.ids)
         if not plan.same_rows_as(draft):
             copying.stop()
             return plan, report, {}
         nonfinite = _copy_through_h5py([s for s in shards if s not in raw], out, min(chunk_size, draft.total_sequences),
-                                       draft.embedding_dim)
+                                       draft.embedding_dim, tallies)
         nonfinite.update(copying.nonfinite())
     return plan, report, nonfinite
 
 
-def _copy_through_h5py(shards: list[ShardPlan], out: _Output, rows: int, dim: int) -> dict[str, int]:
+def _copy_through_h5py(shards: list[ShardPlan], out: _Output, rows: int, dim: int,
+                       tallies: dict[str, RankTally]) -> dict[str, int]:
     """The shards that cannot be copied as raw bytes (float16, chunked, compressed...), read by h5py."""
     if not shards:
         return {}
     buffer = np.empty((rows, dim), OUTPUT_DTYPE)
     row_writer = RowWriter(out.temp, out.data_offset, out.row_bytes, out.written)
     try:
-        return {str(shard.path): copy_embeddings_h5py(shard, row_writer, buffer, out.checksums) for shard in shards}
+        return {str(shard.path): copy_embeddings_h5py(shard, row_writer, buffer, out.checksums,
+                                                      tallies.get(str(shard.path))) for shard in shards}
     finally:
         row_writer.close()
 
@@ -207,14 +213,16 @@ def write_contiguous(
     shards = draft.copied_shards
     for shard in shards:
         refuse_changed(shard)
+    tallies = {str(s.path): RankTally() for s in shards}
     with _opened(draft, temp, progress=progress, durable=durable) as out:
         if row_order is not None:
-            plan, report, nonfinite = _in_index_order(out, draft, id_step, row_order, chunk_size)
+            plan, report, nonfinite = _in_index_order(out, draft, id_step, row_order, chunk_size, tallies)
         else:
-            plan, report, nonfinite = _shard_by_shard(out, draft, id_step, chunk_size)
+            plan, report, nonfinite = _shard_by_shard(out, draft, id_step, chunk_size, tallies)
         if not plan.same_rows_as(draft):
             return plan, {}
         record_nonfinite(report, nonfinite)
+        record_health(report, {str(s.path): finish_tally(s, tallies[str(s.path)]) for s in shards})
         report["checksums"] = summary_entry(embeddings=True)
         write_report(out.file, report, out.checksums.tables())
         for shard in shards:  # a worker that rewrote its file meanwhile

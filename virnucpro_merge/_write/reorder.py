@@ -13,7 +13,7 @@ read from the shard, so a hash collision cannot put a row in the wrong place.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +21,9 @@ import h5py
 import numpy as np
 
 from .._files import OpenFiles
-from ..checksums import Checksums, IdSink, nonfinite_rows
+from ..checksums import Checksums, IdSink, nonfinite_rows, row_sums
 from ..errors import ExpectedIdsError, ShardError, UnreadableShardError
+from ..health import RankTally
 from ..ids import id_hashes
 from ..plan import MergePlan, ShardPlan
 from ..shards import embeddings_of, first_line, open_shard_file, read_id_rows, read_rows
@@ -98,6 +99,7 @@ def write_in_order(
     ids_out: IdSink,
     block_rows: int,
     checksums: Checksums,
+    tallies: Mapping[str, RankTally] | None = None,
 ) -> dict[str, int]:
     """Fill the output block by block; return the rows holding NaN or Inf, per shard.
 
@@ -133,11 +135,13 @@ def write_in_order(
                     block_ids[slots] = read_id_rows(handle, shard.source, local, text=True)
                 except OSError as err:
                     raise UnreadableShardError(shard.origin, f"cannot read rows ({first_line(err)})") from err
-            checksums.add_rows(out_start, block)
+            sums = row_sums(block)
+            checksums.add_rows(out_start, block, sums)
             bad = _nonfinite_mask(block)
             if bad is not None:
                 for k, n in zip(*np.unique(owner[bad], return_counts=True), strict=True):
                     nonfinite[str(shards[k].path)] += int(n)
+            _tally(block, sums, bad, owner, source, shards, tallies or {})
             _check_ids(block_ids, order, out_start, shards, owner)
             writer.write(block, out_start)  # waits for the write of two blocks ago
             if out_start + source.size > ordered:  # IDs not in the index, read from the shards
@@ -147,6 +151,17 @@ def write_in_order(
     finally:
         handles.close()
     return nonfinite
+
+
+def _tally(block: np.ndarray, sums: np.ndarray, bad: np.ndarray | None, owner: np.ndarray, source: np.ndarray,
+           shards: Sequence[ShardPlan], tallies: Mapping[str, RankTally]) -> None:
+    """Each shard's rows of an ordered block, summed up in its tally (with their rows in the shard)."""
+    for k in np.unique(owner):
+        tally = tallies.get(str(shards[k].path))
+        if tally is not None:
+            mine = np.flatnonzero(owner == k)
+            nonfinite = 0 if bad is None else int(bad[mine].sum())
+            tally.add(block[mine], sums[mine], nonfinite, rows=source[mine] - shards[k].offset)
 
 
 def _check_ids(block_ids: np.ndarray, order: RowOrder, out_start: int, shards: Sequence[ShardPlan],

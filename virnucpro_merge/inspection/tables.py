@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..health import report_flags
 from ..ranks import INDEX_NAME, rank_ranges
 from ..statuses import DUPLICATED, EMPTY, INCOMPLETE, OFF_STRIDE, OK, SHARD_COLORS, STATUS_COLORS, ShardStatus
 from .views import InspectionView, RankView
@@ -307,6 +308,9 @@ def format_report(report: Mapping[str, Any], *, most: int | None = None) -> str:
                      else f"every one of the {hidden:,} shards is ok (--all lists them)")
     lines.append("")
     lines.extend(_report_lines(report))
+    flags = report_flags(report)  # (a merge before health was summed up, or a healthy one: none)
+    lines.extend([f"embedding health: {len(flags):,} flag{'' if len(flags) == 1 else 's'}",
+                  *(f"  {flag}" for flag in flags)] if flags else [])
     return "\n".join(lines)
 
 

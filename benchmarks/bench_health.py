@@ -1,0 +1,135 @@
+"""What the embeddings' health costs a merge: this revision's merge against one without it, same rounds.
+
+Builds a run of 1 GiB (8 shards of float32 rows, 1,024 wide; ``--gib`` to change) and times,
+methods alternating round by round, each in a fresh process (``python -P``, the package
+imported from where the method says)::
+
+    merge          aggregate_shards of this revision: rows checksummed, NaN/Inf counted and each
+                   rank's health summed up (norms, zero, saturated and identical rows) in the scan
+    merge@REV      the same call with the package of revision REV (``git archive``; default
+                   cbb6f02, the last without health): the same scan, without the health
+
+both durable (the final fsync) and not (``durable=False``), and prints each method's median
+wall and CPU seconds, and ``merge`` / ``merge@REV`` of the same round (the target: at most 1.05).
+
+Usage::
+
+    python benchmarks/bench_health.py               # 1 GiB, 5 rounds
+    python benchmarks/bench_health.py --smoke       # 16 MiB, 1 round
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from harness import (  # beside this script
+    BenchError,
+    Column,
+    fsync_cost,
+    locate_package,
+    log,
+    machine_facts,
+    median_and_min,
+    package_at,
+    print_facts,
+    rotated,
+    same_round_ratios,
+    table,
+    work_folder,
+)
+
+BASELINE = "cbb6f02"
+_MERGE = """
+import json, resource, sys, time
+from virnucpro_merge import aggregate_shards
+import virnucpro_merge
+shards, out, durable = json.loads(sys.argv[1])
+start, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+aggregate_shards(shards, out, durable=durable)
+after = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"wall": time.perf_counter() - start, "package": virnucpro_merge.__file__,
+                  "cpu": after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime}))
+"""
+
+
+def merge(shards: list[Path], out: Path, durable: bool, package_root: Path | None) -> dict:
+    env = dict(os.environ)
+    if package_root is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(package_root), env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-P", "-c", _MERGE, json.dumps([[str(s) for s in shards], str(out),
+                                                                          durable])],
+                          env=env, capture_output=True, text=True, cwd=out.parent)
+    out.unlink(missing_ok=True)
+    if done.returncode != 0:
+        msg = f"the merge ({package_root or 'this revision'}) failed: {done.stderr.strip()[-400:]}"
+        raise BenchError(msg)
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    if (package_root is not None) != measured["package"].startswith(str(package_root or "/nowhere")):
+        msg = f"the merge imported {measured['package']}, not the package it was meant to"
+        raise BenchError(msg)
+    return measured
+
+
+def build(folder: Path, gib: float, shards: int) -> list[Path]:
+    from virnucpro_merge.synthetic import write_shard
+
+    folder.mkdir()
+    dim = 1024
+    rows = max(1, int(gib * 2**30 / (dim * 4) / shards))
+    rng = np.random.default_rng(0)
+    paths = []
+    for rank in range(shards):
+        emb = rng.normal(size=(rows, dim)).astype(np.float32)
+        paths.append(write_shard(folder / f"shard_{rank}.h5", [f"s{rank}_{i}" for i in range(rows)], emb))
+    return paths
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gib", type=float, default=1.0)
+    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--baseline", default=BASELINE, help=f"the revision without health (default {BASELINE})")
+    parser.add_argument("--smoke", action="store_true", help="16 MiB, 1 round")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    if args.smoke:
+        args.gib, args.rounds = 1 / 64, 1
+    with work_folder("bench_health_", args.workdir) as workdir:
+        package = locate_package(workdir, live=True)
+        facts = machine_facts(workdir, package)
+        facts["run"] = f"{args.gib:g} GiB in {args.shards} shards of float32 rows, 1,024 wide"
+        facts["fsync_1GiB"] = f"{fsync_cost(workdir):.2f} s" if not args.smoke else "not measured (smoke)"
+        print_facts("virnucpro_merge: what the embeddings' health costs a merge", facts)
+        baseline = package_at(args.baseline, workdir)
+        shards = build(workdir / "run", args.gib, args.shards)
+        methods = [(f"merge{'' if now else '@' + args.baseline}{'' if durable else ' (no fsync)'}", now, durable)
+                   for durable in (True, False) for now in (True, False)]
+        rounds: dict[str, list[dict]] = {name: [] for name, _, _ in methods}
+        for number in range(args.rounds):
+            for name, now, durable in rotated(methods, number):
+                rounds[name].append(merge(shards, workdir / "out.h5", durable, None if now else baseline))
+            log(f"round {number + 1}: " + ", ".join(f"{m} {r[-1]['wall']:.2f}s" for m, r in rounds.items()))
+        rows = [[name, statistics.median(r["wall"] for r in rounds[name]),
+                 statistics.median(r["cpu"] for r in rounds[name])] for name, _, _ in methods]
+        print()
+        print(table([Column("method", 28, left=True), Column("wall med", 9, ".2f"), Column("CPU med", 9, ".2f")], rows))
+        for durable in ("", " (no fsync)"):
+            now, then = rounds[f"merge{durable}"], rounds[f"merge@{args.baseline}{durable}"]
+            ratio, low = median_and_min(same_round_ratios(now, then))
+            cpu, _ = median_and_min(same_round_ratios(now, then, key="cpu"))
+            print(f"merge{durable} / merge@{args.baseline}{durable}, same round: wall median {ratio:.3f} "
+                  f"(min {low:.3f}; target <= 1.05), CPU median {cpu:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

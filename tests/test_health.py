@@ -1,0 +1,137 @@
+"""Is any GPU's output different? Each rank's embeddings summed up by the merge, and the ranks flagged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.helpers import edit_summary
+from virnucpro_merge import MergeError, aggregate_shards, read_merge_report
+from virnucpro_merge.cli import main
+from virnucpro_merge.health import RankHealth, judge, report_flags, tally_rows
+from virnucpro_merge.synthetic import make_demo_run, make_unhealthy_run
+
+
+@pytest.fixture(scope="module")
+def sick(tmp_path_factory):
+    return make_unhealthy_run(tmp_path_factory.mktemp("sick") / "run", n_sequences=800, world_size=8, dim=16)
+
+
+def _kinds(flags) -> dict[int, list[str]]:
+    found: dict[int, list[str]] = {}
+    for flag in flags:
+        found.setdefault(flag.rank, []).append(flag.kind)
+    return found
+
+
+@pytest.mark.parametrize("order", ["shards", "index"])
+def test_each_failure_kind_is_flagged_and_nothing_else(sick, tmp_path, order):
+    merged = aggregate_shards(sick.shard_files, tmp_path / "m.h5", sick.index, order=order)
+    report = read_merge_report(merged)
+    assert _kinds(report_flags(report)) == {2: ["scale"], 4: ["saturated", "dtype"], 5: ["identical"], 6: ["zero"]}
+    healths = [RankHealth.from_record(s["health"]) for s in report["shards"]]
+    assert healths[5].identical_rows == 16
+    assert healths[5].identical_example == (0, 1)  # (row numbers in the shard, whatever the output's order)
+    assert healths[6].zero_rows == 16
+    assert healths[4].saturated_rows == 16
+    assert healths[4].dtype == "float16"
+    assert healths[0].rows == 100
+
+
+def test_the_two_orders_sum_up_the_same(sick, tmp_path):
+    by_shard = read_merge_report(aggregate_shards(sick.shard_files, tmp_path / "a.h5", sick.index))
+    by_index = read_merge_report(aggregate_shards(sick.shard_files, tmp_path / "b.h5", sick.index, order="index"))
+    for a, b in zip(by_shard["shards"], by_index["shards"], strict=True):
+        assert a["health"]["norm_quantiles"] == pytest.approx(b["health"]["norm_quantiles"])
+        assert a["health"]["mean"] == pytest.approx(b["health"]["mean"], abs=1e-9)
+        assert {k: v for k, v in a["health"].items() if k not in ("norm_quantiles", "mean", "std")} == \
+            {k: v for k, v in b["health"].items() if k not in ("norm_quantiles", "mean", "std")}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_no_false_alarm_on_a_healthy_run_of_1024_ranks(seed):
+    """1,024 healthy ranks of 100 rows each (the sampling noise of a real run): no flag, whatever the seed."""
+    world = 1024
+    rows = np.random.default_rng(seed).normal(1.0, 1.0 + seed, size=(world, 100, 32)).astype(np.float32)
+    ranks = [(r, tally_rows(rows[r], dtype="float32")) for r in range(world)]
+    assert judge(ranks) == []
+    ranks[17] = (17, tally_rows(0.5 * rows[17]))
+    assert [(f.rank, f.kind) for f in judge(ranks)] == [(17, "scale")]  # (and half the scale is seen)
+
+
+def test_a_healthy_merge_says_nothing(tmp_path, caplog):
+    run = make_demo_run(tmp_path / "run", n_sequences=6400, world_size=64, dim=8, truncated=(), absent=(), empty=(),
+                        short={})
+    assert main(["aggregate", str(run.directory), "--expected", str(run.index), "-o", str(tmp_path / "m.h5"),
+                 "--fail-on-health"]) == 0
+    assert "Embedding health" not in caplog.text
+    assert report_flags(read_merge_report(tmp_path / "m.h5")) == []
+
+
+def test_fail_on_health_writes_then_exits_1_and_the_flags_name_ids(sick, tmp_path, capsys):
+    out = tmp_path / "m.h5"
+    assert main(["aggregate", str(sick.directory), "--expected", str(sick.index), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "Embedding health: rank 5: 16 rows identical to another row under a different ID, first seq000005 and " \
+           "seq000013: a packing bug?" in err
+    assert "rank 2: median norm" in err
+    out.unlink()
+    assert main(["aggregate", str(sick.directory), "--expected", str(sick.index), "-o", str(out),
+                 "--fail-on-health"]) == 1
+    assert out.exists()  # (written, then the exit says it)
+    assert "written, but 5 embedding health flags (the first: rank 2: median norm" in capsys.readouterr().err
+
+
+def test_nan_rows_are_counted_apart_and_inf_is_not_saturation():
+    rows = np.ones((6, 4), np.float32)
+    rows[0, 1] = np.nan
+    rows[1, 2] = np.inf
+    rows[2, 3] = 65504.0
+    health = tally_rows(rows)
+    assert health.saturated_rows == 1
+    assert health.rows == 6
+    assert health.zero_rows == 0
+    assert np.isfinite(health.norm_quantiles).all()
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ({"rows": 1}, "'shards' holds a record whose 'health' is not a record of its embeddings' health"),
+    ({**tally_rows(np.ones((2, 2), np.float32)).to_record(), "mean": "<b>x</b>"}, "whose 'health'"),
+    ({**tally_rows(np.ones((2, 2), np.float32)).to_record(), "identical_example": [1]}, "whose 'health'"),
+])
+def test_a_health_record_of_the_wrong_kind_is_a_damaged_report(sick, tmp_path, value, problem):
+    merged = aggregate_shards(sick.shard_files, tmp_path / "m.h5", sick.index)
+
+    def damage(summary):
+        summary["shards"][0]["health"] = value
+
+    edit_summary(merged, damage)
+    with pytest.raises(MergeError, match=problem):
+        read_merge_report(merged)
+
+
+def test_info_says_the_flags_of_a_merged_file(sick, tmp_path, capsys):
+    merged = aggregate_shards(sick.shard_files, tmp_path / "m.h5", sick.index)
+    assert main(["info", str(merged)]) == 0
+    out = capsys.readouterr().out
+    assert "embedding health: 5 flags" in out
+    assert "  rank 6: 16 all-zero rows: a batch that never ran?" in out
+
+
+def test_the_largest_float32_values_give_finite_numbers(tmp_path):
+    """A row of 3.4e38 (float32's largest) squares past float32: the numbers kept stay finite, the
+    report stays readable."""
+    rows = np.array([[0.0, -0.0, 1e-45, 3.4028235e38], [np.pi, -np.e, 1 / 3, 7.5]], dtype=np.float32)
+    health = tally_rows(rows)
+    assert np.isfinite([*health.norm_quantiles, health.mean, health.std]).all()
+    from virnucpro_merge.synthetic import write_shard
+
+    shard = write_shard(tmp_path / "shard_0.h5", ["x", "y"], rows)
+    report = read_merge_report(aggregate_shards([shard], tmp_path / "m.h5"))
+    assert report["shards"][0]["health"]["saturated_rows"] == 1
+
+
+def test_nan_beside_huge_values_keeps_the_numbers_finite():
+    rows = np.array([[np.nan, 1.0], [3e38, 3e38], [1.0, 2.0]], dtype=np.float32)
+    health = tally_rows(rows)
+    assert np.isfinite([*health.norm_quantiles, health.mean, health.std]).all()

@@ -229,7 +229,7 @@ def package_merge(*, checksums: bool = True, **options: object) -> Callable[[Seq
         if not checksums:
             from virnucpro_merge import checksums as module
 
-            module.Checksums.add_rows = module.Checksums.add_ids = lambda self, start, block: None  # type: ignore
+            module.Checksums.add_rows = module.Checksums.add_ids = lambda self, start, block, sums=None: None  # type: ignore
         aggregate_shards(list(shards), out / MERGED, expected, **options)  # type: ignore[arg-type]
 
     run.options = options  # type: ignore[attr-defined]

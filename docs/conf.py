@@ -74,6 +74,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(os|h5py|np|numpy|pathlib|collections|typing|matplotlib|pandas|dask|distributed|bokeh|"
                r"datetime|argparse|threading|concurrent|functools|tracemalloc|zlib|json|gzip|io|shutil|logging)(\..*)?"),
     (r"py:.*", r"(Path|Figure|Axes|DataFrame|Client|Collection|Sequence|Iterable|Iterator|Callable|"
+               r"RankHealth|HealthFlag|"
                r"Mapping|mapping|ndarray|dtype|Any|Self|BinaryIO|TextIO|ValueError|OSError|Exception|"
                r"KeyboardInterrupt|StrEnum|Enum|dict|list|str|int|float|bool|tuple|set|frozenset|bytes|"
                r"object|None|optional|path-like|array-like|callable|default|of|or|sequence|collection)"),

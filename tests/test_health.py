@@ -135,3 +135,74 @@ def test_nan_beside_huge_values_keeps_the_numbers_finite():
     rows = np.array([[np.nan, 1.0], [3e38, 3e38], [1.0, 2.0]], dtype=np.float32)
     health = tally_rows(rows)
     assert np.isfinite([*health.norm_quantiles, health.mean, health.std]).all()
+
+
+def test_a_shard_read_alone_has_the_health_a_merge_kept(tmp_path):
+    """Norms are taken on the same rows (by row number) however the rows are blocked or ordered."""
+    from virnucpro_merge.health import read_health
+
+    run = make_unhealthy_run(tmp_path / "run", n_sequences=8 * 3000, world_size=8, dim=8)
+    report = read_merge_report(aggregate_shards(run.shard_files, tmp_path / "m.h5", run.index, chunk_size=700,
+                                                order="index"))
+    for shard, record in zip(run.shard_files, report["shards"], strict=True):
+        alone = read_health(shard, block_rows=333).to_record()
+        assert alone["norm_quantiles"] == pytest.approx(record["health"]["norm_quantiles"], rel=1e-6)
+        assert {k: alone[k] for k in ("rows", "zero_rows", "saturated_rows", "identical_rows", "dtype")} == \
+            {k: record["health"][k] for k in ("rows", "zero_rows", "saturated_rows", "identical_rows", "dtype")}
+
+
+def test_inspect_run_reads_the_same_health_and_flags(sick, tmp_path):
+    from virnucpro_merge.inspection import RunInspection, inspect_run
+
+    assert all(s.health is None for s in inspect_run(sick.directory).shards)  # (off by default: embeddings unread)
+    found = inspect_run(sick.directory, health=True)
+    assert _kinds(found.health_flags) == {2: ["scale"], 4: ["saturated", "dtype"], 5: ["identical"], 6: ["zero"]}
+    merged = aggregate_shards(sick.shard_files, tmp_path / "m.h5", sick.index)
+    seen = RunInspection.from_merged(merged)
+    assert [str(f) for f in seen.health_flags] == [str(f) for f in found.health_flags]
+    frame = found.to_frame()
+    assert frame.loc[6, "zero_rows"] == 16
+    assert frame.loc[6, "health"] == "16 all-zero rows: a batch that never ran?"
+    assert frame.loc[0, "health"] == ""
+    assert frame.loc[0, "median_norm"] == pytest.approx(found.shards[0].health.median_norm)
+    assert "health" not in inspect_run(sick.directory).to_frame().columns
+
+
+@pytest.mark.parametrize("world", [8, 1024])
+def test_the_health_picture_names_the_flagged_ranks_without_overlap(world):
+    """At 8 and at 1,024 ranks: the flagged ranks in the legend (and, past 16, named above the plot);
+    no tick label, legend entry or name overlaps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from pathlib import Path
+
+    from tests.test_plots import _tick_labels_apart
+    from virnucpro_merge.inspection import RunInspection, ShardSummary
+
+    rng = np.random.default_rng(1)
+    odd = {2: "scale", world - 3: "zero"}
+    shards = []
+    for r in range(world):
+        rows = rng.normal(size=(64, 8)).astype(np.float32)
+        if odd.get(r) == "scale":
+            rows *= 0.02
+        if odd.get(r) == "zero":
+            rows[:3] = 0
+        shards.append(ShardSummary(rank=r, path=Path(f"shard_{r}.h5"), expected=64, present=64, missing=0,
+                                   status="ok", health=tally_rows(rows, dtype="float32")))
+    found = RunInspection(shards=shards, missing=np.zeros((world, 64), bool), sequence_ids=range(64 * world))
+    fig = found.plot_health()
+    assert _tick_labels_apart(fig) == []
+    ax = fig.axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "another scale: 2" in legend
+    assert f"all-zero rows: {world - 3}" in legend
+    assert ax.get_title() == f"Row norms per rank: 2 of {world:,} ranks stand out"
+    if world > 16:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        names = [t for t in ax.texts]
+        assert sorted(t.get_text() for t in names) == sorted(["2", str(world - 3)])
+        boxes = [t.get_window_extent(renderer) for t in names]
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])

@@ -115,16 +115,17 @@ def test_a_page_figure_cannot_break_out_of_its_script():
     found = _run(4, 10, {1: slice(None)})
     object.__setattr__(found.shards[1], "error", evil)
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("")])
-    shown = for_page(interactive_counts(found))._repr_mimebundle_()
+    shown, metadata = for_page(interactive_counts(found))._repr_mimebundle_()
     nb.cells[0].outputs = [
         nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"}),
-        nbformat.v4.new_output("display_data", data=shown)]
+        nbformat.v4.new_output("display_data", data=shown, metadata=metadata)]
     head = embed_page_figures(nb)
     (output,) = nb.cells[0].outputs  # the static picture of the same cell is dropped
     html = output["data"]["text/html"]
     assert evil not in html
     assert "alert(1)" in html  # (still there, as text the figure shows)
     assert html.count("<script") == 2
+    assert 'role="img" aria-label="Rows per rank against its assignment, 4 ranks (interactive: hover' in html
     item = re.search(r'<script type="application/json" id="virnucpro-figure-1-item">(.*?)</script>', html, re.S)
     assert json.loads(item.group(1)) == json.loads(json.dumps(shown[PAGE_FIGURE_MIME]))
     assert head.startswith("<script")

@@ -592,3 +592,21 @@ sys.exit(main(["report", {str(pipeline_run.directory)!r}, "-o", {str(tmp_path / 
     assert "Traceback" not in done.stderr
     assert "Exception ignored" not in done.stderr
     assert not (tmp_path / "r.html").exists()
+
+
+def test_report_health_reads_the_embeddings_and_names_the_ranks_that_stand_out(tmp_path):
+    from virnucpro_merge.synthetic import make_unhealthy_run
+
+    run = make_unhealthy_run(tmp_path / "run", n_sequences=800, world_size=8, dim=8)
+    out = tmp_path / "r.html"
+    assert main(["-q", "report", str(run.directory), "-o", str(out)]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["health_flags"] is None  # (not read unless asked)
+    assert "not checked: the embeddings were not read" in _text(out.read_text(encoding="utf-8"))
+    assert main(["-q", "report", str(run.directory), "-o", str(out), "--health"]) == 0
+    flags = json.loads(out.with_suffix(".json").read_text())["health_flags"]
+    assert [flag.split(":")[0] for flag in flags] == ["rank 2", "rank 4", "rank 4", "rank 5", "rank 6"]
+    text = _text(out.read_text(encoding="utf-8"))
+    assert "rank 6: 16 all-zero rows: a batch that never ran?" in text
+    page = out.read_text(encoding="utf-8")
+    assert 'alt="Row norms per rank: 4 of 8 ranks stand out. rank against row norm. Legend: ' in page
+    assert "No description has been provided" not in page  # (every picture described in its alt text)

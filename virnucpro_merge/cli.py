@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--show-code", action="store_true", help="show the report notebook's code too")
     rep.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="show a progress bar of the report notebook's cells (default: when stderr is a terminal)")
+    rep.add_argument("--health", action="store_true",
+                     help="also read every embedding and say which ranks' stand out (another scale, rows at the "
+                          "float16 limit, all-zero or identical rows, another dtype)")
     rep.add_argument("--title", metavar="TEXT", help="the page's title (default: Run report of <the run's folder>)")
     rep.add_argument("--comment", metavar="TEXT", help="a comment shown under the verdict (and in the JSON)")
     rep.add_argument("--fail-on-incomplete", action="store_true",
@@ -431,7 +434,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         output = write_run_report(run, args.output, expected=args.expected, merged=args.merged,
                                   world_size=args.world_size, rerun_list=args.rerun_list, show_code=args.show_code,
                                   checkpoints=args.checkpoints, title=args.title, comment=args.comment,
-                                  progress=progress)
+                                  progress=progress, health=args.health)
     if args.expected is None:
         index = index_beside(run if isinstance(run, list) else folder_shards(run, world_size=args.world_size))
         if index is not None:

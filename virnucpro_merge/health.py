@@ -24,6 +24,7 @@ None of these fails a merge; ``aggregate --fail-on-health`` makes them exit 1.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FP16_MAX", "QUANTILES", "MADS", "SAMPLE", "RankHealth", "RankTally", "HealthFlag", "judge", "tally_rows",
-           "report_flags"]
+__all__ = ["FP16_MAX", "QUANTILES", "MADS", "SAMPLE", "ALL_ROWS", "RankHealth", "RankTally", "HealthFlag", "judge",
+           "tally_rows", "report_flags", "read_health"]
 
 #: The largest finite float16: a value this large is an overflow's saturation, or near it.
 FP16_MAX = 65504.0
@@ -42,9 +43,9 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 MADS = 8.0
 _RELATIVE = 0.10  # ... and by at least this share of the median: a tight run flags no noise
 _MAD_FLOOR = 0.01  # a MAD is never taken below this share of the median (identical ranks: MAD 0)
-#: The norms, mean and spread of a block of rows are taken on every this-many-th row (a block of
-#: fewer than 8 times as many rows: on all).
-SAMPLE = 16
+#: The norms, mean and spread of a shard's rows are taken on its first ALL_ROWS rows and on
+#: every SAMPLE-th row after them (by row number).
+SAMPLE, ALL_ROWS = 16, 1024
 _CONFIRM_AT_MOST = 10_000  # candidate identical rows confirmed by their bytes, at most, per rank
 #: Below this magnitude, a row's squares summed in float32 cannot overflow (rows up to 2**20 wide).
 _SQUARE_SAFE = 1e15
@@ -55,8 +56,8 @@ class RankHealth:
     """One rank's embeddings, summed up.
 
     ``norm_quantiles`` are the row norms' :data:`QUANTILES` (rows with NaN or Inf left
-    out; empty without such rows); ``mean`` and ``std`` of the finite values (both on
-    every :data:`SAMPLE`-th row of a long block); ``zero_rows``, ``saturated_rows`` and
+    out; empty without such rows); ``mean`` and ``std`` of the finite values (all three
+    on the rows :meth:`RankTally.add` says); ``zero_rows``, ``saturated_rows`` and
     ``identical_rows`` count every row;
     ``identical_example`` two row numbers (in the shard) of rows found identical.
     """
@@ -117,13 +118,15 @@ class RankTally:
         default, the rows that follow those added so far); ``extremes``: the block's least and
         greatest values, when already taken.
 
-        What costs a pass over the rows is taken on every :data:`SAMPLE`-th row (the norms,
-        the mean and spread): the zero, saturated and identical rows are counted on all
-        (from the row sums and the extremes the scan has anyway).
+        What costs a pass over the rows (the norms, the mean and spread) is taken on the
+        shard's first :data:`ALL_ROWS` rows and every :data:`SAMPLE`-th after, by row number;
+        the zero, saturated and identical rows are counted on all (from the row sums and the
+        extremes the scan has anyway).
         """
         if not block.shape[0]:
             return
-        self._where.append(np.arange(self.rows, self.rows + block.shape[0]) if rows is None else rows)
+        first = self.rows
+        self._where.append(np.arange(first, first + block.shape[0]) if rows is None else rows)
         self._sums.append(sums)
         self.rows += block.shape[0]
         zero = np.flatnonzero(sums == 0)  # (an all-zero row sums to 0; anything else hardly ever)
@@ -133,7 +136,7 @@ class RankTally:
         if nonfinite or max(high, -low) >= FP16_MAX:  # (rare: then each row is looked at)
             finite = np.isfinite(block).all(axis=1)
             self.saturated_rows += int(np.count_nonzero(finite & (np.abs(block) >= FP16_MAX).any(axis=1)))
-        sample = block[:: SAMPLE] if block.shape[0] >= SAMPLE * 8 else block
+        sample = _sampled(block, first, rows)
         if nonfinite:
             sample = sample[np.isfinite(sample).all(axis=1)]
         squares = np.einsum("ij,ij->i", sample, sample).astype(np.float64)
@@ -161,6 +164,18 @@ class RankTally:
                           zero_rows=self.zero_rows, saturated_rows=self.saturated_rows, identical_rows=identical,
                           identical_example=example, dtype=dtype)
         return self.health
+
+
+def _sampled(block: np.ndarray, first: int, rows: np.ndarray | None) -> np.ndarray:
+    """The rows of ``block`` whose norms are taken: those numbered below :data:`ALL_ROWS` in their
+    shard and every :data:`SAMPLE`-th after (by row number, so that any blocking, and any order,
+    takes the same rows); ``rows``: their numbers, else ``first, first + 1, ...``."""
+    if rows is None:
+        if first >= ALL_ROWS:
+            return block[(-first) % SAMPLE :: SAMPLE]
+        rows = np.arange(first, first + block.shape[0])
+    picked = (rows < ALL_ROWS) | (rows % SAMPLE == 0)
+    return block if picked.all() else block[picked]
 
 
 def _identical(sums: np.ndarray, where: np.ndarray, rows_of: Callable[[np.ndarray], np.ndarray]
@@ -302,3 +317,27 @@ def report_flags(report: Mapping[str, Any], ids_of: Callable[[int], str] | None 
         return f"row {row}" if ids_of is None or offset is None else ids_of(offset + row)
 
     return judge(ranks, named)
+
+
+def read_health(path: str | os.PathLike[str], *, block_rows: int = 4096) -> RankHealth:
+    """A shard's health read from the shard itself (its embeddings, ``block_rows`` at a time): the
+    same numbers a merge keeps for it.
+
+    >>> from virnucpro_merge.synthetic import write_shard
+    >>> rows = np.ones((5, 4), np.float32)
+    >>> rows[2] = 0
+    >>> read_health(write_shard("shard_0.h5", list("abcde"), rows)).zero_rows
+    1
+    """
+    from .checksums import extremes_of, nonfinite_rows, row_sums
+    from .shards import embeddings_of, open_shard, rows_reader
+
+    tally = RankTally()
+    with open_shard(path) as handle:
+        emb = embeddings_of(handle, path)
+        dtype = emb.dtype.name
+        for start in range(0, emb.shape[0], block_rows):
+            block = np.ascontiguousarray(emb[start : start + block_rows], dtype="<f4")
+            extremes = extremes_of(block)
+            tally.add(block, row_sums(block), nonfinite_rows(block, extremes), extremes=extremes)
+    return tally.finish(rows_reader(path), dtype)

@@ -25,7 +25,14 @@ from .tables import format_report, format_shard_table, format_summary, rank_rang
 if TYPE_CHECKING:
     from .interactive import interactive_counts, interactive_missing
     from .memory import MIB, MemoryProfile, profile_memory, release_free_memory
-    from .plots import plot_memory_profile, plot_missing_heatmap, plot_peak_scaling, plot_shard_counts, plot_timeline
+    from .plots import (
+        plot_health,
+        plot_memory_profile,
+        plot_missing_heatmap,
+        plot_peak_scaling,
+        plot_shard_counts,
+        plot_timeline,
+    )
 
 __all__ = [
     "OK",
@@ -47,6 +54,7 @@ __all__ = [
     "plot_shard_counts",
     "plot_missing_heatmap",
     "plot_timeline",
+    "plot_health",
     "plot_memory_profile",
     "plot_peak_scaling",
     "interactive_counts",
@@ -59,8 +67,8 @@ __all__ = [
 
 #: Names loaded on first use, and the module of each.
 _LAZY = {
-    **dict.fromkeys(("plot_shard_counts", "plot_missing_heatmap", "plot_timeline", "plot_memory_profile",
-                     "plot_peak_scaling"), "plots"),
+    **dict.fromkeys(("plot_shard_counts", "plot_missing_heatmap", "plot_timeline", "plot_health",
+                     "plot_memory_profile", "plot_peak_scaling"), "plots"),
     **dict.fromkeys(("interactive_counts", "interactive_missing"), "interactive"),
     **dict.fromkeys(("MIB", "MemoryProfile", "profile_memory", "release_free_memory"), "memory"),
 }

@@ -19,6 +19,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from html import escape as html_escape
 from typing import Any
 
 import numpy as np
@@ -318,9 +319,12 @@ class PageFigure:
     line of text there and the figure itself in the page (:func:`embed_page_figures`)."""
 
     item: dict[str, Any]
+    label: str = "An interactive figure"
 
-    def _repr_mimebundle_(self, include: object = None, exclude: object = None) -> dict[str, Any]:
-        return {PAGE_FIGURE_MIME: self.item, "text/plain": "(an interactive figure: see the HTML report)"}
+    def _repr_mimebundle_(self, include: object = None, exclude: object = None
+                          ) -> tuple[dict[str, Any], dict[str, Any]]:
+        return ({PAGE_FIGURE_MIME: self.item, "text/plain": "(an interactive figure: see the HTML report)"},
+                {PAGE_FIGURE_MIME: {"label": self.label}})
 
 
 def for_page(fig: Any) -> PageFigure:
@@ -331,12 +335,16 @@ def for_page(fig: Any) -> PageFigure:
     >>> run = make_demo_run("run", n_sequences=12, world_size=3, dim=4, truncated=(), absent=(2,), empty=(),
     ...                     short={})
     >>> shown = for_page(interactive_counts(inspect_run("run")))
-    >>> sorted(shown._repr_mimebundle_())
+    >>> data, metadata = shown._repr_mimebundle_()
+    >>> sorted(data)
     ['application/vnd.virnucpro-merge.bokeh+json', 'text/plain']
+    >>> metadata[PAGE_FIGURE_MIME]["label"].startswith("Rows per rank against its assignment, 3 ranks (interactive")
+    True
     """
     from bokeh.embed import json_item
 
-    return PageFigure(dict(json_item(fig)))
+    title = getattr(fig.title, "text", "") or "An interactive figure"
+    return PageFigure(dict(json_item(fig)), f"{title} (interactive: hover for each rank's numbers)")
 
 
 def _script_safe(item: object) -> str:
@@ -365,7 +373,9 @@ def embed_page_figures(nb: Any) -> str:
             if PAGE_FIGURE_MIME in data:
                 count += 1
                 name = f"virnucpro-figure-{count}"
-                html = (f'<div id="{name}" class="virnucpro-figure" style="width:100%"></div>\n'
+                label = html_escape(str(output.get("metadata", {}).get(PAGE_FIGURE_MIME, {}).get("label", "")))
+                html = (f'<div id="{name}" class="virnucpro-figure" role="img" aria-label="{label}" '
+                        'style="width:100%"></div>\n'
                         f'<script type="application/json" id="{name}-item">{_script_safe(data[PAGE_FIGURE_MIME])}'
                         f'</script>\n<script>Bokeh.embed.embed_item(JSON.parse(document.getElementById('
                         f'"{name}-item").textContent), "{name}");</script>')

@@ -38,7 +38,9 @@ __all__ = [
     "plot_shard_counts",
     "plot_missing_heatmap",
     "plot_timeline",
+    "plot_health",
     "plot_memory_profile",
+    "describe",
     "plot_peak_scaling",
 ]
 
@@ -94,6 +96,26 @@ def _compact(value: float, _position: object = None) -> str:
         if abs(value) >= size:
             return f"{value / size:.4g}{unit}"
     return f"{value:.0f}"
+
+
+def describe(fig: Figure) -> str:
+    """A figure in words, for the ``alt`` text of its image in a page: its titles, what its
+    axes show and its legend's entries.
+
+    >>> fig, ax = plt.subplots()
+    >>> _ = ax.set(title="Rows per rank", xlabel="rank", ylabel="rows")
+    >>> describe(fig)
+    'Rows per rank. rank against rows.'
+    """
+    parts = []
+    for ax in fig.axes:
+        title = ax.get_title()
+        axes = f"{ax.get_xlabel()} against {ax.get_ylabel()}" if ax.get_xlabel() and ax.get_ylabel() else ""
+        legend = ax.get_legend()
+        entries = "; ".join(t.get_text().replace("\n", " ") for t in legend.get_texts()) if legend else ""
+        parts += [f"{part}." for part in (title, axes.replace("\n", " "), f"Legend: {entries}" if entries else "")
+                  if part]
+    return " ".join(parts) or "A figure"
 
 
 def _summaries(shards: Sequence[RankView] | InspectionView) -> list[RankView]:
@@ -394,6 +416,102 @@ def plot_missing_heatmap(
         handles.append(Line2D([], [], marker="o", linestyle="none", markerfacecolor="none",
                               markeredgecolor=_HEATMAP_COLORS[5], label="ringed: a few missing\nin the cell"))
     ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return fig
+
+
+_HEALTHY, _FLAGGED = "#6A8CAF", "#D55E00"
+_NAMED = 40  # at most this many flagged ranks are named above the plot (all are in the legend)
+
+
+def plot_health(
+    inspection: InspectionView, *, ax: Axes | None = None, figsize: tuple[float, float] | None = None
+) -> Figure:
+    """Each rank's row norms: the 5-95 % range as a thin line, the 25-75 % as a thick one, the
+    median as a dot; the ranks whose embeddings stand out in orange, named in the legend with
+    why (:attr:`RunInspection.health_flags`), the median of the ranks' medians dashed.
+
+    Readable from 2 to 1,024 ranks: past 64 a rank is a line a few pixels wide, the rank
+    labels thin out and the flagged ones stay named in the legend. A log scale when the
+    ranks' medians differ by more than ten times.
+
+    Parameters
+    ----------
+    inspection : RunInspection
+        From ``inspect_run(..., health=True)`` or ``RunInspection.from_merged``.
+    ax : matplotlib.axes.Axes, optional
+        Draw here instead of on a new figure.
+    figsize : tuple of float, optional
+        Size in inches of a new figure (by default, from the number of ranks).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> from virnucpro_merge.inspection import inspect_run
+    >>> from virnucpro_merge.synthetic import make_unhealthy_run
+    >>> run = make_unhealthy_run("sick", n_sequences=400, world_size=8, dim=8)
+    >>> fig = plot_health(inspect_run("sick", health=True))
+    >>> fig.axes[0].get_title()
+    'Row norms per rank: 4 of 8 ranks stand out'
+    """
+    shards = list(inspection.shards)
+    inches = min(20.0, max(8.0, 6.0 + len(shards) / 64))
+    fig, ax = _axes(ax, figsize or ((7.0, 3.0) if len(shards) <= 16 else (inches, 3.6)))
+    known = [(s.rank, s.health) for s in shards if s.health is not None and s.health.norm_quantiles]
+    if not known:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "Not checked: the embeddings were not read (inspect_run(..., health=True), or a merged "
+                "file's report).", ha="center", va="center", transform=ax.transAxes, wrap=True)
+        ax.set_title("Row norms per rank: not checked")
+        return fig
+    flags = inspection.health_flags
+    flagged = sorted({flag.rank for flag in flags})
+    ranks = np.array([rank for rank, _ in known])
+    q = np.array([h.norm_quantiles for _, h in known])
+    colors = np.where(np.isin(ranks, flagged), _FLAGGED, _HEALTHY)
+    thin = [((r, lo), (r, hi)) for r, lo, hi in zip(ranks, q[:, 0], q[:, -1], strict=True)]
+    thick = [((r, lo), (r, hi)) for r, lo, hi in zip(ranks, q[:, 1], q[:, 3], strict=True)]
+    wide = 4.0 if len(shards) <= 64 else 2.0
+    out = np.isin(ranks, flagged)
+    for chosen, width, z in ((~out, wide, 2), (out, max(wide, 3.0), 4)):  # (the flagged ones on top, never hidden)
+        ax.add_collection(LineCollection([t for t, c in zip(thin, chosen, strict=True) if c], colors=colors[chosen],
+                                         linewidths=width / 3, zorder=z))
+        ax.add_collection(LineCollection([t for t, c in zip(thick, chosen, strict=True) if c], colors=colors[chosen],
+                                         linewidths=width, zorder=z))
+        ax.scatter(ranks[chosen], q[chosen, 2], s=12 if len(shards) <= 64 else 4, c=colors[chosen], zorder=z + 1)
+    center = float(np.median(q[:, 2]))
+    ax.axhline(center, color="#8C8C8C", linewidth=0.8, linestyle="--", zorder=0)
+    medians = q[:, 2][q[:, 2] > 0]
+    if medians.size and medians.max() > 10 * medians.min():
+        ax.set_yscale("log")
+    ax.set_xlim(-0.7, len(shards) - 0.3)
+    width_px, _ = _axes_pixels(fig, ax)
+    _thin(ax.xaxis, len(shards), width_px, (len(str(len(shards) - 1)) * 0.62 + 0.8) * _font_px(fig))
+    if len(shards) > 16 and flagged:  # each flagged rank marked above the plot and named (labels kept apart)
+        ax.scatter(flagged, np.ones(len(flagged)), marker="v", s=30, c=_FLAGGED, zorder=5, clip_on=False,
+                   transform=ax.get_xaxis_transform())
+        gap = (len(str(len(shards))) * 0.62 + 1.0) * _font_px(fig, "small") * len(shards) / max(width_px, 1)
+        for rank, x in zip(flagged[:_NAMED], _spread([float(r) for r in flagged[:_NAMED]], gap, 0, len(shards) - 1),
+                           strict=True):
+            ax.annotate(str(rank), (x, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 9),
+                        textcoords="offset points", ha="center", va="bottom", fontsize="small", color=_FLAGGED)
+    ax.set_xlabel("rank")
+    ax.set_ylabel("row norm")
+    ax.set_title(f"Row norms per rank: {len(flagged):,} of {len(shards):,} ranks stand out" if flagged
+                 else f"Row norms per rank: none of {len(shards):,} stands out", pad=24 if len(shards) > 16 else 6)
+    kinds: dict[str, list[int]] = {}
+    for flag in flags:
+        kinds.setdefault(flag.kind, []).append(flag.rank)
+    words = {"scale": "another scale", "saturated": "at the float16 limit", "zero": "all-zero rows",
+             "identical": "identical rows", "dtype": "another dtype"}
+    handles: list[Artist] = [Line2D([], [], color=_HEALTHY, marker="o", linewidth=2, label="5-25-50-75-95 %")]
+    handles += [Line2D([], [], color=_FLAGGED, linewidth=2, label=f"{words.get(kind, kind)}: "
+                       f"{rank_ranges(sorted(set(found)), most=6)}") for kind, found in kinds.items()]
+    handles.append(Line2D([], [], color="#8C8C8C", linestyle="--", label="median of the ranks' medians"))
+    ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
     return fig
 
 

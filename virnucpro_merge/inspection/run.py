@@ -42,6 +42,7 @@ from ..checkpoints import rank_checkpoints, read_checkpoint
 from ..checks import expected_in_memory
 from ..errors import CheckpointError, MergeError, ShardError
 from ..expected import iter_encoded_id_blocks
+from ..health import HealthFlag, RankHealth, judge, read_health
 from ..ids import IdLookup, as_bytes, encode_and_hash_ids, repeated_hashes
 from ..manifest import MANIFEST_NAME, Progress, log_path, read_log_tail, read_manifest, stop_line
 from ..plan import shard_paths
@@ -96,6 +97,10 @@ class ShardSummary:
         first that applies.
     error : str or None
         Why the file could not be read (``failed`` and ``absent`` only).
+    health : RankHealth or None
+        Its embeddings summed up (``virnucpro_merge.health``): from the merge report of
+        :meth:`RunInspection.from_merged`, or read with ``inspect_run(health=True)``; None
+        when not read, or when its file cannot be.
     checkpointed : int
         The run's sequences that only this rank's checkpoints hold (its shard is absent,
         unreadable or lacks them): a merge salvages them, so they count as present, not
@@ -110,6 +115,7 @@ class ShardSummary:
     status: str
     error: str | None = None
     checkpointed: int = 0
+    health: RankHealth | None = None
 
 
 class _EncodedIds(Sequence[str]):
@@ -217,6 +223,12 @@ class RunInspection:
                 found[status] = ranks
         return found
 
+    @property
+    def health_flags(self) -> list[HealthFlag]:
+        """The ranks whose embeddings stand out, each with why (``virnucpro_merge.health.judge``),
+        among those whose health is known (``inspect_run(health=True)`` or a merged file's report)."""
+        return judge([(s.rank, s.health) for s in self.shards if s.health is not None])
+
     def counts(self) -> dict[str, list[Any]]:
         """The summary as columns (``rank``, ``expected``, ``present``, ``missing``, ``status``)."""
         return {
@@ -257,6 +269,13 @@ class RunInspection:
         from .plots import plot_shard_counts
 
         return plot_shard_counts(self, **options)
+
+    def plot_health(self, **options: Any) -> Figure:
+        """:func:`~virnucpro_merge.inspection.plot_health` of this run: each rank's row norms, the
+        ranks that stand out named."""
+        from .plots import plot_health
+
+        return plot_health(self, **options)
 
     def plot_missing(self, **options: Any) -> Figure:
         """:func:`~virnucpro_merge.inspection.plot_missing_heatmap` of this run."""
@@ -321,8 +340,10 @@ class RunInspection:
             error = record.get("error") if record is not None and record["status"] == "failed" else None
             status = (ABSENT if error == ABSENT_FILE else FAILED) if error is not None and lacking == assigned \
                 else OK if not lacking else EMPTY if lacking == assigned else INCOMPLETE
+            kept = record.get("health") if record is not None else None
             shards.append(ShardSummary(rank, Path(record["path"]) if record else shard_path(".", rank), assigned,
-                                       assigned - lacking, lacking, status, error))
+                                       assigned - lacking, lacking, status, error,
+                                       health=RankHealth.from_record(kept) if kept is not None else None))
         return cls(shards=shards, missing=missing, sequence_ids=_EncodedIds(lookup.encoded),
                    expected_from=expected_from,
                    world_size_from="given" if world_size else "the ranks the merge recorded")
@@ -544,6 +565,7 @@ def inspect_run(
     world_size: int | None = None,
     checkpoints: str | os.PathLike[str] | bool | None = None,
     progress: bool = False,
+    health: bool = False,
 ) -> RunInspection:
     """Compare each rank's shard with its stride assignment; locate every missing ID.
 
@@ -575,6 +597,10 @@ def inspect_run(
         (:func:`virnucpro_merge.ranks.run_folder`); False: none.
     progress : bool
         Show a progress bar of the ranks read (tqdm, on stderr).
+    health : bool
+        Also read each readable shard's embeddings and sum them up as a merge does
+        (``ShardSummary.health``, :attr:`RunInspection.health_flags`); off by default,
+        as it reads every embedding.
 
     Returns
     -------
@@ -633,8 +659,9 @@ def inspect_run(
     shards = [ShardSummary(rank=rank, path=path, expected=int(stride_positions(lookup.n, size, rank).size),
                            present=scan.present, missing=int(missing[rank].sum()),
                            status=_status(scan, int(holes[rank]), size), error=scan.error,
-                           checkpointed=gained.get(rank, 0))
-              for rank, (path, scan) in enumerate(zip(paths, scans, strict=True))]
+                           checkpointed=gained.get(rank, 0), health=_health_of(path, scan) if health else None)
+              for rank, (path, scan) in enumerate(tqdm(list(zip(paths, scans, strict=True)), desc="Embeddings",
+                                                       unit="shard", disable=not (health and progress)))]
     num_extra = sum(rows.size for scan in scans for _, rows in scan.extra)
     stops, notes = _stops(paths, shards, checkpoints, worked)
     if isinstance(ids, _Given):
@@ -646,6 +673,17 @@ def inspect_run(
     return RunInspection(shards=shards, missing=missing, sequence_ids=sequence_ids, num_extra=num_extra,
                          expected_from=expected_from, world_size_from=size_from, stops=stops, notes=notes,
                          checkpoints=saved, _missing_ids=missing_ids)
+
+
+def _health_of(path: Path, scan: _Scan) -> RankHealth | None:
+    """A readable shard's health, read from its embeddings (None: no file, or one that cannot be read)."""
+    if scan.error is not None:
+        return None
+    try:
+        return read_health(path)
+    except (ShardError, OSError) as err:
+        logger.warning("%s: its embeddings could not be read for their health: %s", path, err)
+        return None
 
 
 #: The statuses of a rank whose worker did not finish its assignment.

@@ -60,7 +60,7 @@ logger = logging.getLogger("virnucpro_merge")
 #: The report notebook (package data).
 NOTEBOOK = Path(__file__).with_name("run_report.ipynb")
 #: The names its ``parameters`` cell sets.
-PARAMETERS = ("run", "expected", "merged", "world_size", "checkpoints", "rerun_list", "interactive")
+PARAMETERS = ("run", "expected", "merged", "world_size", "checkpoints", "rerun_list", "interactive", "health")
 _TEMPLATES = Path(__file__).with_name("templates")
 _KERNEL = "virnucpro-merge-report"
 #: The tag of the notebook's cells that the page leaves out (its setup, parameters, the synthetic run's prose).
@@ -140,10 +140,24 @@ def run_summary(found: InspectionView) -> dict[str, Any]:
         "expected": expected, "expected_from": found.expected_from, "present": found.num_present,
         "missing": found.num_missing if expected is not None else None, "extra": found.num_extra,
         "ranks_by_status": problems,
+        "health_flags": [str(flag) for flag in found.health_flags] if any(
+            s.health is not None for s in found.shards) else None,
         "ranks": [{"rank": s.rank, "shard": s.path.name, "status": s.status, "expected": s.expected,
                    "present": s.present, "missing": s.missing, "checkpointed": s.checkpointed,
                    "problem": rank_problem(found, s)} for s in found.shards],
     }
+
+
+#: Run in the report's kernel after its parameters: each matplotlib figure shown as a PNG whose
+#: metadata carries its description (``plots.describe``), which the page gives as the image's alt text.
+_ALT_TEXT = [
+    "from IPython import get_ipython as _ipython",
+    "from IPython.core.pylabtools import print_figure as _print_figure",
+    "from matplotlib.figure import Figure as _Figure",
+    "from virnucpro_merge.inspection.plots import describe as _describe",
+    "_ipython().display_formatter.formatters['image/png'].for_type(",
+    "    _Figure, lambda fig: (_print_figure(fig, 'png', bbox_inches='tight'), {'alt': _describe(fig)}))",
+]
 
 
 def inject_parameters(nb: Any, values: Mapping[str, object]) -> Any:
@@ -160,6 +174,7 @@ def inject_parameters(nb: Any, values: Mapping[str, object]) -> Any:
         msg = f"{NOTEBOOK}: no cell tagged 'parameters'"
         raise MergeError(msg)
     lines = ["# Parameters of this report"] + [f"{name} = {value!r}" for name, value in values.items()]
+    lines += _ALT_TEXT  # (each picture of the page described in its alt text)
     cell = nbformat.v4.new_code_cell("\n".join(lines), metadata={"tags": ["injected-parameters"]})
     nb.cells.insert(where + 1, cell)
     return nb
@@ -318,6 +333,7 @@ def write_run_report(
     title: str | None = None,
     comment: str | None = None,
     progress: bool = False,
+    health: bool = False,
 ) -> Path:
     """Write the HTML report of a run: summary, per-rank table, pictures, re-run list, merge report;
     and beside it, for pipelines, ``REPORT.json`` (the verdict, the counts, a record a rank,
@@ -350,6 +366,10 @@ def write_run_report(
         shown under the verdict; both in the JSON too.
     progress : bool
         Show a progress bar (tqdm, on stderr) of the notebook's cells as they run.
+    health : bool
+        Read every shard's embeddings too, and say which ranks' stand out (another scale,
+        rows at the float16 limit, all-zero or identical rows, another dtype): a section of
+        the page and ``health_flags`` in the JSON.
 
     Returns
     -------
@@ -384,7 +404,8 @@ def write_run_report(
     values = {"run": shown_run, "expected": None if expected is None else str(Path(expected).absolute()),
               "merged": None if merged is None else str(Path(merged).absolute()), "world_size": world_size,
               "rerun_list": str(rerun.absolute()),
-              "checkpoints": False if saved is None else str(saved.absolute()), "interactive": bokeh_available()}
+              "checkpoints": False if saved is None else str(saved.absolute()), "interactive": bokeh_available(),
+              "health": health}
     import nbformat
 
     name = Path(run).resolve().name if isinstance(run, str | os.PathLike) else \

@@ -135,7 +135,9 @@ def rank_problem(found: InspectionView, shard: RankView) -> str:
 def rank_frame(found: InspectionView) -> pd.DataFrame:
     """The per-rank summary as a pandas DataFrame, one row per rank (indexed by rank): ``shard``,
     ``expected``, ``present``, ``missing``, ``checkpointed``, ``status`` and ``problem``
-    (:func:`rank_problem`; an empty string for none)."""
+    (:func:`rank_problem`; an empty string for none); where the embeddings' health is known,
+    also ``median_norm``, ``zero_rows``, ``saturated_rows``, ``identical_rows`` and ``health``
+    (what stands out, in words; an empty string for nothing)."""
     import pandas as pd
 
     frame = pd.DataFrame(
@@ -150,6 +152,15 @@ def rank_frame(found: InspectionView) -> pd.DataFrame:
         },
         index=pd.RangeIndex(found.world_size, name="rank"),
     )
+    if any(s.health is not None for s in found.shards):
+        said: dict[int, list[str]] = {}
+        for flag in found.health_flags:
+            said.setdefault(flag.rank, []).append(flag.words.split(": ", 1)[1])
+        known = [s.health for s in found.shards]
+        frame["median_norm"] = [h.median_norm if h is not None else None for h in known]
+        for column in ("zero_rows", "saturated_rows", "identical_rows"):
+            frame[column] = pd.array([getattr(h, column) if h is not None else None for h in known], dtype="Int64")
+        frame["health"] = ["; ".join(said.get(s.rank, [])) for s in found.shards]
     return frame
 
 

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..health import HealthFlag, RankHealth
 from ..statuses import OK
 
 __all__ = ["RankView", "InspectionView", "FEW_RANKS", "ranks_in_focus", "bar_of", "nothing_held"]
@@ -41,6 +42,8 @@ class RankView(Protocol):
     def error(self) -> str | None: ...
     @property
     def checkpointed(self) -> int: ...
+    @property
+    def health(self) -> RankHealth | None: ...
 
 
 class InspectionView(Protocol):
@@ -74,6 +77,8 @@ class InspectionView(Protocol):
     def notes(self) -> list[str]: ...
     @property
     def by_status(self) -> dict[str, list[int]]: ...
+    @property
+    def health_flags(self) -> list[HealthFlag]: ...
 
 
 def ranks_in_focus(worth_a_look: Sequence[bool] | np.ndarray, *, few: int = FEW_RANKS) -> list[int] | None:

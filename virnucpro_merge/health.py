@@ -139,12 +139,11 @@ class RankTally:
         sample = _sampled(block, first, rows)
         if nonfinite:
             sample = sample[np.isfinite(sample).all(axis=1)]
-        squares = np.einsum("ij,ij->i", sample, sample).astype(np.float64)
-        if nonfinite or max(high, -low) > _SQUARE_SAFE:  # (float32 squares overflow past 1.8e19: then float64)
-            squares = np.einsum("ij,ij->i", sample, sample, dtype=np.float64)
+        wide = np.float64 if nonfinite or max(high, -low) > _SQUARE_SAFE else np.float32  # (float32 squares
+        squares = np.einsum("ij,ij->i", sample, sample, dtype=wide).astype(np.float64)  # overflow past 1.8e19)
         self._norms.append(np.sqrt(squares))
         self.finite_values += sample.size
-        self.value_sum += float(sample.sum(axis=1, dtype=np.float64).sum())
+        self.value_sum += float(sample.sum(axis=1, dtype=wide).sum(dtype=np.float64))
         self.square_sum += float(squares.sum())
 
     def finish(self, rows_of: Callable[[np.ndarray], np.ndarray] | None = None, dtype: str | None = None
@@ -185,8 +184,8 @@ def _identical(sums: np.ndarray, where: np.ndarray, rows_of: Callable[[np.ndarra
     byte for byte."""
     kept = sums != 0  # (an all-zero row sums to 0: zero rows are counted as such, not as identical)
     sums, where = sums[kept], where[kept]
-    ordered = np.sort(sums)  # (a sort alone, a third of an argsort's time: most ranks have no two rows alike)
-    if not (ordered[1:] == ordered[:-1]).any():
+    folded = np.sort((sums ^ (sums >> np.uint64(32))).astype(np.uint32))  # (a quick sort of 32-bit folds: most
+    if not (folded[1:] == folded[:-1]).any():  # ranks have no two rows alike, and then no two folds either)
         return 0, None
     order = np.argsort(sums, kind="stable")
     same = sums[order][1:] == sums[order][:-1]

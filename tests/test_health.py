@@ -206,3 +206,19 @@ def test_the_health_picture_names_the_flagged_ranks_without_overlap(world):
         assert sorted(t.get_text() for t in names) == sorted(["2", str(world - 3)])
         boxes = [t.get_window_extent(renderer) for t in names]
         assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+
+
+def test_the_rank_table_shows_health_when_read_and_puts_those_ranks_first(sick, tmp_path):
+    from virnucpro_merge.inspection import inspect_run
+    from virnucpro_merge.inspection.tables import inspection_html
+
+    page = inspection_html(inspect_run(sick.directory, health=True))
+    assert ">health</th>" in page
+    assert "16 all-zero rows: a batch that never ran?" in page
+    assert ">health</th>" not in inspection_html(inspect_run(sick.directory))
+    big = make_unhealthy_run(tmp_path / "big", n_sequences=64 * 40, world_size=64, dim=8, scaled=(40,), saturated=(),
+                             identical=(), zero=())
+    folded = inspection_html(inspect_run(big.directory, health=True))  # (past 20 ranks: those worth a look first)
+    head = folded[: folded.index("<details>")]
+    assert "median norm" in head
+    assert head.count("<tr>") == 2  # (its header, and rank 40: the only one that stands out)

@@ -419,9 +419,9 @@ def test_beside_the_page_a_pipeline_reads_the_verdict_and_the_ranks(report, pipe
     assert [i["path"] for i in found["inputs"]] == [str(pipeline_run.index.absolute())]
     rows = out.with_name("report-ranks.tsv").read_text(encoding="utf-8").splitlines()
     assert rows[0].split("\t") == ["rank", "shard", "status", "expected", "present", "missing", "checkpointed",
-                                   "problem"]
+                                   "problem", "median_norm", "health"]
     assert [r.split("\t")[:3] for r in rows[1:]] == [[str(s["rank"]), s["shard"], s["status"]] for s in found["ranks"]]
-    assert rows[8].split("\t")[-1] == "file does not exist"
+    assert rows[8].split("\t")[-3:] == ["file does not exist", "", ""]  # (no health read: empty, not "None")
 
 
 def test_fail_on_incomplete_exits_1_and_a_complete_run_0(pipeline_run, tmp_path):
@@ -529,7 +529,8 @@ def test_the_json_is_what_the_format_page_says(report):
     wrong = {name: type(found[name]).__name__ for name, kinds in fields.items() if not isinstance(found[name], kinds)}
     assert not wrong
     assert set(found["ranks"][0]) == {"rank", "shard", "status", "expected", "present", "missing", "checkpointed",
-                                      "problem"}
+                                      "problem", "median_norm", "health"}
+    assert found["ranks"][0]["health"] is None  # (the embeddings not read)
 
 
 def test_a_report_of_1024_ranks_stays_small_and_draws_each_figure_once(tmp_path):
@@ -603,8 +604,14 @@ def test_report_health_reads_the_embeddings_and_names_the_ranks_that_stand_out(t
     assert json.loads(out.with_suffix(".json").read_text())["health_flags"] is None  # (not read unless asked)
     assert "not checked: the embeddings were not read" in _text(out.read_text(encoding="utf-8"))
     assert main(["-q", "report", str(run.directory), "-o", str(out), "--health"]) == 0
-    flags = json.loads(out.with_suffix(".json").read_text())["health_flags"]
-    assert [flag.split(":")[0] for flag in flags] == ["rank 2", "rank 4", "rank 4", "rank 5", "rank 6"]
+    found = json.loads(out.with_suffix(".json").read_text())
+    assert [flag.split(":")[0] for flag in found["health_flags"]] == ["rank 2", "rank 4", "rank 4", "rank 5", "rank 6"]
+    assert found["ranks"][6]["health"] == "16 all-zero rows: a batch that never ran?"
+    assert found["ranks"][0]["health"] == ""
+    assert found["ranks"][0]["median_norm"] > 10 * found["ranks"][2]["median_norm"]
+    tsv = out.with_name("r-ranks.tsv").read_text().splitlines()
+    assert tsv[0].split("\t")[-2:] == ["median_norm", "health"]
+    assert tsv[7].endswith("\t16 all-zero rows: a batch that never ran?")
     text = _text(out.read_text(encoding="utf-8"))
     assert "rank 6: 16 all-zero rows: a batch that never ran?" in text
     page = out.read_text(encoding="utf-8")

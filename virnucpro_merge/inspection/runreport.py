@@ -49,7 +49,7 @@ from ..report import read_merge_report
 from ..statuses import OK
 from ..verdict import verdict_line, verdict_of
 from .interactive import bokeh_available, embed_page_figures
-from .tables import rank_problem
+from .tables import health_words, rank_problem
 from .views import InspectionView
 
 __all__ = ["NOTEBOOK", "PARAMETERS", "HIDDEN_IN_PAGE", "RERUN_MIME", "RANK_COLUMNS", "RerunList", "write_rerun_list",
@@ -121,7 +121,8 @@ def write_rerun_list(found: InspectionView, path: str | os.PathLike[str]) -> Rer
 
 
 #: The columns of ``<report>-ranks.tsv`` and of the ``ranks`` of ``<report>.json``.
-RANK_COLUMNS = ("rank", "shard", "status", "expected", "present", "missing", "checkpointed", "problem")
+RANK_COLUMNS = ("rank", "shard", "status", "expected", "present", "missing", "checkpointed", "problem", "median_norm",
+                "health")
 
 
 def run_summary(found: InspectionView) -> dict[str, Any]:
@@ -133,6 +134,7 @@ def run_summary(found: InspectionView) -> dict[str, Any]:
     problems = {status: kept for status, ranks in found.by_status.items() if status != OK
                 if (kept := [r for r in ranks if not checked or found.shards[r].missing])}
     expected = len(found.sequence_ids) if found.expected_from is not None else None
+    said = health_words(found)
     return {
         "verdict": verdict_of(expected, found.num_missing if expected is not None else 0, problems),
         "line": verdict_line(expected, found.num_missing if expected is not None else 0, problems),
@@ -140,11 +142,12 @@ def run_summary(found: InspectionView) -> dict[str, Any]:
         "expected": expected, "expected_from": found.expected_from, "present": found.num_present,
         "missing": found.num_missing if expected is not None else None, "extra": found.num_extra,
         "ranks_by_status": problems,
-        "health_flags": [str(flag) for flag in found.health_flags] if any(
-            s.health is not None for s in found.shards) else None,
+        "health_flags": [str(flag) for flag in found.health_flags] if said is not None else None,
         "ranks": [{"rank": s.rank, "shard": s.path.name, "status": s.status, "expected": s.expected,
                    "present": s.present, "missing": s.missing, "checkpointed": s.checkpointed,
-                   "problem": rank_problem(found, s)} for s in found.shards],
+                   "problem": rank_problem(found, s),
+                   "median_norm": s.health.median_norm if s.health is not None else None,
+                   "health": None if said is None else said.get(s.rank, "")} for s in found.shards],
     }
 
 
@@ -468,7 +471,8 @@ def _write_data_files(output: Path, run: dict[str, Any], facts: dict[str, Any]) 
         pending.path.write_text(json.dumps({**facts, **run}, indent=1) + "\n", encoding="utf-8")
     with atomic_output(ranks) as pending, open(pending.path, "w", encoding="utf-8", newline="") as table:
         table.write("\t".join(RANK_COLUMNS) + "\n")  # (plain TSV: no quoting; control characters made spaces)
-        table.writelines("\t".join(_CONTROL.sub(" ", str(record[c])) for c in RANK_COLUMNS) + "\n"
+        table.writelines("\t".join(_CONTROL.sub(" ", "" if record[c] is None else str(record[c])) for c in RANK_COLUMNS)
+                         + "\n"
                          for record in run["ranks"])
     logger.info("%s", run["line"])
 

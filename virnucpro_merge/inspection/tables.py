@@ -31,6 +31,7 @@ __all__ = [
     "format_report",
     "rank_frame",
     "rank_problem",
+    "health_words",
     "inspection_html",
     "report_html",
     "verification_html",
@@ -152,21 +153,39 @@ def rank_frame(found: InspectionView) -> pd.DataFrame:
         },
         index=pd.RangeIndex(found.world_size, name="rank"),
     )
-    if any(s.health is not None for s in found.shards):
-        said: dict[int, list[str]] = {}
-        for flag in found.health_flags:
-            said.setdefault(flag.rank, []).append(flag.words.split(": ", 1)[1])
+    said = health_words(found)
+    if said is not None:
         known = [s.health for s in found.shards]
         frame["median_norm"] = [h.median_norm if h is not None else None for h in known]
         for column in ("zero_rows", "saturated_rows", "identical_rows"):
             frame[column] = pd.array([getattr(h, column) if h is not None else None for h in known], dtype="Int64")
-        frame["health"] = ["; ".join(said.get(s.rank, [])) for s in found.shards]
+        frame["health"] = [said.get(s.rank, "") for s in found.shards]
     return frame
+
+
+def health_words(found: InspectionView) -> dict[int, str] | None:
+    """What stands out in each rank's embeddings, in words (ranks with nothing left out), or None
+    when no rank's health is known (the embeddings were not read).
+
+    >>> from virnucpro_merge.inspection import inspect_run
+    >>> from virnucpro_merge.synthetic import make_unhealthy_run
+    >>> run = make_unhealthy_run("sick", n_sequences=400, world_size=8, dim=8)
+    >>> health_words(inspect_run("sick", health=True))[6]
+    '16 all-zero rows: a batch that never ran?'
+    >>> health_words(inspect_run("sick")) is None
+    True
+    """
+    if all(s.health is None for s in found.shards):
+        return None
+    said: dict[int, list[str]] = {}
+    for flag in found.health_flags:
+        said.setdefault(flag.rank, []).append(flag.words.split(": ", 1)[1])
+    return {rank: "; ".join(words) for rank, words in said.items()}
 
 
 _TABLE_STYLE = ("border-collapse: collapse; font-size: 0.9em; font-variant-numeric: tabular-nums;")
 _CELL = "padding: 0.15em 0.6em; border-bottom: 1px solid #ddd; white-space: nowrap;"
-_WORDS = {"problem"}  # a column of sentences: it wraps, the others stay on one line
+_WORDS = {"problem", "health"}  # columns of sentences: they wrap, the others stay on one line
 _WRAPPED = " white-space: normal; min-width: 22em;"
 
 
@@ -230,11 +249,18 @@ def _folded(headers: Sequence[str], rows: Sequence[Sequence[object]], right: Seq
 
 def inspection_html(found: InspectionView) -> str:
     """How a :class:`RunInspection` shows in a notebook: its summary and per-rank table."""
+    said = health_words(found)
     rows = [[s.rank, s.path.name, f"{s.expected:,}", f"{s.present:,}", f"{s.missing:,}", _badge(s.status),
-             rank_problem(found, s)]
+             rank_problem(found, s)] + ([] if said is None else [
+                 f"{s.health.median_norm:.3g}" if s.health is not None and s.health.median_norm is not None else "",
+                 said.get(s.rank, "")])
             for s in found.shards]
-    table = _folded(["rank", "shard", "expected", "present", "missing", "status", "problem"], rows,
-                    [True, False, True, True, True, False, False], [s.status != OK for s in found.shards], "rank")
+    headers = ["rank", "shard", "expected", "present", "missing", "status", "problem"]
+    right = [True, False, True, True, True, False, False]
+    if said is not None:  # (the embeddings were read: what stands out in them too)
+        headers, right = [*headers, "median norm", "health"], [*right, True, False]
+    table = _folded(headers, rows, right, [s.status != OK or (said is not None and s.rank in said)
+                                           for s in found.shards], "rank")
     return f'<div class="virnucpro-inspection">{_items(_summary_lines(found))}{table}</div>'
 
 

@@ -450,6 +450,7 @@ def test_the_page_answers_first(report, pipeline_run):
     assert _text(page).startswith(f"Run report of {pipeline_run.directory.name} {line}")
     assert f"<title>Run report of {pipeline_run.directory.name}: INCOMPLETE</title>" in page
     assert "With no run given" not in page  # (the notebook's set-up prose stays in the notebook)
+    assert "functools" not in _text(page)  # (nor does what the report's injected set-up returns)
     assert ">Parameters<" not in page
 
 
@@ -615,5 +616,8 @@ def test_report_health_reads_the_embeddings_and_names_the_ranks_that_stand_out(t
     text = _text(out.read_text(encoding="utf-8"))
     assert "rank 6: 16 all-zero rows: a batch that never ran?" in text
     page = out.read_text(encoding="utf-8")
+    assert text.startswith(f"Run report of run {found['line']} EMBEDDING HEALTH: 4 ranks stand out (2, 4-6): see "
+                           "their health below")  # (the answer first: complete, but four GPUs' rows stand out)
+    assert "functools" not in text  # (nothing of the report's own set-up reaches the page)
     assert 'alt="Row norms per rank: 4 of 8 ranks stand out. rank against row norm. Legend: ' in page
     assert "No description has been provided" not in page  # (every picture described in its alt text)

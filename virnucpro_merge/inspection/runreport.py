@@ -44,7 +44,7 @@ from ..errors import ExpectedIdsError, MergeError, OutputError
 from ..expected import detect_form, write_id_list
 from ..outputs import atomic_output, refuse_overwriting
 from ..plan import shard_paths
-from ..ranks import checkpoints_of, folder_shards, in_rank_order, index_beside
+from ..ranks import checkpoints_of, folder_shards, in_rank_order, index_beside, rank_ranges
 from ..report import read_merge_report
 from ..statuses import OK
 from ..verdict import verdict_line, verdict_of
@@ -158,7 +158,7 @@ _ALT_TEXT = [
     "from IPython.core.pylabtools import print_figure as _print_figure",
     "from matplotlib.figure import Figure as _Figure",
     "from virnucpro_merge.inspection.plots import describe as _describe",
-    "_ipython().display_formatter.formatters['image/png'].for_type(",
+    "_earlier = _ipython().display_formatter.formatters['image/png'].for_type(  # (a cell's last value is shown)",
     "    _Figure, lambda fig: (_print_figure(fig, 'png', bbox_inches='tight'), {'alt': _describe(fig)}))",
 ]
 
@@ -273,9 +273,10 @@ def _execute_and_render(nb: Any, timeout: int, *, show_code: bool, facts: dict[s
     resources: dict[str, Any] = {"metadata": {"name": f"{name}: {run['verdict'].upper()}" if run else name},
                                  "facts": _shown_facts(facts), "title": name,  # (every value escaped by the template)
                                  "head_js": head_js}  # (Bokeh's own script, once, when the page has its figures)
-    if run:  # the verdict first, in one coloured line
+    if run:  # the verdict first, in one coloured line (and, when the embeddings were read and some stand out, one more)
         resources["verdict"] = {"line": run["line"], "style": _VERDICT_STYLE.get(run["verdict"], ""),
-                                "comment": facts["comment"], "steps": settle(outcome) if settle is not None else []}
+                                "comment": facts["comment"], "steps": settle(outcome) if settle is not None else [],
+                                "health": _health_line(run.get("health_flags"))}
     body, _ = exporter.from_notebook_node(nb, resources=resources)
     return body, outcome
 
@@ -287,6 +288,15 @@ def _last_line(path: Path) -> str:
     except OSError:
         return ""
     return next((line for line in reversed(lines) if line), "")
+
+
+def _health_line(flags: list[str] | None) -> str | None:
+    """The page's line under the verdict when some ranks' embeddings stand out (None: none, or not read)."""
+    if not flags:
+        return None
+    ranks = sorted({int(flag.split(":")[0].removeprefix("rank ")) for flag in flags})
+    return (f"EMBEDDING HEALTH: {len(ranks):,} rank{'' if len(ranks) == 1 else 's'} stand"
+            f"{'s' if len(ranks) == 1 else ''} out ({rank_ranges(ranks, most=8)}): see their health below")
 
 
 def _keep_stderr_out_of_the_page(nb: Any) -> None:

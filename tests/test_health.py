@@ -222,3 +222,21 @@ def test_the_rank_table_shows_health_when_read_and_puts_those_ranks_first(sick, 
     head = folded[: folded.index("<details>")]
     assert "median norm" in head
     assert head.count("<tr>") == 2  # (its header, and rank 40: the only one that stands out)
+
+
+def test_the_interactive_row_norms_say_each_rank_on_hover(sick):
+    pytest.importorskip("bokeh")
+    from bokeh.models import HoverTool
+
+    from virnucpro_merge.inspection import inspect_run, interactive_health
+
+    fig = interactive_health(inspect_run(sick.directory, health=True))
+    assert fig.title.text == "Row norms per rank: 4 of 8 ranks stand out"
+    columns = next(r for r in fig.renderers if getattr(r.glyph, "fill_alpha", 1) == 0).data_source.data
+    assert columns["health"][6] == "16 all-zero rows: a batch that never ran?"
+    assert columns["health"][0] == "nothing stands out"
+    assert columns["zero"][6] == 16
+    assert columns["dtype"][4] == "float16"
+    assert fig.y_scale.__class__.__name__ == "LogScale"  # (rank 2 is 30 times smaller)
+    assert "@health" in fig.select_one(HoverTool).tooltips
+    assert "not checked" in interactive_health(inspect_run(sick.directory)).title.text

@@ -619,5 +619,6 @@ def test_report_health_reads_the_embeddings_and_names_the_ranks_that_stand_out(t
     assert text.startswith(f"Run report of run {found['line']} EMBEDDING HEALTH: 4 ranks stand out (2, 4-6): see "
                            "their health below")  # (the answer first: complete, but four GPUs' rows stand out)
     assert "functools" not in text  # (nothing of the report's own set-up reaches the page)
-    assert 'alt="Row norms per rank: 4 of 8 ranks stand out. rank against row norm. Legend: ' in page
+    assert page.count("Bokeh.embed.embed_item(") == 3  # (the row norms too, for hovering)
+    assert 'aria-label="Row norms per rank: 4 of 8 ranks stand out (interactive: hover' in page
     assert "No description has been provided" not in page  # (every picture described in its alt text)

@@ -23,7 +23,7 @@ from .run import RunInspection, ShardSummary, inspect_run
 from .tables import format_report, format_shard_table, format_summary, rank_ranges
 
 if TYPE_CHECKING:
-    from .interactive import interactive_counts, interactive_missing
+    from .interactive import interactive_counts, interactive_health, interactive_missing
     from .memory import MIB, MemoryProfile, profile_memory, release_free_memory
     from .plots import (
         plot_health,
@@ -59,6 +59,7 @@ __all__ = [
     "plot_peak_scaling",
     "interactive_counts",
     "interactive_missing",
+    "interactive_health",
     "MIB",
     "MemoryProfile",
     "profile_memory",
@@ -69,7 +70,7 @@ __all__ = [
 _LAZY = {
     **dict.fromkeys(("plot_shard_counts", "plot_missing_heatmap", "plot_timeline", "plot_health",
                      "plot_memory_profile", "plot_peak_scaling"), "plots"),
-    **dict.fromkeys(("interactive_counts", "interactive_missing"), "interactive"),
+    **dict.fromkeys(("interactive_counts", "interactive_missing", "interactive_health"), "interactive"),
     **dict.fromkeys(("MIB", "MemoryProfile", "profile_memory", "release_free_memory"), "memory"),
 }
 

@@ -24,12 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from ..ranks import rank_ranges
 from ..statuses import OK, STATUS_COLORS, STATUSES
 from .tables import rank_problem
 from .views import FEW_RANKS, InspectionView, RankView, bar_of, nothing_held, ranks_in_focus
 
-__all__ = ["interactive_counts", "interactive_missing", "PAGE_FIGURE_MIME", "PageFigure", "for_page",
-           "bokeh_available", "embed_page_figures"]
+__all__ = ["interactive_counts", "interactive_missing", "interactive_health", "PAGE_FIGURE_MIME", "PageFigure",
+           "for_page", "bokeh_available", "embed_page_figures"]
 
 logger = logging.getLogger("virnucpro_merge")
 
@@ -243,7 +244,7 @@ def interactive_missing(found: InspectionView, *, height: int | None = None) -> 
             else f"Nothing is missing: each of the {ranks:,} ranks holds its whole assignment."
             if ranks > FEW_RANKS and not found.missing.any() else None)
     if said is not None:  # (a picture of nothing: one line, not a tall blank box)
-        fig.height, fig.axis.visible, fig.toolbar_location = 140, False, None
+        fig.height, fig.axis.visible, fig.grid.visible, fig.toolbar_location = 140, False, False, None
         fig.x_range, fig.y_range = Range1d(start=-1, end=1), Range1d(start=-1, end=1)
         fig.add_layout(Label(x=0, y=0, text=said, text_align="center", text_baseline="middle", text_font_size="14px"))
         return fig
@@ -290,6 +291,89 @@ def interactive_missing(found: InspectionView, *, height: int | None = None) -> 
     fig.xaxis.axis_label = f"position j in the rank's assignment (index position = rank + j × {ranks:,}){blocks}"
     fig.grid.grid_line_color = None
     _legend_outside(fig)
+    return fig
+
+
+def interactive_health(found: InspectionView, *, height: int = 340) -> Any:
+    """Each rank's row norms, for hovering (a Bokeh figure): the 5-95 % range as a thin line, the
+    25-75 % as a bar, the median as a dot, the ranks whose embeddings stand out in orange.
+    Hovering a rank shows its quantiles, its zero, saturated and identical rows, its dtype and
+    what stands out in words. The same picture as :func:`~virnucpro_merge.inspection.plot_health`.
+
+    Parameters
+    ----------
+    found : RunInspection
+        From ``inspect_run(..., health=True)`` or ``RunInspection.from_merged``.
+    height : int, optional
+        Height in pixels (the width follows the page's).
+
+    Returns
+    -------
+    bokeh.plotting.figure
+
+    Examples
+    --------
+    >>> from virnucpro_merge.inspection import inspect_run
+    >>> from virnucpro_merge.synthetic import make_unhealthy_run
+    >>> run = make_unhealthy_run("sick", n_sequences=400, world_size=8, dim=8)
+    >>> interactive_health(inspect_run("sick", health=True)).title.text
+    'Row norms per rank: 4 of 8 ranks stand out'
+    """
+    from bokeh.models.ranges import Range1d
+    from bokeh.models.sources import ColumnDataSource
+    from bokeh.models.tools import HoverTool
+    from bokeh.plotting import figure
+
+    from .tables import health_words
+
+    said = health_words(found) or {}
+    known = [s for s in found.shards if s.health is not None and s.health.norm_quantiles]
+    flagged = sorted(said)
+    title = (f"Row norms per rank: {len(flagged):,} of {len(found.shards):,} ranks stand out" if flagged
+             else f"Row norms per rank: none of {len(found.shards):,} stands out")
+    if not known:
+        return figure(height=120, sizing_mode="stretch_width", toolbar_location=None,
+                      title="Row norms per rank: not checked (the embeddings were not read)")
+    q = np.array([s.health.norm_quantiles for s in known if s.health is not None])
+    medians = q[:, 2][q[:, 2] > 0]
+    log = bool(medians.size) and float(medians.max()) > 10 * float(medians.min())
+    low = float(q[:, 0][q[:, 0] > 0].min()) * 0.8 if log and (q[:, 0] > 0).any() else 0.0
+    data = {"x": [s.rank for s in known], "label": [str(s.rank) for s in known],
+            "q05": np.maximum(q[:, 0], low).tolist(), "q25": np.maximum(q[:, 1], low).tolist(),
+            "q50": q[:, 2].tolist(), "q75": q[:, 3].tolist(), "q95": q[:, 4].tolist(),
+            "color": [_MISSING if s.rank in said else "#6A8CAF" for s in known],
+            "zero": [s.health.zero_rows for s in known if s.health is not None],
+            "saturated": [s.health.saturated_rows for s in known if s.health is not None],
+            "identical": [s.health.identical_rows for s in known if s.health is not None],
+            "dtype": [s.health.dtype or "" for s in known if s.health is not None],
+            "health": [said.get(s.rank, "nothing stands out") for s in known]}
+    top = float(q[:, 4].max()) * (1.5 if log else 1.05)
+    data["top"], data["bottom"] = [top] * len(known), [low if log else 0.0] * len(known)
+    source = ColumnDataSource(data)
+    fig = figure(y_range=Range1d(start=low if log else 0.0, end=top * (1.3 if log else 1.03)), height=height,
+                 sizing_mode="stretch_width", title=title, y_axis_type="log" if log else "linear",
+                 tools="xpan,xwheel_zoom,reset", toolbar_location="above")
+    out = [s.rank in said for s in known]
+    for flagged_now in (False, True):  # (the ranks that stand out drawn last, on top, and marked above the plot)
+        part = ColumnDataSource({key: [v for v, o in zip(values, out, strict=True) if o == flagged_now]
+                                 for key, values in data.items()})
+        fig.segment(x0="x", x1="x", y0="q05", y1="q95", color="color", line_width=3 if flagged_now else 1.5,
+                    source=part)
+        fig.vbar(x="x", bottom="q25", top="q75", width=0.6 if len(found.shards) <= 128 else 1.0, color="color",
+                 source=part)
+        fig.scatter(x="x", y="q50", size=6 if len(found.shards) <= 64 else 3, color="color", source=part)
+    if flagged:
+        fig.scatter(flagged, [top] * len(flagged), marker="inverted_triangle", size=10, color=_MISSING,
+                    legend_label=f"stand out: {rank_ranges(flagged, most=8)}")
+        _legend_outside(fig)
+    columns = fig.vbar(x="x", bottom="bottom", top="top", width=1.0, source=source, fill_alpha=0, line_alpha=0)
+    fig.add_tools(HoverTool(renderers=[columns], tooltips=_tooltip([
+        "<b>rank @label</b>: median norm @q50{0.000}", "5-25-75-95 %: @q05{0.000}, @q25{0.000}, @q75{0.000}, "
+        "@q95{0.000}", "zero rows: @zero{0,0}; at the float16 limit: @saturated{0,0}; identical: @identical{0,0}",
+        "dtype: @dtype", "health: @health"])))
+    fig.xaxis.axis_label = "rank"
+    fig.yaxis.axis_label = "row norm"
+    fig.xgrid.grid_line_color = None
     return fig
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from virnucpro_merge import aggregate_shards
 from virnucpro_merge.cli import main
 from virnucpro_merge.synthetic import make_demo_run, write_shard
 
@@ -620,5 +621,9 @@ def test_report_health_reads_the_embeddings_and_names_the_ranks_that_stand_out(t
                            "their health below")  # (the answer first: complete, but four GPUs' rows stand out)
     assert "functools" not in text  # (nothing of the report's own set-up reaches the page)
     assert page.count("Bokeh.embed.embed_item(") == 3  # (the row norms too, for hovering)
+    merged = aggregate_shards(run.shard_files, tmp_path / "m.h5", run.index)
+    assert main(["-q", "report", str(run.directory), "-o", str(out), "--merged", str(merged)]) == 0
+    taken = json.loads(out.with_suffix(".json").read_text())  # (no --health: the merge's own sums, not read again)
+    assert taken["health_flags"] == found["health_flags"]
     assert 'aria-label="Row norms per rank: 4 of 8 ranks stand out (interactive: hover' in page
     assert "No description has been provided" not in page  # (every picture described in its alt text)

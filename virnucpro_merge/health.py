@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["FP16_MAX", "QUANTILES", "MADS", "SAMPLE", "ALL_ROWS", "RankHealth", "RankTally", "HealthFlag", "judge",
-           "tally_rows", "report_flags", "read_health"]
+           "tally_rows", "report_flags", "report_healths", "read_health"]
 
 #: The largest finite float16: a value this large is an overflow's saturation, or near it.
 FP16_MAX = 65504.0
@@ -301,21 +301,34 @@ def report_flags(report: Mapping[str, Any], ids_of: Callable[[int], str] | None 
     >>> [str(flag) for flag in report_flags(report)]
     ['rank 3: 2 all-zero rows: a batch that never ran?']
     """
-    from .ranks import rank_of
-
-    ranks, offsets = [], {}
-    for position, shard in enumerate(report.get("shards", [])):
-        if isinstance(shard, dict) and shard.get("health") is not None:
-            rank = rank_of(shard["path"])
-            rank = position if rank is None else rank
-            ranks.append((rank, RankHealth.from_record(shard["health"])))
-            offsets[rank] = shard.get("offset")
+    kept = report_healths(report)
+    offsets = {rank: offset for rank, (_, offset) in kept.items()}
+    ranks = [(rank, health) for rank, (health, _) in kept.items()]
 
     def named(rank: int, row: int) -> str:
         offset = offsets.get(rank)
         return f"row {row}" if ids_of is None or offset is None else ids_of(offset + row)
 
     return judge(ranks, named)
+
+
+def report_healths(report: Mapping[str, Any]) -> dict[int, tuple[RankHealth, int | None]]:
+    """The health a merge report kept of each rank, with the rank's first row in the merged file:
+    a shard's rank is the number in its name (``shard_<rank>.h5``), else its place in the report.
+
+    >>> report = {"shards": [{"path": "shard_4.h5", "offset": 0,
+    ...                       "health": tally_rows(np.ones((2, 2), np.float32)).to_record()}]}
+    >>> sorted(report_healths(report)), report_healths(report)[4][0].rows
+    ([4], 2)
+    """
+    from .ranks import rank_of
+
+    kept = {}
+    for position, shard in enumerate(report.get("shards", [])):
+        if isinstance(shard, dict) and shard.get("health") is not None:
+            rank = rank_of(shard["path"])
+            kept[position if rank is None else rank] = (RankHealth.from_record(shard["health"]), shard.get("offset"))
+    return kept
 
 
 def read_health(path: str | os.PathLike[str], *, block_rows: int = 4096) -> RankHealth:

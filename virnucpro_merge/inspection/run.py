@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
@@ -42,7 +42,7 @@ from ..checkpoints import rank_checkpoints, read_checkpoint
 from ..checks import expected_in_memory
 from ..errors import CheckpointError, MergeError, ShardError
 from ..expected import iter_encoded_id_blocks
-from ..health import HealthFlag, RankHealth, judge, read_health
+from ..health import HealthFlag, RankHealth, judge, read_health, report_healths
 from ..ids import IdLookup, as_bytes, encode_and_hash_ids, repeated_hashes
 from ..manifest import MANIFEST_NAME, Progress, log_path, read_log_tail, read_manifest, stop_line
 from ..plan import shard_paths
@@ -223,6 +223,24 @@ class RunInspection:
                 found[status] = ranks
         return found
 
+    def with_merged_health(self, merged: str | os.PathLike[str]) -> RunInspection:
+        """This inspection, each rank given the health that the merge into ``merged`` kept of its
+        rows (a merge read every embedding already: no need to read them again). Ranks the merge
+        kept none of (a failed shard, a merge older than health) keep theirs.
+
+        Examples
+        --------
+        >>> from virnucpro_merge import aggregate_shards
+        >>> from virnucpro_merge.synthetic import make_unhealthy_run
+        >>> run = make_unhealthy_run("sick", n_sequences=400, world_size=8, dim=8)
+        >>> merged = aggregate_shards(run.shard_files, "sick.h5", run.index)
+        >>> [flag.rank for flag in inspect_run("sick").with_merged_health(merged).health_flags]
+        [2, 4, 4, 5, 6]
+        """
+        kept = report_healths(read_merge_report(merged))
+        shards = [s if s.rank not in kept else replace(s, health=kept[s.rank][0]) for s in self.shards]
+        return replace(self, shards=shards)
+
     @property
     def health_flags(self) -> list[HealthFlag]:
         """The ranks whose embeddings stand out, each with why (``virnucpro_merge.health.judge``),
@@ -321,6 +339,7 @@ class RunInspection:
         """
         report = read_merge_report(path)
         recorded = {rank: s for s in report["shards"] if (rank := rank_of(s["path"])) is not None}
+        healths = report_healths(report)
         size = world_size or (max(recorded) + 1 if recorded else None)
         if size is None:
             msg = f"{path}: its shards are not named shard_<rank>.h5 (a merge of merges?): give world_size"
@@ -340,10 +359,9 @@ class RunInspection:
             error = record.get("error") if record is not None and record["status"] == "failed" else None
             status = (ABSENT if error == ABSENT_FILE else FAILED) if error is not None and lacking == assigned \
                 else OK if not lacking else EMPTY if lacking == assigned else INCOMPLETE
-            kept = record.get("health") if record is not None else None
             shards.append(ShardSummary(rank, Path(record["path"]) if record else shard_path(".", rank), assigned,
                                        assigned - lacking, lacking, status, error,
-                                       health=RankHealth.from_record(kept) if kept is not None else None))
+                                       health=healths[rank][0] if rank in healths else None))
         return cls(shards=shards, missing=missing, sequence_ids=_EncodedIds(lookup.encoded),
                    expected_from=expected_from,
                    world_size_from="given" if world_size else "the ranks the merge recorded")

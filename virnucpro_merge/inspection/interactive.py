@@ -27,7 +27,19 @@ import numpy as np
 from ..ranks import rank_ranges
 from ..statuses import OK, STATUS_COLORS, STATUSES
 from .tables import rank_problem
-from .views import FEW_RANKS, InspectionView, RankView, bar_of, nothing_held, ranks_in_focus
+from .views import (
+    FEW_RANKS,
+    FLAGGED_COLOR,
+    HEALTHY_COLOR,
+    InspectionView,
+    RankView,
+    bar_of,
+    counts_title,
+    health_title,
+    missing_title,
+    nothing_held,
+    ranks_in_focus,
+)
 
 __all__ = ["interactive_counts", "interactive_missing", "interactive_health", "PAGE_FIGURE_MIME", "PageFigure",
            "for_page", "bokeh_available", "embed_page_figures"]
@@ -130,11 +142,10 @@ def interactive_counts(found: InspectionView, *, height: int = 360) -> Any:
     focus = ranks_in_focus([s.status != OK for s in shards]) if known else None
     if focus is None:
         rows = [_rank_row(found, s, known) for s in shards]
-        title = f"Rows per rank against its assignment, {len(shards):,} ranks"
     else:
         rows = [_summed_up([s for s in shards if s.status == OK])]
         rows += [_rank_row(found, shards[i], known) for i in focus]
-        title = f"Rows per rank against its assignment: the {len(focus)} of {len(shards):,} ranks with a problem"
+    title = counts_title(len(shards), focus)
     tallest = max((row["saved"] for row in rows), default=0.0)
     top = max(1.05, min(tallest * 1.05, 2.0)) if known else max(tallest * 1.05, 1.0)
     x = list(range(len(rows)))
@@ -233,9 +244,7 @@ def interactive_missing(found: InspectionView, *, height: int | None = None) -> 
     ranks, width = found.missing.shape
     focus = ranks_in_focus(np.asarray(found.missing.any(axis=1)))
     rows = list(range(ranks)) if focus is None else focus
-    title = f"Missing sequences: {found.num_missing:,} of {len(found.sequence_ids):,}"
-    if focus is not None:
-        title += f", in the {len(rows)} of {ranks:,} ranks that miss any (the other {ranks - len(rows):,} miss none)"
+    title = missing_title(found.num_missing, len(found.sequence_ids), ranks, focus)
     fig = figure(height=height or min(720, 90 + 22 * len(rows)), sizing_mode="stretch_width",
                  title=title if width else "Missing sequences: not checked (no expected IDs)",
                  tools="xpan,xwheel_zoom,box_zoom,reset", toolbar_location="above",
@@ -329,8 +338,7 @@ def interactive_health(found: InspectionView, *, height: int = 340) -> Any:
     said = health_words(found) or {}
     known = [s for s in found.shards if s.health is not None and s.health.norm_quantiles]
     flagged = sorted(said)
-    title = (f"Row norms per rank: {len(flagged):,} of {len(found.shards):,} ranks stand out" if flagged
-             else f"Row norms per rank: none of {len(found.shards):,} stands out")
+    title = health_title(len(flagged), len(found.shards))
     if not known:
         return figure(height=120, sizing_mode="stretch_width", toolbar_location=None,
                       title="Row norms per rank: not checked (the embeddings were not read)")
@@ -341,7 +349,7 @@ def interactive_health(found: InspectionView, *, height: int = 340) -> Any:
     data = {"x": [s.rank for s in known], "label": [str(s.rank) for s in known],
             "q05": np.maximum(q[:, 0], low).tolist(), "q25": np.maximum(q[:, 1], low).tolist(),
             "q50": q[:, 2].tolist(), "q75": q[:, 3].tolist(), "q95": q[:, 4].tolist(),
-            "color": [_MISSING if s.rank in said else "#6A8CAF" for s in known],
+            "color": [FLAGGED_COLOR if s.rank in said else HEALTHY_COLOR for s in known],
             "zero": [s.health.zero_rows for s in known if s.health is not None],
             "saturated": [s.health.saturated_rows for s in known if s.health is not None],
             "identical": [s.health.identical_rows for s in known if s.health is not None],
@@ -363,7 +371,7 @@ def interactive_health(found: InspectionView, *, height: int = 340) -> Any:
                  source=part)
         fig.scatter(x="x", y="q50", size=6 if len(found.shards) <= 64 else 3, color="color", source=part)
     if flagged:
-        fig.scatter(flagged, [top] * len(flagged), marker="inverted_triangle", size=10, color=_MISSING,
+        fig.scatter(flagged, [top] * len(flagged), marker="inverted_triangle", size=10, color=FLAGGED_COLOR,
                     legend_label=f"stand out: {rank_ranges(flagged, most=8)}")
         _legend_outside(fig)
     columns = fig.vbar(x="x", bottom="bottom", top="top", width=1.0, source=source, fill_alpha=0, line_alpha=0)

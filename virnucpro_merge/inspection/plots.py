@@ -31,7 +31,19 @@ from ..ranks import rank_ranges
 from ..statuses import ABSENT, EMPTY, FAILED, INCOMPLETE, OK, STATUS_COLORS, STATUSES
 from ..timeline import STRAGGLER_RATIO, RankTimeline, Timeline
 from .memory import MIB, MemoryProfile
-from .views import FEW_RANKS, InspectionView, RankView, bar_of, nothing_held, ranks_in_focus
+from .views import (
+    FEW_RANKS,
+    FLAGGED_COLOR,
+    HEALTHY_COLOR,
+    InspectionView,
+    RankView,
+    bar_of,
+    counts_title,
+    health_title,
+    missing_title,
+    nothing_held,
+    ranks_in_focus,
+)
 
 __all__ = [
     "MAX_FIGSIZE",
@@ -261,7 +273,7 @@ def _fraction_present(shards: list[RankView], ax: Axes | None, figsize: tuple[fl
     _thin(ax.xaxis, len(shards), width_px, (len(str(len(shards) - 1)) * 0.62 + 0.8) * _font_px(fig))
     ax.set_xlabel("rank")
     ax.set_ylabel("share of its assignment present" if known else "rows")
-    ax.set_title(f"Rows per rank against its assignment, {len(shards):,} ranks", pad=14)
+    ax.set_title(counts_title(len(shards), None), pad=14)
     pale = [Patch(facecolor="#555555", alpha=_PALE, label="only in its checkpoints\n(pale; a merge salvages them)")]
     _status_legend(ax, shards, more=[*(pale if saved.any() else []), *_no_rows(bool(lost), above=True)])
     ax.spines[["top", "right"]].set_visible(False)
@@ -296,8 +308,7 @@ def _focused_bars(shards: list[RankView], focus: list[int], ax: Axes | None, fig
         label.set_rotation(90)
     ax.set_xlabel("rank: those with a problem, one bar each (the ok ones summed up in the first bar)")
     ax.set_ylabel("share of its assignment present")
-    ax.set_title(f"Rows per rank against its assignment: the {len(chosen)} of {len(shards):,} ranks with a problem",
-                 pad=14)
+    ax.set_title(counts_title(len(shards), focus), pad=14)
     _status_legend(ax, shards, more=[*([_SALVAGED_PATCH] if saved.any() else []), *_no_rows(bool(lost.any()))])
     ax.spines[["top", "right"]].set_visible(False)
     return fig
@@ -403,10 +414,7 @@ def plot_missing_heatmap(
     blocks = "" if col_bin == row_bin == 1 else "\neach cell: " + " of ".join(
         [f"{col_bin:,} positions"] * (col_bin > 1) + [f"{row_bin} ranks"] * (row_bin > 1))
     ax.set_xlabel(f"position j in the rank's assignment (index position = rank + j × {ranks:,}){blocks}")
-    title = f"Missing sequences: {inspection.num_missing:,} of {len(inspection.sequence_ids):,}"
-    if focus is not None:
-        title += f", in the {len(rows)} of {ranks:,} ranks that miss any (the other {ranks - len(rows):,} miss none)"
-    ax.set_title(title)
+    ax.set_title(missing_title(inspection.num_missing, len(inspection.sequence_ids), ranks, focus))
     handles: list[Artist] = [Patch(facecolor=_HEATMAP_COLORS[0], edgecolor="#8C8C8C", label="present"),
                              Patch(facecolor=_HEATMAP_COLORS[5], label="missing")]
     if col_bin > 1 or row_bin > 1:
@@ -419,7 +427,6 @@ def plot_missing_heatmap(
     return fig
 
 
-_HEALTHY, _FLAGGED = "#6A8CAF", "#D55E00"
 _NAMED = 40  # at most this many flagged ranks are named above the plot (all are in the legend)
 
 
@@ -470,7 +477,7 @@ def plot_health(
     flagged = sorted({flag.rank for flag in flags})
     ranks = np.array([rank for rank, _ in known])
     q = np.array([h.norm_quantiles for _, h in known])
-    colors = np.where(np.isin(ranks, flagged), _FLAGGED, _HEALTHY)
+    colors = np.where(np.isin(ranks, flagged), FLAGGED_COLOR, HEALTHY_COLOR)
     thin = [((r, lo), (r, hi)) for r, lo, hi in zip(ranks, q[:, 0], q[:, -1], strict=True)]
     thick = [((r, lo), (r, hi)) for r, lo, hi in zip(ranks, q[:, 1], q[:, 3], strict=True)]
     wide = 4.0 if len(shards) <= 64 else 2.0
@@ -490,24 +497,23 @@ def plot_health(
     width_px, _ = _axes_pixels(fig, ax)
     _thin(ax.xaxis, len(shards), width_px, (len(str(len(shards) - 1)) * 0.62 + 0.8) * _font_px(fig))
     if len(shards) > 16 and flagged:  # each flagged rank marked above the plot and named (labels kept apart)
-        ax.scatter(flagged, np.ones(len(flagged)), marker="v", s=30, c=_FLAGGED, zorder=5, clip_on=False,
+        ax.scatter(flagged, np.ones(len(flagged)), marker="v", s=30, c=FLAGGED_COLOR, zorder=5, clip_on=False,
                    transform=ax.get_xaxis_transform())
         gap = (len(str(len(shards))) * 0.62 + 1.0) * _font_px(fig, "small") * len(shards) / max(width_px, 1)
         for rank, x in zip(flagged[:_NAMED], _spread([float(r) for r in flagged[:_NAMED]], gap, 0, len(shards) - 1),
                            strict=True):
             ax.annotate(str(rank), (x, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 9),
-                        textcoords="offset points", ha="center", va="bottom", fontsize="small", color=_FLAGGED)
+                        textcoords="offset points", ha="center", va="bottom", fontsize="small", color=FLAGGED_COLOR)
     ax.set_xlabel("rank")
     ax.set_ylabel("row norm")
-    ax.set_title(f"Row norms per rank: {len(flagged):,} of {len(shards):,} ranks stand out" if flagged
-                 else f"Row norms per rank: none of {len(shards):,} stands out", pad=24 if len(shards) > 16 else 6)
+    ax.set_title(health_title(len(flagged), len(shards)), pad=24 if len(shards) > 16 else 6)
     kinds: dict[str, list[int]] = {}
     for flag in flags:
         kinds.setdefault(flag.kind, []).append(flag.rank)
     words = {"scale": "another scale", "saturated": "at the float16 limit", "zero": "all-zero rows",
              "identical": "identical rows", "dtype": "another dtype"}
-    handles: list[Artist] = [Line2D([], [], color=_HEALTHY, marker="o", linewidth=2, label="5-25-50-75-95 %")]
-    handles += [Line2D([], [], color=_FLAGGED, linewidth=2, label=f"{words.get(kind, kind)}: "
+    handles: list[Artist] = [Line2D([], [], color=HEALTHY_COLOR, marker="o", linewidth=2, label="5-25-50-75-95 %")]
+    handles += [Line2D([], [], color=FLAGGED_COLOR, linewidth=2, label=f"{words.get(kind, kind)}: "
                        f"{rank_ranges(sorted(set(found)), most=6)}") for kind, found in kinds.items()]
     handles.append(Line2D([], [], color="#8C8C8C", linestyle="--", label="median of the ranks' medians"))
     ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)

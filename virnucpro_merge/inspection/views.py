@@ -17,7 +17,11 @@ import numpy as np
 from ..health import HealthFlag, RankHealth
 from ..statuses import OK
 
-__all__ = ["RankView", "InspectionView", "FEW_RANKS", "ranks_in_focus", "bar_of", "nothing_held"]
+__all__ = ["RankView", "InspectionView", "FEW_RANKS", "ranks_in_focus", "bar_of", "nothing_held", "HEALTHY_COLOR",
+           "FLAGGED_COLOR", "counts_title", "missing_title", "health_title"]
+
+#: The colours of a rank's row norms: as most ranks', and standing out.
+HEALTHY_COLOR, FLAGGED_COLOR = "#6A8CAF", "#D55E00"
 
 #: Up to this many ranks, a picture draws every rank one by one; past it, only those worth a look.
 FEW_RANKS = 64
@@ -144,3 +148,37 @@ def nothing_held(shard: RankView) -> bool:
     False
     """
     return shard.present == 0 and (shard.expected > 0 or shard.status != OK)
+
+
+def counts_title(ranks: int, focus: Sequence[int] | None) -> str:
+    """The title of the rows-per-rank picture (matplotlib and Bokeh alike).
+
+    >>> counts_title(1024, [3, 17])
+    'Rows per rank against its assignment: the 2 of 1,024 ranks with a problem'
+    """
+    if focus is None:
+        return f"Rows per rank against its assignment, {ranks:,} ranks"
+    return f"Rows per rank against its assignment: the {len(focus)} of {ranks:,} ranks with a problem"
+
+
+def missing_title(missing: int, expected: int, ranks: int, focus: Sequence[int] | None) -> str:
+    """The title of the picture of the holes (matplotlib and Bokeh alike).
+
+    >>> missing_title(6936, 10**6, 1024, [3, 17])
+    'Missing sequences: 6,936 of 1,000,000, in the 2 of 1,024 ranks that miss any (the other 1,022 miss none)'
+    """
+    title = f"Missing sequences: {missing:,} of {expected:,}"
+    if focus is not None:
+        title += f", in the {len(focus)} of {ranks:,} ranks that miss any (the other {ranks - len(focus):,} miss none)"
+    return title
+
+
+def health_title(flagged: int, ranks: int) -> str:
+    """The title of the row-norms picture (matplotlib and Bokeh alike).
+
+    >>> health_title(4, 8), health_title(0, 8)
+    ('Row norms per rank: 4 of 8 ranks stand out', 'Row norms per rank: none of 8 stands out')
+    """
+    if flagged:
+        return f"Row norms per rank: {flagged:,} of {ranks:,} ranks stand out"
+    return f"Row norms per rank: none of {ranks:,} stands out"

@@ -11,10 +11,14 @@ imported from where the method says)::
 
 both durable (the final fsync) and not (``durable=False``), and prints each method's median
 wall and CPU seconds, and ``merge`` / ``merge@REV`` of the same round (the target: at most 1.05).
+Then, in this process, the CPU seconds of the health alone: each shard's blocks summed up
+(``RankTally.add``, then ``finish``) as the scan does, against the scan without it
+(``scan_rows``: checksums and NaN/Inf), and the health's share of the merge's CPU: a
+number the machine's noise hardly moves.
 
 Usage::
 
-    python benchmarks/bench_health.py               # 1 GiB, 5 rounds
+    python benchmarks/bench_health.py               # 1 GiB, 15 rounds
     python benchmarks/bench_health.py --smoke       # 16 MiB, 1 round
 """
 
@@ -96,7 +100,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gib", type=float, default=1.0)
     parser.add_argument("--shards", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--baseline", default=BASELINE, help=f"the revision without health (default {BASELINE})")
     parser.add_argument("--smoke", action="store_true", help="16 MiB, 1 round")
     parser.add_argument("--workdir", type=Path, default=None)
@@ -128,7 +132,48 @@ def main() -> int:
             cpu, _ = median_and_min(same_round_ratios(now, then, key="cpu"))
             print(f"merge{durable} / merge@{args.baseline}{durable}, same round: wall median {ratio:.3f} "
                   f"(min {low:.3f}; target <= 1.05), CPU median {cpu:.3f}")
+        health_cpu, scan_cpu = health_alone(shards)
+        merge_cpu = statistics.median(r["cpu"] for r in rounds["merge"])
+        print(f"in this process, median of 5: the health's CPU {health_cpu:.3f} s, the scan's without it "
+              f"{scan_cpu:.3f} s; the health is {health_cpu / merge_cpu:.1%} of the durable merge's CPU "
+              f"({merge_cpu:.2f} s)")
     return 0
+
+
+def health_alone(shards: list[Path], chunk: int = 4096) -> tuple[float, float]:
+    """The CPU seconds of summing the shards' health (their rows read beforehand, untimed), and of
+    the scan without it, each the median of 5."""
+    import time
+
+    import h5py
+
+    from virnucpro_merge._write.copy import scan_rows
+    from virnucpro_merge.checksums import Checksums, extremes_of, row_sums
+    from virnucpro_merge.health import RankTally
+
+    blocks = []
+    for path in shards:
+        with h5py.File(path, "r") as handle:
+            emb = handle["embeddings"]
+            blocks.append([emb[start : start + chunk] for start in range(0, emb.shape[0], chunk)])
+    health, scan = [], []
+    for _ in range(5):
+        checksums = Checksums()
+        started = time.process_time()
+        for rank in blocks:
+            for start, block in zip(range(0, 2**62, chunk), rank, strict=False):
+                scan_rows(block, start, checksums)
+        scan.append(time.process_time() - started)
+        sums = [[row_sums(block) for block in rank] for rank in blocks]  # (the scan's: untimed)
+        extremes = [[extremes_of(block) for block in rank] for rank in blocks]
+        started = time.process_time()
+        for rank, rank_sums, rank_extremes in zip(blocks, sums, extremes, strict=True):
+            tally = RankTally()
+            for block, block_sums, block_extremes in zip(rank, rank_sums, rank_extremes, strict=True):
+                tally.add(block, block_sums, 0, extremes=block_extremes)
+            tally.finish(lambda rows, rank=rank: np.concatenate(rank)[rows], "float32")
+        health.append(time.process_time() - started)
+    return statistics.median(health), statistics.median(scan)
 
 
 if __name__ == "__main__":

@@ -240,3 +240,44 @@ def test_the_interactive_row_norms_say_each_rank_on_hover(sick):
     assert fig.y_scale.__class__.__name__ == "LogScale"  # (rank 2 is 30 times smaller)
     assert "@health" in fig.select_one(HoverTool).tooltips
     assert "not checked" in interactive_health(inspect_run(sick.directory)).title.text
+
+
+@pytest.fixture(scope="module")
+def mixed_models(tmp_path_factory):
+    """A healthy run with checkpoints, whose rank 3 says its model ran in float32, the others float16."""
+    return make_demo_run(tmp_path_factory.mktemp("models") / "run", n_sequences=800, world_size=8, dim=8,
+                         truncated=(), absent=(), empty=(), short={}, checkpoint_every=25,
+                         model_dtypes={3: "torch.float32"})
+
+
+def test_a_rank_whose_checkpoints_name_another_model_dtype_is_flagged_by_the_merge(mixed_models, tmp_path):
+    merged = aggregate_shards(mixed_models.shard_files, tmp_path / "m.h5",
+                              checkpoints=mixed_models.directory / "checkpoints")
+    report = read_merge_report(merged)
+    assert [RankHealth.from_record(s["health"]).model_dtypes for s in report["shards"]] == \
+        [("torch.float16",)] * 3 + [("torch.float32",)] + [("torch.float16",)] * 4
+    assert [str(f) for f in report_flags(report)] == [
+        "rank 3: its checkpoints say its model ran in torch.float32, 7 other ranks' in torch.float16: "
+        "check its precision"]
+    plain = read_merge_report(aggregate_shards(mixed_models.shard_files, tmp_path / "p.h5", checkpoints=False))
+    assert report_flags(plain) == []  # (without checkpoints the model is not known)
+
+
+def test_inspect_run_reads_the_model_dtype_from_the_checkpoints(mixed_models):
+    from virnucpro_merge.inspection import inspect_run
+
+    found = inspect_run(mixed_models.directory, health=True)
+    assert [(f.rank, f.kind) for f in found.health_flags] == [(3, "dtype")]
+    assert found.shards[3].health.model_dtypes == ("torch.float32",)
+    assert [(f.rank, f.kind) for f in inspect_run(mixed_models.directory, health=True, checkpoints=False)
+            .health_flags] == []
+
+
+def test_a_rank_naming_two_model_dtypes_is_flagged_for_the_unusual_one():
+    healthy = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
+    ranks = [(r, tally_rows(healthy, dtype="float32")) for r in range(6)]
+    ranks = [(r, RankHealth(**{**h.__dict__, "model_dtypes": ("torch.float16",)})) for r, h in ranks]
+    ranks[2] = (2, RankHealth(**{**ranks[2][1].__dict__, "model_dtypes": ("torch.bfloat16", "torch.float16")}))
+    assert [str(f) for f in judge(ranks)] == [
+        "rank 2: its checkpoints say its model ran in torch.bfloat16, 5 other ranks' in torch.float16: "
+        "check its precision"]

@@ -28,7 +28,7 @@ import struct
 import zipfile
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -41,7 +41,7 @@ from .expected import not_text
 from .shards import first_line
 
 __all__ = ["CHECKPOINT_NAME", "DONE_SUFFIX", "Checkpoint", "read_checkpoint", "checkpoint_batch", "CheckpointFile",
-           "RankCheckpoints", "rank_checkpoints", "checkpointed_ids"]
+           "RankCheckpoints", "rank_checkpoints", "checkpointed_ids", "model_dtype_of"]
 
 #: What the pipeline names a checkpoint: ``batch_<5 digits>.pt``.
 CHECKPOINT_NAME = re.compile(r"batch_([0-9]+)\.pt")
@@ -77,6 +77,12 @@ class Checkpoint:
     embeddings: np.ndarray
     sequence_ids: list[str]
     metadata: dict[str, Any]
+
+    @property
+    def model_dtype(self) -> str | None:
+        """The dtype the model ran in, as the metadata names it (``"torch.float16"``), or None."""
+        named = self.metadata.get("model_dtype")
+        return named if isinstance(named, str) else None
 
 
 def checkpoint_batch(path: str | os.PathLike[str]) -> int | None:
@@ -140,6 +146,32 @@ def checkpointed_ids(files: Iterable[CheckpointFile]) -> set[str]:
         except CheckpointError:
             continue
     return ids
+
+
+def model_dtype_of(files: Sequence[CheckpointFile]) -> str | None:
+    """The model dtype that the smallest readable of a rank's checkpoint ``files`` names (its
+    IDs and metadata read, one file: a rank's checkpoints come from one model), or None.
+
+    >>> import numpy as np
+    >>> from virnucpro_merge.synthetic import write_checkpoint
+    >>> _ = write_checkpoint("shard_1/batch_00000.pt", ["a"], np.zeros((1, 2), np.float32),
+    ...                      {"model_dtype": "torch.bfloat16"})
+    >>> model_dtype_of(rank_checkpoints("shard_1").files)
+    'torch.bfloat16'
+    """
+    def size(entry: CheckpointFile) -> int:
+        try:
+            return entry.path.stat().st_size
+        except OSError:
+            return -1
+
+    sized = sorted((found, entry.batch, entry) for entry in files if (found := size(entry)) >= 0)
+    for _, _, entry in sized:
+        try:
+            return read_checkpoint(entry.path, rows=False).model_dtype
+        except CheckpointError:
+            continue
+    return None
 
 
 def rank_checkpoints(folder: str | os.PathLike[str]) -> RankCheckpoints:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ._processes import pool, usable_cpus
-from .checkpoints import CheckpointFile, checkpointed_ids, rank_checkpoints, read_checkpoint
+from .checkpoints import Checkpoint, CheckpointFile, checkpointed_ids, rank_checkpoints, read_checkpoint
 from .errors import CheckpointError, MergeError, shown_id
 from .ranks import rank_of
 from .shards import embeddings_of, open_shard, read_id_bytes, read_rows
@@ -58,6 +58,8 @@ class Comparison:
 
     disagreement: Disagreement | None = None
     unheld: int = 0
+    #: the model dtypes its checkpoints name (``"torch.float16"``), sorted (when rows are compared)
+    model_dtypes: tuple[str, ...] = ()
 
 
 def rows_against_checkpoints(shard: Path, checkpoints: Path) -> Disagreement | None:
@@ -99,7 +101,7 @@ def compare_with_checkpoints(shard: Path, checkpoints: Path, *, rows: bool = Tru
     >>> run = make_demo_run("run", n_sequences=400, world_size=4, dim=4, truncated=(), absent=(), empty=(2,),
     ...                     short={}, checkpoint_every=25)
     >>> compare_with_checkpoints(run.shard_files[2], run.directory / "checkpoints")  # an empty shard
-    Comparison(disagreement=None, unheld=75)
+    Comparison(disagreement=None, unheld=75, model_dtypes=())
     """
     rank = rank_of(shard)
     if rank is None:
@@ -121,8 +123,15 @@ def compare_with_checkpoints(shard: Path, checkpoints: Path, *, rows: bool = Tru
             return Comparison(unheld=_count_ids(found.files, np.unique(ordered)))
         agreed: set[bytes] = set()
         differed: dict[bytes, None] = {}  # (in the order found: the first is named)
+        models: set[str] = set()
         for entry in found.files:
-            both = _rows_in_shard(entry.path, ordered, order, emb.shape[1])
+            try:
+                checkpoint = read_checkpoint(entry.path)
+            except CheckpointError as err:
+                logger.warning("Not compared with its shard: %s", err)
+                continue
+            models.update([checkpoint.model_dtype] if checkpoint.model_dtype else [])
+            both = _rows_in_shard(checkpoint, ordered, order, emb.shape[1])
             if both is None:
                 continue
             at, theirs, names, outside = both
@@ -137,9 +146,9 @@ def compare_with_checkpoints(shard: Path, checkpoints: Path, *, rows: bool = Tru
                        "agrees with one of them", shard, len(conflicting), rank)
     differing = [name for name in differed if name not in agreed]
     if not differing:
-        return Comparison(unheld=len(unheld))
+        return Comparison(unheld=len(unheld), model_dtypes=tuple(sorted(models)))
     return Comparison(Disagreement(rank, len(agreed) + len(differing), len(differing), differing[0].decode("utf-8"),
-                                   found.folder), len(unheld))
+                                   found.folder), len(unheld), tuple(sorted(models)))
 
 
 def _count_ids(files: list[CheckpointFile], but: np.ndarray | None = None) -> int:
@@ -153,16 +162,12 @@ def _count_ids(files: list[CheckpointFile], but: np.ndarray | None = None) -> in
     return int((but[where] != theirs).sum()) if len(but) else len(ids)
 
 
-def _rows_in_shard(path: Path, ordered: np.ndarray, order: np.ndarray, dim: int
+def _rows_in_shard(checkpoint: Checkpoint, ordered: np.ndarray, order: np.ndarray, dim: int
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """For one checkpoint: the shard rows of its IDs that the shard holds (sorted), its rows
     for them (in the same order), those IDs, and its IDs the shard lacks; None when it cannot
     vouch for anything."""
-    try:
-        checkpoint = read_checkpoint(path)
-    except CheckpointError as err:
-        logger.warning("Not compared with its shard: %s", err)
-        return None
+    path = checkpoint.path
     if checkpoint.embeddings.shape[1:] != (dim,) or not checkpoint.sequence_ids:
         if checkpoint.sequence_ids:
             logger.warning("Not compared with its shard: %s: rows of dimension %d, the shard's %d", path,

@@ -17,7 +17,8 @@ The rule (:func:`judge`), robust to a few bad ranks among many:
 - any all-zero row;
 - any row bit-identical to another row of the same rank under a different ID (candidates
   found by the checksums' 64-bit row sums, each confirmed by its bytes);
-- a shard stored in a dtype unlike most ranks'.
+- a shard stored in a dtype unlike most ranks', or a model dtype (the ``model_dtype`` its
+  checkpoints' metadata name, where the checkpoints were read) unlike most ranks'.
 
 None of these fails a merge; ``aggregate --fail-on-health`` makes them exit 1.
 """
@@ -45,7 +46,7 @@ _RELATIVE = 0.10  # ... and by at least this share of the median: a tight run fl
 _MAD_FLOOR = 0.01  # a MAD is never taken below this share of the median (identical ranks: MAD 0)
 #: The norms, mean and spread of a shard's rows are taken on its first ALL_ROWS rows and on
 #: every SAMPLE-th row after them (by row number).
-SAMPLE, ALL_ROWS = 16, 1024
+SAMPLE, ALL_ROWS = 32, 256
 _CONFIRM_AT_MOST = 10_000  # candidate identical rows confirmed by their bytes, at most, per rank
 #: Below this magnitude, a row's squares summed in float32 cannot overflow (rows up to 2**20 wide).
 _SQUARE_SAFE = 1e15
@@ -71,6 +72,8 @@ class RankHealth:
     identical_rows: int
     identical_example: tuple[int, int] | None = None
     dtype: str | None = None
+    #: the model dtypes its checkpoints name (``"torch.float16"``), sorted; empty when not read
+    model_dtypes: tuple[str, ...] = ()
 
     @property
     def median_norm(self) -> float | None:
@@ -83,7 +86,7 @@ class RankHealth:
                 "zero_rows": self.zero_rows, "saturated_rows": self.saturated_rows,
                 "identical_rows": self.identical_rows,
                 "identical_example": None if self.identical_example is None else list(self.identical_example),
-                "dtype": self.dtype}
+                "dtype": self.dtype, "model_dtypes": list(self.model_dtypes)}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> RankHealth:
@@ -93,7 +96,7 @@ class RankHealth:
                    std=record["std"], zero_rows=record["zero_rows"], saturated_rows=record["saturated_rows"],
                    identical_rows=record["identical_rows"],
                    identical_example=None if example is None else (int(example[0]), int(example[1])),
-                   dtype=record.get("dtype"))
+                   dtype=record.get("dtype"), model_dtypes=tuple(record.get("model_dtypes") or ()))
 
 
 @dataclass
@@ -146,11 +149,12 @@ class RankTally:
         self.value_sum += float(sample.sum(axis=1, dtype=wide).sum(dtype=np.float64))
         self.square_sum += float(squares.sum())
 
-    def finish(self, rows_of: Callable[[np.ndarray], np.ndarray] | None = None, dtype: str | None = None
-               ) -> RankHealth:
+    def finish(self, rows_of: Callable[[np.ndarray], np.ndarray] | None = None, dtype: str | None = None,
+               model_dtypes: Sequence[str] = ()) -> RankHealth:
         """The rank's health (kept as :attr:`health` too); ``rows_of(row_numbers)`` reads those
         rows (sorted) of the shard, to confirm by their bytes the rows whose sums say they may
-        be identical (None: not confirmed, none counted)."""
+        be identical (None: not confirmed, none counted); ``dtype`` the shard's, ``model_dtypes``
+        those its checkpoints name."""
         norms = np.concatenate(self._norms) if self._norms else np.zeros(0, np.float32)
         quantiles = tuple(float(q) for q in np.quantile(norms, QUANTILES)) if norms.size else ()
         mean = self.value_sum / self.finite_values if self.finite_values else 0.0
@@ -161,7 +165,7 @@ class RankTally:
         self._norms, self._sums, self._where = [], [], []
         self.health = RankHealth(rows=self.rows, norm_quantiles=quantiles, mean=mean, std=spread**0.5,
                           zero_rows=self.zero_rows, saturated_rows=self.saturated_rows, identical_rows=identical,
-                          identical_example=example, dtype=dtype)
+                          identical_example=example, dtype=dtype, model_dtypes=tuple(sorted(set(model_dtypes))))
         return self.health
 
 
@@ -257,8 +261,8 @@ def judge(ranks: Sequence[tuple[int, RankHealth]], ids_of: Callable[[int, int], 
     """
     flags: list[HealthFlag] = []
     medians = {rank: h.median_norm for rank, h in ranks if h.median_norm is not None}
-    dtypes = Counter(h.dtype for _, h in ranks if h.dtype)
-    usual = dtypes.most_common(1)[0][0] if dtypes else None
+    dtypes = _Usual([(h.dtype,) if h.dtype else () for _, h in ranks])
+    models = _Usual([h.model_dtypes for _, h in ranks])
     for rank, health in sorted(ranks, key=lambda pair: pair[0]):
         others = np.array([m for r, m in medians.items() if r != rank], dtype=float)
         mine = medians.get(rank)
@@ -284,10 +288,34 @@ def judge(ranks: Sequence[tuple[int, RankHealth]], ids_of: Callable[[int, int], 
                 example = f", first {a} and {b}"
             flags.append(HealthFlag(rank, "identical", f"rank {rank}: {health.identical_rows:,} rows identical to "
                                     f"another row under a different ID{example}: a packing bug?"))
-        if usual is not None and health.dtype and health.dtype != usual and dtypes[usual] > dtypes[health.dtype]:
-            flags.append(HealthFlag(rank, "dtype", f"rank {rank}: its shard holds {health.dtype}, "
-                                    f"{dtypes[usual]:,} other ranks' {usual}: check its precision"))
+        if odd := dtypes.unusual((health.dtype,) if health.dtype else ()):
+            flags.append(HealthFlag(rank, "dtype", f"rank {rank}: its shard holds {odd}, "
+                                    f"{dtypes.others(())} other ranks' {dtypes.usual}: check its precision"))
+        if odd := models.unusual(health.model_dtypes):
+            flags.append(HealthFlag(rank, "dtype", f"rank {rank}: its checkpoints say its model ran in {odd}, "
+                                    f"{models.others(health.model_dtypes)} other ranks' in {models.usual}: "
+                                    "check its precision"))
     return flags
+
+
+class _Usual:
+    """The dtype most ranks name (each rank names a few, or none), and which a rank names that
+    fewer ranks do."""
+
+    def __init__(self, named: Sequence[tuple[str, ...]]) -> None:
+        self.counts = Counter(name for names in named for name in set(names))
+        self.usual: str | None = None
+        self.count = 0
+        if self.counts:
+            self.usual, self.count = self.counts.most_common(1)[0]
+
+    def unusual(self, names: Sequence[str]) -> str:
+        """Those of ``names`` fewer ranks name than the usual one, joined (empty: none)."""
+        return " and ".join(sorted(n for n in set(names) if self.counts[n] < self.count))
+
+    def others(self, names: Sequence[str]) -> str:
+        """How many ranks but the one naming ``names`` name the usual dtype, in words."""
+        return f"{self.count - (self.usual in names):,}"
 
 
 def report_flags(report: Mapping[str, Any], ids_of: Callable[[int], str] | None = None) -> list[HealthFlag]:
@@ -331,9 +359,10 @@ def report_healths(report: Mapping[str, Any]) -> dict[int, tuple[RankHealth, int
     return kept
 
 
-def read_health(path: str | os.PathLike[str], *, block_rows: int = 4096) -> RankHealth:
+def read_health(path: str | os.PathLike[str], *, block_rows: int = 4096, model_dtypes: Sequence[str] = ()
+                ) -> RankHealth:
     """A shard's health read from the shard itself (its embeddings, ``block_rows`` at a time): the
-    same numbers a merge keeps for it.
+    same numbers a merge keeps for it (``model_dtypes``: those its checkpoints name).
 
     >>> from virnucpro_merge.synthetic import write_shard
     >>> rows = np.ones((5, 4), np.float32)
@@ -352,4 +381,4 @@ def read_health(path: str | os.PathLike[str], *, block_rows: int = 4096) -> Rank
             block = np.ascontiguousarray(emb[start : start + block_rows], dtype="<f4")
             extremes = extremes_of(block)
             tally.add(block, row_sums(block), nonfinite_rows(block, extremes), extremes=extremes)
-    return tally.finish(rows_reader(path), dtype)
+    return tally.finish(rows_reader(path), dtype, model_dtypes)

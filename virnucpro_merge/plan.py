@@ -76,6 +76,7 @@ class ShardPlan:
     merged_from: dict[str, Any] | None = None  # the report summary, when the input is itself a merge
     fingerprint: dict[str, Any] | None = None  # size and mtime (of ``source``) when planned
     salvage: Salvage | None = None  # a salvaged rank's: where its rows came from
+    model_dtypes: tuple[str, ...] = ()  # those its rank's checkpoints name, when its rows were compared with them
 
     @property
     def usable(self) -> bool:
@@ -313,9 +314,12 @@ def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool =
             with open_shard(path) as handle:
                 shard = _readable(read_shard_meta(handle, path, storage=storage))
             if checkpoints is not None and (storage or salvaging):
-                unheld = refuse_contradicted(path, checkpoints, rows=storage, known=compared.get(path))
+                known = compared.get(path)
+                unheld = refuse_contradicted(path, checkpoints, rows=storage, known=known)
                 if unheld and salvaging and shard.merged_from is None:
                     lacking[path] = unheld
+                if isinstance(known, Comparison):
+                    shard = replace(shard, model_dtypes=known.model_dtypes)
             shards.append(shard)
         except UnreadableShardError as err:
             if not partial and isinstance(err, MislabelledShardError) and salvaging:

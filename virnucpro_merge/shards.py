@@ -350,7 +350,7 @@ _HEALTH_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
 
 
 def _health(value: object) -> bool:
-    fields = {**_HEALTH_FIELDS, "dtype": _MAYBE_TEXT,
+    fields = {**_HEALTH_FIELDS, "dtype": _MAYBE_TEXT, "model_dtypes": (_optional(_texts), "a list of texts or null"),
               "identical_example": (_optional(lambda v: isinstance(v, list) and len(v) == 2 and all(
                   _count(x) for x in v)), "two row numbers or null")}
     return _records(fields, required=tuple(_HEALTH_FIELDS))([value]) is None

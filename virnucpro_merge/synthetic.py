@@ -255,6 +255,7 @@ def make_demo_run(
     preempted: Sequence[int] = (),
     resumed: Sequence[int] = (),
     stragglers: Sequence[int] = (),
+    model_dtypes: Mapping[int, str] | None = None,
 ) -> DemoRun:
     """Write a seeded synthetic run with chosen worker failures.
 
@@ -291,6 +292,9 @@ def make_demo_run(
         are in another order than its rows, as the pipeline writes them after a resume.
     stragglers : sequence of int
         Ranks whose checkpoints come three times slower (with ``checkpoint_every``).
+    model_dtypes : mapping of int to str, optional
+        Rank -> the model dtype its checkpoints' metadata name (with ``checkpoint_every``;
+        ``"torch.float16"`` for the ranks not in it).
 
     Returns
     -------
@@ -346,7 +350,7 @@ def make_demo_run(
     if checkpoint_every:
         checkpoints = write_pipeline_files(directory, ids, world_size, dim, seed, checkpoint_every=checkpoint_every,
                                            died=(*absent, *truncated), preempted=preempted, resumed=resumed,
-                                           stragglers=stragglers)
+                                           stragglers=stragglers, model_dtypes=model_dtypes)
 
     return DemoRun(
         directory=directory,
@@ -455,6 +459,7 @@ def write_pipeline_files(
     preempted: Sequence[int] = (),
     resumed: Sequence[int] = (),
     stragglers: Sequence[int] = (),
+    model_dtypes: Mapping[int, str] | None = None,
 ) -> Path:
     """Write what the pipeline leaves in a run folder besides its shards, as it does: each
     rank's checkpoints, the manifest and the workers' logs. Return the checkpoints folder.
@@ -468,7 +473,8 @@ def write_pipeline_files(
     repeats its checkpoints and finishes. Rank ``r`` takes ``300 * (1 + r / N)`` seconds a
     checkpoint (the higher ranks are the slower), and a rank in ``stragglers`` three times
     that (a slow GPU). The rows are those of the shards
-    (:func:`synthetic_embeddings`).
+    (:func:`synthetic_embeddings`). Each checkpoint's metadata names the model dtype
+    ``model_dtypes`` gives its rank, else ``"torch.float16"``.
 
     Examples
     --------
@@ -504,7 +510,8 @@ def write_pipeline_files(
             trigger = "emergency_sigterm" if rank in preempted and number == len(batches) - 1 else "sequence_threshold"
             metadata = {"batch_idx": number, "num_sequences": int(batch.size),
                         "timestamp": _iso(pace * (number + 1))[:-6],  # (UTC, without its zone, as the pipeline)
-                        "trigger_reason": trigger, "model_dtype": "torch.float16", "packing_enabled": True}
+                        "trigger_reason": trigger, "model_dtype": (model_dtypes or {}).get(rank, "torch.float16"),
+                        "packing_enabled": True}
             last_of_the_dead = rank in died and number == len(batches) - 1
             write_checkpoint(folder / f"batch_{number:05d}.pt", [ids[p] for p in batch],
                              synthetic_embeddings(batch, dim, seed), metadata, done=not last_of_the_dead)

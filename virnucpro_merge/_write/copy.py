@@ -82,7 +82,8 @@ def finish_tally(shard: ShardPlan, tally: RankTally | None) -> RankHealth | None
     """The shard's health from its tally, its identical rows confirmed by reading them back."""
     if tally is None:
         return None
-    return tally.health or tally.finish(rows_reader(shard.source), shard.dtype.name if shard.dtype else None)
+    return tally.health or tally.finish(rows_reader(shard.source), shard.dtype.name if shard.dtype else None,
+                                        shard.model_dtypes)
 
 
 def copy_embeddings_h5py(shard: ShardPlan, write: Callable[[np.ndarray, int], object], buffer: np.ndarray,

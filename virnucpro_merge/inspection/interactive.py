@@ -306,7 +306,7 @@ def interactive_missing(found: InspectionView, *, height: int | None = None) -> 
 def interactive_health(found: InspectionView, *, height: int = 340) -> Any:
     """Each rank's row norms, for hovering (a Bokeh figure): the 5-95 % range as a thin line, the
     25-75 % as a bar, the median as a dot, the ranks whose embeddings stand out in orange.
-    Hovering a rank shows its quantiles, its zero, saturated and identical rows, its dtype and
+    Hovering a rank shows its quantiles, its zero, saturated and identical rows, its dtype (and its model's) and
     what stands out in words. The same picture as :func:`~virnucpro_merge.inspection.plot_health`.
 
     Parameters
@@ -353,7 +353,9 @@ def interactive_health(found: InspectionView, *, height: int = 340) -> Any:
             "zero": [s.health.zero_rows for s in known if s.health is not None],
             "saturated": [s.health.saturated_rows for s in known if s.health is not None],
             "identical": [s.health.identical_rows for s in known if s.health is not None],
-            "dtype": [s.health.dtype or "" for s in known if s.health is not None],
+            "dtype": [(s.health.dtype or "") + (f" (model {', '.join(s.health.model_dtypes)})"
+                                                 if s.health.model_dtypes else "")
+                      for s in known if s.health is not None],
             "health": [said.get(s.rank, "nothing stands out") for s in known]}
     top = float(q[:, 4].max()) * (1.5 if log else 1.05)
     data["top"], data["bottom"] = [top] * len(known), [low if log else 0.0] * len(known)

@@ -38,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .._processes import pool, usable_cpus
-from ..checkpoints import rank_checkpoints, read_checkpoint
+from ..checkpoints import model_dtype_of, rank_checkpoints, read_checkpoint
 from ..checks import expected_in_memory
 from ..errors import CheckpointError, MergeError, ShardError
 from ..expected import iter_encoded_id_blocks
@@ -617,8 +617,9 @@ def inspect_run(
         Show a progress bar of the ranks read (tqdm, on stderr).
     health : bool
         Also read each readable shard's embeddings and sum them up as a merge does
-        (``ShardSummary.health``, :attr:`RunInspection.health_flags`); off by default,
-        as it reads every embedding.
+        (``ShardSummary.health``, :attr:`RunInspection.health_flags`), and the model dtype
+        the smallest of each rank's checkpoints names; off by default, as it reads every
+        embedding.
 
     Returns
     -------
@@ -677,7 +678,9 @@ def inspect_run(
     shards = [ShardSummary(rank=rank, path=path, expected=int(stride_positions(lookup.n, size, rank).size),
                            present=scan.present, missing=int(missing[rank].sum()),
                            status=_status(scan, int(holes[rank]), size), error=scan.error,
-                           checkpointed=gained.get(rank, 0), health=_health_of(path, scan) if health else None)
+                           checkpointed=gained.get(rank, 0),
+                           health=_health_of(path, scan, None if saved is None else saved / f"shard_{rank}")
+                           if health else None)
               for rank, (path, scan) in enumerate(tqdm(list(zip(paths, scans, strict=True)), desc="Embeddings",
                                                        unit="shard", disable=not (health and progress)))]
     num_extra = sum(rows.size for scan in scans for _, rows in scan.extra)
@@ -693,12 +696,14 @@ def inspect_run(
                          checkpoints=saved, _missing_ids=missing_ids)
 
 
-def _health_of(path: Path, scan: _Scan) -> RankHealth | None:
-    """A readable shard's health, read from its embeddings (None: no file, or one that cannot be read)."""
+def _health_of(path: Path, scan: _Scan, saved: Path | None) -> RankHealth | None:
+    """A readable shard's health, read from its embeddings, with the model dtype its rank's
+    checkpoints in ``saved`` name (None: no file, or one that cannot be read)."""
     if scan.error is not None:
         return None
+    model = model_dtype_of(rank_checkpoints(saved).files) if saved is not None else None
     try:
-        return read_health(path)
+        return read_health(path, model_dtypes=(model,) if model else ())
     except (ShardError, OSError) as err:
         logger.warning("%s: its embeddings could not be read for their health: %s", path, err)
         return None

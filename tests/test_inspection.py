@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+import virnucpro_merge.expected._ranges
 import virnucpro_merge.inspection.run
 from virnucpro_merge import MergeError, read_expected_ids, validate_shard_completeness
 from virnucpro_merge import ids as ids_module
@@ -37,7 +38,8 @@ def processes(request, monkeypatch):
     if request.param == "several processes":
         monkeypatch.setattr(virnucpro_merge.inspection.run, "_SHARED_FROM", 0)
         monkeypatch.setattr(virnucpro_merge.inspection.run, "usable_cpus", lambda: 3)
-        monkeypatch.setattr(virnucpro_merge.inspection.run, "_READ_RANGE", 256)
+        monkeypatch.setattr(virnucpro_merge.expected._ranges, "_LOOKUP_RANGE", 256)
+        monkeypatch.setattr(virnucpro_merge.expected._ranges, "usable_cpus", lambda: 3)
     return request.param
 
 

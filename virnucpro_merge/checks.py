@@ -16,19 +16,21 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from .errors import MergeError, shown_id
-from .expected import not_text, read_expected_ids
+from .expected import not_text, read_expected_lookup
+from .ids import IdLookup
 from .plan import MergePlan, check_ids, draft_plan, plan_from_scan, shard_paths
 from .ranks import checkpoints_of
 from .salvage import Scratch, scratch_folder
-from .shards import iter_id_chunks, open_shard
-from .validation import IdIndex, as_id_set
+from .shards import iter_id_byte_chunks, open_shard
+from .validation import IdIndex
 
 __all__ = ["plan_merge", "validate_shard_completeness", "expected_in_memory"]
 
 
-def expected_in_memory(expected: object) -> Collection[str]:
+def expected_in_memory(expected: object) -> Collection[str] | IdLookup:
     """Expected IDs to check here, checked: a collection of str; a file (``os.PathLike``)
-    is read (a cluster's workers read it themselves).
+    is read into a lookup (:func:`~virnucpro_merge.expected.read_expected_lookup`: no Python
+    str an ID; a cluster's workers read it themselves).
 
     Raises
     ------
@@ -36,7 +38,9 @@ def expected_in_memory(expected: object) -> Collection[str]:
         One str (its characters would be taken for IDs), or anything but IDs.
     """
     if isinstance(expected, os.PathLike):
-        return read_expected_ids(expected)
+        return read_expected_lookup(expected)
+    if isinstance(expected, IdLookup):
+        return expected
     if isinstance(expected, str | bytes):
         msg = (f"expected IDs must be a collection of IDs, not the one str {shown_id(str(expected))}"
                " (a file of IDs: pass a pathlib.Path, or read it with read_expected_ids)")
@@ -57,7 +61,7 @@ def expected_in_memory(expected: object) -> Collection[str]:
 
 def plan_merge(
     shard_files: Sequence[str | os.PathLike[str]],
-    expected_sequence_ids: Collection[str] | os.PathLike[str] | None = None,
+    expected_sequence_ids: Collection[str] | IdLookup | os.PathLike[str] | None = None,
     *,
     partial: bool = False,
     client: object | None = None,
@@ -123,12 +127,13 @@ def plan_merge(
     draft = draft_plan(shard_paths(shard_files), partial=partial, storage=storage, checkpoints=checkpoints,
                        scratch=scratch)
     if client is None:
-        expected = None if expected_sequence_ids is None else as_id_set(expected_in_memory(expected_sequence_ids))
+        expected = None if expected_sequence_ids is None else expected_in_memory(expected_sequence_ids)
         return check_ids(draft, expected, partial=partial, keep_ids=keep_ids, progress=progress)
     from .cluster import scan_on_cluster
 
-    scans, findings = scan_on_cluster([s.source for s in draft.shards if s.usable], expected_sequence_ids,
-                                      client=client, storage=storage)
+    given = list(expected_sequence_ids.ids()) if isinstance(expected_sequence_ids, IdLookup) else expected_sequence_ids
+    scans, findings = scan_on_cluster([s.source for s in draft.shards if s.usable], given, client=client,
+                                      storage=storage)
     return plan_from_scan(draft, scans, findings, partial=partial)
 
 
@@ -192,8 +197,8 @@ def validate_shard_completeness(
                 if isinstance(scan, Exception):
                     raise scan
             return set(findings.missing), set(findings.extra)
-        index = IdIndex(as_id_set(expected_in_memory(expected_ids)))
+        index = IdIndex(expected_in_memory(expected_ids))
         for shard in shards:
             with open_shard(shard.source) as handle:
-                index.add_shard(shard.source, iter_id_chunks(handle, shard.origin), shard.origin)
+                index.add_shard(shard.source, iter_id_byte_chunks(handle, shard.origin), shard.origin)
         return set(index.missing()), set(index.extra)

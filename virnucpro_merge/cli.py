@@ -27,8 +27,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ._version import __version__
 from .checks import plan_merge
 from .errors import MergeError, ValidationError, shown_id, twins_note
-from .expected import detect_form, iter_expected_ids, read_expected_ids
+from .expected import detect_form, iter_expected_ids, read_expected_ids, read_expected_lookup
 from .health import report_flags
+from .ids import IdLookup
 from .inspection.tables import format_report
 from .merge import CHUNK_SIZE, LAYOUTS, ORDERS, OUTPUT_IS_THE_EXPECTED_FILE, aggregate_shards, materialize
 from .outputs import refuse_overwriting
@@ -251,17 +252,19 @@ def _dask_client(args: argparse.Namespace) -> Iterator[Any]:
         yield client
 
 
-def _expected_for(args: argparse.Namespace, client: object | None) -> list[str] | Path | None:
-    """The expected IDs: read here, or (on a cluster) the file, streamed by each worker."""
+def _expected_for(args: argparse.Namespace, client: object | None) -> IdLookup | Path | None:
+    """The expected IDs: read here, once (a pipe cannot be read twice), into a lookup (no
+    Python str an ID), or (on a cluster) the file, streamed by each worker."""
     if args.expected is None:
         return None
-    return args.expected if client is not None else read_expected_ids(args.expected)
+    return args.expected if client is not None else read_expected_lookup(args.expected)
 
 
-def _shards_for(args: argparse.Namespace, expected: list[str] | Path | None) -> list[Path]:
+def _shards_for(args: argparse.Namespace, expected: IdLookup | Path | None) -> list[Path]:
     """The shard paths of the command line; a folder's ranks go up to the world size, given or
     read off the IDs' index positions (so that a dead last rank is named too)."""
-    index_ids = iter_expected_ids(expected) if isinstance(expected, Path) else expected
+    index_ids = iter_expected_ids(expected) if isinstance(expected, Path) else None if expected is None else \
+        expected.ids()
     return expand_shard_args(args.shards, world_size=args.world_size, index_ids=index_ids)
 
 
@@ -283,7 +286,7 @@ def _own_problem(error: str | None, salvage: dict[str, Any] | None) -> str | Non
 
 
 def _problems(shards: Sequence[tuple[str, str | None, int]], missing: list[str],
-              expected: list[str] | Path | None, given: Path | None) -> dict[str, list[int]]:
+              expected: IdLookup | Path | None, given: Path | None) -> dict[str, list[int]]:
     """The ranks to re-run (:func:`~virnucpro_merge.verdict.rank_problems`); the missing IDs are
     placed at their ranks by their positions in the expected IDs only when those are the run's
     sequence index (``given``, a JSON file: in index order, as the ranks were given them)."""
@@ -291,7 +294,7 @@ def _problems(shards: Sequence[tuple[str, str | None, int]], missing: list[str],
         return rank_problems(shards, {} if given is not None else None)
     if given is None or not given.is_file() or detect_form(given)[0] != "json":
         return rank_problems(shards, None)
-    order = iter_expected_ids(expected) if isinstance(expected, Path) else expected or []
+    order = iter_expected_ids(expected) if isinstance(expected, Path) else expected.ids() if expected else []
     return rank_problems(shards, ranks_missing(missing, order, len(shards)))
 
 

@@ -17,12 +17,17 @@ collision rule, which :class:`IdLookup`, :class:`~virnucpro_merge.validation.IdI
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 
 __all__ = ["id_hashes", "repeated_hashes", "SortedHashes", "encode_ids", "encode_and_hash_ids", "as_bytes",
-           "IdLookup"]
+           "utf8_ids", "IdLookup", "MAX_WIDTH", "LOOKUP_BLOCK"]
+
+#: Past this many bytes an ID, a lookup keeps its IDs as bytes objects instead of one fixed-width array.
+MAX_WIDTH = 1024
+#: IDs encoded and hashed at a time when a lookup is built from str.
+LOOKUP_BLOCK = 2**16
 
 
 #: The 64-bit hash of an ID (Python's own; tests swap in a colliding one).
@@ -142,6 +147,16 @@ def encode_and_hash_ids(ids: Sequence[str], *, max_width: int | None = None) -> 
     return encoded, id_hashes(encoded.tolist())
 
 
+def utf8_ids(ids: Iterable[str]) -> list[bytes]:
+    """IDs of str as the UTF-8 bytes a shard stores (an ID read with ``surrogateescape`` gets its
+    bytes back): what :func:`id_hashes` must see to hash a str as its stored bytes hash.
+
+    >>> utf8_ids(["seq1", "s\\udce9"])
+    [b'seq1', b's\\xe9']
+    """
+    return [i.encode("utf-8", "surrogateescape") for i in ids]
+
+
 def as_bytes(value: object) -> bytes:
     """An encoded ID (a numpy bytes scalar, or bytes) as ``bytes``."""
     return value if isinstance(value, bytes) else bytes(value)  # type: ignore[call-overload]
@@ -175,8 +190,9 @@ class IdLookup:
         del blocks
         self.sorted = np.concatenate(hashes) if hashes else np.empty(0, np.int64)
         del hashes
-        self.order = self.sorted.argsort()  # (no need to be stable: hashes that repeat are looked up by bytes)
         self.position_type = np.int32 if self.n < 2**31 else np.int64  # what a shard's positions are kept as
+        # (no need to be stable: hashes that repeat are looked up by bytes)
+        self.order = self.sorted.argsort().astype(self.position_type, copy=False)
         self.sorted.sort()  # in place: two arrays of 8 bytes an ID, not three
         self.table = SortedHashes(self.sorted)
         # A hash that several expected IDs share (an ID listed twice, or a collision):
@@ -185,6 +201,28 @@ class IdLookup:
         self.by_bytes: dict[bytes, list[int]] = {}
         for position in self.order[np.isin(self.sorted, self.shared)].tolist():
             self.by_bytes.setdefault(as_bytes(self.encoded[position]), []).append(position)
+
+    @classmethod
+    def from_ids(cls, ids: Sequence[str]) -> IdLookup:
+        """The lookup of IDs of str, in their order (encoded and hashed a block at a time).
+
+        >>> IdLookup.from_ids(["b", "a", "b"]).distinct
+        2
+        """
+        return cls(encode_and_hash_ids(ids[start : start + LOOKUP_BLOCK], max_width=MAX_WIDTH)
+                   for start in range(0, len(ids), LOOKUP_BLOCK))
+
+    @functools.cached_property
+    def distinct(self) -> int:
+        """How many distinct IDs it holds (an ID listed twice counts once)."""
+        return self.n - sum(len(positions) - 1 for positions in self.by_bytes.values())
+
+    def ids(self, positions: np.ndarray | None = None) -> Iterator[str]:
+        """Its IDs as str, at ``positions`` (by default all, in order), decoded one by one as asked."""
+        chosen = self.encoded if positions is None else self.encoded[positions]
+        for start in range(0, chosen.size, LOOKUP_BLOCK):
+            for value in chosen[start : start + LOOKUP_BLOCK].tolist():
+                yield value.decode("utf-8", "surrogateescape")
 
     def positions(self, block: np.ndarray, raw: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For a block of a shard's IDs (bytes, as :func:`~virnucpro_merge.shards.iter_id_blocks`

@@ -26,13 +26,13 @@ from ._write.reorder import RowOrder, index_order
 from .checks import expected_in_memory, plan_merge
 from .checksums import IdSink
 from .errors import MergeError, NonFiniteError, UnreadableShardError, twins_note
+from .ids import IdLookup
 from .outputs import refuse_overwriting, room_problem
 from .plan import MergePlan, ShardPlan, check_ids, draft_plan, failed_summary, shard_paths
 from .ranks import checkpoints_of
 from .report import build_report, read_merge_report
 from .salvage import Scratch, has_checkpoints, scratch_folder
 from .sources import resolve_source
-from .validation import as_id_set
 
 __all__ = ["CHUNK_SIZE", "LAYOUTS", "ORDERS", "OUTPUT_IS_THE_EXPECTED_FILE", "aggregate_shards", "materialize"]
 
@@ -115,7 +115,7 @@ def _check_arguments(chunk_size: int, layout: str, order: str, expected: object,
 def aggregate_shards(
     shard_files: Sequence[str | os.PathLike[str]],
     output_path: str | os.PathLike[str],
-    expected_sequence_ids: Collection[str] | os.PathLike[str] | None = None,
+    expected_sequence_ids: Collection[str] | os.PathLike[str] | IdLookup | None = None,
     *,
     chunk_size: int = CHUNK_SIZE,
     partial: bool = False,
@@ -168,7 +168,10 @@ def aggregate_shards(
         Read and check the IDs on this cluster's workers
         (:mod:`virnucpro_merge.cluster`); then write as usual.
         ``expected_sequence_ids`` may be the path (``pathlib.Path``) of an
-        expected-ID file: then read by the workers (without a client, here).
+        expected-ID file: then read by the workers (without a client, here, into
+        an :class:`~virnucpro_merge.ids.IdLookup`, about 26 bytes an ID, as
+        :func:`~virnucpro_merge.expected.read_expected_lookup` gives one: that too
+        may be passed).
     durable : bool
         Wait for the output to reach the disk (``fsync``) before it replaces
         ``output_path``: a merge that returned survives a power loss. ``False``
@@ -244,7 +247,7 @@ def aggregate_shards(
     return output
 
 
-def _merge(paths: list[Path], output: Path, expected_sequence_ids: Collection[str] | os.PathLike[str] | None,
+def _merge(paths: list[Path], output: Path, expected_sequence_ids: Collection[str] | os.PathLike[str] | IdLookup | None,
            options: _Options, *, layout: str, order: str, client: object | None) -> None:
     """Take the route that ``layout``, ``order`` and ``client`` ask for."""
     logger.debug("phase: plan")
@@ -267,12 +270,13 @@ def _merge(paths: list[Path], output: Path, expected_sequence_ids: Collection[st
                            "shards' ranks (layout='contiguous' takes them)")
         _merge_virtually(plan, output, options)
     elif order == "index":
-        _merge_in_index_order(paths, output, list(expected or ()), options)
+        _merge_in_index_order(paths, output, list(expected.ids() if isinstance(expected, IdLookup) else expected or ()),
+                              options)
     else:
         _merge_while_checking(paths, output, expected, options)
 
 
-def _merge_while_checking(paths: list[Path], output: Path, expected_ids: Collection[str] | None,
+def _merge_while_checking(paths: list[Path], output: Path, expected: Collection[str] | IdLookup | None,
                           options: _Options) -> None:
     """The plain route: the embeddings are copied while the IDs are checked.
 
@@ -284,7 +288,6 @@ def _merge_while_checking(paths: list[Path], output: Path, expected_ids: Collect
     out unreadable (a partial merge), the rows after it move: the copy is thrown
     away and the merge written from the final plan.
     """
-    expected = None if expected_ids is None else as_id_set(expected_ids)
     draft = draft_plan(paths, partial=options.partial, checkpoints=options.checkpoints, scratch=options.scratch)
     _log_left_out(draft)
     _refuse_writing_onto_inputs(output, draft)
@@ -309,11 +312,11 @@ def _merge_while_checking(paths: list[Path], output: Path, expected_ids: Collect
     _log_done(output, plan)
 
 
-def _checking_ids(draft: MergePlan, expected: set[str] | frozenset[str] | None, options: _Options) -> IdStep:
+def _checking_ids(draft: MergePlan, expected: Collection[str] | IdLookup | None, options: _Options) -> IdStep:
     """The ID step of the plain route: check the IDs, writing them out as they are read."""
 
     def step(ids_out: IdSink) -> tuple[MergePlan, dict[str, Any]]:
-        def write_ids(shard: ShardPlan, chunks: Iterator[list[str]]) -> Iterator[list[str]]:
+        def write_ids(shard: ShardPlan, chunks: Iterator[list[bytes]]) -> Iterator[list[bytes]]:
             start = shard.offset
             for chunk in chunks:
                 ids_out[start : start + len(chunk)] = chunk

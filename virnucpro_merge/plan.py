@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,10 @@ from .errors import (
     ShardError,
     UnreadableShardError,
 )
+from .ids import IdLookup
 from .ranks import rank_of, rank_ranges
 from .salvage import Salvage, Scratch, has_checkpoints, salvage_rank, usual_dimension
-from .shards import ABSENT, ShardMeta, iter_id_chunks, open_shard, read_shard_meta
+from .shards import ABSENT, ShardMeta, iter_id_byte_chunks, open_shard, read_shard_meta
 from .statuses import ShardStatus, unfinished
 from .validation import Findings, IdIndex, warn_extra
 
@@ -394,12 +395,12 @@ def refuse_contradicted(path: Path, checkpoints: Path, *, rows: bool = True,
 
 
 #: Wraps one shard's stream of ID chunks (a merge writes them out as they go by).
-IdsHook = Callable[[ShardPlan, Iterator[list[str]]], Iterator[list[str]]]
+IdsHook = Callable[[ShardPlan, Iterator[list[bytes]]], Iterator[list[bytes]]]
 
 
 def check_ids(
     draft: MergePlan,
-    expected: set[str] | frozenset[str] | None,
+    expected: Collection[str] | IdLookup | None,
     *,
     partial: bool = False,
     keep_ids: bool = False,
@@ -413,14 +414,14 @@ def check_ids(
     ``keep_ids`` keeps the IDs' hashes in the plan (``plan.ids``, 8 bytes an ID,
     for writing in index order); otherwise they are let go.
     """
-    index = IdIndex(expected)
+    index = IdIndex(expected, keep_hashes=keep_ids)
     shards: list[ShardPlan] = []
     for shard in tqdm(draft.shards, unit="shard", desc="Checking the IDs", disable=not progress):
         if shard.usable:
             try:
                 refuse_changed(shard)
                 with open_shard(shard.source) as handle:
-                    chunks = iter_id_chunks(handle, shard.origin)
+                    chunks = iter_id_byte_chunks(handle, shard.origin)
                     index.add_shard(shard.source, chunks if on_ids is None else on_ids(shard, chunks), shard.origin)
             except UnreadableShardError as err:
                 shard = _failed(err, partial=partial)

@@ -46,6 +46,7 @@ __all__ = [
     "embeddings_of",
     "iter_id_blocks",
     "iter_id_chunks",
+    "iter_id_byte_chunks",
     "read_id_rows",
     "read_rows",
     "read_id_bytes",
@@ -475,8 +476,27 @@ def iter_id_chunks(
         try:
             yield list(map(bytes.decode, raw)) if raw and isinstance(raw[0], bytes) else raw
         except UnicodeDecodeError as err:
-            msg = f"a sequence ID near row {number * chunk} is not valid UTF-8"
-            raise ShardError(path, msg) from err
+            raise _not_utf8(path, number * chunk) from err
+
+
+def iter_id_byte_chunks(
+    handle: h5py.File, path: str | os.PathLike[str], chunk: int = ID_CHUNK
+) -> Iterator[list[bytes]]:
+    """Yield a shard's sequence IDs as lists of their UTF-8 bytes, ``chunk`` at a time, checked
+    to be UTF-8 without making a str of each (what the ID checks hash and a merge writes)."""
+    for number, block in enumerate(iter_id_blocks(handle, path, chunk)):
+        raw = block.tolist()
+        if raw and isinstance(raw[0], str):  # (not as h5py reads a shard; as a test may hand it)
+            raw = [i.encode("utf-8", "surrogateescape") for i in raw]
+        try:
+            b"\x00".join(raw).decode("utf-8")  # one C-level pass checks them all
+        except UnicodeDecodeError as err:
+            raise _not_utf8(path, number * chunk) from err
+        yield raw
+
+
+def _not_utf8(path: str | os.PathLike[str], row: int) -> ShardError:
+    return ShardError(path, f"a sequence ID near row {row} is not valid UTF-8")
 
 
 def read_id_bytes(handle: h5py.File, path: str | os.PathLike[str]) -> np.ndarray:
@@ -488,8 +508,7 @@ def read_id_bytes(handle: h5py.File, path: str | os.PathLike[str]) -> np.ndarray
         try:
             b"\x00".join(raw.tolist()).decode("utf-8")  # one C-level pass checks them all
         except UnicodeDecodeError as err:
-            msg = f"a sequence ID near row {number * ID_CHUNK} is not valid UTF-8"
-            raise ShardError(path, msg) from err
+            raise _not_utf8(path, number * ID_CHUNK) from err
         blocks.append(raw)
     return np.concatenate(blocks) if blocks else np.empty(0, dtype="S1")
 

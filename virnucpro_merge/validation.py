@@ -1,16 +1,16 @@
 """Sequence-ID checks: duplicates within and across shards, missing and extra IDs.
 
-The run's IDs are kept as 64-bit hashes (8 bytes an ID), not as strings: a run of
-10^7 IDs is checked in ~100 MB rather than ~1 GB. Hashes only ever *suggest*; every
-answer is exact:
+The shards' IDs are kept as 64-bit hashes of their UTF-8 bytes (8 bytes an ID), and
+the expected IDs as a :class:`~virnucpro_merge.ids.IdLookup` (their bytes in one array,
+their sorted hashes and order: about 26 bytes an ID of 10 characters), never as a Python
+str each: a run of 10^7 IDs is checked in a few hundred MB rather than ~1.4 GB. Hashes
+only ever *suggest*; every answer is exact:
 
 - no two equal hashes means no two equal IDs; equal hashes send the check to an
   exact re-read of the IDs (rare: a real duplicate, or a 1-in-10^12 collision);
-- whether an ID is expected is asked of the expected set itself (a block of IDs at
-  a time, one by one only in a block holding an unexpected ID), so the number of
-  expected IDs present is exact; an expected ID whose hash is in no shard is surely
-  missing, and when those sure ones account for the exact missing count, they are
-  all of them (otherwise, once in a blue moon, an exact set difference is made).
+- a shard's ID is expected when the lookup finds its hash *and* its bytes there (the
+  one collision rule); each expected position found is marked, and the missing IDs
+  are the positions never marked, named from the lookup's bytes.
 """
 
 from __future__ import annotations
@@ -18,16 +18,17 @@ from __future__ import annotations
 import itertools
 import logging
 import unicodedata
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .ids import SortedHashes, id_hashes, repeated_hashes
+from .ids import IdLookup, id_hashes, repeated_hashes, utf8_ids
 from .shards import iter_id_chunks, open_shard
 
-__all__ = ["Findings", "IdIndex", "as_id_set", "normalisation_twins", "warn_extra"]
+__all__ = ["Findings", "IdIndex", "normalisation_twins", "warn_extra"]
 
 logger = logging.getLogger("virnucpro_merge")
 
@@ -71,11 +72,6 @@ def normalisation_twins(missing: Collection[str], present: Iterable[str]) -> dic
     return twins
 
 
-def as_id_set(ids: Collection[str]) -> set[str] | frozenset[str]:
-    """Return ``ids`` as a set, without copying one that already is."""
-    return ids if isinstance(ids, (set, frozenset)) else set(ids)
-
-
 def _iter_shard_ids(shards: Iterable[tuple[Path, Path]]) -> Iterable[tuple[Path, str]]:
     """Each ID of the shards (the file, and the name to say), with the shard's name."""
     for path, name in shards:
@@ -90,61 +86,77 @@ class IdIndex:
 
     Parameters
     ----------
-    expected : set of str, optional
-        The IDs the run should have produced.
+    expected : collection of str, or IdLookup, optional
+        The IDs the run should have produced (a lookup: as
+        :func:`~virnucpro_merge.expected.read_expected_lookup` reads a file, with no Python
+        str an ID).
     """
 
-    #: IDs looked up in the expected set at a time; a block that holds an
-    #: unexpected ID is looked up again, one ID at a time
-    BLOCK = 1024
-
-    def __init__(self, expected: set[str] | frozenset[str] | None = None) -> None:
-        self.expected = expected
+    def __init__(self, expected: Collection[str] | IdLookup | None = None, *, keep_hashes: bool = False) -> None:
+        self.lookup = expected if isinstance(expected, IdLookup) or expected is None else \
+            IdLookup.from_ids(expected if isinstance(expected, Sequence) else list(expected))
+        self._present = np.zeros(self.lookup.n if self.lookup is not None else 0, dtype=bool)
+        # Every ID's hash is kept without expected IDs, or when asked (row_hashes); else only
+        # the unexpected IDs' (an expected one found twice is told by its position, marked twice).
+        self._keep_all = self.lookup is None or keep_hashes
+        self._marked_twice = False
         self.shards: list[Path] = []
         self._names: list[Path] = []
-        self.num_present = 0  # IDs that are in ``expected``
         self.extra: list[str] = []
         self._hashes: list[np.ndarray] = []
         self._sorted: np.ndarray | None = None
 
-    def add_shard(self, path: Path, chunks: Iterable[list[str]], name: Path | None = None) -> None:
+    def add_shard(self, path: Path, chunks: Iterable[Sequence[bytes] | Sequence[str] | np.ndarray],
+                  name: Path | None = None) -> None:
         """Take in the IDs of the shard file ``path`` (called ``name`` in messages: a
-        salvaged rank's checkpoints), all or nothing (a read that fails adds none)."""
+        salvaged rank's checkpoints), all or nothing (a read that fails adds none). Each
+        chunk holds IDs as their UTF-8 bytes (as :func:`~virnucpro_merge.shards.iter_id_blocks`
+        reads them) or as str."""
         hashes: list[np.ndarray] = []
+        found: list[np.ndarray] = []
         extra: list[str] = []
-        present = 0
         for chunk in chunks:
-            hashes.append(id_hashes(chunk))
-            if self.expected is not None:
-                present += self._look_up(chunk, extra)
+            items: list[Any] = chunk.tolist() if isinstance(chunk, np.ndarray) else list(chunk)
+            raw: list[bytes] = utf8_ids(items) if items and isinstance(items[0], str) else items
+            if self.lookup is None:
+                hashes.append(id_hashes(raw))
+                continue
+            block = np.empty(len(raw), dtype=object)
+            block[:] = raw
+            at, unexpected, chunk_hashes = self.lookup.positions(block, raw)
+            hashes.append(chunk_hashes if self._keep_all else chunk_hashes[unexpected])
+            found.append(at)
+            extra.extend(raw[i].decode("utf-8", "surrogateescape") for i in np.flatnonzero(unexpected).tolist())
         self._hashes.append(np.concatenate(hashes) if hashes else np.empty(0, np.int64))
+        if found:
+            marks = np.concatenate(found)
+            if self._present[marks].any() or np.unique(marks).size < marks.size:
+                self._marked_twice = True  # (an expected ID in two places: the exact re-read names it)
+            self._present[marks] = True
         self.shards.append(path)
         self._names.append(path if name is None else name)
-        self.num_present += present
         self.extra.extend(extra)
         self._sorted = None
 
-    def _look_up(self, chunk: list[str], extra: list[str]) -> int:
-        """How many of ``chunk``'s IDs are expected; the others go to ``extra``."""
-        assert self.expected is not None
-        present = 0
-        for start in range(0, len(chunk), self.BLOCK):
-            block = chunk[start : start + self.BLOCK]
-            if self.expected.issuperset(block):  # the usual case, in one call
-                present += len(block)
-                continue
-            known = np.fromiter(map(self.expected.__contains__, block), dtype=np.bool_, count=len(block))
-            present += int(known.sum())
-            extra.extend(itertools.compress(block, ~known))
-        return present
+    @property
+    def num_expected(self) -> int | None:
+        """How many distinct IDs were expected (None: no expected IDs were given)."""
+        return None if self.lookup is None else self.lookup.distinct
+
+    @property
+    def num_present(self) -> int:
+        """How many distinct expected IDs the shards taken in hold."""
+        return 0 if self.lookup is None else self.lookup.distinct - len(self.missing())
 
     def row_hashes(self) -> np.ndarray:
-        """Every ID's hash, in row order of the accepted shards (one after another)."""
+        """Every ID's hash, in row order of the accepted shards (one after another): kept
+        without expected IDs, or with ``keep_hashes``."""
+        assert self._keep_all, "IdIndex(expected, keep_hashes=True) keeps every ID's hash"
         return np.concatenate(self._hashes or [np.empty(0, np.int64)])
 
     def _sorted_hashes(self) -> np.ndarray:
         if self._sorted is None:
-            self._sorted = self.row_hashes()  # a new array: sorted in place
+            self._sorted = np.concatenate(self._hashes or [np.empty(0, np.int64)])  # a new array: sorted in place
             self._sorted.sort()
         return self._sorted
 
@@ -153,7 +165,8 @@ class IdIndex:
         self._sorted = None
 
     def has_repeated_hash(self) -> bool:
-        return bool(repeated_hashes(self._sorted_hashes()).size)
+        """Whether some ID may be there twice (then :meth:`find_duplicate` re-reads the IDs to be sure)."""
+        return self._marked_twice or bool(repeated_hashes(self._sorted_hashes()).size)
 
     def find_duplicate(self) -> tuple[str, Path, Path] | None:
         """The first repeated ID in shard order, with its shard and first shard; else None."""
@@ -168,51 +181,22 @@ class IdIndex:
         return None
 
     def missing(self) -> list[str]:
-        """The expected IDs found in no shard, sorted."""
-        if not self.expected:
+        """The expected IDs found in no shard, sorted (exact: every match was checked by its bytes)."""
+        if self.lookup is None:
             return []
-        if self.has_repeated_hash():  # counts are unreliable with duplicates: be plain
-            return self._missing_plainly()
-        num_missing = len(self.expected) - self.num_present
-        if num_missing == 0:
-            return []
-        wanted = id_hashes(self.expected)  # in the set's order
-        order = np.argsort(wanted)
-        wanted.sort()  # = wanted[order]; sorted, searchsorted reads memory in order (~20x faster)
-        absent = np.empty(wanted.size, dtype=bool)
-        absent[order] = self._absent(wanted)
-        del wanted, order
-        in_order = list(self.expected)  # the same order as the hashes
-        surely_missing = [in_order[i] for i in np.flatnonzero(absent).tolist()]
-        del in_order
-        if len(surely_missing) == num_missing:
-            return sorted(surely_missing)
-        return self._missing_plainly()
-
-    def _absent(self, wanted: np.ndarray, block: int = 2**20) -> np.ndarray:
-        """For each of the sorted hashes ``wanted``: is it no shard ID's hash?"""
-        table = SortedHashes(self._sorted_hashes())
-        absent = np.empty(wanted.size, dtype=bool)
-        for start in range(0, wanted.size, block):  # a block at a time: 8 bytes an ID less at the peak
-            absent[start : start + block] = ~table.find(wanted[start : start + block])[1]
-        return absent
-
-    def _missing_plainly(self) -> list[str]:
-        assert self.expected is not None
-        seen = {sequence_id for _, sequence_id in _iter_shard_ids(zip(self.shards, self._names, strict=True))}
-        return sorted(self.expected - seen)
+        return sorted(set(self.lookup.ids(np.flatnonzero(~self._present))))
 
     def findings(self) -> Findings:
         """The duplicate, missing and extra IDs of the shards taken in (a duplicate is an
         error of its own: then the missing IDs are not worked out)."""
         duplicate = self.find_duplicate()
         missing = [] if duplicate else self.missing()
-        present = itertools.chain(self.extra, self.expected or ())  # (the missing are skipped)
-        return Findings(
+        present = itertools.chain(self.extra, self.lookup.ids() if self.lookup is not None else ())  # (read only
+        return Findings(  # for a missing ID that is not ASCII; the missing are skipped)
             duplicate=duplicate,
             missing=missing,
             extra=list(self.extra),
-            num_expected=None if self.expected is None else len(self.expected),
+            num_expected=self.num_expected,
             twins=normalisation_twins(missing, present),
         )
 

@@ -29,7 +29,7 @@ from ._files import file_key
 from .checksums import ALGORITHM, ID_TABLE, ROW_TABLE, ids_crc, nonfinite_rows, read_checksums, rows_checksum
 from .crosscheck import rows_against_checkpoints
 from .errors import MergeError, ShardError, UnreadableShardError, shown_id
-from .ids import SortedHashes, id_hashes
+from .ids import SortedHashes, id_hashes, utf8_ids
 from .ranks import checkpoints_of, folder_shards, listed
 from .report import report_problems
 from .shards import (
@@ -450,7 +450,7 @@ class _Checker:
         step = max(1, _BLOCK_BYTES // max(1, source.shape[1] * 4))
         done = 0
         for chunk in iter_id_chunks(handle, shard, step):
-            where, found = ordered.find(id_hashes(chunk))
+            where, found = ordered.find(id_hashes(utf8_ids(chunk)))  # (as the index hashed them: their bytes)
             if not np.all(found):
                 lost = [chunk[i] for i in np.flatnonzero(~found)[:1]]
                 self.problem(f"{shown_id(lost[0])} of {shard} is not in it")

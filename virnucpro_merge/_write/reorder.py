@@ -24,7 +24,7 @@ from .._files import OpenFiles
 from ..checksums import Checksums, IdSink, nonfinite_rows, row_sums
 from ..errors import ExpectedIdsError, ShardError, UnreadableShardError
 from ..health import RankTally
-from ..ids import id_hashes
+from ..ids import id_hashes, utf8_ids
 from ..plan import MergePlan, ShardPlan
 from ..shards import embeddings_of, first_line, open_shard_file, read_id_rows, read_rows
 from .copy import OUTPUT_DTYPE, BlockWriter
@@ -55,7 +55,7 @@ def index_order(plan: MergePlan, index_ids: Sequence[str]) -> RowOrder:
     hashes = plan.ids.row_hashes()
     by_hash = np.argsort(hashes, kind="stable")
     ordered = hashes[by_hash]
-    wanted = id_hashes(index_ids)
+    wanted = id_hashes(utf8_ids(index_ids))  # (as the IDs' stored bytes hash)
     where = np.minimum(np.searchsorted(ordered, wanted), max(ordered.size - 1, 0))
     found = ordered[where] == wanted if ordered.size else np.zeros(wanted.size, bool)
     rows = by_hash[where[found]]

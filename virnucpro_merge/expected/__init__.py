@@ -26,7 +26,15 @@ start to end), :mod:`._ranges` (byte ranges, and the pool that reads them).
 
 from __future__ import annotations
 
-from ._ranges import RANGE_BYTES, RangeIds, expected_ranges, iter_encoded_id_blocks, ranges_agree, read_range
+from ._ranges import (
+    RANGE_BYTES,
+    RangeIds,
+    expected_ranges,
+    iter_encoded_id_blocks,
+    ranges_agree,
+    read_expected_lookup,
+    read_range,
+)
 from ._text import FASTA, JSON, TEXT, not_text, write_id_list
 from ._whole import (
     detect_form,
@@ -51,6 +59,7 @@ __all__ = [
     "RANGE_BYTES",
     "not_text",
     "iter_encoded_id_blocks",
+    "read_expected_lookup",
     "expected_ranges",
     "read_range",
     "ranges_agree",

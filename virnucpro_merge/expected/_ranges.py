@@ -12,9 +12,9 @@ from typing import Literal, overload
 
 import numpy as np
 
-from .._processes import pool
+from .._processes import pool, usable_cpus
 from ..errors import ExpectedIdsError
-from ..ids import encode_and_hash_ids, encode_ids
+from ..ids import MAX_WIDTH, IdLookup, encode_and_hash_ids, encode_ids
 from ._index import Chain, IndexReader, JsonText
 from ._text import (
     JSON,
@@ -29,7 +29,8 @@ from ._text import (
 )
 from ._whole import detect_form, iter_expected_id_blocks, noted
 
-__all__ = ["RANGE_BYTES", "RangeIds", "expected_ranges", "read_range", "ranges_agree", "iter_encoded_id_blocks"]
+__all__ = ["RANGE_BYTES", "RangeIds", "expected_ranges", "read_range", "ranges_agree", "iter_encoded_id_blocks",
+           "read_expected_lookup"]
 
 
 RANGE_BYTES = 32 * 2**20
@@ -199,3 +200,22 @@ def _read_in_ranges(path: Path, workers: int, range_bytes: int, shown_as: object
     if form == JSON and not ranges_agree([where for _, where in parts]):
         return None
     return [block for block, _ in parts]
+
+
+#: Processes reading a large expected-ID file at once, at most; and the bytes each takes at a time.
+_MAX_PROCESSES, _LOOKUP_RANGE = 8, 8 * 2**20
+
+
+def read_expected_lookup(path: str | os.PathLike[str], *, shown_as: object = None) -> IdLookup:
+    """The expected IDs of a file as a lookup (:class:`~virnucpro_merge.ids.IdLookup`: their
+    UTF-8 bytes, hashes and order, about 26 bytes an ID of 10 characters, never a Python str
+    each), read by as many processes as this one may use (:func:`iter_encoded_id_blocks`).
+
+    >>> from pathlib import Path
+    >>> _ = Path("ids.txt").write_text("seq1\\nseq2\\nseq1\\n")
+    >>> found = read_expected_lookup("ids.txt")
+    >>> found.n, found.distinct, list(found.ids())
+    (3, 2, ['seq1', 'seq2', 'seq1'])
+    """
+    return IdLookup(iter_encoded_id_blocks(path, workers=min(usable_cpus(), _MAX_PROCESSES), max_width=MAX_WIDTH,
+                                           range_bytes=_LOOKUP_RANGE, shown_as=shown_as, hashed=True))

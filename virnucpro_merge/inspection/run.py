@@ -41,9 +41,9 @@ from .._processes import pool, usable_cpus
 from ..checkpoints import model_dtype_of, rank_checkpoints, read_checkpoint
 from ..checks import expected_in_memory
 from ..errors import CheckpointError, MergeError, ShardError
-from ..expected import iter_encoded_id_blocks
+from ..expected import read_expected_lookup
 from ..health import HealthFlag, RankHealth, judge, read_health, report_healths
-from ..ids import IdLookup, as_bytes, encode_and_hash_ids, repeated_hashes
+from ..ids import LOOKUP_BLOCK, MAX_WIDTH, IdLookup, as_bytes, encode_and_hash_ids, repeated_hashes
 from ..manifest import MANIFEST_NAME, Progress, log_path, read_log_tail, read_manifest, stop_line
 from ..plan import shard_paths
 from ..ranks import (
@@ -345,7 +345,7 @@ class RunInspection:
             msg = f"{path}: its shards are not named shard_<rank>.h5 (a merge of merges?): give world_size"
             raise MergeError(msg)
         ids, expected_from = _expected_ids(expected, [Path(s["path"]) for s in report["shards"]])
-        lookup = IdLookup(ids if ids is not None else ())
+        lookup = ids if isinstance(ids, IdLookup) else IdLookup(ids if ids is not None else ())
         present = np.zeros(lookup.n, dtype=bool)  # (what the file holds: its report may not have checked these)
         with open_shard(path) as handle:
             for block in iter_id_blocks(handle, path):
@@ -393,11 +393,8 @@ class RunInspection:
 
 # --------------------------------------------------------------------------- the expected IDs
 
-_BLOCK = 2**16
-_MAX_WIDTH = 1024  # past this many bytes an ID, the IDs are kept as bytes objects instead
-_MAX_PROCESSES = 8  # processes reading a large expected-ID file, or the shards, at once
+_MAX_PROCESSES = 8  # processes reading the shards at once
 _SHARED_FROM = 200_000  # expected IDs from which the shards are scanned by several processes
-_READ_RANGE = 8 * 2**20  # bytes of an expected-ID file a reading process takes at a time
 
 
 # --------------------------------------------------------------------------- the shards
@@ -537,18 +534,17 @@ def _shard_list(run: object, world_size: int | None) -> list[Path]:
     return paths
 
 
-def _expected_ids(expected: object, paths: Sequence[Path]
-                  ) -> tuple[Iterable[tuple[np.ndarray, np.ndarray]] | None, str | None]:
-    """The expected IDs in index order, in blocks (encoded, with their hashes), and where
-    they come from (for the summary)."""
+def _expected_ids(expected: object, paths: Sequence[Path]) -> tuple[IdLookup | _Given | None, str | None]:
+    """The expected IDs in index order (a file's read into a lookup, a list as given), and
+    where they come from (for the summary)."""
     if expected is None:
         index = index_beside(paths)
         if index is None:
             return None, None
         logger.info("Expected IDs from %s, the run folder's sequence index", index)
-        return _read(index), f"{index.name}, the run folder's index"
+        return read_expected_lookup(index), f"{index.name}, the run folder's index"
     if isinstance(expected, str | os.PathLike):
-        return _read(expected), Path(expected).name
+        return read_expected_lookup(expected), Path(expected).name
     if isinstance(expected, set | frozenset):
         msg = "inspect_run needs the expected IDs in index order (a list or a file), not a set"
         raise MergeError(msg)
@@ -556,13 +552,8 @@ def _expected_ids(expected: object, paths: Sequence[Path]
         msg = f"expected must be an expected-ID file or a list of IDs in index order, not {type(expected).__name__}"
         raise MergeError(msg)
     listed = expected_in_memory(expected)  # (IDs of str, or one line saying what is not)
+    assert not isinstance(listed, IdLookup)  # (only a file is read into one)
     return _Given(listed if isinstance(listed, Sequence) else list(listed)), "a list"
-
-
-def _read(path: str | os.PathLike[str]) -> Iterable[tuple[np.ndarray, np.ndarray]]:
-    """The IDs of an expected-ID file, read (and hashed) by as many processes as this one may use."""
-    return iter_encoded_id_blocks(path, workers=min(usable_cpus(), _MAX_PROCESSES), max_width=_MAX_WIDTH,
-                                  range_bytes=_READ_RANGE, hashed=True)
 
 
 @dataclass
@@ -572,8 +563,8 @@ class _Given:
     ids: Sequence[str]
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for start in range(0, len(self.ids), _BLOCK):
-            yield encode_and_hash_ids(self.ids[start : start + _BLOCK], max_width=_MAX_WIDTH)
+        for start in range(0, len(self.ids), LOOKUP_BLOCK):
+            yield encode_and_hash_ids(self.ids[start : start + LOOKUP_BLOCK], max_width=MAX_WIDTH)
 
 
 def inspect_run(
@@ -655,7 +646,7 @@ def inspect_run(
         raise MergeError(msg)
     paths = _shard_list(run, world_size)
     ids, expected_from = _expected_ids(expected, paths)
-    lookup = IdLookup(ids if ids is not None else ())
+    lookup = ids if isinstance(ids, IdLookup) else IdLookup(ids if ids is not None else ())
     present = np.zeros(lookup.n, dtype=bool)
     scans = _scans(paths, lookup, present, progress=progress)
     for rank in _repeated_extras(paths, scans):

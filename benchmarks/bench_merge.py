@@ -48,8 +48,8 @@ Usage::
     python benchmarks/bench_merge.py --large         # ... and large (8 x 100,000 x 1280)
     python benchmarks/bench_merge.py --sizes medium --rounds 9
     python benchmarks/bench_merge.py --sizes medium,many --rounds 3   # ... and 1,024 shards (3.1 GB)
-    python benchmarks/bench_merge.py --sizes many --methods floor-durable,floor-nondurable,virnucpro_merge,\
-virnucpro_merge[no fsync]
+    python benchmarks/bench_merge.py --sizes medium,many --rounds 3 --methods floor-durable,floor-nondurable,\
+raw-copy,kernel-copy+fsync,virnucpro_merge,'virnucpro_merge[no fsync]'   # the floors' comparisons only
     python benchmarks/bench_merge.py --smoke         # tiny runs (8 and 64 shards), 1 round, a few seconds
     python benchmarks/bench_merge.py --profile virnucpro_merge --sizes medium
 

@@ -1,9 +1,16 @@
-"""Benchmark the shard merge against its physical limit and two baselines.
+"""Benchmark the shard merge against its floors, its physical limit and two baselines.
 
 Builds synthetic multi-GPU runs (8 shards of contiguous float32 embeddings and
-vlen-str IDs, :func:`virnucpro_merge.synthetic.write_stride_run`), then merges each
-run with every method, each in a fresh process, methods alternating round by round::
+vlen-str IDs, :func:`virnucpro_merge.synthetic.write_stride_run`; the ``many`` size:
+1,024 shards of 1,000 rows), then merges each run with every method, each in a fresh
+process, methods alternating round by round::
 
+    floor-durable     the least a durable merge can do: every shard's embedding bytes copied
+                      with os.copy_file_range into ONE file at successive offsets, in the
+                      merge's own pieces (CHUNK_SIZE rows), sync_file_range(WRITE) after each
+                      piece (writeback overlapped with the copy), one fsync at the end
+    floor-nondurable  the least a non-durable merge can do: os.copy_file_range of every shard's
+                      embedding bytes into ONE file, no sync
     raw-copy          shutil.copyfile of every shard: the physical limit
     raw-copy+fsync    the same, then fsync of every copy (what an fsync'ed output costs)
     kernel-copy+fsync os.copy_file_range of every shard, then fsync of every copy (the
@@ -14,20 +21,36 @@ run with every method, each in a fresh process, methods alternating round by rou
     virnucpro_merge[...]  its other routes (layout="virtual", order="index") and modes
                       (durable=False; checksums replaced by a no-op, to price them), one line each
 
+The floors copy only the embeddings' bytes (found with h5py before the timer starts,
+like the merge's expected IDs: the time that takes is printed beside the floors, not
+counted in them), with the output's blocks reserved first (``fallocate``, as the merge
+does), and write no IDs and no HDF5 structure: a merge cannot do less. On ext4 (here)
+``copy_file_range`` copies through the page cache; on a filesystem that shares blocks
+(XFS, btrfs) it may clone them instead, and the floors would then be near zero.
+
 Every output is checked against the shards (every byte of every row, every ID, in
-order) before its time is reported; a failed check is a loud error and a non-zero
-exit status. The table gives wall time (median and minimum over the rounds),
-throughput, peak RSS of the merging process (and its growth over the baseline after
-imports and after loading the expected IDs), the ratio to the raw copy of the same
-round, and the cost of reading one random row of the output. The header says what
-an fsync of 1 GiB costs on the disk the runs are on.
+order; for the floors every byte of every row) before its time is reported; a failed
+check is a loud error and a non-zero exit status. The table gives wall time (median
+and minimum over the rounds), the CPU-seconds of the method (user + sys of its
+process and any children, from rusage, over the timed part only: the kernel's own
+writeback threads are nobody's), throughput, peak RSS of the merging process (and
+its growth over the baseline after imports and after loading the expected IDs), the
+ratio to the raw copy of the same round, and the cost of reading one random row of
+the output. The header says what an fsync of 1 GiB costs on the disk the runs are
+on; every round's log line gives the 1-minute load average at its start (the machine
+is shared). After the table, for every size: durable merge / floor-durable and
+non-durable merge / floor-nondurable, the median and minimum of the same-round
+ratios, each beside the merge's CPU-seconds per GiB of embeddings.
 
 Usage::
 
     python benchmarks/bench_merge.py                 # small + medium, 5 rounds
     python benchmarks/bench_merge.py --large         # ... and large (8 x 100,000 x 1280)
     python benchmarks/bench_merge.py --sizes medium --rounds 9
-    python benchmarks/bench_merge.py --smoke         # tiny run, 1 round, a few seconds
+    python benchmarks/bench_merge.py --sizes medium,many --rounds 3   # ... and 1,024 shards (3.1 GB)
+    python benchmarks/bench_merge.py --sizes medium,many --rounds 3 --methods floor-durable,floor-nondurable,\
+raw-copy,kernel-copy+fsync,virnucpro_merge,'virnucpro_merge[no fsync]'   # the floors' comparisons only
+    python benchmarks/bench_merge.py --smoke         # tiny runs (8 and 64 shards), 1 round, a few seconds
     python benchmarks/bench_merge.py --profile virnucpro_merge --sizes medium
 
 Results also go to ``benchmarks/results/bench_merge-<time>.json`` (``--no-json`` to skip).
@@ -36,11 +59,13 @@ Results also go to ``benchmarks/results/bench_merge-<time>.json`` (``--no-json``
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import inspect
 import itertools
 import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -80,6 +105,9 @@ SCRIPT = Path(__file__).resolve()
 WORLD_SIZE = 8
 MERGED = "merged.h5"
 SEED_CHUNK_SIZE = 10000  # the seed plan's CHUNK_SIZE
+FLOOR_FILE = "floor.bin"  # a floor's output: the shards' embedding bytes, one after the other
+SYNC_FILE_RANGE_WRITE = 2  # Linux: start writeback of the range, do not wait for it
+GIB = 2**30
 
 
 @dataclass(frozen=True)
@@ -109,6 +137,8 @@ SIZES = {
     "small": Size("small", 6_250, 1280),
     "medium": Size("medium", 25_000, 1280),
     "large": Size("large", 100_000, 1280),
+    "many": Size("many", 1_000, 768, shards=1024),  # many small shards: the per-shard costs
+    "many-tiny": Size("many-tiny", 200, 64, shards=64),  # the same shape, for --smoke
 }
 
 
@@ -143,6 +173,65 @@ def kernel_copy_fsync(shards: Sequence[Path], out: Path, expected: object) -> No
                 remaining -= copied
             dst.flush()
             os.fsync(dst.fileno())
+
+
+Span = tuple[int, int, int]  # where a shard's embedding bytes are: (offset, length, bytes a row)
+
+
+def embedding_spans(shards: Sequence[Path]) -> list[Span]:
+    """Where every shard's embedding bytes are in its file (contiguous float32 shards only)."""
+    spans = []
+    for shard in shards:
+        with h5py.File(shard, "r") as f:
+            ds = f["embeddings"]
+            offset = ds.id.get_offset()
+            if offset is None or ds.chunks is not None or ds.dtype != np.float32:
+                msg = f"{shard.name}: embeddings not contiguous float32, no floor to measure"
+                raise BenchError(msg)
+            spans.append((offset, ds.id.get_storage_size(), ds.shape[1] * 4))
+    return spans
+
+
+def _copy_range(src: int, dst: int, src_offset: int, dst_offset: int, length: int) -> None:
+    while length:
+        copied = os.copy_file_range(src, dst, length, src_offset, dst_offset)
+        if copied == 0:
+            msg = "copy_file_range copied nothing: the shard ends early"
+            raise BenchError(msg)
+        src_offset, dst_offset, length = src_offset + copied, dst_offset + copied, length - copied
+
+
+def floor_copy(shards: Sequence[Path], out: Path, spans: Sequence[Span], *, durable: bool) -> None:
+    """A floor: every shard's embedding bytes into ONE file at successive offsets, in pieces of
+    the merge's CHUNK_SIZE rows; ``durable``: sync_file_range(WRITE) after each piece (the
+    writeback overlapped with the copy) and one fsync at the end."""
+    from virnucpro_merge import CHUNK_SIZE
+    from virnucpro_merge._write import sysio
+
+    target = out / FLOOR_FILE
+    target.touch()
+    sysio.reserve(target, 0, sum(length for _, length, _ in spans))  # as the merge does
+    fd = os.open(target, os.O_WRONLY)
+    try:
+        dst_offset = 0
+        for shard, (offset, length, row_bytes) in zip(shards, spans, strict=True):
+            piece = CHUNK_SIZE * row_bytes if durable else length
+            with open(shard, "rb") as src:
+                for start in range(0, length, max(1, piece)):
+                    n = min(piece, length - start)
+                    _copy_range(src.fileno(), fd, offset + start, dst_offset + start, n)
+                    if durable:
+                        started = sysio.libc_call("sync_file_range", (ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
+                                                                      ctypes.c_uint),
+                                                  fd, dst_offset + start, n, SYNC_FILE_RANGE_WRITE)
+                        if started is None:
+                            msg = "sync_file_range is not available here: no durable floor"
+                            raise BenchError(msg)
+            dst_offset += length
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def seed_plan(shards: Sequence[Path], out: Path, expected: set[str] | None) -> None:
@@ -242,9 +331,10 @@ class Method:
 
     name: str
     run: Callable[..., None]
-    kind: str = "merge"  # "copy": one output file per shard; "merge": one merged file
+    kind: str = "merge"  # "copy": one output file per shard; "merge": one merged file; "floor": FLOOR_FILE
     order: str = "shards"  # row order of a merged output: "shards" or "index" (run order)
     expected: str = "set"  # how the expected IDs are passed: "set", or "list" (in index order)
+    prepare: Callable[[Sequence[Path]], object] | None = None  # before the timer; its answer replaces the IDs
 
     def unavailable(self) -> str | None:
         """Why this row cannot run here (None when it can)."""
@@ -258,6 +348,10 @@ class Method:
 
 
 METHODS: list[Method] = [
+    Method("floor-durable", lambda s, o, spans: floor_copy(s, o, spans, durable=True), kind="floor",
+           prepare=embedding_spans),
+    Method("floor-nondurable", lambda s, o, spans: floor_copy(s, o, spans, durable=False), kind="floor",
+           prepare=embedding_spans),
     Method("raw-copy", raw_copy, kind="copy"),
     Method("raw-copy+fsync", lambda s, o, e: raw_copy(s, o, e, fsync=True), kind="copy"),
     Method("kernel-copy+fsync", kernel_copy_fsync, kind="copy"),
@@ -272,6 +366,8 @@ METHODS: list[Method] = [
 ]
 LIMIT = "raw-copy"  # the denominator of the ratios
 BY_NAME = {m.name: m for m in METHODS}
+#: Each mode of the merge and its floor: (merge, floor).
+FLOORS = [("virnucpro_merge", "floor-durable"), ("virnucpro_merge[no fsync]", "floor-nondurable")]
 
 
 # --------------------------------------------------------------------------- the child
@@ -304,11 +400,16 @@ def child_main(spec: dict) -> None:
 
     rss_imports = rss_now()
     method = BY_NAME[spec["method"]]
-    expected = None
-    if spec["expected"]:
+    shards = [Path(p) for p in spec["shards"]]
+    expected: object = None
+    setup = time.perf_counter()
+    if method.prepare is not None:
+        expected = method.prepare(shards)
+    elif spec["expected"]:
         with open(spec["expected"]) as fh:
             lines = (line.rstrip("\n") for line in fh)
             expected = list(lines) if method.expected == "list" else set(lines)
+    setup = time.perf_counter() - setup
     gc.collect()
     peak_setup, peak_reset = rss_peak(), reset_peak()  # so the peak below is the merge's, not the setup's
     rss_base = rss_now()
@@ -318,17 +419,22 @@ def child_main(spec: dict) -> None:
 
         profiler = cProfile.Profile()
         profiler.enable()
+    usage = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    method.run([Path(p) for p in spec["shards"]], Path(spec["out"]), expected)
+    method.run(shards, Path(spec["out"]), expected)
     wall = time.perf_counter() - start
+    done = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    user = sum(b.ru_utime - a.ru_utime for a, b in zip(usage, done, strict=True))
+    system = sum(b.ru_stime - a.ru_stime for a, b in zip(usage, done, strict=True))
     if profiler is not None:
         import pstats
 
         profiler.disable()
         print(f"--- cProfile of {method.name} (wall {wall:.3f} s), top 25 by cumulative time ---")
         pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative").print_stats(25)
-    reply({"wall": wall, "rss_imports": rss_imports, "rss_base": rss_base, "peak_setup": peak_setup,
-           "peak_reset": peak_reset, "peak": rss_peak()})
+    reply({"wall": wall, "cpu": user + system, "cpu_user": user, "cpu_sys": system, "setup": setup,
+           "rss_imports": rss_imports, "rss_base": rss_base, "peak_setup": peak_setup, "peak_reset": peak_reset,
+           "peak": rss_peak()})
 
 
 # --------------------------------------------------------------------------- checking outputs
@@ -398,6 +504,8 @@ def verify(method: Method, run: Run, out: Path) -> str:
                 msg = f"{method.name}: {shard.name} copy differs from the shard"
                 raise VerificationError(msg)
         return "contiguous (shard copy)"
+    if method.kind == "floor":
+        return verify_floor(method, run, out)
     path, size = out / MERGED, run.size
     if not path.is_file():
         msg = f"{method.name}: wrote no {MERGED}"
@@ -420,8 +528,33 @@ def verify(method: Method, run: Run, out: Path) -> str:
         return "virtual" if emb.is_virtual else "contiguous" if emb.chunks is None else f"chunks {emb.chunks}"
 
 
+def verify_floor(method: Method, run: Run, out: Path) -> str:
+    """Check a floor's output: every shard's rows, bit for bit, one shard after the other."""
+    path, size = out / FLOOR_FILE, run.size
+    expected_bytes = size.nbytes
+    if not path.is_file() or path.stat().st_size != expected_bytes:
+        msg = f"{method.name}: {FLOOR_FILE} missing or not {expected_bytes:,} bytes"
+        raise VerificationError(msg)
+    rows = np.memmap(path, dtype=np.float32, mode="r", shape=(size.total, size.dim))
+    try:
+        for start, ref_emb, _ in _reference_blocks(run, "shards"):
+            if not _same_bits(ref_emb, rows[start : start + len(ref_emb)]):
+                msg = f"{method.name}: rows {start}-{start + len(ref_emb)} differ from the shards"
+                raise VerificationError(msg)
+    finally:
+        del rows
+    return "raw rows (no IDs)"
+
+
 def corrupt(method: Method, out: Path) -> None:
     """Change one value of an output (the smoke test proves that the check bites)."""
+    if method.kind == "floor":
+        with open(out / FLOOR_FILE, "r+b") as fh:
+            fh.seek(fh.seek(0, os.SEEK_END) // 2)
+            byte = fh.read(1)
+            fh.seek(-1, os.SEEK_CUR)
+            fh.write(bytes([byte[0] ^ 0xFF]))
+        return
     if method.kind == "copy":
         with open(out / f"shard_{WORLD_SIZE // 2}.h5", "r+b") as fh:
             fh.seek(-100, os.SEEK_END)
@@ -442,6 +575,8 @@ def corrupt(method: Method, out: Path) -> None:
 def row_read_us(method: Method, run: Run, out: Path, reads: int, seed: int) -> dict:
     """Mean time of one random-row read of the output, on a fresh open: ``ds[i]`` with
     ``ds = f["embeddings"]`` held (the layout's cost), and ``f["embeddings"][i]``."""
+    if method.kind == "floor":  # raw bytes: no dataset to read a row of
+        return {"row_us": None, "row_us_by_name": None}
     path = out / (run.shards[0].name if method.kind == "copy" else MERGED)
     rng = np.random.default_rng(seed)
     with h5py.File(path, "r") as f:
@@ -475,26 +610,29 @@ class Row:
             return {"failed": self.failed}
         walls = [r["wall"] for r in self.rounds]
         ratio_median, ratio_min = median_and_min([r["ratio"] for r in self.rounds if r.get("ratio") is not None])
+        row_us = [r["row_us"] for r in self.rounds if r.get("row_us") is not None]
+        row_us_by_name = [r["row_us_by_name"] for r in self.rounds if r.get("row_us_by_name") is not None]
         return {
             "wall_median": statistics.median(walls), "wall_min": min(walls),
+            "cpu_median": statistics.median(r["cpu"] for r in self.rounds),
             "gb_per_s": self.size.nbytes / 1e9 / statistics.median(walls),
             "ratio_median": ratio_median, "ratio_min": ratio_min,
             "peak_mb": max(r["peak"] for r in self.rounds) / 1e6,
             "base_mb": statistics.median(r["rss_base"] for r in self.rounds) / 1e6,
             "delta_mb": max(r["peak"] - r["rss_base"] for r in self.rounds) / 1e6,
-            "row_us": statistics.median(r["row_us"] for r in self.rounds),
-            "row_us_by_name": statistics.median(r["row_us_by_name"] for r in self.rounds),
+            "row_us": statistics.median(row_us) if row_us else None,
+            "row_us_by_name": statistics.median(row_us_by_name) if row_us_by_name else None,
             "layout": self.layout, "failed": self.failed,
         }
 
 
-COLUMNS = [Column("size", 7, left=True), Column("method", 39, left=True), Column("wall med", 9, ".3f"),
-           Column("wall min", 9, ".3f"), Column("GB/s", 6, ".2f"), Column("x raw med", 9, ".2f"),
-           Column("x raw min", 9, ".2f"), Column("peak MB", 8, ".1f"), Column("base MB", 8, ".1f"),
-           Column("dRSS MB", 8, ".1f"), Column("row us", 7, ".1f"), Column("f[]row", 7, ".1f"),
-           Column("check", 6), Column("layout", 1, left=True)]
-KEYS = ["wall_median", "wall_min", "gb_per_s", "ratio_median", "ratio_min", "peak_mb", "base_mb", "delta_mb",
-        "row_us", "row_us_by_name"]
+COLUMNS = [Column("size", 9, left=True), Column("method", 39, left=True), Column("wall med", 9, ".3f"),
+           Column("wall min", 9, ".3f"), Column("CPU s", 7, ".3f"), Column("GB/s", 6, ".2f"),
+           Column("x raw med", 9, ".2f"), Column("x raw min", 9, ".2f"), Column("peak MB", 8, ".1f"),
+           Column("base MB", 8, ".1f"), Column("dRSS MB", 8, ".1f"), Column("row us", 7, ".1f"),
+           Column("f[]row", 7, ".1f"), Column("check", 6), Column("layout", 1, left=True)]
+KEYS = ["wall_median", "wall_min", "cpu_median", "gb_per_s", "ratio_median", "ratio_min", "peak_mb", "base_mb",
+        "delta_mb", "row_us", "row_us_by_name"]
 
 
 def table_rows(results: dict[str, dict[str, Row]]) -> tuple[list[list], list[str]]:
@@ -502,7 +640,7 @@ def table_rows(results: dict[str, dict[str, Row]]) -> tuple[list[list], list[str
     for rows_of_size in results.values():
         for row in rows_of_size.values():
             if row.failed or not row.rounds:
-                failed.append(f"{row.size.name:<7} {row.method.name:<39} FAILED: "
+                failed.append(f"{row.size.name:<9} {row.method.name:<39} FAILED: "
                               f"{(row.failed or 'no rounds').splitlines()[0]}")
                 continue
             s = row.summary()
@@ -521,6 +659,36 @@ RATIOS = [
     ("virnucpro_merge", "virnucpro_merge[no checksums]", 1.05),  # the checksums' cost
     ("virnucpro_merge[no fsync]", "virnucpro_merge[no fsync+no checksums]", 1.05),
 ]
+
+
+def floor_lines(results: dict[str, dict[str, Row]]) -> list[str]:
+    """Each mode of the merge against its floor, same rounds, beside the CPU-seconds per GiB; the rounds' loads."""
+    lines = []
+    for size_name, rows in results.items():
+        size = next(iter(rows.values())).size
+        gib = size.nbytes / GIB
+        loads = [r["load1"] for r in rows[LIMIT].rounds] if LIMIT in rows else []
+        if loads:
+            lines.append(f"{size_name}: load average (1 min) at the start of each round: "
+                         + ", ".join(f"{x:.2f}" for x in loads))
+        for merge, floor in FLOORS:
+            if any(n not in rows or rows[n].failed or not rows[n].rounds for n in (merge, floor)):
+                continue
+            ratios = same_round_ratios(rows[merge].rounds, rows[floor].rounds)
+            med, low = median_and_min(ratios)
+            if med is None:
+                continue
+            m, f = rows[merge].summary(), rows[floor].summary()
+            lines.append(
+                f"{size_name}: {merge} / {floor}: wall x{med:.2f} median, x{low:.2f} min of the same-round ratios "
+                f"({', '.join(f'{r:.2f}' for r in ratios)}); merge {m['wall_median']:.3f} s, "
+                f"{m['cpu_median'] / gib:.2f} CPU-s/GiB ({m['cpu_median'] / m['wall_median']:.2f} cores busy); "
+                f"floor {f['wall_median']:.3f} s, {f['cpu_median'] / gib:.2f} CPU-s/GiB")
+        setups = [r["setup"] for _, floor in FLOORS if floor in rows for r in rows[floor].rounds]
+        if setups:
+            lines.append(f"{size_name}: not in the floors: finding the embeddings' bytes in {size.shards:,} shards "
+                         f"with h5py, {statistics.median(setups):.3f} s (median)")
+    return lines
 
 
 def comparisons(results: dict[str, dict[str, Row]]) -> list[str]:
@@ -564,7 +732,7 @@ def bench_size(size: Size, methods: list[Method], package: PackageSource, args: 
     log(f"built {size.name}: {size.describe()} in {time.perf_counter() - start:.1f} s")
     rows = {m.name: Row(size, m) for m in methods}
     for number in range(args.rounds):
-        walls = {}
+        walls, load1 = {}, os.getloadavg()[0]
         for method in rotated(methods, number):
             row = rows[method.name]
             if row.failed:
@@ -575,6 +743,7 @@ def bench_size(size: Size, methods: list[Method], package: PackageSource, args: 
                     "expected": str(run.expected_file)}
             try:
                 measured = run_fresh(SCRIPT, spec, package, what=f"{method.name} on {size.name}")
+                measured["load1"] = load1
                 if args.corrupt == method.name:
                     corrupt(method, out)
                 row.layout = verify(method, run, out)
@@ -590,7 +759,8 @@ def bench_size(size: Size, methods: list[Method], package: PackageSource, args: 
                 sync_disk()
         for name, wall in walls.items():
             rows[name].rounds[-1]["ratio"] = wall / walls[LIMIT] if walls.get(LIMIT) else None
-        log(f"{size.name} round {number + 1}/{args.rounds}: " + ", ".join(f"{k} {v:.2f}s" for k, v in walls.items()))
+        log(f"{size.name} round {number + 1}/{args.rounds} (load {load1:.2f} at start): "
+            + ", ".join(f"{k} {v:.2f}s ({rows[k].rounds[-1]['cpu']:.2f} CPU-s)" for k, v in walls.items()))
     shutil.rmtree(built.directory, ignore_errors=True)
     return rows
 
@@ -613,7 +783,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--_corrupt", dest="corrupt", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.smoke:
-        args.sizes, args.rounds, args.reads = "tiny", 1, 50
+        args.sizes, args.rounds, args.reads = "tiny,many-tiny", 1, 50
     if args.large and "large" not in args.sizes.split(","):
         args.sizes += ",large"
     if args.rounds < 1:
@@ -676,6 +846,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             + ("the snapshot taken at the start" if package.snapshot_root else "the live tree, maybe changing"))
     print()
     print("wall: seconds (median and min over rounds); GB/s: embedding bytes / median wall;")
+    print("CPU s: user + sys CPU-seconds of the method (its process and children, rusage; median);")
     print("x raw: wall / raw-copy wall of the same round (median, min); peak MB: peak RSS (VmHWM) of the")
     print("merging process during the merge (max over rounds); base MB: its RSS after imports and")
     print("loading the expected IDs; dRSS: peak - base (max over rounds);")
@@ -688,6 +859,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line)
     print()
     for line in comparisons(results):
+        print(line)
+    print()
+    print("The floors (see the docstring): each mode of the merge against the least it can do, same rounds;")
+    print("CPU-s/GiB: user + sys CPU-seconds of the method's process and children per GiB of embeddings (median)")
+    for line in floor_lines(results):
         print(line)
     print(f"load average at start {facts['loadavg_start']}, at end {facts['loadavg_end']}")
     if failed:

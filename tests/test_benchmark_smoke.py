@@ -1,5 +1,5 @@
-"""The benchmarks (benchmarks/bench_merge.py, bench_validation.py, bench_checkpoints.py) still run, and still
-check their answers."""
+"""The benchmarks (benchmarks/bench_merge.py, bench_validation.py, bench_checkpoints.py, bench_ids.py, ...)
+still run, and still check their answers."""
 
 from __future__ import annotations
 
@@ -104,3 +104,24 @@ def test_health_smoke_run_compares_with_the_revision_without_it(tmp_path):
     for durable in ("", r" \(no fsync\)"):
         assert re.search(rf"merge{durable} / merge@cbb6f02{durable}, same round: wall median \d+\.\d+", proc.stdout)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ids_smoke_run_checks_every_command_against_reading_the_ids(tmp_path):
+    proc = _bench("bench_ids.py", tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for method in ("read-ids", "validate", "aggregate", "report"):
+        assert re.search(rf"^{method}\s+\d+\.\d+", proc.stdout, re.MULTILINE), proc.stdout
+    assert "verification: OK" in proc.stdout
+    assert list(tmp_path.iterdir()) == [], "temporary files left behind"
+
+
+def test_merge_smoke_run_compares_the_merge_with_its_floors(tmp_path):
+    proc = _bench("bench_merge.py", tmp_path, "--methods", "floor-durable,floor-nondurable,virnucpro_merge,"
+                  "virnucpro_merge[no fsync]")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for size in ("tiny", "many-tiny"):
+        for merge, floor in (("virnucpro_merge", "floor-durable"),
+                             (r"virnucpro_merge\[no fsync\]", "floor-nondurable")):
+            assert re.search(rf"^{size}: {merge} / {floor}: wall x\d+\.\d+ median.* CPU-s/GiB", proc.stdout,
+                             re.MULTILINE), proc.stdout
+    assert "FAILED" not in proc.stdout + proc.stderr

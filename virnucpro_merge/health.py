@@ -261,11 +261,13 @@ def judge(ranks: Sequence[tuple[int, RankHealth]], ids_of: Callable[[int, int], 
     """
     flags: list[HealthFlag] = []
     medians = {rank: h.median_norm for rank, h in ranks if h.median_norm is not None}
+    where = {rank: at for at, rank in enumerate(medians)}
+    values = np.array(list(medians.values()), dtype=float)
     dtypes = _Usual([(h.dtype,) if h.dtype else () for _, h in ranks])
     models = _Usual([h.model_dtypes for _, h in ranks])
     for rank, health in sorted(ranks, key=lambda pair: pair[0]):
-        others = np.array([m for r, m in medians.items() if r != rank], dtype=float)
         mine = medians.get(rank)
+        others = np.delete(values, where[rank]) if mine is not None else values
         if mine is not None and others.size >= 3:
             center, mad = _median_and_mad(others)
             scale = max(mad, _MAD_FLOOR * abs(center), float(np.finfo(np.float32).tiny))

@@ -313,20 +313,52 @@ def _merge_while_checking(paths: list[Path], output: Path, expected: Collection[
 
 
 def _checking_ids(draft: MergePlan, expected: Collection[str] | IdLookup | None, options: _Options) -> IdStep:
-    """The ID step of the plain route: check the IDs, writing them out as they are read."""
+    """The ID step of the plain route: check the IDs, writing them out as they are read (many
+    shards' at a time: a write into the output's IDs costs about as much for 1,000 IDs as
+    for 100,000)."""
 
     def step(ids_out: IdSink) -> tuple[MergePlan, dict[str, Any]]:
+        batch = _IdBatch(ids_out)
+
         def write_ids(shard: ShardPlan, chunks: Iterator[list[bytes]]) -> Iterator[list[bytes]]:
             start = shard.offset
             for chunk in chunks:
-                ids_out[start : start + len(chunk)] = chunk
+                batch.add(start, chunk)
                 start += len(chunk)
                 yield chunk
 
         plan = check_ids(draft, expected, partial=options.partial, on_ids=write_ids)
+        batch.flush()
         return plan, build_report(plan, options.chunk_size)
 
     return step
+
+
+class _IdBatch:
+    """IDs on their way to the output, written when :data:`ID_BATCH` have gathered (or rows
+    that do not follow on come)."""
+
+    def __init__(self, ids_out: IdSink) -> None:
+        self.ids_out, self.start = ids_out, 0
+        self.held: list[bytes] = []
+
+    def add(self, start: int, chunk: list[bytes]) -> None:
+        if self.held and start != self.start + len(self.held):
+            self.flush()
+        if not self.held:
+            self.start = start
+        self.held.extend(chunk)
+        if len(self.held) >= ID_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.held:
+            self.ids_out[self.start : self.start + len(self.held)] = self.held
+            self.start, self.held = self.start + len(self.held), []
+
+
+#: IDs written into the output at a time, at most about (from the shards' chunks).
+ID_BATCH = 2**16
 
 
 def _merge_virtually(plan: MergePlan, output: Path, options: _Options) -> None:

@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+import virnucpro_merge.merge as merge_module
 from tests.helpers import ids, read_datasets
 from virnucpro_merge import (
     CHUNK_SIZE,
@@ -253,6 +254,7 @@ class TestExceptionSafety:
             return original(*args, **kwargs)
 
         monkeypatch.setattr(owner, name, fail_on_third)
+        monkeypatch.setattr(merge_module, "ID_BATCH", 10)  # (IDs written a shard at a time: the third is midway)
         with pytest.raises(KeyboardInterrupt):
             aggregate_shards(shards, tmp_path / "merged.h5", chunk_size=10)
         assert calls["n"] == 3

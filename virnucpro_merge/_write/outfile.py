@@ -164,15 +164,16 @@ def _shard_by_shard(out: _Output, draft: MergePlan, id_step: IdStep, chunk_size:
     while the ID step runs here; then the others through h5py. Where the ID step's plan moves
     rows (a shard whose IDs could not be read), the copy is stopped and nothing more written."""
     shards = draft.copied_shards
-    raw = [s for s in shards if raw_copyable(s)]
+    copyable = [raw_copyable(s) for s in shards]  # (told apart once: a shard's equality compares all it holds)
+    raw = [s for s, yes in zip(shards, copyable, strict=True) if yes]
+    rest = [s for s, yes in zip(shards, copyable, strict=True) if not yes]
     with raw_copy_in_background(raw, out.temp, out.data_offset, chunk_size, out.written, out.checksums,
                                 tallies) as copying:
         plan, report = id_step(out.ids)
         if not plan.same_rows_as(draft):
             copying.stop()
             return plan, report, {}
-        nonfinite = _copy_through_h5py([s for s in shards if s not in raw], out, min(chunk_size, draft.total_sequences),
-                                       draft.embedding_dim, tallies)
+        nonfinite = _copy_through_h5py(rest, out, min(chunk_size, draft.total_sequences), draft.embedding_dim, tallies)
         nonfinite.update(copying.nonfinite())
     return plan, report, nonfinite
 

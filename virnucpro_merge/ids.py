@@ -166,7 +166,7 @@ class IdLookup:
     """Where each of a run's IDs sits in its index: sorted 64-bit hashes of the UTF-8 bytes,
     the positions in that order, and the bytes themselves, to check every match (a hash
     only suggests: the collision rule). Built from blocks of encoded IDs and their hashes
-    (:func:`encode_and_hash_ids`), in index order.
+    (``encode_and_hash_ids``), in index order.
 
     Examples
     --------
@@ -225,7 +225,7 @@ class IdLookup:
                 yield value.decode("utf-8", "surrogateescape")
 
     def positions(self, block: np.ndarray, raw: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """For a block of a shard's IDs (bytes, as :func:`~virnucpro_merge.shards.iter_id_blocks`
+        """For a block of a shard's IDs (bytes, as ``shards.iter_id_blocks``
         yields them; ``raw``: the same as a list): the index positions of the expected ones,
         a mask of those that are not expected, and every ID's hash."""
         hashes = id_hashes(raw)

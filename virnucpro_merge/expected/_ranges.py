@@ -209,7 +209,7 @@ _MAX_PROCESSES, _LOOKUP_RANGE = 8, 8 * 2**20
 def read_expected_lookup(path: str | os.PathLike[str], *, shown_as: object = None) -> IdLookup:
     """The expected IDs of a file as a lookup (:class:`~virnucpro_merge.ids.IdLookup`: their
     UTF-8 bytes, hashes and order, about 26 bytes an ID of 10 characters, never a Python str
-    each), read by as many processes as this one may use (:func:`iter_encoded_id_blocks`).
+    each), read by as many processes as this one may use (``iter_encoded_id_blocks``).
 
     >>> from pathlib import Path
     >>> _ = Path("ids.txt").write_text("seq1\\nseq2\\nseq1\\n")

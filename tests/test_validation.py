@@ -236,3 +236,20 @@ def test_sorted_hashes_find_what_searchsorted_finds(hashes, keys):
 
 class _Coarse(SortedHashes):
     _SPARSE = 0  # the coarse table, however many the keys
+
+
+def test_one_long_expected_id_does_not_widen_every_other():
+    """Joined as one fixed-width array, 100,000 IDs of 12 bytes and one of 900 would take 90 MB;
+    as bytes objects they take a few MB, and every answer is the same."""
+    from virnucpro_merge.ids import MAX_WIDTH, IdLookup, encode_and_hash_ids
+
+    short = [f"seq{i:09d}" for i in range(100_000)]
+    blocks = [encode_and_hash_ids(part, max_width=MAX_WIDTH) for part in (short[:50_000], ["x" * 900], short[50_000:])]
+    lookup = IdLookup(blocks)
+    assert lookup.encoded.dtype == object
+    assert lookup.encoded.nbytes < 10 * 2**20
+    index = IdIndex(lookup)
+    index.add_shard("s", [[b"seq000000005", b"x" * 900, b"nope"]])
+    assert index.extra == ["nope"]
+    assert len(index.missing()) == 100_001 - 2
+    assert IdLookup([encode_and_hash_ids(short, max_width=MAX_WIDTH)]).encoded.dtype == "S12"  # (the usual case)

@@ -65,6 +65,7 @@ from pathlib import Path
 
 from harness import (  # beside this script
     BenchError,
+    ChildMemory,
     Column,
     PackageSource,
     VerificationError,
@@ -109,48 +110,12 @@ def read_ids(folder: Path) -> None:
     print(f"read-ids: {count} IDs in {time.perf_counter() - start:.3f} s")
 
 
-class TreeSampler:
-    """The largest RSS of any process under this one, and of their sum, sampled every 50 ms."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.largest = self.total = self.samples = 0
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self.sample, daemon=True)
-
-    def sample(self) -> None:
-        try:
-            import psutil
-        except ImportError:
-            return
-        me = psutil.Process()
-        while not self.done.wait(SAMPLE_SECONDS):
-            sizes = []
-            for child in me.children(recursive=True):
-                try:
-                    sizes.append(child.memory_info().rss)
-                except psutil.Error:
-                    continue
-            if sizes:
-                self.largest, self.total = max(self.largest, *sizes), max(self.total, sum(sizes))
-                self.samples += 1
-
-    def __enter__(self) -> TreeSampler:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        self.thread.join()
-
-
 def launch(argv: list[str]) -> None:
     """Run one command; reply its wall, its tree's CPU-seconds and peak RSS, its exit status and output."""
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with TreeSampler() as tree:
+    with ChildMemory(SAMPLE_SECONDS) as tree:
         start = time.perf_counter()
         proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         wall = time.perf_counter() - start

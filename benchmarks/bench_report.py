@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 
 from harness import (  # beside this script
+    ChildMemory,
     Column,
     PackageSource,
     locate_package,
@@ -121,43 +122,10 @@ def child_main(spec: dict) -> None:
         gc.collect()
         reset_peak()
         base = rss_now()
-        with ReaderMemory() as readers:
+        with ChildMemory(0.02, _unique_memory) as readers:
             found = inspect_run(folder, folder / spec["expected"])
         reply({"growth": rss_peak() - base, "ids": len(found.sequence_ids), "missing": found.num_missing,
-               "readers": readers.peak})
-
-
-class ReaderMemory:
-    """The peak unique memory (USS: pages no other process maps, so not what a forked
-    child still shares with this one) of this process's children, together: the processes
-    that read a large expected-ID file, or scan the shards."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.peak, self.done = 0, threading.Event()
-        self.thread = threading.Thread(target=self.sample, daemon=True)
-
-    def sample(self) -> None:
-        import psutil
-
-        me = psutil.Process()
-        while not self.done.wait(0.02):
-            total = 0
-            for child in me.children(recursive=True):
-                try:
-                    total += child.memory_full_info().uss
-                except psutil.Error:
-                    continue
-            self.peak = max(self.peak, total)
-
-    def __enter__(self) -> ReaderMemory:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        self.thread.join()
+               "readers": readers.total})
 
 
 def run_report(folder: Path, out: Path, *extra: str) -> dict:
@@ -232,6 +200,11 @@ def time_reports(workdir: Path, package: PackageSource, args: argparse.Namespace
         print(f"{method}: {cpu:.2f} CPU-seconds beyond the start-up's (all its processes; median), "
               f"{cpu / statistics.median(r['wall'] for r in rounds['read-ids']):.2f} x read-ids")
     shutil.rmtree(folder)
+
+
+def _unique_memory(process: object) -> int:
+    """A process's USS: the pages no other process maps (not what a forked child still shares)."""
+    return process.memory_full_info().uss  # type: ignore[attr-defined]
 
 
 def main() -> int:

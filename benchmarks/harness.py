@@ -67,6 +67,46 @@ def rss_now() -> int:
     return _status_bytes("VmRSS")
 
 
+class ChildMemory:
+    """The memory of the processes under this one, sampled every ``every`` seconds on a thread
+    while the ``with`` block runs: the largest one process took (``largest``) and the most they
+    took together (``total``), each by ``measure(process)`` (psutil's RSS by default; nothing
+    is sampled without psutil)."""
+
+    def __init__(self, every: float = 0.05, measure: Callable[[object], int] | None = None) -> None:
+        import threading
+
+        self.every, self.measure = every, measure or (lambda process: process.memory_info().rss)  # type: ignore[attr-defined]
+        self.largest = self.total = self.samples = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        try:
+            import psutil
+        except ImportError:
+            return
+        me = psutil.Process()
+        while not self.done.wait(self.every):
+            sizes = []
+            for child in me.children(recursive=True):
+                try:
+                    sizes.append(self.measure(child))
+                except psutil.Error:
+                    continue
+            if sizes:
+                self.largest, self.total = max(self.largest, *sizes), max(self.total, sum(sizes))
+                self.samples += 1
+
+    def __enter__(self) -> ChildMemory:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+
 def rss_peak() -> int:
     """Peak resident set size of this process, in bytes.
 

@@ -182,7 +182,7 @@ class IdLookup:
     Examples
     --------
     >>> lookup = IdLookup([encode_and_hash_ids(["s0", "s1", "s2"])])
-    >>> positions, unexpected, _ = lookup.positions(np.array([b"s2", b"zz"], dtype=object), [b"s2", b"zz"])
+    >>> positions, unexpected, _ = lookup.positions([b"s2", b"zz"])
     >>> positions.tolist(), unexpected.tolist()
     ([2], [False, True])
     """
@@ -235,11 +235,13 @@ class IdLookup:
             for value in chosen[start : start + LOOKUP_BLOCK].tolist():
                 yield value.decode("utf-8", "surrogateescape")
 
-    def positions(self, block: np.ndarray, raw: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """For a block of a shard's IDs (bytes, as ``shards.iter_id_blocks``
-        yields them; ``raw``: the same as a list): the index positions of the expected ones,
-        a mask of those that are not expected, and every ID's hash."""
+    def positions(self, raw: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For a block of a shard's IDs (their UTF-8 bytes, as ``shards.iter_id_byte_chunks``
+        yields them): the index positions of the expected ones, a mask of those that are not
+        expected, and every ID's hash."""
         hashes = id_hashes(raw)
+        block = np.empty(len(raw), dtype=object)
+        block[:] = raw
         expected = np.zeros(len(raw), bool)
         if not self.n:
             return np.empty(0, np.int64), ~expected, hashes

@@ -121,9 +121,7 @@ class IdIndex:
             if self.lookup is None:
                 hashes.append(id_hashes(raw))
                 continue
-            block = np.empty(len(raw), dtype=object)
-            block[:] = raw
-            at, unexpected, chunk_hashes = self.lookup.positions(block, raw)
+            at, unexpected, chunk_hashes = self.lookup.positions(raw)
             hashes.append(chunk_hashes if self._keep_all else chunk_hashes[unexpected])
             found.append(at)
             extra.extend(raw[i].decode("utf-8", "surrogateescape") for i in np.flatnonzero(unexpected).tolist())

@@ -60,7 +60,7 @@ from ..ranks import (
 )
 from ..report import read_merge_report
 from ..shards import ABSENT as ABSENT_FILE
-from ..shards import iter_id_blocks, open_shard, read_id_rows, read_shard_meta
+from ..shards import iter_id_byte_chunks, open_shard, read_id_rows, read_shard_meta
 from ..statuses import ABSENT, DUPLICATED, EMPTY, FAILED, INCOMPLETE, OFF_STRIDE, OK, STATUSES
 from ..timeline import Timeline, read_timeline
 
@@ -348,8 +348,8 @@ class RunInspection:
         lookup = ids if isinstance(ids, IdLookup) else IdLookup(ids if ids is not None else ())
         present = np.zeros(lookup.n, dtype=bool)  # (what the file holds: its report may not have checked these)
         with open_shard(path) as handle:
-            for block in iter_id_blocks(handle, path):
-                positions, _, _ = lookup.positions(block, block.tolist())
+            for raw in iter_id_byte_chunks(handle, path):
+                positions, _, _ = lookup.positions(raw)
                 present[positions] = True
         missing = _missing_matrix(present, size)
         shards = []
@@ -422,20 +422,15 @@ def _scan(rank: int, path: Path, lookup: IdLookup) -> _Scan:
         with open_shard(path) as handle:
             scan.present = read_shard_meta(handle, path, storage=False).num_sequences
             row = 0
-            for block in iter_id_blocks(handle, path):
-                raw = block.tolist()
-                try:
-                    b"\x00".join(raw).decode("utf-8")
-                except UnicodeDecodeError as err:
-                    raise ShardError(path, f"a sequence ID near row {row} is not valid UTF-8") from err
-                positions, unexpected, hashes = lookup.positions(block, raw)
+            for raw in iter_id_byte_chunks(handle, path):
+                positions, unexpected, hashes = lookup.positions(raw)
                 if positions.size:
                     held.append(positions.astype(lookup.position_type, copy=False))
                     scan.step = int(np.gcd.reduce(np.append(np.abs(positions - rank), scan.step)))
                 if unexpected.any():
                     rows = np.flatnonzero(unexpected)
                     scan.extra.append((hashes[rows], rows + row))
-                row += block.size
+                row += len(raw)
     except ShardError as err:
         return _Scan(error=err.problem)
     scan.held = np.concatenate(held) if held else np.empty(0, lookup.position_type)
@@ -735,7 +730,7 @@ def _salvageable(folder: Path, lookup: IdLookup, present: np.ndarray) -> Progres
     progress = _progress(folder, ids)
     if ids:
         raw = [i.encode("utf-8") for i in ids]
-        positions, _, _ = lookup.positions(np.array(raw, dtype=bytes), raw)
+        positions, _, _ = lookup.positions(raw)
         present[positions] = True
     return progress
 

@@ -81,13 +81,37 @@ def test_sequence_index_json(tmp_path):
     ids=["empty", "comments only", "broken JSON", "wrong key", "records without sequence_id", "not UTF-8",
          "half a surrogate pair"],
 )
-def test_bad_files_give_one_line_errors(tmp_path, content, words):
+@pytest.mark.parametrize("reader", ["read_expected_ids", "read_expected_lookup", "read_expected_lookup in ranges"])
+def test_bad_files_give_one_line_errors(tmp_path, monkeypatch, content, words, reader):
+    """Every reader of a whole file holds it to the same rules: the lookup the commands build
+    (in one process, or in byte ranges by several) as the list of str."""
+    import virnucpro_merge.expected._ranges as ranges
+
+    if reader.endswith("in ranges"):
+        monkeypatch.setattr(ranges, "_LOOKUP_RANGE", 3)
+        monkeypatch.setattr(ranges, "usable_cpus", lambda: 3)
+    read = read_expected_ids if reader == "read_expected_ids" else ranges.read_expected_lookup
     name = "expected.json" if isinstance(content, str) and content.startswith("{") else "expected.txt"
     path = write(tmp_path, name, content)
     with pytest.raises(ExpectedIdsError, match=words) as err:
-        read_expected_ids(path)
+        read(path)
     assert str(path) in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("content", ["", "# only comments\n", '{"sequences": []}'])
+def test_a_list_of_no_id_fails_validate_and_aggregate_as_unreadable(tmp_path, content):
+    """Not "all 0 expected sequences are there": an upstream step that wrote nothing is told."""
+    name = "expected.json" if content.startswith("{") else "expected.txt"
+    path = write(tmp_path, name, content)
+    shard = write_shard(tmp_path / "shard_0.h5", ["a", "b"], np.zeros((2, 2), "f4"))
+    assert main(["validate", str(shard), "--expected", str(path)]) == 2
+    assert main(["aggregate", str(shard), "-o", str(tmp_path / "m.h5"), "--expected", str(path)]) == 2
+    assert not (tmp_path / "m.h5").exists()
+    from virnucpro_merge import validate_shard_completeness
+
+    with pytest.raises(ExpectedIdsError, match="no sequence IDs"):
+        validate_shard_completeness([shard], path)
 
 
 def test_absent_file(tmp_path):

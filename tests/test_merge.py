@@ -415,3 +415,41 @@ def test_a_copy_thrown_away_does_not_fail_the_merge(make_shard, tmp_path, monkey
     out = aggregate_shards([first, broken, last], tmp_path / "o.h5", chunk_size=6, partial=True)
     assert [s["status"] for s in read_merge_report(out)["shards"]] == ["ok", "failed", "ok"]
     assert read_datasets(out)[1] == ids("a", 20) + ids("c", 7)
+
+
+def _shard_with_a_nul_in_an_id(path):
+    """A fixed-length ID dataset can hold b'a\\x00b'; no variable-length string can."""
+    with h5py.File(path, "w") as f:
+        f["embeddings"] = np.zeros((2, 8), np.float32)  # (make_shard's width)
+        f["sequence_ids"] = np.array([b"a\x00b", b"p1"], dtype="S3")
+    return path
+
+
+@pytest.mark.parametrize("batch", [10, 2**16])
+def test_an_id_the_output_cannot_hold_is_its_shards_problem_however_the_ids_are_batched(make_shard, tmp_path,
+                                                                                         monkeypatch, batch):
+    """Named as the shard's, strict or partial, whatever shard is read when the IDs are written."""
+    import virnucpro_merge.merge as merge_module
+
+    monkeypatch.setattr(merge_module, "ID_BATCH", batch)
+    bad = _shard_with_a_nul_in_an_id(tmp_path / "shard_0.h5")
+    good = make_shard("shard_1", [f"q{i}" for i in range(30)])
+    with pytest.raises(UnreadableShardError, match=r"shard_0\.h5: the sequence ID at row 0 holds a NUL byte"):
+        aggregate_shards([bad, good], tmp_path / "m.h5")
+    merged = aggregate_shards([bad, good], tmp_path / "m.h5", partial=True)
+    with h5py.File(merged) as f:
+        assert f["sequence_ids"].asstr()[:].tolist() == [f"q{i}" for i in range(30)]
+
+
+def test_an_id_write_that_fails_is_the_outputs_not_the_shard_being_read(make_shard, tmp_path, monkeypatch):
+    from virnucpro_merge import OutputError
+    from virnucpro_merge.checksums import ChecksummedIds
+
+    def full_disk(self, where, block):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ChecksummedIds, "__setitem__", full_disk)
+    shards = [make_shard(f"shard_{r}", [f"s{r}_{i}" for i in range(5)]) for r in range(3)]
+    with pytest.raises(OutputError, match=r"m\.h5: cannot write the merged file's sequence IDs \(.*No space left"):
+        aggregate_shards(shards, tmp_path / "m.h5", partial=True)
+    assert not (tmp_path / "m.h5").exists()

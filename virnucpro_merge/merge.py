@@ -25,13 +25,14 @@ from ._write.outfile import IdStep, copy_planned_ids, output_file, write_contigu
 from ._write.reorder import RowOrder, index_order
 from .checks import expected_in_memory, plan_merge
 from .checksums import IdSink
-from .errors import MergeError, NonFiniteError, UnreadableShardError, twins_note
+from .errors import MergeError, NonFiniteError, OutputError, UnreadableShardError, twins_note
 from .ids import IdLookup
 from .outputs import refuse_overwriting, room_problem
 from .plan import MergePlan, ShardPlan, check_ids, draft_plan, failed_summary, shard_paths
 from .ranks import checkpoints_of
 from .report import build_report, read_merge_report
 from .salvage import Scratch, has_checkpoints, scratch_folder
+from .shards import first_line
 from .sources import resolve_source
 
 __all__ = ["CHUNK_SIZE", "LAYOUTS", "ORDERS", "OUTPUT_IS_THE_EXPECTED_FILE", "aggregate_shards", "materialize"]
@@ -297,7 +298,7 @@ def _merge_while_checking(paths: list[Path], output: Path, expected: Collection[
         _write_planned(plan, output, build_report(plan, options.chunk_size), options)
         return
     with output_file(output, draft.output_bytes, durable=options.durable) as pending:
-        step = _checking_ids(draft, expected, options)
+        step = _checking_ids(draft, expected, options, output)
         plan, nonfinite = write_contiguous(draft, pending.path, step, chunk_size=options.chunk_size,
                                            progress=options.progress, durable=options.durable)
         if plan.same_rows_as(draft):
@@ -312,13 +313,14 @@ def _merge_while_checking(paths: list[Path], output: Path, expected: Collection[
     _log_done(output, plan)
 
 
-def _checking_ids(draft: MergePlan, expected: Collection[str] | IdLookup | None, options: _Options) -> IdStep:
+def _checking_ids(draft: MergePlan, expected: Collection[str] | IdLookup | None, options: _Options, output: Path
+                  ) -> IdStep:
     """The ID step of the plain route: check the IDs, writing them out as they are read (many
     shards' at a time: a write into the output's IDs costs about as much for 1,000 IDs as
     for 100,000)."""
 
     def step(ids_out: IdSink) -> tuple[MergePlan, dict[str, Any]]:
-        batch = _IdBatch(ids_out)
+        batch = _IdBatch(ids_out, output)
 
         def write_ids(shard: ShardPlan, chunks: Iterator[list[bytes]]) -> Iterator[list[bytes]]:
             start = shard.offset
@@ -338,8 +340,8 @@ class _IdBatch:
     """IDs on their way to the output, written when :data:`ID_BATCH` have gathered (or rows
     that do not follow on come)."""
 
-    def __init__(self, ids_out: IdSink) -> None:
-        self.ids_out, self.start = ids_out, 0
+    def __init__(self, ids_out: IdSink, output: Path) -> None:
+        self.ids_out, self.output, self.start = ids_out, output, 0
         self.held: list[bytes] = []
 
     def add(self, start: int, chunk: list[bytes]) -> None:
@@ -352,9 +354,17 @@ class _IdBatch:
             self.flush()
 
     def flush(self) -> None:
-        if self.held:
-            self.ids_out[self.start : self.start + len(self.held)] = self.held
-            self.start, self.held = self.start + len(self.held), []
+        """Write the IDs held. A failed write is the output's (:class:`OutputError`), never the
+        shard's being read meanwhile (an ID the output cannot hold is refused as it is read)."""
+        if not self.held:
+            return
+        held, self.held = self.held, []
+        try:
+            self.ids_out[self.start : self.start + len(held)] = held
+        except (OSError, RuntimeError, ValueError, TypeError) as err:
+            msg = f"{self.output}: cannot write the merged file's sequence IDs ({first_line(err)})"
+            raise OutputError(msg) from err
+        self.start += len(held)
 
 
 #: IDs written into the output at a time, at most about (from the shards' chunks).

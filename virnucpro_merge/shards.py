@@ -397,9 +397,15 @@ def iter_id_blocks(handle: h5py.File, path: str | os.PathLike[str], chunk: int =
     dset = _ids_dataset(handle, path)
     for first in range(0, dset.shape[0], chunk):
         try:
-            yield dset[first : first + chunk]
+            block = dset[first : first + chunk]
         except OSError as err:
             raise UnreadableShardError(path, f"cannot read 'sequence_ids' ({first_line(err)})") from err
+        if block.dtype.kind == "S":  # (a variable-length string ends at its first NUL: only these can hold one)
+            held = [i for i, value in enumerate(block.tolist()) if b"\x00" in value]
+            if held:
+                problem = f"the sequence ID at row {first + held[0]} holds a NUL byte, which no merged file can store"
+                raise UnreadableShardError(path, problem)
+        yield block
 
 
 def _ids_dataset(handle: h5py.File, path: str | os.PathLike[str]) -> h5py.Dataset:

@@ -136,6 +136,10 @@ def _encoded_range(path: Path, form: str, start: int, end: int, shown: object, w
 _Block = np.ndarray | tuple[np.ndarray, np.ndarray]
 
 
+def _count(block: _Block) -> int:
+    return (block[0] if isinstance(block, tuple) else block).size
+
+
 def _encoded(ids: Sequence[str], max_width: int | None, hashed: bool) -> _Block:
     return encode_and_hash_ids(ids, max_width=max_width) if hashed else encode_ids(ids, max_width=max_width)
 
@@ -143,14 +147,15 @@ def _encoded(ids: Sequence[str], max_width: int | None, hashed: bool) -> _Block:
 @overload
 def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = ..., max_width: int | None = ...,
                            range_bytes: int | None = ..., shown_as: object = ...,
-                           hashed: Literal[False] = ...) -> Iterator[np.ndarray]: ...
+                           hashed: Literal[False] = ..., require_ids: bool = ...) -> Iterator[np.ndarray]: ...
 @overload
 def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = ..., max_width: int | None = ...,
                            range_bytes: int | None = ..., shown_as: object = ...,
-                           hashed: Literal[True]) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+                           hashed: Literal[True], require_ids: bool = ...
+                           ) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
 def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = 1, max_width: int | None = None,
                            range_bytes: int | None = None, shown_as: object = None,
-                           hashed: bool = False) -> Iterator[_Block]:
+                           hashed: bool = False, require_ids: bool = False) -> Iterator[_Block]:
     """The expected IDs of a file in file order, as arrays of their UTF-8 bytes
     (:func:`encode_ids`), read by up to ``workers`` processes at once where that helps.
 
@@ -161,7 +166,8 @@ def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = 1, ma
     do not agree (:func:`ranges_agree`) is read again from start to end. A gzipped
     file, a pipe, a small file, ``workers=1`` or a system without ``fork``: read here,
     from start to end. With ``hashed``, each block comes with its IDs' hashes
-    (:func:`encode_and_hash_ids`), worked out by the process that read it.
+    (:func:`encode_and_hash_ids`), worked out by the process that read it. With
+    ``require_ids``, a file that holds no ID is an error (:func:`read_expected_ids`'s).
 
     Examples
     --------
@@ -174,10 +180,10 @@ def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = 1, ma
     """
     path = Path(path)
     blocks = _read_in_ranges(path, workers, range_bytes or RANGE_BYTES, shown_as, max_width, hashed)
-    if blocks is not None:
+    if blocks is not None and (not require_ids or any(_count(block) for block in blocks)):
         yield from blocks
-        return
-    for ids in iter_expected_id_blocks(path, shown_as=shown_as):
+        return  # (else a file of no ID is read again from start to end: that read says what is wrong)
+    for ids in iter_expected_id_blocks(path, shown_as=shown_as, require_ids=require_ids):
         yield _encoded(ids, max_width, hashed)
 
 
@@ -209,7 +215,9 @@ _MAX_PROCESSES, _LOOKUP_RANGE = 8, 8 * 2**20
 def read_expected_lookup(path: str | os.PathLike[str], *, shown_as: object = None) -> IdLookup:
     """The expected IDs of a file as a lookup (:class:`~virnucpro_merge.ids.IdLookup`: their
     UTF-8 bytes, hashes and order, about 26 bytes an ID of 10 characters, never a Python str
-    each), read by as many processes as this one may use (``iter_encoded_id_blocks``).
+    each), read by as many processes as this one may use (``iter_encoded_id_blocks``). A
+    file that holds no ID is an :class:`~virnucpro_merge.ExpectedIdsError`, as with
+    :func:`read_expected_ids`.
 
     >>> from pathlib import Path
     >>> _ = Path("ids.txt").write_text("seq1\\nseq2\\nseq1\\n")
@@ -218,4 +226,5 @@ def read_expected_lookup(path: str | os.PathLike[str], *, shown_as: object = Non
     (3, 2, ['seq1', 'seq2', 'seq1'])
     """
     return IdLookup(iter_encoded_id_blocks(path, workers=min(usable_cpus(), _MAX_PROCESSES), max_width=MAX_WIDTH,
-                                           range_bytes=_LOOKUP_RANGE, shown_as=shown_as, hashed=True))
+                                           range_bytes=_LOOKUP_RANGE, shown_as=shown_as, hashed=True,
+                                           require_ids=True))

@@ -105,11 +105,13 @@ def _blocks(path: Path, name: object, *, index_only: bool, require_ids: bool = F
             raise noted(ExpectedIdsError(msg), why)
 
 
-def iter_expected_id_blocks(path: str | os.PathLike[str], *, shown_as: object = None) -> Iterator[list[str]]:
+def iter_expected_id_blocks(path: str | os.PathLike[str], *, shown_as: object = None, require_ids: bool = False
+                            ) -> Iterator[list[str]]:
     """The expected IDs of a file in file order, as lists (one for each piece read): the
-    quick way to take in many. Errors name the file as ``shown_as`` when given."""
+    quick way to take in many. Errors name the file as ``shown_as`` when given; with
+    ``require_ids``, a file that holds none is one (as :func:`read_expected_ids` says)."""
     path = Path(path)
-    return (ids for _, ids in _blocks(path, shown_as or path, index_only=False))
+    return (ids for _, ids in _blocks(path, shown_as or path, index_only=False, require_ids=require_ids))
 
 
 def iter_expected_ids(path: str | os.PathLike[str], *, shown_as: object = None) -> Iterator[str]:

@@ -263,7 +263,9 @@ def test_ranges_agree_refuses_a_broken_chain(tmp_path):
     assert not ranges_agree(moved) or [i for p in moved for i in p.ids] == _whole(path)
 
 
-ID_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
+# (no NUL: an ID holding one is refused, below; no half surrogate pair: not Unicode text)
+ID_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\x00"), min_size=1,
+                  max_size=12)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -499,3 +501,30 @@ def test_a_byte_order_mark_alone_in_a_piece_tells_no_form(tmp_path, monkeypatch,
     path.write_bytes("\ufeff>a\nACGT\n>b\nAC\n".encode())
     monkeypatch.setattr(expected._text, "BLOCK", block)
     assert read_expected_ids(path) == ["a", "b"]
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    ("ids.txt", "seq1\nse\x00q2\n"),
+    ("ids.fa", ">seq1\nACGT\n>se\x00q2 a phage\nAC\n"),
+    ("index.json", json.dumps({"sequences": [{"sequence_id": "seq1"}, {"sequence_id": "se\x00q2"}]})),
+])
+def test_an_expected_id_holding_a_nul_is_refused_by_every_reader(tmp_path, monkeypatch, name, content):
+    """No merged file can store it (an HDF5 string ends at its first NUL): said as the list is read,
+    not as a traceback when the missing IDs are written."""
+    import virnucpro_merge.expected._ranges as ranges
+
+    path = write(tmp_path, name, content)
+    says = re.escape(f"{path}: sequence ID 'se\\x00q2' holds a NUL character, which no merged file can store")
+    for read in (read_expected_ids, ranges.read_expected_lookup):
+        with pytest.raises(ExpectedIdsError, match=says):
+            read(path)
+    monkeypatch.setattr(ranges, "_LOOKUP_RANGE", 4)
+    monkeypatch.setattr(ranges, "usable_cpus", lambda: 3)
+    with pytest.raises(ExpectedIdsError, match=says):
+        ranges.read_expected_lookup(path)
+    shard = write_shard(tmp_path / "shard_0.h5", ["seq1"], np.zeros((1, 2), "f4"))
+    assert main(["validate", str(shard), "--expected", str(path)]) == 2
+    from virnucpro_merge import MergeError, aggregate_shards
+
+    with pytest.raises(MergeError, match="holds a NUL character"):
+        aggregate_shards([shard], tmp_path / "m.h5", ["seq1", "se\x00q2"], partial=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
 
@@ -111,3 +112,24 @@ def test_nonfinite_counted_per_shard_in_index_order(tmp_path):
                                                  chunk_size=7))
     assert [s["nonfinite_rows"] for s in ordered["shards"]] == [s["nonfinite_rows"] for s in plain["shards"]]
     assert ordered["nonfinite_rows"] == 3
+
+
+def test_index_order_takes_a_numpy_array_of_ids(make_shard, tmp_path):
+    a = make_shard("shard_0", ["b", "d"])
+    b = make_shard("shard_1", ["a", "c"])
+    merged = aggregate_shards([a, b], tmp_path / "m.h5", np.array(["a", "b", "c", "d"]), order="index")
+    with h5py.File(merged) as f:
+        assert f["sequence_ids"].asstr()[:].tolist() == ["a", "b", "c", "d"]
+
+
+def test_index_order_reads_fixed_length_ids_that_are_not_ascii(tmp_path):
+    """Fixed-length IDs are UTF-8 bytes like any (h5py would read them as ASCII)."""
+    for rank, names in enumerate([["caf\u00e9", "b"], ["\u00e0", "d"]]):
+        with h5py.File(tmp_path / f"shard_{rank}.h5", "w") as f:
+            f["embeddings"] = np.full((2, 2), rank, np.float32)
+            f["sequence_ids"] = np.array([n.encode() for n in names], dtype="S8")
+    merged = aggregate_shards([tmp_path / "shard_0.h5", tmp_path / "shard_1.h5"], tmp_path / "m.h5",
+                              ["\u00e0", "b", "caf\u00e9", "d"], order="index")
+    with h5py.File(merged) as f:
+        assert f["sequence_ids"].asstr()[:].tolist() == ["\u00e0", "b", "caf\u00e9", "d"]
+        assert f["embeddings"][:, 0].tolist() == [1, 0, 0, 1]

@@ -16,7 +16,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from .errors import MergeError, shown_id
-from .expected import not_text, read_expected_lookup
+from .expected import holds_nul, not_text, read_expected_lookup
 from .ids import IdLookup
 from .plan import MergePlan, check_ids, draft_plan, plan_from_scan, shard_paths
 from .ranks import checkpoints_of
@@ -55,6 +55,9 @@ def expected_in_memory(expected: object) -> Collection[str] | IdLookup:
         raise MergeError(msg)
     if (bad := not_text(ids)) is not None:
         msg = f"expected ID {shown_id(bad)} is not Unicode text (it holds half a surrogate pair)"
+        raise MergeError(msg)
+    if (bad := holds_nul(ids)) is not None:
+        msg = f"expected ID {shown_id(bad)} holds a NUL character, which no merged file can store"
         raise MergeError(msg)
     return ids
 

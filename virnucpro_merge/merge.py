@@ -271,8 +271,8 @@ def _merge(paths: list[Path], output: Path, expected_sequence_ids: Collection[st
                            "shards' ranks (layout='contiguous' takes them)")
         _merge_virtually(plan, output, options)
     elif order == "index":
-        _merge_in_index_order(paths, output, list(expected.ids() if isinstance(expected, IdLookup) else expected or ()),
-                              options)
+        given = expected.ids() if isinstance(expected, IdLookup) else expected if expected is not None else ()
+        _merge_in_index_order(paths, output, list(given), options)  # (a numpy array of IDs has no truth value)
     else:
         _merge_while_checking(paths, output, expected, options)
 

@@ -468,7 +468,7 @@ def read_id_rows(handle: h5py.File, path: str | os.PathLike[str], rows: np.ndarr
     with ``text``."""
     dset = _ids_dataset(handle, path)
     try:
-        return read_rows(dset.asstr() if text else dset, rows)
+        return read_rows(dset.asstr("utf-8") if text else dset, rows)  # (UTF-8: fixed-length IDs too)
     except (OSError, ValueError, TypeError, UnicodeDecodeError) as err:
         raise UnreadableShardError(path, f"cannot read '{SEQUENCE_IDS}' ({first_line(err)})") from err
 

@@ -87,7 +87,7 @@ def read_range(path: str | os.PathLike[str], form: str, start: int, end: int, *,
             region = read_head(raw, name, last - first) if first < last else b""
             try:
                 found.ids = [i for text, _ in whole_lines(text_blocks(name, [region], first))
-                             for i in line_ids(text, form)]
+                             for i in line_ids(text, form, name)]
             except ExpectedIdsError as err:
                 raise noted(err, why) from err
             return found

@@ -23,7 +23,7 @@ from ..outputs import atomic_output
 
 __all__ = ["TEXT", "FASTA", "JSON", "BLOCK", "GZIP_MAGIC", "LINE_BREAK", "NOT_AN_INDEX", "READ_AS",
            "open_expected", "read_head", "read_blocks", "raw_blocks", "text_blocks", "whole_lines", "line_start",
-           "char_start", "form_by_name", "form_by_content", "line_ids", "checked_records", "record_ids", "not_text",
+           "char_start", "form_by_name", "form_by_content", "line_ids", "checked_records", "record_ids", "not_text", "holds_nul",
            "write_id_list"]
 
 TEXT, FASTA, JSON = "text", "fasta", "json"
@@ -226,13 +226,39 @@ def form_by_content(first_line: str) -> tuple[str, str]:
     return TEXT, f"read as {READ_AS[TEXT]}"
 
 
-def line_ids(text: str, form: str) -> list[str]:
+def line_ids(text: str, form: str, name: object) -> list[str]:
     """The IDs of the lines of a piece of text: a text file's non-blank lines that are not
-    ``#`` comments (stripped), a FASTA file's first word after each ``>`` that starts a line."""
+    ``#`` comments (stripped), a FASTA file's first word after each ``>`` that starts a line
+    (one holding a NUL character is an error: :func:`holds_nul`)."""
     lines = (text if "\r" not in text else text.replace("\r\n", "\n").replace("\r", "\n")).split("\n")
     if form == TEXT:
-        return [s for s in map(str.strip, lines) if s and s[0] != "#"]
-    return [words[0] for words in (line[1:].split(maxsplit=1) for line in lines if line[:1] == ">") if words]
+        ids = [s for s in map(str.strip, lines) if s and s[0] != "#"]
+    else:
+        ids = [words[0] for words in (line[1:].split(maxsplit=1) for line in lines if line[:1] == ">") if words]
+    if "\x00" in text:
+        _refuse_nul(ids, name)
+    return ids
+
+
+def holds_nul(ids: Iterable[str]) -> str | None:
+    """The first ID holding a NUL character, which no merged file can store (an HDF5 string
+    ends at its first NUL), or None.
+
+    >>> holds_nul(["seq1", "seq\\x002"]), holds_nul(["seq1"])
+    ('seq\\x002', None)
+    """
+    each = iter(ids)
+    while block := list(itertools.islice(each, 2**16)):
+        if "\x00" in "".join(block):
+            return next(i for i in block if "\x00" in i)
+    return None
+
+
+def _refuse_nul(ids: Iterable[str], name: object) -> None:
+    bad = holds_nul(ids)
+    if bad is not None:
+        msg = f"{name}: sequence ID {shown_id(bad)} holds a NUL character, which no merged file can store"
+        raise ExpectedIdsError(msg)
 
 
 def checked_records(records: list[Any], name: object) -> list[dict[str, Any]]:
@@ -254,6 +280,7 @@ def record_ids(records: list[Any], name: object) -> list[str]:
     if bad is not None:
         msg = f"{name}: sequence ID {shown_id(bad)} is not Unicode text (a \\u escape of half a surrogate pair)"
         raise ExpectedIdsError(msg)
+    _refuse_nul(ids, name)
     return ids
 
 

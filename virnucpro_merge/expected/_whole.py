@@ -95,7 +95,7 @@ def _blocks(path: Path, name: object, *, index_only: bool, require_ids: bool = F
                     yield records, [record["sequence_id"] for record in records]
             elif form is not None:
                 for text, _ in whole_lines(pieces):
-                    ids = line_ids(text, form)
+                    ids = line_ids(text, form, name)
                     found = found or bool(ids)
                     yield None, ids
         except ExpectedIdsError as err:

@@ -217,7 +217,7 @@ def read_expected_lookup(path: str | os.PathLike[str], *, shown_as: object = Non
     UTF-8 bytes, hashes and order, about 26 bytes an ID of 10 characters, never a Python str
     each), read by as many processes as this one may use (``iter_encoded_id_blocks``). A
     file that holds no ID is an :class:`~virnucpro_merge.ExpectedIdsError`, as with
-    :func:`read_expected_ids`.
+    :func:`~virnucpro_merge.read_expected_ids`.
 
     >>> from pathlib import Path
     >>> _ = Path("ids.txt").write_text("seq1\\nseq2\\nseq1\\n")

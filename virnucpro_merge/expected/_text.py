@@ -23,8 +23,8 @@ from ..outputs import atomic_output
 
 __all__ = ["TEXT", "FASTA", "JSON", "BLOCK", "GZIP_MAGIC", "LINE_BREAK", "NOT_AN_INDEX", "READ_AS",
            "open_expected", "read_head", "read_blocks", "raw_blocks", "text_blocks", "whole_lines", "line_start",
-           "char_start", "form_by_name", "form_by_content", "line_ids", "checked_records", "record_ids", "not_text", "holds_nul",
-           "write_id_list"]
+           "char_start", "form_by_name", "form_by_content", "line_ids", "checked_records", "record_ids", "not_text",
+           "holds_nul", "write_id_list"]
 
 TEXT, FASTA, JSON = "text", "fasta", "json"
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from ._files import fingerprint
 from .errors import ShardError, UnreadableShardError
+from .ids import utf8_ids
 from .sources import source_problems
 
 __all__ = [
@@ -493,7 +494,7 @@ def iter_id_byte_chunks(
     for number, block in enumerate(iter_id_blocks(handle, path, chunk)):
         raw = block.tolist()
         if raw and isinstance(raw[0], str):  # (not as h5py reads a shard; as a test may hand it)
-            raw = [i.encode("utf-8", "surrogateescape") for i in raw]
+            raw = utf8_ids(raw)
         try:
             b"\x00".join(raw).decode("utf-8")  # one C-level pass checks them all
         except UnicodeDecodeError as err:

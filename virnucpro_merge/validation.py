@@ -110,8 +110,8 @@ class IdIndex:
                   name: Path | None = None) -> None:
         """Take in the IDs of the shard file ``path`` (called ``name`` in messages: a
         salvaged rank's checkpoints), all or nothing (a read that fails adds none). Each
-        chunk holds IDs as their UTF-8 bytes (as :func:`~virnucpro_merge.shards.iter_id_blocks`
-        reads them) or as str."""
+        chunk holds IDs as their UTF-8 bytes (as ``shards.iter_id_byte_chunks`` reads them)
+        or as str."""
         hashes: list[np.ndarray] = []
         found: list[np.ndarray] = []
         extra: list[str] = []
@@ -150,11 +150,15 @@ class IdIndex:
         """Every ID's hash, in row order of the accepted shards (one after another): kept
         without expected IDs, or with ``keep_hashes``."""
         assert self._keep_all, "IdIndex(expected, keep_hashes=True) keeps every ID's hash"
+        return self._joined_hashes()
+
+    def _joined_hashes(self) -> np.ndarray:
+        """The hashes kept, shard after shard, in a new array."""
         return np.concatenate(self._hashes or [np.empty(0, np.int64)])
 
     def _sorted_hashes(self) -> np.ndarray:
         if self._sorted is None:
-            self._sorted = np.concatenate(self._hashes or [np.empty(0, np.int64)])  # a new array: sorted in place
+            self._sorted = self._joined_hashes()  # (a new array: sorted in place)
             self._sorted.sort()
         return self._sorted
 

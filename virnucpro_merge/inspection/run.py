@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
@@ -43,7 +43,7 @@ from ..checks import expected_in_memory
 from ..errors import CheckpointError, MergeError, ShardError
 from ..expected import read_expected_lookup
 from ..health import HealthFlag, RankHealth, judge, read_health, report_healths
-from ..ids import LOOKUP_BLOCK, MAX_WIDTH, IdLookup, as_bytes, encode_and_hash_ids, repeated_hashes
+from ..ids import IdLookup, as_bytes, repeated_hashes
 from ..manifest import MANIFEST_NAME, Progress, log_path, read_log_tail, read_manifest, stop_line
 from ..plan import shard_paths
 from ..ranks import (
@@ -345,7 +345,7 @@ class RunInspection:
             msg = f"{path}: its shards are not named shard_<rank>.h5 (a merge of merges?): give world_size"
             raise MergeError(msg)
         ids, expected_from = _expected_ids(expected, [Path(s["path"]) for s in report["shards"]])
-        lookup = ids if isinstance(ids, IdLookup) else IdLookup(ids if ids is not None else ())
+        lookup = _lookup_of(ids)
         present = np.zeros(lookup.n, dtype=bool)  # (what the file holds: its report may not have checked these)
         with open_shard(path) as handle:
             for raw in iter_id_byte_chunks(handle, path):
@@ -553,13 +553,16 @@ def _expected_ids(expected: object, paths: Sequence[Path]) -> tuple[IdLookup | _
 
 @dataclass
 class _Given:
-    """The caller's list of expected IDs, handed to the lookup a block at a time."""
+    """The caller's list of expected IDs (kept: they are the inspection's ``sequence_ids``)."""
 
     ids: Sequence[str]
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for start in range(0, len(self.ids), LOOKUP_BLOCK):
-            yield encode_and_hash_ids(self.ids[start : start + LOOKUP_BLOCK], max_width=MAX_WIDTH)
+
+def _lookup_of(ids: IdLookup | _Given | None) -> IdLookup:
+    """The lookup of the expected IDs :func:`_expected_ids` gave (an empty one for none)."""
+    if isinstance(ids, IdLookup):
+        return ids
+    return IdLookup.from_ids(ids.ids if ids is not None else ())
 
 
 def inspect_run(
@@ -641,7 +644,7 @@ def inspect_run(
         raise MergeError(msg)
     paths = _shard_list(run, world_size)
     ids, expected_from = _expected_ids(expected, paths)
-    lookup = ids if isinstance(ids, IdLookup) else IdLookup(ids if ids is not None else ())
+    lookup = _lookup_of(ids)
     present = np.zeros(lookup.n, dtype=bool)
     scans = _scans(paths, lookup, present, progress=progress)
     for rank in _repeated_extras(paths, scans):

@@ -281,3 +281,15 @@ def test_a_rank_naming_two_model_dtypes_is_flagged_for_the_unusual_one():
     assert [str(f) for f in judge(ranks)] == [
         "rank 2: its checkpoints say its model ran in torch.bfloat16, 5 other ranks' in torch.float16: "
         "check its precision"]
+
+
+def test_a_model_dtype_from_someone_elses_checkpoint_is_shown_cut_and_quoted():
+    healthy = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
+    base = tally_rows(healthy, dtype="float32")
+    ranks = [(r, RankHealth(**{**base.__dict__, "model_dtypes": ("torch.float16",)})) for r in range(5)]
+    odd = "<b>\n" + "x" * 5000
+    ranks.append((5, RankHealth(**{**base.__dict__, "model_dtypes": (odd,)})))
+    [flag] = judge(ranks)
+    assert "\n" not in flag.words
+    assert len(flag.words) < 300
+    assert flag.words.startswith("rank 5: its checkpoints say its model ran in '<b>\\nxxx")

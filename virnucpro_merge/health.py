@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import shown_id
+
 __all__ = ["FP16_MAX", "QUANTILES", "MADS", "SAMPLE", "ALL_ROWS", "RankHealth", "RankTally", "HealthFlag", "judge",
            "tally_rows", "report_flags", "report_healths", "read_health"]
 
@@ -292,10 +294,10 @@ def judge(ranks: Sequence[tuple[int, RankHealth]], ids_of: Callable[[int, int], 
                                     f"another row under a different ID{example}: a packing bug?"))
         if odd := dtypes.unusual((health.dtype,) if health.dtype else ()):
             flags.append(HealthFlag(rank, "dtype", f"rank {rank}: its shard holds {odd}, "
-                                    f"{dtypes.others(())} other ranks' {dtypes.usual}: check its precision"))
+                                    f"{dtypes.others(())} other ranks' {dtypes.shown}: check its precision"))
         if odd := models.unusual(health.model_dtypes):
             flags.append(HealthFlag(rank, "dtype", f"rank {rank}: its checkpoints say its model ran in {odd}, "
-                                    f"{models.others(health.model_dtypes)} other ranks' in {models.usual}: "
+                                    f"{models.others(health.model_dtypes)} other ranks' in {models.shown}: "
                                     "check its precision"))
     return flags
 
@@ -312,8 +314,14 @@ class _Usual:
             self.usual, self.count = self.counts.most_common(1)[0]
 
     def unusual(self, names: Sequence[str]) -> str:
-        """Those of ``names`` fewer ranks name than the usual one, joined (empty: none)."""
-        return " and ".join(sorted(n for n in set(names) if self.counts[n] < self.count))
+        """Those of ``names`` fewer ranks name than the usual one, as a message shows them
+        (a checkpoint's text, cut and quoted where odd), joined (empty: none)."""
+        return " and ".join(shown_id(n) for n in sorted(n for n in set(names) if self.counts[n] < self.count))
+
+    @property
+    def shown(self) -> str:
+        """The usual dtype, as a message shows it."""
+        return shown_id(self.usual or "")
 
     def others(self, names: Sequence[str]) -> str:
         """How many ranks but the one naming ``names`` name the usual dtype, in words."""

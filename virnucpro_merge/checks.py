@@ -16,7 +16,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from .errors import MergeError, shown_id
-from .expected import holds_nul, not_text, read_expected_lookup
+from .expected import read_expected_lookup, unstorable_id
 from .ids import IdLookup
 from .plan import MergePlan, check_ids, draft_plan, plan_from_scan, shard_paths
 from .ranks import checkpoints_of
@@ -25,6 +25,14 @@ from .shards import iter_id_byte_chunks, open_shard
 from .validation import IdIndex
 
 __all__ = ["plan_merge", "validate_shard_completeness", "expected_in_memory"]
+
+
+#: Why an expected ID given in Python cannot be stored, in words (by the kind ``expected.unstorable_id`` names).
+_UNSTORABLE = {
+    "type": lambda wrong: f"expected IDs must be str, not {type(wrong).__name__} ({wrong!r})",
+    "surrogate": lambda bad: f"expected ID {shown_id(str(bad))} is not Unicode text (it holds half a surrogate pair)",
+    "nul": lambda bad: f"expected ID {shown_id(str(bad))} holds a NUL character, which no merged file can store",
+}
 
 
 def expected_in_memory(expected: object) -> Collection[str] | IdLookup:
@@ -49,16 +57,9 @@ def expected_in_memory(expected: object) -> Collection[str] | IdLookup:
         msg = f"expected IDs must be a collection of str, not {type(expected).__name__}"
         raise MergeError(msg)
     ids = expected if isinstance(expected, Collection) else list(expected)  # (an iterator: read once)
-    if not all(isinstance(i, str) for i in ids):
-        wrong = next(i for i in ids if not isinstance(i, str))
-        msg = f"expected IDs must be str, not {type(wrong).__name__} ({wrong!r})"
-        raise MergeError(msg)
-    if (bad := not_text(ids)) is not None:
-        msg = f"expected ID {shown_id(bad)} is not Unicode text (it holds half a surrogate pair)"
-        raise MergeError(msg)
-    if (bad := holds_nul(ids)) is not None:
-        msg = f"expected ID {shown_id(bad)} holds a NUL character, which no merged file can store"
-        raise MergeError(msg)
+    bad = unstorable_id(ids)  # (one pass: IDs by the million cost a pass each)
+    if bad is not None:
+        raise MergeError(_UNSTORABLE[bad[0]](bad[1]))
     return ids
 
 

@@ -117,22 +117,37 @@ def encode_ids(ids: Sequence[str] | np.ndarray, *, max_width: int | None = None)
     """
     if isinstance(ids, np.ndarray) and ids.dtype.kind == "S":
         return ids
+    return _encoded(ids, "\x00".join(ids), max_width)
+
+
+def _encoded(ids: Sequence[str] | np.ndarray, joined: str, max_width: int | None) -> np.ndarray:
+    """:func:`encode_ids`, given the IDs joined by NUL (a NUL that no ID holds parts them:
+    one pass over the str objects, the rest in numpy)."""
     if not len(ids):
         return np.empty(0, dtype="S1")
-    ascii_only = "".join(ids).isascii()
-    source = ids if ascii_only else [i.encode() for i in ids]  # ASCII: numpy encodes it as it copies
-    lengths = np.fromiter(map(len, source), dtype=np.intp, count=len(source))
-    widest = int(lengths.max())
-    fixed = np.fromiter(source, dtype=f"S{max(widest, 1)}", count=len(source))
-    if max_width is None:
-        return fixed
-    rows = fixed.view(np.uint8).reshape(fixed.size, fixed.itemsize)
-    ends_in_nul = (lengths > 0) & (rows[np.arange(fixed.size), np.maximum(lengths - 1, 0)] == 0)
-    if widest <= max_width and not ends_in_nul.any():
-        return fixed
-    kept = np.empty(fixed.size, dtype=object)
-    kept[:] = [i.encode() for i in ids] if ascii_only else source
-    return kept
+    raw = np.frombuffer(joined.encode(), dtype=np.uint8)
+    ends = np.flatnonzero(raw == 0)
+    if ends.size != len(ids) - 1:  # an ID holds a NUL: each is encoded by itself
+        return _encoded_one_by_one(ids, max_width)
+    ends = np.append(ends, raw.size)
+    lengths = np.diff(ends, prepend=-1) - 1
+    widest = max(int(lengths.max()), 1)
+    if max_width is not None and widest > max_width:
+        return _encoded_one_by_one(ids, max_width)
+    rows = np.zeros((len(ids), widest), dtype=np.uint8)
+    rows[np.arange(widest) < lengths[:, None]] = raw[raw != 0]  # (row by row, each ID's bytes in order)
+    return rows.view(f"S{widest}").ravel()
+
+
+def _encoded_one_by_one(ids: Sequence[str] | np.ndarray, max_width: int | None) -> np.ndarray:
+    """:func:`encode_ids` of IDs one or more of which hold a NUL or are longer than ``max_width``."""
+    source = [i.encode() for i in ids]
+    widest = max(map(len, source))
+    if max_width is not None and (widest > max_width or any(i[-1:] == b"\x00" for i in source)):
+        kept = np.empty(len(ids), dtype=object)
+        kept[:] = source
+        return kept
+    return np.fromiter(source, dtype=f"S{max(widest, 1)}", count=len(source))
 
 
 def encode_and_hash_ids(ids: Sequence[str], *, max_width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -199,12 +214,13 @@ class IdLookup:
         else:
             self.encoded = np.concatenate(blocks) if blocks else np.empty(0, "S1")
         del blocks
-        self.sorted = np.concatenate(hashes) if hashes else np.empty(0, np.int64)
+        in_order = np.concatenate(hashes) if hashes else np.empty(0, np.int64)
         del hashes
         self.position_type = np.int32 if self.n < 2**31 else np.int64  # what a shard's positions are kept as
         # (stable: quicker here than numpy's default, and an ID listed twice keeps its places in order)
-        self.order = self.sorted.argsort(kind="stable").astype(self.position_type, copy=False)
-        self.sorted.sort()  # in place: two arrays of 8 bytes an ID, not three
+        self.order = in_order.argsort(kind="stable").astype(self.position_type, copy=False)
+        self.sorted = in_order[self.order]  # (no more memory at its peak than the argsort's, and no second sort)
+        del in_order
         self.table = SortedHashes(self.sorted)
         # A hash that several expected IDs share (an ID listed twice, or a collision):
         # those IDs are looked up by their bytes instead.

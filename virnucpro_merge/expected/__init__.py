@@ -35,7 +35,7 @@ from ._ranges import (
     read_expected_lookup,
     read_range,
 )
-from ._text import FASTA, JSON, TEXT, holds_nul, not_text, write_id_list
+from ._text import FASTA, JSON, TEXT, holds_nul, not_text, unstorable_id, write_id_list
 from ._whole import (
     detect_form,
     iter_expected_id_blocks,
@@ -59,6 +59,7 @@ __all__ = [
     "RANGE_BYTES",
     "not_text",
     "holds_nul",
+    "unstorable_id",
     "iter_encoded_id_blocks",
     "read_expected_lookup",
     "expected_ranges",

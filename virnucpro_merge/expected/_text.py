@@ -15,7 +15,7 @@ import re
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from .._files import open_input
 from ..errors import ExpectedIdsError, shown_id
@@ -24,13 +24,14 @@ from ..outputs import atomic_output
 __all__ = ["TEXT", "FASTA", "JSON", "BLOCK", "GZIP_MAGIC", "LINE_BREAK", "NOT_AN_INDEX", "READ_AS",
            "open_expected", "read_head", "read_blocks", "raw_blocks", "text_blocks", "whole_lines", "line_start",
            "char_start", "form_by_name", "form_by_content", "line_ids", "checked_records", "record_ids", "not_text",
-           "holds_nul", "write_id_list"]
+           "holds_nul", "unstorable_id", "write_id_list"]
 
 TEXT, FASTA, JSON = "text", "fasta", "json"
 
 BLOCK = 4 * 2**20  # bytes read at a time
 GZIP_MAGIC = b"\x1f\x8b"
 _BOM = "\ufeff"
+_ID_BLOCK = 2**16  # IDs checked at a time
 LINE_BREAK = re.compile(r"\r\n|\r|\n")
 NOT_AN_INDEX = 'not a sequence index: expected {"sequences": [{"sequence_id": ...}, ...]}'
 
@@ -247,11 +248,39 @@ def holds_nul(ids: Iterable[str]) -> str | None:
     >>> holds_nul(["seq1", "seq\\x002"]), holds_nul(["seq1"])
     ('seq\\x002', None)
     """
-    each = iter(ids)
-    while block := list(itertools.islice(each, 2**16)):
-        if "\x00" in "".join(block):
+    for block, joined in _joined_blocks(ids):
+        if "\x00" in joined:
             return next(i for i in block if "\x00" in i)
     return None
+
+
+def unstorable_id(ids: Iterable[object]) -> tuple[str, object] | None:
+    """The first ID a merged file cannot store, and why, in one pass over the IDs: ``"type"``
+    (not a str), ``"surrogate"`` (no UTF-8 form: :func:`not_text`) or ``"nul"``
+    (:func:`holds_nul`); None when every one is stored as it is.
+
+    >>> unstorable_id(["seq1", "séq2"]), unstorable_id(["seq1", 2]), unstorable_id(["s", "x\\ud83d"])
+    (None, ('type', 2), ('surrogate', 'x\\ud83d'))
+    """
+    each = iter(ids)
+    while block := list(itertools.islice(each, _ID_BLOCK)):
+        try:
+            joined = "".join(block)  # type: ignore[arg-type]  # (a TypeError names an ID that is not str)
+        except TypeError:
+            return "type", next(i for i in block if not isinstance(i, str))
+        texts = cast("list[str]", block)
+        if not joined.isascii() and not _encodable(joined):
+            return "surrogate", next(i for i in texts if not _encodable(i))
+        if "\x00" in joined:
+            return "nul", next(i for i in texts if "\x00" in i)
+    return None
+
+
+def _joined_blocks(ids: Iterable[str]) -> Iterator[tuple[list[str], str]]:
+    """IDs a block at a time, each with its IDs joined (one C pass answers a question of a block)."""
+    each = iter(ids)
+    while block := list(itertools.islice(each, _ID_BLOCK)):
+        yield block, "".join(block)
 
 
 def _refuse_nul(ids: Iterable[str], name: object) -> None:
@@ -276,11 +305,12 @@ def record_ids(records: list[Any], name: object) -> list[str]:
     if ids is None or not set(map(type, ids)) <= {str} or not set(map(type, records)) <= {dict}:
         msg = f"{name}: {NOT_AN_INDEX}"
         raise ExpectedIdsError(msg)
-    bad = not_text(ids)  # (in a file, only a \u escape can make one)
-    if bad is not None:
-        msg = f"{name}: sequence ID {shown_id(bad)} is not Unicode text (a \\u escape of half a surrogate pair)"
+    bad = unstorable_id(ids)
+    if bad is not None and bad[0] == "surrogate":  # (in a file, only a \u escape can make one)
+        msg = f"{name}: sequence ID {shown_id(str(bad[1]))} is not Unicode text (a \\u escape of half a surrogate pair)"
         raise ExpectedIdsError(msg)
-    _refuse_nul(ids, name)
+    if bad is not None:
+        _refuse_nul([str(bad[1])], name)
     return ids
 
 
@@ -290,9 +320,7 @@ def not_text(ids: Iterable[str]) -> str | None:
     >>> not_text(["seq1", "séq2", "\\U0001f600"]) is None, not_text(["seq1", "x\\ud83d"])
     (True, 'x\\ud83d')
     """
-    each = iter(ids)
-    while block := list(itertools.islice(each, 2**16)):
-        joined = "".join(block)
+    for block, joined in _joined_blocks(ids):
         if not joined.isascii() and not _encodable(joined):
             return next(i for i in block if not _encodable(i))
     return None

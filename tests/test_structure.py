@@ -121,7 +121,8 @@ def test_no_import_cycle():
 LAYERS = {
     "ground": ["virnucpro_merge._version", "virnucpro_merge.errors", "virnucpro_merge.ids", "virnucpro_merge._files",
                "virnucpro_merge.statuses", "virnucpro_merge._processes", "virnucpro_merge.outputs"],
-    "reading": ["virnucpro_merge.shards", "virnucpro_merge.checkpoints", "virnucpro_merge.manifest",
+    "reading": ["virnucpro_merge.shards", "virnucpro_merge.readahead", "virnucpro_merge.checkpoints",
+                "virnucpro_merge.manifest",
                 "virnucpro_merge.timeline",
                 "virnucpro_merge.sources",
                 "virnucpro_merge.ranks", "virnucpro_merge.expected"],

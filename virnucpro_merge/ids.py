@@ -22,7 +22,7 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 import numpy as np
 
 __all__ = ["id_hashes", "repeated_hashes", "SortedHashes", "encode_ids", "encode_and_hash_ids", "as_bytes",
-           "utf8_ids", "IdLookup", "MAX_WIDTH", "LOOKUP_BLOCK"]
+           "utf8_ids", "HashedIds", "hashes_of", "IdLookup", "MAX_WIDTH", "LOOKUP_BLOCK"]
 
 #: Past this many bytes an ID, a lookup keeps its IDs as bytes objects instead of one fixed-width array.
 MAX_WIDTH = 1024
@@ -38,6 +38,25 @@ def id_hashes(ids: Collection[str] | Collection[bytes]) -> np.ndarray:
     """The 64-bit hash of each ID, as str or as its UTF-8 bytes (this process's, and its
     forked children's; not for sending to others)."""
     return np.fromiter(map(_id_hash, ids), dtype=np.int64, count=len(ids))
+
+
+class HashedIds(list[bytes]):
+    """A chunk of IDs as their UTF-8 bytes, with their hashes (:func:`id_hashes`), worked out
+    where the IDs were read (in a forked process: the same hashes as here).
+
+    >>> chunk = HashedIds([b"s1", b"s2"])
+    >>> chunk.hashes.tolist() == id_hashes([b"s1", b"s2"]).tolist(), list(chunk)
+    (True, [b's1', b's2'])
+    """
+
+    def __init__(self, ids: Sequence[bytes]) -> None:
+        super().__init__(ids)
+        self.hashes = id_hashes(self)
+
+
+def hashes_of(ids: Sequence[bytes]) -> np.ndarray:
+    """The hashes of a chunk of IDs (as bytes): those it carries, if :class:`HashedIds`."""
+    return ids.hashes if isinstance(ids, HashedIds) else id_hashes(ids)
 
 
 def repeated_hashes(ordered: np.ndarray) -> np.ndarray:
@@ -255,7 +274,7 @@ class IdLookup:
         """For a block of a shard's IDs (their UTF-8 bytes, as ``shards.iter_id_byte_chunks``
         yields them): the index positions of the expected ones, a mask of those that are not
         expected, and every ID's hash."""
-        hashes = id_hashes(raw)
+        hashes = hashes_of(raw)
         block = np.empty(len(raw), dtype=object)
         block[:] = raw
         expected = np.zeros(len(raw), bool)

@@ -30,6 +30,7 @@ from .ids import IdLookup
 from .outputs import refuse_overwriting, room_problem
 from .plan import MergePlan, ShardPlan, check_ids, draft_plan, failed_summary, shard_paths
 from .ranks import checkpoints_of
+from .readahead import ReadAhead, read_ahead
 from .report import build_report, read_merge_report
 from .salvage import Scratch, has_checkpoints, scratch_folder
 from .shards import first_line
@@ -297,8 +298,10 @@ def _merge_while_checking(paths: list[Path], output: Path, expected: Collection[
         _log_left_out(plan, draft)
         _write_planned(plan, output, build_report(plan, options.chunk_size), options)
         return
-    with output_file(output, draft.output_bytes, durable=options.durable) as pending:
-        step = _checking_ids(draft, expected, options, output)
+    # (the IDs' readers are forked before the copy's threads start)
+    with read_ahead(draft.id_reads()) as ahead, output_file(output, draft.output_bytes, durable=options.durable) \
+            as pending:
+        step = _checking_ids(draft, expected, options, output, ahead)
         plan, nonfinite = write_contiguous(draft, pending.path, step, chunk_size=options.chunk_size,
                                            progress=options.progress, durable=options.durable)
         if plan.same_rows_as(draft):
@@ -313,8 +316,8 @@ def _merge_while_checking(paths: list[Path], output: Path, expected: Collection[
     _log_done(output, plan)
 
 
-def _checking_ids(draft: MergePlan, expected: Collection[str] | IdLookup | None, options: _Options, output: Path
-                  ) -> IdStep:
+def _checking_ids(draft: MergePlan, expected: Collection[str] | IdLookup | None, options: _Options, output: Path,
+                  ahead: ReadAhead) -> IdStep:
     """The ID step of the plain route: check the IDs, writing them out as they are read (many
     shards' at a time: a write into the output's IDs costs about as much for 1,000 IDs as
     for 100,000)."""
@@ -329,7 +332,7 @@ def _checking_ids(draft: MergePlan, expected: Collection[str] | IdLookup | None,
                 start += len(chunk)
                 yield chunk
 
-        plan = check_ids(draft, expected, partial=options.partial, on_ids=write_ids)
+        plan = check_ids(draft, expected, partial=options.partial, on_ids=write_ids, ahead=ahead)
         batch.flush()
         return plan, build_report(plan, options.chunk_size)
 

@@ -38,8 +38,9 @@ from .errors import (
 )
 from .ids import IdLookup
 from .ranks import rank_of, rank_ranges
+from .readahead import ReadAhead, ShardIds, read_ahead
 from .salvage import Salvage, Scratch, has_checkpoints, salvage_rank, usual_dimension
-from .shards import ABSENT, ShardMeta, iter_id_byte_chunks, open_shard, read_shard_meta
+from .shards import ABSENT, ShardMeta, open_shard, read_shard_meta
 from .statuses import ShardStatus, unfinished
 from .validation import Findings, IdIndex, warn_extra
 
@@ -145,6 +146,10 @@ class MergePlan:
     def same_rows_as(self, other: MergePlan) -> bool:
         """Whether both plans put the same shards' rows in the same places."""
         return [(s.status, s.offset) for s in self.shards] == [(s.status, s.offset) for s in other.shards]
+
+    def id_reads(self) -> list[ShardIds]:
+        """What reading the usable shards' IDs takes, in order (:func:`check_ids` reads them)."""
+        return [ShardIds(s.source, s.origin, s.num_sequences) for s in self.shards if s.usable]
 
 
 def shard_paths(shard_files: object, *, allow_empty: bool = False) -> list[Path]:
@@ -406,23 +411,31 @@ def check_ids(
     keep_ids: bool = False,
     on_ids: IdsHook | None = None,
     progress: bool = False,
+    ahead: ReadAhead | None = None,
 ) -> MergePlan:
     """Read and check the IDs of the shards of ``draft`` in this process; return the final plan.
 
     A shard whose IDs cannot be read is failed (with ``partial``), which moves the
     rows of the shards after it: compare with :meth:`MergePlan.same_rows_as`.
     ``keep_ids`` keeps the IDs' hashes in the plan (``plan.ids``, 8 bytes an ID,
-    for writing in index order); otherwise they are let go.
+    for writing in index order); otherwise they are let go. The IDs are read ahead
+    (:mod:`virnucpro_merge.readahead`): by ``ahead``, made of :meth:`MergePlan.id_reads`
+    before the caller started threads, or else by one made here.
     """
+    if ahead is None:
+        with read_ahead(draft.id_reads()) as ahead:
+            return check_ids(draft, expected, partial=partial, keep_ids=keep_ids, on_ids=on_ids, progress=progress,
+                             ahead=ahead)
     index = IdIndex(expected, keep_hashes=keep_ids)
     shards: list[ShardPlan] = []
+    usable = 0  # (the usable shards' IDs are read ahead, in their order)
     for shard in tqdm(draft.shards, unit="shard", desc="Checking the IDs", disable=not progress):
         if shard.usable:
+            usable += 1
             try:
                 refuse_changed(shard)
-                with open_shard(shard.source) as handle:
-                    chunks = iter_id_byte_chunks(handle, shard.origin)
-                    index.add_shard(shard.source, chunks if on_ids is None else on_ids(shard, chunks), shard.origin)
+                chunks = ahead.chunks(usable - 1)
+                index.add_shard(shard.source, chunks if on_ids is None else on_ids(shard, chunks), shard.origin)
             except UnreadableShardError as err:
                 shard = _failed(err, partial=partial)
         logger.debug("Planned %s: %s, %d sequences", shard.path, shard.status, shard.num_sequences)

@@ -389,16 +389,19 @@ def _summary_problem(summary: object) -> str | None:
     return None
 
 
-def iter_id_blocks(handle: h5py.File, path: str | os.PathLike[str], chunk: int = ID_CHUNK) -> Iterator[np.ndarray]:
-    """Yield a shard's sequence IDs as stored, ``chunk`` at a time: UTF-8 bytes, in an
-    object array (variable-length strings) or a bytes array (fixed-length ones).
+def iter_id_blocks(handle: h5py.File, path: str | os.PathLike[str], chunk: int = ID_CHUNK, *,
+                   start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+    """Yield a shard's sequence IDs as stored (those of rows ``start`` to ``stop``, by
+    default all), ``chunk`` at a time: UTF-8 bytes, in an object array (variable-length
+    strings) or a bytes array (fixed-length ones).
 
     Such a block can be written as it is into a variable-length string dataset.
     """
     dset = _ids_dataset(handle, path)
-    for first in range(0, dset.shape[0], chunk):
+    end = dset.shape[0] if stop is None else min(stop, dset.shape[0])
+    for first in range(start, end, chunk):
         try:
-            block = dset[first : first + chunk]
+            block = dset[first : min(first + chunk, end)]
         except OSError as err:
             raise UnreadableShardError(path, f"cannot read 'sequence_ids' ({first_line(err)})") from err
         if block.dtype.kind == "S":  # (a variable-length string ends at its first NUL: only these can hold one)
@@ -487,18 +490,19 @@ def iter_id_chunks(
 
 
 def iter_id_byte_chunks(
-    handle: h5py.File, path: str | os.PathLike[str], chunk: int = ID_CHUNK
+    handle: h5py.File, path: str | os.PathLike[str], chunk: int = ID_CHUNK, *, start: int = 0, stop: int | None = None
 ) -> Iterator[list[bytes]]:
-    """Yield a shard's sequence IDs as lists of their UTF-8 bytes, ``chunk`` at a time, checked
-    to be UTF-8 without making a str of each (what the ID checks hash and a merge writes)."""
-    for number, block in enumerate(iter_id_blocks(handle, path, chunk)):
+    """Yield a shard's sequence IDs (of rows ``start`` to ``stop``, by default all) as lists
+    of their UTF-8 bytes, ``chunk`` at a time, checked to be UTF-8 without making a str of
+    each (what the ID checks hash and a merge writes)."""
+    for number, block in enumerate(iter_id_blocks(handle, path, chunk, start=start, stop=stop)):
         raw = block.tolist()
         if raw and isinstance(raw[0], str):  # (not as h5py reads a shard; as a test may hand it)
             raw = utf8_ids(raw)
         try:
             b"\x00".join(raw).decode("utf-8")  # one C-level pass checks them all
         except UnicodeDecodeError as err:
-            raise _not_utf8(path, number * chunk) from err
+            raise _not_utf8(path, start + number * chunk) from err
         yield raw
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .ids import IdLookup, id_hashes, repeated_hashes, utf8_ids
+from .ids import HashedIds, IdLookup, hashes_of, repeated_hashes, utf8_ids
 from .shards import iter_id_chunks, open_shard
 
 __all__ = ["Findings", "IdIndex", "normalisation_twins", "warn_extra"]
@@ -116,10 +116,11 @@ class IdIndex:
         found: list[np.ndarray] = []
         extra: list[str] = []
         for chunk in chunks:
-            items: list[Any] = chunk.tolist() if isinstance(chunk, np.ndarray) else list(chunk)
+            items: list[Any] = chunk if isinstance(chunk, HashedIds) else \
+                chunk.tolist() if isinstance(chunk, np.ndarray) else list(chunk)
             raw: list[bytes] = utf8_ids(items) if items and isinstance(items[0], str) else items
             if self.lookup is None:
-                hashes.append(id_hashes(raw))
+                hashes.append(hashes_of(raw))
                 continue
             at, unexpected, chunk_hashes = self.lookup.positions(raw)
             hashes.append(chunk_hashes if self._keep_all else chunk_hashes[unexpected])

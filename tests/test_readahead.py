@@ -1,0 +1,148 @@
+"""Shards' IDs read ahead in forked processes: the same IDs, hashes and errors as read here,
+in order, whatever the pieces; and a merge that reads ahead writes what one that does not writes."""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from virnucpro_merge import aggregate_shards, read_merge_report
+from virnucpro_merge import readahead as readahead_module
+from virnucpro_merge._processes import pool
+from virnucpro_merge.errors import DuplicateIdError, ShardError
+from virnucpro_merge.ids import id_hashes
+from virnucpro_merge.readahead import ReadAhead, ShardIds
+from virnucpro_merge.shards import iter_id_byte_chunks, open_shard
+from virnucpro_merge.synthetic import make_demo_run, write_shard
+
+
+def _shards(tmp_path, sizes):
+    shards, start = [], 0
+    for number, rows in enumerate(sizes):
+        ids = [f"s{start + i}" for i in range(rows)]
+        shards.append(write_shard(tmp_path / f"shard_{number}.h5", ids, np.ones((rows, 2), np.float32)))
+        start += rows
+    return [ShardIds(path, path, rows) for path, rows in zip(shards, sizes, strict=True)]
+
+
+def _read_here(shard):
+    with open_shard(shard.source) as handle:
+        return [i for chunk in iter_id_byte_chunks(handle, shard.name) for i in chunk]
+
+
+@pytest.fixture(params=["forked", "here"])
+def executor(request):
+    with pool(2 if request.param == "forked" else 1) as found:
+        yield found
+
+
+@pytest.mark.parametrize("piece_rows", [3, 7, 65536])
+def test_the_ids_read_ahead_are_those_read_here(tmp_path, monkeypatch, executor, piece_rows):
+    monkeypatch.setattr(readahead_module, "PIECE_ROWS", piece_rows)
+    shards = _shards(tmp_path, [10, 0, 1, 7, 25])
+    ahead = ReadAhead(shards, executor, in_flight=3)
+    for number, shard in enumerate(shards):
+        chunks = list(ahead.chunks(number))
+        assert [i for chunk in chunks for i in chunk] == _read_here(shard)
+        for chunk in chunks:  # (hashed where read: a forked process hashes as this one does)
+            assert chunk.hashes.tolist() == id_hashes(list(chunk)).tolist()
+
+
+def test_a_shard_given_up_on_is_skipped(tmp_path, monkeypatch, executor):
+    monkeypatch.setattr(readahead_module, "PIECE_ROWS", 4)
+    shards = _shards(tmp_path, [12, 5, 9])
+    ahead = ReadAhead(shards, executor)
+    next(ahead.chunks(0))  # the first of three pieces only
+    assert [i for chunk in ahead.chunks(2) for i in chunk] == _read_here(shards[2])  # (shard 1 not asked for)
+
+
+def _not_utf8_at(path, row, rows):
+    ids = np.array([f"s{i}".encode() for i in range(rows)], dtype=object)
+    ids[row] = b"\xff\xfe"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("embeddings", data=np.ones((rows, 2), np.float32))
+        f.create_dataset("sequence_ids", data=ids, dtype=h5py.string_dtype())
+    return ShardIds(path, path, rows)
+
+
+def test_an_error_comes_after_the_chunks_before_it_and_names_its_row(tmp_path, monkeypatch, executor):
+    monkeypatch.setattr(readahead_module, "PIECE_ROWS", 4)
+    bad = _not_utf8_at(tmp_path / "bad.h5", 9, 12)
+    good = _shards(tmp_path, [3])[0]
+    ahead = ReadAhead([bad, good], executor)
+    chunks = ahead.chunks(0)
+    assert [i for _ in range(2) for i in next(chunks)] == [f"s{i}".encode() for i in range(8)]  # the pieces before
+    with pytest.raises(ShardError, match=r"bad\.h5: a sequence ID near row 8 is not valid UTF-8"):
+        next(chunks)
+    assert [i for chunk in ahead.chunks(1) for i in chunk] == _read_here(good)
+
+
+def test_a_missing_shard_is_its_own_error(tmp_path, executor):
+    shards = _shards(tmp_path, [3, 3])
+    os.unlink(shards[0].source)
+    ahead = ReadAhead(shards, executor)
+    with pytest.raises(ShardError, match="file does not exist"):
+        list(ahead.chunks(0))
+    assert [i for chunk in ahead.chunks(1) for i in chunk] == _read_here(shards[1])
+
+
+_PARENT = os.getpid()
+
+
+def _dies_in_a_worker(pieces):
+    if os.getpid() != _PARENT:
+        os._exit(1)  # (as the OOM killer would end it)
+    return _READ(pieces)
+
+
+_READ = readahead_module._read
+
+
+def test_a_process_that_dies_leaves_the_reading_here(tmp_path, monkeypatch):
+    monkeypatch.setattr(readahead_module, "_read", _dies_in_a_worker)
+    monkeypatch.setattr(readahead_module, "PIECE_ROWS", 4)
+    shards = _shards(tmp_path, [9, 6])
+    with pool(2) as executor:
+        assert executor is not None
+        ahead = ReadAhead(shards, executor, in_flight=2)
+        assert [[i for chunk in ahead.chunks(n) for i in chunk] for n in range(2)] == [_read_here(s) for s in shards]
+
+
+def _merged(run, out, expected, **options):
+    try:
+        path = aggregate_shards(run.shard_files, out, expected, **options)
+    except DuplicateIdError as err:
+        return str(err)
+    report = read_merge_report(path)
+    with h5py.File(path) as f:
+        ids = f["sequence_ids"][:].tolist()
+        rows = f["embeddings"][:]
+    return ({k: report[k] for k in ("total_sequences", "failed_shards", "missing_ids", "num_extra", "shards")},
+            ids, rows.tobytes())
+
+
+@pytest.mark.parametrize("case", ["complete", "partial", "duplicate"])
+def test_a_merge_reading_ahead_writes_what_one_reading_here_writes(tmp_path, monkeypatch, case):
+    run = make_demo_run(tmp_path / "run", n_sequences=300, world_size=6, dim=4, absent=(), short={},
+                        truncated=(2,) if case != "complete" else (), empty=(4,) if case == "partial" else (),
+                        duplicated=(1,) if case == "duplicate" else ())
+    options = {"partial": case != "complete", "checkpoints": False}
+    monkeypatch.setattr(readahead_module, "FROM_ROWS", 2**62)  # read here
+    here = _merged(run, tmp_path / "here.h5", run.index, **options)
+    monkeypatch.setattr(readahead_module, "FROM_ROWS", 0)
+    monkeypatch.setattr(readahead_module, "PIECE_ROWS", 16)  # many pieces, some tasks of several shards
+    calls = []
+    monkeypatch.setattr(readahead_module, "pool", _counting(readahead_module.pool, calls))
+    ahead = _merged(run, tmp_path / "ahead.h5", run.index, **options)
+    assert ahead == here
+    assert calls == [2]  # (the forked processes were used)
+
+
+def _counting(real, calls):
+    def counted(workers, **kwargs):
+        calls.append(workers)
+        return real(workers, **kwargs)
+    return counted

@@ -1,0 +1,152 @@
+"""Shards' IDs read ahead, in forked processes, while this one checks them.
+
+Reading a shard's IDs with h5py costs about a millisecond a shard, and holds the GIL
+while it runs: at 1,024 shards, seconds on the thread that checks the IDs, seconds the
+merge's copy and scan threads wait for the GIL. A :class:`ReadAhead` hands the reading,
+the UTF-8 check and the hashing to forked processes, a few pieces ahead of the shard
+being checked, and gives each shard's IDs back here in order, as they would have been
+read here: the same chunks (:class:`~virnucpro_merge.ids.HashedIds`, their hashes
+worked out), the same errors, raised when that shard's IDs are asked for.
+
+Its processes are forked when it is made (:func:`read_ahead`): make it before starting
+threads (a fork copies a lock another thread holds, held). With few IDs, one core, or no
+fork to be had, the IDs are read here, as they are asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._processes import pool, usable_cpus
+from .errors import ShardError
+from .ids import HashedIds
+from .shards import ID_CHUNK, iter_id_byte_chunks, open_shard
+
+__all__ = ["ReadAhead", "read_ahead", "ShardIds", "FROM_ROWS", "PIECE_ROWS"]
+
+logger = logging.getLogger("virnucpro_merge")
+
+#: IDs a task reads at most (small shards share one; a large one is read in pieces).
+PIECE_ROWS = ID_CHUNK
+#: The fewest IDs read ahead (below that, forking costs more than it saves).
+FROM_ROWS = 2**17
+_IN_FLIGHT = 4  # tasks handed out per process
+
+
+@dataclass(frozen=True)
+class ShardIds:
+    """A shard's IDs to read: the file read (``source``), the name its errors give
+    (``name``), and its rows (``rows``: from the shard's metadata)."""
+
+    source: Path
+    name: Path
+    rows: int
+
+
+@dataclass(frozen=True)
+class _Piece:
+    number: int  # the shard's, in the order given
+    shard: ShardIds
+    start: int
+    stop: int
+
+
+_Read = list[HashedIds] | ShardError
+
+
+def _read(pieces: Sequence[_Piece]) -> list[_Read]:
+    """Each piece's ID chunks, or the error reading it gave (in a worker, or here)."""
+    found: list[_Read] = []
+    for piece in pieces:
+        try:
+            with open_shard(piece.shard.source) as handle:
+                found.append([HashedIds(chunk) for chunk in iter_id_byte_chunks(
+                    handle, piece.shard.name, start=piece.start, stop=piece.stop)])
+        except ShardError as err:
+            found.append(err)
+    return found
+
+
+def _tasks(shards: Sequence[ShardIds]) -> list[list[_Piece]]:
+    """The shards' rows in pieces of at most :data:`PIECE_ROWS`, in tasks of about as many
+    (a shard of no rows has one piece: its file is still opened and checked)."""
+    tasks: list[list[_Piece]] = [[]]
+    rows = 0
+    for number, shard in enumerate(shards):
+        for start in range(0, max(shard.rows, 1), PIECE_ROWS):
+            piece = _Piece(number, shard, start, start + PIECE_ROWS if start + PIECE_ROWS < shard.rows else 2**62)
+            if rows >= PIECE_ROWS:
+                tasks.append([])
+                rows = 0
+            tasks[-1].append(piece)
+            rows += max(min(shard.rows - start, PIECE_ROWS), 1)
+    return [t for t in tasks if t]
+
+
+class ReadAhead:
+    """The IDs of shards, read ahead by ``executor``'s processes (or here, where None).
+
+    Ask for them in the order given: :meth:`chunks` of the shard numbered ``n`` (its place
+    in that order) skips what is left of the shards before it.
+    """
+
+    def __init__(self, shards: Sequence[ShardIds], executor: ProcessPoolExecutor | None, in_flight: int = 1) -> None:
+        self._tasks = iter(_tasks(shards))
+        self._executor = executor
+        self._pending: deque[tuple[list[_Piece], Future[list[_Read]] | None]] = deque()
+        self._ready: deque[tuple[_Piece, _Read]] = deque()
+        for _ in range(in_flight):  # (the first tasks handed out now: the processes fork here)
+            self._hand_out()
+
+    def _hand_out(self) -> None:
+        task = next(self._tasks, None)
+        if task is not None:
+            future = self._executor.submit(_read, task) if self._executor is not None else None
+            self._pending.append((task, future))
+
+    def _next(self) -> tuple[_Piece, _Read] | None:
+        if not self._ready:
+            if not self._pending:
+                return None
+            task, future = self._pending.popleft()
+            self._hand_out()
+            self._ready.extend(zip(task, self._result(task, future), strict=True))
+        return self._ready[0]
+
+    def _result(self, task: list[_Piece], future: Future[list[_Read]] | None) -> list[_Read]:
+        if future is None:
+            return _read(task)
+        try:
+            return future.result()
+        except BrokenProcessPool:  # (a worker killed, by the OOM killer say): read here from now on
+            logger.debug("A process reading IDs ahead died: reading them here")
+            self._executor = None
+            self._pending = deque((t, None) for t, _ in self._pending)
+            return _read(task)
+
+    def chunks(self, number: int) -> Iterator[HashedIds]:
+        """The ID chunks of the shard numbered ``number``, in row order; its error, if reading
+        it gave one (raised when it comes, after the chunks before it)."""
+        while (head := self._next()) is not None and head[0].number <= number:
+            piece, read = self._ready.popleft()
+            if piece.number < number:
+                continue  # (what is left of a shard given up on)
+            if isinstance(read, ShardError):
+                raise read
+            yield from read
+
+
+@contextmanager
+def read_ahead(shards: Sequence[ShardIds]) -> Iterator[ReadAhead]:
+    """A :class:`ReadAhead` of ``shards``, with forked processes where they pay: two, when
+    there are two cores or more and :data:`FROM_ROWS` IDs or more."""
+    workers = 2 if usable_cpus() >= 2 and sum(s.rows for s in shards) >= FROM_ROWS else 1
+    with pool(workers) as executor:
+        yield ReadAhead(shards, executor, _IN_FLIGHT * workers if executor is not None else 1)

@@ -230,11 +230,11 @@ def stray_run(make_shard, tmp_path):
 
 
 def test_strict_merge_looks_no_further_than_the_first_absent_rank(stray_run, monkeypatch):
-    import virnucpro_merge.plan as plan
+    import virnucpro_merge.readahead as reading  # (where a merge opens its shards to read their metadata)
 
     opened = []
-    real = plan.open_shard
-    monkeypatch.setattr(plan, "open_shard", lambda path: opened.append(path) or real(path))
+    real = reading.open_shard
+    monkeypatch.setattr(reading, "open_shard", lambda path: opened.append(path) or real(path))
     with pytest.raises(UnreadableShardError, match=r"shard_2\.h5: file does not exist"):
         aggregate_shards(folder_shards(stray_run), stray_run / "o.h5")
     assert [path.name for path in opened] == ["shard_0.h5", "shard_1.h5", "shard_2.h5"]  # not 4,998 more

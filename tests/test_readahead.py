@@ -131,14 +131,16 @@ def test_a_merge_reading_ahead_writes_what_one_reading_here_writes(tmp_path, mon
                         duplicated=(1,) if case == "duplicate" else ())
     options = {"partial": case != "complete", "checkpoints": False}
     monkeypatch.setattr(readahead_module, "FROM_ROWS", 2**62)  # read here
+    monkeypatch.setattr(readahead_module, "FROM_SHARDS", 2**62)
     here = _merged(run, tmp_path / "here.h5", run.index, **options)
     monkeypatch.setattr(readahead_module, "FROM_ROWS", 0)
+    monkeypatch.setattr(readahead_module, "FROM_SHARDS", 0)
     monkeypatch.setattr(readahead_module, "PIECE_ROWS", 16)  # many pieces, some tasks of several shards
     calls = []
     monkeypatch.setattr(readahead_module, "pool", _counting(readahead_module.pool, calls))
     ahead = _merged(run, tmp_path / "ahead.h5", run.index, **options)
     assert ahead == here
-    assert calls == [2]  # (the forked processes were used)
+    assert calls == [2, 2]  # (forked processes read the metadata, then the IDs)
 
 
 def _counting(real, calls):
@@ -146,3 +148,19 @@ def _counting(real, calls):
         calls.append(workers)
         return real(workers, **kwargs)
     return counted
+
+
+def test_metadata_read_by_forked_processes_is_what_is_read_here(tmp_path, monkeypatch):
+    good = _shards(tmp_path, [3, 0, 5])
+    (tmp_path / "text.h5").write_text("not HDF5")
+    paths = [good[0].source, tmp_path / "none.h5", tmp_path / "text.h5", good[1].source, good[2].source]
+
+    def described(found):
+        return [(type(f).__name__, str(f)) if isinstance(f, ShardError) else (f.num_sequences, f.data_offset)
+                for f in found]
+
+    monkeypatch.setattr(readahead_module, "FROM_SHARDS", 2**62)
+    here = described(readahead_module.read_metas(paths))
+    monkeypatch.setattr(readahead_module, "FROM_SHARDS", 0)
+    assert described(readahead_module.read_metas(paths)) == here
+    assert [h[0] for h in here] == [3, "UnreadableShardError", "UnreadableShardError", 0, 5]

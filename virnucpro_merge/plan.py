@@ -38,7 +38,7 @@ from .errors import (
 )
 from .ids import IdLookup
 from .ranks import rank_of, rank_ranges
-from .readahead import ReadAhead, ShardIds, read_ahead
+from .readahead import ReadAhead, ShardIds, read_ahead, read_metas
 from .salvage import Salvage, Scratch, has_checkpoints, salvage_rank, usual_dimension
 from .shards import ABSENT, ShardMeta, open_shard, read_shard_meta
 from .statuses import ShardStatus, unfinished
@@ -315,10 +315,11 @@ def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool =
     compared = compare_many(paths, checkpoints, rows=storage) if checkpoints is not None and (storage or salvaging) \
         else {}
     shards, errors, lacking = [], {}, {}
-    for path in paths:
+    for path, meta in zip(paths, read_metas(paths, storage=storage), strict=True):
         try:
-            with open_shard(path) as handle:
-                shard = _readable(read_shard_meta(handle, path, storage=storage))
+            if isinstance(meta, ShardError):
+                raise meta
+            shard = _readable(meta)
             if checkpoints is not None and (storage or salvaging):
                 known = compared.get(path)
                 unheld = refuse_contradicted(path, checkpoints, rows=storage, known=known)

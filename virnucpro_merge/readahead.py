@@ -1,4 +1,5 @@
-"""Shards' IDs read ahead, in forked processes, while this one checks them.
+"""Shards read ahead, in forked processes: their metadata (:func:`read_metas`), and their
+IDs while this process checks them (:class:`ReadAhead`).
 
 Reading a shard's IDs with h5py costs about a millisecond a shard, and holds the GIL
 while it runs: at 1,024 shards, seconds on the thread that checks the IDs, seconds the
@@ -11,10 +12,14 @@ worked out), the same errors, raised when that shard's IDs are asked for.
 Its processes are forked when it is made (:func:`read_ahead`): make it before starting
 threads (a fork copies a lock another thread holds, held). With few IDs, one core, or no
 fork to be had, the IDs are read here, as they are asked for.
+
+A merge of many shards first reads each one's metadata (about a millisecond a shard
+with h5py, before the copy can start): :func:`read_metas` shares that out too.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -27,9 +32,9 @@ from pathlib import Path
 from ._processes import pool, usable_cpus
 from .errors import ShardError
 from .ids import HashedIds
-from .shards import ID_CHUNK, iter_id_byte_chunks, open_shard
+from .shards import ID_CHUNK, ShardMeta, iter_id_byte_chunks, open_shard, read_shard_meta
 
-__all__ = ["ReadAhead", "read_ahead", "ShardIds", "FROM_ROWS", "PIECE_ROWS"]
+__all__ = ["ReadAhead", "read_ahead", "ShardIds", "read_metas", "FROM_ROWS", "FROM_SHARDS", "PIECE_ROWS"]
 
 logger = logging.getLogger("virnucpro_merge")
 
@@ -37,7 +42,10 @@ logger = logging.getLogger("virnucpro_merge")
 PIECE_ROWS = ID_CHUNK
 #: The fewest IDs read ahead (below that, forking costs more than it saves).
 FROM_ROWS = 2**17
-_IN_FLIGHT = 4  # tasks handed out per process
+#: The fewest shards whose metadata is read by forked processes.
+FROM_SHARDS = 64
+_IN_FLIGHT = 2  # tasks handed out per process (each about 4 MB of IDs when back)
+_METAS_A_TASK = 16
 
 
 @dataclass(frozen=True)
@@ -150,3 +158,30 @@ def read_ahead(shards: Sequence[ShardIds]) -> Iterator[ReadAhead]:
     workers = 2 if usable_cpus() >= 2 and sum(s.rows for s in shards) >= FROM_ROWS else 1
     with pool(workers) as executor:
         yield ReadAhead(shards, executor, _IN_FLIGHT * workers if executor is not None else 1)
+
+
+def read_metas(paths: Sequence[Path], *, storage: bool = True) -> list[ShardMeta | ShardError]:
+    """Each shard's metadata (:func:`~virnucpro_merge.shards.read_shard_meta`), or the error
+    reading it gave, in order: by two forked processes from :data:`FROM_SHARDS` shards
+    (call it before starting threads), else here.
+
+    >>> import numpy as np
+    >>> from virnucpro_merge.synthetic import write_shard
+    >>> found = read_metas([write_shard("s.h5", ["a"], np.ones((1, 2), np.float32)), Path("none.h5")])
+    >>> found[0].num_sequences, str(found[1])
+    (1, 'none.h5: file does not exist')
+    """
+    read = functools.partial(_meta, storage=storage)
+    workers = 2 if usable_cpus() >= 2 and len(paths) >= FROM_SHARDS else 1
+    with pool(workers) as executor:
+        if executor is None:
+            return [read(path) for path in paths]
+        return list(executor.map(read, paths, chunksize=_METAS_A_TASK))
+
+
+def _meta(path: Path, *, storage: bool) -> ShardMeta | ShardError:
+    try:
+        with open_shard(path) as handle:
+            return read_shard_meta(handle, path, storage=storage)
+    except ShardError as err:
+        return err

@@ -129,7 +129,8 @@ class IdIndex:
         self._hashes.append(np.concatenate(hashes) if hashes else np.empty(0, np.int64))
         if found:
             marks = np.concatenate(found)
-            if self._present[marks].any() or np.unique(marks).size < marks.size:
+            ordered = np.sort(marks)  # (quicker than np.unique for a chunk's worth)
+            if self._present[marks].any() or bool((ordered[1:] == ordered[:-1]).any()):
                 self._marked_twice = True  # (an expected ID in two places: the exact re-read names it)
             self._present[marks] = True
         self.shards.append(path)

@@ -7,7 +7,7 @@ resume repeats earlier checkpoints: counted once). Only IDs and metadata are rea
 rows (:func:`~virnucpro_merge.checkpoints.read_checkpoint` with ``rows=False``).
 
 A rank's **rate** is its sequences done between its first and its last checkpoint over the
-time between them (its **recent rate**: the same over its last :data:`RECENT` checkpoints); a
+time between them (its **recent rate**: the same over its last ``RECENT`` checkpoints); a
 **straggler** is a rank whose rate is below half the median rate of the ranks (with at least
 two checkpoints each). What the timeline takes from one checkpoint file is
 :class:`CheckpointFacts` (:func:`checkpoint_facts`): a reader that keeps those per file
@@ -78,13 +78,13 @@ class RankTimeline:
 
     @property
     def recent_rate(self) -> float | None:
-        """Sequences an hour over its last :data:`RECENT` checkpoints, or None with fewer than two."""
+        """Sequences an hour over its last ``RECENT`` checkpoints, or None with fewer than two."""
         return _pace(self.times[-RECENT - 1 :], self.done[-RECENT - 1 :])
 
     @property
     def interval(self) -> float | None:
-        """Its usual time between two checkpoints, in seconds: the median over its last
-        :data:`RECENT` ones (None with fewer than two checkpoints)."""
+        """The usual seconds between two of its checkpoints (the median over its last ``RECENT``
+        ones), or None with fewer than two checkpoints."""
         gaps = np.diff(self.times[-RECENT - 1 :]) / np.timedelta64(1, "s")
         return float(np.median(gaps)) if gaps.size else None
 

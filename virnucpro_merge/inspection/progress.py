@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +36,8 @@ import numpy as np
 from ..checkpoints import CHECKPOINT_NAME, DONE_SUFFIX
 from ..errors import CheckpointError, MergeError
 from ..expected import iter_index_records
-from ..manifest import LogTail, Manifest, log_path, read_log_tail, read_manifest
-from ..ranks import run_folder, shard_path
+from ..manifest import LogTail, Manifest, claims_a_failure, log_path, read_log_tail, read_manifest
+from ..ranks import run_folder, shard_name
 from ..shards import open_shard, read_shard_meta
 from ..statuses import FAILED, FINISHED, PREEMPTED, RUN_STATES, RUNNING, STALLED, STOPPED_STATES, WAITING
 from ..timeline import CheckpointFacts, RankTimeline, Timeline, checkpoint_facts, rank_timeline
@@ -53,7 +54,7 @@ STALL_FACTOR = 3.0
 _SHARD = re.compile(r"shard_(0|[1-9][0-9]{0,8})(?:\.h5)?")
 _MAX_INDEX = 2**31  # bytes: a sequence index bigger than this is not read (the assignment is then unknown)
 
-Key = tuple[int, int]  # a file's size and modification time (ns): a change of either is a change
+Key = tuple[int, ...]  # a file's size and modification time (ns), and for a checkpoint its inode
 T = TypeVar("T")
 
 
@@ -65,7 +66,7 @@ class RankProgress:
     ----------
     rank : int
     state : str
-        One of :data:`~virnucpro_merge.statuses.RUN_STATES`.
+        One of ``RUN_STATES`` (:mod:`virnucpro_merge.statuses`).
     done : int
         Its sequences done: its shard's rows once finished, else the distinct sequences of its checkpoints.
     assigned : int or None
@@ -82,7 +83,7 @@ class RankProgress:
         Saves under way: ``.tmp`` files, and ``.pt`` files neither marked ``.done`` nor readable yet.
     cause : str or None
         Why it stopped, for a stalled, failed or preempted rank (from its files: untrusted text).
-    timeline : RankTimeline
+    timeline : virnucpro_merge.timeline.RankTimeline
         Its checkpoints over time.
     """
 
@@ -154,12 +155,12 @@ class RunProgress:
         return all(r.state == FINISHED for r in self.ranks) and bool(self.ranks)
 
     def counts(self) -> dict[str, int]:
-        """How many ranks are in each state (every state named, in :data:`RUN_STATES` order)."""
+        """How many ranks are in each state (every state named, in the order of ``RUN_STATES``)."""
         return {state: sum(r.state == state for r in self.ranks) for state in RUN_STATES}
 
     @property
     def stopped(self) -> list[int]:
-        """The ranks that will not finish by themselves: stalled, failed or preempted."""
+        """The ranks that will not finish by themselves (stalled, failed or preempted)."""
         return [r.rank for r in self.ranks if r.state in STOPPED_STATES]
 
     @property
@@ -237,12 +238,12 @@ class RunProgress:
 
 
 def _key(path: str) -> Key | None:
-    """A file's size and modification time, or None when it is not there (or not a file)."""
+    """A file's size and modification time, or None when it is not there (or not a regular file)."""
     try:
         found = os.stat(path)
     except OSError:
         return None
-    return (found.st_size, found.st_mtime_ns) if not os.path.isdir(path) else None
+    return (found.st_size, found.st_mtime_ns) if stat.S_ISREG(found.st_mode) else None
 
 
 class _Cache:
@@ -271,7 +272,10 @@ class _Listing:
 
 
 def _list_rank(folder: str) -> _Listing:
-    """List a rank's checkpoint folder (one ``scandir``, one ``stat`` a checkpoint)."""
+    """List a rank's checkpoint folder in one ``scandir``. A checkpoint marked ``.done`` is keyed
+    by its inode alone (the pipeline renames a whole file into place and never writes it
+    again: a new file is a new inode, and the listing gives inodes without a ``stat``); one
+    not marked yet by its inode, size and modification time (one ``stat``)."""
     pts, marks, temps = [], set(), 0
     try:
         with os.scandir(folder) as entries:
@@ -282,14 +286,20 @@ def _list_rank(folder: str) -> _Listing:
                 elif name.endswith(".tmp") and name.startswith("batch_"):
                     temps += 1
                 elif (match := CHECKPOINT_NAME.fullmatch(name)) is not None:
-                    try:
-                        found = entry.stat()
-                    except OSError:  # (gone since the listing: a save renamed it, or a clean-up)
-                        continue
-                    pts.append((int(match.group(1)), entry.path, (found.st_size, found.st_mtime_ns), name))
+                    pts.append((int(match.group(1)), entry, name))
     except OSError:  # (not there yet: a worker that has not started)
         return _Listing([], 0)
-    files = [(batch, path, key, name in marks) for batch, path, key, name in sorted(pts)]
+    files: list[tuple[int, str, Key, bool]] = []
+    for batch, entry, name in sorted(pts, key=lambda found: found[0]):
+        marked = name in marks
+        if marked:
+            files.append((batch, entry.path, (entry.inode(),), True))
+            continue
+        try:
+            found = entry.stat()
+        except OSError:  # (gone since the listing: renamed by a resume, or cleaned up)
+            continue
+        files.append((batch, entry.path, (entry.inode(), found.st_size, found.st_mtime_ns), False))
     return _Listing(files, temps)
 
 
@@ -358,11 +368,24 @@ def _moment(now: object) -> np.datetime64:
 
 @dataclass
 class _Seen:
-    """What a rank's files showed at the last refresh (reused while none of them changed)."""
+    """What a rank's files showed at the last refresh (reused while none of them changed), and
+    the numbers drawn from its timeline (worked out once, not at every refresh)."""
 
     signature: tuple[Any, ...]
     timeline: RankTimeline
     in_progress: int
+    interval: float | None = None
+    rate: float | None = None
+    last: np.datetime64 | None = None
+    first: np.datetime64 | None = None
+    done: int = 0
+
+    def __post_init__(self) -> None:
+        timeline = self.timeline
+        self.interval, self.rate = timeline.interval, timeline.recent_rate
+        self.last = timeline.times[-1] if timeline.times.size else None
+        self.first = timeline.times[0] if timeline.times.size else None
+        self.done = int(timeline.done[-1]) if timeline.done.size else 0
 
 
 class ProgressReader:
@@ -421,10 +444,11 @@ class ProgressReader:
         world_size = self._world_size(checkpoints, manifest)
         total = self._cache.get(str(folder.index), _key(str(folder.index)) or (0, 0), _index_total) \
             if folder.index is not None else None
-        seen = [self._rank_files(rank, checkpoints) for rank in range(world_size)]
-        intervals = [s.timeline.interval for s, _ in seen if s.timeline.interval is not None]
+        shards = {name for name in _names(str(self.run)) if name.startswith("shard_")}  # (one listing, no stat)
+        seen = [self._rank_files(rank, checkpoints, shards) for rank in range(world_size)]
+        intervals = [s.interval for s, _ in seen if s.interval is not None]
         usual = float(np.median(intervals)) if intervals else None
-        starts = [s.timeline.times[0] for s, _ in seen if s.timeline.times.size]
+        starts = [s.first for s, _ in seen if s.first is not None]
         start = min(starts) if starts else None
         ranks = [self._rank(rank, found, rows, moment, usual, start, total, world_size, manifest, folder.logs)
                  for rank, (found, rows) in enumerate(seen)]
@@ -435,9 +459,18 @@ class ProgressReader:
         return RunProgress(self.run, moment, ranks, total, notes)
 
     def _manifest(self, path: Path | None) -> Manifest | None:
+        """The manifest, read again only when it changed, and parsed then only when it names a
+        failure (all a watch takes from it but the world size, taken at its first reading)."""
         if path is None or (key := _key(str(path))) is None:
             return None
-        return self._cache.get(str(path), key, read_manifest)
+        first = self._cache.entries.get(str(path))
+
+        def read(where: str) -> Manifest:
+            if first is not None and first[1].problem is None and not claims_a_failure(where):
+                return Manifest(Path(where), first[1].world_size)
+            return read_manifest(where)
+
+        return self._cache.get(str(path), key, read)
 
     def _world_size(self, checkpoints: str | None, manifest: Manifest | None) -> int:
         if self.world_size is not None:
@@ -452,11 +485,13 @@ class ProgressReader:
             raise MergeError(msg)
         return max(ranks) + 1
 
-    def _rank_files(self, rank: int, checkpoints: str | None) -> tuple[_Seen, int | None]:
+    def _rank_files(self, rank: int, checkpoints: str | None, shards: set[str]) -> tuple[_Seen, int | None]:
         """What rank ``rank``'s files show: its checkpoints' timeline (reused while its folder is
-        unchanged), and its shard's rows (None: no shard, or not readable yet)."""
-        shard = str(shard_path(self.run, rank))
-        shard_key = _key(shard)
+        unchanged), and its shard's rows (None: no shard, or not readable yet); ``shards`` are
+        the names of the run folder's shard files."""
+        name = shard_name(rank)
+        shard = os.path.join(self.run, name)  # (a str: a Path a rank costs more than the listing)
+        shard_key = _key(shard) if name in shards else None
         rows = self._cache.get(shard, shard_key, _shard_rows) if shard_key is not None else None
         old = self._seen.get(rank)
         if rows is not None and old is not None and old.signature[0] == shard_key:
@@ -465,7 +500,8 @@ class ProgressReader:
             else _Listing([], 0)
         signature = (shard_key, tuple((path, key, marked) for _, path, key, marked in listing.files), listing.temps)
         if old is not None and old.signature[1:] == signature[1:]:
-            found = _Seen(signature, old.timeline, old.in_progress)
+            old.signature = signature
+            found = old
         else:
             found = self._timeline(rank, listing, signature)
         self._seen[rank] = found
@@ -488,23 +524,22 @@ class ProgressReader:
               logs: Path | None) -> RankProgress:
         timeline = seen.timeline
         assigned = len(range(rank, total, world_size)) if total is not None else None
-        done = rows if rows is not None else int(timeline.done[-1]) if timeline.done.size else 0
-        last = timeline.times[-1] if timeline.times.size else None
-        state, cause = self._state(rank, rows, timeline, now, usual, start, manifest, logs)
-        rate = timeline.recent_rate
+        done = rows if rows is not None else seen.done
+        last, rate = seen.last, seen.rate
+        state, cause = self._state(rank, rows, seen, now, usual, start, manifest, logs)
         eta = None
         if state == RUNNING and assigned is not None and last is not None and rate:
             eta = last + np.timedelta64(int(max(0, assigned - done) / rate * 3_600_000), "ms")
         return RankProgress(rank, state, done, assigned, rate if state == RUNNING else None, eta, last,
                             int(timeline.times.size), seen.in_progress, cause, timeline)
 
-    def _state(self, rank: int, rows: int | None, timeline: RankTimeline, now: np.datetime64, usual: float | None,
+    def _state(self, rank: int, rows: int | None, seen: _Seen, now: np.datetime64, usual: float | None,
                start: np.datetime64 | None, manifest: Manifest | None, logs: Path | None) -> tuple[str, str | None]:
         """A rank's state, and why it stopped (the first that applies: see the module's words)."""
         if rows is not None:
             return FINISHED, None
-        last = timeline.times[-1] if timeline.times.size else None
-        if timeline.last_trigger == "emergency_sigterm":
+        last = seen.last
+        if seen.timeline.last_trigger == "emergency_sigterm":
             return PREEMPTED, f"stopped by SIGTERM (preempted) at {_shown(last)} UTC"
         claim = manifest.ranks.get(rank) if manifest is not None else None
         if claim is not None and claim.status == "failed":
@@ -512,7 +547,7 @@ class ProgressReader:
             if last is None or failed_at is None or failed_at >= last:
                 log = self._log(logs, rank)
                 return FAILED, _log_cause(log) or f"{claim.error or 'no error given'} (the manifest says)"
-        interval = timeline.interval or usual
+        interval = seen.interval or usual
         since = last if last is not None else start
         if interval is None or since is None:
             return WAITING, None

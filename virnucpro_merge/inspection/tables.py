@@ -453,11 +453,17 @@ def _clock(moment: object) -> str:
     return "-" if moment is None else str(moment)[:19].replace("T", " ")
 
 
-def _eta_words(found: ProgressView, eta: object) -> str:
+def _near(found: ProgressView, moment: object) -> str:
+    """A time in a rank's row: the time of day on the day of the look, else the date too (UTC)."""
+    shown = _clock(moment)
+    return shown[11:] if shown[:10] == _clock(found.now)[:10] else shown
+
+
+def _eta_words(found: ProgressView, eta: object, *, near: bool = False) -> str:
     if eta is None:
         return "-"
     ahead = float((eta - found.now) / np.timedelta64(1, "s"))  # type: ignore[operator]
-    return f"{_clock(eta)} (in {duration_words(ahead)})"
+    return f"{_near(found, eta) if near else _clock(eta)} (in {duration_words(ahead)})"
 
 
 def _rate_words(rate: float | None) -> str:
@@ -499,15 +505,15 @@ def _progress_lines(found: ProgressView) -> list[str]:
     return lines + [f"note: {note}" for note in found.notes]
 
 
-_PROGRESS_HEADERS = ["rank", "state", "done", "rate/h", "last checkpoint", "ETA", "cause"]
+_PROGRESS_HEADERS = ["rank", "state", "done", "rate/h", "last checkpoint", "ETA (UTC)", "cause"]
 
 
 def _progress_row(found: ProgressView, r: RankProgressView) -> list[str]:
-    return [str(r.rank), r.state, _of(r.done, r.assigned), _rate_words(r.rate), _clock(r.last_checkpoint),
-            _eta_words(found, r.eta), "" if r.cause is None else r.cause]
+    return [str(r.rank), r.state, _of(r.done, r.assigned), _rate_words(r.rate), _near(found, r.last_checkpoint),
+            _eta_words(found, r.eta, near=True), "" if r.cause is None else r.cause]
 
 
-_CAUSE_WIDTH = 110  # characters of a cause a terminal line shows
+_CAUSE_WIDTH = 90  # characters of a cause a terminal line shows (all of it: --json, --html)
 
 
 def _cause_line(cause: str) -> str:
@@ -539,11 +545,11 @@ def format_progress(found: ProgressView, *, most: int = 12) -> str:
     will not finish by themselves: rank 3 (stalled, failed or preempted)
     finishing last: rank 2 (10:36)
     <BLANKLINE>
-    rank  state     done                 rate/h  last checkpoint      ETA                             cause
-       0  finished  100 of 100 (100.0%)  -       2026-01-05 10:19:28  -
-       1  finished  100 of 100 (100.0%)  -       2026-01-05 10:25:45  -
-       2  running   80 of 100 (80.0%)    162     2026-01-05 10:29:25  2026-01-05 10:36:50 (in 4 min)
-       3  failed    60 of 100 (60.0%)    -       2026-01-05 10:26:45  -                               RuntimeError: ...
+    rank  state     done                 rate/h  last checkpoint  ETA (UTC)            cause
+       0  finished  100 of 100 (100.0%)  -       10:19:28         -
+       1  finished  100 of 100 (100.0%)  -       10:25:45         -
+       2  running   80 of 100 (80.0%)    162     10:29:25         10:36:50 (in 4 min)
+       3  failed    60 of 100 (60.0%)    -       10:26:45         -                    RuntimeError: ...
     """
     lines = _progress_lines(found)
     shown = progress_in_focus(found, most)
@@ -558,7 +564,7 @@ def format_progress(found: ProgressView, *, most: int = 12) -> str:
     if left:
         by_state = {state: [r.rank for r in left if r.state == state] for state in RUN_STATES}
         table.append(f"... and {len(left):,} more ranks: " + "; ".join(
-            f"{state} {rank_ranges(ranks)}" for state, ranks in by_state.items() if ranks))
+            f"{state} {rank_ranges(ranks, most=6)}" for state, ranks in by_state.items() if ranks))
     return "\n".join([*lines, "", *(line.rstrip() for line in table)])
 
 

@@ -294,3 +294,62 @@ def test_to_frame_has_a_row_a_rank(live):
 def test_a_folder_that_is_no_run_is_refused(tmp_path):
     with pytest.raises(MergeError, match="not a run folder"):
         read_progress(tmp_path)
+
+
+def test_a_checkpoint_folder_that_did_not_change_is_not_listed_again(live, monkeypatch):
+    from virnucpro_merge.inspection import progress
+
+    live.advance_to(1800)
+    folders = sorted((live.directory / "checkpoints").glob("shard_*"))
+    for folder in folders:  # (changed long ago: settled)
+        os.utime(folder, ns=(1_700_000_000 * 10**9, 1_700_000_000 * 10**9))
+    reader = ProgressReader(live.directory)
+    reader.read(now=live.moment())
+    listed = []
+    real = progress._list_rank
+    monkeypatch.setattr(progress, "_list_rank", lambda folder: listed.append(Path(folder).name) or real(folder))
+    reader.read(now=live.moment())
+    assert listed == []
+    nxt = next(e for e in live.events if e.time > 1800)
+    live.advance_to(nxt.time)  # (a checkpoint of one rank: its folder changes, and only it is listed)
+    found = reader.read(now=live.moment())
+    assert listed == [f"shard_{nxt.rank}"]
+    assert found.done == sum(live.done_at(rank, nxt.time) for rank in range(8))
+
+
+@pytest.mark.parametrize("world_size", [8, 1024])
+def test_the_progress_figure_has_no_overlapping_labels(world_size):
+    pytest.importorskip("matplotlib")
+    from tests.test_plots import _tick_labels_apart
+
+    found = _fake_run(world_size, {5: STALLED, 6: FAILED, 7: PREEMPTED})
+    fig = found.plot_progress()
+    assert _tick_labels_apart(fig) == []
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
+    assert labels[0] == "0"
+    assert len(labels) == (8 if world_size == 8 else len(labels))
+    assert len(labels) <= 12
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend[:1] == [f"running ({world_size - 3:,})"]
+    assert {"stalled (1)", "failed (1)", "preempted (1)"} <= set(legend)
+
+
+def test_the_manifest_is_parsed_again_only_when_a_failure_is_added(live, monkeypatch):
+    from virnucpro_merge.inspection import progress
+
+    parsed = []
+    real = progress.read_manifest
+    monkeypatch.setattr(progress, "read_manifest", lambda path: parsed.append(path) or real(path))
+    live.advance_to(1800)
+    reader = ProgressReader(live.directory)
+    reader.read(now=live.moment())
+    assert len(parsed) == 1  # (the first look: the world size)
+    live.advance_to(live.stop_times[6] - 1)  # (many checkpoints, the manifest rewritten: no failure yet)
+    reader.read(now=live.moment())
+    assert len(parsed) == 1
+    live.advance_to(live.stop_times[6] + 1)  # (rank 6 dies: "failed" in the manifest)
+    assert reader.read(now=live.moment()).ranks[6].state == FAILED
+    assert len(parsed) == 2
+    live.advance_to(live.stop_times[6] + 600)  # (more checkpoints; the same failure)
+    assert reader.read(now=live.moment()).ranks[6].state == FAILED
+    assert len(parsed) == 2

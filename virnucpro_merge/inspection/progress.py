@@ -17,7 +17,9 @@ read-only, HDF5 without its file lock. A file being written (a ``.tmp``, a ``.pt
 its ``.done`` marker that cannot be read yet, a shard that cannot be opened yet) is work
 in progress, never damage. A :class:`ProgressReader` keeps what it read of each file under
 the file's size and modification time, so a refresh re-reads only what changed: one
-listing of each unfinished rank's checkpoint folder and a ``stat`` of each file, no more.
+``stat`` of each unfinished rank's checkpoint folder, a listing of those that changed, and a
+``stat`` of each checkpoint not marked ``.done`` yet; the manifest (a few MB at 1,024 ranks,
+rewritten at every checkpoint) is parsed again only when the failures it mentions change.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import datetime as _dt
 import os
 import re
 import stat
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +39,7 @@ import numpy as np
 from ..checkpoints import CHECKPOINT_NAME, DONE_SUFFIX
 from ..errors import CheckpointError, MergeError
 from ..expected import iter_index_records
-from ..manifest import LogTail, Manifest, claims_a_failure, log_path, read_log_tail, read_manifest
+from ..manifest import LogTail, Manifest, failure_mentions, log_path, read_log_tail, read_manifest
 from ..ranks import run_folder, shard_name
 from ..shards import open_shard, read_shard_meta
 from ..statuses import FAILED, FINISHED, PREEMPTED, RUN_STATES, RUNNING, STALLED, STOPPED_STATES, WAITING
@@ -51,6 +54,8 @@ __all__ = ["STALL_FACTOR", "RankProgress", "RunProgress", "ProgressReader", "rea
 
 #: A rank without a checkpoint for this many times its usual interval has stalled.
 STALL_FACTOR = 3.0
+#: A folder unchanged for this many seconds is not listed again until its modification time changes.
+_SETTLED = 2.0
 _SHARD = re.compile(r"shard_(0|[1-9][0-9]{0,8})(?:\.h5)?")
 _MAX_INDEX = 2**31  # bytes: a sequence index bigger than this is not read (the assignment is then unknown)
 
@@ -430,6 +435,7 @@ class ProgressReader:
         self.world_size = world_size
         self._cache = _Cache()
         self._seen: dict[int, _Seen] = {}
+        self._listings: dict[str, tuple[int, _Listing]] = {}
         #: the files read (not found in the cache) by the last :meth:`read`
         self.files_read = 0
 
@@ -459,18 +465,20 @@ class ProgressReader:
         return RunProgress(self.run, moment, ranks, total, notes)
 
     def _manifest(self, path: Path | None) -> Manifest | None:
-        """The manifest, read again only when it changed, and parsed then only when it names a
-        failure (all a watch takes from it but the world size, taken at its first reading)."""
+        """The manifest, read again only when it changed, and parsed again only when the number of
+        failures it mentions changed (all a watch takes from it is who failed, and the world size):
+        at 1,024 ranks it is a few MB, rewritten at every checkpoint of any rank."""
         if path is None or (key := _key(str(path))) is None:
             return None
-        first = self._cache.entries.get(str(path))
+        before = self._cache.entries.get(str(path))
 
-        def read(where: str) -> Manifest:
-            if first is not None and first[1].problem is None and not claims_a_failure(where):
-                return Manifest(Path(where), first[1].world_size)
-            return read_manifest(where)
+        def read(where: str) -> tuple[int | None, Manifest]:
+            mentions = failure_mentions(where)
+            if before is not None and mentions is not None and before[1][0] == mentions:
+                return mentions, before[1][1]
+            return mentions, read_manifest(where)
 
-        return self._cache.get(str(path), key, read)
+        return self._cache.get(str(path), key, read)[1]
 
     def _world_size(self, checkpoints: str | None, manifest: Manifest | None) -> int:
         if self.world_size is not None:
@@ -496,7 +504,7 @@ class ProgressReader:
         old = self._seen.get(rank)
         if rows is not None and old is not None and old.signature[0] == shard_key:
             return old, rows  # (finished, its shard unchanged: its checkpoints are not listed again)
-        listing = _list_rank(os.path.join(checkpoints, f"shard_{rank}")) if checkpoints is not None \
+        listing = self._listing(os.path.join(checkpoints, f"shard_{rank}")) if checkpoints is not None \
             else _Listing([], 0)
         signature = (shard_key, tuple((path, key, marked) for _, path, key, marked in listing.files), listing.temps)
         if old is not None and old.signature[1:] == signature[1:]:
@@ -506,6 +514,27 @@ class ProgressReader:
             found = self._timeline(rank, listing, signature)
         self._seen[rank] = found
         return found, rows
+
+    def _listing(self, folder: str) -> _Listing:
+        """A rank's checkpoint folder as listed: listed again only when the folder changed (its
+        modification time: a file added, renamed or removed), or when it holds a checkpoint not
+        marked yet (which may still change in place). A folder changed less than
+        two seconds before it was listed is listed again all the same: a file system
+        whose times are coarse could give the next change the same time."""
+        try:
+            found = os.stat(folder)
+        except OSError:  # (not there yet: a worker that has not started)
+            self._listings.pop(folder, None)
+            return _Listing([], 0)
+        old = self._listings.get(folder)
+        if old is not None and old[0] == found.st_mtime_ns and all(marked for *_, marked in old[1].files):
+            return old[1]
+        listing = _list_rank(folder)
+        if found.st_mtime_ns < time.time_ns() - int(_SETTLED * 1e9):
+            self._listings[folder] = (found.st_mtime_ns, listing)
+        else:
+            self._listings.pop(folder, None)
+        return listing
 
     def _timeline(self, rank: int, listing: _Listing, signature: tuple[Any, ...]) -> _Seen:
         facts, damaged, pending = [], 0, listing.temps

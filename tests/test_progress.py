@@ -353,3 +353,14 @@ def test_the_manifest_is_parsed_again_only_when_a_failure_is_added(live, monkeyp
     live.advance_to(live.stop_times[6] + 600)  # (more checkpoints; the same failure)
     assert reader.read(now=live.moment()).ranks[6].state == FAILED
     assert len(parsed) == 2
+
+
+def test_a_cause_is_cut_to_fit_the_terminal(live):
+    live.advance_to(live.stop_times[6] + 1)
+    found = read_progress(live.directory, now=live.moment())
+    for width in (120, 160):
+        rows = [line for line in found.describe(width=width).splitlines() if line.startswith("   6  failed")]
+        assert len(rows) == 1
+        assert len(rows[0]) <= width
+        assert rows[0].endswith("...")
+    assert found.describe().splitlines()[-2].startswith("   6  failed")

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -519,7 +520,8 @@ def _show_progress(args: argparse.Namespace, found: Any, clear: bool) -> None:
     if args.json:
         print(json.dumps(found.to_dict(), indent=1 if args.once else None), flush=True)
         return
-    print((_CLEAR if clear else "") + found.describe(), flush=True)
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    print((_CLEAR if clear else "") + found.describe(width=width), flush=True)
 
 
 def _write_page(path: Path, found: Any, interval: float) -> None:

@@ -211,12 +211,13 @@ class RunProgress:
             return None
         return max(0.0, round(float((moment - self.now) / np.timedelta64(1, "s")), 1))
 
-    def describe(self, most: int = 12) -> str:
+    def describe(self, most: int = 12, width: int | None = None) -> str:
         """The terminal's view: the run's summary, then its ranks (past 32, those worth a look:
-        stopped, slowest, stragglers, at most ``most``, and the others counted)."""
+        stopped, slowest, stragglers, at most ``most``, and the others counted); a cause cut to
+        fit ``width`` characters a line."""
         from .tables import format_progress
 
-        return format_progress(self, most=most)
+        return format_progress(self, most=most, width=width)
 
     def __repr__(self) -> str:
         return (f"<RunProgress: {self.world_size} ranks, {self.done:,} of "

@@ -513,22 +513,22 @@ def _progress_row(found: ProgressView, r: RankProgressView) -> list[str]:
             _eta_words(found, r.eta, near=True), "" if r.cause is None else r.cause]
 
 
-_CAUSE_WIDTH = 90  # characters of a cause a terminal line shows (all of it: --json, --html)
+_CAUSE_WIDTH = 90  # characters of a cause a line shows by default (all of it: --json, --html)
 
 
-def _cause_line(cause: str) -> str:
+def _cause_line(cause: str, room: int) -> str:
     """A cause read from a run's files, on one terminal line: quoted where it holds a control
-    character (an escape sequence must not reach the terminal), cut where it is long."""
+    character (an escape sequence must not reach the terminal), cut to ``room`` characters."""
     shown = cause if cause.isprintable() else repr(cause)
-    return shown if len(shown) <= _CAUSE_WIDTH else shown[: _CAUSE_WIDTH - 3] + "..."
+    return shown if len(shown) <= room else shown[: room - 3] + "..."
 
 
-def format_progress(found: ProgressView, *, most: int = 12) -> str:
+def format_progress(found: ProgressView, *, most: int = 12, width: int | None = None) -> str:
     """A run in progress as the terminal shows it: its summary, then its ranks, one a line
     (past :data:`~virnucpro_merge.inspection.views.ALL_RANKS_UP_TO` ranks, the ``most``
     worth a look, and the others counted by state). What came from the run's files (a
-    cause) is shown as :func:`~virnucpro_merge.errors.shown_id` shows untrusted text: on
-    one line, cut when long.
+    cause) is shown on one line, quoted where it holds a control character, and cut to fit
+    a terminal ``width`` characters wide (by default, to 90 characters).
 
     Examples
     --------
@@ -554,17 +554,20 @@ def format_progress(found: ProgressView, *, most: int = 12) -> str:
     lines = _progress_lines(found)
     shown = progress_in_focus(found, most)
     rows = [_PROGRESS_HEADERS] + [_progress_row(found, found.ranks[rank]) for rank in shown]
-    for row in rows[1:]:
-        row[-1] = _cause_line(row[-1])
     widths = [max(len(row[i]) for row in rows) for i in range(len(_PROGRESS_HEADERS) - 1)]
+    before = max(4, widths[0]) + sum(w + 2 for w in widths[1:]) + 2  # (the columns before the cause)
+    room = _CAUSE_WIDTH if width is None else max(20, width - before)
+    for row in rows[1:]:
+        row[-1] = _cause_line(row[-1], room)
     table = [f"{row[0]:>{max(4, widths[0])}}  " + "  ".join(f"{cell:<{w}}" for cell, w in zip(row[1:-1], widths[1:],
                                                                                           strict=True))
              + f"  {row[-1]}".rstrip() for row in rows]
     left = [r for r in found.ranks if r.rank not in set(shown)]
     if left:
         by_state = {state: [r.rank for r in left if r.state == state] for state in RUN_STATES}
-        table.append(f"... and {len(left):,} more ranks: " + "; ".join(
-            f"{state} {rank_ranges(ranks, most=6)}" for state, ranks in by_state.items() if ranks))
+        rest = f"... and {len(left):,} more ranks: " + "; ".join(
+            f"{state} {rank_ranges(ranks, most=6)}" for state, ranks in by_state.items() if ranks)
+        table.append(rest if width is None or len(rest) <= width else rest[: width - 3] + "...")
     return "\n".join([*lines, "", *(line.rstrip() for line in table)])
 
 

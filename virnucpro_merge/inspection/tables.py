@@ -27,8 +27,10 @@ from ..statuses import (
     OK,
     RUN_STATE_COLORS,
     RUN_STATES,
+    RUNNING,
     SHARD_COLORS,
     STATUS_COLORS,
+    WAITING,
     ShardStatus,
 )
 from .views import (
@@ -481,6 +483,14 @@ def _ranks_words(ranks: Sequence[int]) -> str:
     return f"{'rank' if len(ranks) == 1 else 'ranks'} {rank_ranges(ranks)}"
 
 
+def _no_eta(found: ProgressView) -> str:
+    """Why a run that is not complete has no ETA."""
+    slow = [r.rank for r in found.ranks if r.state in (RUNNING, WAITING) and r.eta is None]
+    if slow:
+        return f"{_ranks_words(slow)} without a pace yet: fewer than two checkpoints"
+    return "no rank is running"
+
+
 def _progress_lines(found: ProgressView) -> list[str]:
     """The summary of a run in progress, a line each (no untrusted text but the folder's name)."""
     counts = ", ".join(f"{n:,} {state}" for state, n in found.counts().items() if n)
@@ -491,8 +501,7 @@ def _progress_lines(found: ProgressView) -> list[str]:
     elif found.eta is not None:
         lines.append(f"ETA: {_eta_words(found, found.eta)} UTC, when the last running rank finishes at its pace")
     else:
-        lines.append("ETA: - (no rank running with a pace yet)" if not found.stopped else
-                     "ETA: - (no rank running with a pace)")
+        lines.append(f"ETA: - ({_no_eta(found)})")
     lines.append(f"ranks: {counts}")
     if found.stopped:
         lines.append(f"will not finish by themselves: {_ranks_words(found.stopped)} (stalled, failed or preempted)")

@@ -70,12 +70,13 @@ test: lint unit nbval docs ## Everything CI checks: linters, unit tests and doct
 torture: $(STAMP) ## Kill 50 merges at random moments; print which phases the kills hit
 	$(BIN)/python -m tests.killing --trials 50
 
-bench: $(STAMP) ## Run the merge, ID-validation, checkpoint-reader, report-at-scale and health benchmarks (several minutes)
+bench: $(STAMP) ## Run the merge, ID-validation, checkpoint-reader, report-at-scale, health and watch benchmarks (several minutes)
 	$(BIN)/python benchmarks/bench_merge.py
 	$(BIN)/python benchmarks/bench_validation.py
 	$(BIN)/python benchmarks/bench_checkpoints.py
 	$(BIN)/python benchmarks/bench_report_scale.py
 	$(BIN)/python benchmarks/bench_health.py
+	$(BIN)/python benchmarks/bench_watch.py
 
 clean: ## Remove the virtualenv, the demo run and build leftovers
 	rm -rf $(VENV) $(DEMO) $(REPORT) docs/_build docs/reference/generated *.egg-info .pytest_cache

@@ -127,3 +127,13 @@ def test_merge_smoke_run_compares_the_merge_with_its_floors(tmp_path):
             assert re.search(rf"^{size}: {merge} / {floor}: wall x\d+\.\d+ median.* CPU-s/GiB", proc.stdout,
                              re.MULTILINE), proc.stdout
     assert "FAILED" not in proc.stdout + proc.stderr
+
+
+def test_watch_smoke_run_prints_the_refresh_against_a_listing(tmp_path):
+    proc = _bench("bench_watch.py", tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for method in ("walk", "refresh", "idle"):
+        assert re.search(rf"^{method}\s+\d+\.\d+\s+\d+\.\d+\s+\d+\.\d+", proc.stdout, re.MULTILINE), proc.stdout
+    assert re.search(r"refresh / walk at 64 ranks: x\d+\.\d+ \(median of same-round ratios\)", proc.stdout)
+    assert "verification: OK" in proc.stdout
+    assert list(tmp_path.iterdir()) == [], "temporary files left behind"

@@ -31,6 +31,7 @@ MIN_FIGURES = {
     "06_distributed_validation.ipynb": 1,
     "07_run_report.ipynb": 2,
     "08_crashed_run.ipynb": 1,
+    "09_watch_a_run.ipynb": 1,
 }
 MAX_BYTES = 275_000  # (the report notebook holds five figures, one of them a line per rank over time)
 ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:tmp|home|root|work|Users|private|var/folders)/")

@@ -14,9 +14,11 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,8 @@ logger = logging.getLogger("virnucpro_merge")
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 _INFO_SHARDS = 40  # shards of a merge that `info` lists one a line at most, unless --all
+_WATCH_INTERVAL = 60.0  # seconds between two looks of `watch`
+_CLEAR = "\x1b[H\x1b[2J"  # a terminal's "home, clear the screen"
 
 
 class _Terminated(BaseException):
@@ -88,6 +92,17 @@ def _signals_unwind() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGTERM, previous[0])
         signal.signal(signal.SIGINT, previous[1])
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        msg = f"expected a positive number of seconds, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -225,6 +240,23 @@ def build_parser() -> argparse.ArgumentParser:
                                 "<out>/.checkpoints beside the shards, if there)")
         saved.add_argument("--no-checkpoints", dest="checkpoints", action="store_false",
                            help="do not look at the run's checkpoints")
+
+    watch = sub.add_parser("watch", help="follow a run while it runs: each rank's progress, pace, ETA and state "
+                                          "(read-only)")
+    watch.add_argument("run", type=Path, metavar="RUN", help="the run folder (its checkpoints, manifest, logs, shards)")
+    watch.add_argument("--interval", type=_positive_float, default=_WATCH_INTERVAL, metavar="SECONDS",
+                       help=f"seconds between two looks (default {_WATCH_INTERVAL:g})")
+    watch.add_argument("--once", action="store_true",
+                       help="look once and exit: 0 running or complete, 1 a rank stalled, failed or was preempted")
+    watch.add_argument("--json", action="store_true",
+                       help="print each look as JSON (with --once one object; else one object a line)")
+    watch.add_argument("--html", type=Path, metavar="PAGE.html",
+                       help="also rewrite this self-contained page at each look (it reloads itself); never inside RUN")
+    watch.add_argument("--world-size", type=_positive_int, metavar="N",
+                       help="the number of ranks (default: the manifest's, else the highest rank found + 1)")
+    watch.add_argument("--now", metavar="TIME",
+                       help="judge the run as at this UTC time (ISO, e.g. 2026-01-05T12:00:00), not the clock's: "
+                            "for a copy of a run folder looked at later")
 
     demo = sub.add_parser("demo", help="make a synthetic 8-worker run, merge it and print its merge report")
     demo.add_argument("directory", nargs="?", type=Path, default=Path("demo_run"), metavar="DIR",
@@ -478,6 +510,55 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` would be written inside ``folder`` (or under it)."""
+    return path.resolve().parent.is_relative_to(folder.resolve())
+
+
+def _show_progress(args: argparse.Namespace, found: Any, clear: bool) -> None:
+    """Print one look of `watch`: text (the screen cleared first in a terminal) or JSON."""
+    if args.json:
+        print(json.dumps(found.to_dict(), indent=1 if args.once else None), flush=True)
+        return
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    print((_CLEAR if clear else "") + found.describe(width=width), flush=True)
+
+
+def _write_page(path: Path, found: Any, interval: float) -> None:
+    from .inspection.tables import progress_page
+    from .outputs import atomic_output
+
+    page = progress_page(found, refresh=interval).encode("utf-8")
+    with atomic_output(path, len(page), durable=False) as pending:  # (a page a minute: no fsync)
+        pending.path.write_bytes(page)
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from .inspection.progress import ProgressReader
+
+    if args.html is not None and args.run.is_dir() and _inside(args.html, args.run):
+        msg = f"{args.html}: inside the run folder {args.run}: watch writes nothing there (put the page elsewhere)"
+        raise MergeError(msg)
+    reader = ProgressReader(args.run, world_size=args.world_size)
+    clear = sys.stdout.isatty() and not args.once and not args.json
+    try:
+        while True:
+            found = reader.read(args.now)
+            _show_progress(args, found, clear)
+            if args.html is not None:
+                _write_page(args.html, found, args.interval)
+            if args.once:
+                return found.exit_status
+            if found.complete:  # (nothing more will change: the watch ends by itself)
+                logger.info("the run is complete: every rank wrote its shard")
+                return EXIT_OK
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        _Interrupt.seen = False  # (Ctrl-C is how a watch ends: not an interruption of anything)
+        logger.info("stopped watching %s", args.run)
+        return EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     run = make_demo_run(args.directory)
     print(f"Synthetic run in {run.directory}: {len(run.sequence_ids)} sequences over {run.world_size} workers")
@@ -498,6 +579,7 @@ COMMANDS = {
     "verify": _cmd_verify,
     "rerun": _cmd_rerun,
     "report": _cmd_report,
+    "watch": _cmd_watch,
     "demo": _cmd_demo,
 }
 

@@ -21,7 +21,7 @@ from typing import Any
 from ._files import open_input
 
 __all__ = ["MANIFEST_NAME", "RankClaim", "Manifest", "read_manifest", "LogTail", "read_log_tail", "log_path",
-           "Progress", "stop_line"]
+           "Progress", "stop_line", "failure_mentions"]
 
 #: Where the pipeline keeps its manifest, in its checkpoints folder.
 MANIFEST_NAME = "manifest.json"
@@ -229,3 +229,22 @@ def stop_line(rank: int, shard: str, progress: Progress, claim: RankClaim | None
     disagrees = (f"; the manifest says complete, but its shard is {shard}: the files win"
                  if claim is not None and claim.status == "complete" else "")
     return f"rank {rank}: {how}{done}{damaged}{disagrees}"
+
+
+def failure_mentions(path: str | os.PathLike[str]) -> int | None:
+    """How many times the manifest's bytes hold ``"failed"`` (quick: no JSON parsed). A watcher
+    parses the manifest again only when this number changes: a rank that fails adds one. None
+    where the manifest cannot be read (or is too large to be), so that :func:`read_manifest`
+    says why.
+
+    >>> from pathlib import Path
+    >>> _ = Path("manifest.json").write_text('{"shards": {"1": {"status": "failed"}, "2": {"status": "failed"}}}')
+    >>> failure_mentions("manifest.json")
+    2
+    """
+    try:
+        with open_input(path, "manifest", OSError, regular=True) as handle:
+            data = handle.read(_MAX_MANIFEST + 1)
+    except OSError:
+        return None
+    return None if len(data) > _MAX_MANIFEST else data.count(b'"failed"')

@@ -116,8 +116,9 @@ def _diagnose_unopenable(path: Path, err: OSError) -> UnreadableShardError:
 ABSENT = "file does not exist"
 
 
-def open_shard_file(path: str | os.PathLike[str]) -> h5py.File:
-    """Open a shard read-only (the caller closes it); every failure is a one-line ShardError."""
+def open_shard_file(path: str | os.PathLike[str], *, locking: bool = True) -> h5py.File:
+    """Open a shard read-only (the caller closes it); every failure is a one-line ShardError.
+    Without ``locking``, HDF5 takes no lock on the file (a watcher must never hold up a worker)."""
     path = Path(path)
     if not path.exists():
         raise UnreadableShardError(path, ABSENT)
@@ -126,20 +127,20 @@ def open_shard_file(path: str | os.PathLike[str]) -> h5py.File:
     if not path.is_file():  # a FIFO or a device: HDF5 would wait on it forever
         raise ShardError(path, "not a regular file")
     try:
-        return h5py.File(path, "r")
+        return h5py.File(path, "r") if locking else h5py.File(path, "r", locking=False)
     except OSError as err:
         raise _diagnose_unopenable(path, err) from err
 
 
 @contextmanager
-def open_shard(path: str | os.PathLike[str]) -> Iterator[h5py.File]:
+def open_shard(path: str | os.PathLike[str], *, locking: bool = True) -> Iterator[h5py.File]:
     """``with open_shard(path) as handle:`` -- :func:`open_shard_file`, closed on exit.
 
     What HDF5 cannot read inside the block (damaged metadata: h5py raises ``KeyError``,
     ``RuntimeError`` or ``OSError`` for it, from wherever it is met) is an
     :class:`UnreadableShardError` naming the file, never a traceback.
     """
-    with open_shard_file(path) as handle:
+    with open_shard_file(path, locking=locking) as handle:
         try:
             yield handle
         except (KeyError, RuntimeError, OSError, ValueError, TypeError) as err:

@@ -43,6 +43,8 @@ __all__ = [
     "embed_fasta_like_run",
     "FASTA_NAME",
     "EXPECTED_NAME",
+    "LiveRun",
+    "make_live_run",
 ]
 
 #: The FASTA file a demo run's index points into (in the run's folder).
@@ -544,20 +546,28 @@ def _manifest_entry(rank: int, records: list[dict[str, object]], *, died: bool, 
     return entry
 
 
+def _log_line(rank: int, at: str, level: str, message: str) -> str:
+    """One line of a worker's log, in the pipeline's format."""
+    when = at.replace("T", " ")[:19] + ",000"
+    return f"{when} - Worker {rank} - virnucpro.pipeline - {level} - {message}"
+
+
+#: How a worker's log ends when it died (after its ERROR line).
+_DEATH = ['Traceback (most recent call last):', '  File "virnucpro/pipeline/gpu_worker.py", line 212, in run_worker',
+          "RuntimeError: CUDA error: an illegal memory access was encountered"]
+
+
 def _write_log(path: Path, rank: int, records: list[dict[str, object]], *, died: bool, preempted: bool) -> None:
     """A worker's log, in the pipeline's format, ending as the worker did."""
     def line(at: str, level: str, message: str) -> str:
-        when = at.replace("T", " ")[:19] + ",000"
-        return f"{when} - Worker {rank} - virnucpro.pipeline - {level} - {message}"
+        return _log_line(rank, at, level, message)
 
     lines = [line(_iso(0), "INFO", f"Worker {rank} logging initialized: {path}")]
     lines += [line(str(r["timestamp"]), "INFO", f"Checkpoint {r['batch_idx']}: {r['num_sequences']} sequences")
               for r in records]
     end = str(records[-1]["timestamp"]) if records else _iso(1)
     if died:
-        lines += [line(end, "ERROR", "Worker failed during inference"), "Traceback (most recent call last):",
-                  '  File "virnucpro/pipeline/gpu_worker.py", line 212, in run_worker',
-                  "RuntimeError: CUDA error: an illegal memory access was encountered"]
+        lines += [line(end, "ERROR", "Worker failed during inference"), *_DEATH]
     elif preempted:
         lines.append(line(end, "WARNING", "Received SIGTERM: emergency checkpoint written, exiting"))
     else:
@@ -651,3 +661,254 @@ def write_stride_run(
             fh.write("]}\n")
     return StrideRun(directory, shard_files, expected_file, n_sequences, world_size, dim,
                      int(dropped.sum()), num_extra)
+
+
+# --------------------------------------------------------------------------- a run being written
+
+#: What becomes of a rank of a live run: it finishes, or it stops part-way one of three ways.
+_FINISHES, _STALLS, _DIES, _PREEMPTED = "finishes", "stalls", "dies", "preempted"
+#: The share of its checkpoints a rank that stops writes first (each way at another moment).
+_STOP_SHARE = {_STALLS: 0.4, _DIES: 0.5, _PREEMPTED: 0.6}
+
+
+@dataclass(frozen=True)
+class _Event:
+    """One thing a worker of a live run does at a moment (seconds from the start)."""
+
+    time: float
+    rank: int
+    kind: str  # "checkpoint", "shard", "dies" or "preempted"
+    number: int = 0  # the checkpoint's batch number
+    first: int = 0  # its sequences: the rank's positions[first:last]
+    last: int = 0
+
+
+@dataclass
+class LiveRun:
+    """A synthetic run that is being written, driven by a seeded clock (:func:`make_live_run`).
+
+    :meth:`advance_to` writes every file the run holds at that moment (seconds since its
+    start, ``START``), with the checkpoints' timestamps and the files' modification times
+    taken from the clock, never from the machine's: a test watches a run of hours in
+    milliseconds, without sleeping.
+    """
+
+    directory: Path
+    world_size: int
+    sequence_ids: list[str]
+    dim: int
+    seed: int
+    checkpoint_every: int
+    #: what becomes of each rank (``finishes``, ``stalls``, ``dies``, ``preempted``)
+    fates: dict[int, str]
+    #: when each rank that finishes writes its shard (seconds from the start)
+    finish_times: dict[int, float]
+    #: when each rank that stops does (its last checkpoint, its death, its SIGTERM)
+    stop_times: dict[int, float]
+    events: list[_Event] = field(repr=False, default_factory=list)
+    clock: float = 0.0
+    _applied: int = field(default=0, repr=False)
+    _records: dict[int, list[dict[str, object]]] = field(default_factory=dict, repr=False)
+
+    #: The moment the run starts (UTC).
+    START = _START
+
+    def moment(self, seconds: float | None = None) -> _dt.datetime:
+        """The moment (UTC) ``seconds`` after the start (default: the clock's)."""
+        return self.START + _dt.timedelta(seconds=self.clock if seconds is None else seconds)
+
+    @property
+    def end(self) -> float:
+        """When the last rank that finishes writes its shard (seconds from the start)."""
+        return max(self.finish_times.values(), default=0.0)
+
+    def assigned(self, rank: int) -> int:
+        """How many sequences rank ``rank`` was given."""
+        return len(range(rank, len(self.sequence_ids), self.world_size))
+
+    def done_at(self, rank: int, seconds: float) -> int:
+        """The sequences rank ``rank`` has checkpointed (or, once finished, written) by then: the truth
+        (a dead rank's last checkpoint, renamed into place but never marked, counted: it is whole)."""
+        if self.finish_times.get(rank, float("inf")) <= seconds:
+            return self.assigned(rank)
+        return max((e.last for e in self.events if e.rank == rank and e.time <= seconds and e.kind != "shard"),
+                   default=0)
+
+    def advance_to(self, seconds: float) -> list[Path]:
+        """Write what the run's workers write up to ``seconds`` after the start; return those files.
+
+        Examples
+        --------
+        >>> live = make_live_run("live", n_sequences=400, world_size=4, checkpoint_every=20)
+        >>> written = live.advance_to(700)
+        >>> sorted(p.name for p in (live.directory / "checkpoints" / "shard_0").iterdir())
+        ['batch_00000.pt', 'batch_00000.pt.done', 'batch_00001.pt', 'batch_00001.pt.done']
+        """
+        if seconds < self.clock:
+            msg = f"a live run goes forward only: it is at {self.clock:g} s, not {seconds:g} s"
+            raise ValueError(msg)
+        written: list[Path] = []
+        while self._applied < len(self.events) and self.events[self._applied].time <= seconds:
+            written += self._apply(self.events[self._applied])
+            self._applied += 1
+        if written:
+            written.append(self._write_manifest(seconds))
+        self.clock = seconds
+        return written
+
+    def _positions(self, rank: int) -> np.ndarray:
+        return stride_positions(len(self.sequence_ids), self.world_size, rank)
+
+    def _apply(self, event: _Event) -> list[Path]:
+        folder = self.directory / "checkpoints" / f"shard_{event.rank}"
+        log = self.directory / "logs" / f"worker_{event.rank}.log"
+        at = _iso(event.time)
+        if event.kind == "shard":
+            positions = self._positions(event.rank)
+            shard = write_shard(shard_path(self.directory, event.rank), [self.sequence_ids[p] for p in positions],
+                                synthetic_embeddings(positions, self.dim, self.seed))
+            return [shard, self._log(log, event, at, "INFO", "Shard written")]
+        positions = self._positions(event.rank)[event.first : event.last]
+        trigger = "emergency_sigterm" if event.kind == "preempted" else "sequence_threshold"
+        metadata = {"batch_idx": event.number, "num_sequences": int(positions.size), "timestamp": at[:-6],
+                    "trigger_reason": trigger, "model_dtype": "torch.float16", "packing_enabled": True}
+        name = f"batch_{event.number:05d}"
+        saved = write_checkpoint(folder / f"{name}.pt", [self.sequence_ids[p] for p in positions],
+                                 synthetic_embeddings(positions, self.dim, self.seed), metadata,
+                                 done=event.kind != "dies")
+        written = [saved, saved.with_name(saved.name + ".done")] if event.kind != "dies" else [saved]
+        if event.kind == "dies":  # killed between the rename and the marker, with a save begun
+            temp = folder / f"batch_{event.number + 1:05d}.tmp"
+            temp.write_bytes(b"PK\x03\x04")
+            written += [temp, self._log(log, event, at, "ERROR", "Worker failed during inference", *_DEATH)]
+        elif event.kind == "preempted":
+            written.append(self._log(log, event, at, "WARNING", "Received SIGTERM: emergency checkpoint written, "
+                                                                 "exiting"))
+        else:
+            written.append(self._log(log, event, at, "INFO", f"Checkpoint {event.number}: {positions.size} sequences"))
+        self._records.setdefault(event.rank, []).append(
+            {"batch_idx": event.number, "num_sequences": int(positions.size), "file": f"{name}.pt", "timestamp": at,
+             "sequence_range": ""})
+        for path in written:
+            _set_mtime(path, event.time)
+        return written
+
+    def _log(self, path: Path, event: _Event, at: str, level: str, message: str, *more: str) -> Path:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write("\n".join([_log_line(event.rank, at, level, message), *more]) + "\n")
+        _set_mtime(path, event.time)
+        return path
+
+    def _write_manifest(self, seconds: float) -> Path:
+        shards = {}
+        for rank in range(self.world_size):
+            records = self._records.get(rank, [])
+            fate = self.fates[rank]
+            died = fate == _DIES and self.stop_times[rank] <= seconds
+            finished = self.finish_times.get(rank, float("inf")) <= seconds
+            entry = _manifest_entry(rank, records, died=died, preempted=not finished, resumed=False,
+                                    finished_at=_iso(self.stop_times.get(rank, self.finish_times.get(rank, 0.0))))
+            shards[str(rank)] = entry
+        manifest = {"version": "2.0", "world_size": self.world_size, "created_at": _iso(0), "input_fingerprint": "",
+                    "model_config_hash": "", "global_checkpoints": [], "shards": shards}
+        path = self.directory / "checkpoints" / "manifest.json"
+        temp = path.with_suffix(".json.tmp")
+        temp.write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(temp, path)
+        _set_mtime(path, seconds)
+        return path
+
+
+def _set_mtime(path: Path, seconds: float) -> None:
+    """Give a file of a live run the clock's time as its modification time."""
+    moment = int((_START + _dt.timedelta(seconds=seconds)).timestamp() * 1e9)
+    os.utime(path, ns=(moment, moment))
+
+
+def _rank_events(rank: int, assigned: int, every: int, pace: float, fate: str, rng: np.random.Generator
+                 ) -> tuple[list[_Event], float]:
+    """What rank ``rank`` does, and when it finishes or stops (seconds from the start)."""
+    full = max(0, -(-assigned // every) - 1)  # (its last sequences are never checkpointed: the final flush)
+    times = np.cumsum(pace * rng.uniform(0.95, 1.05, full + 1))
+    if fate == _FINISHES:
+        events = [_Event(float(times[k]), rank, "checkpoint", k, k * every, (k + 1) * every) for k in range(full)]
+        last = float(times[full - 1]) if full else 0.0
+        finish = last + pace * (assigned - full * every) / every
+        return [*events, _Event(finish, rank, "shard")], finish
+    kept = max(1, int(full * _STOP_SHARE[fate])) if full else 0
+    events = [_Event(float(times[k]), rank, "checkpoint", k, k * every, (k + 1) * every) for k in range(kept)]
+    stop = float(times[kept - 1]) if kept else 0.0
+    if fate == _DIES:
+        stop = float(times[kept])
+        events.append(_Event(stop, rank, "dies", kept, kept * every, min(assigned, (kept + 1) * every)))
+    elif fate == _PREEMPTED:
+        stop = float(times[kept - 1]) + pace / 2  # (an emergency checkpoint of the half batch done)
+        events.append(_Event(stop, rank, "preempted", kept, kept * every, min(assigned, kept * every + every // 2)))
+    return events, stop
+
+
+def make_live_run(
+    directory: str | os.PathLike[str],
+    n_sequences: int = 4000,
+    world_size: int = 8,
+    *,
+    checkpoint_every: int = 50,
+    dim: int = 4,
+    seed: int = 0,
+    seconds_per_checkpoint: float = 300.0,
+    stragglers: Sequence[int] = (2,),
+    stalls: Sequence[int] = (5,),
+    dies: Sequence[int] = (6,),
+    preempted: Sequence[int] = (7,),
+) -> LiveRun:
+    """A seeded synthetic run to watch while it is written (:class:`LiveRun`, at its start).
+
+    Every rank embeds its stride assignment and checkpoints ``checkpoint_every`` sequences at
+    a time, as the pipeline does (its last ones never: the final flush), then writes its
+    shard. Rank ``r`` takes ``seconds_per_checkpoint * (1 + r / N)`` seconds a checkpoint
+    (each within 5 % of it, seeded), three times that in ``stragglers``. A rank in ``stalls``
+    hangs after two fifths of its checkpoints (nothing more is written, nothing says why);
+    one in ``dies`` dies at half way (a checkpoint renamed but never marked, a save left as
+    ``.tmp``, a CUDA error in its log, ``failed`` in the manifest); one in ``preempted`` is
+    stopped by SIGTERM at three fifths (an ``emergency_sigterm`` checkpoint). Nothing is
+    written until :meth:`LiveRun.advance_to` but the sequence index, the empty checkpoint
+    folders, the logs' first lines and the manifest.
+
+    Examples
+    --------
+    >>> live = make_live_run("live", n_sequences=400, world_size=4, checkpoint_every=20, stalls=(1,), dies=(),
+    ...                      preempted=(), stragglers=())
+    >>> live.fates[1], round(live.stop_times[1]), round(live.end)
+    ('stalls', 390, 2646)
+    >>> _ = live.advance_to(live.end)
+    >>> sorted(p.name for p in live.directory.glob("shard_*.h5"))
+    ['shard_0.h5', 'shard_2.h5', 'shard_3.h5']
+    """
+    directory = Path(directory)
+    (directory / "logs").mkdir(parents=True, exist_ok=True)
+    ids = [f"seq{i:06d}" for i in range(n_sequences)]
+    records = [{"sequence_id": i, "length": 300, "file_path": FASTA_NAME, "byte_offset": 400 * n}
+               for n, i in enumerate(ids)]
+    (directory / INDEX_NAME).write_text(json.dumps({"version": "1.0", "created": _iso(0)[:-6], "fasta_mtimes": {},
+                                                    "total_sequences": n_sequences, "total_tokens": 300 * n_sequences,
+                                                    "sequences": records}) + "\n")
+    fates = {r: _STALLS if r in stalls else _DIES if r in dies else _PREEMPTED if r in preempted else _FINISHES
+             for r in range(world_size)}
+    events: list[_Event] = []
+    finish_times: dict[int, float] = {}
+    stop_times: dict[int, float] = {}
+    for rank in range(world_size):
+        pace = seconds_per_checkpoint * (1 + rank / world_size) * (3 if rank in stragglers else 1)
+        assigned = len(range(rank, n_sequences, world_size))
+        found, when = _rank_events(rank, assigned, checkpoint_every, pace, fates[rank],
+                                   np.random.default_rng([seed, rank]))
+        events += found
+        (finish_times if fates[rank] == _FINISHES else stop_times)[rank] = when
+        (directory / "checkpoints" / f"shard_{rank}").mkdir(parents=True, exist_ok=True)
+        log = directory / "logs" / f"worker_{rank}.log"
+        log.write_text(_log_line(rank, _iso(0), "INFO", f"Worker {rank} logging initialized: {log.name}") + "\n")
+        _set_mtime(log, 0)
+    events.sort(key=lambda e: (e.time, e.rank))
+    live = LiveRun(directory, world_size, ids, dim, seed, checkpoint_every, fates, finish_times, stop_times, events)
+    live._write_manifest(0)
+    return live

@@ -7,8 +7,11 @@ resume repeats earlier checkpoints: counted once). Only IDs and metadata are rea
 rows (:func:`~virnucpro_merge.checkpoints.read_checkpoint` with ``rows=False``).
 
 A rank's **rate** is its sequences done between its first and its last checkpoint over the
-time between them; a **straggler** is a rank whose rate is below half the median rate of the
-ranks (with at least two checkpoints each).
+time between them (its **recent rate**: the same over its last ``RECENT`` checkpoints); a
+**straggler** is a rank whose rate is below half the median rate of the ranks (with at least
+two checkpoints each). What the timeline takes from one checkpoint file is
+:class:`CheckpointFacts` (:func:`checkpoint_facts`): a reader that keeps those per file
+(``watch``) builds a rank's timeline with :func:`rank_timeline` without reading a file twice.
 """
 
 from __future__ import annotations
@@ -23,13 +26,25 @@ import numpy as np
 
 from .checkpoints import rank_checkpoints, read_checkpoint
 from .errors import CheckpointError
+from .ids import id_hashes
 
-__all__ = ["RankTimeline", "Timeline", "read_timeline", "STRAGGLER_RATIO"]
+__all__ = ["RankTimeline", "Timeline", "read_timeline", "STRAGGLER_RATIO", "RECENT", "CheckpointFacts",
+           "checkpoint_facts", "rank_timeline"]
 
 logger = logging.getLogger("virnucpro_merge")
 
 #: A rank slower than this fraction of the median rate is a straggler.
 STRAGGLER_RATIO = 0.5
+#: The checkpoints a rank's recent rate and usual interval are taken over (its last ones).
+RECENT = 5
+
+
+def _pace(times: np.ndarray, done: np.ndarray) -> float | None:
+    """Sequences an hour from the first to the last of these points, or None."""
+    if times.size < 2:
+        return None
+    hours = float((times[-1] - times[0]) / np.timedelta64(1, "h"))
+    return float(done[-1] - done[0]) / hours if hours > 0 else None
 
 
 @dataclass(frozen=True)
@@ -59,10 +74,19 @@ class RankTimeline:
     @property
     def rate(self) -> float | None:
         """Sequences an hour between its first and last checkpoint, or None with fewer than two."""
-        if self.times.size < 2:
-            return None
-        hours = float((self.times[-1] - self.times[0]) / np.timedelta64(1, "h"))
-        return float(self.done[-1] - self.done[0]) / hours if hours > 0 else None
+        return _pace(self.times, self.done)
+
+    @property
+    def recent_rate(self) -> float | None:
+        """Sequences an hour over its last ``RECENT`` checkpoints, or None with fewer than two."""
+        return _pace(self.times[-RECENT - 1 :], self.done[-RECENT - 1 :])
+
+    @property
+    def interval(self) -> float | None:
+        """The usual seconds between two of its checkpoints (the median over its last ``RECENT``
+        ones), or None with fewer than two checkpoints."""
+        gaps = np.diff(self.times[-RECENT - 1 :]) / np.timedelta64(1, "s")
+        return float(np.median(gaps)) if gaps.size else None
 
 
 @dataclass(frozen=True)
@@ -137,22 +161,68 @@ def _when(metadata: dict[str, object], path: Path) -> np.datetime64:
     return np.datetime64(int(os.stat(path).st_mtime * 1000), "ms")
 
 
+@dataclass(frozen=True)
+class CheckpointFacts:
+    """What a timeline takes from one checkpoint file: when it was saved, the hashes of its IDs
+    (:func:`~virnucpro_merge.ids.id_hashes`: 8 bytes an ID, not the IDs), why it was saved."""
+
+    time: np.datetime64
+    ids: np.ndarray
+    trigger: str | None = None
+
+
+def checkpoint_facts(path: str | os.PathLike[str]) -> CheckpointFacts:
+    """Read the :class:`CheckpointFacts` of one checkpoint file (its IDs and metadata only).
+
+    Raises
+    ------
+    CheckpointError
+        The file cannot be read as a checkpoint (:func:`~virnucpro_merge.checkpoints.read_checkpoint`).
+
+    Examples
+    --------
+    >>> from virnucpro_merge.synthetic import write_checkpoint
+    >>> saved = write_checkpoint("batch_00000.pt", ["a", "b"], np.zeros((2, 2), np.float32),
+    ...                          {"timestamp": "2026-01-05T10:05:00", "trigger_reason": "final"})
+    >>> facts = checkpoint_facts(saved)
+    >>> str(facts.time), facts.ids.size, facts.trigger
+    ('2026-01-05T10:05:00.000', 2, 'final')
+    """
+    path = Path(path)
+    checkpoint = read_checkpoint(path, rows=False)
+    found = checkpoint.metadata.get("trigger_reason")
+    return CheckpointFacts(_when(checkpoint.metadata, path), id_hashes(checkpoint.sequence_ids),
+                           found if isinstance(found, str) else None)
+
+
+def rank_timeline(rank: int, facts: list[CheckpointFacts], damaged: int = 0) -> RankTimeline:
+    """A rank's timeline from the facts of its readable checkpoints, in batch order: the
+    distinct sequences done after each (an ID in an earlier checkpoint counted once).
+
+    >>> one = CheckpointFacts(np.datetime64("2026-01-05T10:00"), np.array([1, 2]))
+    >>> two = CheckpointFacts(np.datetime64("2026-01-05T11:00"), np.array([2, 3, 4]))
+    >>> found = rank_timeline(0, [one, two])
+    >>> found.done.tolist(), found.rate
+    ([2, 4], 2.0)
+    """
+    if not facts:
+        return RankTimeline(rank, np.array([], dtype="datetime64[ms]"), np.array([], dtype=np.int64), None, damaged)
+    hashes = np.concatenate([f.ids for f in facts])
+    owner = np.repeat(np.arange(len(facts)), [f.ids.size for f in facts])
+    _, first = np.unique(hashes, return_index=True)
+    done = np.cumsum(np.bincount(owner[first], minlength=len(facts))).astype(np.int64)
+    times = np.array([f.time for f in facts], dtype="datetime64[ms]")
+    return RankTimeline(rank, times, done, facts[-1].trigger, damaged)
+
+
 def _rank_timeline(rank: int, folder: Path) -> RankTimeline:
-    times, done, seen = [], [], set()
-    damaged, trigger = 0, None
+    facts, damaged = [], 0
     for entry in rank_checkpoints(folder).files:
         try:
-            checkpoint = read_checkpoint(entry.path, rows=False)
+            facts.append(checkpoint_facts(entry.path))
         except CheckpointError:
             damaged += 1
-            continue
-        seen.update(checkpoint.sequence_ids)
-        times.append(_when(checkpoint.metadata, entry.path))
-        done.append(len(seen))
-        found = checkpoint.metadata.get("trigger_reason")
-        trigger = found if isinstance(found, str) else None
-    return RankTimeline(rank, np.array(times, dtype="datetime64[ms]"), np.array(done, dtype=np.int64), trigger,
-                        damaged)
+    return rank_timeline(rank, facts, damaged)
 
 
 def read_timeline(checkpoints: str | os.PathLike[str], world_size: int) -> Timeline:

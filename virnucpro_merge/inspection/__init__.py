@@ -2,6 +2,8 @@
 
 - :mod:`.run`: :func:`inspect_run`, per-rank summaries and the missing-ID matrix
   (reads IDs only);
+- :mod:`.progress`: :func:`read_progress`, a run while it runs (``watch``): each rank's
+  progress, pace, ETA and state, read without disturbing the run;
 - :mod:`.tables`: the text tables (:func:`format_shard_table`, :func:`format_report`);
 - :mod:`.plots`: the figures (matplotlib, from the ``notebooks`` extra);
 - :mod:`.interactive`: the report page's figures, for hovering (Bokeh, from the same extra);
@@ -19,6 +21,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ..statuses import ABSENT, DUPLICATED, EMPTY, FAILED, INCOMPLETE, OFF_STRIDE, OK, STATUS_COLORS, STATUSES
+from .progress import STALL_FACTOR, ProgressReader, RankProgress, RunProgress, read_progress
 from .run import RunInspection, ShardSummary, inspect_run
 from .tables import format_report, format_shard_table, format_summary, rank_ranges
 
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
         plot_memory_profile,
         plot_missing_heatmap,
         plot_peak_scaling,
+        plot_progress,
         plot_shard_counts,
         plot_timeline,
     )
@@ -47,6 +51,11 @@ __all__ = [
     "ShardSummary",
     "RunInspection",
     "inspect_run",
+    "RunProgress",
+    "RankProgress",
+    "ProgressReader",
+    "read_progress",
+    "STALL_FACTOR",
     "format_shard_table",
     "format_summary",
     "format_report",
@@ -54,6 +63,7 @@ __all__ = [
     "plot_shard_counts",
     "plot_missing_heatmap",
     "plot_timeline",
+    "plot_progress",
     "plot_health",
     "plot_memory_profile",
     "plot_peak_scaling",
@@ -68,7 +78,7 @@ __all__ = [
 
 #: Names loaded on first use, and the module of each.
 _LAZY = {
-    **dict.fromkeys(("plot_shard_counts", "plot_missing_heatmap", "plot_timeline", "plot_health",
+    **dict.fromkeys(("plot_shard_counts", "plot_missing_heatmap", "plot_timeline", "plot_progress", "plot_health",
                      "plot_memory_profile", "plot_peak_scaling"), "plots"),
     **dict.fromkeys(("interactive_counts", "interactive_missing", "interactive_health"), "interactive"),
     **dict.fromkeys(("MIB", "MemoryProfile", "profile_memory", "release_free_memory"), "memory"),

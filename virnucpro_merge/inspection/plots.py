@@ -28,7 +28,17 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
 from ..ranks import rank_ranges
-from ..statuses import ABSENT, EMPTY, FAILED, INCOMPLETE, OK, STATUS_COLORS, STATUSES
+from ..statuses import (
+    ABSENT,
+    EMPTY,
+    FAILED,
+    INCOMPLETE,
+    OK,
+    RUN_STATE_COLORS,
+    STATUS_COLORS,
+    STATUSES,
+    STOPPED_STATES,
+)
 from ..timeline import STRAGGLER_RATIO, RankTimeline, Timeline
 from .memory import MIB, MemoryProfile
 from .views import (
@@ -36,6 +46,7 @@ from .views import (
     FLAGGED_COLOR,
     HEALTHY_COLOR,
     InspectionView,
+    ProgressView,
     RankView,
     bar_of,
     counts_title,
@@ -50,6 +61,7 @@ __all__ = [
     "plot_shard_counts",
     "plot_missing_heatmap",
     "plot_timeline",
+    "plot_progress",
     "plot_health",
     "plot_memory_profile",
     "describe",
@@ -757,3 +769,71 @@ def _timeline_legend(ax: Axes, timeline: Timeline, drawn: list[RankTimeline], sl
     for handle in handles:  # (narrow: the plot keeps its width)
         handle.set_label(textwrap.fill(str(handle.get_label()), 34))
     ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
+def plot_progress(
+    progress: ProgressView,
+    *,
+    ax: Axes | None = None,
+    figsize: tuple[float, float] | None = None,
+) -> Figure:
+    """A run in progress: each rank's share of its assignment done, coloured by its state.
+
+    One bar a rank (at 1,024 ranks, a band of thin bars: the ticks are thinned so that their
+    labels never meet); the legend counts the ranks in each state; a dashed line is the run's
+    share done, and the title says what is done and when the run should end.
+
+    Parameters
+    ----------
+    progress : RunProgress
+        From :func:`~virnucpro_merge.inspection.read_progress`.
+    ax : matplotlib.axes.Axes, optional
+        Draw here instead of on a new figure.
+    figsize : tuple of float, optional
+        Size in inches of a new figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> from virnucpro_merge.inspection.progress import read_progress
+    >>> from virnucpro_merge.synthetic import make_live_run
+    >>> live = make_live_run("live", n_sequences=800, world_size=8, checkpoint_every=20)
+    >>> _ = live.advance_to(2700)
+    >>> fig = plot_progress(read_progress("live", now=live.moment()))
+    >>> [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    ['finished (4)', 'running (1)', 'preempted (1)', 'stalled (1)', 'failed (1)', 'the run (71%)']
+    """
+    fig, ax = _axes(ax, figsize or (9.0, 3.8))
+    ranks = progress.ranks
+    shares = np.array([100 * (r.fraction or 0.0) for r in ranks])
+    colors = [RUN_STATE_COLORS.get(r.state, "#999999") for r in ranks]
+    many = len(ranks) > FEW_RANKS
+    ax.bar(np.arange(len(ranks)), shares, width=1.0 if many else 0.8, color=colors, linewidth=0)
+    stopped = [r for r in ranks if r.state in STOPPED_STATES]
+    if many and stopped:  # (a bar a pixel wide is not seen: a mark on each that will not finish by itself)
+        ax.scatter([r.rank for r in stopped], [100 * (r.fraction or 0.0) + 3 for r in stopped], marker="v", s=36,
+                   c=[RUN_STATE_COLORS[r.state] for r in stopped], edgecolors="#222222", linewidths=0.6, zorder=3)
+    whole: list[Artist] = []
+    if progress.total:
+        share = 100 * progress.done / progress.total
+        whole += ax.plot([-0.6, len(ranks) - 0.4], [share, share], color="#333333", linestyle="--", linewidth=1,
+                        label=f"the run ({share:.0f}%)")
+    ax.set_xlim(-0.6, len(ranks) - 0.4)
+    ax.set_ylim(0, 105)
+    ax.set_xlabel("rank")
+    ax.set_ylabel("% of its sequences done")
+    width, _ = _axes_pixels(fig, ax)
+    _thin(ax.xaxis, len(ranks), width, 7.0 * len(str(max(len(ranks) - 1, 0))))
+    counts = progress.counts()
+    handles: list[Artist] = [Patch(color=RUN_STATE_COLORS[state], label=f"{state} ({n:,})")
+                             for state, n in counts.items() if n] + whole
+    ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    total = "?" if progress.total is None else f"{progress.total:,}"
+    eta = progress.eta
+    when = "complete" if progress.complete else \
+        f"ETA {str(eta)[:16].replace('T', ' ')} UTC" if eta is not None else "no ETA"
+    ax.set_title(f"{progress.done:,} of {total} sequences done; {when}", fontsize="medium")
+    return fig

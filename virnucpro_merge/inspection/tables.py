@@ -14,10 +14,33 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from ..errors import shown_id
 from ..health import report_flags
 from ..ranks import INDEX_NAME, rank_ranges
-from ..statuses import DUPLICATED, EMPTY, INCOMPLETE, OFF_STRIDE, OK, SHARD_COLORS, STATUS_COLORS, ShardStatus
-from .views import InspectionView, RankView
+from ..statuses import (
+    DUPLICATED,
+    EMPTY,
+    INCOMPLETE,
+    OFF_STRIDE,
+    OK,
+    RUN_STATE_COLORS,
+    RUN_STATES,
+    RUNNING,
+    SHARD_COLORS,
+    STATUS_COLORS,
+    WAITING,
+    ShardStatus,
+)
+from .views import (
+    InspectionView,
+    ProgressView,
+    RankProgressView,
+    RankView,
+    duration_words,
+    progress_in_focus,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,6 +58,10 @@ __all__ = [
     "inspection_html",
     "report_html",
     "verification_html",
+    "format_progress",
+    "progress_html",
+    "progress_page",
+    "progress_frame",
 ]
 
 
@@ -185,7 +212,7 @@ def health_words(found: InspectionView) -> dict[int, str] | None:
 
 _TABLE_STYLE = ("border-collapse: collapse; font-size: 0.9em; font-variant-numeric: tabular-nums;")
 _CELL = "padding: 0.15em 0.6em; border-bottom: 1px solid #ddd; white-space: nowrap;"
-_WORDS = {"problem", "health"}  # columns of sentences: they wrap, the others stay on one line
+_WORDS = {"problem", "health", "cause"}  # columns of sentences: they wrap, the others stay on one line
 _WRAPPED = " white-space: normal; min-width: 22em;"
 
 
@@ -418,3 +445,206 @@ def verification_html(found: Any) -> Markup:
     parts.append(_items([f"checked: {', '.join(found.checked)}" if found.checked else "nothing could be checked",
                          *(f"note: {n}" for n in found.notes)]))
     return Markup('<div class="virnucpro-verification">' + "".join(parts) + "</div>")
+
+
+# --------------------------------------------------------------------------- a run in progress (watch)
+
+
+def _clock(moment: object) -> str:
+    """A UTC time to the second, as the views of a run in progress show it (``-`` for none)."""
+    return "-" if moment is None else str(moment)[:19].replace("T", " ")
+
+
+def _near(found: ProgressView, moment: object) -> str:
+    """A time in a rank's row: the time of day on the day of the look, else the date too (UTC)."""
+    shown = _clock(moment)
+    return shown[11:] if shown[:10] == _clock(found.now)[:10] else shown
+
+
+def _eta_words(found: ProgressView, eta: object, *, near: bool = False) -> str:
+    if eta is None:
+        return "-"
+    ahead = float((eta - found.now) / np.timedelta64(1, "s"))  # type: ignore[operator]
+    return f"{_near(found, eta) if near else _clock(eta)} (in {duration_words(ahead)})"
+
+
+def _rate_words(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:,.0f}"
+
+
+def _of(done: int, whole: int | None) -> str:
+    if whole is None:
+        return f"{done:,} of ?"
+    share = f" ({done / whole:.1%})" if whole else ""
+    return f"{done:,} of {whole:,}{share}"
+
+
+def _ranks_words(ranks: Sequence[int]) -> str:
+    return f"{'rank' if len(ranks) == 1 else 'ranks'} {rank_ranges(ranks)}"
+
+
+def _no_eta(found: ProgressView) -> str:
+    """Why a run that is not complete has no ETA."""
+    slow = [r.rank for r in found.ranks if r.state in (RUNNING, WAITING) and r.eta is None]
+    if slow:
+        return f"{_ranks_words(slow)} without a pace yet: fewer than two checkpoints"
+    return "no rank is running"
+
+
+def _progress_lines(found: ProgressView) -> list[str]:
+    """The summary of a run in progress, a line each (no untrusted text but the folder's name)."""
+    counts = ", ".join(f"{n:,} {state}" for state, n in found.counts().items() if n)
+    lines = [f"{shown_id(found.run.name)}: {found.world_size:,} ranks, at {_clock(found.now)} UTC",
+             f"done: {_of(found.done, found.total)} sequences, {found.rate:,.0f} an hour"]
+    if found.complete:
+        lines.append("the run is complete: every rank wrote its shard")
+    elif found.eta is not None:
+        lines.append(f"ETA: {_eta_words(found, found.eta)} UTC, when the last running rank finishes at its pace")
+    else:
+        lines.append(f"ETA: - ({_no_eta(found)})")
+    lines.append(f"ranks: {counts}")
+    if found.stopped:
+        lines.append(f"will not finish by themselves: {_ranks_words(found.stopped)} (stalled, failed or preempted)")
+    slow = found.slowest(5)
+    if slow and not found.complete:
+        lines.append("finishing last: " + ", ".join(f"rank {r.rank} ({_clock(r.eta)[11:16]})" if r.eta is not None
+                                                    else f"rank {r.rank} (no pace yet)" for r in slow))
+    if found.stragglers:
+        lines.append(f"stragglers (under half the median pace): {_ranks_words(found.stragglers)}")
+    return lines + [f"note: {note}" for note in found.notes]
+
+
+_PROGRESS_HEADERS = ["rank", "state", "done", "rate/h", "last checkpoint", "ETA (UTC)", "cause"]
+
+
+def _progress_row(found: ProgressView, r: RankProgressView) -> list[str]:
+    return [str(r.rank), r.state, _of(r.done, r.assigned), _rate_words(r.rate), _near(found, r.last_checkpoint),
+            _eta_words(found, r.eta, near=True), "" if r.cause is None else r.cause]
+
+
+_CAUSE_WIDTH = 90  # characters of a cause a line shows by default (all of it: --json, --html)
+
+
+def _cause_line(cause: str, room: int) -> str:
+    """A cause read from a run's files, on one terminal line: quoted where it holds a control
+    character (an escape sequence must not reach the terminal), cut to ``room`` characters."""
+    shown = cause if cause.isprintable() else repr(cause)
+    return shown if len(shown) <= room else shown[: room - 3] + "..."
+
+
+def format_progress(found: ProgressView, *, most: int = 12, width: int | None = None) -> str:
+    """A run in progress as the terminal shows it: its summary, then its ranks, one a line
+    (past :data:`~virnucpro_merge.inspection.views.ALL_RANKS_UP_TO` ranks, the ``most``
+    worth a look, and the others counted by state). What came from the run's files (a
+    cause) is shown on one line, quoted where it holds a control character, and cut to fit
+    a terminal ``width`` characters wide (by default, to 90 characters).
+
+    Examples
+    --------
+    >>> from virnucpro_merge.inspection.progress import read_progress
+    >>> from virnucpro_merge.synthetic import make_live_run
+    >>> live = make_live_run("live", n_sequences=400, world_size=4, checkpoint_every=20, stalls=(), dies=(3,),
+    ...                      preempted=(), stragglers=())
+    >>> _ = live.advance_to(2000)
+    >>> print(format_progress(read_progress("live", now=live.moment())))  # doctest: +ELLIPSIS
+    live: 4 ranks, at 2026-01-05 10:33:20 UTC
+    done: 340 of 400 (85.0%) sequences, 162 an hour
+    ETA: 2026-01-05 10:36:50 (in 4 min) UTC, when the last running rank finishes at its pace
+    ranks: 2 finished, 1 running, 1 failed
+    will not finish by themselves: rank 3 (stalled, failed or preempted)
+    finishing last: rank 2 (10:36)
+    <BLANKLINE>
+    rank  state     done                 rate/h  last checkpoint  ETA (UTC)            cause
+       0  finished  100 of 100 (100.0%)  -       10:19:28         -
+       1  finished  100 of 100 (100.0%)  -       10:25:45         -
+       2  running   80 of 100 (80.0%)    162     10:29:25         10:36:50 (in 4 min)
+       3  failed    60 of 100 (60.0%)    -       10:26:45         -                    RuntimeError: ...
+    """
+    lines = _progress_lines(found)
+    shown = progress_in_focus(found, most)
+    rows = [_PROGRESS_HEADERS] + [_progress_row(found, found.ranks[rank]) for rank in shown]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_PROGRESS_HEADERS) - 1)]
+    before = max(4, widths[0]) + sum(w + 2 for w in widths[1:]) + 2  # (the columns before the cause)
+    room = _CAUSE_WIDTH if width is None else max(20, width - before)
+    for row in rows[1:]:
+        row[-1] = _cause_line(row[-1], room)
+    table = [f"{row[0]:>{max(4, widths[0])}}  " + "  ".join(f"{cell:<{w}}" for cell, w in zip(row[1:-1], widths[1:],
+                                                                                          strict=True))
+             + f"  {row[-1]}".rstrip() for row in rows]
+    left = [r for r in found.ranks if r.rank not in set(shown)]
+    if left:
+        by_state = {state: [r.rank for r in left if r.state == state] for state in RUN_STATES}
+        rest = f"... and {len(left):,} more ranks: " + "; ".join(
+            f"{state} {rank_ranges(ranks, most=6)}" for state, ranks in by_state.items() if ranks)
+        table.append(rest if width is None or len(rest) <= width else rest[: width - 3] + "...")
+    return "\n".join([*lines, "", *(line.rstrip() for line in table)])
+
+
+def _progress_bar(found: ProgressView) -> Markup:
+    """One small square a rank, coloured by its state, its words on hover (every rank, even at 1,024)."""
+    cells = "".join(f'<span title="{escape(f"rank {r.rank}: {r.state}")}" style="display: inline-block; width: 9px; '
+                    f'height: 9px; margin: 0 1px 1px 0; background: {RUN_STATE_COLORS.get(r.state, "#999999")};">'
+                    "</span>" for r in found.ranks)
+    legend = " ".join(f"{_badge(state, RUN_STATE_COLORS[state])} {n:,}" for state, n in found.counts().items() if n)
+    return Markup(f'<div style="line-height: 0; max-width: 66em;">{cells}</div><p>{legend}</p>')
+
+
+def progress_html(found: ProgressView, *, most: int = 40) -> str:
+    """How a run in progress shows in a notebook (and in ``watch --html``'s page): its summary,
+    a square per rank coloured by state, and a table of its ranks (past
+    :data:`~virnucpro_merge.inspection.views.ALL_RANKS_UP_TO`, those worth a look, every
+    rank folded beneath). Everything read from the run's files goes through :func:`escape`."""
+    rows = [[*_progress_row(found, r)[:1], _badge(r.state, RUN_STATE_COLORS.get(r.state)),
+             *_progress_row(found, r)[2:]] for r in found.ranks]
+    look = set(progress_in_focus(found, most))
+    table = _folded(_PROGRESS_HEADERS, rows, [True, False, True, True, False, False, False],
+                    [r.rank in look for r in found.ranks], "rank")
+    return (f'<div class="virnucpro-progress">{_items(_progress_lines(found))}{_progress_bar(found)}'
+            f"{table}</div>")
+
+
+def progress_page(found: ProgressView, *, refresh: float | None = None) -> str:
+    """A self-contained HTML page of a run in progress (``watch --html``): :func:`progress_html`,
+    reloading itself every ``refresh`` seconds (a ``<meta http-equiv="refresh">``; none without).
+
+    >>> from virnucpro_merge.inspection.progress import read_progress
+    >>> from virnucpro_merge.synthetic import make_live_run
+    >>> live = make_live_run("live", n_sequences=80, world_size=2, checkpoint_every=10, stalls=(), dies=(),
+    ...                      preempted=(), stragglers=())
+    >>> page = progress_page(read_progress("live", now=live.moment()), refresh=30)
+    >>> '<meta http-equiv="refresh" content="30">' in page, "<script" in page
+    (True, False)
+    """
+    reload = f'<meta http-equiv="refresh" content="{max(1, round(refresh))}">' if refresh else ""
+    title = escape(f"{found.run.name}: {found.done:,} of {'?' if found.total is None else f'{found.total:,}'} done")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{reload}<title>{title}</title>'
+            '<style>body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; } '
+            "ul { padding-left: 1.2em; } li { margin: 0.15em 0; }</style></head>"
+            f"<body><h1>Watching {escape(found.run.name)}</h1>{progress_html(found)}"
+            f"<p style=\"color: #666;\">Read from the run's files at {escape(_clock(found.now))} UTC"
+            f"{f'; this page reloads itself every {max(1, round(refresh))} s' if refresh else ''}.</p>"
+            "</body></html>\n")
+
+
+def progress_frame(found: ProgressView) -> pd.DataFrame:
+    """The ranks of a run in progress as a pandas DataFrame, one row per rank (indexed by rank):
+    ``state`` (a categorical of every state), ``done``, ``assigned``, ``rate`` (sequences an
+    hour), ``eta`` and ``last_checkpoint`` (UTC), ``checkpoints``, ``in_progress`` and
+    ``cause`` (an empty string for none)."""
+    import pandas as pd
+
+    ranks = found.ranks
+    return pd.DataFrame(
+        {
+            "state": pd.Categorical([r.state for r in ranks], categories=list(RUN_STATES)),
+            "done": [r.done for r in ranks],
+            "assigned": pd.array([r.assigned for r in ranks], dtype="Int64"),
+            "rate": [np.nan if r.rate is None else r.rate for r in ranks],
+            "eta": pd.to_datetime([r.eta for r in ranks]),
+            "last_checkpoint": pd.to_datetime([r.last_checkpoint for r in ranks]),
+            "checkpoints": [r.checkpoints for r in ranks],
+            "in_progress": [r.in_progress for r in ranks],
+            "cause": [r.cause or "" for r in ranks],
+        },
+        index=pd.RangeIndex(found.world_size, name="rank"),
+    )

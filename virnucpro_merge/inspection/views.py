@@ -15,10 +15,11 @@ from typing import Protocol
 import numpy as np
 
 from ..health import HealthFlag, RankHealth
-from ..statuses import OK
+from ..statuses import FAILED, OK, PREEMPTED, STALLED
 
-__all__ = ["RankView", "InspectionView", "FEW_RANKS", "ranks_in_focus", "bar_of", "nothing_held", "HEALTHY_COLOR",
-           "FLAGGED_COLOR", "counts_title", "missing_title", "health_title"]
+__all__ = ["RankView", "InspectionView", "RankProgressView", "ProgressView", "FEW_RANKS", "ranks_in_focus", "bar_of",
+           "nothing_held", "HEALTHY_COLOR", "FLAGGED_COLOR", "counts_title", "missing_title", "health_title",
+           "duration_words", "progress_in_focus", "ALL_RANKS_UP_TO"]
 
 #: The colours of a rank's row norms: as most ranks', and standing out.
 HEALTHY_COLOR, FLAGGED_COLOR = "#6A8CAF", "#D55E00"
@@ -182,3 +183,96 @@ def health_title(flagged: int, ranks: int) -> str:
     if flagged:
         return f"Row norms per rank: {flagged:,} of {ranks:,} ranks stand out"
     return f"Row norms per rank: none of {ranks:,} stands out"
+
+
+class RankProgressView(Protocol):
+    """One rank of a run in progress, as the tables and figures read it (a ``RankProgress``)."""
+
+    @property
+    def rank(self) -> int: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def done(self) -> int: ...
+    @property
+    def assigned(self) -> int | None: ...
+    @property
+    def rate(self) -> float | None: ...
+    @property
+    def eta(self) -> np.datetime64 | None: ...
+    @property
+    def last_checkpoint(self) -> np.datetime64 | None: ...
+    @property
+    def checkpoints(self) -> int: ...
+    @property
+    def in_progress(self) -> int: ...
+    @property
+    def cause(self) -> str | None: ...
+    @property
+    def fraction(self) -> float | None: ...
+
+
+class ProgressView(Protocol):
+    """A run in progress, as the tables and figures read it (a ``RunProgress``)."""
+
+    @property
+    def run(self) -> Path: ...
+    @property
+    def now(self) -> np.datetime64: ...
+    @property
+    def ranks(self) -> Sequence[RankProgressView]: ...
+    @property
+    def total(self) -> int | None: ...
+    @property
+    def notes(self) -> Sequence[str]: ...
+    @property
+    def world_size(self) -> int: ...
+    @property
+    def done(self) -> int: ...
+    @property
+    def rate(self) -> float: ...
+    @property
+    def eta(self) -> np.datetime64 | None: ...
+    @property
+    def complete(self) -> bool: ...
+    @property
+    def stopped(self) -> list[int]: ...
+    @property
+    def stragglers(self) -> list[int]: ...
+    def counts(self) -> dict[str, int]: ...
+    def slowest(self, most: int = 5) -> Sequence[RankProgressView]: ...
+
+
+#: Up to this many ranks, the views of a run in progress list every rank; past it, those worth a look.
+ALL_RANKS_UP_TO = 32
+
+
+def duration_words(seconds: float) -> str:
+    """A duration as a person reads it at a glance.
+
+    >>> duration_words(45), duration_words(720), duration_words(11_100), duration_words(190_000)
+    ('45 s', '12 min', '3 h 05 min', '2 d 4 h')
+    """
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    if minutes < 90:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
+def progress_in_focus(found: ProgressView, most: int) -> list[int]:
+    """The ranks of a run in progress worth a look, at most ``most``: the stopped ones (failed,
+    stalled, preempted), then the stragglers, then those that will finish last; every rank
+    where there are no more than :data:`ALL_RANKS_UP_TO`."""
+    if found.world_size <= ALL_RANKS_UP_TO:
+        return [r.rank for r in found.ranks]
+    order = {state: at for at, state in enumerate((FAILED, STALLED, PREEMPTED))}
+    stopped = sorted((r for r in found.ranks if r.state in order), key=lambda r: (order[r.state], r.rank))
+    chosen = [r.rank for r in stopped] + found.stragglers + [r.rank for r in found.slowest(most)]
+    return sorted(list(dict.fromkeys(chosen))[:most])

@@ -334,7 +334,7 @@ def test_the_progress_figure_has_no_overlapping_labels(world_size):
     assert {"stalled (1)", "failed (1)", "preempted (1)"} <= set(legend)
 
 
-def test_the_manifest_is_parsed_again_only_when_a_failure_is_added(live, monkeypatch):
+def test_the_manifest_is_parsed_again_only_when_a_status_changes(live, monkeypatch):
     from virnucpro_merge.inspection import progress
 
     parsed = []
@@ -364,3 +364,30 @@ def test_a_cause_is_cut_to_fit_the_terminal(live):
         assert len(rows[0]) <= width
         assert rows[0].endswith("...")
     assert found.describe().splitlines()[-2].startswith("   6  failed")
+
+
+def test_a_failure_and_a_retry_between_two_looks_are_both_seen(live, monkeypatch):
+    """One rank fails as a failed one is retried: as many failures as before, other ranks."""
+    import json
+
+    from virnucpro_merge.inspection import progress
+
+    parsed = []
+    real = progress.read_manifest
+    monkeypatch.setattr(progress, "read_manifest", lambda path: parsed.append(path) or real(path))
+    live.advance_to(live.stop_times[6] + 1)
+    reader = ProgressReader(live.directory)
+    assert reader.read(now=live.moment()).ranks[6].state == FAILED
+    path = live.directory / "checkpoints" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    shards = manifest["shards"]
+    assert shards["6"]["status"] == "failed"
+    assert shards["3"]["status"] != "failed"
+    shards["6"]["status"], shards["3"]["status"] = shards["3"]["status"], "failed"
+    shards["3"]["error"] = "exhausted 3 retries for transient"
+    path.write_text(json.dumps(manifest))
+    os.utime(path, ns=(path.stat().st_mtime_ns + 10**9,) * 2)
+    found = reader.read(now=live.moment())
+    assert len(parsed) == 2  # (the statuses changed, not their count of failures)
+    assert found.ranks[3].state == FAILED
+    assert "exhausted 3 retries" in found.ranks[3].cause

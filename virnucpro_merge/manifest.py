@@ -21,10 +21,11 @@ from typing import Any
 from ._files import open_input
 
 __all__ = ["MANIFEST_NAME", "RankClaim", "Manifest", "read_manifest", "LogTail", "read_log_tail", "log_path",
-           "Progress", "stop_line", "failure_mentions"]
+           "Progress", "stop_line", "status_words"]
 
 #: Where the pipeline keeps its manifest, in its checkpoints folder.
 MANIFEST_NAME = "manifest.json"
+_STATUS_WORDS = re.compile(rb'"(?:status|error)"\s*:\s*"((?:[^"\\]|\\.)*)"')  # (a string's escapes kept)
 _MAX_MANIFEST = 64 * 2**20  # bytes: a manifest of 1,024 ranks and thousands of checkpoints is a few MB
 _TAIL = 2**20  # bytes of a log read from its end
 _COUNT_LINES_UP_TO = 64 * 2**20  # a log up to this size has its lines counted (for "line N")
@@ -231,20 +232,21 @@ def stop_line(rank: int, shard: str, progress: Progress, claim: RankClaim | None
     return f"rank {rank}: {how}{done}{damaged}{disagrees}"
 
 
-def failure_mentions(path: str | os.PathLike[str]) -> int | None:
-    """How many times the manifest's bytes hold ``"failed"`` (quick: no JSON parsed). A watcher
-    parses the manifest again only when this number changes: a rank that fails adds one. None
-    where the manifest cannot be read (or is too large to be), so that :func:`read_manifest`
-    says why.
+def status_words(path: str | os.PathLike[str]) -> tuple[bytes, ...] | None:
+    """Every ``status`` and ``error`` value the manifest's bytes hold, in order (quick: one
+    regular expression, no JSON parsed: 1 ms for 1 MB). A watcher parses the manifest again
+    only when these change: a rank that fails, one that is retried, a new error. None where
+    the manifest cannot be read (or is too large to be), so that :func:`read_manifest` says why.
 
     >>> from pathlib import Path
-    >>> _ = Path("manifest.json").write_text('{"shards": {"1": {"status": "failed"}, "2": {"status": "failed"}}}')
-    >>> failure_mentions("manifest.json")
-    2
+    >>> _ = Path("manifest.json").write_text('{"shards": {"1": {"status": "failed", "error": "OOM"}, '
+    ...                                      '"2": {"status": "in_progress"}}}')
+    >>> status_words("manifest.json")
+    (b'failed', b'OOM', b'in_progress')
     """
     try:
         with open_input(path, "manifest", OSError, regular=True) as handle:
             data = handle.read(_MAX_MANIFEST + 1)
     except OSError:
         return None
-    return None if len(data) > _MAX_MANIFEST else data.count(b'"failed"')
+    return None if len(data) > _MAX_MANIFEST else tuple(_STATUS_WORDS.findall(data))

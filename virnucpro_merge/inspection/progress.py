@@ -39,7 +39,7 @@ import numpy as np
 from ..checkpoints import CHECKPOINT_NAME, DONE_SUFFIX
 from ..errors import CheckpointError, MergeError
 from ..expected import iter_index_records
-from ..manifest import LogTail, Manifest, failure_mentions, log_path, read_log_tail, read_manifest
+from ..manifest import LogTail, Manifest, log_path, read_log_tail, read_manifest, status_words
 from ..ranks import run_folder, shard_name
 from ..shards import open_shard, read_shard_meta
 from ..statuses import FAILED, FINISHED, PREEMPTED, RUN_STATES, RUNNING, STALLED, STOPPED_STATES, WAITING
@@ -466,18 +466,18 @@ class ProgressReader:
         return RunProgress(self.run, moment, ranks, total, notes)
 
     def _manifest(self, path: Path | None) -> Manifest | None:
-        """The manifest, read again only when it changed, and parsed again only when the number of
-        failures it mentions changed (all a watch takes from it is who failed, and the world size):
-        at 1,024 ranks it is a few MB, rewritten at every checkpoint of any rank."""
+        """The manifest, read again only when it changed, and parsed again only when the statuses
+        and errors it holds changed (all a watch takes from it is who failed and why, and the
+        world size): at 1,024 ranks it is a few MB, rewritten at every checkpoint of any rank."""
         if path is None or (key := _key(str(path))) is None:
             return None
         before = self._cache.entries.get(str(path))
 
-        def read(where: str) -> tuple[int | None, Manifest]:
-            mentions = failure_mentions(where)
-            if before is not None and mentions is not None and before[1][0] == mentions:
-                return mentions, before[1][1]
-            return mentions, read_manifest(where)
+        def read(where: str) -> tuple[tuple[bytes, ...] | None, Manifest]:
+            words = status_words(where)
+            if before is not None and words is not None and before[1][0] == words:
+                return words, before[1][1]
+            return words, read_manifest(where)
 
         return self._cache.get(str(path), key, read)[1]
 

@@ -169,7 +169,7 @@ def test_the_html_page_is_written_atomically_outside_the_run(live, tmp_path, cap
     (["watch", "{run}/nothere", "--once"], "nothere: does not exist"),
     (["watch", "{run}/sequence_index.json", "--once"], "is not a folder"),
     (["watch", "{run}/logs", "--once"], "not a run folder"),
-    (["watch", "{run}", "--once", "--html", "{run}/page.html"], "inside the run folder"),
+    (["watch", "{run}", "--once", "--html", "{run}/page.html"], "inside the run's folder"),
     (["watch", "{run}", "--once", "--now", "yesterday"], "not a time: 'yesterday'"),
 ])
 def test_bad_usage_is_one_line_and_exit_2(live, argv, words, capsys):
@@ -182,7 +182,7 @@ def test_bad_usage_is_one_line_and_exit_2(live, argv, words, capsys):
     assert not (live.directory / "page.html").exists()
 
 
-@pytest.mark.parametrize("interval", ["0", "-3", "soon", "inf"])
+@pytest.mark.parametrize("interval", ["0", "-3", "soon", "inf", "nan", "1e10"])
 def test_an_interval_must_be_a_positive_number(live, interval, capsys):
     with pytest.raises(SystemExit) as exited:
         main(["watch", str(live.directory), "--interval", interval])
@@ -391,3 +391,106 @@ def test_a_failure_and_a_retry_between_two_looks_are_both_seen(live, monkeypatch
     assert len(parsed) == 2  # (the statuses changed, not their count of failures)
     assert found.ranks[3].state == FAILED
     assert "exhausted 3 retries" in found.ranks[3].cause
+
+
+def test_shards_holding_fewer_sequences_than_the_index_are_not_a_complete_run(tmp_path):
+    """No checkpoints and no manifest: the world size is the files', and two ranks' shards are not the run."""
+    whole = make_live_run(tmp_path / "whole", n_sequences=200, world_size=4, checkpoint_every=20, stalls=(), dies=(),
+                          preempted=(), stragglers=())
+    whole.advance_to(whole.end)
+    part = tmp_path / "part"
+    part.mkdir()
+    for name in ("shard_0.h5", "shard_1.h5", "sequence_index.json"):
+        (part / name).write_bytes((whole.directory / name).read_bytes())
+    found = read_progress(part)
+    assert found.done == 100
+    assert not found.complete
+    assert any("100 of the index's 200 sequences" in note for note in found.notes)
+    assert read_progress(whole.directory).complete
+
+
+def test_a_run_given_as_dot_is_named_by_its_folder(live, monkeypatch):
+    live.advance_to(1800)
+    monkeypatch.chdir(live.directory)
+    found = read_progress(".", now=live.moment())
+    assert found.run.name == live.directory.name
+    assert found.world_size == 8
+
+
+def test_a_manifest_read_half_written_is_read_again_whole(live):
+    live.advance_to(live.stop_times[6] + 1)
+    path = live.directory / "checkpoints" / "manifest.json"
+    whole = path.read_bytes()
+    reader = ProgressReader(live.directory)
+    path.write_bytes(whole[:-20])  # (caught mid-write: its statuses all there, its end not)
+    assert any("manifest" in note for note in reader.read(now=live.moment()).notes)
+    path.write_bytes(whole)
+    os.utime(path, ns=(path.stat().st_mtime_ns + 10**9,) * 2)
+    found = reader.read(now=live.moment())
+    assert not any("manifest" in note for note in found.notes)
+    assert found.ranks[6].state == FAILED
+
+
+def test_a_world_size_no_run_has_is_not_believed(live, capsys):
+    live.advance_to(1800)
+    path = live.directory / "checkpoints" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for wrong in (10**9, -3):
+        manifest["world_size"] = wrong
+        path.write_text(json.dumps(manifest))
+        os.utime(path, ns=(path.stat().st_mtime_ns + 10**9,) * 2)
+        assert read_progress(live.directory, now=live.moment()).world_size == 8  # (the files')
+    assert main(["watch", str(live.directory), "--once", "--world-size", str(10**9)]) == 2
+    assert "world size" in capsys.readouterr().err
+
+
+def test_one_checkpoint_and_no_pace_anywhere_still_stalls(tmp_path):
+    one = make_live_run(tmp_path / "one", n_sequences=300, world_size=1, checkpoint_every=50, stalls=(0,), dies=(),
+                        preempted=(), stragglers=())
+    one.advance_to(one.stop_times[0])
+    for extra in sorted((one.directory / "checkpoints" / "shard_0").glob("batch_*"))[2:]:
+        extra.unlink()  # (one checkpoint and its marker left)
+    last = read_progress(one.directory, now=one.moment()).ranks[0].last_checkpoint
+    soon = read_progress(one.directory, now=last + np.timedelta64(10, "m")).ranks[0]
+    late = read_progress(one.directory, now=last + np.timedelta64(30, "D")).ranks[0]
+    assert soon.state == RUNNING
+    assert late.state == STALLED
+
+
+def test_a_run_just_started_is_watched_not_refused(tmp_path, capsys):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    assert main(["watch", str(tmp_path / "run"), "--once", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["world_size"] == 0
+
+
+def test_a_huge_total_in_a_damaged_index_is_not_believed(live):
+    live.advance_to(1800)
+    (live.directory / "sequence_index.json").write_text('{"total_sequences": 99999999999999999999, "sequences": []}')
+    found = read_progress(live.directory, now=live.moment())
+    assert found.total is None or found.total < 10**12
+
+
+def test_a_cause_from_the_manifest_is_cut(live):
+    live.advance_to(live.stop_times[6] + 1)
+    path = live.directory / "checkpoints" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["shards"]["6"]["error"] = "x" * 10_000
+    path.write_text(json.dumps(manifest))
+    (live.directory / "logs").rename(live.directory / "logs-gone")  # (the manifest's word alone)
+    found = read_progress(live.directory, now=live.moment())
+    assert found.ranks[6].state == FAILED
+    assert len(found.ranks[6].cause) < 400
+
+
+def test_no_page_is_written_into_the_checkpoints_folder_beside_the_run(live, tmp_path, capsys):
+    """The CLI's layout: ``<out>/.checkpoints`` beside the run folder ``<out>/esm_v2``."""
+    import shutil
+
+    live.advance_to(1800)
+    out = tmp_path / "out"
+    shutil.copytree(live.directory / "checkpoints", out / ".checkpoints")
+    shutil.copytree(live.directory / "logs", out / "esm_v2" / "logs")
+    shutil.copy(live.directory / "sequence_index.json", out / "esm_v2")
+    assert main(["watch", str(out / "esm_v2"), "--once", "--html", str(out / ".checkpoints" / "p.html")]) == 2
+    assert "inside the run's folder" in capsys.readouterr().err
+    assert not (out / ".checkpoints" / "p.html").exists()

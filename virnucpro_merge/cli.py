@@ -94,13 +94,16 @@ def _signals_unwind() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous[1])
 
 
+_LONGEST_INTERVAL = 86_400
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not value > 0 or value == float("inf"):
-        msg = f"expected a positive number of seconds, got {text!r}"
+    if not 0 < value <= _LONGEST_INTERVAL:
+        msg = f"expected a positive number of seconds, at most {_LONGEST_INTERVAL:,} (a day), got {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return value
 
@@ -536,9 +539,14 @@ def _write_page(path: Path, found: Any, interval: float) -> None:
 def _cmd_watch(args: argparse.Namespace) -> int:
     from .inspection.progress import ProgressReader
 
-    if args.html is not None and args.run.is_dir() and _inside(args.html, args.run):
-        msg = f"{args.html}: inside the run folder {args.run}: watch writes nothing there (put the page elsewhere)"
-        raise MergeError(msg)
+    if args.html is not None and args.run.is_dir():
+        from .ranks import run_folder
+
+        places = run_folder(args.run.resolve())  # (the pipeline's checkpoints and logs may sit beside it)
+        for folder in (args.run, places.checkpoints, places.logs):
+            if folder is not None and _inside(args.html, folder):
+                msg = f"{args.html}: inside the run's folder {folder}: watch writes nothing there (put it elsewhere)"
+                raise MergeError(msg)
     reader = ProgressReader(args.run, world_size=args.world_size)
     clear = sys.stdout.isatty() and not args.once and not args.json
     try:

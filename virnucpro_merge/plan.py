@@ -148,7 +148,7 @@ class MergePlan:
         return [(s.status, s.offset) for s in self.shards] == [(s.status, s.offset) for s in other.shards]
 
     def id_reads(self) -> list[ShardIds]:
-        """What reading the usable shards' IDs takes, in order (:func:`check_ids` reads them)."""
+        """What reading the usable shards' IDs takes, in order (``check_ids`` reads them)."""
         return [ShardIds(s.source, s.origin, s.num_sequences) for s in self.shards if s.usable]
 
 

@@ -9,8 +9,8 @@ shared out by stride). Its state (:data:`~virnucpro_merge.statuses.RUN_STATES`) 
 that applies: finished; **preempted** (its last checkpoint an ``emergency_sigterm`` one);
 **failed** (the manifest says so, no checkpoint since; or overdue with an error at the end of
 its log: the cause is that error); **stalled** (no checkpoint for :data:`STALL_FACTOR` times
-its usual interval, nothing saying why); **waiting** (no checkpoint yet, none overdue);
-**running**.
+its usual interval, nothing saying why; where no rank has two checkpoints yet, an interval of
+:data:`FALLBACK_INTERVAL`); **waiting** (no checkpoint yet, none overdue); **running**.
 
 Nothing in the run folder is written, locked or opened for writing: files are opened
 read-only, HDF5 without its file lock. A file being written (a ``.tmp``, a ``.pt`` without
@@ -19,7 +19,7 @@ in progress, never damage. A :class:`ProgressReader` keeps what it read of each 
 the file's size and modification time, so a refresh re-reads only what changed: one
 ``stat`` of each unfinished rank's checkpoint folder, a listing of those that changed, and a
 ``stat`` of each checkpoint not marked ``.done`` yet; the manifest (a few MB at 1,024 ranks,
-rewritten at every checkpoint) is parsed again only when the failures it mentions change.
+rewritten at every checkpoint) is parsed again only when the statuses and errors it holds change.
 """
 
 from __future__ import annotations
@@ -54,6 +54,11 @@ __all__ = ["STALL_FACTOR", "RankProgress", "RunProgress", "ProgressReader", "rea
 
 #: A rank without a checkpoint for this many times its usual interval has stalled.
 STALL_FACTOR = 3.0
+#: A rank's checkpoint interval taken where no rank has saved two checkpoints yet (seconds).
+FALLBACK_INTERVAL = 1200.0
+#: The most ranks (and sequences) a run is believed to have: a manifest or an index saying more is damaged.
+MAX_WORLD_SIZE = 2**17
+MAX_SEQUENCES = 10**12
 #: A folder unchanged for this many seconds is not listed again until its modification time changes.
 _SETTLED = 2.0
 _SHARD = re.compile(r"shard_(0|[1-9][0-9]{0,8})(?:\.h5)?")
@@ -156,8 +161,9 @@ class RunProgress:
 
     @property
     def complete(self) -> bool:
-        """Whether every rank has finished."""
-        return all(r.state == FINISHED for r in self.ranks) and bool(self.ranks)
+        """Whether every rank has finished, holding every sequence of the index (where known)."""
+        return all(r.state == FINISHED for r in self.ranks) and bool(self.ranks) and \
+            (self.total is None or self.done >= self.total)
 
     def counts(self) -> dict[str, int]:
         """How many ranks are in each state (every state named, in the order of ``RUN_STATES``)."""
@@ -334,7 +340,8 @@ def _index_total(path: str) -> int | None:
             head = handle.read(4096).decode("utf-8", "replace")
         found = re.search(r'"total_sequences"\s*:\s*([0-9]+)\s*[,}]', head)
         if found is not None:
-            return int(found.group(1))
+            total = int(found.group(1))
+            return total if total <= MAX_SEQUENCES else None
         return sum(1 for _ in iter_index_records(path))
     except (OSError, ValueError):
         return None
@@ -428,10 +435,13 @@ class ProgressReader:
     """
 
     def __init__(self, run: str | os.PathLike[str], *, world_size: int | None = None) -> None:
-        self.run = Path(run)
+        self.run = Path(run) if Path(run).name not in ("", "..") else Path(run).resolve()  # ("." has no name)
         if not self.run.is_dir():
             what = "does not exist" if not self.run.exists() else "is not a folder"
             msg = f"{self.run}: {what}: watch takes a run folder"
+            raise MergeError(msg)
+        if world_size is not None and not 0 < world_size <= MAX_WORLD_SIZE:
+            msg = f"a world size of {world_size:,} ranks: expected 1 to {MAX_WORLD_SIZE:,}"
             raise MergeError(msg)
         self.world_size = world_size
         self._cache = _Cache()
@@ -463,6 +473,10 @@ class ProgressReader:
         notes = [manifest.problem] if manifest is not None and manifest.problem else []
         if total is None:
             notes.append(f"no readable sequence index in {self.run.name}: each rank's assignment is unknown")
+        done = sum(r.done for r in ranks)
+        if ranks and all(r.state == FINISHED for r in ranks) and total is not None and done < total:
+            notes.append(f"every rank's shard is written, but they hold {done:,} of the index's {total:,} sequences: "
+                         f"are ranks missing? (a world size of {world_size:,} ranks was found)")
         return RunProgress(self.run, moment, ranks, total, notes)
 
     def _manifest(self, path: Path | None) -> Manifest | None:
@@ -475,7 +489,7 @@ class ProgressReader:
 
         def read(where: str) -> tuple[tuple[bytes, ...] | None, Manifest]:
             words = status_words(where)
-            if before is not None and words is not None and before[1][0] == words:
+            if before is not None and words is not None and before[1][0] == words and not before[1][1].problem:
                 return words, before[1][1]
             return words, read_manifest(where)
 
@@ -484,15 +498,15 @@ class ProgressReader:
     def _world_size(self, checkpoints: str | None, manifest: Manifest | None) -> int:
         if self.world_size is not None:
             return self.world_size
-        if manifest is not None and manifest.world_size:
+        if manifest is not None and manifest.world_size and 0 < manifest.world_size <= MAX_WORLD_SIZE:
             return manifest.world_size
         ranks = [int(m.group(1)) for place in (str(self.run), checkpoints) if place is not None
                  for name in _names(place) if (m := _SHARD.fullmatch(name)) is not None]
-        if not ranks:
+        if not ranks and checkpoints is None:
             msg = (f"{self.run}: not a run folder (no shard_<rank>.h5, no checkpoints folder, no manifest): "
                    "nothing to watch")
             raise MergeError(msg)
-        return max(ranks) + 1
+        return max(ranks) + 1 if ranks else 0  # (a run just started: its checkpoints folder, still empty)
 
     def _rank_files(self, rank: int, checkpoints: str | None, shards: set[str]) -> tuple[_Seen, int | None]:
         """What rank ``rank``'s files show: its checkpoints' timeline (reused while its folder is
@@ -576,8 +590,8 @@ class ProgressReader:
             failed_at = _when(claim.failed_at)
             if last is None or failed_at is None or failed_at >= last:
                 log = self._log(logs, rank)
-                return FAILED, _log_cause(log) or f"{claim.error or 'no error given'} (the manifest says)"
-        interval = seen.interval or usual
+                return FAILED, _log_cause(log) or f"{_cut(claim.error or 'no error given')} (the manifest says)"
+        interval = seen.interval or usual or (FALLBACK_INTERVAL if last is not None else None)
         since = last if last is not None else start
         if interval is None or since is None:
             return WAITING, None
@@ -652,3 +666,8 @@ def read_progress(run: str | os.PathLike[str], *, now: object = None, world_size
     no checkpoint for 37 min (its usual interval: 7 min); nothing says why
     """
     return ProgressReader(run, world_size=world_size).read(now)
+
+
+def _cut(text: str, most: int = 300) -> str:
+    """A cause of someone else's file, cut as a log's is (the terminal cuts it further)."""
+    return text if len(text) <= most else text[: most - 1] + "…"

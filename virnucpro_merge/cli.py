@@ -536,17 +536,24 @@ def _write_page(path: Path, found: Any, interval: float) -> None:
         pending.path.write_bytes(page)
 
 
+def _refuse_a_page_in_the_run(page: Path, run: Path) -> None:
+    """A watch writes nothing in the run: its folder, nor the checkpoints and logs found beside it."""
+    if not run.is_dir():
+        return  # (the reader says what is wrong with it)
+    from .ranks import run_folder
+
+    places = run_folder(run.resolve())  # (the pipeline's checkpoints and logs may sit beside it)
+    for folder in (run, places.checkpoints, places.logs):
+        if folder is not None and _inside(page, folder):
+            msg = f"{page}: inside the run's folder {folder}: watch writes nothing there (put it elsewhere)"
+            raise MergeError(msg)
+
+
 def _cmd_watch(args: argparse.Namespace) -> int:
     from .inspection.progress import ProgressReader
 
-    if args.html is not None and args.run.is_dir():
-        from .ranks import run_folder
-
-        places = run_folder(args.run.resolve())  # (the pipeline's checkpoints and logs may sit beside it)
-        for folder in (args.run, places.checkpoints, places.logs):
-            if folder is not None and _inside(args.html, folder):
-                msg = f"{args.html}: inside the run's folder {folder}: watch writes nothing there (put it elsewhere)"
-                raise MergeError(msg)
+    if args.html is not None:
+        _refuse_a_page_in_the_run(args.html, args.run)
     reader = ProgressReader(args.run, world_size=args.world_size)
     clear = sys.stdout.isatty() and not args.once and not args.json
     try:

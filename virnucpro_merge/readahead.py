@@ -63,7 +63,7 @@ class _Piece:
     number: int  # the shard's, in the order given
     shard: ShardIds
     start: int
-    stop: int
+    stop: int | None  # (None: to the end of the shard, however many rows it has by now)
 
 
 _Read = list[HashedIds] | ShardError
@@ -89,7 +89,7 @@ def _tasks(shards: Sequence[ShardIds]) -> list[list[_Piece]]:
     rows = 0
     for number, shard in enumerate(shards):
         for start in range(0, max(shard.rows, 1), PIECE_ROWS):
-            piece = _Piece(number, shard, start, start + PIECE_ROWS if start + PIECE_ROWS < shard.rows else 2**62)
+            piece = _Piece(number, shard, start, start + PIECE_ROWS if start + PIECE_ROWS < shard.rows else None)
             if rows >= PIECE_ROWS:
                 tasks.append([])
                 rows = 0

@@ -283,10 +283,18 @@ def _joined_blocks(ids: Iterable[str]) -> Iterator[tuple[list[str], str]]:
         yield block, "".join(block)
 
 
+#: Why an ID of a file cannot be stored, in words (by :func:`unstorable_id`'s kind; in a file,
+#: only a \u escape makes half a surrogate pair).
+_UNSTORABLE_IN_A_FILE = {
+    "surrogate": "is not Unicode text (a \\u escape of half a surrogate pair)",
+    "nul": "holds a NUL character, which no merged file can store",
+}
+
+
 def _refuse_nul(ids: Iterable[str], name: object) -> None:
     bad = holds_nul(ids)
     if bad is not None:
-        msg = f"{name}: sequence ID {shown_id(bad)} holds a NUL character, which no merged file can store"
+        msg = f"{name}: sequence ID {shown_id(bad)} {_UNSTORABLE_IN_A_FILE['nul']}"
         raise ExpectedIdsError(msg)
 
 
@@ -305,12 +313,10 @@ def record_ids(records: list[Any], name: object) -> list[str]:
     if ids is None or not set(map(type, ids)) <= {str} or not set(map(type, records)) <= {dict}:
         msg = f"{name}: {NOT_AN_INDEX}"
         raise ExpectedIdsError(msg)
-    bad = unstorable_id(ids)
-    if bad is not None and bad[0] == "surrogate":  # (in a file, only a \u escape can make one)
-        msg = f"{name}: sequence ID {shown_id(str(bad[1]))} is not Unicode text (a \\u escape of half a surrogate pair)"
-        raise ExpectedIdsError(msg)
+    bad = unstorable_id(ids)  # (str, each of them: checked above)
     if bad is not None:
-        _refuse_nul([str(bad[1])], name)
+        msg = f"{name}: sequence ID {shown_id(str(bad[1]))} {_UNSTORABLE_IN_A_FILE[bad[0]]}"
+        raise ExpectedIdsError(msg)
     return ids
 
 

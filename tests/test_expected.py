@@ -528,3 +528,60 @@ def test_an_expected_id_holding_a_nul_is_refused_by_every_reader(tmp_path, monke
 
     with pytest.raises(MergeError, match="holds a NUL character"):
         aggregate_shards([shard], tmp_path / "m.h5", ["seq1", "se\x00q2"], partial=True)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="ab1#\n \t\r\x00\x1c\x7fé-", max_size=40))
+def test_plain_lines_read_as_the_rules_of_each_line_read_them(text):
+    """The numpy reading of a range of plain ASCII lines finds what the rules of each line
+    find, or leaves the range to them (where a rule could apply)."""
+    from virnucpro_merge.expected._text import TEXT, line_ids, plain_line_ids
+
+    data = text.encode()
+    found = plain_line_ids(data)
+    plain = all(c in "ab1#\n\x7f-" for c in text) and not any(line.startswith("#") for line in text.split("\n"))
+    assert (found is not None) == plain, "read in numpy exactly where no rule of a line applies"
+    if found is not None:
+        want = encode_ids(line_ids(text, TEXT, "f"))
+        assert found.tolist() == want.tolist()
+        assert found.dtype == want.dtype
+
+
+def test_plain_lines_keep_to_the_widest_id_allowed():
+    from virnucpro_merge.expected._text import plain_line_ids
+
+    assert plain_line_ids(b"a\nbbbb\n", max_width=4).tolist() == [b"a", b"bbbb"]
+    assert plain_line_ids(b"a\nbbbbb\n", max_width=4) is None
+
+
+def test_a_plain_list_in_ranges_is_read_in_numpy_and_gives_the_same_lookup(tmp_path, monkeypatch):
+    """A large plain list is read in ranges by the numpy reading (no str a line), and its lookup
+    is the one a read by the rules of each line gives: the same IDs, in order, duplicates kept."""
+    import contextlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    import virnucpro_merge.expected._ranges as ranges
+
+    ids = [f"contig_{i:06d}" for i in range(3000)] + ["x", "contig_000007", "y" * 30]
+    path = write(tmp_path, "ids.txt", "\n".join(ids) + "\n")
+    monkeypatch.setattr(ranges, "_LOOKUP_RANGE", 4096)
+    monkeypatch.setattr(ranges, "usable_cpus", lambda: 2)
+    in_ranges = ranges.read_expected_lookup(path)  # (forked processes)
+
+    calls = []
+    real = ranges.plain_line_ids
+    monkeypatch.setattr(ranges, "plain_line_ids", lambda data, width=None: calls.append(real(data, width)) or
+                        calls[-1])
+    monkeypatch.setattr(ranges, "pool", lambda workers: contextlib.nullcontext(ThreadPoolExecutor(workers)))
+    assert list(ranges.read_expected_lookup(path).ids()) == ids
+    assert len(calls) > 3
+    assert all(found is not None for found in calls), "every range read in numpy"
+
+    calls.clear()
+    monkeypatch.setattr(ranges, "pool", lambda workers: contextlib.nullcontext(None))
+    by_the_rules = ranges.read_expected_lookup(path)  # (no pool: from start to end, by the rules of each line)
+    assert not calls
+    assert list(in_ranges.ids()) == list(by_the_rules.ids()) == ids
+    assert in_ranges.distinct == by_the_rules.distinct == len(ids) - 1
+    assert in_ranges.sorted.tolist() == by_the_rules.sorted.tolist()
+    assert in_ranges.order.tolist() == by_the_rules.order.tolist()

@@ -92,10 +92,10 @@ def test_a_missing_shard_is_its_own_error(tmp_path, executor):
 _PARENT = os.getpid()
 
 
-def _dies_in_a_worker(pieces):
+def _dies_in_a_worker(pieces, lookup=None):
     if os.getpid() != _PARENT:
         os._exit(1)  # (as the OOM killer would end it)
-    return _READ(pieces)
+    return _READ(pieces, lookup)
 
 
 _READ = readahead_module._read
@@ -164,3 +164,30 @@ def test_metadata_read_by_forked_processes_is_what_is_read_here(tmp_path, monkey
     monkeypatch.setattr(readahead_module, "FROM_SHARDS", 0)
     assert described(readahead_module.read_metas(paths)) == here
     assert [h[0] for h in here] == [3, "UnreadableShardError", "UnreadableShardError", 0, 5]
+
+
+@pytest.mark.parametrize("forked", [True, False])
+def test_ids_looked_up_where_they_are_read_are_where_the_lookup_finds_them(tmp_path, monkeypatch, forked):
+    """With a lookup, the processes that read the IDs find them in it too (it is theirs
+    without a copy): the lookup's positions of a chunk are then those it would find here;
+    another lookup looks for itself."""
+    from virnucpro_merge.ids import IdLookup
+    from virnucpro_merge.readahead import read_ahead
+
+    monkeypatch.setattr(readahead_module, "FROM_ROWS", 1 if forked else 10**9)
+    monkeypatch.setattr(readahead_module, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(readahead_module, "PIECE_ROWS", 5)
+    shards = _shards(tmp_path, [9, 0, 6])  # IDs s0 ... s14
+    lookup = IdLookup.from_ids([f"s{i}" for i in range(0, 20, 2)] + ["s4"])  # half of them, s4 twice
+    other = IdLookup.from_ids([f"s{i}" for i in range(1, 20, 2)])
+    with read_ahead(shards, lookup) as ahead:
+        chunks = [chunk for number in range(3) for chunk in ahead.chunks(number)]
+    assert len(chunks) == 4
+    for chunk in chunks:
+        assert chunk.found is not None, "looked up where read"
+        assert chunk.found[2] == id(lookup)
+        plain = list(chunk)
+        for table in lookup, other:
+            found, fresh = table.positions(chunk), table.positions(plain)
+            assert [part.tolist() for part in found] == [part.tolist() for part in fresh]
+    assert sorted(np.concatenate([lookup.positions(c)[0] for c in chunks]).tolist()) == [0, 1, 2, 3, 4, 5, 6, 7, 10]

@@ -225,17 +225,35 @@ class TestNormalisationTwins:
 @given(hashes=st.lists(st.integers(-(2**63), 2**63 - 1) | st.integers(-20, 20), max_size=70),
        keys=st.lists(st.integers(-(2**63), 2**63 - 1) | st.integers(-22, 22), max_size=30))
 def test_sorted_hashes_find_what_searchsorted_finds(hashes, keys):
-    """Repeats, keys below and above them all, every position of a block of 8, none at all."""
+    """Repeats, keys below and above them all, long walks within a bucket, none at all."""
     ordered = np.sort(np.array(hashes, dtype=np.int64))
     wanted = np.array(keys, dtype=np.int64)
-    for table in _Coarse(ordered), SortedHashes(ordered):  # (the coarse table, then as the keys make it)
+    for table in _Walked(ordered), _Crowded(ordered), SortedHashes(ordered):
         where, found = table.find(wanted)
         assert where.tolist() == np.minimum(np.searchsorted(ordered, wanted), max(ordered.size - 1, 0)).tolist()
         assert found.tolist() == [k in hashes for k in keys]
 
 
-class _Coarse(SortedHashes):
-    _SPARSE = 0  # the coarse table, however many the keys
+class _Walked(SortedHashes):
+    _CROWDED = 10**9  # the buckets, however crowded
+
+
+class _Crowded(SortedHashes):
+    _CROWDED = -1  # numpy's search, however spread
+
+
+def test_sorted_hashes_of_many_ids_find_what_searchsorted_finds():
+    """Hashes of IDs, as many as a run's: the buckets answer, and answer as numpy does."""
+    from virnucpro_merge.ids import id_hashes
+
+    ordered = np.sort(id_hashes([f"contig_{i:07d}".encode() for i in range(200_000)]))
+    keys = np.concatenate([ordered[::7], id_hashes([f"other_{i}".encode() for i in range(5000)]),
+                           [np.iinfo(np.int64).min, np.iinfo(np.int64).max]])
+    table = SortedHashes(ordered)
+    where, found = table.find(keys)
+    assert table._starts is not None, "the hashes of IDs are spread evenly: no bucket is crowded"
+    assert where.tolist() == np.minimum(np.searchsorted(ordered, keys), ordered.size - 1).tolist()
+    assert found.tolist() == np.isin(keys, ordered).tolist()
 
 
 def test_one_long_expected_id_does_not_widen_every_other():

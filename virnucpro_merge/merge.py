@@ -298,10 +298,11 @@ def _merge_while_checking(paths: list[Path], output: Path, expected: Collection[
         _log_left_out(plan, draft)
         _write_planned(plan, output, build_report(plan, options.chunk_size), options)
         return
-    # (the IDs' readers are forked before the copy's threads start)
-    with read_ahead(draft.id_reads()) as ahead, output_file(output, draft.output_bytes, durable=options.durable) \
-            as pending:
-        step = _checking_ids(draft, expected, options, output, ahead)
+    # (the IDs' readers are forked, with the lookup they find the IDs in, before the copy's threads start)
+    lookup = None if expected is None else IdLookup.of(expected)
+    with read_ahead(draft.id_reads(), lookup) as ahead, output_file(output, draft.output_bytes,
+                                                                     durable=options.durable) as pending:
+        step = _checking_ids(draft, lookup, options, output, ahead)
         plan, nonfinite = write_contiguous(draft, pending.path, step, chunk_size=options.chunk_size,
                                            progress=options.progress, durable=options.durable)
         if plan.same_rows_as(draft):

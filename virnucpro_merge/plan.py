@@ -421,11 +421,13 @@ def check_ids(
     ``keep_ids`` keeps the IDs' hashes in the plan (``plan.ids``, 8 bytes an ID,
     for writing in index order); otherwise they are let go. The IDs are read ahead
     (:mod:`virnucpro_merge.readahead`): by ``ahead``, made of :meth:`MergePlan.id_reads`
-    before the caller started threads, or else by one made here.
+    (and of ``expected`` as a lookup, where given) before the caller started threads, or
+    else by one made here.
     """
     if ahead is None:
-        with read_ahead(draft.id_reads()) as ahead:
-            return check_ids(draft, expected, partial=partial, keep_ids=keep_ids, on_ids=on_ids, progress=progress,
+        lookup = None if expected is None else IdLookup.of(expected)
+        with read_ahead(draft.id_reads(), lookup) as ahead:
+            return check_ids(draft, lookup, partial=partial, keep_ids=keep_ids, on_ids=on_ids, progress=progress,
                              ahead=ahead)
     index = IdIndex(expected, keep_hashes=keep_ids)
     shards: list[ShardPlan] = []

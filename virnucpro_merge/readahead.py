@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ._processes import pool, usable_cpus
 from .errors import ShardError
-from .ids import HashedIds
+from .ids import HashedIds, IdLookup
 from .shards import ID_CHUNK, ShardMeta, iter_id_byte_chunks, open_shard, read_shard_meta
 
 __all__ = ["ReadAhead", "read_ahead", "ShardIds", "read_metas", "FROM_ROWS", "FROM_SHARDS", "PIECE_ROWS"]
@@ -67,18 +67,31 @@ class _Piece:
 
 
 _Read = list[HashedIds] | ShardError
+_worker_lookup: IdLookup | None = None  # (a worker's: the lookup it was forked with)
 
 
-def _read(pieces: Sequence[_Piece]) -> list[_Read]:
-    """Each piece's ID chunks, or the error reading it gave (in a worker, or here)."""
+def _use_lookup(lookup: IdLookup | None) -> None:
+    global _worker_lookup  # (a forked worker's own, set once as it starts)
+    _worker_lookup = lookup
+
+
+def _read(pieces: Sequence[_Piece], lookup: IdLookup | None = None) -> list[_Read]:
+    """Each piece's ID chunks, or the error reading it gave (in a worker, or here), looked
+    up in ``lookup`` (in a worker: the one it was forked with)."""
+    lookup = lookup or _worker_lookup
     found: list[_Read] = []
     for piece in pieces:
         try:
             with open_shard(piece.shard.source) as handle:
-                found.append([HashedIds(chunk) for chunk in iter_id_byte_chunks(
-                    handle, piece.shard.name, start=piece.start, stop=piece.stop)])
+                chunks = [HashedIds(chunk) for chunk in iter_id_byte_chunks(
+                    handle, piece.shard.name, start=piece.start, stop=piece.stop)]
         except ShardError as err:
             found.append(err)
+            continue
+        if lookup is not None:
+            for chunk in chunks:
+                lookup.look_up(chunk)
+        found.append(chunks)
     return found
 
 
@@ -105,9 +118,10 @@ class ReadAhead:
     in that order) skips what is left of the shards before it.
     """
 
-    def __init__(self, shards: Sequence[ShardIds], executor: ProcessPoolExecutor | None, in_flight: int = 1) -> None:
+    def __init__(self, shards: Sequence[ShardIds], executor: ProcessPoolExecutor | None, in_flight: int = 1,
+                 lookup: IdLookup | None = None) -> None:
         self._tasks = iter(_tasks(shards))
-        self._executor = executor
+        self._executor, self._lookup = executor, lookup
         self._pending: deque[tuple[list[_Piece], Future[list[_Read]] | None]] = deque()
         self._ready: deque[tuple[_Piece, _Read]] = deque()
         for _ in range(in_flight):  # (the first tasks handed out now: the processes fork here)
@@ -130,14 +144,14 @@ class ReadAhead:
 
     def _result(self, task: list[_Piece], future: Future[list[_Read]] | None) -> list[_Read]:
         if future is None:
-            return _read(task)
+            return _read(task, self._lookup)
         try:
             return future.result()
         except BrokenProcessPool:  # (a worker killed, by the OOM killer say): read here from now on
             logger.debug("A process reading IDs ahead died: reading them here")
             self._executor = None
             self._pending = deque((t, None) for t, _ in self._pending)
-            return _read(task)
+            return _read(task, self._lookup)
 
     def chunks(self, number: int) -> Iterator[HashedIds]:
         """The ID chunks of the shard numbered ``number``, in row order; its error, if reading
@@ -152,12 +166,14 @@ class ReadAhead:
 
 
 @contextmanager
-def read_ahead(shards: Sequence[ShardIds]) -> Iterator[ReadAhead]:
+def read_ahead(shards: Sequence[ShardIds], lookup: IdLookup | None = None) -> Iterator[ReadAhead]:
     """A :class:`ReadAhead` of ``shards``, with forked processes where they pay: two, when
-    there are two cores or more and :data:`FROM_ROWS` IDs or more."""
+    there are two cores or more and :data:`FROM_ROWS` IDs or more. With ``lookup``, the IDs
+    are looked up in it where they are read (:meth:`~virnucpro_merge.ids.IdLookup.look_up`:
+    a forked process has it without a copy), so that its ``positions`` of them cost nothing here."""
     workers = 2 if usable_cpus() >= 2 and sum(s.rows for s in shards) >= FROM_ROWS else 1
-    with pool(workers) as executor:
-        yield ReadAhead(shards, executor, _IN_FLIGHT * workers if executor is not None else 1)
+    with pool(workers, initializer=_use_lookup, initargs=(lookup,)) as executor:
+        yield ReadAhead(shards, executor, _IN_FLIGHT * workers if executor is not None else 1, lookup)
 
 
 def read_metas(paths: Sequence[Path], *, storage: bool = True) -> list[ShardMeta | ShardError]:

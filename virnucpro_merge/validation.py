@@ -93,8 +93,7 @@ class IdIndex:
     """
 
     def __init__(self, expected: Collection[str] | IdLookup | None = None, *, keep_hashes: bool = False) -> None:
-        self.lookup = expected if isinstance(expected, IdLookup) or expected is None else \
-            IdLookup.from_ids(expected if isinstance(expected, Sequence) else list(expected))
+        self.lookup = None if expected is None else IdLookup.of(expected)
         self._present = np.zeros(self.lookup.n if self.lookup is not None else 0, dtype=bool)
         # Every ID's hash is kept without expected IDs, or when asked (row_hashes); else only
         # the unexpected IDs' (an expected one found twice is told by its position, marked twice).

@@ -8,20 +8,22 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, overload
+from typing import BinaryIO, Literal, overload
 
 import numpy as np
 
 from .._processes import pool, usable_cpus
 from ..errors import ExpectedIdsError
-from ..ids import MAX_WIDTH, IdLookup, encode_and_hash_ids, encode_ids
+from ..ids import MAX_WIDTH, IdLookup, encode_and_hash_ids, encode_ids, id_hashes
 from ._index import Chain, IndexReader, JsonText
 from ._text import (
     JSON,
+    TEXT,
     char_start,
     line_ids,
     line_start,
     open_expected,
+    plain_line_ids,
     read_blocks,
     read_head,
     text_blocks,
@@ -76,21 +78,17 @@ def read_range(path: str | os.PathLike[str], form: str, start: int, end: int, *,
     path = Path(path)
     name = shown_as or path
     with open_expected(path, name) as raw:
-        if form == JSON:  # records are found by parsing, wherever the lines break
-            first, last = char_start(raw, start), char_start(raw, end)
-        else:
-            first = line_start(raw, start, until=end)
-            last = line_start(raw, end) if first < end else first  # (no line starts in it: it holds none)
-        found = RangeIds(first, last)
-        raw.seek(first)
         if form != JSON:
-            region = read_head(raw, name, last - first) if first < last else b""
+            found, region = _lines_of(raw, start, end, name)
             try:
-                found.ids = [i for text, _ in whole_lines(text_blocks(name, [region], first))
+                found.ids = [i for text, _ in whole_lines(text_blocks(name, [region], found.first))
                              for i in line_ids(text, form, name)]
             except ExpectedIdsError as err:
                 raise noted(err, why) from err
             return found
+        first, last = char_start(raw, start), char_start(raw, end)  # (records are found by parsing,
+        found = RangeIds(first, last)  # wherever the lines break)
+        raw.seek(first)
         blocks = read_blocks(raw)
         reader = IndexReader(JsonText(text_blocks(name, blocks, first, cut_at=last), name, owned_until=last))
         try:
@@ -103,6 +101,15 @@ def read_range(path: str | os.PathLike[str], form: str, start: int, end: int, *,
             return found
         found.chain = reader.chain
         return found
+
+
+def _lines_of(raw: BinaryIO, start: int, end: int, name: object) -> tuple[RangeIds, bytes]:
+    """The lines that start in bytes ``[start, end)`` of an open text or FASTA file: where they
+    are (without their IDs), and their bytes."""
+    first = line_start(raw, start, until=end)
+    last = line_start(raw, end) if first < end else first  # (no line starts in it: it holds none)
+    raw.seek(first)
+    return RangeIds(first, last), read_head(raw, name, last - first) if first < last else b""
 
 
 def ranges_agree(ranges: list[RangeIds]) -> bool:
@@ -128,7 +135,14 @@ def ranges_agree(ranges: list[RangeIds]) -> bool:
 def _encoded_range(path: Path, form: str, start: int, end: int, shown: object, why: str,
                    max_width: int | None, hashed: bool) -> tuple[_Block, RangeIds]:
     """Worker task: the encoded IDs of one byte range (and their hashes), and the range read
-    (without its IDs)."""
+    (without its IDs). A range of plain ASCII lines is encoded in numpy, with no str a line
+    (:func:`plain_line_ids`); any other is read by the rules of each line."""
+    if form == TEXT:
+        with open_expected(path, shown or path) as raw:
+            where, region = _lines_of(raw, start, end, shown or path)
+        plain = plain_line_ids(region, max_width)
+        if plain is not None:
+            return ((plain, id_hashes(plain.tolist())) if hashed else plain), where
     found = read_range(path, form, start, end, shown_as=shown, why=why)
     return _encoded(found.ids, max_width, hashed), replace(found, ids=[])
 

@@ -17,13 +17,16 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
+import numpy as np
+
 from .._files import open_input
 from ..errors import ExpectedIdsError, shown_id
 from ..outputs import atomic_output
 
 __all__ = ["TEXT", "FASTA", "JSON", "BLOCK", "GZIP_MAGIC", "LINE_BREAK", "NOT_AN_INDEX", "READ_AS",
            "open_expected", "read_head", "read_blocks", "raw_blocks", "text_blocks", "whole_lines", "line_start",
-           "char_start", "form_by_name", "form_by_content", "line_ids", "checked_records", "record_ids", "not_text",
+           "char_start", "form_by_name", "form_by_content", "line_ids", "plain_line_ids", "checked_records",
+           "record_ids", "not_text",
            "holds_nul", "unstorable_id", "write_id_list"]
 
 TEXT, FASTA, JSON = "text", "fasta", "json"
@@ -239,6 +242,46 @@ def line_ids(text: str, form: str, name: object) -> list[str]:
     if "\x00" in text:
         _refuse_nul(ids, name)
     return ids
+
+
+def plain_line_ids(data: bytes, max_width: int | None = None) -> np.ndarray | None:
+    """The IDs of the lines of a piece of a text file, as :func:`line_ids` finds them, encoded
+    (``dtype='S'``, as :func:`~virnucpro_merge.ids.encode_ids` encodes them), found in numpy
+    without a str a line; None where a rule of a line could apply (a byte that is not ASCII;
+    a space, a NUL or any other control byte but the line feed, so nothing that stripping
+    takes away and no carriage return; a ``#`` that starts a line) or an ID is longer than
+    ``max_width`` (where given): then :func:`line_ids` reads it.
+
+    >>> plain_line_ids(b"seq1\\n\\nseq22\\n").tolist()
+    [b'seq1', b'seq22']
+    >>> plain_line_ids(b"seq1 \\n") is None, plain_line_ids(b"#seq1\\n") is None
+    (True, True)
+    """
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if raw.size and raw.max() >= 0x80:
+        return None
+    breaks = np.flatnonzero(raw == 0x0A)
+    if np.count_nonzero(raw <= 0x20) != breaks.size:  # (a byte up to the space that is not a line feed)
+        return None
+    if not data.endswith(b"\n"):  # (the last line, unended)
+        data += b"\n"
+        raw, breaks = np.frombuffer(data, dtype=np.uint8), np.append(breaks, len(data) - 1)
+    starts = np.concatenate(([0], breaks[:-1] + 1))
+    lengths = breaks - starts
+    kept = lengths > 0  # (a blank line holds no ID)
+    starts, lengths = starts[kept], lengths[kept]
+    if not lengths.size:
+        return np.empty(0, dtype="S1")
+    if (raw[starts] == ord("#")).any():
+        return None
+    widest = int(lengths.max())
+    if max_width is not None and widest > max_width:
+        return None
+    if kept.all() and (lengths == widest).all():  # (IDs of one length, one a line: rows of a table)
+        return np.ascontiguousarray(raw.reshape(-1, widest + 1)[:, :widest]).view(f"S{widest}").ravel()
+    rows = np.zeros((lengths.size, widest), dtype=np.uint8)
+    rows[np.arange(widest) < lengths[:, None]] = raw[raw != 0x0A]  # (row by row, each ID's bytes in order)
+    return rows.view(f"S{widest}").ravel()
 
 
 def holds_nul(ids: Iterable[str]) -> str | None:

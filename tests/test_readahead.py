@@ -191,3 +191,34 @@ def test_ids_looked_up_where_they_are_read_are_where_the_lookup_finds_them(tmp_p
             found, fresh = table.positions(chunk), table.positions(plain)
             assert [part.tolist() for part in found] == [part.tolist() for part in fresh]
     assert sorted(np.concatenate([lookup.positions(c)[0] for c in chunks]).tolist()) == [0, 1, 2, 3, 4, 5, 6, 7, 10]
+
+
+@pytest.mark.parametrize("forked", [True, False])
+def test_a_check_that_writes_nothing_gets_the_ids_found_without_their_bytes(tmp_path, monkeypatch, forked):
+    """Without their bytes wanted, the IDs come back as the lookup found them: every hash,
+    the expected ones' places, and the bytes of the others only; an index takes them in
+    with the same findings as from the IDs themselves."""
+    from virnucpro_merge.ids import FoundIds, IdLookup
+    from virnucpro_merge.readahead import read_ahead
+    from virnucpro_merge.validation import IdIndex
+
+    monkeypatch.setattr(readahead_module, "FROM_ROWS", 1 if forked else 10**9)
+    monkeypatch.setattr(readahead_module, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(readahead_module, "PIECE_ROWS", 4)
+    shards = _shards(tmp_path, [7, 5])  # s0 ... s11
+    lookup = IdLookup.from_ids([f"s{i}" for i in range(0, 16, 3)])  # s0 s3 s6 s9 s12 s15
+    with read_ahead(shards, lookup, ids=False) as ahead:
+        found = [list(ahead.chunks(number)) for number in range(2)]
+    chunks = [chunk for shard in found for chunk in shard]
+    assert all(isinstance(chunk, FoundIds) for chunk in chunks)
+    assert [other for chunk in chunks for other in chunk.others] == \
+        [f"s{i}".encode() for i in range(12) if i % 3]
+    assert sum(len(chunk) for chunk in chunks) == 12
+    thin, whole = IdIndex(lookup), IdIndex(lookup)
+    for number, shard in enumerate(shards):
+        thin.add_shard(shard.source, found[number])
+        whole.add_shard(shard.source, [_read_here(shard)])
+    assert thin.findings() == whole.findings()
+    assert thin.missing() == ["s12", "s15"]
+    with pytest.raises(ValueError, match="another lookup"):
+        IdIndex(IdLookup.from_ids(["s0"])).add_shard(shards[0].source, found[0])

@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from tqdm import tqdm
@@ -426,7 +426,7 @@ def check_ids(
     """
     if ahead is None:
         lookup = None if expected is None else IdLookup.of(expected)
-        with read_ahead(draft.id_reads(), lookup) as ahead:
+        with read_ahead(draft.id_reads(), lookup, ids=on_ids is not None) as ahead:
             return check_ids(draft, lookup, partial=partial, keep_ids=keep_ids, on_ids=on_ids, progress=progress,
                              ahead=ahead)
     index = IdIndex(expected, keep_hashes=keep_ids)
@@ -438,7 +438,8 @@ def check_ids(
             try:
                 refuse_changed(shard)
                 chunks = ahead.chunks(usable - 1)
-                index.add_shard(shard.source, chunks if on_ids is None else on_ids(shard, chunks), shard.origin)
+                index.add_shard(shard.source, chunks if on_ids is None else  # (with on_ids, read with their bytes)
+                                on_ids(shard, cast("Iterator[list[bytes]]", chunks)), shard.origin)
             except UnreadableShardError as err:
                 shard = _failed(err, partial=partial)
         logger.debug("Planned %s: %s, %d sequences", shard.path, shard.status, shard.num_sequences)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ._processes import pool, usable_cpus
 from .errors import ShardError
-from .ids import HashedIds, IdLookup
+from .ids import FoundIds, HashedIds, IdLookup
 from .shards import ID_CHUNK, ShardMeta, iter_id_byte_chunks, open_shard, read_shard_meta
 
 __all__ = ["ReadAhead", "read_ahead", "ShardIds", "read_metas", "FROM_ROWS", "FROM_SHARDS", "PIECE_ROWS"]
@@ -66,19 +66,27 @@ class _Piece:
     stop: int | None  # (None: to the end of the shard, however many rows it has by now)
 
 
-_Read = list[HashedIds] | ShardError
-_worker_lookup: IdLookup | None = None  # (a worker's: the lookup it was forked with)
+@dataclass(frozen=True)
+class _LookUp:
+    """What the IDs read are looked up in, and whether their bytes are wanted as well."""
+
+    lookup: IdLookup
+    ids: bool
 
 
-def _use_lookup(lookup: IdLookup | None) -> None:
-    global _worker_lookup  # (a forked worker's own, set once as it starts)
-    _worker_lookup = lookup
+_Read = list[HashedIds] | list[FoundIds] | ShardError
+_worker_look_up: _LookUp | None = None  # (a worker's: what it was forked with)
 
 
-def _read(pieces: Sequence[_Piece], lookup: IdLookup | None = None) -> list[_Read]:
+def _use(look_up: _LookUp | None) -> None:
+    global _worker_look_up  # (a forked worker's own, set once as it starts)
+    _worker_look_up = look_up
+
+
+def _read(pieces: Sequence[_Piece], look_up: _LookUp | None = None) -> list[_Read]:
     """Each piece's ID chunks, or the error reading it gave (in a worker, or here), looked
-    up in ``lookup`` (in a worker: the one it was forked with)."""
-    lookup = lookup or _worker_lookup
+    up as ``look_up`` says (in a worker: as it was forked to)."""
+    look_up = look_up or _worker_look_up
     found: list[_Read] = []
     for piece in pieces:
         try:
@@ -88,10 +96,14 @@ def _read(pieces: Sequence[_Piece], lookup: IdLookup | None = None) -> list[_Rea
         except ShardError as err:
             found.append(err)
             continue
-        if lookup is not None:
+        if look_up is None:
+            found.append(chunks)
+        elif look_up.ids:
             for chunk in chunks:
-                lookup.look_up(chunk)
-        found.append(chunks)
+                look_up.lookup.look_up(chunk)
+            found.append(chunks)
+        else:
+            found.append([look_up.lookup.found_ids(chunk) for chunk in chunks])
     return found
 
 
@@ -119,9 +131,9 @@ class ReadAhead:
     """
 
     def __init__(self, shards: Sequence[ShardIds], executor: ProcessPoolExecutor | None, in_flight: int = 1,
-                 lookup: IdLookup | None = None) -> None:
+                 look_up: _LookUp | None = None) -> None:
         self._tasks = iter(_tasks(shards))
-        self._executor, self._lookup = executor, lookup
+        self._executor, self._look_up = executor, look_up
         self._pending: deque[tuple[list[_Piece], Future[list[_Read]] | None]] = deque()
         self._ready: deque[tuple[_Piece, _Read]] = deque()
         for _ in range(in_flight):  # (the first tasks handed out now: the processes fork here)
@@ -144,16 +156,16 @@ class ReadAhead:
 
     def _result(self, task: list[_Piece], future: Future[list[_Read]] | None) -> list[_Read]:
         if future is None:
-            return _read(task, self._lookup)
+            return _read(task, self._look_up)
         try:
             return future.result()
         except BrokenProcessPool:  # (a worker killed, by the OOM killer say): read here from now on
             logger.debug("A process reading IDs ahead died: reading them here")
             self._executor = None
             self._pending = deque((t, None) for t, _ in self._pending)
-            return _read(task, self._lookup)
+            return _read(task, self._look_up)
 
-    def chunks(self, number: int) -> Iterator[HashedIds]:
+    def chunks(self, number: int) -> Iterator[HashedIds | FoundIds]:
         """The ID chunks of the shard numbered ``number``, in row order; its error, if reading
         it gave one (raised when it comes, after the chunks before it)."""
         while (head := self._next()) is not None and head[0].number <= number:
@@ -166,14 +178,20 @@ class ReadAhead:
 
 
 @contextmanager
-def read_ahead(shards: Sequence[ShardIds], lookup: IdLookup | None = None) -> Iterator[ReadAhead]:
+def read_ahead(shards: Sequence[ShardIds], lookup: IdLookup | None = None, *, ids: bool = True
+               ) -> Iterator[ReadAhead]:
     """A :class:`ReadAhead` of ``shards``, with forked processes where they pay: two, when
-    there are two cores or more and :data:`FROM_ROWS` IDs or more. With ``lookup``, the IDs
-    are looked up in it where they are read (:meth:`~virnucpro_merge.ids.IdLookup.look_up`:
-    a forked process has it without a copy), so that its ``positions`` of them cost nothing here."""
+    there are two cores or more and :data:`FROM_ROWS` IDs or more.
+
+    With ``lookup``, the IDs are looked up in it where they are read (a forked process has it
+    without a copy): as :class:`~virnucpro_merge.ids.HashedIds` whose ``positions`` in it cost
+    nothing here (:meth:`~virnucpro_merge.ids.IdLookup.look_up`), or, where their bytes are not
+    wanted (``ids=False``: a check that writes nothing), as :class:`~virnucpro_merge.ids.FoundIds`.
+    """
     workers = 2 if usable_cpus() >= 2 and sum(s.rows for s in shards) >= FROM_ROWS else 1
-    with pool(workers, initializer=_use_lookup, initargs=(lookup,)) as executor:
-        yield ReadAhead(shards, executor, _IN_FLIGHT * workers if executor is not None else 1, lookup)
+    look_up = None if lookup is None else _LookUp(lookup, ids)
+    with pool(workers, initializer=_use, initargs=(look_up,)) as executor:
+        yield ReadAhead(shards, executor, _IN_FLIGHT * workers if executor is not None else 1, look_up)
 
 
 def read_metas(paths: Sequence[Path], *, storage: bool = True) -> list[ShardMeta | ShardError]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .ids import HashedIds, IdLookup, hashes_of, repeated_hashes, utf8_ids
+from .ids import FoundIds, HashedIds, IdLookup, hashes_of, repeated_hashes, utf8_ids
 from .shards import iter_id_chunks, open_shard
 
 __all__ = ["Findings", "IdIndex", "normalisation_twins", "warn_extra"]
@@ -105,26 +105,33 @@ class IdIndex:
         self._hashes: list[np.ndarray] = []
         self._sorted: np.ndarray | None = None
 
-    def add_shard(self, path: Path, chunks: Iterable[Sequence[bytes] | Sequence[str] | np.ndarray],
+    def add_shard(self, path: Path, chunks: Iterable[Sequence[bytes] | Sequence[str] | np.ndarray | FoundIds],
                   name: Path | None = None) -> None:
         """Take in the IDs of the shard file ``path`` (called ``name`` in messages: a
         salvaged rank's checkpoints), all or nothing (a read that fails adds none). Each
         chunk holds IDs as their UTF-8 bytes (as ``shards.iter_id_byte_chunks`` reads them)
-        or as str."""
+        or as str, or as the lookup ``expected`` found them where they were read (``FoundIds``)."""
         hashes: list[np.ndarray] = []
         found: list[np.ndarray] = []
         extra: list[str] = []
         for chunk in chunks:
-            items: list[Any] = chunk if isinstance(chunk, HashedIds) else \
-                chunk.tolist() if isinstance(chunk, np.ndarray) else list(chunk)
-            raw: list[bytes] = utf8_ids(items) if items and isinstance(items[0], str) else items
-            if self.lookup is None:
-                hashes.append(hashes_of(raw))
-                continue
-            at, unexpected, chunk_hashes = self.lookup.positions(raw)
+            if isinstance(chunk, FoundIds):  # (looked up where read: the expected IDs' bytes were not sent)
+                if self.lookup is None or chunk.lookup != id(self.lookup):
+                    msg = "IDs found in another lookup than this index's"
+                    raise ValueError(msg)
+                at, unexpected, chunk_hashes, others = chunk.positions, chunk.unexpected, chunk.hashes, chunk.others
+            else:
+                items: list[Any] = chunk if isinstance(chunk, HashedIds) else \
+                    chunk.tolist() if isinstance(chunk, np.ndarray) else list(chunk)
+                raw: list[bytes] = utf8_ids(items) if items and isinstance(items[0], str) else items
+                if self.lookup is None:
+                    hashes.append(hashes_of(raw))
+                    continue
+                at, unexpected, chunk_hashes = self.lookup.positions(raw)
+                others = [raw[i] for i in np.flatnonzero(unexpected).tolist()]
             hashes.append(chunk_hashes if self._keep_all else chunk_hashes[unexpected])
             found.append(at)
-            extra.extend(raw[i].decode("utf-8", "surrogateescape") for i in np.flatnonzero(unexpected).tolist())
+            extra.extend(other.decode("utf-8", "surrogateescape") for other in others)
         self._hashes.append(np.concatenate(hashes) if hashes else np.empty(0, np.int64))
         if found:
             marks = np.concatenate(found)

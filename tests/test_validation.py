@@ -271,3 +271,23 @@ def test_one_long_expected_id_does_not_widen_every_other():
     assert index.extra == ["nope"]
     assert len(index.missing()) == 100_001 - 2
     assert IdLookup([encode_and_hash_ids(short, max_width=MAX_WIDTH)]).encoded.dtype == "S12"  # (the usual case)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ids=st.lists(st.sampled_from([f"s{i}" for i in range(12)]), max_size=60),
+       cuts=st.lists(st.integers(0, 60), max_size=5), ordered=st.booleans())
+def test_a_lookup_merged_from_sorted_blocks_is_the_lookup_of_all_its_ids(ids, cuts, ordered):
+    """However the IDs come in blocks, each block ordered where it was read or not, the lookup
+    holds every ID's hash sorted, and each place in the index order of its ID (repeats in order)."""
+    from virnucpro_merge.ids import IdLookup, encode_and_hash_ids, hash_order, id_hashes
+
+    bounds = [0, *sorted(min(c, len(ids)) for c in cuts), len(ids)]
+    blocks = []
+    for start, stop in zip(bounds, bounds[1:], strict=False):
+        encoded, hashes = encode_and_hash_ids(ids[start:stop])
+        blocks.append((encoded, hashes, hash_order(hashes)) if ordered else (encoded, hashes))
+    lookup = IdLookup(blocks)
+    every = id_hashes([i.encode() for i in ids])
+    assert lookup.sorted.tolist() == np.sort(every).tolist()
+    assert lookup.order.tolist() == np.argsort(every, kind="stable").tolist()
+    assert list(lookup.ids()) == ids

@@ -14,7 +14,7 @@ import numpy as np
 
 from .._processes import pool, usable_cpus
 from ..errors import ExpectedIdsError
-from ..ids import MAX_WIDTH, IdLookup, encode_and_hash_ids, encode_ids, id_hashes
+from ..ids import MAX_WIDTH, IdLookup, encode_and_hash_ids, encode_ids, hash_order, id_hashes
 from ._index import Chain, IndexReader, JsonText
 from ._text import (
     JSON,
@@ -133,7 +133,7 @@ def ranges_agree(ranges: list[RangeIds]) -> bool:
 
 
 def _encoded_range(path: Path, form: str, start: int, end: int, shown: object, why: str,
-                   max_width: int | None, hashed: bool) -> tuple[_Block, RangeIds]:
+                   max_width: int | None, hashed: _Hashed) -> tuple[_Block, RangeIds]:
     """Worker task: the encoded IDs of one byte range (and their hashes), and the range read
     (without its IDs). A range of plain ASCII lines is encoded in numpy, with no str a line
     (:func:`plain_line_ids`); any other is read by the rules of each line."""
@@ -142,20 +142,27 @@ def _encoded_range(path: Path, form: str, start: int, end: int, shown: object, w
             where, region = _lines_of(raw, start, end, shown or path)
         plain = plain_line_ids(region, max_width)
         if plain is not None:
-            return ((plain, id_hashes(plain.tolist())) if hashed else plain), where
+            return _with_hashes(plain, id_hashes(plain.tolist()), hashed) if hashed else plain, where
     found = read_range(path, form, start, end, shown_as=shown, why=why)
     return _encoded(found.ids, max_width, hashed), replace(found, ids=[])
 
 
-_Block = np.ndarray | tuple[np.ndarray, np.ndarray]
+_Block = np.ndarray | tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]
+_Hashed = bool | Literal["ordered"]  # (with their hashes; "ordered": and the order that sorts those)
 
 
 def _count(block: _Block) -> int:
     return (block[0] if isinstance(block, tuple) else block).size
 
 
-def _encoded(ids: Sequence[str], max_width: int | None, hashed: bool) -> _Block:
-    return encode_and_hash_ids(ids, max_width=max_width) if hashed else encode_ids(ids, max_width=max_width)
+def _encoded(ids: Sequence[str], max_width: int | None, hashed: _Hashed) -> _Block:
+    if not hashed:
+        return encode_ids(ids, max_width=max_width)
+    return _with_hashes(*encode_and_hash_ids(ids, max_width=max_width), hashed)
+
+
+def _with_hashes(encoded: np.ndarray, hashes: np.ndarray, hashed: _Hashed) -> _Block:
+    return (encoded, hashes, hash_order(hashes)) if hashed == "ordered" else (encoded, hashes)
 
 
 @overload
@@ -167,9 +174,14 @@ def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = ..., 
                            range_bytes: int | None = ..., shown_as: object = ...,
                            hashed: Literal[True], require_ids: bool = ...
                            ) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+@overload
+def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = ..., max_width: int | None = ...,
+                           range_bytes: int | None = ..., shown_as: object = ...,
+                           hashed: Literal["ordered"], require_ids: bool = ...
+                           ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]: ...
 def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = 1, max_width: int | None = None,
                            range_bytes: int | None = None, shown_as: object = None,
-                           hashed: bool = False, require_ids: bool = False) -> Iterator[_Block]:
+                           hashed: _Hashed = False, require_ids: bool = False) -> Iterator[_Block]:
     """The expected IDs of a file in file order, as arrays of their UTF-8 bytes
     (:func:`encode_ids`), read by up to ``workers`` processes at once where that helps.
 
@@ -180,7 +192,9 @@ def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = 1, ma
     do not agree (:func:`ranges_agree`) is read again from start to end. A gzipped
     file, a pipe, a small file, ``workers=1`` or a system without ``fork``: read here,
     from start to end. With ``hashed``, each block comes with its IDs' hashes
-    (:func:`encode_and_hash_ids`), worked out by the process that read it. With
+    (:func:`encode_and_hash_ids`), worked out by the process that read it, and with
+    ``hashed="ordered"`` with the order that sorts those too (``hash_order``: what
+    :class:`~virnucpro_merge.ids.IdLookup` merges the blocks by). With
     ``require_ids``, a file that holds no ID is an error (:func:`read_expected_ids`'s).
 
     Examples
@@ -202,7 +216,7 @@ def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = 1, ma
 
 
 def _read_in_ranges(path: Path, workers: int, range_bytes: int, shown_as: object, max_width: int | None,
-                    hashed: bool) -> list[_Block] | None:
+                    hashed: _Hashed) -> list[_Block] | None:
     """The encoded IDs of a file read in byte ranges by a pool of processes; None where it
     cannot be (one worker, one range, gzip, a pipe, no fork) or a JSON index's ranges do not
     agree: then it is read from start to end."""
@@ -240,5 +254,5 @@ def read_expected_lookup(path: str | os.PathLike[str], *, shown_as: object = Non
     (3, 2, ['seq1', 'seq2', 'seq1'])
     """
     return IdLookup(iter_encoded_id_blocks(path, workers=min(usable_cpus(), _MAX_PROCESSES), max_width=MAX_WIDTH,
-                                           range_bytes=_LOOKUP_RANGE, shown_as=shown_as, hashed=True,
+                                           range_bytes=_LOOKUP_RANGE, shown_as=shown_as, hashed="ordered",
                                            require_ids=True))

@@ -283,7 +283,7 @@ def test_a_lookup_merged_from_sorted_blocks_is_the_lookup_of_all_its_ids(ids, cu
 
     bounds = [0, *sorted(min(c, len(ids)) for c in cuts), len(ids)]
     blocks = []
-    for start, stop in zip(bounds, bounds[1:], strict=False):
+    for start, stop in itertools.pairwise(bounds):
         encoded, hashes = encode_and_hash_ids(ids[start:stop])
         blocks.append((encoded, hashes, hash_order(hashes)) if ordered else (encoded, hashes))
     lookup = IdLookup(blocks)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ._processes import hand_back_large_frees
 from ._version import __version__
 from .checks import plan_merge
 from .errors import MergeError, ValidationError, shown_id, twins_note
@@ -629,6 +630,7 @@ def _quiet_stdout() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = build_parser().parse_args(argv)
+    hand_back_large_frees()
     try:
         with _logging_to_stderr(args), _signals_unwind():
             return COMMANDS[args.command](args)

@@ -29,6 +29,7 @@ __all__ = ["id_hashes", "repeated_hashes", "SortedHashes", "encode_ids", "encode
 MAX_WIDTH = 1024
 #: IDs encoded and hashed at a time when a lookup is built from str.
 LOOKUP_BLOCK = 2**16
+_COUNTED_AT_ONCE = 2**20  # hashes put in their buckets at a time
 
 
 #: The 64-bit hash of an ID (Python's own; tests swap in a colliding one).
@@ -119,17 +120,20 @@ class SortedHashes:
     def __init__(self, ordered: np.ndarray) -> None:
         self.ordered = ordered  # (sorted; not copied)
         self._shift = np.uint64(64 - max(1, (max(ordered.size, 2) // 4 - 1).bit_length()))
+        self._starts = self._bucket_starts()  # (made here: a process forked later shares it)
 
     def _buckets(self, keys: np.ndarray) -> np.ndarray:
         """Each key's bucket: its top bits, in the order of signed hashes."""
         return ((keys.astype(np.int64, copy=False).view(np.uint64) ^ np.uint64(1 << 63)) >> self._shift
                 ).astype(np.intp)
 
-    @functools.cached_property
-    def _starts(self) -> np.ndarray | None:
+    def _bucket_starts(self) -> np.ndarray | None:
         """Where each bucket starts among the hashes (and where the last ends); None where a
-        bucket is crowded."""
-        counts = np.bincount(self._buckets(self.ordered), minlength=(1 << (64 - int(self._shift))))
+        bucket is crowded. Counted a part of the hashes at a time (a bucket number is 8 bytes)."""
+        counts = np.zeros(1 << (64 - int(self._shift)), dtype=np.int64)
+        for start in range(0, self.ordered.size, _COUNTED_AT_ONCE):
+            counts += np.bincount(self._buckets(self.ordered[start : start + _COUNTED_AT_ONCE]),
+                                  minlength=counts.size)
         if counts.max(initial=0) > self._CROWDED:
             return None
         starts = np.zeros(counts.size + 1, dtype=np.int32 if self.ordered.size < 2**31 else np.int64)

@@ -209,7 +209,9 @@ def iter_encoded_id_blocks(path: str | os.PathLike[str], *, workers: int = 1, ma
     path = Path(path)
     blocks = _read_in_ranges(path, workers, range_bytes or RANGE_BYTES, shown_as, max_width, hashed)
     if blocks is not None and (not require_ids or any(_count(block) for block in blocks)):
-        yield from blocks
+        blocks.reverse()
+        while blocks:  # (each block let go of here as it is handed on: a lookup built of them holds it once)
+            yield blocks.pop()
         return  # (else a file of no ID is read again from start to end: that read says what is wrong)
     for ids in iter_expected_id_blocks(path, shown_as=shown_as, require_ids=require_ids):
         yield _encoded(ids, max_width, hashed)

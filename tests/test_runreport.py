@@ -627,3 +627,15 @@ def test_report_health_reads_the_embeddings_and_names_the_ranks_that_stand_out(t
     assert taken["health_flags"] == found["health_flags"]
     assert 'aria-label="Row norms per rank: 4 of 8 ranks stand out (interactive: hover' in page
     assert "No description has been provided" not in page  # (every picture described in its alt text)
+
+
+def test_the_reports_kernel_hands_large_frees_back(tmp_path):
+    """The kernel that runs the report's notebook builds the run's lookups: its C allocator is
+    told, as the command line's is, to hand freed arrays back (at 10^7 IDs: 765 MB at the peak
+    without, 530 MB with)."""
+    from virnucpro_merge._processes import hand_back_environment
+    from virnucpro_merge.inspection.runreport import kernel_manager
+
+    manager = kernel_manager(tmp_path)
+    spec = manager.kernel_spec_manager.get_kernel_spec(manager.kernel_name)
+    assert hand_back_environment().items() <= spec.env.items()

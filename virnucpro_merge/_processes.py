@@ -18,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["usable_cpus", "pool", "hand_back_large_frees", "LARGE"]
+__all__ = ["usable_cpus", "pool", "hand_back_large_frees", "hand_back_environment", "LARGE"]
 
 
 def usable_cpus() -> int:
@@ -63,8 +63,9 @@ def hand_back_large_frees() -> bool:
     blocks below it for reuse: the arrays of millions of IDs a check builds and lets go of
     one after another then stay counted in the process (at 10^7 IDs, a lookup built at a
     peak of 714 MB kept 571 MB; with this, 474 MB and 338 MB). A process forked later
-    keeps the setting. The command line calls this before its work; a program that
-    imports the package keeps its allocator as it was.
+    keeps the setting; one started anew is given it by :func:`hand_back_environment`. The
+    command line calls this before its work; a program that imports the package keeps its
+    allocator as it was.
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -73,3 +74,14 @@ def hand_back_large_frees() -> bool:
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, LARGE))
     except (OSError, AttributeError):  # (another C library: musl has no mallopt)
         return False
+
+
+def hand_back_environment() -> dict[str, str]:
+    """What to add to the environment of a new process (the report's kernel) for its C
+    allocator to do as :func:`hand_back_large_frees` does (glibc reads it as it starts;
+    another C library does not look).
+
+    >>> hand_back_environment()
+    {'MALLOC_MMAP_THRESHOLD_': '1048576'}
+    """
+    return {"MALLOC_MMAP_THRESHOLD_": str(LARGE)}

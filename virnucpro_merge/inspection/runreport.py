@@ -39,6 +39,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from .._processes import hand_back_environment
 from .._version import __version__
 from ..errors import ExpectedIdsError, MergeError, OutputError
 from ..expected import detect_form, write_id_list
@@ -194,7 +195,7 @@ def kernel_manager(folder: Path) -> Any:
     argv = [sys.executable, "-P", "-m", "ipykernel_launcher", "-f", "{connection_file}",
             "--IPKernelApp.log_level=ERROR"]
     (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "virnucpro-merge report",
-                                                  "language": "python"}))
+                                                  "language": "python", "env": hand_back_environment()}))
     return KernelManager(kernel_name=_KERNEL, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec.parent)]))
 
 

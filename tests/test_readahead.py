@@ -222,3 +222,31 @@ def test_a_check_that_writes_nothing_gets_the_ids_found_without_their_bytes(tmp_
     assert thin.missing() == ["s12", "s15"]
     with pytest.raises(ValueError, match="another lookup"):
         IdIndex(IdLookup.from_ids(["s0"])).add_shard(shards[0].source, found[0])
+
+
+@pytest.mark.parametrize("forked", [True, False])
+def test_what_this_process_does_meanwhile_is_done_once_while_metadata_is_read(tmp_path, monkeypatch, forked):
+    from virnucpro_merge.readahead import read_metas
+
+    monkeypatch.setattr(readahead_module, "FROM_SHARDS", 1 if forked else 10**9)
+    monkeypatch.setattr(readahead_module, "usable_cpus", lambda: 2)
+    paths = [shard.source for shard in _shards(tmp_path, [3, 4])]
+    done = []
+    found = read_metas(paths, meanwhile=lambda: done.append(os.getpid()))
+    assert done == [os.getpid()]
+    assert [meta.num_sequences for meta in found] == [3, 4]
+
+
+def test_a_merge_makes_the_lookup_of_expected_ids_once(tmp_path, monkeypatch):
+    """Expected IDs given as a set are made a lookup while the shards' metadata is read, once,
+    and that lookup is the one the processes reading the IDs ahead find them in."""
+    from virnucpro_merge.ids import IdLookup
+
+    made = []
+    real = IdLookup.from_ids.__func__
+    monkeypatch.setattr(IdLookup, "from_ids", classmethod(lambda cls, ids: made.append(len(ids)) or real(cls, ids)))
+    run = make_demo_run(tmp_path / "run", n_sequences=60, world_size=3, dim=4, truncated=(), absent=(), empty=(),
+                        short={})
+    out = aggregate_shards(run.shard_files, tmp_path / "m.h5", set(run.sequence_ids))
+    assert made == [60]
+    assert read_merge_report(out)["num_missing"] == 0

@@ -290,16 +290,24 @@ def _merge_while_checking(paths: list[Path], output: Path, expected: Collection[
     out unreadable (a partial merge), the rows after it move: the copy is thrown
     away and the merge written from the final plan.
     """
-    draft = draft_plan(paths, partial=options.partial, checkpoints=options.checkpoints, scratch=options.scratch)
+    looked_up: list[IdLookup] = []  # (the expected IDs' lookup, made while processes read the shards' metadata)
+
+    def make_lookup() -> None:
+        if expected is not None and not looked_up:
+            looked_up.append(IdLookup.of(expected))
+
+    draft = draft_plan(paths, partial=options.partial, checkpoints=options.checkpoints, scratch=options.scratch,
+                       meanwhile=make_lookup)
     _log_left_out(draft)
     _refuse_writing_onto_inputs(output, draft)
+    make_lookup()
+    lookup = looked_up[0] if looked_up else None
     if room_problem(output, draft.output_bytes) is not None:
-        plan = check_ids(draft, expected, partial=options.partial)
+        plan = check_ids(draft, lookup, partial=options.partial)
         _log_left_out(plan, draft)
         _write_planned(plan, output, build_report(plan, options.chunk_size), options)
         return
     # (the IDs' readers are forked, with the lookup they find the IDs in, before the copy's threads start)
-    lookup = None if expected is None else IdLookup.of(expected)
     with read_ahead(draft.id_reads(), lookup) as ahead, output_file(output, draft.output_bytes,
                                                                      durable=options.durable) as pending:
         step = _checking_ids(draft, lookup, options, output, ahead)

@@ -287,8 +287,10 @@ def _settled(shards: list[ShardPlan], findings: Findings, *, partial: bool) -> M
 
 
 def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool = False, storage: bool = True,
-               checkpoints: Path | None = None, scratch: Scratch | None = None) -> MergePlan:
-    """Read every shard's metadata (no IDs) and place the shards' rows one after another.
+               checkpoints: Path | None = None, scratch: Scratch | None = None,
+               meanwhile: Callable[[], object] | None = None) -> MergePlan:
+    """Read every shard's metadata (no IDs) and place the shards' rows one after another;
+    ``meanwhile()`` is called while processes read the metadata (``readahead.read_metas``).
 
     With ``checkpoints`` (the run's checkpoints folder), each shard's rows are first
     compared with those its rank's checkpoints hold (:mod:`.crosscheck`): a shard they
@@ -315,7 +317,7 @@ def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool =
     compared = compare_many(paths, checkpoints, rows=storage) if checkpoints is not None and (storage or salvaging) \
         else {}
     shards, errors, lacking = [], {}, {}
-    for path, meta in zip(paths, read_metas(paths, storage=storage), strict=True):
+    for path, meta in zip(paths, read_metas(paths, storage=storage, meanwhile=meanwhile), strict=True):
         try:
             if isinstance(meta, ShardError):
                 raise meta

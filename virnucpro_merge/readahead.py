@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -194,10 +194,12 @@ def read_ahead(shards: Sequence[ShardIds], lookup: IdLookup | None = None, *, id
         yield ReadAhead(shards, executor, _IN_FLIGHT * workers if executor is not None else 1, look_up)
 
 
-def read_metas(paths: Sequence[Path], *, storage: bool = True) -> list[ShardMeta | ShardError]:
+def read_metas(paths: Sequence[Path], *, storage: bool = True, meanwhile: Callable[[], object] | None = None
+               ) -> list[ShardMeta | ShardError]:
     """Each shard's metadata (:func:`~virnucpro_merge.shards.read_shard_meta`), or the error
     reading it gave, in order: by two forked processes from :data:`FROM_SHARDS` shards
-    (call it before starting threads), else here.
+    (call it before starting threads), else here. ``meanwhile()`` is called once the
+    processes are at work (else first): what this process has to do anyway, done while it waits.
 
     >>> import numpy as np
     >>> from virnucpro_merge.synthetic import write_shard
@@ -209,8 +211,13 @@ def read_metas(paths: Sequence[Path], *, storage: bool = True) -> list[ShardMeta
     workers = 2 if usable_cpus() >= 2 and len(paths) >= FROM_SHARDS else 1
     with pool(workers) as executor:
         if executor is None:
+            if meanwhile is not None:
+                meanwhile()
             return [read(path) for path in paths]
-        return list(executor.map(read, paths, chunksize=_METAS_A_TASK))
+        found = executor.map(read, paths, chunksize=_METAS_A_TASK)
+        if meanwhile is not None:
+            meanwhile()
+        return list(found)
 
 
 def _meta(path: Path, *, storage: bool) -> ShardMeta | ShardError:

@@ -158,9 +158,9 @@ def raised_by_hdf5(err: BaseException) -> bool:
 
 
 def _dataset(handle: h5py.File, name: str, path: Path) -> h5py.Dataset:
-    if name not in handle:
+    node = handle.get(name)  # (one look: h5py's own 'in' is a second)
+    if node is None:
         raise UnreadableShardError(path, f"no '{name}' dataset (was the worker killed before writing it?)")
-    node = handle.get(name)
     if not isinstance(node, h5py.Dataset):
         raise ShardError(path, f"'{name}' is a {type(node).__name__.lower()}, not a dataset")
     return node
@@ -175,7 +175,7 @@ def _contiguous_offset(dset: h5py.Dataset, path: Path) -> int | None:
     """
     if dset.is_virtual or dset.chunks is not None or dset.compression is not None or dset.size == 0:
         return None
-    if dset.external or not _same_file(dset.file.filename, path):
+    if dset.external or not _same_file(os.fsdecode(h5py.h5f.get_name(dset.id)), path):
         return None
     offset = dset.id.get_offset()
     if offset is None:  # never written: HDF5 returns its fill value
@@ -242,6 +242,8 @@ def read_shard_meta(
 
 def read_report_summary(handle: h5py.File, path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The JSON summary of a merged file's report, or None for a plain shard."""
+    if REPORT_GROUP not in handle:  # (a plain shard: quicker asked than looked for in vain)
+        return None
     group = handle.get(REPORT_GROUP)
     if not isinstance(group, h5py.Group):
         return None

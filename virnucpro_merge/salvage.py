@@ -43,7 +43,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .checkpoints import Checkpoint, rank_checkpoints, read_checkpoint
+from .checkpoints import Checkpoint, RankCheckpoints, rank_checkpoints, read_checkpoint
 from .errors import CheckpointError, ConflictingCheckpointsError, DuplicateIdError, OutputError, shown_id
 from .outputs import check_output_folder, check_room
 from .ranks import rank_of
@@ -238,6 +238,34 @@ class _Taken:
     repeats: int = 0
 
 
+def _take_all(rank: int, found: RankCheckpoints, scratch: Scratch, taken: _Taken, used: list[str],
+              skipped: list[str], *, dim: int | None, partial: bool, rows: bool, narrow: np.dtype | None
+              ) -> _Writer | None:
+    """Take the rows of each usable checkpoint of ``found`` in turn into a shard written in
+    ``scratch`` (made at the first: None if there is none), noting those ``used`` and those
+    ``skipped``."""
+    writer: _Writer | None = None
+    try:
+        for entry in found.files:
+            checkpoint = _usable(entry.path, dim if writer is None else writer.dim, partial=partial, skipped=skipped)
+            if checkpoint is None:
+                continue
+            if not entry.done:
+                logger.debug("%s: no .done marker (the worker stopped right after saving it); whole, so used",
+                             entry.path)
+            if writer is None:
+                room = found.size * 2 + 2**20 if rows else 2**20  # (float16 rows widen to float32)
+                writer = _Writer(scratch.file(f"checkpoints-of-rank-{rank}.h5", room), checkpoint.embeddings.shape[1],
+                                 rows=rows)
+            used.append(str(entry.path))
+            _take(checkpoint, taken, writer, narrow, partial=partial)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        raise
+    return writer
+
+
 def salvage_rank(rank: int, shard: Path, problem: str, folder: Path, scratch: Scratch, *, dim: int | None,
                  partial: bool, rows: bool = True, keep: str = "none") -> Salvage | None:
     """Write the rows that rank ``rank``'s checkpoints (in ``folder``) hold into a shard in
@@ -291,23 +319,10 @@ def salvage_rank(rank: int, shard: Path, problem: str, folder: Path, scratch: Sc
         return None
     for temp in found.temps:
         logger.debug("%s: a save in progress when the worker stopped: not read", temp)
-    narrow = _shard_dtype(shard) if keep == "shown" else None
     taken, used, skipped = _Taken(), list[str](), list[str]()
-    writer: _Writer | None = None
+    writer = _take_all(rank, found, scratch, taken, used, skipped, dim=dim, partial=partial, rows=rows,
+                       narrow=_shard_dtype(shard) if keep == "shown" else None)
     try:
-        for entry in found.files:
-            checkpoint = _usable(entry.path, dim if writer is None else writer.dim, partial=partial, skipped=skipped)
-            if checkpoint is None:
-                continue
-            if not entry.done:
-                logger.debug("%s: no .done marker (the worker stopped right after saving it); whole, so used",
-                             entry.path)
-            if writer is None:
-                room = found.size * 2 + 2**20 if rows else 2**20  # (float16 rows widen to float32)
-                writer = _Writer(scratch.file(f"checkpoints-of-rank-{rank}.h5", room), checkpoint.embeddings.shape[1],
-                                 rows=rows)
-            used.append(str(entry.path))
-            _take(checkpoint, taken, writer, narrow, partial=partial)
         if writer is None or not writer.count:
             return Salvage(rank, shard, problem, found.folder, None, 0, used, skipped=skipped) if skipped else None
         kept = dropped = 0

@@ -250,3 +250,26 @@ def test_a_merge_makes_the_lookup_of_expected_ids_once(tmp_path, monkeypatch):
     out = aggregate_shards(run.shard_files, tmp_path / "m.h5", set(run.sequence_ids))
     assert made == [60]
     assert read_merge_report(out)["num_missing"] == 0
+
+
+def test_a_lookup_of_bytes_objects_is_not_looked_in_by_forked_processes(tmp_path, monkeypatch):
+    """A lookup that holds its IDs as bytes objects (one very long expected ID) would be copied
+    into each forked reader, page by page, as it looked at them: its IDs are looked up here."""
+    from virnucpro_merge.ids import IdLookup
+    from virnucpro_merge.readahead import read_ahead
+    from virnucpro_merge.validation import IdIndex
+
+    monkeypatch.setattr(readahead_module, "FROM_ROWS", 1)
+    monkeypatch.setattr(readahead_module, "usable_cpus", lambda: 2)
+    shards = _shards(tmp_path, [5, 4])
+    lookup = IdLookup.from_ids([f"s{i}" for i in range(0, 12, 2)] + ["x" * 2000])
+    assert not lookup.shared_without_copy
+    assert IdLookup.from_ids(["s0", "s1"]).shared_without_copy
+    index = IdIndex(lookup)
+    with read_ahead(shards, lookup, ids=False) as ahead:
+        for number, shard in enumerate(shards):
+            chunks = list(ahead.chunks(number))
+            assert all(chunk.found is None for chunk in chunks), "not looked up where read"
+            index.add_shard(shard.source, chunks)
+    assert index.missing() == ["s10", "x" * 2000]
+    assert sorted(index.extra) == ["s1", "s3", "s5", "s7"]

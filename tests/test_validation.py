@@ -291,3 +291,19 @@ def test_a_lookup_merged_from_sorted_blocks_is_the_lookup_of_all_its_ids(ids, cu
     assert lookup.sorted.tolist() == np.sort(every).tolist()
     assert lookup.order.tolist() == np.argsort(every, kind="stable").tolist()
     assert list(lookup.ids()) == ids
+
+
+def test_one_long_id_within_a_block_does_not_widen_the_others():
+    """Within one block too (a range of an expected list read by one process): 1,000 IDs of 16
+    bytes and one of 500 are kept as bytes objects, not as 1,001 rows of 500 bytes."""
+    from virnucpro_merge.expected._text import plain_line_ids
+    from virnucpro_merge.ids import MAX_WIDTH, encode_ids
+
+    ids = [f"contig_{i:09d}" for i in range(1000)] + ["y" * 500]
+    encoded = encode_ids(ids, max_width=MAX_WIDTH)
+    assert encoded.dtype == object
+    assert encoded.tolist() == [i.encode() for i in ids]
+    data = "".join(f"{i}\n" for i in ids).encode()
+    assert plain_line_ids(data, MAX_WIDTH) is None, "left to the rules of each line, which encode_ids follows"
+    assert plain_line_ids(data).dtype == np.dtype("S500"), "(without a width to keep to: as encode_ids)"
+    assert encode_ids(ids).dtype == np.dtype("S500")

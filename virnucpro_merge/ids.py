@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["id_hashes", "repeated_hashes", "SortedHashes", "encode_ids", "encode_and_hash_ids", "as_bytes",
-           "utf8_ids", "hash_order", "HashedIds", "FoundIds", "hashes_of", "IdLookup", "MAX_WIDTH", "LOOKUP_BLOCK"]
+           "utf8_ids", "wasteful_width", "hash_order", "HashedIds", "FoundIds", "hashes_of", "IdLookup", "MAX_WIDTH",
+           "LOOKUP_BLOCK"]
 
 #: Past this many bytes an ID, a lookup keeps its IDs as bytes objects instead of one fixed-width array.
 MAX_WIDTH = 1024
@@ -168,9 +169,10 @@ def encode_ids(ids: Sequence[str] | np.ndarray, *, max_width: int | None = None)
     """IDs as an array of their UTF-8 bytes: fixed width (``dtype='S'``), compact, quick to
     pickle and to sort (UTF-8 bytes sort as the strings do); a bytes array is returned as it is.
 
-    With ``max_width``, the array keeps every ID's bytes exactly: IDs of which one is
-    longer than ``max_width`` bytes (which would make every row that long) or ends in a
-    NUL byte (which a fixed-width array drops) are kept as ``bytes`` objects instead.
+    With ``max_width``, the array keeps every ID's bytes exactly, in no wasteful width: IDs
+    of which one is longer than ``max_width`` bytes or many times as long as most
+    (:func:`wasteful_width`: each row would be that long) or ends in a NUL byte (which a
+    fixed-width array drops) are kept as ``bytes`` objects instead.
 
     Examples
     --------
@@ -198,7 +200,7 @@ def _encoded(ids: Sequence[str] | np.ndarray, joined: str, max_width: int | None
     ends = np.append(ends, raw.size)
     lengths = np.diff(ends, prepend=-1) - 1
     widest = max(int(lengths.max()), 1)
-    if max_width is not None and widest > max_width:
+    if max_width is not None and (widest > max_width or wasteful_width(widest, float(lengths.mean()))):
         return _encoded_one_by_one(ids, max_width)
     rows = np.zeros((len(ids), widest), dtype=np.uint8)
     rows[np.arange(widest) < lengths[:, None]] = raw[raw != 0]  # (row by row, each ID's bytes in order)
@@ -209,7 +211,8 @@ def _encoded_one_by_one(ids: Sequence[str] | np.ndarray, max_width: int | None) 
     """:func:`encode_ids` of IDs one or more of which hold a NUL or are longer than ``max_width``."""
     source = [i.encode() for i in ids]
     widest = max(map(len, source))
-    if max_width is not None and (widest > max_width or any(i[-1:] == b"\x00" for i in source)):
+    if max_width is not None and (widest > max_width or any(i[-1:] == b"\x00" for i in source)
+                                  or wasteful_width(widest, sum(map(len, source)) / len(source))):
         kept = np.empty(len(ids), dtype=object)
         kept[:] = source
         return kept
@@ -253,15 +256,24 @@ def as_bytes(value: object) -> bytes:
     return value if isinstance(value, bytes) else bytes(value)  # type: ignore[call-overload]
 
 
+def wasteful_width(widest: int, mean: float) -> bool:
+    """Whether IDs held at the width of the widest (``dtype='S'``) would take many times
+    their own bytes (``mean`` a row): one long ID among millions of short ones. Then they are
+    held as bytes objects instead, about 40 bytes an ID more, never ten times as much.
+
+    >>> wasteful_width(1000, 16.0), wasteful_width(40, 16.0), wasteful_width(100, 90.0)
+    (True, False, False)
+    """
+    return widest > 64 and widest > 4 * mean
+
+
 def _too_wide(blocks: Sequence[np.ndarray]) -> bool:
     """Whether fixed-width blocks joined into one array would each take the widest block's
-    width many times over their own (one long ID among millions of short ones): then they
-    are joined as bytes objects instead, about 40 bytes an ID more, never ten times as much."""
+    width many times over their own (:func:`wasteful_width`)."""
     if not blocks:
         return False
     widest = max(b.dtype.itemsize for b in blocks)
-    mean = sum(b.dtype.itemsize * b.size for b in blocks) / sum(b.size for b in blocks)
-    return widest > 64 and widest > 4 * mean
+    return wasteful_width(widest, sum(b.dtype.itemsize * b.size for b in blocks) / sum(b.size for b in blocks))
 
 
 class IdLookup:
@@ -313,6 +325,13 @@ class IdLookup:
         self.by_bytes: dict[bytes, list[int]] = {}
         for position in self.order[np.isin(self.sorted, self.shared)].tolist():
             self.by_bytes.setdefault(as_bytes(self.encoded[position]), []).append(position)
+
+    @property
+    def shared_without_copy(self) -> bool:
+        """Whether a forked process can look IDs up here without copying the lookup: not where
+        it holds its IDs as bytes objects (a look at each touches its count of references,
+        which copies the page it lies on)."""
+        return self.encoded.dtype != object
 
     @classmethod
     def of(cls, expected: Collection[str] | IdLookup) -> IdLookup:

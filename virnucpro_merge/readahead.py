@@ -184,12 +184,13 @@ def read_ahead(shards: Sequence[ShardIds], lookup: IdLookup | None = None, *, id
     there are two cores or more and :data:`FROM_ROWS` IDs or more.
 
     With ``lookup``, the IDs are looked up in it where they are read (a forked process has it
-    without a copy): as :class:`~virnucpro_merge.ids.HashedIds` whose ``positions`` in it cost
-    nothing here (:meth:`~virnucpro_merge.ids.IdLookup.look_up`), or, where their bytes are not
-    wanted (``ids=False``: a check that writes nothing), as :class:`~virnucpro_merge.ids.FoundIds`.
+    without a copy, unless it holds bytes objects: then here): as
+    :class:`~virnucpro_merge.ids.HashedIds` whose ``positions`` in it cost nothing here
+    (:meth:`~virnucpro_merge.ids.IdLookup.look_up`), or, where their bytes are not wanted
+    (``ids=False``: a check that writes nothing), as :class:`~virnucpro_merge.ids.FoundIds`.
     """
     workers = 2 if usable_cpus() >= 2 and sum(s.rows for s in shards) >= FROM_ROWS else 1
-    look_up = None if lookup is None else _LookUp(lookup, ids)
+    look_up = None if lookup is None or not lookup.shared_without_copy else _LookUp(lookup, ids)
     with pool(workers, initializer=_use, initargs=(look_up,)) as executor:
         yield ReadAhead(shards, executor, _IN_FLIGHT * workers if executor is not None else 1, look_up)
 

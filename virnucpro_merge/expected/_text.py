@@ -21,6 +21,7 @@ import numpy as np
 
 from .._files import open_input
 from ..errors import ExpectedIdsError, shown_id
+from ..ids import wasteful_width
 from ..outputs import atomic_output
 
 __all__ = ["TEXT", "FASTA", "JSON", "BLOCK", "GZIP_MAGIC", "LINE_BREAK", "NOT_AN_INDEX", "READ_AS",
@@ -249,8 +250,9 @@ def plain_line_ids(data: bytes, max_width: int | None = None) -> np.ndarray | No
     (``dtype='S'``, as :func:`~virnucpro_merge.ids.encode_ids` encodes them), found in numpy
     without a str a line; None where a rule of a line could apply (a byte that is not ASCII;
     a space, a NUL or any other control byte but the line feed, so nothing that stripping
-    takes away and no carriage return; a ``#`` that starts a line) or an ID is longer than
-    ``max_width`` (where given): then :func:`line_ids` reads it.
+    takes away and no carriage return; a ``#`` that starts a line) or, where ``max_width`` is
+    given, an ID is longer than that or many times as long as most
+    (:func:`~virnucpro_merge.ids.wasteful_width`): then :func:`line_ids` reads it.
 
     >>> plain_line_ids(b"seq1\\n\\nseq22\\n").tolist()
     [b'seq1', b'seq22']
@@ -275,8 +277,8 @@ def plain_line_ids(data: bytes, max_width: int | None = None) -> np.ndarray | No
     if (raw[starts] == ord("#")).any():
         return None
     widest = int(lengths.max())
-    if max_width is not None and widest > max_width:
-        return None
+    if max_width is not None and (widest > max_width or wasteful_width(widest, float(lengths.mean()))):
+        return None  # (encode_ids keeps such IDs as bytes objects)
     if kept.all() and (lengths == widest).all():  # (IDs of one length, one a line: rows of a table)
         return np.ascontiguousarray(raw.reshape(-1, widest + 1)[:, :widest]).view(f"S{widest}").ravel()
     rows = np.zeros((lengths.size, widest), dtype=np.uint8)

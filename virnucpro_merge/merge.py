@@ -290,7 +290,10 @@ def _merge_while_checking(paths: list[Path], output: Path, expected: Collection[
     out unreadable (a partial merge), the rows after it move: the copy is thrown
     away and the merge written from the final plan.
     """
-    looked_up: list[IdLookup] = []  # (the expected IDs' lookup, made while processes read the shards' metadata)
+    # The expected IDs as a lookup, for the processes that read the IDs ahead to look them up in:
+    # made while processes read the shards' metadata, where they do (many shards); else, if not
+    # one already, made by the ID check beside the copy, and the IDs looked up there.
+    looked_up: list[IdLookup] = [expected] if isinstance(expected, IdLookup) else []
 
     def make_lookup() -> None:
         if expected is not None and not looked_up:
@@ -300,17 +303,16 @@ def _merge_while_checking(paths: list[Path], output: Path, expected: Collection[
                        meanwhile=make_lookup)
     _log_left_out(draft)
     _refuse_writing_onto_inputs(output, draft)
-    make_lookup()
     lookup = looked_up[0] if looked_up else None
     if room_problem(output, draft.output_bytes) is not None:
-        plan = check_ids(draft, lookup, partial=options.partial)
+        plan = check_ids(draft, expected, partial=options.partial)
         _log_left_out(plan, draft)
         _write_planned(plan, output, build_report(plan, options.chunk_size), options)
         return
     # (the IDs' readers are forked, with the lookup they find the IDs in, before the copy's threads start)
     with read_ahead(draft.id_reads(), lookup) as ahead, output_file(output, draft.output_bytes,
                                                                      durable=options.durable) as pending:
-        step = _checking_ids(draft, lookup, options, output, ahead)
+        step = _checking_ids(draft, lookup if lookup is not None else expected, options, output, ahead)
         plan, nonfinite = write_contiguous(draft, pending.path, step, chunk_size=options.chunk_size,
                                            progress=options.progress, durable=options.durable)
         if plan.same_rows_as(draft):

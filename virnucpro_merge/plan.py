@@ -290,7 +290,8 @@ def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool =
                checkpoints: Path | None = None, scratch: Scratch | None = None,
                meanwhile: Callable[[], object] | None = None) -> MergePlan:
     """Read every shard's metadata (no IDs) and place the shards' rows one after another;
-    ``meanwhile()`` is called while processes read the metadata (``readahead.read_metas``).
+    ``meanwhile()`` is called while processes read the metadata, where they do
+    (``readahead.read_metas``).
 
     With ``checkpoints`` (the run's checkpoints folder), each shard's rows are first
     compared with those its rank's checkpoints hold (:mod:`.crosscheck`): a shard they

@@ -200,7 +200,8 @@ def read_metas(paths: Sequence[Path], *, storage: bool = True, meanwhile: Callab
     """Each shard's metadata (:func:`~virnucpro_merge.shards.read_shard_meta`), or the error
     reading it gave, in order: by two forked processes from :data:`FROM_SHARDS` shards
     (call it before starting threads), else here. ``meanwhile()`` is called once the
-    processes are at work (else first): what this process has to do anyway, done while it waits.
+    processes are at work (and not at all without them): what this process has to do
+    anyway, done while it waits.
 
     >>> import numpy as np
     >>> from virnucpro_merge.synthetic import write_shard
@@ -212,8 +213,6 @@ def read_metas(paths: Sequence[Path], *, storage: bool = True, meanwhile: Callab
     workers = 2 if usable_cpus() >= 2 and len(paths) >= FROM_SHARDS else 1
     with pool(workers) as executor:
         if executor is None:
-            if meanwhile is not None:
-                meanwhile()
             return [read(path) for path in paths]
         found = executor.map(read, paths, chunksize=_METAS_A_TASK)
         if meanwhile is not None:

@@ -273,3 +273,24 @@ def test_a_lookup_of_bytes_objects_is_not_looked_in_by_forked_processes(tmp_path
             index.add_shard(shard.source, chunks)
     assert index.missing() == ["s10", "x" * 2000]
     assert sorted(index.extra) == ["s1", "s3", "s5", "s7"]
+
+
+def test_the_ids_of_few_shards_beside_many_bytes_of_embeddings_are_read_here(tmp_path, monkeypatch):
+    """Forked readers slowed the copy of a few large shards (their IDs weigh little beside the
+    embeddings); with many shards, or few embedding bytes an ID, the IDs are read ahead."""
+    from virnucpro_merge.readahead import BYTES_AN_ID, FROM_SHARDS, read_ahead
+
+    monkeypatch.setattr(readahead_module, "FROM_ROWS", 1)
+    monkeypatch.setattr(readahead_module, "usable_cpus", lambda: 2)
+    shards = _shards(tmp_path, [5, 4])
+
+    def forked(**options):
+        with read_ahead(shards, **options) as ahead:
+            return ahead._executor is not None
+
+    assert forked()
+    assert forked(copied=9 * BYTES_AN_ID)
+    assert not forked(copied=9 * BYTES_AN_ID + 1)
+    assert len(shards) < FROM_SHARDS
+    monkeypatch.setattr(readahead_module, "FROM_SHARDS", 2)
+    assert forked(copied=10**12)

@@ -310,8 +310,8 @@ def _merge_while_checking(paths: list[Path], output: Path, expected: Collection[
         _write_planned(plan, output, build_report(plan, options.chunk_size), options)
         return
     # (the IDs' readers are forked, with the lookup they find the IDs in, before the copy's threads start)
-    with read_ahead(draft.id_reads(), lookup) as ahead, output_file(output, draft.output_bytes,
-                                                                     durable=options.durable) as pending:
+    with read_ahead(draft.id_reads(), lookup, copied=draft.output_bytes) as ahead, \
+            output_file(output, draft.output_bytes, durable=options.durable) as pending:
         step = _checking_ids(draft, lookup if lookup is not None else expected, options, output, ahead)
         plan, nonfinite = write_contiguous(draft, pending.path, step, chunk_size=options.chunk_size,
                                            progress=options.progress, durable=options.durable)

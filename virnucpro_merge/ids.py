@@ -328,9 +328,11 @@ class IdLookup:
 
     @property
     def shared_without_copy(self) -> bool:
-        """Whether a forked process can look IDs up here without copying the lookup: not where
-        it holds its IDs as bytes objects (a look at each touches its count of references,
-        which copies the page it lies on)."""
+        """Whether a forked process can look IDs up here without copying the lookup.
+
+        Not where it holds its IDs as bytes objects: a look at each touches its count of
+        references, which copies the page it lies on.
+        """
         return self.encoded.dtype != object
 
     @classmethod

@@ -72,6 +72,14 @@ def normalisation_twins(missing: Collection[str], present: Iterable[str]) -> dic
     return twins
 
 
+def _utf8(chunk: Sequence[bytes] | Sequence[str] | np.ndarray | FoundIds) -> list[bytes]:
+    """A chunk of IDs as their UTF-8 bytes (a chunk read ahead as it is: it carries its hashes)."""
+    assert not isinstance(chunk, FoundIds), "IDs found in a lookup come only to an index with one"
+    items: list[Any] = chunk if isinstance(chunk, HashedIds) else \
+        chunk.tolist() if isinstance(chunk, np.ndarray) else list(chunk)
+    return utf8_ids(items) if items and isinstance(items[0], str) else items
+
+
 def _iter_shard_ids(shards: Iterable[tuple[Path, Path]]) -> Iterable[tuple[Path, str]]:
     """Each ID of the shards (the file, and the name to say), with the shard's name."""
     for path, name in shards:
@@ -115,20 +123,10 @@ class IdIndex:
         found: list[np.ndarray] = []
         extra: list[str] = []
         for chunk in chunks:
-            if isinstance(chunk, FoundIds):  # (looked up where read: the expected IDs' bytes were not sent)
-                if self.lookup is None or chunk.lookup != id(self.lookup):
-                    msg = "IDs found in another lookup than this index's"
-                    raise ValueError(msg)
-                at, unexpected, chunk_hashes, others = chunk.positions, chunk.unexpected, chunk.hashes, chunk.others
-            else:
-                items: list[Any] = chunk if isinstance(chunk, HashedIds) else \
-                    chunk.tolist() if isinstance(chunk, np.ndarray) else list(chunk)
-                raw: list[bytes] = utf8_ids(items) if items and isinstance(items[0], str) else items
-                if self.lookup is None:
-                    hashes.append(hashes_of(raw))
-                    continue
-                at, unexpected, chunk_hashes = self.lookup.positions(raw)
-                others = [raw[i] for i in np.flatnonzero(unexpected).tolist()]
+            if self.lookup is None:
+                hashes.append(hashes_of(_utf8(chunk)))
+                continue
+            at, unexpected, chunk_hashes, others = self._looked_up(chunk)
             hashes.append(chunk_hashes if self._keep_all else chunk_hashes[unexpected])
             found.append(at)
             extra.extend(other.decode("utf-8", "surrogateescape") for other in others)
@@ -143,6 +141,19 @@ class IdIndex:
         self._names.append(path if name is None else name)
         self.extra.extend(extra)
         self._sorted = None
+
+    def _looked_up(self, chunk: Sequence[bytes] | Sequence[str] | np.ndarray | FoundIds
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[bytes]]:
+        """A chunk's expected IDs' places, a mask of the others, every hash, and the others' bytes."""
+        assert self.lookup is not None
+        if isinstance(chunk, FoundIds):  # (looked up where read: the expected IDs' bytes were not sent)
+            if chunk.lookup != id(self.lookup):
+                msg = "IDs found in another lookup than this index's"
+                raise ValueError(msg)
+            return chunk.positions, chunk.unexpected, chunk.hashes, chunk.others
+        raw = _utf8(chunk)
+        at, unexpected, hashes = self.lookup.positions(raw)
+        return at, unexpected, hashes, [raw[i] for i in np.flatnonzero(unexpected).tolist()]
 
     @property
     def num_expected(self) -> int | None:

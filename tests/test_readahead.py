@@ -237,11 +237,18 @@ def test_what_this_process_does_meanwhile_is_done_once_while_processes_read_meta
     assert [meta.num_sequences for meta in found] == [3, 4]
 
 
-def test_a_merge_makes_the_lookup_of_expected_ids_once(tmp_path, monkeypatch):
-    """Expected IDs given as a set are made a lookup while the shards' metadata is read, once,
-    and that lookup is the one the processes reading the IDs ahead find them in."""
+@pytest.mark.parametrize("room", [True, False])
+def test_a_merge_makes_the_lookup_of_expected_ids_once(tmp_path, monkeypatch, room):
+    """Expected IDs given as a set are made a lookup while processes read the shards' metadata,
+    once, and that lookup is the one the IDs are found in (also where the output's folder lacks
+    room and the IDs are checked first)."""
+    from virnucpro_merge import merge as merge_module
     from virnucpro_merge.ids import IdLookup
 
+    monkeypatch.setattr(readahead_module, "FROM_SHARDS", 2)
+    monkeypatch.setattr(readahead_module, "usable_cpus", lambda: 2)
+    if not room:
+        monkeypatch.setattr(merge_module, "room_problem", lambda output, size: "no room (as the test says)")
     made = []
     real = IdLookup.from_ids.__func__
     monkeypatch.setattr(IdLookup, "from_ids", classmethod(lambda cls, ids: made.append(len(ids)) or real(cls, ids)))

@@ -24,6 +24,10 @@ def _write_raw(path, **datasets):
         for name, value in datasets.items():
             if isinstance(value, str) and value == "group":
                 f.create_group(name)
+            elif isinstance(value, str) and value == "broken link":
+                f[name] = h5py.ExternalLink("/nowhere/emb.h5", "/embeddings")
+            elif isinstance(value, str) and value == "dangling link":
+                f[name] = h5py.SoftLink("/nothing")
             else:
                 f.create_dataset(name, data=value)
     return path
@@ -62,6 +66,10 @@ STRUCTURE = {
     "no embeddings": (dict(sequence_ids=np.array([b"a"])), "no 'embeddings' dataset"),
     "no sequence_ids": (dict(embeddings=np.zeros((1, 4), "f4")), "no 'sequence_ids' dataset"),
     "embeddings is a group": (dict(embeddings="group", sequence_ids=np.array([b"a"])), "not a dataset"),
+    "embeddings a broken link": (dict(embeddings="broken link", sequence_ids=np.array([b"a"])),
+                                 "'embeddings' is there but cannot be opened"),
+    "sequence_ids a dangling link": (dict(embeddings=np.zeros((1, 4), "f4"), sequence_ids="dangling link"),
+                                     "'sequence_ids' is there but cannot be opened"),
     "1-D embeddings": (dict(embeddings=np.zeros(4, "f4"), sequence_ids=np.array([b"a"])), "must be 2-D"),
     "3-D embeddings": (dict(embeddings=np.zeros((1, 2, 2), "f4"), sequence_ids=np.array([b"a"])), "must be 2-D"),
     "integer embeddings": (dict(embeddings=np.zeros((1, 4), "i4"), sequence_ids=np.array([b"a"])), "dtype int32"),
@@ -203,3 +211,15 @@ def test_embeddings_in_external_storage(tmp_path, monkeypatch):
     assert validate_shard_completeness(["shard_0.h5"], {"x", "y", "z", "w"}) == ({"w"}, set())
     with pytest.raises(UnreadableShardError, match=r"shard_0\.h5: cannot read rows"):
         aggregate_shards(["shard_0.h5"], "o2.h5")
+
+
+@pytest.mark.parametrize("link", ["broken link", "dangling link"])
+def test_a_dataset_there_but_unopenable_is_not_taken_for_a_dead_worker(tmp_path, link):
+    """A link to nothing is not a shard a worker died before writing: even a partial merge
+    refuses it (it does not leave the rank's IDs out as missing)."""
+    good = _write_raw(tmp_path / "shard_0.h5", embeddings=np.zeros((1, 4), "f4"), sequence_ids=np.array([b"a"]))
+    bad = _write_raw(tmp_path / "shard_1.h5", embeddings=link, sequence_ids=np.array([b"b"]))
+    with pytest.raises(ShardError, match="is there but cannot be opened") as err:
+        aggregate_shards([good, bad], tmp_path / "out.h5", partial=True)
+    assert not isinstance(err.value, UnreadableShardError)
+    _assert_one_line_naming(err, bad)

@@ -305,7 +305,7 @@ def _merge_while_checking(paths: list[Path], output: Path, expected: Collection[
     _refuse_writing_onto_inputs(output, draft)
     lookup = looked_up[0] if looked_up else None
     if room_problem(output, draft.output_bytes) is not None:
-        plan = check_ids(draft, expected, partial=options.partial)
+        plan = check_ids(draft, lookup if lookup is not None else expected, partial=options.partial)
         _log_left_out(plan, draft)
         _write_planned(plan, output, build_report(plan, options.chunk_size), options)
         return

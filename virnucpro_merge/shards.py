@@ -158,9 +158,11 @@ def raised_by_hdf5(err: BaseException) -> bool:
 
 
 def _dataset(handle: h5py.File, name: str, path: Path) -> h5py.Dataset:
-    node = handle.get(name)  # (one look: h5py's own 'in' is a second)
-    if node is None:
+    node = handle.get(name)  # (one look: h5py's own 'in' is a second, asked only when this finds nothing)
+    if node is None and name not in handle:
         raise UnreadableShardError(path, f"no '{name}' dataset (was the worker killed before writing it?)")
+    if node is None:  # (a link to nothing, or an object HDF5 cannot open)
+        raise ShardError(path, f"'{name}' is there but cannot be opened (a broken link, or damaged)")
     if not isinstance(node, h5py.Dataset):
         raise ShardError(path, f"'{name}' is a {type(node).__name__.lower()}, not a dataset")
     return node

@@ -324,20 +324,12 @@ def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool =
                 raise meta
             shard = _readable(meta)
             if checkpoints is not None and (storage or salvaging):
-                known = compared.get(path)
-                unheld = refuse_contradicted(path, checkpoints, rows=storage, known=known)
+                shard, unheld = _against_checkpoints(shard, checkpoints, compared.get(path), rows=storage)
                 if unheld and salvaging and shard.merged_from is None:
                     lacking[path] = unheld
-                if isinstance(known, Comparison):
-                    shard = replace(shard, model_dtypes=known.model_dtypes)
             shards.append(shard)
         except UnreadableShardError as err:
-            if not partial and isinstance(err, MislabelledShardError) and salvaging:
-                raise MislabelledShardError(err.path, f"{err.problem} (a partial merge salvages what they hold)") \
-                    from None
-            if not partial and (isinstance(err, MislabelledShardError) or not salvaging
-                                or not has_checkpoints(path, checkpoints)):
-                raise
+            _refuse_unless_kept(err, path, checkpoints if salvaging else None, partial=partial)
             errors[path] = err
             shards.append(_failed(err, partial=True))
     if salvaging and (errors or lacking):
@@ -348,6 +340,30 @@ def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool =
             if not shard.usable:
                 raise errors[shard.path]
     return _placed(shards, same_dims=storage)
+
+
+def _against_checkpoints(shard: ShardPlan, checkpoints: Path, known: Comparison | MergeError | None, *,
+                         rows: bool) -> tuple[ShardPlan, int]:
+    """A readable shard compared with its rank's checkpoints (``known``: as compared already):
+    refused if they contradict it, with the model dtypes they name, and how many of their IDs
+    it lacks."""
+    unheld = refuse_contradicted(shard.path, checkpoints, rows=rows, known=known)
+    if isinstance(known, Comparison):
+        shard = replace(shard, model_dtypes=known.model_dtypes)
+    return shard, unheld
+
+
+def _refuse_unless_kept(err: UnreadableShardError, path: Path, checkpoints: Path | None, *, partial: bool) -> None:
+    """Raise ``err`` unless the merge goes on without the shard: a partial one, or one that takes
+    the rank's rows from its checkpoints (``checkpoints``, when salvaging) where they hold some."""
+    if partial:
+        return
+    if isinstance(err, MislabelledShardError):
+        if checkpoints is not None:
+            raise MislabelledShardError(err.path, f"{err.problem} (a partial merge salvages what they hold)") from None
+        raise err
+    if checkpoints is None or not has_checkpoints(path, checkpoints):
+        raise err
 
 
 def _first(lines: list[str]) -> str:
@@ -368,11 +384,7 @@ def _salvaged(shards: list[ShardPlan], errors: dict[Path, UnreadableShardError],
         rank = rank_of(shard.path)
         found = None
         if rank is not None and (shard.path in errors or shard.path in lacking):
-            err = errors.get(shard.path)
-            problem = err.problem if err is not None else \
-                f"it lacks {lacking[shard.path]:,} sequences that its rank's checkpoints hold"
-            keep = "none" if err is None and not shard.num_sequences else "all" if err is None else \
-                "shown" if isinstance(err, MislabelledShardError) else "none"
+            problem, keep = _what_to_salvage(shard, errors.get(shard.path), lacking.get(shard.path, 0))
             found = salvage_rank(rank, shard.path, problem, checkpoints / f"shard_{rank}", scratch,
                                  dim=dims[0] if dims else None, partial=partial, rows=rows, keep=keep)
         if found is None or found.file is None:
@@ -387,6 +399,16 @@ def _salvaged(shards: list[ShardPlan], errors: dict[Path, UnreadableShardError],
                              embedding_dim=meta.embedding_dim, dtype=meta.dtype, error=found.problem,
                              fingerprint=meta.fingerprint, salvage=found))
     return out
+
+
+def _what_to_salvage(shard: ShardPlan, err: UnreadableShardError | None, lacking: int) -> tuple[str, str]:
+    """Why a rank's rows are taken from its checkpoints, and which of its shard's own rows go in
+    too (``salvage_rank``'s ``keep``): none where the shard cannot be read or holds none, those
+    shown right where it is mislabelled, all where it only lacks ``lacking`` of theirs."""
+    if err is None:
+        return f"it lacks {lacking:,} sequences that its rank's checkpoints hold", "all" if shard.num_sequences else \
+            "none"
+    return err.problem, "shown" if isinstance(err, MislabelledShardError) else "none"
 
 
 def refuse_contradicted(path: Path, checkpoints: Path, *, rows: bool = True,

@@ -81,7 +81,7 @@ def test_large_frees_are_handed_back_to_the_system():
     import os
     import subprocess
 
-    # (glibc's defaults: Dask's nanny, started by other tests, sets MALLOC_TRIM_THRESHOLD_ in this process's environment)
+    # (glibc's defaults: Dask's nanny, started by other tests, sets MALLOC_TRIM_THRESHOLD_ in this environment)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     kept, handed = ([int(v) for v in subprocess.run([sys.executable, "-c", _A_LARGE_BLOCK_AFTER_A_LARGER_FREE, how],
                                                     capture_output=True, text=True, check=True, env=env).stdout.split()]

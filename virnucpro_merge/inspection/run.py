@@ -639,9 +639,7 @@ def inspect_run(
     >>> inspect_run("run").world_size  # the folder: its index gives the IDs, they give N
     3
     """
-    if world_size is not None and (isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1):
-        msg = f"world_size must be a positive integer, got {world_size!r}"
-        raise MergeError(msg)
+    _refuse_world_size(world_size)
     paths = _shard_list(run, world_size)
     ids, expected_from = _expected_ids(expected, paths)
     lookup = _lookup_of(ids)
@@ -656,13 +654,8 @@ def inspect_run(
     saved = checkpoints_of(paths, checkpoints) if checkpoints is not False and len({p.parent for p in paths}) == 1 \
         else None
     holes = _missing_matrix(present, size).sum(axis=1)  # (what the shards alone lack: their statuses)
-    worked, gained = {}, {}  # (what each rank's checkpoints show of its work)
-    for rank in (r for r in range(size) if holes[r] or scans[r].error is not None):
-        if saved is None:
-            break
-        before = int(present.sum())
-        worked[rank] = _salvageable(saved / f"shard_{rank}", lookup, present)
-        gained[rank] = int(present.sum()) - before
+    worked, gained = _checkpointed(saved, [r for r in range(size) if holes[r] or scans[r].error is not None], lookup,
+                                   present)
     missing = _missing_matrix(present, size)
     shards = [ShardSummary(rank=rank, path=path, expected=int(stride_positions(lookup.n, size, rank).size),
                            present=scan.present, missing=int(missing[rank].sum()),
@@ -674,15 +667,39 @@ def inspect_run(
                                                        unit="shard", disable=not (health and progress)))]
     num_extra = sum(rows.size for scan in scans for _, rows in scan.extra)
     stops, notes = _stops(paths, shards, checkpoints, worked)
-    if isinstance(ids, _Given):
-        sequence_ids: Sequence[str] = ids.ids
-        missing_ids = None
-    else:
-        sequence_ids = _EncodedIds(lookup.encoded)
-        missing_ids = [as_bytes(v).decode() for v in np.sort(lookup.encoded[~present]).tolist()]
+    sequence_ids, missing_ids = _named(ids, lookup, present)
     return RunInspection(shards=shards, missing=missing, sequence_ids=sequence_ids, num_extra=num_extra,
                          expected_from=expected_from, world_size_from=size_from, stops=stops, notes=notes,
                          checkpoints=saved, _missing_ids=missing_ids)
+
+
+def _refuse_world_size(world_size: object) -> None:
+    if world_size is not None and (isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1):
+        msg = f"world_size must be a positive integer, got {world_size!r}"
+        raise MergeError(msg)
+
+
+def _checkpointed(saved: Path | None, ranks: list[int], lookup: IdLookup, present: np.ndarray
+                  ) -> tuple[dict[int, Progress], dict[int, int]]:
+    """What the checkpoints (in ``saved``) of each of ``ranks`` show of its work, and how many
+    expected IDs they hold that no shard does (marked in ``present``)."""
+    worked: dict[int, Progress] = {}
+    gained: dict[int, int] = {}
+    if saved is None:
+        return worked, gained
+    for rank in ranks:
+        before = int(present.sum())
+        worked[rank] = _salvageable(saved / f"shard_{rank}", lookup, present)
+        gained[rank] = int(present.sum()) - before
+    return worked, gained
+
+
+def _named(ids: Any, lookup: IdLookup, present: np.ndarray) -> tuple[Sequence[str], list[str] | None]:
+    """The expected IDs as an inspection names them, and the missing ones (None: worked out when
+    asked, from IDs given in Python)."""
+    if isinstance(ids, _Given):
+        return ids.ids, None
+    return _EncodedIds(lookup.encoded), [as_bytes(v).decode() for v in np.sort(lookup.encoded[~present]).tolist()]
 
 
 def _health_of(path: Path, scan: _Scan, saved: Path | None) -> RankHealth | None:

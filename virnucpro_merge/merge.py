@@ -304,15 +304,16 @@ def _merge_while_checking(paths: list[Path], output: Path, expected: Collection[
     _log_left_out(draft)
     _refuse_writing_onto_inputs(output, draft)
     lookup = looked_up[0] if looked_up else None
+    checked_against = lookup if lookup is not None else expected
     if room_problem(output, draft.output_bytes) is not None:
-        plan = check_ids(draft, lookup if lookup is not None else expected, partial=options.partial)
+        plan = check_ids(draft, checked_against, partial=options.partial)
         _log_left_out(plan, draft)
         _write_planned(plan, output, build_report(plan, options.chunk_size), options)
         return
     # (the IDs' readers are forked, with the lookup they find the IDs in, before the copy's threads start)
     with read_ahead(draft.id_reads(), lookup, copied=draft.output_bytes) as ahead, \
             output_file(output, draft.output_bytes, durable=options.durable) as pending:
-        step = _checking_ids(draft, lookup if lookup is not None else expected, options, output, ahead)
+        step = _checking_ids(draft, checked_against, options, output, ahead)
         plan, nonfinite = write_contiguous(draft, pending.path, step, chunk_size=options.chunk_size,
                                            progress=options.progress, durable=options.durable)
         if plan.same_rows_as(draft):

@@ -80,11 +80,7 @@ def read_range(path: str | os.PathLike[str], form: str, start: int, end: int, *,
     with open_expected(path, name) as raw:
         if form != JSON:
             found, region = _lines_of(raw, start, end, name)
-            try:
-                found.ids = [i for text, _ in whole_lines(text_blocks(name, [region], found.first))
-                             for i in line_ids(text, form, name)]
-            except ExpectedIdsError as err:
-                raise noted(err, why) from err
+            found.ids = _ids_of_lines(region, found.first, form, name, why)
             return found
         first, last = char_start(raw, start), char_start(raw, end)  # (records are found by parsing,
         found = RangeIds(first, last)  # wherever the lines break)
@@ -101,6 +97,14 @@ def read_range(path: str | os.PathLike[str], form: str, start: int, end: int, *,
             return found
         found.chain = reader.chain
         return found
+
+
+def _ids_of_lines(region: bytes, first: int, form: str, name: object, why: str) -> list[str]:
+    """The IDs of the lines in ``region`` (read at byte ``first``), by the rules of each line."""
+    try:
+        return [i for text, _ in whole_lines(text_blocks(name, [region], first)) for i in line_ids(text, form, name)]
+    except ExpectedIdsError as err:
+        raise noted(err, why) from err
 
 
 def _lines_of(raw: BinaryIO, start: int, end: int, name: object) -> tuple[RangeIds, bytes]:
@@ -137,14 +141,15 @@ def _encoded_range(path: Path, form: str, start: int, end: int, shown: object, w
     """Worker task: the encoded IDs of one byte range (and their hashes), and the range read
     (without its IDs). A range of plain ASCII lines is encoded in numpy, with no str a line
     (:func:`plain_line_ids`); any other is read by the rules of each line."""
-    if form == TEXT:
-        with open_expected(path, shown or path) as raw:
-            where, region = _lines_of(raw, start, end, shown or path)
-        plain = plain_line_ids(region, max_width)
-        if plain is not None:
-            return _with_hashes(plain, id_hashes(plain.tolist()), hashed) if hashed else plain, where
-    found = read_range(path, form, start, end, shown_as=shown, why=why)
-    return _encoded(found.ids, max_width, hashed), replace(found, ids=[])
+    if form == JSON:
+        found = read_range(path, form, start, end, shown_as=shown, why=why)
+        return _encoded(found.ids, max_width, hashed), replace(found, ids=[])
+    with open_expected(path, shown or path) as raw:  # (a range's bytes read once, whichever way they are read)
+        where, region = _lines_of(raw, start, end, shown or path)
+    plain = plain_line_ids(region, max_width) if form == TEXT else None
+    if plain is not None:
+        return _with_hashes(plain, id_hashes(plain.tolist()), hashed) if hashed else plain, where
+    return _encoded(_ids_of_lines(region, where.first, form, shown or path, why), max_width, hashed), where
 
 
 _Block = np.ndarray | tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]

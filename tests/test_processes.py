@@ -42,6 +42,32 @@ def test_an_exception_cancels_the_tasks_not_started(tmp_path):
     assert sum(f.cancelled() for f in futures) > 0
 
 
+_CTRL_C_AT_A_TERMINAL = """
+import os, signal, time
+from virnucpro_merge._processes import pool
+
+try:
+    with pool(2) as workers:
+        assert all(f.result() == 1 for f in [workers.submit(abs, -1) for _ in range(4)])  # (both started)
+        os.killpg(0, signal.SIGINT)  # what a terminal sends the whole group
+        time.sleep(30)
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_ctrl_c_at_a_terminal_is_left_to_the_process_that_made_the_pool():
+    """The workers, idle or busy, do not each print a traceback of their own KeyboardInterrupt:
+    the process that made the pool stops them (what the CLI's own handler did for the CLI)."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _CTRL_C_AT_A_TERMINAL], capture_output=True, text=True,
+                          timeout=60, start_new_session=True)
+    assert done.stdout.split() == ["interrupted"]
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "KeyboardInterrupt" not in done.stderr, done.stderr
+
+
 _A_LARGE_BLOCK_AFTER_A_LARGER_FREE = """
 import ctypes, sys
 import numpy as np

@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import multiprocessing
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -36,18 +37,27 @@ def pool(workers: int, *, initializer: Callable[..., object] | None = None,
     no fork to be had: then do the work here.
 
     On the way out by an exception (Ctrl-C too), the tasks not yet started are cancelled.
+    A Ctrl-C at a terminal reaches the workers too: they leave it to this process (which
+    stops them), instead of each printing its own traceback.
     """
     if workers < 2 or not sys.platform.startswith("linux"):
         yield None
         return
     executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                   initializer=initializer, initargs=initargs)
+                                   initializer=_start_worker, initargs=(initializer, initargs))
     try:
         yield executor
     except BaseException:
         executor.shutdown(wait=True, cancel_futures=True)
         raise
     executor.shutdown(wait=True)
+
+
+def _start_worker(initializer: Callable[..., object] | None, initargs: tuple[Any, ...]) -> None:
+    """A pool worker's start: Ctrl-C left to the process that made the pool, then ``initializer``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if initializer is not None:
+        initializer(*initargs)
 
 
 #: Bytes from which a block of memory is had from the system, and handed back when freed.

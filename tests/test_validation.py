@@ -96,9 +96,24 @@ def test_with_expected_ids_only_the_unexpected_keep_their_hashes():
     assert index.num_present == 50_000
     assert index.extra == ["x1", "x2"]
     assert not index.has_repeated_hash()
-    kept = IdIndex([f"e{i}" for i in range(100)], keep_hashes=True)
-    kept.add_shard("s", [[f"e{i}" for i in range(100)]])
-    assert kept.row_hashes().size == 100  # (the index order needs every row's)
+    kept = IdIndex([f"e{i}" for i in range(100)], keep_places=True)
+    kept.add_shard("s", [[f"e{i}" for i in range(99, -1, -1)]])
+    kept.add_shard("t", [[b"x1", b"e7x"]])
+    assert sum(h.nbytes for h in kept._hashes) == 8 * 2
+    assert kept.row_places().tolist() == [*range(99, -1, -1), -1, -1]  # (the index order needs every row's place)
+
+
+def test_each_row_has_its_place_in_the_expected_ids_whatever_the_hashes(hashing):
+    """The places of a block's expected IDs come in the block's order, also where their
+    hashes collide (those are matched by their bytes, after the others)."""
+    expected = ["aa", "b", "cc", "ddd", "e", "ffff"]
+    index = IdIndex(expected, keep_places=True)
+    block = ["ffff", "zz", "b", "cc", "aa", "y", "ddd"]
+    index.add_shard("s", [[name.encode() for name in block[:4]], [name.encode() for name in block[4:]]])
+    assert index.row_places().tolist() == [expected.index(n) if n in expected else -1 for n in block]
+    assert index.missing() == ["e"]
+    with pytest.raises(ValueError, match="without repeats"):  # (an ID listed twice has two places)
+        IdIndex(["aa", "aa"], keep_places=True).add_shard("s", [[b"aa"]])
 
 
 @pytest.mark.parametrize("where", ["another shard", "the same shard"])

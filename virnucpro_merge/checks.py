@@ -90,7 +90,7 @@ def plan_merge(
         Read and check the IDs on this cluster's workers, hash-partitioned across
         them; the plan is the same.
     keep_ids : bool
-        Keep the IDs' hashes in the plan (``plan.ids``, 8 bytes an ID), for writing
+        Keep every row's place in the expected IDs in the plan (``plan.ids``, 4 bytes an ID), for writing
         in index order (not with a ``client``).
     storage : bool
         Look at where each shard keeps its embeddings (a merge copies them); a check

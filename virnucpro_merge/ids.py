@@ -382,8 +382,10 @@ class IdLookup:
 
     def positions(self, raw: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For a block of a shard's IDs (their UTF-8 bytes, as ``shards.iter_id_byte_chunks``
-        yields them): the index positions of the expected ones, a mask of those that are not
-        expected, and every ID's hash (as :meth:`look_up` found them in this lookup, if it did)."""
+        yields them): the index positions of the expected ones, in the block's order (an ID
+        listed twice in the index: its positions one after the other), a mask of those that
+        are not expected, and every ID's hash (as :meth:`look_up` found them in this lookup,
+        if it did)."""
         if isinstance(raw, HashedIds) and raw.found is not None and raw.found[2] == id(self):
             return raw.found[0], raw.found[1], raw.hashes
         hashes = hashes_of(raw)
@@ -398,10 +400,14 @@ class IdLookup:
         found = self.order[where[candidates]]
         same = self.encoded[found] == block[candidates]  # every match checked: a collision is not a match
         expected[candidates[same]] = True
-        positions = [found[same]]
+        positions, rows = [found[same]], [candidates[same]]
         for i in np.flatnonzero(shared).tolist():
             also = self.by_bytes.get(raw[i])
             if also:
                 expected[i] = True
                 positions.append(np.array(also, dtype=np.int64))
-        return np.concatenate(positions), ~expected, hashes
+                rows.append(np.full(len(also), i))
+        if len(rows) == 1:
+            return positions[0], ~expected, hashes
+        in_block_order = np.concatenate(rows).argsort(kind="stable")  # (the IDs that share a hash, in their places)
+        return np.concatenate(positions)[in_block_order], ~expected, hashes

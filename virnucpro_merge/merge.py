@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ._write.outfile import IdStep, copy_planned_ids, output_file, write_contiguous, write_virtual
-from ._write.reorder import RowOrder, index_order
+from ._write.reorder import RowOrder, index_lookup, index_order
 from .checks import expected_in_memory, plan_merge
 from .checksums import IdSink
 from .errors import MergeError, NonFiniteError, OutputError, UnreadableShardError, twins_note
@@ -407,8 +407,8 @@ def _merge_virtually(plan: MergePlan, output: Path, options: _Options) -> None:
 
 def _merge_in_index_order(paths: list[Path], output: Path, index_ids: list[str], options: _Options) -> None:
     """The index-order route: planned (keeping the IDs' hashes), then written block by block."""
-    plan = plan_merge(paths, index_ids, partial=options.partial, keep_ids=True, checkpoints=options.checkpoints,
-                      scratch=options.scratch)
+    plan = plan_merge(paths, index_lookup(index_ids), partial=options.partial, keep_ids=True,
+                      checkpoints=options.checkpoints, scratch=options.scratch)
     _log_left_out(plan)
     _refuse_writing_onto_inputs(output, plan)
     report = build_report(plan, options.chunk_size, order="index")

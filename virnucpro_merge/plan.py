@@ -443,8 +443,8 @@ def check_ids(
 
     A shard whose IDs cannot be read is failed (with ``partial``), which moves the
     rows of the shards after it: compare with :meth:`MergePlan.same_rows_as`.
-    ``keep_ids`` keeps the IDs' hashes in the plan (``plan.ids``, 8 bytes an ID,
-    for writing in index order); otherwise they are let go. The IDs are read ahead
+    ``keep_ids`` keeps every row's place in the expected IDs in the plan (``plan.ids``,
+    4 bytes an ID, for writing in index order); otherwise they are let go. The IDs are read ahead
     (:mod:`virnucpro_merge.readahead`): by ``ahead``, made of :meth:`MergePlan.id_reads`
     (and of ``expected`` as a lookup, where given) before the caller started threads, or
     else by one made here.
@@ -454,7 +454,7 @@ def check_ids(
         with read_ahead(draft.id_reads(), lookup, ids=on_ids is not None) as ahead:
             return check_ids(draft, lookup, partial=partial, keep_ids=keep_ids, on_ids=on_ids, progress=progress,
                              ahead=ahead)
-    index = IdIndex(expected, keep_hashes=keep_ids)
+    index = IdIndex(expected, keep_places=keep_ids)
     shards: list[ShardPlan] = []
     usable = 0  # (the usable shards' IDs are read ahead, in their order)
     for shard in tqdm(draft.shards, unit="shard", desc="Checking the IDs", disable=not progress):

@@ -80,6 +80,18 @@ def _utf8(chunk: Sequence[bytes] | Sequence[str] | np.ndarray | FoundIds) -> lis
     return utf8_ids(items) if items and isinstance(items[0], str) else items
 
 
+def _places_of_rows(at: np.ndarray, unexpected: np.ndarray, dtype: type[np.signedinteger]) -> np.ndarray:
+    """Each row's place in the expected IDs (-1: not expected), from the places of the
+    expected rows in row order (:meth:`IdLookup.positions`)."""
+    places = np.full(unexpected.size, -1, dtype)
+    expected = np.flatnonzero(~unexpected)
+    if at.size != expected.size:
+        msg = "every row's place is kept only for expected IDs without repeats"
+        raise ValueError(msg)
+    places[expected] = at
+    return places
+
+
 def _iter_shard_ids(shards: Iterable[tuple[Path, Path]]) -> Iterable[tuple[Path, str]]:
     """Each ID of the shards (the file, and the name to say), with the shard's name."""
     for path, name in shards:
@@ -100,12 +112,14 @@ class IdIndex:
         str an ID).
     """
 
-    def __init__(self, expected: Collection[str] | IdLookup | None = None, *, keep_hashes: bool = False) -> None:
+    def __init__(self, expected: Collection[str] | IdLookup | None = None, *, keep_places: bool = False) -> None:
         self.lookup = None if expected is None else IdLookup.of(expected)
         self._present = np.zeros(self.lookup.n if self.lookup is not None else 0, dtype=bool)
-        # Every ID's hash is kept without expected IDs, or when asked (row_hashes); else only
-        # the unexpected IDs' (an expected one found twice is told by its position, marked twice).
-        self._keep_all = self.lookup is None or keep_hashes
+        # Every ID's hash is kept without expected IDs (row_hashes); else only the unexpected
+        # IDs' (an expected one found twice is told by its position, marked twice), and, when
+        # asked, every row's place in the expected IDs (row_places).
+        self._keep_all = self.lookup is None
+        self._places: list[np.ndarray] | None = [] if keep_places and self.lookup is not None else None
         self._marked_twice = False
         self.shards: list[Path] = []
         self._names: list[Path] = []
@@ -121,16 +135,21 @@ class IdIndex:
         or as str, or as the lookup ``expected`` found them where they were read (``FoundIds``)."""
         hashes: list[np.ndarray] = []
         found: list[np.ndarray] = []
+        places: list[np.ndarray] = []
         extra: list[str] = []
         for chunk in chunks:
             if self.lookup is None:
                 hashes.append(hashes_of(_utf8(chunk)))
                 continue
             at, unexpected, chunk_hashes, others = self._looked_up(chunk)
-            hashes.append(chunk_hashes if self._keep_all else chunk_hashes[unexpected])
+            hashes.append(chunk_hashes[unexpected])
             found.append(at)
+            if self._places is not None:
+                places.append(_places_of_rows(at, unexpected, self.lookup.position_type))
             extra.extend(other.decode("utf-8", "surrogateescape") for other in others)
         self._hashes.append(np.concatenate(hashes) if hashes else np.empty(0, np.int64))
+        if self._places is not None:
+            self._places.append(np.concatenate(places) if places else np.empty(0, np.int64))
         if found:
             marks = np.concatenate(found)
             ordered = np.sort(marks)  # (quicker than np.unique for a chunk's worth)
@@ -167,9 +186,16 @@ class IdIndex:
 
     def row_hashes(self) -> np.ndarray:
         """Every ID's hash, in row order of the accepted shards (one after another): kept
-        without expected IDs, or with ``keep_hashes``."""
-        assert self._keep_all, "IdIndex(expected, keep_hashes=True) keeps every ID's hash"
+        without expected IDs."""
+        assert self._keep_all, "an IdIndex without expected IDs keeps every ID's hash"
         return self._joined_hashes()
+
+    def row_places(self) -> np.ndarray:
+        """Every row's place in the expected IDs, or -1 for an ID not expected, in row
+        order of the accepted shards (kept with ``keep_places``; an ID listed twice in the
+        expected IDs: a :class:`ValueError` when the rows were taken in)."""
+        assert self._places is not None, "IdIndex(expected, keep_places=True) keeps every row's place"
+        return np.concatenate(self._places or [np.empty(0, np.int32)])
 
     def _joined_hashes(self) -> np.ndarray:
         """The hashes kept, shard after shard, in a new array."""

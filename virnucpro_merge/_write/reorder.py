@@ -6,9 +6,11 @@ filled block by block (``chunk_size`` rows): each block's rows are gathered from
 every shard that holds some of them (one contiguous span read per shard for a
 stride run), then written in one piece.
 
-Where each index position's row is found comes from the planning step's 64-bit ID
-hashes (8 bytes an ID); every ID is then compared, as a string, with the ID actually
-read from the shard, so a hash collision cannot put a row in the wrong place.
+Where each index position's row is found comes from the planning step's check of the
+IDs, which kept each row's place in the index (4 to 8 bytes an ID; found by the IDs'
+64-bit hashes, each match checked by its bytes: a hash collision cannot put a row in the
+wrong place). Every ID is compared again, as a string, with the ID read from the shard as
+its row is written.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from .._files import OpenFiles
 from ..checksums import Checksums, IdSink, nonfinite_rows, row_sums
 from ..errors import ExpectedIdsError, ShardError, UnreadableShardError
 from ..health import RankTally
-from ..ids import id_hashes, utf8_ids
+from ..ids import IdLookup
 from ..plan import MergePlan, ShardPlan
 from ..shards import embeddings_of, first_line, open_shard_file, read_id_rows, read_rows
 from .copy import OUTPUT_DTYPE, BlockWriter
 
-__all__ = ["RowOrder", "index_order", "write_in_order"]
+__all__ = ["RowOrder", "index_lookup", "index_order", "write_in_order"]
 
 # Read a shard's span covering a block's rows when it is at most this many times
 # longer than the rows wanted (always true for stride runs); else read row by row.
@@ -46,23 +48,28 @@ class RowOrder:
     missing_positions: np.ndarray  # index positions with no row (missing sequences)
 
 
-def index_order(plan: MergePlan, index_ids: Sequence[str]) -> RowOrder:
-    """Work out where each output row comes from, from the planning step's hashes."""
-    assert plan.ids is not None
-    if len(set(index_ids)) != len(index_ids):
+def index_lookup(index_ids: Sequence[str] | IdLookup) -> IdLookup:
+    """The index's IDs as a lookup, refused if one is there twice (the index order then has
+    no one place for it)."""
+    lookup = IdLookup.of(index_ids)
+    if lookup.distinct != lookup.n:
         msg = "order='index' needs an index without repeated sequence IDs"
         raise ExpectedIdsError(msg)
-    hashes = plan.ids.row_hashes()
-    by_hash = np.argsort(hashes, kind="stable")
-    ordered = hashes[by_hash]
-    wanted = id_hashes(utf8_ids(index_ids))  # (as the IDs' stored bytes hash)
-    where = np.minimum(np.searchsorted(ordered, wanted), max(ordered.size - 1, 0))
-    found = ordered[where] == wanted if ordered.size else np.zeros(wanted.size, bool)
-    rows = by_hash[where[found]]
-    used = np.zeros(hashes.size, bool)
-    used[rows] = True
+    return lookup
+
+
+def index_order(plan: MergePlan, index_ids: Sequence[str]) -> RowOrder:
+    """Work out where each output row comes from: from each row's place in the index, as
+    the check of the IDs found it (by hash, then by the ID's bytes: ``plan.ids``, planned
+    with ``keep_ids`` against :func:`index_lookup` of ``index_ids``)."""
+    assert plan.ids is not None
+    places = plan.ids.row_places()
+    expected = np.flatnonzero(places >= 0)
+    row_at = np.full(len(index_ids), -1, np.int64)
+    row_at[places[expected]] = expected  # (one row a place: the plan refused a duplicate)
+    found = row_at >= 0
     return RowOrder(
-        source_rows=np.concatenate([rows, np.flatnonzero(~used)]),  # extra IDs go last
+        source_rows=np.concatenate([row_at[found], np.flatnonzero(places < 0)]),  # extra IDs go last
         ordered_ids=np.array(index_ids, dtype=object)[found],
         missing_positions=np.flatnonzero(~found),
     )

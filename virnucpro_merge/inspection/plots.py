@@ -27,6 +27,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
+from ..health import HealthFlag
 from ..ranks import rank_ranges
 from ..statuses import (
     ABSENT,
@@ -47,6 +48,7 @@ from .views import (
     HEALTHY_COLOR,
     InspectionView,
     ProgressView,
+    RankProgressView,
     RankView,
     bar_of,
     counts_title,
@@ -95,6 +97,14 @@ def _axes_pixels(fig: Figure, ax: Axes) -> tuple[float, float]:
     """About how many pixels wide and high the axes are (their place is final only when drawn)."""
     box = ax.get_position()
     return box.width * fig.get_figwidth() * fig.dpi * 0.85, box.height * fig.get_figheight() * fig.dpi * 0.8
+
+
+def _say(ax: Axes, words: str, title: str | None = None, *, wrap: bool = False) -> None:
+    """In place of a plot, a sentence in the middle of the axes (and a title when given)."""
+    ax.text(0.5, 0.5, words, ha="center", va="center", transform=ax.transAxes, wrap=wrap)
+    ax.set_axis_off()
+    if title is not None:
+        ax.set_title(title)
 
 
 def _thin(axis: Axis, count: int, room_px: float, label_px: float, *, formatter: FuncFormatter | None = None
@@ -200,21 +210,52 @@ def plot_shard_counts(
 
 
 def _two_bars(shards: list[RankView], ax: Axes | None, figsize: tuple[float, float]) -> Figure:
+    """Up to 16 ranks: each rank's rows expected beside the rows its file holds (:func:`plot_shard_counts`)."""
     fig, ax = _axes(ax, figsize)
     ranks = np.arange(len(shards))
-    width = 0.4
+    colors = _status_colors(shards)
+    saved = _draw_pairs(ax, shards, ranks, colors)
+    nothing = _cross_nothing_held(ax, shards, ranks, colors)
+    _rank_and_status_ticks(ax, shards, ranks)
+    ax.set_ylabel("rows")
+    ax.set_title("Rows per shard: expected vs present")
+    _two_bars_legend(ax, shards, saved=bool(saved.any()), nothing=nothing)
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+_PAIR_WIDTH = 0.4  # each of a rank's two bars, side by side
+
+
+def _status_colors(shards: Sequence[RankView]) -> list[str]:
+    """Each rank's status colour (grey for a status without one)."""
+    return [STATUS_COLORS.get(s.status, "#999999") for s in shards]
+
+
+def _draw_pairs(ax: Axes, shards: list[RankView], ranks: np.ndarray, colors: list[str]) -> np.ndarray:
+    """A grey bar of the rows each rank was assigned beside one of the rows its file holds, what only its
+    checkpoints hold hatched on top; returns what only its checkpoints hold."""
+    width = _PAIR_WIDTH
     ax.bar(ranks - width / 2, [s.expected for s in shards], width, color=_EXPECTED_COLOR,
            edgecolor="#8C8C8C", label="expected (assigned)")
-    colors = [STATUS_COLORS.get(s.status, "#999999") for s in shards]
     ax.bar(ranks + width / 2, [s.present for s in shards], width, color=colors)
     saved = np.array([s.checkpointed for s in shards])  # (what only its checkpoints hold: hatched, on top)
     if saved.any():
         ax.bar(ranks + width / 2, saved, width, bottom=[s.present for s in shards], color="white", edgecolor=colors,
                hatch="////", linewidth=0.8)
-    # A shard with no rows has no bar: mark its place on the axis in its colour.
+    return saved
+
+
+def _cross_nothing_held(ax: Axes, shards: list[RankView], ranks: np.ndarray, colors: list[str]) -> bool:
+    """Cross on the axis, in its colour, the place of each shard without rows (it has no bar); whether any."""
     nothing = [i for i, s in enumerate(shards) if nothing_held(s)]
-    ax.scatter(ranks[nothing] + width / 2, np.zeros(len(nothing)), marker="x", s=30,
+    ax.scatter(ranks[nothing] + _PAIR_WIDTH / 2, np.zeros(len(nothing)), marker="x", s=30,
                c=[colors[i] for i in nothing], zorder=3, clip_on=False)
+    return bool(nothing)
+
+
+def _rank_and_status_ticks(ax: Axes, shards: list[RankView], ranks: np.ndarray) -> None:
+    """Each rank's number under its bars, and up to 12 ranks its status below it."""
     if len(shards) <= 12:
         ax.set_xticks(ranks, [f"{s.rank}\n{s.status}" for s in shards],
                       fontsize="small" if len(shards) <= 8 else "x-small")
@@ -222,17 +263,17 @@ def _two_bars(shards: list[RankView], ax: Axes | None, figsize: tuple[float, flo
     else:
         ax.set_xticks(ranks, [str(s.rank) for s in shards], fontsize="x-small")
         ax.set_xlabel("rank")
-    ax.set_ylabel("rows")
-    ax.set_title("Rows per shard: expected vs present")
+
+
+def _two_bars_legend(ax: Axes, shards: list[RankView], *, saved: bool, nothing: bool) -> None:
+    """The legend of the two bars: expected, present in each status that occurs, and what else is drawn."""
     seen = [status for status in STATUSES if any(s.status == status for s in shards)]
     handles = [Patch(facecolor=_EXPECTED_COLOR, edgecolor="#8C8C8C", label="expected")]
     handles += [Patch(facecolor=STATUS_COLORS[status], label=f"present: {status}") for status in seen]
-    if saved.any():
+    if saved:
         handles.append(_SALVAGED_PATCH)
-    ax.legend(handles=[*handles, *_no_rows(bool(nothing))], fontsize="small", loc="upper left",
+    ax.legend(handles=[*handles, *_no_rows(nothing)], fontsize="small", loc="upper left",
               bbox_to_anchor=(1.01, 1.0), frameon=False)
-    ax.spines[["top", "right"]].set_visible(False)
-    return fig
 
 
 #: What only a rank's checkpoints hold, hatched on top of its bar.
@@ -268,7 +309,7 @@ def _fraction_present(shards: list[RankView], ax: Axes | None, figsize: tuple[fl
     ranks = np.arange(len(shards))
     known = any(s.expected for s in shards)
     heights, saved = _bars(shards, known)
-    colors = [STATUS_COLORS.get(s.status, "#999999") for s in shards]
+    colors = _status_colors(shards)
     ax.bar(ranks, heights, width=1.0, color=colors, linewidth=0)
     if saved.any():  # (hatching does not show on a bar a pixel wide: a pale bar instead)
         ax.bar(ranks, saved, width=1.0, bottom=heights, color=colors, alpha=_PALE, linewidth=0)
@@ -282,7 +323,7 @@ def _fraction_present(shards: list[RankView], ax: Axes | None, figsize: tuple[fl
                    zorder=3, clip_on=False, linewidths=1)
     ax.set_xlim(-0.5, len(shards) - 0.5)
     width_px, _ = _axes_pixels(fig, ax)
-    _thin(ax.xaxis, len(shards), width_px, (len(str(len(shards) - 1)) * 0.62 + 0.8) * _font_px(fig))
+    _thin_ranks(fig, ax, len(shards), width_px)
     ax.set_xlabel("rank")
     ax.set_ylabel("share of its assignment present" if known else "rows")
     ax.set_title(counts_title(len(shards), None), pad=14)
@@ -300,7 +341,7 @@ def _focused_bars(shards: list[RankView], focus: list[int], ax: Axes | None, fig
     others = [s for i, s in enumerate(shards) if i not in set(focus)]
     x = np.arange(len(chosen)) + 2.0  # (0: the others' bar; 1: a gap)
     heights, saved = _bars(chosen, True)
-    colors = [STATUS_COLORS.get(s.status, "#999999") for s in chosen]
+    colors = _status_colors(chosen)
     ax.bar(0, float(_bars(others, True)[0].min(initial=1.0)), width=0.8, color=STATUS_COLORS[OK])
     ax.bar(x, heights, width=0.8, color=colors)
     if saved.any():
@@ -390,53 +431,85 @@ def plot_missing_heatmap(
     ranks, width = inspection.missing.shape
     focus = ranks_in_focus(np.asarray(inspection.missing.any(axis=1)))
     rows = np.arange(ranks) if focus is None else np.array(focus)
-    per_row = 0.12 if focus is None else 0.19  # (a rank in focus is named on its row)
-    high = 2.0 if ranks > FEW_RANKS and not inspection.missing.any() else max(2.8, 1.8 + per_row * len(rows))
-    fig, ax = _axes(ax, figsize or (11.0, min(MAX_FIGSIZE[1], high)))
+    fig, ax = _axes(ax, figsize or (11.0, _heatmap_height(inspection, len(rows), named=focus is not None)))
     if width == 0:  # no expected IDs (or none assigned): nothing to place
-        ax.set_axis_off()
-        ax.text(0.5, 0.5, "No expected IDs: completeness was not checked, so no sequence can be placed or missed.",
-                ha="center", va="center", transform=ax.transAxes, wrap=True)
-        ax.set_title("Missing sequences: not checked")
+        _say(ax, "No expected IDs: completeness was not checked, so no sequence can be placed or missed.",
+             "Missing sequences: not checked", wrap=True)
         return fig
-    if ranks > FEW_RANKS and not inspection.missing.any():  # (many rows of nothing: one line says it)
-        ax.set_axis_off()
-        ax.text(0.5, 0.5, f"Nothing is missing: each of the {ranks:,} ranks holds its whole assignment.",
-                ha="center", va="center", transform=ax.transAxes)
-        ax.set_title(f"Missing sequences: 0 of {len(inspection.sequence_ids):,}")
+    if _nothing_missing_of_many(inspection):  # (many rows of nothing: one line says it)
+        _say(ax, f"Nothing is missing: each of the {ranks:,} ranks holds its whole assignment.",
+             f"Missing sequences: 0 of {len(inspection.sequence_ids):,}")
         return fig
-    missing, assigned = inspection.missing[rows], inspection.assigned[rows]
-    width_px, height_px = _axes_pixels(fig, ax)
-    col_bin = max(1, math.ceil(width / max(width_px, 50)))
-    row_bin = max(1, math.ceil(len(rows) / max(height_px, 20)))
-    if col_bin == 1 and row_bin == 1:
-        cells = np.where(assigned, missing.astype(np.int8), _PADDING)
-    else:
-        cells = _binned(missing, assigned.sum(axis=1), row_bin, col_bin)
+    room = _axes_pixels(fig, ax)
+    cells, row_bin, col_bin = _cells(inspection.missing[rows], inspection.assigned[rows], room)
     ax.imshow(cells, cmap=ListedColormap(_HEATMAP_COLORS), norm=BoundaryNorm(_HEATMAP_BOUNDS, len(_HEATMAP_COLORS)),
               aspect="auto", interpolation="nearest", extent=(-0.5, width - 0.5, len(rows) - 0.5, -0.5))
+    _heatmap_ticks(fig, ax, rows, width, room, named=focus is not None)
+    binned = col_bin > 1 or row_bin > 1
+    ringed = binned and _mark_sparse(ax, cells, row_bin, col_bin)
+    ax.set_xlabel(f"position j in the rank's assignment (index position = rank + j × {ranks:,})"
+                  f"{_cell_size(row_bin, col_bin)}")
+    ax.set_title(missing_title(inspection.num_missing, len(inspection.sequence_ids), ranks, focus))
+    _heatmap_legend(ax, binned=binned, ringed=ringed)
+    return fig
+
+
+def _nothing_missing_of_many(inspection: InspectionView) -> bool:
+    """Whether the run has more than ``FEW_RANKS`` ranks and none misses any sequence (then one line says so)."""
+    return inspection.missing.shape[0] > FEW_RANKS and not inspection.missing.any()
+
+
+def _heatmap_height(inspection: InspectionView, rows: int, *, named: bool) -> float:
+    """The height in inches of a new heatmap of ``rows`` rows (taller when each row is named)."""
+    if _nothing_missing_of_many(inspection):
+        return 2.0
+    per_row = 0.19 if named else 0.12  # (a rank in focus is named on its row)
+    return min(MAX_FIGSIZE[1], max(2.8, 1.8 + per_row * rows))
+
+
+def _cells(missing: np.ndarray, assigned: np.ndarray, room: tuple[float, float]) -> tuple[np.ndarray, int, int]:
+    """The cells to draw (:func:`_binned` when a cell is a block), with the ranks and the positions a cell
+    stands for: as many as leave each cell a pixel of ``room``."""
+    width_px, height_px = room
+    col_bin = max(1, math.ceil(missing.shape[1] / max(width_px, 50)))
+    row_bin = max(1, math.ceil(len(missing) / max(height_px, 20)))
+    if col_bin == 1 and row_bin == 1:
+        return np.where(assigned, missing.astype(np.int8), _PADDING), row_bin, col_bin
+    return _binned(missing, assigned.sum(axis=1), row_bin, col_bin), row_bin, col_bin
+
+
+def _heatmap_ticks(fig: Figure, ax: Axes, rows: np.ndarray, width: int, room: tuple[float, float], *,
+                   named: bool) -> None:
+    """Ranks down and positions across, the ticks thinned so that their labels never meet (``named``: every row)."""
+    width_px, height_px = room
     ax.tick_params(labelsize="small")
     font_px = _font_px(fig, "small")
-    _thin(ax.yaxis, len(rows), height_px, font_px * (0.9 if focus is None else 0.6),  # (in focus: every row named)
+    _thin(ax.yaxis, len(rows), height_px, font_px * (0.6 if named else 0.9),  # (in focus: every row named)
           formatter=FuncFormatter(lambda v, _: f"rank {rows[int(v)]}" if 0 <= v < len(rows) else ""))
     _thin(ax.xaxis, width, width_px, font_px * 3.8, formatter=FuncFormatter(_compact))
     ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.set_xlim(-0.5, width - 0.5)
-    ringed = (col_bin > 1 or row_bin > 1) and _mark_sparse(ax, cells, row_bin, col_bin)
-    blocks = "" if col_bin == row_bin == 1 else "\neach cell: " + " of ".join(
-        [f"{col_bin:,} positions"] * (col_bin > 1) + [f"{row_bin} ranks"] * (row_bin > 1))
-    ax.set_xlabel(f"position j in the rank's assignment (index position = rank + j × {ranks:,}){blocks}")
-    ax.set_title(missing_title(inspection.num_missing, len(inspection.sequence_ids), ranks, focus))
+
+
+def _cell_size(row_bin: int, col_bin: int) -> str:
+    """What a cell stands for, on a line of its own, when it is a block (nothing when it is one position)."""
+    if col_bin == row_bin == 1:
+        return ""
+    sizes = [f"{col_bin:,} positions"] * (col_bin > 1) + [f"{row_bin} ranks"] * (row_bin > 1)
+    return "\neach cell: " + " of ".join(sizes)
+
+
+def _heatmap_legend(ax: Axes, *, binned: bool, ringed: bool) -> None:
+    """Present and missing, the shades of a block part missing when binned, and the ring when drawn."""
     handles: list[Artist] = [Patch(facecolor=_HEATMAP_COLORS[0], edgecolor="#8C8C8C", label="present"),
                              Patch(facecolor=_HEATMAP_COLORS[5], label="missing")]
-    if col_bin > 1 or row_bin > 1:
+    if binned:
         handles[1:1] = [Patch(facecolor=_HEATMAP_COLORS[1], label="some of a cell missing"),
                         Patch(facecolor=_HEATMAP_COLORS[3], label="most of a cell missing")]
     if ringed:
         handles.append(Line2D([], [], marker="o", linestyle="none", markerfacecolor="none",
                               markeredgecolor=_HEATMAP_COLORS[5], label="ringed: a few missing\nin the cell"))
     ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    return fig
 
 
 _NAMED = 40  # at most this many flagged ranks are named above the plot (all are in the legend)
@@ -476,61 +549,92 @@ def plot_health(
     'Row norms per rank: 4 of 8 ranks stand out'
     """
     shards = list(inspection.shards)
-    inches = min(20.0, max(8.0, 6.0 + len(shards) / 64))
-    fig, ax = _axes(ax, figsize or ((7.0, 3.0) if len(shards) <= 16 else (inches, 3.6)))
+    fig, ax = _axes(ax, figsize or _health_size(len(shards)))
     known = [(s.rank, s.health) for s in shards if s.health is not None and s.health.norm_quantiles]
     if not known:
-        ax.set_axis_off()
-        ax.text(0.5, 0.5, "Not checked: the embeddings were not read (inspect_run(..., health=True), or a merged "
-                "file's report).", ha="center", va="center", transform=ax.transAxes, wrap=True)
-        ax.set_title("Row norms per rank: not checked")
+        _say(ax, "Not checked: the embeddings were not read (inspect_run(..., health=True), or a merged "
+             "file's report).", "Row norms per rank: not checked", wrap=True)
         return fig
     flags = inspection.health_flags
     flagged = sorted({flag.rank for flag in flags})
-    ranks = np.array([rank for rank, _ in known])
     q = np.array([h.norm_quantiles for _, h in known])
-    colors = np.where(np.isin(ranks, flagged), FLAGGED_COLOR, HEALTHY_COLOR)
+    _draw_norms(ax, np.array([rank for rank, _ in known]), q, flagged, many=len(shards) > 64)
+    _median_and_scale(ax, q[:, 2])
+    ax.set_xlim(-0.7, len(shards) - 0.3)
+    width_px, _ = _axes_pixels(fig, ax)
+    _thin_ranks(fig, ax, len(shards), width_px)
+    if len(shards) > 16 and flagged:  # each flagged rank marked above the plot and named (labels kept apart)
+        _name_flagged(fig, ax, flagged, len(shards), width_px)
+    ax.set_xlabel("rank")
+    ax.set_ylabel("row norm")
+    ax.set_title(health_title(len(flagged), len(shards)), pad=24 if len(shards) > 16 else 6)
+    _health_legend(ax, flags)
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def _health_size(ranks: int) -> tuple[float, float]:
+    """The size in inches of a new picture of the row norms of ``ranks`` ranks."""
+    if ranks <= 16:
+        return (7.0, 3.0)
+    return (min(20.0, max(8.0, 6.0 + ranks / 64)), 3.6)
+
+
+def _draw_norms(ax: Axes, ranks: np.ndarray, q: np.ndarray, flagged: list[int], *, many: bool) -> None:
+    """Each rank's norm quantiles ``q``: 5-95 % a thin line, 25-75 % a thick one, the median a dot; the
+    ``flagged`` ranks orange and on top (narrower past 64 ranks)."""
+    out = np.isin(ranks, flagged)
+    colors = np.where(out, FLAGGED_COLOR, HEALTHY_COLOR)
     thin = [((r, lo), (r, hi)) for r, lo, hi in zip(ranks, q[:, 0], q[:, -1], strict=True)]
     thick = [((r, lo), (r, hi)) for r, lo, hi in zip(ranks, q[:, 1], q[:, 3], strict=True)]
-    wide = 4.0 if len(shards) <= 64 else 2.0
-    out = np.isin(ranks, flagged)
+    wide = 2.0 if many else 4.0
     for chosen, width, z in ((~out, wide, 2), (out, max(wide, 3.0), 4)):  # (the flagged ones on top, never hidden)
         ax.add_collection(LineCollection([t for t, c in zip(thin, chosen, strict=True) if c], colors=colors[chosen],
                                          linewidths=width / 3, zorder=z))
         ax.add_collection(LineCollection([t for t, c in zip(thick, chosen, strict=True) if c], colors=colors[chosen],
                                          linewidths=width, zorder=z))
-        ax.scatter(ranks[chosen], q[chosen, 2], s=12 if len(shards) <= 64 else 4, c=colors[chosen], zorder=z + 1)
-    center = float(np.median(q[:, 2]))
-    ax.axhline(center, color="#8C8C8C", linewidth=0.8, linestyle="--", zorder=0)
-    medians = q[:, 2][q[:, 2] > 0]
-    if medians.size and medians.max() > 10 * medians.min():
+        ax.scatter(ranks[chosen], q[chosen, 2], s=4 if many else 12, c=colors[chosen], zorder=z + 1)
+
+
+def _median_and_scale(ax: Axes, medians: np.ndarray) -> None:
+    """The median of the ranks' ``medians`` dashed; a log scale when they differ by more than ten times."""
+    ax.axhline(float(np.median(medians)), color="#8C8C8C", linewidth=0.8, linestyle="--", zorder=0)
+    positive = medians[medians > 0]
+    if positive.size and positive.max() > 10 * positive.min():
         ax.set_yscale("log")
-    ax.set_xlim(-0.7, len(shards) - 0.3)
-    width_px, _ = _axes_pixels(fig, ax)
-    _thin(ax.xaxis, len(shards), width_px, (len(str(len(shards) - 1)) * 0.62 + 0.8) * _font_px(fig))
-    if len(shards) > 16 and flagged:  # each flagged rank marked above the plot and named (labels kept apart)
-        ax.scatter(flagged, np.ones(len(flagged)), marker="v", s=30, c=FLAGGED_COLOR, zorder=5, clip_on=False,
-                   transform=ax.get_xaxis_transform())
-        gap = (len(str(len(shards))) * 0.62 + 1.0) * _font_px(fig, "small") * len(shards) / max(width_px, 1)
-        for rank, x in zip(flagged[:_NAMED], _spread([float(r) for r in flagged[:_NAMED]], gap, 0, len(shards) - 1),
-                           strict=True):
-            ax.annotate(str(rank), (x, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 9),
-                        textcoords="offset points", ha="center", va="bottom", fontsize="small", color=FLAGGED_COLOR)
-    ax.set_xlabel("rank")
-    ax.set_ylabel("row norm")
-    ax.set_title(health_title(len(flagged), len(shards)), pad=24 if len(shards) > 16 else 6)
+
+
+def _thin_ranks(fig: Figure, ax: Axes, ranks: int, width_px: float) -> None:
+    """Rank numbers along the x axis, as many as fit ``width_px`` without meeting."""
+    _thin(ax.xaxis, ranks, width_px, (len(str(ranks - 1)) * 0.62 + 0.8) * _font_px(fig))
+
+
+def _name_flagged(fig: Figure, ax: Axes, flagged: list[int], ranks: int, width_px: float) -> None:
+    """Mark each flagged rank above the plot and name the first ``_NAMED``, their names spread apart."""
+    ax.scatter(flagged, np.ones(len(flagged)), marker="v", s=30, c=FLAGGED_COLOR, zorder=5, clip_on=False,
+               transform=ax.get_xaxis_transform())
+    gap = (len(str(ranks)) * 0.62 + 1.0) * _font_px(fig, "small") * ranks / max(width_px, 1)
+    named = flagged[:_NAMED]
+    for rank, x in zip(named, _spread([float(r) for r in named], gap, 0, ranks - 1), strict=True):
+        ax.annotate(str(rank), (x, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 9),
+                    textcoords="offset points", ha="center", va="bottom", fontsize="small", color=FLAGGED_COLOR)
+
+
+#: What each kind of health flag means, in the legend.
+_FLAG_WORDS = {"scale": "another scale", "saturated": "at the float16 limit", "zero": "all-zero rows",
+               "identical": "identical rows", "dtype": "another dtype"}
+
+
+def _health_legend(ax: Axes, flags: Sequence[HealthFlag]) -> None:
+    """The quantiles drawn, each kind of flag with the ranks it names, and the dashed median."""
     kinds: dict[str, list[int]] = {}
     for flag in flags:
         kinds.setdefault(flag.kind, []).append(flag.rank)
-    words = {"scale": "another scale", "saturated": "at the float16 limit", "zero": "all-zero rows",
-             "identical": "identical rows", "dtype": "another dtype"}
     handles: list[Artist] = [Line2D([], [], color=HEALTHY_COLOR, marker="o", linewidth=2, label="5-25-50-75-95 %")]
-    handles += [Line2D([], [], color=FLAGGED_COLOR, linewidth=2, label=f"{words.get(kind, kind)}: "
+    handles += [Line2D([], [], color=FLAGGED_COLOR, linewidth=2, label=f"{_FLAG_WORDS.get(kind, kind)}: "
                        f"{rank_ranges(sorted(set(found)), most=6)}") for kind, found in kinds.items()]
     handles.append(Line2D([], [], color="#8C8C8C", linestyle="--", label="median of the ranks' medians"))
     ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    ax.spines[["top", "right"]].set_visible(False)
-    return fig
 
 
 def plot_memory_profile(
@@ -687,43 +791,83 @@ def plot_timeline(
     start = timeline.start
     drawn = [r for r in timeline.ranks if r.times.size]
     if start is None or not drawn:
-        ax.text(0.5, 0.5, "no checkpoint to draw", ha="center", va="center", transform=ax.transAxes)
-        ax.set_axis_off()
+        _say(ax, "no checkpoint to draw")
         return fig
     slow, gone = set(timeline.stragglers), set(stopped)
     many = len(drawn) > 64
-    quiet = [r for r in drawn if r.rank not in slow and r.rank not in gone]
+    _draw_kept_pace(ax, _kept_pace(drawn, slow, gone), start, many=many)
+    loud = _standing_out(drawn, slow, gone)
+    _draw_standing_out(ax, loud, start, gone, many=many)
+    median = timeline.median_rate
+    span = max(float(_hours(r, start)[-1]) for r in drawn) or 1.0
+    if median is not None:
+        _median_pace(ax, drawn, start, median, span)
+    _timeline_frame(ax, timeline, drawn, start, span)
+    _timeline_legend(ax, timeline, drawn, slow, gone, median)
+    ax.spines[["top", "right"]].set_visible(False)
+    _label_ends(fig, ax, _named_at_ends(loud, gone), start)  # (last: the layout is then settled)
+    return fig
+
+
+def _kept_pace(drawn: list[RankTimeline], slow: set[int], gone: set[int]) -> list[RankTimeline]:
+    """The ranks neither ``slow`` nor ``gone``."""
+    return [r for r in drawn if r.rank not in slow and r.rank not in gone]
+
+
+def _standing_out(drawn: list[RankTimeline], slow: set[int], gone: set[int]) -> list[RankTimeline]:
+    """The ranks ``slow`` or ``gone``: the stragglers, slowest first, then the stopped, slowest first."""
+    return sorted((r for r in drawn if r.rank in slow or r.rank in gone),
+                  key=lambda r: (r.rank in gone, r.rate if r.rate is not None else 0.0))
+
+
+def _draw_kept_pace(ax: Axes, quiet: list[RankTimeline], start: np.datetime64, *, many: bool) -> None:
+    """The ranks that kept pace, thin grey lines (fainter past 64 ranks)."""
     ax.add_collection(LineCollection([np.column_stack([_hours(r, start), r.done]) for r in quiet],
                                      colors="#8C8C8C", linewidths=0.6 if many else 1.0,
                                      alpha=0.25 if many else 0.7, zorder=1))
-    loud = sorted((r for r in drawn if r.rank in slow or r.rank in gone),
-                  key=lambda r: (r.rank in gone, r.rate if r.rate is not None else 0.0))
+
+
+def _draw_standing_out(ax: Axes, loud: list[RankTimeline], start: np.datetime64, gone: set[int], *,
+                       many: bool) -> None:
+    """The stragglers' lines and the stopped ones', each of these ending in a cross (a square: preempted)."""
     for r in loud:
         color = STATUS_COLORS[FAILED] if r.rank in gone else STATUS_COLORS[INCOMPLETE]
         x = _hours(r, start)
-        ax.plot(x, r.done, color=color, linewidth=1.4, zorder=2, marker="." if not many else None, markersize=4)
+        ax.plot(x, r.done, color=color, linewidth=1.4, zorder=2, marker=None if many else ".", markersize=4)
         if r.rank in gone:
             ax.scatter(x[-1:], r.done[-1:], marker="s" if r.last_trigger == _PREEMPTED else "x", s=36,
                        color=color, zorder=3, linewidths=1.6)
-    median = timeline.median_rate
-    span = max(float(_hours(r, start)[-1]) for r in drawn) or 1.0
-    if median is not None:  # through the middle of the first checkpoints, at the median rate
-        x0 = float(np.median([_hours(r, start)[0] for r in drawn]))
-        y0 = float(np.median([r.done[0] for r in drawn]))
-        ax.plot([x0, span], [y0, y0 + median * (span - x0)], color="black", linestyle="--", linewidth=1, zorder=0)
+
+
+def _median_pace(ax: Axes, drawn: list[RankTimeline], start: np.datetime64, median: float, span: float) -> None:
+    """The median pace dashed, through the middle of the ranks' first checkpoints to the end of ``span``."""
+    x0 = float(np.median([_hours(r, start)[0] for r in drawn]))
+    y0 = float(np.median([r.done[0] for r in drawn]))
+    ax.plot([x0, span], [y0, y0 + median * (span - x0)], color="black", linestyle="--", linewidth=1, zorder=0)
+
+
+def _minute(moment: np.datetime64) -> str:
+    """A moment to the minute, as ``2026-01-05 12:00``."""
+    return str(moment)[:16].replace("T", " ")
+
+
+def _timeline_frame(ax: Axes, timeline: Timeline, drawn: list[RankTimeline], start: np.datetime64, span: float
+                    ) -> None:
+    """The limits (room at the right for the names at the lines' ends), the axes' labels and the title."""
     top = max(int(r.done[-1]) for r in drawn)
-    ax.set_xlim(0, span * 1.22)  # (room for the names at the lines' ends)
+    ax.set_xlim(0, span * 1.22)
     ax.set_ylim(0, top * 1.08)
-    ax.set_xlabel(f"hours since {str(start)[:16].replace('T', ' ')} UTC")
+    ax.set_xlabel(f"hours since {_minute(start)} UTC")
     ax.set_ylabel("sequences checkpointed")
     ax.yaxis.set_major_formatter(FuncFormatter(_compact))
     ax.set_title(f"Sequences checkpointed over time, {len(timeline.ranks):,} ranks", pad=10, loc="left")
-    _timeline_legend(ax, timeline, drawn, slow, gone, median)
-    ax.spines[["top", "right"]].set_visible(False)
-    named = [r for r in loud if r.rank not in gone][: _TIMELINE_LABELS // 2]  # the slowest, then the stopped
+
+
+def _named_at_ends(loud: list[RankTimeline], gone: set[int]) -> list[RankTimeline]:
+    """The ranks named at their line's end: the slowest stragglers (at most half), then the stopped."""
+    named = [r for r in loud if r.rank not in gone][: _TIMELINE_LABELS // 2]
     named += [r for r in loud if r.rank in gone][: _TIMELINE_LABELS - len(named)]
-    _label_ends(fig, ax, named, start)  # (last: the layout is then settled)
-    return fig
+    return named
 
 
 def _label_ends(fig: Figure, ax: Axes, ranks: list[RankTimeline], start: np.datetime64) -> None:
@@ -751,7 +895,7 @@ def _ranks_named(ranks: list[int]) -> str:
 
 def _timeline_legend(ax: Axes, timeline: Timeline, drawn: list[RankTimeline], slow: set[int], gone: set[int],
                      median: float | None) -> None:
-    quiet = sum(r.rank not in slow and r.rank not in gone for r in drawn)
+    quiet = len(_kept_pace(drawn, slow, gone))
     handles = [Line2D([], [], color="#8C8C8C", label=f"kept pace ({quiet:,})")]
     if slow - gone:
         handles.append(Line2D([], [], color=STATUS_COLORS[INCOMPLETE], linewidth=1.4,
@@ -808,32 +952,51 @@ def plot_progress(
     """
     fig, ax = _axes(ax, figsize or (9.0, 3.8))
     ranks = progress.ranks
-    shares = np.array([100 * (r.fraction or 0.0) for r in ranks])
-    colors = [RUN_STATE_COLORS.get(r.state, "#999999") for r in ranks]
-    many = len(ranks) > FEW_RANKS
-    ax.bar(np.arange(len(ranks)), shares, width=1.0 if many else 0.8, color=colors, linewidth=0)
-    stopped = [r for r in ranks if r.state in STOPPED_STATES]
-    if many and stopped:  # (a bar a pixel wide is not seen: a mark on each that will not finish by itself)
-        ax.scatter([r.rank for r in stopped], [100 * (r.fraction or 0.0) + 3 for r in stopped], marker="v", s=36,
-                   c=[RUN_STATE_COLORS[r.state] for r in stopped], edgecolors="#222222", linewidths=0.6, zorder=3)
-    whole: list[Artist] = []
-    if progress.total:
-        share = 100 * progress.done / progress.total
-        whole += ax.plot([-0.6, len(ranks) - 0.4], [share, share], color="#333333", linestyle="--", linewidth=1,
-                        label=f"the run ({share:.0f}%)")
+    _draw_shares(ax, ranks, many=len(ranks) > FEW_RANKS)
+    whole = _run_share(ax, progress)
     ax.set_xlim(-0.6, len(ranks) - 0.4)
     ax.set_ylim(0, 105)
     ax.set_xlabel("rank")
     ax.set_ylabel("% of its sequences done")
     width, _ = _axes_pixels(fig, ax)
     _thin(ax.xaxis, len(ranks), width, 7.0 * len(str(max(len(ranks) - 1, 0))))
-    counts = progress.counts()
     handles: list[Artist] = [Patch(color=RUN_STATE_COLORS[state], label=f"{state} ({n:,})")
-                             for state, n in counts.items() if n] + whole
+                             for state, n in progress.counts().items() if n] + whole
     ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     total = "?" if progress.total is None else f"{progress.total:,}"
-    eta = progress.eta
-    when = "complete" if progress.complete else \
-        f"ETA {str(eta)[:16].replace('T', ' ')} UTC" if eta is not None else "no ETA"
-    ax.set_title(f"{progress.done:,} of {total} sequences done; {when}", fontsize="medium")
+    ax.set_title(f"{progress.done:,} of {total} sequences done; {_when_done(progress)}", fontsize="medium")
     return fig
+
+
+def _percent_done(rank: RankProgressView) -> float:
+    """A rank's share of its assignment done, in percent (0 when not known)."""
+    return 100 * (rank.fraction or 0.0)
+
+
+def _draw_shares(ax: Axes, ranks: Sequence[RankProgressView], *, many: bool) -> None:
+    """Each rank's share done, a bar in its state's colour; when ``many``, a mark on each that will not finish
+    by itself (a bar a pixel wide is not seen)."""
+    shares = np.array([_percent_done(r) for r in ranks])
+    colors = [RUN_STATE_COLORS.get(r.state, "#999999") for r in ranks]
+    ax.bar(np.arange(len(ranks)), shares, width=1.0 if many else 0.8, color=colors, linewidth=0)
+    stopped = [r for r in ranks if r.state in STOPPED_STATES]
+    if many and stopped:
+        ax.scatter([r.rank for r in stopped], [_percent_done(r) + 3 for r in stopped], marker="v", s=36,
+                   c=[RUN_STATE_COLORS[r.state] for r in stopped], edgecolors="#222222", linewidths=0.6, zorder=3)
+
+
+def _run_share(ax: Axes, progress: ProgressView) -> list[Artist]:
+    """The run's share done, dashed across the ranks (nothing when its total is not known); its line."""
+    if not progress.total:
+        return []
+    share = 100 * progress.done / progress.total
+    return list(ax.plot([-0.6, len(progress.ranks) - 0.4], [share, share], color="#333333", linestyle="--",
+                        linewidth=1, label=f"the run ({share:.0f}%)"))
+
+
+def _when_done(progress: ProgressView) -> str:
+    """Whether the run is complete, else when it should end (its ETA, to the minute)."""
+    if progress.complete:
+        return "complete"
+    eta = progress.eta
+    return "no ETA" if eta is None else f"ETA {_minute(eta)} UTC"

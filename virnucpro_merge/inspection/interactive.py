@@ -17,7 +17,7 @@ import importlib.util
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape as html_escape
 from typing import Any
@@ -100,6 +100,85 @@ def _legend_outside(fig: Any) -> None:
         legend.click_policy = "none"
 
 
+def _picked(columns: Mapping[str, Sequence[Any]], picked: Sequence[int]) -> Any:
+    """A data source of the ``picked`` rows of ``columns`` (the share of a figure's rows one renderer draws)."""
+    from bokeh.models.sources import ColumnDataSource
+
+    return ColumnDataSource({key: [values[i] for i in picked] for key, values in columns.items()})
+
+
+def _hover(fig: Any, renderers: list[Any], lines: Sequence[str]) -> None:
+    """A hover tool on ``renderers`` that shows ``lines`` (:func:`_tooltip`)."""
+    from bokeh.models.tools import HoverTool
+
+    fig.add_tools(HoverTool(renderers=renderers, tooltips=_tooltip(lines)))
+
+
+def _hover_columns(fig: Any, source: Any, lines: Sequence[str], **extent: str) -> None:
+    """Each rank's whole column (``extent``: its ``top`` and ``bottom`` fields) answers a hover with
+    ``lines``, also where its bar is nothing: an invisible bar over it."""
+    columns = fig.vbar(x="x", **extent, width=1.0, source=source, fill_alpha=0, line_alpha=0)
+    _hover(fig, [columns], lines)
+
+
+def _count_rows(found: InspectionView, shards: Sequence[RankView], known: bool, focus: list[int] | None
+                ) -> list[dict[str, Any]]:
+    """The bars of the rows-per-rank picture: one per rank, or (some ranks in ``focus``) the ``ok`` ones
+    summed up first, then one per rank in focus."""
+    if focus is None:
+        return [_rank_row(found, s, known) for s in shards]
+    return [_summed_up([s for s in shards if s.status == OK])] + [_rank_row(found, shards[i], known) for i in focus]
+
+
+def _counts_top(rows: Sequence[dict[str, Any]], known: bool) -> float:
+    """The top of the rows-per-rank picture, a little above its tallest bar (shares of assignments: 1.05 to 2)."""
+    tallest = max((row["saved"] for row in rows), default=0.0)
+    return max(1.05, min(tallest * 1.05, 2.0)) if known else max(tallest * 1.05, 1.0)
+
+
+def _status_bars(fig: Any, rows: Sequence[dict[str, Any]], source: Any, shards: Sequence[RankView], width: float
+                 ) -> None:
+    """What each rank's file holds as a bar, one renderer a status: one legend entry each, in the statuses' order."""
+    for status in STATUSES:
+        picked = [i for i, row in enumerate(rows) if row["status"] == status]
+        if picked:
+            fig.vbar(x="x", top="held", width=width, color="color", source=_picked(source.data, picked),
+                     legend_label=f"{status} ({sum(s.status == status for s in shards):,})")
+
+
+def _checkpointed_bars(fig: Any, rows: Sequence[dict[str, Any]], source: Any, width: float) -> None:
+    """On top of each rank's bar, hatched, what only its checkpoints hold (when any rank's do)."""
+    if any(row["saved"] > row["held"] for row in rows):
+        fig.vbar(x="x", bottom="held", top="saved", width=width, source=source, fill_color="white",
+                 line_color="color", hatch_pattern="/", hatch_color="color", hatch_alpha=0.8,
+                 legend_label="only in its checkpoints (a merge salvages them)")
+
+
+def _mark_lost(fig: Any, rows: Sequence[dict[str, Any]], top: float, every_rank: bool) -> None:
+    """The place of each rank whose file holds nothing (it has no bar): a cross on the axis and, when
+    ``every_rank`` has its bar, a triangle at the top."""
+    lost = [i for i, row in enumerate(rows) if row["lost"]]
+    for y, marker in ((0.0, "x"), (top, "inverted_triangle")):
+        if lost and (marker == "x" or every_rank):
+            fig.scatter(list(lost), [y] * len(lost), marker=marker, size=9, line_width=2,
+                        color=[rows[i]["color"] for i in lost], legend_label="no rows: its place marked")
+
+
+def _count_axes(fig: Any, rows: Sequence[dict[str, Any]], focus: list[int] | None, known: bool) -> None:
+    """The rows-per-rank picture's axes named: ranks by number, or (some in ``focus``) each bar's label under it."""
+    from bokeh.models.tickers import FixedTicker
+
+    fig.yaxis.axis_label = "share of its assignment present" if known else "rows"
+    if focus is None:
+        fig.xaxis.axis_label = "rank"
+        return
+    fig.xaxis.ticker = FixedTicker(ticks=list(range(len(rows))))
+    fig.xaxis.major_label_overrides = {i: row["label"] for i, row in enumerate(rows)}
+    fig.xaxis.axis_label = "rank: those with a problem, one bar each (the ok ones summed up in the first bar)"
+    if len(rows) > 24:
+        fig.xaxis.major_label_orientation = math.pi / 2
+
+
 def interactive_counts(found: InspectionView, *, height: int = 360) -> Any:
     """Rows per rank against its assignment, coloured by status, for hovering (a Bokeh figure).
 
@@ -133,56 +212,25 @@ def interactive_counts(found: InspectionView, *, height: int = 360) -> Any:
     from bokeh.models.annotations import Span
     from bokeh.models.ranges import Range1d
     from bokeh.models.sources import ColumnDataSource
-    from bokeh.models.tickers import FixedTicker
-    from bokeh.models.tools import HoverTool
     from bokeh.plotting import figure
 
     shards = list(found.shards)
     known = any(s.expected for s in shards)
     focus = ranks_in_focus([s.status != OK for s in shards]) if known else None
-    if focus is None:
-        rows = [_rank_row(found, s, known) for s in shards]
-    else:
-        rows = [_summed_up([s for s in shards if s.status == OK])]
-        rows += [_rank_row(found, shards[i], known) for i in focus]
-    title = counts_title(len(shards), focus)
-    tallest = max((row["saved"] for row in rows), default=0.0)
-    top = max(1.05, min(tallest * 1.05, 2.0)) if known else max(tallest * 1.05, 1.0)
-    x = list(range(len(rows)))
-    source = ColumnDataSource({**_columns(rows), "x": x, "top": [top] * len(rows)})
-    fig = figure(height=height, sizing_mode="stretch_width", title=title, tools="xpan,xwheel_zoom,reset",
-                 x_range=Range1d(start=-0.7, end=len(rows) - 0.3), y_range=Range1d(start=-0.03 * top, end=top),
-                 toolbar_location="above")
+    rows = _count_rows(found, shards, known, focus)
+    top = _counts_top(rows, known)
+    source = ColumnDataSource({**_columns(rows), "x": list(range(len(rows))), "top": [top] * len(rows)})
+    fig = figure(height=height, sizing_mode="stretch_width", title=counts_title(len(shards), focus),
+                 tools="xpan,xwheel_zoom,reset", x_range=Range1d(start=-0.7, end=len(rows) - 0.3),
+                 y_range=Range1d(start=-0.03 * top, end=top), toolbar_location="above")
     width = 0.8 if len(rows) <= 128 else 1.0
-    for status in STATUSES:  # (one renderer a status: one legend entry each, in the statuses' order)
-        picked = [i for i, row in enumerate(rows) if row["status"] == status]
-        if picked:
-            of_status = ColumnDataSource({key: [values[i] for i in picked] for key, values in source.data.items()})
-            fig.vbar(x="x", top="held", width=width, color="color", source=of_status,
-                     legend_label=f"{status} ({sum(s.status == status for s in shards):,})")
-    if any(row["saved"] > row["held"] for row in rows):
-        fig.vbar(x="x", bottom="held", top="saved", width=width, source=source, fill_color="white",
-                 line_color="color", hatch_pattern="/", hatch_color="color", hatch_alpha=0.8,
-                 legend_label="only in its checkpoints (a merge salvages them)")
-    lost = [i for i, row in enumerate(rows) if row["lost"]]
-    for y, marker in ((0.0, "x"), (top, "inverted_triangle")):  # (a lost rank has no bar: mark its place)
-        if lost and (marker == "x" or focus is None):
-            fig.scatter([x[i] for i in lost], [y] * len(lost), marker=marker, size=9, line_width=2,
-                        color=[rows[i]["color"] for i in lost], legend_label="no rows: its place marked")
-    # the whole column of a rank answers a hover, also where its bar is nothing
-    columns = fig.vbar(x="x", top="top", width=1.0, source=source, fill_alpha=0, line_alpha=0)
-    fig.add_tools(HoverTool(renderers=[columns], tooltips=_tooltip(_RANK_TIP if known else _RANK_TIP_UNCHECKED)))
+    _status_bars(fig, rows, source, shards, width)
+    _checkpointed_bars(fig, rows, source, width)
+    _mark_lost(fig, rows, top, every_rank=focus is None)
+    _hover_columns(fig, source, _RANK_TIP if known else _RANK_TIP_UNCHECKED, top="top")
     if known:
         fig.add_layout(Span(location=1.0, dimension="width", line_color="#8C8C8C", line_dash="dashed"))
-    fig.yaxis.axis_label = "share of its assignment present" if known else "rows"
-    if focus is None:
-        fig.xaxis.axis_label = "rank"
-    else:
-        fig.xaxis.ticker = FixedTicker(ticks=x)
-        fig.xaxis.major_label_overrides = {i: row["label"] for i, row in enumerate(rows)}
-        fig.xaxis.axis_label = "rank: those with a problem, one bar each (the ok ones summed up in the first bar)"
-        if len(rows) > 24:
-            fig.xaxis.major_label_orientation = math.pi / 2
+    _count_axes(fig, rows, focus, known)
     fig.xgrid.grid_line_color = None
     _legend_outside(fig)
     return fig

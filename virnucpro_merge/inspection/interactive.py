@@ -236,7 +236,11 @@ def interactive_counts(found: InspectionView, *, height: int = 360) -> Any:
     return fig
 
 
-def _runs(missing: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+#: One rank's runs of positions: starts, ends, whether missing, how many missing (:func:`_runs`).
+_Runs = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _runs(missing: np.ndarray, block: int) -> _Runs:
     """The runs of one rank's assigned positions, missing or present alike (in blocks of
     ``block``: a block with any missing counts as missing): starts, ends, whether missing,
     and how many of each run are missing."""
@@ -249,6 +253,93 @@ def _runs(missing: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray, np.n
     ends = np.minimum(np.concatenate((changes * block, [missing.size])), missing.size)
     cumulative = np.concatenate(([0], np.cumsum(missing, dtype=np.int64)))
     return starts, ends, marks[np.concatenate(([0], changes))].astype(bool), cumulative[ends] - cumulative[starts]
+
+
+_STRETCH_TIP = ["<b>rank @label</b>: @status; @missing{0,0} of its @expected{0,0} missing",
+                "positions @first{0,0} to @last{0,0}: @count{0,0} missing"]
+_STRETCH_COLUMNS = ("label", "status", "expected", "missing", "y", "left", "right", "first", "last", "count", "hole")
+
+
+def _nothing_to_place(found: InspectionView) -> str | None:
+    """What the picture of the holes says in one line when it has nothing to show (None: it has)."""
+    ranks, width = found.missing.shape
+    if width == 0:
+        return "No expected IDs: completeness was not checked, so no sequence can be placed or missed."
+    if ranks > FEW_RANKS and not found.missing.any():
+        return f"Nothing is missing: each of the {ranks:,} ranks holds its whole assignment."
+    return None
+
+
+def _one_line(fig: Any, said: str) -> Any:
+    """``fig`` made a picture of nothing: one line that says ``said``, not a tall blank box."""
+    from bokeh.models.annotations import Label
+    from bokeh.models.ranges import Range1d
+
+    fig.height, fig.axis.visible, fig.grid.visible, fig.toolbar_location = 140, False, False, None
+    fig.x_range, fig.y_range = Range1d(start=-1, end=1), Range1d(start=-1, end=1)
+    fig.add_layout(Label(x=0, y=0, text=said, text_align="center", text_baseline="middle", text_font_size="14px"))
+    return fig
+
+
+def _stretches(missing: np.ndarray, rows: Sequence[int], lengths: Sequence[int]) -> tuple[list[_Runs], int]:
+    """The runs (:func:`_runs`) of each of ``rows`` over its first ``lengths`` positions, in the smallest
+    blocks of positions (1, 4, 16, ...) that make at most ``_MAX_STRETCHES`` missing ones; and that block."""
+    block = 1
+    while True:
+        runs = [_runs(missing[r, :n], block) for r, n in zip(rows, lengths, strict=True)]
+        if sum(int(run[2].sum()) for run in runs) <= _MAX_STRETCHES:
+            return runs, block
+        block *= 4
+
+
+def _stretch_columns(found: InspectionView, rows: Sequence[int], lengths: Sequence[int], runs: Sequence[_Runs]
+                     ) -> dict[str, list[Any]]:
+    """The data of every stretch, row after row: its rank's label, status and counts, its row, its
+    extent and positions, how many of it are missing and whether it is drawn as missing."""
+    shards = {s.rank: s for s in found.shards}
+    # (the rank's problem in words is the counts figure's: repeated on every stretch, it would weigh the page)
+    columns: dict[str, list[Any]] = {key: [] for key in _STRETCH_COLUMNS}
+    for i, (r, (starts, ends, holes, counts)) in enumerate(zip(rows, runs, strict=True)):
+        about = _rank_row(found, shards[r], True) if r in shards else {
+            "label": str(r), "status": "", "expected": lengths[i], "missing": int(counts.sum())}
+        for key in ("label", "status", "expected", "missing"):
+            columns[key] += [about[key]] * starts.size
+        columns["y"] += [i] * starts.size
+        columns["left"] += (starts - 0.5).tolist()
+        columns["right"] += (ends - 0.5).tolist()
+        columns["first"] += starts.tolist()
+        columns["last"] += (ends - 1).tolist()
+        columns["count"] += counts.tolist()
+        columns["hole"] += holes.tolist()
+    return columns
+
+
+def _draw_stretches(fig: Any, columns: Mapping[str, list[Any]]) -> list[Any]:
+    """The stretches as bands across their rank's row, grey where present, orange where missing (a
+    renderer each, when there are any): those renderers."""
+    from bokeh.transform import dodge
+
+    bottom, top = dodge("y", -0.4), dodge("y", 0.4)  # (each rank's row a band: y +- 0.4)
+    drawn: list[Any] = []
+    for hole, color, name in ((False, _PRESENT, "present"), (True, _MISSING, "missing")):
+        picked = [j for j, flag in enumerate(columns["hole"]) if flag == hole]
+        if picked:
+            drawn.append(fig.quad(left="left", right="right", bottom=bottom, top=top, source=_picked(columns, picked),
+                                  color=color, legend_label=name))
+    return drawn
+
+
+def _missing_axes(fig: Any, rows: Sequence[int], focus: list[int] | None, ranks: int, block: int) -> None:
+    """The holes picture's axes named: the rank of each row (when a few, or in ``focus``), and the positions."""
+    from bokeh.models.tickers import FixedTicker
+
+    if focus is not None or len(rows) <= 64:
+        fig.yaxis.ticker = FixedTicker(ticks=list(range(len(rows))))
+        fig.yaxis.major_label_overrides = {i: f"rank {r}" for i, r in enumerate(rows)}
+    else:
+        fig.yaxis.axis_label = "rank"
+    blocks = f"; each stretch: blocks of {block:,} positions" if block > 1 else ""
+    fig.xaxis.axis_label = f"position j in the rank's assignment (index position = rank + j × {ranks:,}){blocks}"
 
 
 def interactive_missing(found: InspectionView, *, height: int | None = None) -> Any:
@@ -281,13 +372,8 @@ def interactive_missing(found: InspectionView, *, height: int | None = None) -> 
     >>> interactive_missing(inspect_run("run")).title.text
     'Missing sequences: 4 of 12'
     """
-    from bokeh.models.annotations import Label
     from bokeh.models.ranges import Range1d
-    from bokeh.models.sources import ColumnDataSource
-    from bokeh.models.tickers import FixedTicker
-    from bokeh.models.tools import HoverTool
     from bokeh.plotting import figure
-    from bokeh.transform import dodge
 
     ranks, width = found.missing.shape
     focus = ranks_in_focus(np.asarray(found.missing.any(axis=1)))
@@ -297,55 +383,14 @@ def interactive_missing(found: InspectionView, *, height: int | None = None) -> 
                  title=title if width else "Missing sequences: not checked (no expected IDs)",
                  tools="xpan,xwheel_zoom,box_zoom,reset", toolbar_location="above",
                  x_range=Range1d(start=-0.5, end=max(width, 1) - 0.5), y_range=Range1d(start=len(rows) - 0.5, end=-0.5))
-    said = ("No expected IDs: completeness was not checked, so no sequence can be placed or missed." if width == 0
-            else f"Nothing is missing: each of the {ranks:,} ranks holds its whole assignment."
-            if ranks > FEW_RANKS and not found.missing.any() else None)
-    if said is not None:  # (a picture of nothing: one line, not a tall blank box)
-        fig.height, fig.axis.visible, fig.grid.visible, fig.toolbar_location = 140, False, False, None
-        fig.x_range, fig.y_range = Range1d(start=-1, end=1), Range1d(start=-1, end=1)
-        fig.add_layout(Label(x=0, y=0, text=said, text_align="center", text_baseline="middle", text_font_size="14px"))
-        return fig
-    shards = {s.rank: s for s in found.shards}
-    lengths = found.assigned[rows].sum(axis=1)
-    block = 1
-    while True:
-        runs = [_runs(found.missing[r, :n], block) for r, n in zip(rows, lengths.tolist(), strict=True)]
-        if sum(int(run[2].sum()) for run in runs) <= _MAX_STRETCHES:
-            break
-        block *= 4
-    # (the rank's problem in words is the counts figure's: repeated on every stretch, it would weigh the page)
-    columns: dict[str, list[Any]] = {key: [] for key in (
-        "label", "status", "expected", "missing", "y", "left", "right", "first", "last", "count", "hole")}
-    for i, (r, (starts, ends, holes, counts)) in enumerate(zip(rows, runs, strict=True)):
-        about = _rank_row(found, shards[r], True) if r in shards else {
-            "label": str(r), "status": "", "expected": int(lengths[i]), "missing": int(counts.sum())}
-        for key in ("label", "status", "expected", "missing"):
-            columns[key] += [about[key]] * starts.size
-        columns["y"] += [i] * starts.size
-        columns["left"] += (starts - 0.5).tolist()
-        columns["right"] += (ends - 0.5).tolist()
-        columns["first"] += starts.tolist()
-        columns["last"] += (ends - 1).tolist()
-        columns["count"] += counts.tolist()
-        columns["hole"] += holes.tolist()
-    bottom, top = dodge("y", -0.4), dodge("y", 0.4)  # (each rank's row a band: y +- 0.4)
-    drawn: list[Any] = []
-    for hole, color, name in ((False, _PRESENT, "present"), (True, _MISSING, "missing")):
-        picked = [j for j, flag in enumerate(columns["hole"]) if flag == hole]
-        if picked:
-            part = ColumnDataSource({key: [values[j] for j in picked] for key, values in columns.items()})
-            drawn.append(fig.quad(left="left", right="right", bottom=bottom, top=top, source=part, color=color,
-                                  legend_label=name))
-    fig.add_tools(HoverTool(renderers=drawn, tooltips=_tooltip([
-        "<b>rank @label</b>: @status; @missing{0,0} of its @expected{0,0} missing",
-        "positions @first{0,0} to @last{0,0}: @count{0,0} missing"])))
-    if focus is not None or len(rows) <= 64:
-        fig.yaxis.ticker = FixedTicker(ticks=list(range(len(rows))))
-        fig.yaxis.major_label_overrides = {i: f"rank {r}" for i, r in enumerate(rows)}
-    else:
-        fig.yaxis.axis_label = "rank"
-    blocks = f"; each stretch: blocks of {block:,} positions" if block > 1 else ""
-    fig.xaxis.axis_label = f"position j in the rank's assignment (index position = rank + j × {ranks:,}){blocks}"
+    said = _nothing_to_place(found)
+    if said is not None:
+        return _one_line(fig, said)
+    lengths = found.assigned[rows].sum(axis=1).tolist()
+    runs, block = _stretches(found.missing, rows, lengths)
+    drawn = _draw_stretches(fig, _stretch_columns(found, rows, lengths, runs))
+    _hover(fig, drawn, _STRETCH_TIP)
+    _missing_axes(fig, rows, focus, ranks, block)
     fig.grid.grid_line_color = None
     _legend_outside(fig)
     return fig

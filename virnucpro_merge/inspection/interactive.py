@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..health import RankHealth
 from ..ranks import rank_ranges
 from ..statuses import OK, STATUS_COLORS, STATUSES
 from .tables import rank_problem
@@ -396,6 +397,64 @@ def interactive_missing(found: InspectionView, *, height: int | None = None) -> 
     return fig
 
 
+_HEALTH_TIP = ["<b>rank @label</b>: median norm @q50{0.000}",
+               "5-25-75-95 %: @q05{0.000}, @q25{0.000}, @q75{0.000}, @q95{0.000}",
+               "zero rows: @zero{0,0}; at the float16 limit: @saturated{0,0}; identical: @identical{0,0}",
+               "dtype: @dtype", "health: @health"]
+
+
+def _known_norms(found: InspectionView) -> tuple[list[RankView], list[RankHealth]]:
+    """The ranks whose row norms are known (their embeddings read, with finite rows), and their health."""
+    known = [s for s in found.shards if s.health is not None and s.health.norm_quantiles]
+    return known, [s.health for s in known if s.health is not None]
+
+
+def _norm_axis(q: np.ndarray) -> tuple[bool, float, float]:
+    """The row norms' axis from the ranks' quantiles ``q``: whether it is a log one (the positive
+    medians more than tenfold apart), its floor (0 on a linear one) and the top of the ranks' columns."""
+    medians = q[:, 2][q[:, 2] > 0]
+    log = bool(medians.size) and float(medians.max()) > 10 * float(medians.min())
+    low = float(q[:, 0][q[:, 0] > 0].min()) * 0.8 if log and (q[:, 0] > 0).any() else 0.0
+    return log, low, float(q[:, 4].max()) * (1.5 if log else 1.05)
+
+
+def _dtype_words(health: RankHealth) -> str:
+    """A rank's dtype, and its model's when its checkpoints name it."""
+    return (health.dtype or "") + (f" (model {', '.join(health.model_dtypes)})" if health.model_dtypes else "")
+
+
+def _health_columns(known: Sequence[RankView], healths: Sequence[RankHealth], said: Mapping[int, str],
+                    q: np.ndarray, low: float, top: float) -> dict[str, list[Any]]:
+    """The data of each rank whose norms are ``known`` (its ``healths``, quantiles ``q``): its norms
+    (none below the axis' floor ``low``), colour, counts, dtype, what stands out, and its column."""
+    return {"x": [s.rank for s in known], "label": [str(s.rank) for s in known],
+            "q05": np.maximum(q[:, 0], low).tolist(), "q25": np.maximum(q[:, 1], low).tolist(),
+            "q50": q[:, 2].tolist(), "q75": q[:, 3].tolist(), "q95": q[:, 4].tolist(),
+            "color": [FLAGGED_COLOR if s.rank in said else HEALTHY_COLOR for s in known],
+            "zero": [h.zero_rows for h in healths], "saturated": [h.saturated_rows for h in healths],
+            "identical": [h.identical_rows for h in healths], "dtype": [_dtype_words(h) for h in healths],
+            "health": [said.get(s.rank, "nothing stands out") for s in known],
+            "top": [top] * len(known), "bottom": [low] * len(known)}
+
+
+def _draw_norms(fig: Any, data: Mapping[str, list[Any]], out: Sequence[bool], ranks: int) -> None:
+    """Each rank's norms: the 5-95 % as a line, the 25-75 % as a bar, the median as a dot; the ranks
+    that stand out (``out``) drawn last, on top, their line thicker."""
+    for flagged_now in (False, True):
+        part = _picked(data, [i for i, o in enumerate(out) if o == flagged_now])
+        fig.segment(x0="x", x1="x", y0="q05", y1="q95", color="color", line_width=3 if flagged_now else 1.5,
+                    source=part)
+        fig.vbar(x="x", bottom="q25", top="q75", width=0.6 if ranks <= 128 else 1.0, color="color", source=part)
+        fig.scatter(x="x", y="q50", size=6 if ranks <= 64 else 3, color="color", source=part)
+
+
+def _mark_flagged(fig: Any, flagged: list[int], top: float) -> None:
+    """Above the plot, a mark on each rank that stands out, named in the legend (put outside the plot)."""
+    fig.scatter(flagged, [top] * len(flagged), marker="inverted_triangle", size=10, color=FLAGGED_COLOR,
+                legend_label=f"stand out: {rank_ranges(flagged, most=8)}")
+    _legend_outside(fig)
+
+
 def interactive_health(found: InspectionView, *, height: int = 340) -> Any:
     """Each rank's row norms, for hovering (a Bokeh figure): the 5-95 % range as a thin line, the
     25-75 % as a bar, the median as a dot, the ranks whose embeddings stand out in orange.
@@ -423,57 +482,28 @@ def interactive_health(found: InspectionView, *, height: int = 340) -> Any:
     """
     from bokeh.models.ranges import Range1d
     from bokeh.models.sources import ColumnDataSource
-    from bokeh.models.tools import HoverTool
     from bokeh.plotting import figure
 
     from .tables import health_words
 
     said = health_words(found) or {}
-    known = [s for s in found.shards if s.health is not None and s.health.norm_quantiles]
+    known, healths = _known_norms(found)
     flagged = sorted(said)
     title = health_title(len(flagged), len(found.shards))
     if not known:
         return figure(height=120, sizing_mode="stretch_width", toolbar_location=None,
                       title="Row norms per rank: not checked (the embeddings were not read)")
-    q = np.array([s.health.norm_quantiles for s in known if s.health is not None])
-    medians = q[:, 2][q[:, 2] > 0]
-    log = bool(medians.size) and float(medians.max()) > 10 * float(medians.min())
-    low = float(q[:, 0][q[:, 0] > 0].min()) * 0.8 if log and (q[:, 0] > 0).any() else 0.0
-    data = {"x": [s.rank for s in known], "label": [str(s.rank) for s in known],
-            "q05": np.maximum(q[:, 0], low).tolist(), "q25": np.maximum(q[:, 1], low).tolist(),
-            "q50": q[:, 2].tolist(), "q75": q[:, 3].tolist(), "q95": q[:, 4].tolist(),
-            "color": [FLAGGED_COLOR if s.rank in said else HEALTHY_COLOR for s in known],
-            "zero": [s.health.zero_rows for s in known if s.health is not None],
-            "saturated": [s.health.saturated_rows for s in known if s.health is not None],
-            "identical": [s.health.identical_rows for s in known if s.health is not None],
-            "dtype": [(s.health.dtype or "") + (f" (model {', '.join(s.health.model_dtypes)})"
-                                                 if s.health.model_dtypes else "")
-                      for s in known if s.health is not None],
-            "health": [said.get(s.rank, "nothing stands out") for s in known]}
-    top = float(q[:, 4].max()) * (1.5 if log else 1.05)
-    data["top"], data["bottom"] = [top] * len(known), [low if log else 0.0] * len(known)
+    q = np.array([h.norm_quantiles for h in healths])
+    log, low, top = _norm_axis(q)
+    data = _health_columns(known, healths, said, q, low, top)
     source = ColumnDataSource(data)
-    fig = figure(y_range=Range1d(start=low if log else 0.0, end=top * (1.3 if log else 1.03)), height=height,
+    fig = figure(y_range=Range1d(start=low, end=top * (1.3 if log else 1.03)), height=height,
                  sizing_mode="stretch_width", title=title, y_axis_type="log" if log else "linear",
                  tools="xpan,xwheel_zoom,reset", toolbar_location="above")
-    out = [s.rank in said for s in known]
-    for flagged_now in (False, True):  # (the ranks that stand out drawn last, on top, and marked above the plot)
-        part = ColumnDataSource({key: [v for v, o in zip(values, out, strict=True) if o == flagged_now]
-                                 for key, values in data.items()})
-        fig.segment(x0="x", x1="x", y0="q05", y1="q95", color="color", line_width=3 if flagged_now else 1.5,
-                    source=part)
-        fig.vbar(x="x", bottom="q25", top="q75", width=0.6 if len(found.shards) <= 128 else 1.0, color="color",
-                 source=part)
-        fig.scatter(x="x", y="q50", size=6 if len(found.shards) <= 64 else 3, color="color", source=part)
+    _draw_norms(fig, data, [s.rank in said for s in known], len(found.shards))
     if flagged:
-        fig.scatter(flagged, [top] * len(flagged), marker="inverted_triangle", size=10, color=FLAGGED_COLOR,
-                    legend_label=f"stand out: {rank_ranges(flagged, most=8)}")
-        _legend_outside(fig)
-    columns = fig.vbar(x="x", bottom="bottom", top="top", width=1.0, source=source, fill_alpha=0, line_alpha=0)
-    fig.add_tools(HoverTool(renderers=[columns], tooltips=_tooltip([
-        "<b>rank @label</b>: median norm @q50{0.000}", "5-25-75-95 %: @q05{0.000}, @q25{0.000}, @q75{0.000}, "
-        "@q95{0.000}", "zero rows: @zero{0,0}; at the float16 limit: @saturated{0,0}; identical: @identical{0,0}",
-        "dtype: @dtype", "health: @health"])))
+        _mark_flagged(fig, flagged, top)
+    _hover_columns(fig, source, _HEALTH_TIP, bottom="bottom", top="top")
     fig.xaxis.axis_label = "rank"
     fig.yaxis.axis_label = "row norm"
     fig.xgrid.grid_line_color = None

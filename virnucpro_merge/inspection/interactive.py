@@ -158,7 +158,7 @@ def _checkpointed_bars(fig: Any, rows: Sequence[dict[str, Any]], source: Any, wi
 def _mark_lost(fig: Any, rows: Sequence[dict[str, Any]], top: float, every_rank: bool) -> None:
     """The place of each rank whose file holds nothing (it has no bar): a cross on the axis and, when
     ``every_rank`` has its bar, a triangle at the top."""
-    lost = [i for i, row in enumerate(rows) if row["lost"]]
+    lost = [i for i, row in enumerate(rows) if row["lost"]]  # (their places: a bar's x is its row's number)
     for y, marker in ((0.0, "x"), (top, "inverted_triangle")):
         if lost and (marker == "x" or every_rank):
             fig.scatter(list(lost), [y] * len(lost), marker=marker, size=9, line_width=2,

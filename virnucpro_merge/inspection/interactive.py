@@ -17,13 +17,14 @@ import importlib.util
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape as html_escape
 from typing import Any
 
 import numpy as np
 
+from ..health import RankHealth
 from ..ranks import rank_ranges
 from ..statuses import OK, STATUS_COLORS, STATUSES
 from .tables import rank_problem
@@ -100,6 +101,85 @@ def _legend_outside(fig: Any) -> None:
         legend.click_policy = "none"
 
 
+def _picked(columns: Mapping[str, Sequence[Any]], picked: Sequence[int]) -> Any:
+    """A data source of the ``picked`` rows of ``columns`` (the share of a figure's rows one renderer draws)."""
+    from bokeh.models.sources import ColumnDataSource
+
+    return ColumnDataSource({key: [values[i] for i in picked] for key, values in columns.items()})
+
+
+def _hover(fig: Any, renderers: list[Any], lines: Sequence[str]) -> None:
+    """A hover tool on ``renderers`` that shows ``lines`` (:func:`_tooltip`)."""
+    from bokeh.models.tools import HoverTool
+
+    fig.add_tools(HoverTool(renderers=renderers, tooltips=_tooltip(lines)))
+
+
+def _hover_columns(fig: Any, source: Any, lines: Sequence[str], **extent: str) -> None:
+    """Each rank's whole column (``extent``: its ``top`` and ``bottom`` fields) answers a hover with
+    ``lines``, also where its bar is nothing: an invisible bar over it."""
+    columns = fig.vbar(x="x", **extent, width=1.0, source=source, fill_alpha=0, line_alpha=0)
+    _hover(fig, [columns], lines)
+
+
+def _count_rows(found: InspectionView, shards: Sequence[RankView], known: bool, focus: list[int] | None
+                ) -> list[dict[str, Any]]:
+    """The bars of the rows-per-rank picture: one per rank, or (some ranks in ``focus``) the ``ok`` ones
+    summed up first, then one per rank in focus."""
+    if focus is None:
+        return [_rank_row(found, s, known) for s in shards]
+    return [_summed_up([s for s in shards if s.status == OK])] + [_rank_row(found, shards[i], known) for i in focus]
+
+
+def _counts_top(rows: Sequence[dict[str, Any]], known: bool) -> float:
+    """The top of the rows-per-rank picture, a little above its tallest bar (shares of assignments: 1.05 to 2)."""
+    tallest = max((row["saved"] for row in rows), default=0.0)
+    return max(1.05, min(tallest * 1.05, 2.0)) if known else max(tallest * 1.05, 1.0)
+
+
+def _status_bars(fig: Any, rows: Sequence[dict[str, Any]], source: Any, shards: Sequence[RankView], width: float
+                 ) -> None:
+    """What each rank's file holds as a bar, one renderer a status: one legend entry each, in the statuses' order."""
+    for status in STATUSES:
+        picked = [i for i, row in enumerate(rows) if row["status"] == status]
+        if picked:
+            fig.vbar(x="x", top="held", width=width, color="color", source=_picked(source.data, picked),
+                     legend_label=f"{status} ({sum(s.status == status for s in shards):,})")
+
+
+def _checkpointed_bars(fig: Any, rows: Sequence[dict[str, Any]], source: Any, width: float) -> None:
+    """On top of each rank's bar, hatched, what only its checkpoints hold (when any rank's do)."""
+    if any(row["saved"] > row["held"] for row in rows):
+        fig.vbar(x="x", bottom="held", top="saved", width=width, source=source, fill_color="white",
+                 line_color="color", hatch_pattern="/", hatch_color="color", hatch_alpha=0.8,
+                 legend_label="only in its checkpoints (a merge salvages them)")
+
+
+def _mark_lost(fig: Any, rows: Sequence[dict[str, Any]], top: float, every_rank: bool) -> None:
+    """The place of each rank whose file holds nothing (it has no bar): a cross on the axis and, when
+    ``every_rank`` has its bar, a triangle at the top."""
+    lost = [i for i, row in enumerate(rows) if row["lost"]]  # (their places: a bar's x is its row's number)
+    for y, marker in ((0.0, "x"), (top, "inverted_triangle")):
+        if lost and (marker == "x" or every_rank):
+            fig.scatter(list(lost), [y] * len(lost), marker=marker, size=9, line_width=2,
+                        color=[rows[i]["color"] for i in lost], legend_label="no rows: its place marked")
+
+
+def _count_axes(fig: Any, rows: Sequence[dict[str, Any]], focus: list[int] | None, known: bool) -> None:
+    """The rows-per-rank picture's axes named: ranks by number, or (some in ``focus``) each bar's label under it."""
+    from bokeh.models.tickers import FixedTicker
+
+    fig.yaxis.axis_label = "share of its assignment present" if known else "rows"
+    if focus is None:
+        fig.xaxis.axis_label = "rank"
+        return
+    fig.xaxis.ticker = FixedTicker(ticks=list(range(len(rows))))
+    fig.xaxis.major_label_overrides = {i: row["label"] for i, row in enumerate(rows)}
+    fig.xaxis.axis_label = "rank: those with a problem, one bar each (the ok ones summed up in the first bar)"
+    if len(rows) > 24:
+        fig.xaxis.major_label_orientation = math.pi / 2
+
+
 def interactive_counts(found: InspectionView, *, height: int = 360) -> Any:
     """Rows per rank against its assignment, coloured by status, for hovering (a Bokeh figure).
 
@@ -133,62 +213,35 @@ def interactive_counts(found: InspectionView, *, height: int = 360) -> Any:
     from bokeh.models.annotations import Span
     from bokeh.models.ranges import Range1d
     from bokeh.models.sources import ColumnDataSource
-    from bokeh.models.tickers import FixedTicker
-    from bokeh.models.tools import HoverTool
     from bokeh.plotting import figure
 
     shards = list(found.shards)
     known = any(s.expected for s in shards)
     focus = ranks_in_focus([s.status != OK for s in shards]) if known else None
-    if focus is None:
-        rows = [_rank_row(found, s, known) for s in shards]
-    else:
-        rows = [_summed_up([s for s in shards if s.status == OK])]
-        rows += [_rank_row(found, shards[i], known) for i in focus]
-    title = counts_title(len(shards), focus)
-    tallest = max((row["saved"] for row in rows), default=0.0)
-    top = max(1.05, min(tallest * 1.05, 2.0)) if known else max(tallest * 1.05, 1.0)
-    x = list(range(len(rows)))
-    source = ColumnDataSource({**_columns(rows), "x": x, "top": [top] * len(rows)})
-    fig = figure(height=height, sizing_mode="stretch_width", title=title, tools="xpan,xwheel_zoom,reset",
-                 x_range=Range1d(start=-0.7, end=len(rows) - 0.3), y_range=Range1d(start=-0.03 * top, end=top),
-                 toolbar_location="above")
+    rows = _count_rows(found, shards, known, focus)
+    top = _counts_top(rows, known)
+    source = ColumnDataSource({**_columns(rows), "x": list(range(len(rows))), "top": [top] * len(rows)})
+    fig = figure(height=height, sizing_mode="stretch_width", title=counts_title(len(shards), focus),
+                 tools="xpan,xwheel_zoom,reset", x_range=Range1d(start=-0.7, end=len(rows) - 0.3),
+                 y_range=Range1d(start=-0.03 * top, end=top), toolbar_location="above")
     width = 0.8 if len(rows) <= 128 else 1.0
-    for status in STATUSES:  # (one renderer a status: one legend entry each, in the statuses' order)
-        picked = [i for i, row in enumerate(rows) if row["status"] == status]
-        if picked:
-            of_status = ColumnDataSource({key: [values[i] for i in picked] for key, values in source.data.items()})
-            fig.vbar(x="x", top="held", width=width, color="color", source=of_status,
-                     legend_label=f"{status} ({sum(s.status == status for s in shards):,})")
-    if any(row["saved"] > row["held"] for row in rows):
-        fig.vbar(x="x", bottom="held", top="saved", width=width, source=source, fill_color="white",
-                 line_color="color", hatch_pattern="/", hatch_color="color", hatch_alpha=0.8,
-                 legend_label="only in its checkpoints (a merge salvages them)")
-    lost = [i for i, row in enumerate(rows) if row["lost"]]
-    for y, marker in ((0.0, "x"), (top, "inverted_triangle")):  # (a lost rank has no bar: mark its place)
-        if lost and (marker == "x" or focus is None):
-            fig.scatter([x[i] for i in lost], [y] * len(lost), marker=marker, size=9, line_width=2,
-                        color=[rows[i]["color"] for i in lost], legend_label="no rows: its place marked")
-    # the whole column of a rank answers a hover, also where its bar is nothing
-    columns = fig.vbar(x="x", top="top", width=1.0, source=source, fill_alpha=0, line_alpha=0)
-    fig.add_tools(HoverTool(renderers=[columns], tooltips=_tooltip(_RANK_TIP if known else _RANK_TIP_UNCHECKED)))
+    _status_bars(fig, rows, source, shards, width)
+    _checkpointed_bars(fig, rows, source, width)
+    _mark_lost(fig, rows, top, every_rank=focus is None)
+    _hover_columns(fig, source, _RANK_TIP if known else _RANK_TIP_UNCHECKED, top="top")
     if known:
         fig.add_layout(Span(location=1.0, dimension="width", line_color="#8C8C8C", line_dash="dashed"))
-    fig.yaxis.axis_label = "share of its assignment present" if known else "rows"
-    if focus is None:
-        fig.xaxis.axis_label = "rank"
-    else:
-        fig.xaxis.ticker = FixedTicker(ticks=x)
-        fig.xaxis.major_label_overrides = {i: row["label"] for i, row in enumerate(rows)}
-        fig.xaxis.axis_label = "rank: those with a problem, one bar each (the ok ones summed up in the first bar)"
-        if len(rows) > 24:
-            fig.xaxis.major_label_orientation = math.pi / 2
+    _count_axes(fig, rows, focus, known)
     fig.xgrid.grid_line_color = None
     _legend_outside(fig)
     return fig
 
 
-def _runs(missing: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+#: One rank's runs of positions: starts, ends, whether missing, how many missing (:func:`_runs`).
+_Runs = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _runs(missing: np.ndarray, block: int) -> _Runs:
     """The runs of one rank's assigned positions, missing or present alike (in blocks of
     ``block``: a block with any missing counts as missing): starts, ends, whether missing,
     and how many of each run are missing."""
@@ -201,6 +254,93 @@ def _runs(missing: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray, np.n
     ends = np.minimum(np.concatenate((changes * block, [missing.size])), missing.size)
     cumulative = np.concatenate(([0], np.cumsum(missing, dtype=np.int64)))
     return starts, ends, marks[np.concatenate(([0], changes))].astype(bool), cumulative[ends] - cumulative[starts]
+
+
+_STRETCH_TIP = ["<b>rank @label</b>: @status; @missing{0,0} of its @expected{0,0} missing",
+                "positions @first{0,0} to @last{0,0}: @count{0,0} missing"]
+_STRETCH_COLUMNS = ("label", "status", "expected", "missing", "y", "left", "right", "first", "last", "count", "hole")
+
+
+def _nothing_to_place(found: InspectionView) -> str | None:
+    """What the picture of the holes says in one line when it has nothing to show (None: it has)."""
+    ranks, width = found.missing.shape
+    if width == 0:
+        return "No expected IDs: completeness was not checked, so no sequence can be placed or missed."
+    if ranks > FEW_RANKS and not found.missing.any():
+        return f"Nothing is missing: each of the {ranks:,} ranks holds its whole assignment."
+    return None
+
+
+def _one_line(fig: Any, said: str) -> Any:
+    """``fig`` made a picture of nothing: one line that says ``said``, not a tall blank box."""
+    from bokeh.models.annotations import Label
+    from bokeh.models.ranges import Range1d
+
+    fig.height, fig.axis.visible, fig.grid.visible, fig.toolbar_location = 140, False, False, None
+    fig.x_range, fig.y_range = Range1d(start=-1, end=1), Range1d(start=-1, end=1)
+    fig.add_layout(Label(x=0, y=0, text=said, text_align="center", text_baseline="middle", text_font_size="14px"))
+    return fig
+
+
+def _stretches(missing: np.ndarray, rows: Sequence[int], lengths: Sequence[int]) -> tuple[list[_Runs], int]:
+    """The runs (:func:`_runs`) of each of ``rows`` over its first ``lengths`` positions, in the smallest
+    blocks of positions (1, 4, 16, ...) that make at most ``_MAX_STRETCHES`` missing ones; and that block."""
+    block = 1
+    while True:
+        runs = [_runs(missing[r, :n], block) for r, n in zip(rows, lengths, strict=True)]
+        if sum(int(run[2].sum()) for run in runs) <= _MAX_STRETCHES:
+            return runs, block
+        block *= 4
+
+
+def _stretch_columns(found: InspectionView, rows: Sequence[int], lengths: Sequence[int], runs: Sequence[_Runs]
+                     ) -> dict[str, list[Any]]:
+    """The data of every stretch, row after row: its rank's label, status and counts, its row, its
+    extent and positions, how many of it are missing and whether it is drawn as missing."""
+    shards = {s.rank: s for s in found.shards}
+    # (the rank's problem in words is the counts figure's: repeated on every stretch, it would weigh the page)
+    columns: dict[str, list[Any]] = {key: [] for key in _STRETCH_COLUMNS}
+    for i, (r, (starts, ends, holes, counts)) in enumerate(zip(rows, runs, strict=True)):
+        about = _rank_row(found, shards[r], True) if r in shards else {
+            "label": str(r), "status": "", "expected": lengths[i], "missing": int(counts.sum())}
+        for key in ("label", "status", "expected", "missing"):
+            columns[key] += [about[key]] * starts.size
+        columns["y"] += [i] * starts.size
+        columns["left"] += (starts - 0.5).tolist()
+        columns["right"] += (ends - 0.5).tolist()
+        columns["first"] += starts.tolist()
+        columns["last"] += (ends - 1).tolist()
+        columns["count"] += counts.tolist()
+        columns["hole"] += holes.tolist()
+    return columns
+
+
+def _draw_stretches(fig: Any, columns: Mapping[str, list[Any]]) -> list[Any]:
+    """The stretches as bands across their rank's row, grey where present, orange where missing (a
+    renderer each, when there are any): those renderers."""
+    from bokeh.transform import dodge
+
+    bottom, top = dodge("y", -0.4), dodge("y", 0.4)  # (each rank's row a band: y +- 0.4)
+    drawn: list[Any] = []
+    for hole, color, name in ((False, _PRESENT, "present"), (True, _MISSING, "missing")):
+        picked = [j for j, flag in enumerate(columns["hole"]) if flag == hole]
+        if picked:
+            drawn.append(fig.quad(left="left", right="right", bottom=bottom, top=top, source=_picked(columns, picked),
+                                  color=color, legend_label=name))
+    return drawn
+
+
+def _missing_axes(fig: Any, rows: Sequence[int], focus: list[int] | None, ranks: int, block: int) -> None:
+    """The holes picture's axes named: the rank of each row (when a few, or in ``focus``), and the positions."""
+    from bokeh.models.tickers import FixedTicker
+
+    if focus is not None or len(rows) <= 64:
+        fig.yaxis.ticker = FixedTicker(ticks=list(range(len(rows))))
+        fig.yaxis.major_label_overrides = {i: f"rank {r}" for i, r in enumerate(rows)}
+    else:
+        fig.yaxis.axis_label = "rank"
+    blocks = f"; each stretch: blocks of {block:,} positions" if block > 1 else ""
+    fig.xaxis.axis_label = f"position j in the rank's assignment (index position = rank + j × {ranks:,}){blocks}"
 
 
 def interactive_missing(found: InspectionView, *, height: int | None = None) -> Any:
@@ -233,13 +373,8 @@ def interactive_missing(found: InspectionView, *, height: int | None = None) -> 
     >>> interactive_missing(inspect_run("run")).title.text
     'Missing sequences: 4 of 12'
     """
-    from bokeh.models.annotations import Label
     from bokeh.models.ranges import Range1d
-    from bokeh.models.sources import ColumnDataSource
-    from bokeh.models.tickers import FixedTicker
-    from bokeh.models.tools import HoverTool
     from bokeh.plotting import figure
-    from bokeh.transform import dodge
 
     ranks, width = found.missing.shape
     focus = ranks_in_focus(np.asarray(found.missing.any(axis=1)))
@@ -249,58 +384,75 @@ def interactive_missing(found: InspectionView, *, height: int | None = None) -> 
                  title=title if width else "Missing sequences: not checked (no expected IDs)",
                  tools="xpan,xwheel_zoom,box_zoom,reset", toolbar_location="above",
                  x_range=Range1d(start=-0.5, end=max(width, 1) - 0.5), y_range=Range1d(start=len(rows) - 0.5, end=-0.5))
-    said = ("No expected IDs: completeness was not checked, so no sequence can be placed or missed." if width == 0
-            else f"Nothing is missing: each of the {ranks:,} ranks holds its whole assignment."
-            if ranks > FEW_RANKS and not found.missing.any() else None)
-    if said is not None:  # (a picture of nothing: one line, not a tall blank box)
-        fig.height, fig.axis.visible, fig.grid.visible, fig.toolbar_location = 140, False, False, None
-        fig.x_range, fig.y_range = Range1d(start=-1, end=1), Range1d(start=-1, end=1)
-        fig.add_layout(Label(x=0, y=0, text=said, text_align="center", text_baseline="middle", text_font_size="14px"))
-        return fig
-    shards = {s.rank: s for s in found.shards}
-    lengths = found.assigned[rows].sum(axis=1)
-    block = 1
-    while True:
-        runs = [_runs(found.missing[r, :n], block) for r, n in zip(rows, lengths.tolist(), strict=True)]
-        if sum(int(run[2].sum()) for run in runs) <= _MAX_STRETCHES:
-            break
-        block *= 4
-    # (the rank's problem in words is the counts figure's: repeated on every stretch, it would weigh the page)
-    columns: dict[str, list[Any]] = {key: [] for key in (
-        "label", "status", "expected", "missing", "y", "left", "right", "first", "last", "count", "hole")}
-    for i, (r, (starts, ends, holes, counts)) in enumerate(zip(rows, runs, strict=True)):
-        about = _rank_row(found, shards[r], True) if r in shards else {
-            "label": str(r), "status": "", "expected": int(lengths[i]), "missing": int(counts.sum())}
-        for key in ("label", "status", "expected", "missing"):
-            columns[key] += [about[key]] * starts.size
-        columns["y"] += [i] * starts.size
-        columns["left"] += (starts - 0.5).tolist()
-        columns["right"] += (ends - 0.5).tolist()
-        columns["first"] += starts.tolist()
-        columns["last"] += (ends - 1).tolist()
-        columns["count"] += counts.tolist()
-        columns["hole"] += holes.tolist()
-    bottom, top = dodge("y", -0.4), dodge("y", 0.4)  # (each rank's row a band: y +- 0.4)
-    drawn: list[Any] = []
-    for hole, color, name in ((False, _PRESENT, "present"), (True, _MISSING, "missing")):
-        picked = [j for j, flag in enumerate(columns["hole"]) if flag == hole]
-        if picked:
-            part = ColumnDataSource({key: [values[j] for j in picked] for key, values in columns.items()})
-            drawn.append(fig.quad(left="left", right="right", bottom=bottom, top=top, source=part, color=color,
-                                  legend_label=name))
-    fig.add_tools(HoverTool(renderers=drawn, tooltips=_tooltip([
-        "<b>rank @label</b>: @status; @missing{0,0} of its @expected{0,0} missing",
-        "positions @first{0,0} to @last{0,0}: @count{0,0} missing"])))
-    if focus is not None or len(rows) <= 64:
-        fig.yaxis.ticker = FixedTicker(ticks=list(range(len(rows))))
-        fig.yaxis.major_label_overrides = {i: f"rank {r}" for i, r in enumerate(rows)}
-    else:
-        fig.yaxis.axis_label = "rank"
-    blocks = f"; each stretch: blocks of {block:,} positions" if block > 1 else ""
-    fig.xaxis.axis_label = f"position j in the rank's assignment (index position = rank + j × {ranks:,}){blocks}"
+    said = _nothing_to_place(found)
+    if said is not None:
+        return _one_line(fig, said)
+    lengths = found.assigned[rows].sum(axis=1).tolist()
+    runs, block = _stretches(found.missing, rows, lengths)
+    drawn = _draw_stretches(fig, _stretch_columns(found, rows, lengths, runs))
+    _hover(fig, drawn, _STRETCH_TIP)
+    _missing_axes(fig, rows, focus, ranks, block)
     fig.grid.grid_line_color = None
     _legend_outside(fig)
     return fig
+
+
+_HEALTH_TIP = ["<b>rank @label</b>: median norm @q50{0.000}",
+               "5-25-75-95 %: @q05{0.000}, @q25{0.000}, @q75{0.000}, @q95{0.000}",
+               "zero rows: @zero{0,0}; at the float16 limit: @saturated{0,0}; identical: @identical{0,0}",
+               "dtype: @dtype", "health: @health"]
+
+
+def _known_norms(found: InspectionView) -> tuple[list[RankView], list[RankHealth]]:
+    """The ranks whose row norms are known (their embeddings read, with finite rows), and their health."""
+    known = [s for s in found.shards if s.health is not None and s.health.norm_quantiles]
+    return known, [s.health for s in known if s.health is not None]
+
+
+def _norm_axis(q: np.ndarray) -> tuple[bool, float, float]:
+    """The row norms' axis from the ranks' quantiles ``q``: whether it is a log one (the positive
+    medians more than tenfold apart), its floor (0 on a linear one) and the top of the ranks' columns."""
+    medians = q[:, 2][q[:, 2] > 0]
+    log = bool(medians.size) and float(medians.max()) > 10 * float(medians.min())
+    low = float(q[:, 0][q[:, 0] > 0].min()) * 0.8 if log and (q[:, 0] > 0).any() else 0.0
+    return log, low, float(q[:, 4].max()) * (1.5 if log else 1.05)
+
+
+def _dtype_words(health: RankHealth) -> str:
+    """A rank's dtype, and its model's when its checkpoints name it."""
+    return (health.dtype or "") + (f" (model {', '.join(health.model_dtypes)})" if health.model_dtypes else "")
+
+
+def _health_columns(known: Sequence[RankView], healths: Sequence[RankHealth], said: Mapping[int, str],
+                    q: np.ndarray, low: float, top: float) -> dict[str, list[Any]]:
+    """The data of each rank whose norms are ``known`` (its ``healths``, quantiles ``q``): its norms
+    (none below the axis' floor ``low``), colour, counts, dtype, what stands out, and its column."""
+    return {"x": [s.rank for s in known], "label": [str(s.rank) for s in known],
+            "q05": np.maximum(q[:, 0], low).tolist(), "q25": np.maximum(q[:, 1], low).tolist(),
+            "q50": q[:, 2].tolist(), "q75": q[:, 3].tolist(), "q95": q[:, 4].tolist(),
+            "color": [FLAGGED_COLOR if s.rank in said else HEALTHY_COLOR for s in known],
+            "zero": [h.zero_rows for h in healths], "saturated": [h.saturated_rows for h in healths],
+            "identical": [h.identical_rows for h in healths], "dtype": [_dtype_words(h) for h in healths],
+            "health": [said.get(s.rank, "nothing stands out") for s in known],
+            "top": [top] * len(known), "bottom": [low] * len(known)}
+
+
+def _draw_norms(fig: Any, data: Mapping[str, list[Any]], out: Sequence[bool], ranks: int) -> None:
+    """Each rank's norms: the 5-95 % as a line, the 25-75 % as a bar, the median as a dot; the ranks
+    that stand out (``out``) drawn last, on top, their line thicker."""
+    for flagged_now in (False, True):
+        part = _picked(data, [i for i, o in enumerate(out) if o == flagged_now])
+        fig.segment(x0="x", x1="x", y0="q05", y1="q95", color="color", line_width=3 if flagged_now else 1.5,
+                    source=part)
+        fig.vbar(x="x", bottom="q25", top="q75", width=0.6 if ranks <= 128 else 1.0, color="color", source=part)
+        fig.scatter(x="x", y="q50", size=6 if ranks <= 64 else 3, color="color", source=part)
+
+
+def _mark_flagged(fig: Any, flagged: list[int], top: float) -> None:
+    """Above the plot, a mark on each rank that stands out, named in the legend (put outside the plot)."""
+    fig.scatter(flagged, [top] * len(flagged), marker="inverted_triangle", size=10, color=FLAGGED_COLOR,
+                legend_label=f"stand out: {rank_ranges(flagged, most=8)}")
+    _legend_outside(fig)
 
 
 def interactive_health(found: InspectionView, *, height: int = 340) -> Any:
@@ -330,57 +482,28 @@ def interactive_health(found: InspectionView, *, height: int = 340) -> Any:
     """
     from bokeh.models.ranges import Range1d
     from bokeh.models.sources import ColumnDataSource
-    from bokeh.models.tools import HoverTool
     from bokeh.plotting import figure
 
     from .tables import health_words
 
     said = health_words(found) or {}
-    known = [s for s in found.shards if s.health is not None and s.health.norm_quantiles]
+    known, healths = _known_norms(found)
     flagged = sorted(said)
     title = health_title(len(flagged), len(found.shards))
     if not known:
         return figure(height=120, sizing_mode="stretch_width", toolbar_location=None,
                       title="Row norms per rank: not checked (the embeddings were not read)")
-    q = np.array([s.health.norm_quantiles for s in known if s.health is not None])
-    medians = q[:, 2][q[:, 2] > 0]
-    log = bool(medians.size) and float(medians.max()) > 10 * float(medians.min())
-    low = float(q[:, 0][q[:, 0] > 0].min()) * 0.8 if log and (q[:, 0] > 0).any() else 0.0
-    data = {"x": [s.rank for s in known], "label": [str(s.rank) for s in known],
-            "q05": np.maximum(q[:, 0], low).tolist(), "q25": np.maximum(q[:, 1], low).tolist(),
-            "q50": q[:, 2].tolist(), "q75": q[:, 3].tolist(), "q95": q[:, 4].tolist(),
-            "color": [FLAGGED_COLOR if s.rank in said else HEALTHY_COLOR for s in known],
-            "zero": [s.health.zero_rows for s in known if s.health is not None],
-            "saturated": [s.health.saturated_rows for s in known if s.health is not None],
-            "identical": [s.health.identical_rows for s in known if s.health is not None],
-            "dtype": [(s.health.dtype or "") + (f" (model {', '.join(s.health.model_dtypes)})"
-                                                 if s.health.model_dtypes else "")
-                      for s in known if s.health is not None],
-            "health": [said.get(s.rank, "nothing stands out") for s in known]}
-    top = float(q[:, 4].max()) * (1.5 if log else 1.05)
-    data["top"], data["bottom"] = [top] * len(known), [low if log else 0.0] * len(known)
+    q = np.array([h.norm_quantiles for h in healths])
+    log, low, top = _norm_axis(q)
+    data = _health_columns(known, healths, said, q, low, top)
     source = ColumnDataSource(data)
-    fig = figure(y_range=Range1d(start=low if log else 0.0, end=top * (1.3 if log else 1.03)), height=height,
+    fig = figure(y_range=Range1d(start=low, end=top * (1.3 if log else 1.03)), height=height,
                  sizing_mode="stretch_width", title=title, y_axis_type="log" if log else "linear",
                  tools="xpan,xwheel_zoom,reset", toolbar_location="above")
-    out = [s.rank in said for s in known]
-    for flagged_now in (False, True):  # (the ranks that stand out drawn last, on top, and marked above the plot)
-        part = ColumnDataSource({key: [v for v, o in zip(values, out, strict=True) if o == flagged_now]
-                                 for key, values in data.items()})
-        fig.segment(x0="x", x1="x", y0="q05", y1="q95", color="color", line_width=3 if flagged_now else 1.5,
-                    source=part)
-        fig.vbar(x="x", bottom="q25", top="q75", width=0.6 if len(found.shards) <= 128 else 1.0, color="color",
-                 source=part)
-        fig.scatter(x="x", y="q50", size=6 if len(found.shards) <= 64 else 3, color="color", source=part)
+    _draw_norms(fig, data, [s.rank in said for s in known], len(found.shards))
     if flagged:
-        fig.scatter(flagged, [top] * len(flagged), marker="inverted_triangle", size=10, color=FLAGGED_COLOR,
-                    legend_label=f"stand out: {rank_ranges(flagged, most=8)}")
-        _legend_outside(fig)
-    columns = fig.vbar(x="x", bottom="bottom", top="top", width=1.0, source=source, fill_alpha=0, line_alpha=0)
-    fig.add_tools(HoverTool(renderers=[columns], tooltips=_tooltip([
-        "<b>rank @label</b>: median norm @q50{0.000}", "5-25-75-95 %: @q05{0.000}, @q25{0.000}, @q75{0.000}, "
-        "@q95{0.000}", "zero rows: @zero{0,0}; at the float16 limit: @saturated{0,0}; identical: @identical{0,0}",
-        "dtype: @dtype", "health: @health"])))
+        _mark_flagged(fig, flagged, top)
+    _hover_columns(fig, source, _HEALTH_TIP, bottom="bottom", top="top")
     fig.xaxis.axis_label = "rank"
     fig.yaxis.axis_label = "row norm"
     fig.xgrid.grid_line_color = None

@@ -242,6 +242,30 @@ def test_the_interactive_row_norms_say_each_rank_on_hover(sick):
     assert "not checked" in interactive_health(inspect_run(sick.directory)).title.text
 
 
+def test_the_interactive_row_norms_on_a_log_axis_start_above_zero(sick):
+    """Ranks whose 5 % row norms are 0 (more than 5 % of their rows all zero) and whose medians are
+    far apart: the log axis starts below the least positive norm, never at 0 (which a log axis
+    cannot show), and no norm is drawn below its start."""
+    pytest.importorskip("bokeh")
+    from dataclasses import replace
+
+    from virnucpro_merge.inspection import inspect_run, interactive_health
+
+    found = inspect_run(sick.directory, health=True)
+    def quantiles(rank: int) -> tuple[float, ...]:  # (the odd ranks 30 times larger, their 25 % norm 0 too)
+        scale = 30.0 ** (rank % 2)
+        return 0.0, 0.0 if rank % 2 else 1.0, 2.0 * scale, 3.0 * scale, 4.0 * scale
+
+    shards = [replace(s, health=replace(s.health, norm_quantiles=quantiles(s.rank))) if s.health is not None else s
+              for s in found.shards]
+    fig = interactive_health(replace(found, shards=shards))
+    assert fig.y_scale.__class__.__name__ == "LogScale"
+    assert fig.y_range.start == pytest.approx(0.8)  # (below the least positive norm: rank 0's 25 %, 1.0)
+    columns = next(r for r in fig.renderers if getattr(r.glyph, "fill_alpha", 1) == 0).data_source.data
+    drawn = [v for name in ("q05", "q25", "q50", "q75", "q95") for v in columns[name]]
+    assert min(drawn) >= fig.y_range.start
+
+
 @pytest.fixture(scope="module")
 def mixed_models(tmp_path_factory):
     """A healthy run with checkpoints, whose rank 3 says its model ran in float32, the others float16."""

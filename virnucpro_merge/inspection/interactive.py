@@ -411,10 +411,12 @@ def _known_norms(found: InspectionView) -> tuple[list[RankView], list[RankHealth
 
 def _norm_axis(q: np.ndarray) -> tuple[bool, float, float]:
     """The row norms' axis from the ranks' quantiles ``q``: whether it is a log one (the positive
-    medians more than tenfold apart), its floor (0 on a linear one) and the top of the ranks' columns."""
+    medians more than tenfold apart), its floor (0 on a linear one; on a log one, below the least
+    positive norm: where more than 5 % of a rank's rows are all zero, its 5 % norm is 0) and the
+    top of the ranks' columns."""
     medians = q[:, 2][q[:, 2] > 0]
     log = bool(medians.size) and float(medians.max()) > 10 * float(medians.min())
-    low = float(q[:, 0][q[:, 0] > 0].min()) * 0.8 if log and (q[:, 0] > 0).any() else 0.0
+    low = float(q[q > 0].min()) * 0.8 if log else 0.0
     return log, low, float(q[:, 4].max()) * (1.5 if log else 1.05)
 
 
@@ -428,8 +430,7 @@ def _health_columns(known: Sequence[RankView], healths: Sequence[RankHealth], sa
     """The data of each rank whose norms are ``known`` (its ``healths``, quantiles ``q``): its norms
     (none below the axis' floor ``low``), colour, counts, dtype, what stands out, and its column."""
     return {"x": [s.rank for s in known], "label": [str(s.rank) for s in known],
-            "q05": np.maximum(q[:, 0], low).tolist(), "q25": np.maximum(q[:, 1], low).tolist(),
-            "q50": q[:, 2].tolist(), "q75": q[:, 3].tolist(), "q95": q[:, 4].tolist(),
+            **{name: np.maximum(q[:, k], low).tolist() for k, name in enumerate(("q05", "q25", "q50", "q75", "q95"))},
             "color": [FLAGGED_COLOR if s.rank in said else HEALTHY_COLOR for s in known],
             "zero": [h.zero_rows for h in healths], "saturated": [h.saturated_rows for h in healths],
             "identical": [h.identical_rows for h in healths], "dtype": [_dtype_words(h) for h in healths],

@@ -272,8 +272,7 @@ def _merge(paths: list[Path], output: Path, expected_sequence_ids: Collection[st
                            "shards' ranks (layout='contiguous' takes them)")
         _merge_virtually(plan, output, options)
     elif order == "index":
-        given = expected.ids() if isinstance(expected, IdLookup) else expected if expected is not None else ()
-        _merge_in_index_order(paths, output, list(given), options)  # (a numpy array of IDs has no truth value)
+        _merge_in_index_order(paths, output, index_lookup(expected if expected is not None else ()), options)
     else:
         _merge_while_checking(paths, output, expected, options)
 
@@ -405,14 +404,14 @@ def _merge_virtually(plan: MergePlan, output: Path, options: _Options) -> None:
     _log_done(output, plan)
 
 
-def _merge_in_index_order(paths: list[Path], output: Path, index_ids: list[str], options: _Options) -> None:
-    """The index-order route: planned (keeping the IDs' hashes), then written block by block."""
-    plan = plan_merge(paths, index_lookup(index_ids), partial=options.partial, keep_ids=True,
-                      checkpoints=options.checkpoints, scratch=options.scratch)
+def _merge_in_index_order(paths: list[Path], output: Path, index: IdLookup, options: _Options) -> None:
+    """The index-order route: planned (keeping each row's place in the ``index``), then written block by block."""
+    plan = plan_merge(paths, index, partial=options.partial, keep_ids=True, checkpoints=options.checkpoints,
+                      scratch=options.scratch)
     _log_left_out(plan)
     _refuse_writing_onto_inputs(output, plan)
     report = build_report(plan, options.chunk_size, order="index")
-    row_order = index_order(plan, index_ids)
+    row_order = index_order(plan)
     report["missing_positions"] = row_order.missing_positions.tolist()
     _write_planned(plan, output, report, options, row_order=row_order)
 

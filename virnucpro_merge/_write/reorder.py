@@ -15,7 +15,7 @@ its row is written.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +48,7 @@ class RowOrder:
     missing_positions: np.ndarray  # index positions with no row (missing sequences)
 
 
-def index_lookup(index_ids: Sequence[str] | IdLookup) -> IdLookup:
+def index_lookup(index_ids: Collection[str] | IdLookup) -> IdLookup:
     """The index's IDs as a lookup, refused if one is there twice (the index order then has
     no one place for it)."""
     lookup = IdLookup.of(index_ids)
@@ -58,19 +58,20 @@ def index_lookup(index_ids: Sequence[str] | IdLookup) -> IdLookup:
     return lookup
 
 
-def index_order(plan: MergePlan, index_ids: Sequence[str]) -> RowOrder:
+def index_order(plan: MergePlan) -> RowOrder:
     """Work out where each output row comes from: from each row's place in the index, as
     the check of the IDs found it (by hash, then by the ID's bytes: ``plan.ids``, planned
-    with ``keep_ids`` against :func:`index_lookup` of ``index_ids``)."""
+    with ``keep_ids`` against an :func:`index_lookup`)."""
     assert plan.ids is not None
+    assert plan.ids.lookup is not None
     places = plan.ids.row_places()
     expected = np.flatnonzero(places >= 0)
-    row_at = np.full(len(index_ids), -1, np.int64)
+    row_at = np.full(plan.ids.lookup.n, -1, np.int64)
     row_at[places[expected]] = expected  # (one row a place: the plan refused a duplicate)
     found = row_at >= 0
     return RowOrder(
         source_rows=np.concatenate([row_at[found], np.flatnonzero(places < 0)]),  # extra IDs go last
-        ordered_ids=np.array(index_ids, dtype=object)[found],
+        ordered_ids=np.fromiter(plan.ids.lookup.ids(np.flatnonzero(found)), dtype=object, count=int(found.sum())),
         missing_positions=np.flatnonzero(~found),
     )
 

@@ -330,12 +330,10 @@ OVER_15 = {
     "inspection/interactive.py:interactive_missing": 27, "inspection/run.py:inspect_run": 17,
     "plan.py:_salvaged": 19, "checkpoints.py:_checked": 22,
     "health.py:judge": 22, "inspection/plots.py:plot_progress": 20,
-    "inspection/runreport.py:write_run_report": 20,
     "inspection/plots.py:_two_bars": 19, "inspection/plots.py:plot_missing_heatmap": 19,
     "inspection/run.py:RunInspection.from_merged": 19, "checkpoints.py:_check_opcodes": 18,
     "inspection/run.py:_stops": 18, "checkpoints.py:_plain": 17, "manifest.py:stop_line": 17,
     "verify.py:_Checker.compare": 17, "checkpoints.py:_Reader.find_class": 16,
-    "inspection/runreport.py:run_summary": 16,
     "salvage.py:_keep_shard_rows": 16, "synthetic.py:write_pipeline_files": 16,
 }
 

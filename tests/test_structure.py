@@ -327,12 +327,12 @@ def test_nothing_stray_is_committed_at_the_top():
 OVER_15 = {
     "inspection/interactive.py:interactive_health": 40, "inspection/interactive.py:interactive_counts": 35,
     "inspection/plots.py:plot_timeline": 31, "plan.py:draft_plan": 23, "inspection/plots.py:plot_health": 28,
-    "inspection/interactive.py:interactive_missing": 27, "inspection/run.py:inspect_run": 17,
+    "inspection/interactive.py:interactive_missing": 27,
     "plan.py:_salvaged": 19, "checkpoints.py:_checked": 22,
     "health.py:judge": 22, "inspection/plots.py:plot_progress": 20,
     "inspection/plots.py:_two_bars": 19, "inspection/plots.py:plot_missing_heatmap": 19,
-    "inspection/run.py:RunInspection.from_merged": 19, "checkpoints.py:_check_opcodes": 18,
-    "inspection/run.py:_stops": 18, "checkpoints.py:_plain": 17, "manifest.py:stop_line": 17,
+    "checkpoints.py:_check_opcodes": 18,
+    "checkpoints.py:_plain": 17, "manifest.py:stop_line": 17,
     "verify.py:_Checker.compare": 17, "checkpoints.py:_Reader.find_class": 16,
     "salvage.py:_keep_shard_rows": 16, "synthetic.py:write_pipeline_files": 16,
 }

@@ -459,17 +459,24 @@ class ProgressReader:
         checkpoints = str(folder.checkpoints) if folder.checkpoints is not None else None
         manifest = self._manifest(folder.manifest)
         world_size = self._world_size(checkpoints, manifest)
-        total = self._cache.get(str(folder.index), _key(str(folder.index)) or (0, 0), _index_total) \
-            if folder.index is not None else None
+        total = self._total(folder.index)
         shards = {name for name in _names(str(self.run)) if name.startswith("shard_")}  # (one listing, no stat)
         seen = [self._rank_files(rank, checkpoints, shards) for rank in range(world_size)]
-        intervals = [s.interval for s, _ in seen if s.interval is not None]
-        usual = float(np.median(intervals)) if intervals else None
-        starts = [s.first for s, _ in seen if s.first is not None]
-        start = min(starts) if starts else None
+        usual, start = _usual_interval(seen), _first_checkpoint(seen)
         ranks = [self._rank(rank, found, rows, moment, usual, start, total, world_size, manifest, folder.logs)
                  for rank, (found, rows) in enumerate(seen)]
         self.files_read = self._cache.reads - before
+        return RunProgress(self.run, moment, ranks, total, self._notes(manifest, ranks, total, world_size))
+
+    def _total(self, index: Path | None) -> int | None:
+        """The sequences of the run's sequence index (None: none, or not readable), read again when it changed."""
+        if index is None:
+            return None
+        return self._cache.get(str(index), _key(str(index)) or (0, 0), _index_total)
+
+    def _notes(self, manifest: Manifest | None, ranks: list[RankProgress], total: int | None,
+               world_size: int) -> list[str]:
+        """What the progress cannot vouch for: a damaged manifest, no index, or finished shards short of the index."""
         notes = [manifest.problem] if manifest is not None and manifest.problem else []
         if total is None:
             notes.append(f"no readable sequence index in {self.run.name}: each rank's assignment is unknown")
@@ -477,7 +484,7 @@ class ProgressReader:
         if ranks and all(r.state == FINISHED for r in ranks) and total is not None and done < total:
             notes.append(f"every rank's shard is written, but they hold {done:,} of the index's {total:,} sequences: "
                          f"are ranks missing? (a world size of {world_size:,} ranks was found)")
-        return RunProgress(self.run, moment, ranks, total, notes)
+        return notes
 
     def _manifest(self, path: Path | None) -> Manifest | None:
         """The manifest, read again only when it changed, and parsed again only when the statuses
@@ -582,15 +589,31 @@ class ProgressReader:
         """A rank's state, and why it stopped (the first that applies: see the module's words)."""
         if rows is not None:
             return FINISHED, None
-        last = seen.last
         if seen.timeline.last_trigger == "emergency_sigterm":
-            return PREEMPTED, f"stopped by SIGTERM (preempted) at {_shown(last)} UTC"
+            return PREEMPTED, f"stopped by SIGTERM (preempted) at {_shown(seen.last)} UTC"
+        failed = self._failed_by_manifest(rank, seen.last, manifest, logs)
+        if failed is not None:
+            return FAILED, failed
+        return self._state_by_pace(rank, seen, now, usual, start, logs)
+
+    def _failed_by_manifest(self, rank: int, last: np.datetime64 | None, manifest: Manifest | None,
+                            logs: Path | None) -> str | None:
+        """Why rank ``rank`` failed, where the manifest says it did and it saved no checkpoint since
+        (its log's last error, else the manifest's); None where the manifest does not say so."""
         claim = manifest.ranks.get(rank) if manifest is not None else None
-        if claim is not None and claim.status == "failed":
-            failed_at = _when(claim.failed_at)
-            if last is None or failed_at is None or failed_at >= last:
-                log = self._log(logs, rank)
-                return FAILED, _log_cause(log) or f"{_cut(claim.error or 'no error given')} (the manifest says)"
+        if claim is None or claim.status != "failed":
+            return None
+        failed_at = _when(claim.failed_at)
+        if last is None or failed_at is None or failed_at >= last:
+            log = self._log(logs, rank)
+            return _log_cause(log) or f"{_cut(claim.error or 'no error given')} (the manifest says)"
+        return None  # (a checkpoint since: it was retried)
+
+    def _state_by_pace(self, rank: int, seen: _Seen, now: np.datetime64, usual: float | None,
+                       start: np.datetime64 | None, logs: Path | None) -> tuple[str, str | None]:
+        """A rank's state from how long it has been quiet against its usual interval: waiting,
+        running, failed (overdue, an error at the end of its log) or stalled, and why it stopped."""
+        last = seen.last
         interval = seen.interval or usual or (FALLBACK_INTERVAL if last is not None else None)
         since = last if last is not None else start
         if interval is None or since is None:
@@ -610,6 +633,18 @@ class ProgressReader:
         path = str(log_path(logs, rank))
         key = _key(path)
         return self._cache.get(path, key, read_log_tail) if key is not None else None
+
+
+def _usual_interval(seen: list[tuple[_Seen, int | None]]) -> float | None:
+    """The median of the ranks' checkpoint intervals (None: no rank has two checkpoints yet)."""
+    intervals = [s.interval for s, _ in seen if s.interval is not None]
+    return float(np.median(intervals)) if intervals else None
+
+
+def _first_checkpoint(seen: list[tuple[_Seen, int | None]]) -> np.datetime64 | None:
+    """When the run's first checkpoint was saved (None: none yet)."""
+    starts = [s.first for s, _ in seen if s.first is not None]
+    return min(starts) if starts else None
 
 
 def _names(folder: str) -> Iterator[str]:

@@ -44,7 +44,7 @@ from ..errors import CheckpointError, MergeError, ShardError
 from ..expected import read_expected_lookup
 from ..health import HealthFlag, RankHealth, judge, read_health, report_healths
 from ..ids import IdLookup, as_bytes, repeated_hashes
-from ..manifest import MANIFEST_NAME, Progress, log_path, read_log_tail, read_manifest, stop_line
+from ..manifest import MANIFEST_NAME, Manifest, Progress, log_path, read_log_tail, read_manifest, stop_line
 from ..plan import shard_paths
 from ..ranks import (
     checkpoints_of,
@@ -340,28 +340,13 @@ class RunInspection:
         report = read_merge_report(path)
         recorded = {rank: s for s in report["shards"] if (rank := rank_of(s["path"])) is not None}
         healths = report_healths(report)
-        size = world_size or (max(recorded) + 1 if recorded else None)
-        if size is None:
-            msg = f"{path}: its shards are not named shard_<rank>.h5 (a merge of merges?): give world_size"
-            raise MergeError(msg)
+        size = _merged_world_size(path, recorded, world_size)
         ids, expected_from = _expected_ids(expected, [Path(s["path"]) for s in report["shards"]])
         lookup = _lookup_of(ids)
-        present = np.zeros(lookup.n, dtype=bool)  # (what the file holds: its report may not have checked these)
-        with open_shard(path) as handle:
-            for raw in iter_id_byte_chunks(handle, path):
-                positions, _, _ = lookup.positions(raw)
-                present[positions] = True
-        missing = _missing_matrix(present, size)
-        shards = []
-        for rank in range(size):
-            assigned, lacking = int(stride_positions(lookup.n, size, rank).size), int(missing[rank].sum())
-            record = recorded.get(rank)
-            error = record.get("error") if record is not None and record["status"] == "failed" else None
-            status = (ABSENT if error == ABSENT_FILE else FAILED) if error is not None and lacking == assigned \
-                else OK if not lacking else EMPTY if lacking == assigned else INCOMPLETE
-            shards.append(ShardSummary(rank, Path(record["path"]) if record else shard_path(".", rank), assigned,
-                                       assigned - lacking, lacking, status, error,
-                                       health=healths[rank][0] if rank in healths else None))
+        missing = _missing_matrix(_held_by(path, lookup), size)
+        shards = [_merged_shard(rank, recorded.get(rank), int(stride_positions(lookup.n, size, rank).size),
+                                int(missing[rank].sum()), healths[rank][0] if rank in healths else None)
+                  for rank in range(size)]
         return cls(shards=shards, missing=missing, sequence_ids=_EncodedIds(lookup.encoded),
                    expected_from=expected_from,
                    world_size_from="given" if world_size else "the ranks the merge recorded")
@@ -389,6 +374,43 @@ class RunInspection:
         from .plots import plot_timeline
 
         return plot_timeline(self.timeline, sorted(self.stops), **options)
+
+
+# --------------------------------------------------------------------------- a merged output
+
+
+def _merged_world_size(path: str | os.PathLike[str], recorded: dict[int, Any], given: int | None) -> int:
+    """The world size of a merge: the one given, else the highest rank among the shards it
+    recorded, plus one (refused, in one line, where it recorded none named by rank)."""
+    size = given or (max(recorded) + 1 if recorded else None)
+    if size is None:
+        msg = f"{path}: its shards are not named shard_<rank>.h5 (a merge of merges?): give world_size"
+        raise MergeError(msg)
+    return size
+
+
+def _held_by(path: str | os.PathLike[str], lookup: IdLookup) -> np.ndarray:
+    """bool, a value per expected ID: True where the merged file holds it (read off its IDs:
+    its report may not have checked these)."""
+    present = np.zeros(lookup.n, dtype=bool)
+    with open_shard(path) as handle:
+        for raw in iter_id_byte_chunks(handle, path):
+            positions, _, _ = lookup.positions(raw)
+            present[positions] = True
+    return present
+
+
+def _merged_shard(rank: int, record: dict[str, Any] | None, assigned: int, lacking: int,
+                  health: RankHealth | None) -> ShardSummary:
+    """What a merged file holds of rank ``rank``, whose shard the merge recorded as ``record``
+    (None: it recorded none), ``lacking`` of its ``assigned`` sequences."""
+    error = record.get("error") if record is not None and record["status"] == "failed" else None
+    if error is not None and lacking == assigned:  # (the file holds nothing of a shard the merge could not read)
+        status = ABSENT if error == ABSENT_FILE else FAILED
+    else:
+        status = OK if not lacking else EMPTY if lacking == assigned else INCOMPLETE
+    return ShardSummary(rank, Path(record["path"]) if record else shard_path(".", rank), assigned,
+                        assigned - lacking, lacking, status, error, health=health)
 
 
 # --------------------------------------------------------------------------- the expected IDs
@@ -648,29 +670,53 @@ def inspect_run(
     for rank in _repeated_extras(paths, scans):
         scans[rank].repeats = True
     size, size_from = _world_size(paths, scans, world_size)
-    if size > len(paths):
-        paths += [shard_path(paths[0].parent, rank) for rank in range(len(paths), size)]
-        scans += [_Scan(absent=True, error=ABSENT_FILE) for _ in range(len(scans), size)]
-    saved = checkpoints_of(paths, checkpoints) if checkpoints is not False and len({p.parent for p in paths}) == 1 \
-        else None
+    _add_absent_ranks(paths, scans, size)
+    saved = checkpoints_of(paths, checkpoints) if checkpoints is not False and _one_folder(paths) else None
     holes = _missing_matrix(present, size).sum(axis=1)  # (what the shards alone lack: their statuses)
-    worked, gained = _checkpointed(saved, [r for r in range(size) if holes[r] or scans[r].error is not None], lookup,
-                                   present)
+    worked, gained = _checkpointed(saved, _lacking(holes, scans), lookup, present)
     missing = _missing_matrix(present, size)
+    healths = _healths(paths, scans, saved, progress=progress) if health else [None] * size
     shards = [ShardSummary(rank=rank, path=path, expected=int(stride_positions(lookup.n, size, rank).size),
                            present=scan.present, missing=int(missing[rank].sum()),
                            status=_status(scan, int(holes[rank]), size), error=scan.error,
-                           checkpointed=gained.get(rank, 0),
-                           health=_health_of(path, scan, None if saved is None else saved / f"shard_{rank}")
-                           if health else None)
-              for rank, (path, scan) in enumerate(tqdm(list(zip(paths, scans, strict=True)), desc="Embeddings",
-                                                       unit="shard", disable=not (health and progress)))]
-    num_extra = sum(rows.size for scan in scans for _, rows in scan.extra)
+                           checkpointed=gained.get(rank, 0), health=healths[rank])
+              for rank, (path, scan) in enumerate(zip(paths, scans, strict=True))]
     stops, notes = _stops(paths, shards, checkpoints, worked)
     sequence_ids, missing_ids = _named(ids, lookup, present)
-    return RunInspection(shards=shards, missing=missing, sequence_ids=sequence_ids, num_extra=num_extra,
+    return RunInspection(shards=shards, missing=missing, sequence_ids=sequence_ids, num_extra=_num_extra(scans),
                          expected_from=expected_from, world_size_from=size_from, stops=stops, notes=notes,
                          checkpoints=saved, _missing_ids=missing_ids)
+
+
+def _one_folder(paths: Sequence[Path]) -> bool:
+    """Whether the shard files are all in one folder (a run folder's, whose other files can be read)."""
+    return len({p.parent for p in paths}) == 1
+
+
+def _add_absent_ranks(paths: list[Path], scans: list[_Scan], size: int) -> None:
+    """The ranks past the shard files (a world size above their count) added to ``paths`` and
+    ``scans``, as absent files of the first file's folder."""
+    if size > len(paths):
+        paths += [shard_path(paths[0].parent, rank) for rank in range(len(paths), size)]
+        scans += [_Scan(absent=True, error=ABSENT_FILE) for _ in range(len(scans), size)]
+
+
+def _lacking(holes: np.ndarray, scans: list[_Scan]) -> list[int]:
+    """The ranks whose shard lacks sequences (``holes``: how many, by rank) or cannot be read."""
+    return [r for r in range(len(holes)) if holes[r] or scans[r].error is not None]
+
+
+def _healths(paths: list[Path], scans: list[_Scan], saved: Path | None, *, progress: bool
+             ) -> list[RankHealth | None]:
+    """Each rank's health (:func:`_health_of`), with a progress bar of the shards read when asked."""
+    return [_health_of(path, scan, None if saved is None else saved / f"shard_{rank}")
+            for rank, (path, scan) in enumerate(tqdm(list(zip(paths, scans, strict=True)), desc="Embeddings",
+                                                     unit="shard", disable=not progress))]
+
+
+def _num_extra(scans: list[_Scan]) -> int:
+    """The IDs the shards hold that are not expected."""
+    return sum(rows.size for scan in scans for _, rows in scan.extra)
 
 
 def _refuse_world_size(world_size: object) -> None:
@@ -725,22 +771,32 @@ def _stops(paths: list[Path], shards: list[ShardSummary], checkpoints: object, k
     read already), its log and the manifest (only for the ranks that need a word); and what
     of those files could not be read."""
     unfinished = [s for s in shards if s.status in _UNFINISHED]
-    if checkpoints is False or not unfinished or len({p.parent for p in paths}) != 1:
+    if checkpoints is False or not unfinished or not _one_folder(paths):
         return {}, []
     folder = run_folder(paths[0].parent)
     where = checkpoints_of(paths, checkpoints)
     if where is None and folder.logs is None:
         return {}, []
-    manifest = read_manifest(where / MANIFEST_NAME) if where is not None and (where / MANIFEST_NAME).exists() else None
+    manifest = _manifest_in(where)
     notes = [manifest.problem] if manifest is not None and manifest.problem else []
-    stops = {}
-    for shard in unfinished:
-        progress = known.get(shard.rank) or (_progress(where / f"shard_{shard.rank}") if where is not None
-                                             else Progress())
-        log = read_log_tail(log_path(folder.logs, shard.rank)) if folder.logs is not None else None
-        claim = manifest.ranks.get(shard.rank) if manifest is not None else None
-        stops[shard.rank] = stop_line(shard.rank, shard.status, progress, claim, log)
+    stops = {shard.rank: _why_stopped(shard, known, where, folder.logs, manifest) for shard in unfinished}
     return stops, notes
+
+
+def _manifest_in(where: Path | None) -> Manifest | None:
+    """The manifest of the checkpoints folder ``where`` (None: no folder, or no manifest in it)."""
+    return read_manifest(where / MANIFEST_NAME) if where is not None and (where / MANIFEST_NAME).exists() else None
+
+
+def _why_stopped(shard: ShardSummary, known: dict[int, Progress], where: Path | None, logs: Path | None,
+                 manifest: Manifest | None) -> str:
+    """Why the worker of ``shard`` stopped, in one line: from its checkpoints (in ``known``, else
+    read from ``where``), its log (in ``logs``) and what the manifest says of it."""
+    progress = known.get(shard.rank) or (_progress(where / f"shard_{shard.rank}") if where is not None
+                                         else Progress())
+    log = read_log_tail(log_path(logs, shard.rank)) if logs is not None else None
+    claim = manifest.ranks.get(shard.rank) if manifest is not None else None
+    return stop_line(shard.rank, shard.status, progress, claim, log)
 
 
 def _salvageable(folder: Path, lookup: IdLookup, present: np.ndarray) -> Progress:
@@ -800,7 +856,7 @@ def _world_size(paths: list[Path], scans: list[_Scan], given: int | None) -> tup
         return given, "given"
     size = len(paths)
     inferred = world_size_of({rank: scan.step for rank, scan in enumerate(scans) if scan.error is None})
-    named = all(rank_of(p) == r for r, p in enumerate(paths)) and len({p.parent for p in paths}) == 1
+    named = all(rank_of(p) == r for r, p in enumerate(paths)) and _one_folder(paths)
     if inferred is not None and inferred > size and named:
         logger.info("World size %d, from the IDs' index positions: no %s", inferred,
                     listed([p.name for p in (shard_path(paths[0].parent, r) for r in range(size, inferred))]))

@@ -51,7 +51,7 @@ from ..statuses import OK
 from ..verdict import verdict_line, verdict_of
 from .interactive import bokeh_available, embed_page_figures
 from .tables import health_words, rank_problem
-from .views import InspectionView
+from .views import InspectionView, RankView
 
 __all__ = ["NOTEBOOK", "PARAMETERS", "HIDDEN_IN_PAGE", "RERUN_MIME", "RANK_COLUMNS", "RerunList", "write_rerun_list",
            "run_summary", "data_files", "inject_parameters", "kernel_manager", "write_run_report"]
@@ -131,25 +131,36 @@ def run_summary(found: InspectionView) -> dict[str, Any]:
     one record a rank (:data:`RANK_COLUMNS`; ``problem``:
     :func:`~virnucpro_merge.inspection.tables.rank_problem`) -- what ``<report>.json`` and
     ``<report>-ranks.tsv`` hold."""
-    checked = found.expected_from is not None  # (then a rank none of whose sequences is missing is not to re-run)
-    problems = {status: kept for status, ranks in found.by_status.items() if status != OK
-                if (kept := [r for r in ranks if not checked or found.shards[r].missing])}
     expected = len(found.sequence_ids) if found.expected_from is not None else None
+    counted = found.num_missing if expected is not None else 0  # (nothing is known missing unless checked)
+    problems = _ranks_to_rerun(found)
     said = health_words(found)
     return {
-        "verdict": verdict_of(expected, found.num_missing if expected is not None else 0, problems),
-        "line": verdict_line(expected, found.num_missing if expected is not None else 0, problems),
+        "verdict": verdict_of(expected, counted, problems), "line": verdict_line(expected, counted, problems),
         "world_size": found.world_size, "world_size_from": found.world_size_from,
         "expected": expected, "expected_from": found.expected_from, "present": found.num_present,
         "missing": found.num_missing if expected is not None else None, "extra": found.num_extra,
         "ranks_by_status": problems,
         "health_flags": [str(flag) for flag in found.health_flags] if said is not None else None,
-        "ranks": [{"rank": s.rank, "shard": s.path.name, "status": s.status, "expected": s.expected,
-                   "present": s.present, "missing": s.missing, "checkpointed": s.checkpointed,
-                   "problem": rank_problem(found, s),
-                   "median_norm": s.health.median_norm if s.health is not None else None,
-                   "health": None if said is None else said.get(s.rank, "")} for s in found.shards],
+        "ranks": [_rank_record(found, s, said) for s in found.shards],
     }
+
+
+def _ranks_to_rerun(found: InspectionView) -> dict[str, list[int]]:
+    """The ranks of each status but ``ok`` (where completeness was checked, those that lack sequences)."""
+    checked = found.expected_from is not None  # (then a rank none of whose sequences is missing is not to re-run)
+    return {status: kept for status, ranks in found.by_status.items() if status != OK
+            if (kept := [r for r in ranks if not checked or found.shards[r].missing])}
+
+
+def _rank_record(found: InspectionView, shard: RankView, said: dict[int, str] | None) -> dict[str, Any]:
+    """One rank of :func:`run_summary` (:data:`RANK_COLUMNS`); ``said``: what stands out in each
+    rank's embeddings (None: not read)."""
+    return {"rank": shard.rank, "shard": shard.path.name, "status": shard.status, "expected": shard.expected,
+            "present": shard.present, "missing": shard.missing, "checkpointed": shard.checkpointed,
+            "problem": rank_problem(found, shard),
+            "median_norm": shard.health.median_norm if shard.health is not None else None,
+            "health": None if said is None else said.get(shard.rank, "")}
 
 
 #: Run in the report's kernel after its parameters: each matplotlib figure shown as a PNG whose
@@ -399,31 +410,19 @@ def write_run_report(
     output = Path(output)
     shards = _run_shards(run, world_size)
     saved = checkpoints_of(shards, checkpoints)  # (a folder that is not there: said now, in one line)
-    if expected is not None:
-        _readable(Path(expected), "expected-ID file")
-        detect_form(expected)  # unreadable or not UTF-8: say so now, in one line
-    if merged is not None:
-        read_merge_report(merged)
+    _check_inputs(expected, merged)
     rerun = Path(rerun_list) if rerun_list is not None else output.with_name(f"{output.stem}-rerun.txt")
     index = Path(expected) if expected is not None else index_beside(shards)
-    inputs = [*shards, *([index] if index is not None else []), *([Path(merged)] if merged is not None else [])]
-    refuse_overwriting(output, inputs, "is an input of this report; choose another path for the report")
-    refuse_overwriting(rerun, inputs, "is an input of this report; choose another path for the re-run list")
-    refuse_overwriting(rerun, [output], "is the report itself; choose another path for the re-run list")
-    for data in data_files(output):
-        refuse_overwriting(data, [*inputs, rerun], "is an input of this report; choose another path for the report")
-        refuse_overwriting(data, [output], "is where the report writes its data; name the page REPORT.html")
-    shown_run: object = str(Path(run).absolute()) if isinstance(run, str | os.PathLike) else [
-        str(p.absolute()) for p in shards]
-    values = {"run": shown_run, "expected": None if expected is None else str(Path(expected).absolute()),
-              "merged": None if merged is None else str(Path(merged).absolute()), "world_size": world_size,
-              "rerun_list": str(rerun.absolute()),
+    inputs = _report_inputs(shards, index, merged)
+    _refuse_overwriting_inputs(output, rerun, inputs)
+    shown_run = _shown_run(run, shards)
+    values = {"run": shown_run, "expected": _absolute(expected), "merged": _absolute(merged),
+              "world_size": world_size, "rerun_list": str(rerun.absolute()),
               "checkpoints": False if saved is None else str(saved.absolute()), "interactive": bokeh_available(),
               "health": health}
     import nbformat
 
-    name = Path(run).resolve().name if isinstance(run, str | os.PathLike) else \
-        f"{len(shards)} shards in {shards[0].parent.resolve().name}"
+    name = _run_name(run, shards)
     facts = _provenance(output, inputs, shown_run, title or f"Run report of {name}", comment)
     facts["rerun_list"] = str(rerun.absolute())
     fasta = output.with_name(f"{output.stem}-rerun.fasta")
@@ -439,14 +438,65 @@ def write_run_report(
         html, outcome = _execute_and_render(nb, timeout, show_code=show_code, facts=facts, settle=settle,
                                             progress=progress)
         pending.path.write_text(html, encoding="utf-8")
-    if outcome is not None and outcome.get("run") is None:
-        _settle_rerun_list(rerun, outcome)
+    _settle_data_files(output, rerun, outcome, facts)
+    return output
+
+
+def _check_inputs(expected: str | os.PathLike[str] | None, merged: str | os.PathLike[str] | None) -> None:
+    """Refuse, in one line and before the notebook runs, an expected-ID file or a merged output that cannot be read."""
+    if expected is not None:
+        _readable(Path(expected), "expected-ID file")
+        detect_form(expected)  # unreadable or not UTF-8: say so now, in one line
+    if merged is not None:
+        read_merge_report(merged)
+
+
+def _report_inputs(shards: list[Path], index: Path | None, merged: str | os.PathLike[str] | None) -> list[Path]:
+    """The files the report reads: the shards, the expected IDs (or the run's index) and the merged output."""
+    return [*shards, *([index] if index is not None else []), *([Path(merged)] if merged is not None else [])]
+
+
+def _refuse_overwriting_inputs(output: Path, rerun: Path, inputs: list[Path]) -> None:
+    """Refuse, before the notebook runs, a page, a re-run list or a data file that would overwrite
+    an input of the report or one another."""
+    refuse_overwriting(output, inputs, "is an input of this report; choose another path for the report")
+    refuse_overwriting(rerun, inputs, "is an input of this report; choose another path for the re-run list")
+    refuse_overwriting(rerun, [output], "is the report itself; choose another path for the re-run list")
+    for data in data_files(output):
+        refuse_overwriting(data, [*inputs, rerun], "is an input of this report; choose another path for the report")
+        refuse_overwriting(data, [output], "is where the report writes its data; name the page REPORT.html")
+
+
+def _shown_run(run: object, shards: list[Path]) -> object:
+    """The run as the notebook is given it: the folder's absolute path, or each shard file's."""
+    if isinstance(run, str | os.PathLike):
+        return str(Path(run).absolute())
+    return [str(p.absolute()) for p in shards]
+
+
+def _run_name(run: object, shards: list[Path]) -> str:
+    """The run as the default title names it: its folder's name, or how many shards in which folder."""
+    if isinstance(run, str | os.PathLike):
+        return Path(run).resolve().name
+    return f"{len(shards)} shards in {shards[0].parent.resolve().name}"
+
+
+def _absolute(path: str | os.PathLike[str] | None) -> str | None:
+    """A path as the notebook is given it: absolute (None for none)."""
+    return None if path is None else str(Path(path).absolute())
+
+
+def _settle_data_files(output: Path, rerun: Path, outcome: dict[str, Any] | None, facts: dict[str, Any]) -> None:
+    """After the page: its data files written when the notebook gave a verdict; else those of an
+    earlier report removed (they would say another run's), the re-run list settled first where
+    the notebook said of it."""
     if outcome is not None and outcome.get("run") is not None:
         _write_data_files(output, outcome["run"], facts)
-    else:  # (no verdict this time: an earlier report's files would say another run's)
-        for stale in data_files(output):
-            stale.unlink(missing_ok=True)
-    return output
+        return
+    if outcome is not None:
+        _settle_rerun_list(rerun, outcome)
+    for stale in data_files(output):
+        stale.unlink(missing_ok=True)
 
 
 def data_files(output: str | os.PathLike[str]) -> tuple[Path, Path]:

@@ -182,12 +182,22 @@ def rank_frame(found: InspectionView) -> pd.DataFrame:
     )
     said = health_words(found)
     if said is not None:
-        known = [s.health for s in found.shards]
-        frame["median_norm"] = [h.median_norm if h is not None else None for h in known]
-        for column in ("zero_rows", "saturated_rows", "identical_rows"):
-            frame[column] = pd.array([getattr(h, column) if h is not None else None for h in known], dtype="Int64")
-        frame["health"] = [said.get(s.rank, "") for s in found.shards]
+        for column, values in _health_columns(found, said).items():
+            frame[column] = values
     return frame
+
+
+def _health_columns(found: InspectionView, said: dict[int, str]) -> dict[str, Any]:
+    """The health columns of :func:`rank_frame`, in order: each rank's median norm, its counts of
+    all-zero, saturated and identical rows, and what stands out (``said``, by rank)."""
+    import pandas as pd
+
+    known = [s.health for s in found.shards]
+    columns: dict[str, Any] = {"median_norm": [h.median_norm if h is not None else None for h in known]}
+    for column in ("zero_rows", "saturated_rows", "identical_rows"):
+        columns[column] = pd.array([getattr(h, column) if h is not None else None for h in known], dtype="Int64")
+    columns["health"] = [said.get(s.rank, "") for s in found.shards]
+    return columns
 
 
 def health_words(found: InspectionView) -> dict[int, str] | None:
@@ -528,8 +538,39 @@ _CAUSE_WIDTH = 90  # characters of a cause a line shows by default (all of it: -
 def _cause_line(cause: str, room: int) -> str:
     """A cause read from a run's files, on one terminal line: quoted where it holds a control
     character (an escape sequence must not reach the terminal), cut to ``room`` characters."""
-    shown = cause if cause.isprintable() else repr(cause)
-    return shown if len(shown) <= room else shown[: room - 3] + "..."
+    return _fit(cause if cause.isprintable() else repr(cause), room)
+
+
+def _fit(text: str, room: int) -> str:
+    """``text`` cut to ``room`` characters, its end shown as ``...`` where it was cut."""
+    return text if len(text) <= room else text[: room - 3] + "..."
+
+
+def _progress_table(found: ProgressView, shown: list[int], width: int | None) -> list[str]:
+    """The table of the ranks ``shown``, a line each (its headers first), each cause cut to what a
+    terminal ``width`` characters wide leaves of a line (by default, to 90 characters)."""
+    rows = [_PROGRESS_HEADERS] + [_progress_row(found, found.ranks[rank]) for rank in shown]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_PROGRESS_HEADERS) - 1)]
+    first = max(4, widths[0])
+    before = first + sum(w + 2 for w in widths[1:]) + 2  # (the columns before the cause)
+    room = _CAUSE_WIDTH if width is None else max(20, width - before)
+    for row in rows[1:]:
+        row[-1] = _cause_line(row[-1], room)
+    return [f"{row[0]:>{first}}  " + "  ".join(f"{cell:<{w}}" for cell, w in zip(row[1:-1], widths[1:], strict=True))
+            + f"  {row[-1]}".rstrip() for row in rows]
+
+
+def _other_ranks(found: ProgressView, shown: list[int], width: int | None) -> str | None:
+    """The ranks left out of the table, counted and named by state on one line (cut to ``width``),
+    or None when every rank is shown."""
+    seen = set(shown)
+    left = [r for r in found.ranks if r.rank not in seen]
+    if not left:
+        return None
+    by_state = {state: [r.rank for r in left if r.state == state] for state in RUN_STATES}
+    rest = f"... and {len(left):,} more ranks: " + "; ".join(
+        f"{state} {rank_ranges(ranks, most=6)}" for state, ranks in by_state.items() if ranks)
+    return rest if width is None else _fit(rest, width)
 
 
 def format_progress(found: ProgressView, *, most: int = 12, width: int | None = None) -> str:
@@ -562,21 +603,10 @@ def format_progress(found: ProgressView, *, most: int = 12, width: int | None = 
     """
     lines = _progress_lines(found)
     shown = progress_in_focus(found, most)
-    rows = [_PROGRESS_HEADERS] + [_progress_row(found, found.ranks[rank]) for rank in shown]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_PROGRESS_HEADERS) - 1)]
-    before = max(4, widths[0]) + sum(w + 2 for w in widths[1:]) + 2  # (the columns before the cause)
-    room = _CAUSE_WIDTH if width is None else max(20, width - before)
-    for row in rows[1:]:
-        row[-1] = _cause_line(row[-1], room)
-    table = [f"{row[0]:>{max(4, widths[0])}}  " + "  ".join(f"{cell:<{w}}" for cell, w in zip(row[1:-1], widths[1:],
-                                                                                          strict=True))
-             + f"  {row[-1]}".rstrip() for row in rows]
-    left = [r for r in found.ranks if r.rank not in set(shown)]
-    if left:
-        by_state = {state: [r.rank for r in left if r.state == state] for state in RUN_STATES}
-        rest = f"... and {len(left):,} more ranks: " + "; ".join(
-            f"{state} {rank_ranges(ranks, most=6)}" for state, ranks in by_state.items() if ranks)
-        table.append(rest if width is None or len(rest) <= width else rest[: width - 3] + "...")
+    table = _progress_table(found, shown, width)
+    rest = _other_ranks(found, shown, width)
+    if rest is not None:
+        table.append(rest)
     return "\n".join([*lines, "", *(line.rstrip() for line in table)])
 
 

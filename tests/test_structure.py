@@ -334,7 +334,6 @@ OVER_15 = {
     "inspection/plots.py:_two_bars": 19, "inspection/plots.py:plot_missing_heatmap": 19,
     "inspection/run.py:RunInspection.from_merged": 19,
     "inspection/run.py:_stops": 18,
-    "verify.py:_Checker.compare": 17,
     "inspection/runreport.py:run_summary": 16,
     "inspection/tables.py:rank_frame": 16, "salvage.py:_keep_shard_rows": 16, "synthetic.py:write_pipeline_files": 16,
 }

@@ -335,7 +335,7 @@ OVER_15 = {
     "inspection/run.py:RunInspection.from_merged": 19,
     "inspection/run.py:_stops": 18,
     "inspection/runreport.py:run_summary": 16,
-    "inspection/tables.py:rank_frame": 16, "synthetic.py:write_pipeline_files": 16,
+    "inspection/tables.py:rank_frame": 16,
 }
 
 

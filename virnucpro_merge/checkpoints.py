@@ -31,7 +31,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 
@@ -372,6 +372,18 @@ def _ints(value: object) -> tuple[int, ...] | None:
     return None
 
 
+#: The functions a checkpoint's pickle may call, by the global that names them (each handed
+#: to the pickle as a fresh :class:`_Callable`).
+_FUNCTIONS: dict[tuple[str, str], Callable[..., object]] = {
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct, ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "scalar"): _scalar, ("numpy.core.multiarray", "scalar"): _scalar,
+    ("numpy", "dtype"): _numeric_dtype,
+    ("__builtin__", "bytes"): _empty_bytes, ("builtins", "bytes"): _empty_bytes,
+    ("_codecs", "encode"): _latin1,
+    ("collections", "OrderedDict"): OrderedDict,
+}
+
+
 class _Reader:
     """What one checkpoint's pickle may build: its globals, its storages (each read once), and
     the bytes it may make of them (a few times the file's size, however its tensors view them)."""
@@ -382,22 +394,13 @@ class _Reader:
 
     def find_class(self, module: str, name: str) -> object:
         """A fresh stand-in for an allowed global; any other is refused, by name."""
-        if module in ("numpy._core.multiarray", "numpy.core.multiarray") and name == "_reconstruct":
-            return _Callable(_reconstruct)
-        if module in ("numpy._core.multiarray", "numpy.core.multiarray") and name == "scalar":
-            return _Callable(_scalar)
         if (module, name) == ("numpy", "ndarray"):
             return _NdarrayClass()
-        if (module, name) == ("numpy", "dtype"):
-            return _Callable(_numeric_dtype)
-        if module in ("__builtin__", "builtins") and name == "bytes":
-            return _Callable(_empty_bytes)
-        if (module, name) == ("_codecs", "encode"):
-            return _Callable(_latin1)
-        if (module, name) == ("collections", "OrderedDict"):
-            return _Callable(OrderedDict)
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
             return _Callable(self.rebuild_tensor)
+        function = _FUNCTIONS.get((module, name))
+        if function is not None:
+            return _Callable(function)
         if module == "torch" and name in _STORAGES:
             return _TorchStorage(name, _STORAGES[name])
         if module == "torch" and name in _TORCH_DTYPES:
@@ -513,35 +516,50 @@ def _check_opcodes(data: bytes) -> None:
         if op == _MEMOIZE:
             at += 1
             continue
-        entry = _TABLE.get(op)
-        if entry is None:
-            name = next((op.name for op in pickletools.opcodes if op.code.encode("latin-1")[0] == data[at]),
-                        f"byte 0x{data[at]:02x}")
-            msg = f"the pickle opcode {name}"
-            raise _Refused(msg)
-        size, lines, name = entry
-        at += 1
-        if size >= 0:
-            if name in _MEMO and int.from_bytes(data[at : at + size], "little") > end:
-                msg = f"a memo index of {int.from_bytes(data[at : at + size], 'little')}"
-                raise _Refused(msg)
-            at += size
-        elif size == pickletools.UP_TO_NEWLINE:
-            for _ in range(lines):
-                newline = data.find(b"\n", at)
-                if newline < 0:
-                    msg = "a pickle cut short"
-                    raise ValueError(msg)
-                if name in _MEMO and (not data[at:newline].isdigit() or int(data[at:newline]) > end):
-                    msg = f"a memo index of {_shown(data[at:newline].decode('latin-1'))}"
-                    raise _Refused(msg)
-                at = newline + 1
-        else:
-            prefix, layout = _PREFIXED[size]
-            (length,) = struct.unpack_from(layout, data, at)
-            at += prefix + max(0, length)
+        size, lines, name = _allowed_opcode(op)
+        at = _past_argument(data, at + 1, size, lines, name)
         if name == "STOP":
             return
+
+
+def _allowed_opcode(op: int) -> tuple[int, int, str]:
+    """An allowed opcode's entry of the table (its argument's size, its lines, its name); any
+    other opcode is refused, by name."""
+    entry = _TABLE.get(op)
+    if entry is None:
+        name = next((known.name for known in pickletools.opcodes if known.code.encode("latin-1")[0] == op),
+                    f"byte 0x{op:02x}")
+        msg = f"the pickle opcode {name}"
+        raise _Refused(msg)
+    return entry
+
+
+def _past_argument(data: bytes, at: int, size: int, lines: int, name: str) -> int:
+    """Where the argument of opcode ``name`` that starts at ``at`` ends (a memo index checked)."""
+    if size >= 0:
+        if name in _MEMO and int.from_bytes(data[at : at + size], "little") > len(data):
+            msg = f"a memo index of {int.from_bytes(data[at : at + size], 'little')}"
+            raise _Refused(msg)
+        return at + size
+    if size == pickletools.UP_TO_NEWLINE:
+        return _past_lines(data, at, lines, name)
+    prefix, layout = _PREFIXED[size]
+    (length,) = struct.unpack_from(layout, data, at)
+    return at + prefix + max(0, length)
+
+
+def _past_lines(data: bytes, at: int, lines: int, name: str) -> int:
+    """Where an argument of ``lines`` lines that starts at ``at`` ends (a memo index checked)."""
+    for _ in range(lines):
+        newline = data.find(b"\n", at)
+        if newline < 0:
+            msg = "a pickle cut short"
+            raise ValueError(msg)
+        if name in _MEMO and (not data[at:newline].isdigit() or int(data[at:newline]) > len(data)):
+            msg = f"a memo index of {_shown(data[at:newline].decode('latin-1'))}"
+            raise _Refused(msg)
+        at = newline + 1
+    return at
 
 
 def _shown(text: str) -> str:
@@ -690,6 +708,16 @@ def _plain(value: object, depth: int = 0) -> object:
     if depth > 32:
         msg = "metadata nested deeper than 32 levels"
         raise _Refused(msg)
+    if isinstance(value, list | tuple):
+        return [_plain(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v, depth + 1) for k, v in value.items() if isinstance(k, str | int)}
+    return _plain_value(value)
+
+
+def _plain_value(value: object) -> object:
+    """One value of the metadata (not a list, tuple or dict) as plain data; ``_Refused`` for
+    anything but a number, text, a torch dtype or a small array."""
     if value is None or isinstance(value, bool | int | float | str):
         return str(value) if isinstance(value, str) else value
     if isinstance(value, np.generic) and value.dtype.kind in _KINDS:
@@ -697,17 +725,19 @@ def _plain(value: object, depth: int = 0) -> object:
     if isinstance(value, _TorchDtype):
         return f"torch.{value.name}"
     if isinstance(value, _Array | np.ndarray):
-        array = value.array if isinstance(value, _Array) else value
-        if array is None or array.size > _METADATA_ARRAY_VALUES:
-            msg = f"metadata holding an array of more than {_METADATA_ARRAY_VALUES:,} values"
-            raise _Refused(msg)
-        return array.tolist()  # a small array (a tensor or numpy array of numbers) as lists
-    if isinstance(value, list | tuple):
-        return [_plain(v, depth + 1) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v, depth + 1) for k, v in value.items() if isinstance(k, str | int)}
+        return _small_array(value)
     msg = f"metadata holding a {type(value).__name__}"
     raise _Refused(msg)
+
+
+def _small_array(value: _Array | np.ndarray) -> object:
+    """A small array of the metadata (a tensor or numpy array of numbers) as lists; ``_Refused``
+    for a bigger one."""
+    array = value.array if isinstance(value, _Array) else value
+    if array is None or array.size > _METADATA_ARRAY_VALUES:
+        msg = f"metadata holding an array of more than {_METADATA_ARRAY_VALUES:,} values"
+        raise _Refused(msg)
+    return array.tolist()
 
 
 def _checked(path: Path, loaded: object, *, rows: bool = True) -> Checkpoint:
@@ -715,6 +745,17 @@ def _checked(path: Path, loaded: object, *, rows: bool = True) -> Checkpoint:
     if not isinstance(loaded, dict) or not {"embeddings", "sequence_ids"} <= set(loaded):
         raise CheckpointError(path, "not a checkpoint (no 'embeddings' and 'sequence_ids' in it)")
     embeddings, ids, metadata = loaded["embeddings"], loaded["sequence_ids"], loaded.get("metadata") or {}
+    embeddings = _checked_embeddings(path, embeddings)
+    ids = _checked_ids(path, ids, embeddings.shape[0])
+    plain = _checked_metadata(path, metadata)
+    if rows:
+        native = embeddings.astype(embeddings.dtype.newbyteorder("="), copy=False)  # (saved big-endian: converted)
+        embeddings = np.ascontiguousarray(native)
+    return Checkpoint(path=path, embeddings=embeddings, sequence_ids=[str(i) for i in ids], metadata=plain)
+
+
+def _checked_embeddings(path: Path, embeddings: object) -> np.ndarray:
+    """A checkpoint's embeddings, checked to be a 2-D float32 or float16 array."""
     if isinstance(embeddings, _Array):
         embeddings = embeddings.array
     if not isinstance(embeddings, np.ndarray) or embeddings.ndim != 2 or embeddings.dtype.kind != "f" \
@@ -722,22 +763,28 @@ def _checked(path: Path, loaded: object, *, rows: bool = True) -> Checkpoint:
         kind = f"{embeddings.dtype} of shape {embeddings.shape}" if isinstance(embeddings, np.ndarray) \
             else type(embeddings).__name__
         raise CheckpointError(path, f"its embeddings are {kind}, not a 2-D float32 or float16 array")
+    return embeddings
+
+
+def _checked_ids(path: Path, ids: object, rows: int) -> list[str]:
+    """A checkpoint's sequence IDs, checked to be ``rows`` strings of Unicode text."""
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         wrong = type(ids).__name__ if not isinstance(ids, list) else \
             type(next(i for i in ids if not isinstance(i, str))).__name__
         raise CheckpointError(path, f"its sequence IDs hold a {wrong}, not only str")
     if (bad := not_text(ids)) is not None:
         raise CheckpointError(path, f"its sequence ID {shown_id(bad)} is not Unicode text (half a surrogate pair)")
-    if len(ids) != embeddings.shape[0]:
-        raise CheckpointError(path, f"it has {embeddings.shape[0]} rows of embeddings but {len(ids)} sequence IDs")
+    if len(ids) != rows:
+        raise CheckpointError(path, f"it has {rows} rows of embeddings but {len(ids)} sequence IDs")
+    return ids
+
+
+def _checked_metadata(path: Path, metadata: object) -> dict[str, Any]:
+    """A checkpoint's metadata, checked to be a dict of plain data, as plain data."""
     if not isinstance(metadata, dict):
         raise CheckpointError(path, f"its metadata is a {type(metadata).__name__}, not a dict")
     try:
         plain = _plain(metadata)
     except _Refused as err:
         raise CheckpointError(path, f"its {err}, not plain data") from None
-    if rows:
-        native = embeddings.astype(embeddings.dtype.newbyteorder("="), copy=False)  # (saved big-endian: converted)
-        embeddings = np.ascontiguousarray(native)
-    return Checkpoint(path=path, embeddings=embeddings, sequence_ids=[str(i) for i in ids],
-                      metadata=plain)  # type: ignore[arg-type]
+    return cast("dict[str, Any]", plain)

@@ -265,40 +265,65 @@ def judge(ranks: Sequence[tuple[int, RankHealth]], ids_of: Callable[[int, int], 
     medians = {rank: h.median_norm for rank, h in ranks if h.median_norm is not None}
     where = {rank: at for at, rank in enumerate(medians)}
     values = np.array(list(medians.values()), dtype=float)
-    dtypes = _Usual([(h.dtype,) if h.dtype else () for _, h in ranks])
+    dtypes = _Usual([_shard_dtypes(h) for _, h in ranks])
     models = _Usual([h.model_dtypes for _, h in ranks])
     for rank, health in sorted(ranks, key=lambda pair: pair[0]):
         mine = medians.get(rank)
         others = np.delete(values, where[rank]) if mine is not None else values
-        if mine is not None and others.size >= 3:
-            center, mad = _median_and_mad(others)
-            scale = max(mad, _MAD_FLOOR * abs(center), float(np.finfo(np.float32).tiny))
-            away = abs(mine - center) / scale
-            if away > MADS and abs(mine - center) > _RELATIVE * abs(center):
-                flags.append(HealthFlag(rank, "scale", f"rank {rank}: median norm {mine:.3g} vs {center:.3g} for "
-                                        f"the other {others.size:,} ranks ({away:,.0f} MADs): check its model "
-                                        "and precision"))
-        if health.saturated_rows:
-            flags.append(HealthFlag(rank, "saturated", f"rank {rank}: {health.saturated_rows:,} rows at the float16 "
-                                    f"limit (a value of magnitude {FP16_MAX:,.0f} or more): an fp16 overflow? check "
-                                    "its precision"))
-        if health.zero_rows:
-            flags.append(HealthFlag(rank, "zero", f"rank {rank}: {health.zero_rows:,} all-zero rows: a batch that "
-                                    "never ran?"))
-        if health.identical_rows:
-            example = ""
-            if health.identical_example is not None and ids_of is not None:
-                a, b = (ids_of(rank, row) for row in health.identical_example)
-                example = f", first {a} and {b}"
-            flags.append(HealthFlag(rank, "identical", f"rank {rank}: {health.identical_rows:,} rows identical to "
-                                    f"another row under a different ID{example}: a packing bug?"))
-        if odd := dtypes.unusual((health.dtype,) if health.dtype else ()):
-            flags.append(HealthFlag(rank, "dtype", f"rank {rank}: its shard holds {odd}, "
-                                    f"{dtypes.others(())} other ranks' {dtypes.shown}: check its precision"))
-        if odd := models.unusual(health.model_dtypes):
-            flags.append(HealthFlag(rank, "dtype", f"rank {rank}: its checkpoints say its model ran in {odd}, "
-                                    f"{models.others(health.model_dtypes)} other ranks' in {models.shown}: "
-                                    "check its precision"))
+        flags += _scale_flags(rank, mine, others)
+        flags += _row_flags(rank, health, ids_of)
+        flags += _dtype_flags(rank, health, dtypes, models)
+    return flags
+
+
+def _shard_dtypes(health: RankHealth) -> tuple[str, ...]:
+    """The dtype a rank's shard holds, as the dtypes a rank names (none where not known)."""
+    return (health.dtype,) if health.dtype else ()
+
+
+def _scale_flags(rank: int, mine: float | None, others: np.ndarray) -> list[HealthFlag]:
+    """A rank's flag where its median norm (``mine``) strays from the ``others`` ranks' medians."""
+    if mine is None or others.size < 3:
+        return []
+    center, mad = _median_and_mad(others)
+    scale = max(mad, _MAD_FLOOR * abs(center), float(np.finfo(np.float32).tiny))
+    away = abs(mine - center) / scale
+    if away > MADS and abs(mine - center) > _RELATIVE * abs(center):
+        return [HealthFlag(rank, "scale", f"rank {rank}: median norm {mine:.3g} vs {center:.3g} for the other "
+                           f"{others.size:,} ranks ({away:,.0f} MADs): check its model and precision")]
+    return []
+
+
+def _row_flags(rank: int, health: RankHealth, ids_of: Callable[[int, int], str] | None) -> list[HealthFlag]:
+    """A rank's flags for its rows: saturated, all-zero, identical to another's (named by ``ids_of``)."""
+    flags = []
+    if health.saturated_rows:
+        flags.append(HealthFlag(rank, "saturated", f"rank {rank}: {health.saturated_rows:,} rows at the float16 "
+                                f"limit (a value of magnitude {FP16_MAX:,.0f} or more): an fp16 overflow? check "
+                                "its precision"))
+    if health.zero_rows:
+        flags.append(HealthFlag(rank, "zero", f"rank {rank}: {health.zero_rows:,} all-zero rows: a batch that "
+                                "never ran?"))
+    if health.identical_rows:
+        example = ""
+        if health.identical_example is not None and ids_of is not None:
+            a, b = (ids_of(rank, row) for row in health.identical_example)
+            example = f", first {a} and {b}"
+        flags.append(HealthFlag(rank, "identical", f"rank {rank}: {health.identical_rows:,} rows identical to "
+                                f"another row under a different ID{example}: a packing bug?"))
+    return flags
+
+
+def _dtype_flags(rank: int, health: RankHealth, dtypes: _Usual, models: _Usual) -> list[HealthFlag]:
+    """A rank's flags for a shard dtype or a model dtype unlike most ranks' (``dtypes``, ``models``)."""
+    flags = []
+    if odd := dtypes.unusual(_shard_dtypes(health)):
+        flags.append(HealthFlag(rank, "dtype", f"rank {rank}: its shard holds {odd}, "
+                                f"{dtypes.others(())} other ranks' {dtypes.shown}: check its precision"))
+    if odd := models.unusual(health.model_dtypes):
+        flags.append(HealthFlag(rank, "dtype", f"rank {rank}: its checkpoints say its model ran in {odd}, "
+                                f"{models.others(health.model_dtypes)} other ranks' in {models.shown}: "
+                                "check its precision"))
     return flags
 
 

@@ -208,28 +208,36 @@ def stop_line(rank: int, shard: str, progress: Progress, claim: RankClaim | None
     >>> stop_line(7, "absent", Progress(3, 247, "2026-01-05T10:15:00", "emergency_sigterm"), None, None)
     'rank 7: stopped by SIGTERM (preempted) after 247 sequences in 3 checkpoints (the last at 2026-01-05T10:15:00)'
     """
-    if progress.last_trigger == "emergency_sigterm":
-        how = "stopped by SIGTERM (preempted)"
-    elif log is not None and log.last_error:
-        where = f"line {log.line}" if log.line is not None else "near its end"
-        how = f"failed: {log.last_error} ({log.path.parent.name}/{log.path.name} {where})"
-    elif claim is not None and claim.status == "failed":
-        how = f"failed: {claim.error or 'no error given'} (the manifest says)"
-    elif claim is not None and claim.status == "in_progress":
-        how = "stopped without an error (the manifest says it was still running)"
-    else:
-        how = f"its shard is {shard}, and nothing says why"
-    if progress.checkpoints:
-        last = f" (the last at {progress.last_time})" if progress.last_time else ""
-        done = (f" after {progress.sequences:,} sequences in {progress.checkpoints} checkpoint"
-                f"{'s' if progress.checkpoints != 1 else ''}{last}")
-    else:
-        done = "; no checkpoint"
+    how, done = _how_it_stopped(shard, progress, claim, log), _work_done(progress)
     damaged = f"; {progress.damaged} damaged checkpoint{'s' if progress.damaged != 1 else ''}" if progress.damaged \
         else ""
     disagrees = (f"; the manifest says complete, but its shard is {shard}: the files win"
                  if claim is not None and claim.status == "complete" else "")
     return f"rank {rank}: {how}{done}{damaged}{disagrees}"
+
+
+def _how_it_stopped(shard: str, progress: Progress, claim: RankClaim | None, log: LogTail | None) -> str:
+    """How a rank stopped, as the first thing that says so tells: a SIGTERM checkpoint, its
+    log's last error, the manifest, else what its shard is."""
+    if progress.last_trigger == "emergency_sigterm":
+        return "stopped by SIGTERM (preempted)"
+    if log is not None and log.last_error:
+        where = f"line {log.line}" if log.line is not None else "near its end"
+        return f"failed: {log.last_error} ({log.path.parent.name}/{log.path.name} {where})"
+    if claim is not None and claim.status == "failed":
+        return f"failed: {claim.error or 'no error given'} (the manifest says)"
+    if claim is not None and claim.status == "in_progress":
+        return "stopped without an error (the manifest says it was still running)"
+    return f"its shard is {shard}, and nothing says why"
+
+
+def _work_done(progress: Progress) -> str:
+    """What a rank's checkpoints show it did before it stopped, as :func:`stop_line` says it."""
+    if not progress.checkpoints:
+        return "; no checkpoint"
+    last = f" (the last at {progress.last_time})" if progress.last_time else ""
+    return (f" after {progress.sequences:,} sequences in {progress.checkpoints} checkpoint"
+            f"{'s' if progress.checkpoints != 1 else ''}{last}")
 
 
 def status_words(path: str | os.PathLike[str]) -> tuple[bytes, ...] | None:

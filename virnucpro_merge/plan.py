@@ -312,34 +312,61 @@ def draft_plan(shard_files: Sequence[str | os.PathLike[str]], *, partial: bool =
     """
     paths = shard_paths(shard_files)
     salvaging = checkpoints is not None and scratch is not None
+    saved = checkpoints if salvaging else None  # (where a rank without a usable shard gets its rows)
     if not partial:
-        paths = up_to_first_absent(paths, saved=checkpoints if salvaging else None)
+        paths = up_to_first_absent(paths, saved=saved)
     refuse_repeated_paths(paths)
-    compared = compare_many(paths, checkpoints, rows=storage) if checkpoints is not None and (storage or salvaging) \
-        else {}
+    against = checkpoints if storage or salvaging else None  # (what the shards are compared with)
+    compared = compare_many(paths, against, rows=storage) if against is not None else {}
+    metas = read_metas(paths, storage=storage, meanwhile=meanwhile)
+    shards, errors, lacking = _drafts(paths, metas, against, compared, saved=saved, partial=partial, rows=storage)
+    if saved is not None and scratch is not None and (errors or lacking):
+        shards = _salvaged(shards, errors, lacking, saved, scratch, partial=partial, rows=storage)
+    if not partial:
+        _refuse_unusable(shards, errors)
+    return _placed(shards, same_dims=storage)
+
+
+def _drafts(paths: list[Path], metas: list[ShardMeta | ShardError], against: Path | None,
+            compared: dict[Path, Comparison | MergeError], *, saved: Path | None, partial: bool, rows: bool
+            ) -> tuple[list[ShardPlan], dict[Path, UnreadableShardError], dict[Path, int]]:
+    """Each shard as its metadata (``metas``, in order) shows it, compared with its rank's
+    checkpoints (in ``against``, where given); the shards that cannot be used, with why (refused
+    unless the merge goes on without them); and, where a rank's rows can be taken from its
+    checkpoints (in ``saved``), how many of their IDs each usable shard lacks."""
     shards, errors, lacking = [], {}, {}
-    for path, meta in zip(paths, read_metas(paths, storage=storage, meanwhile=meanwhile), strict=True):
+    for path, meta in zip(paths, metas, strict=True):
         try:
-            if isinstance(meta, ShardError):
-                raise meta
-            shard = _readable(meta)
-            if checkpoints is not None and (storage or salvaging):
-                shard, unheld = _against_checkpoints(shard, checkpoints, compared.get(path), rows=storage)
-                if unheld and salvaging and shard.merged_from is None:
-                    lacking[path] = unheld
-            shards.append(shard)
+            shard, unheld = _drafted(meta, against, compared.get(path), rows=rows)
         except UnreadableShardError as err:
-            _refuse_unless_kept(err, path, checkpoints if salvaging else None, partial=partial)
+            _refuse_unless_kept(err, path, saved, partial=partial)
             errors[path] = err
             shards.append(_failed(err, partial=True))
-    if salvaging and (errors or lacking):
-        shards = _salvaged(shards, errors, lacking, checkpoints, scratch, partial=partial,  # type: ignore[arg-type]
-                           rows=storage)
-    if not partial:
-        for shard in shards:
-            if not shard.usable:
-                raise errors[shard.path]
-    return _placed(shards, same_dims=storage)
+            continue
+        if unheld and saved is not None and shard.merged_from is None:
+            lacking[path] = unheld
+        shards.append(shard)
+    return shards, errors, lacking
+
+
+def _drafted(meta: ShardMeta | ShardError, against: Path | None, known: Comparison | MergeError | None, *,
+             rows: bool) -> tuple[ShardPlan, int]:
+    """A shard as its metadata shows it (the error reading it raised), compared with its rank's
+    checkpoints (in ``against``, where given: ``known``, as compared already), and how many of
+    their IDs it lacks."""
+    if isinstance(meta, ShardError):
+        raise meta
+    shard = _readable(meta)
+    if against is None:
+        return shard, 0
+    return _against_checkpoints(shard, against, known, rows=rows)
+
+
+def _refuse_unusable(shards: list[ShardPlan], errors: dict[Path, UnreadableShardError]) -> None:
+    """Raise the error of the first shard that cannot be used (a strict merge)."""
+    for shard in shards:
+        if not shard.usable:
+            raise errors[shard.path]
 
 
 def _against_checkpoints(shard: ShardPlan, checkpoints: Path, known: Comparison | MergeError | None, *,
@@ -374,31 +401,55 @@ def _salvaged(shards: list[ShardPlan], errors: dict[Path, UnreadableShardError],
               checkpoints: Path, scratch: Scratch, *, partial: bool, rows: bool) -> list[ShardPlan]:
     """``shards``, each failed one replaced by the rows its rank's checkpoints hold, where they
     hold any, and each that lacks some of them by its rows and theirs."""
-    dims = [s.embedding_dim for s in shards if s.usable and s.embedding_dim > 0]
-    if not dims:  # (no shard says it: the dimension most of the ranks' checkpoints have)
-        usual = usual_dimension([checkpoints / f"shard_{rank}" for s in shards if (rank := rank_of(s.path)) is not None
-                                 and (s.path in errors or s.path in lacking)])
-        dims = [usual] if usual is not None else []
+    dim = _known_dimension(shards, errors, lacking, checkpoints)
     out = []
     for shard in shards:
-        rank = rank_of(shard.path)
-        found = None
-        if rank is not None and (shard.path in errors or shard.path in lacking):
-            problem, keep = _what_to_salvage(shard, errors.get(shard.path), lacking.get(shard.path, 0))
-            found = salvage_rank(rank, shard.path, problem, checkpoints / f"shard_{rank}", scratch,
-                                 dim=dims[0] if dims else None, partial=partial, rows=rows, keep=keep)
+        rank = _rank_to_salvage(shard, errors, lacking)
+        if rank is None:
+            out.append(shard)
+            continue
+        problem, keep = _what_to_salvage(shard, errors.get(shard.path), lacking.get(shard.path, 0))
+        found = salvage_rank(rank, shard.path, problem, checkpoints / f"shard_{rank}", scratch, dim=dim,
+                             partial=partial, rows=rows, keep=keep)
         if found is None or found.file is None:
             out.append(shard if found is None else replace(
                 shard, error=f"{shard.error}; its rank's checkpoints gave no row ({_first(found.skipped)})"))
             continue
-        logger.info("Salvaged %s", found)
-        with open_shard(found.file) as handle:
-            meta = read_shard_meta(handle, found.file, storage=False)
-        dims = dims or [meta.embedding_dim]
-        out.append(ShardPlan(path=shard.path, status=ShardStatus.SALVAGED, num_sequences=meta.num_sequences,
-                             embedding_dim=meta.embedding_dim, dtype=meta.dtype, error=found.problem,
-                             fingerprint=meta.fingerprint, salvage=found))
+        salvaged = _plan_of_salvage(shard, found)
+        out.append(salvaged)
+        if dim is None:  # (nothing said it before: the first salvaged rank's)
+            dim = salvaged.embedding_dim
     return out
+
+
+def _rank_to_salvage(shard: ShardPlan, errors: dict[Path, UnreadableShardError], lacking: dict[Path, int]
+                     ) -> int | None:
+    """The rank of a shard whose rows are taken from its rank's checkpoints (one that cannot be
+    used, or lacks some of theirs), else None."""
+    rank = rank_of(shard.path)
+    return rank if rank is not None and (shard.path in errors or shard.path in lacking) else None
+
+
+def _known_dimension(shards: list[ShardPlan], errors: dict[Path, UnreadableShardError], lacking: dict[Path, int],
+                     checkpoints: Path) -> int | None:
+    """The embedding dimension of the first usable shard that says it, else the one most of the
+    checkpoints of the ranks to salvage have, else None."""
+    dims = [s.embedding_dim for s in shards if s.usable and s.embedding_dim > 0]
+    if dims:
+        return dims[0]
+    return usual_dimension([checkpoints / f"shard_{rank}" for s in shards
+                            if (rank := _rank_to_salvage(s, errors, lacking)) is not None])
+
+
+def _plan_of_salvage(shard: ShardPlan, found: Salvage) -> ShardPlan:
+    """The plan of a shard whose rank's rows were salvaged (``found``): the file written from them."""
+    logger.info("Salvaged %s", found)
+    assert found.file is not None
+    with open_shard(found.file) as handle:
+        meta = read_shard_meta(handle, found.file, storage=False)
+    return ShardPlan(path=shard.path, status=ShardStatus.SALVAGED, num_sequences=meta.num_sequences,
+                     embedding_dim=meta.embedding_dim, dtype=meta.dtype, error=found.problem,
+                     fingerprint=meta.fingerprint, salvage=found)
 
 
 def _what_to_salvage(shard: ShardPlan, err: UnreadableShardError | None, lacking: int) -> tuple[str, str]:

@@ -438,11 +438,7 @@ def _keep_shard_rows(shard: Path, taken: _Taken, writer: _Writer, *, shown: bool
     checkpointed rows (as a multiset)."""
     with open_shard(shard) as handle:
         emb = embeddings_of(handle, shard)
-        ids = [i for chunk in iter_id_chunks(handle, shard) for i in chunk]
-        if len(set(ids)) != len(ids):
-            seen: set[str] = set()
-            again = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
-            raise DuplicateIdError(again, shard, shard)
+        ids = _distinct_ids(handle, shard)
         held = np.array([i in taken.digests for i in ids], dtype=bool)
         others = np.flatnonzero(~held)
         verdict = _verdict(emb, held, ids, taken) if shown else "proven"
@@ -456,13 +452,29 @@ def _keep_shard_rows(shard: Path, taken: _Taken, writer: _Writer, *, shown: bool
             logger.warning("%s: its %d rows that no checkpoint holds are not kept (%s): listed for re-run", shard,
                            len(others), verdict)
             return 0, len(others)
-        for start in range(0, len(others), _ROWS_AT_A_TIME):
-            at = others[start : start + _ROWS_AT_A_TIME]
-            writer.append([ids[i] for i in at], read_rows(emb, at).astype("<f4") if writer.with_rows else None)
+        _append_rows(writer, emb, ids, others)
     if shown:
         logger.info("%s: %d rows that no checkpoint holds kept (the rows under its checkpointed IDs are the "
                     "checkpointed rows, shuffled: the other rows are as written)", shard, len(others))
     return len(others), 0
+
+
+def _distinct_ids(handle: h5py.File, shard: Path) -> list[str]:
+    """A shard's IDs, in row order; :class:`DuplicateIdError` naming the first one it holds twice."""
+    ids = [i for chunk in iter_id_chunks(handle, shard) for i in chunk]
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        again = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+        raise DuplicateIdError(again, shard, shard)
+    return ids
+
+
+def _append_rows(writer: _Writer, emb: h5py.Dataset, ids: list[str], rows: np.ndarray) -> None:
+    """Append the shard's ``rows`` (row numbers, sorted) and their IDs, a block at a time (the
+    rows as float32, where the writer takes rows)."""
+    for start in range(0, len(rows), _ROWS_AT_A_TIME):
+        at = rows[start : start + _ROWS_AT_A_TIME]
+        writer.append([ids[i] for i in at], read_rows(emb, at).astype("<f4") if writer.with_rows else None)
 
 
 def _verdict(emb: h5py.Dataset, held: np.ndarray, ids: list[str], taken: _Taken) -> str:

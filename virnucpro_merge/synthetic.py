@@ -496,29 +496,12 @@ def write_pipeline_files(
         positions = stride_positions(len(ids), world_size, rank)
         folder = checkpoints / f"shard_{rank}"
         folder.mkdir(parents=True, exist_ok=True)
-        stops = rank in died or rank in preempted or rank in resumed
-        upto = _died_after(positions.size, checkpoint_every) if stops else \
-            max(0, (-(-positions.size // checkpoint_every) - 1) * checkpoint_every)
+        batches = _rank_batches(positions, checkpoint_every, stops=rank in died or rank in preempted or rank in resumed,
+                                resumed=rank in resumed)
         pace = _CHECKPOINT_SECONDS * (1 + rank / world_size) * (3 if rank in stragglers else 1)
-        batches = [positions[i : i + checkpoint_every] for i in range(0, upto, checkpoint_every)]
-        if rank in resumed:
-            batches += batches[-1:]  # (resumed: its checkpoints repeat earlier ones)
-            finished = [positions[i : i + checkpoint_every]
-                        for i in range(upto, max(upto, (-(-positions.size // checkpoint_every) - 1) * checkpoint_every),
-                                       checkpoint_every)]
-            batches += finished
-        records = []
-        for number, batch in enumerate(batches):
-            trigger = "emergency_sigterm" if rank in preempted and number == len(batches) - 1 else "sequence_threshold"
-            metadata = {"batch_idx": number, "num_sequences": int(batch.size),
-                        "timestamp": _iso(pace * (number + 1))[:-6],  # (UTC, without its zone, as the pipeline)
-                        "trigger_reason": trigger, "model_dtype": (model_dtypes or {}).get(rank, "torch.float16"),
-                        "packing_enabled": True}
-            last_of_the_dead = rank in died and number == len(batches) - 1
-            write_checkpoint(folder / f"batch_{number:05d}.pt", [ids[p] for p in batch],
-                             synthetic_embeddings(batch, dim, seed), metadata, done=not last_of_the_dead)
-            records.append({"batch_idx": number, "num_sequences": int(batch.size), "file": f"batch_{number:05d}.pt",
-                            "timestamp": _iso(pace * (number + 1)), "sequence_range": ""})
+        records = _write_checkpoints(folder, ids, batches, dim, seed, pace, died=rank in died,
+                                     preempted=rank in preempted,
+                                     model_dtype=(model_dtypes or {}).get(rank, "torch.float16"))
         if rank in died:
             (folder / f"batch_{len(batches):05d}.tmp").write_bytes(b"PK\x03\x04")  # (a save in progress)
         shards[str(rank)] = _manifest_entry(rank, records, died=rank in died, preempted=rank in preempted,
@@ -528,6 +511,38 @@ def write_pipeline_files(
                 "model_config_hash": "", "global_checkpoints": [], "shards": shards}
     (checkpoints / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return checkpoints
+
+
+def _rank_batches(positions: np.ndarray, every: int, *, stops: bool, resumed: bool) -> list[np.ndarray]:
+    """The index positions of each checkpoint a rank saves (``every`` at a time), in order: all
+    but its final flush, or, where it ``stops``, those before it died; a ``resumed`` one then
+    saves its last again and goes on to its final flush."""
+    flush = (-(-positions.size // every) - 1) * every  # (where its final flush starts)
+    upto = _died_after(positions.size, every) if stops else max(0, flush)
+    batches = [positions[i : i + every] for i in range(0, upto, every)]
+    if resumed:
+        batches += batches[-1:]  # (resumed: its checkpoints repeat earlier ones)
+        batches += [positions[i : i + every] for i in range(upto, max(upto, flush), every)]
+    return batches
+
+
+def _write_checkpoints(folder: Path, ids: Sequence[str], batches: list[np.ndarray], dim: int, seed: int,
+                       pace: float, *, died: bool, preempted: bool, model_dtype: str) -> list[dict[str, object]]:
+    """Write a rank's checkpoints of ``batches`` into ``folder``, one each ``pace`` seconds (the last
+    of a rank that ``died`` never marked done, that of a ``preempted`` one an emergency); return
+    the manifest's record of each."""
+    records = []
+    for number, batch in enumerate(batches):
+        last = number == len(batches) - 1
+        trigger = "emergency_sigterm" if preempted and last else "sequence_threshold"
+        metadata = {"batch_idx": number, "num_sequences": int(batch.size),
+                    "timestamp": _iso(pace * (number + 1))[:-6],  # (UTC, without its zone, as the pipeline)
+                    "trigger_reason": trigger, "model_dtype": model_dtype, "packing_enabled": True}
+        write_checkpoint(folder / f"batch_{number:05d}.pt", [ids[p] for p in batch],
+                         synthetic_embeddings(batch, dim, seed), metadata, done=not (died and last))
+        records.append({"batch_idx": number, "num_sequences": int(batch.size), "file": f"batch_{number:05d}.pt",
+                        "timestamp": _iso(pace * (number + 1)), "sequence_range": ""})
+    return records
 
 
 def _manifest_entry(rank: int, records: list[dict[str, object]], *, died: bool, preempted: bool, resumed: bool,

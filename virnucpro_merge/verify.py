@@ -393,23 +393,12 @@ class _Checker:
         hashes = index.row_hashes()
         order = np.argsort(hashes, kind="stable")
         ordered = SortedHashes(hashes[order])
-        compared, used, stopped, skipped = 0, 0, False, []
+        compared, used, stopped = 0, 0, False
+        skipped: list[str] = []
         failed = self._recorded_failed(shards)
         saved = checkpoints_of(shards)
         for shard in shards:
-            if failed.get(shard) == _SALVAGED:
-                skipped.append(f"{shard.name} (its rank's rows were taken from its checkpoints)")
-                continue
-            if shard not in failed and saved is not None and _mislabelled(shard, saved):
-                skipped.append(f"{shard.name} (its IDs do not match its rows, as its checkpoints show)")
-                continue
-            if shard in failed:
-                if shard.exists():  # a dead worker's shard, there since: the merge never had its rows
-                    self.found.notes.append(f"{shard}: the merge recorded it as failed ({failed[shard]}); it is "
-                                            "there now, but its rows are not in this file: not compared "
-                                            "(merge again to take them in)")
-                else:
-                    skipped.append(f"{shard.name} (failed in the merge too)")
+            if self._passed_over(shard, failed, saved, skipped):
                 continue
             try:
                 with open_shard(shard) as handle:
@@ -420,6 +409,28 @@ class _Checker:
             if self.found.problems:
                 stopped = shard != shards[-1]
                 break
+        self._say_compared(compared, used, stopped, skipped)
+
+    def _passed_over(self, shard: Path, failed: dict[Path, str], saved: Path | None, skipped: list[str]) -> bool:
+        """Whether ``shard`` is not compared (its rank's rows taken from its checkpoints, its IDs
+        not matching its rows, or failed in the merge), with why: in ``skipped``, or a note."""
+        if failed.get(shard) == _SALVAGED:
+            skipped.append(f"{shard.name} (its rank's rows were taken from its checkpoints)")
+        elif shard not in failed and saved is not None and _mislabelled(shard, saved):
+            skipped.append(f"{shard.name} (its IDs do not match its rows, as its checkpoints show)")
+        elif shard in failed and shard.exists():  # a dead worker's shard, there since: the merge never had its rows
+            self.found.notes.append(f"{shard}: the merge recorded it as failed ({failed[shard]}); it is "
+                                    "there now, but its rows are not in this file: not compared "
+                                    "(merge again to take them in)")
+        elif shard in failed:
+            skipped.append(f"{shard.name} (failed in the merge too)")
+        else:
+            return False
+        return True
+
+    def _say_compared(self, compared: int, used: int, stopped: bool, skipped: list[str]) -> None:
+        """What the comparison with the shards checked (``compared`` rows of ``used`` shards), and
+        what it could not."""
         self.found.checked.append(f"{_count(compared, 'row')} compared with {_count(used, 'shard')}"
                                   + (" (then stopped: something is wrong already)" if stopped else ""))
         if compared < self.total and not self.found.problems:

@@ -358,8 +358,15 @@ def test_damaged_zip_metadata_is_one_line(tmp_path):
     (b"\x80\x04" + _u("os\nSECOND") + _u("system") + b"\x93.", {}, "refused 'os\\nSECOND.system'"),
     (b"\x80\x02" + _g("copyreg", "x") + b".", {}, "refused copyreg.x"),
     (b"\x80\x02(" + _g("collections", "OrderedDict") + b"o.", {}, "refused the pickle opcode OBJ"),
+    (b"\x80\x05\x96" + struct.pack("<Q", 2) + b"ab.", {}, "refused the pickle opcode BYTEARRAY8"),
+    (_checkpoint(metadata=_embedded(np.zeros(2, np.float32))), {}, "its metadata is an array, not a dict"),
+    (_checkpoint(metadata=_embedded(np.zeros(1, np.float32))), {}, "its metadata is an array, not a dict"),
+    (_checkpoint(embeddings=_tensor(_storage("0", -1), 0, (1, 2), (2, 1))), {},
+     "refused a persistent reference ('storage', torch.FloatStorage, '0', 'cpu', -1)"),
 ], ids=["a stride-0 tensor of 64 MB from 4 bytes", "numpy.ndarray called", "a memo index of 2**25",
-        "a global, its argument two lines", "a name of two lines", "another module", "OBJ"])
+        "a global, its argument two lines", "a name of two lines", "another module", "OBJ", "BYTEARRAY8",
+        "metadata an array (its truth is an error)", "metadata an array of one zero (taken for no metadata)",
+        "a storage's count below 0 (said the same way every time)"])
 def test_crafted_pickles_cost_nothing_and_say_so_in_one_line(tmp_path, body, members, problem):
     bad = _archive_with(tmp_path / "batch_00000.pt", body, **members)
     with pytest.raises(CheckpointError) as err:

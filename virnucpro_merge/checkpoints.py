@@ -248,6 +248,9 @@ class _TorchStorage(_Frozen):
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "dtype", dtype)
 
+    def __repr__(self) -> str:  # (as a refusal shows it: the same words every time, no address)
+        return f"torch.{self.name}"
+
 
 class _TorchDtype(_Frozen):
     """A torch dtype (``torch.float16``) named in the metadata: read as its name."""
@@ -472,11 +475,13 @@ class _Unpickler(pickle.Unpickler):
 
 #: The opcodes a checkpoint's pickle may hold: building lists, dicts and tuples of plain
 #: values, naming an allowed global and calling it, a tensor's storage, the memo. Never
-#: INST, OBJ, NEWOBJ or the extension registry (which build instances of other classes).
+#: INST, OBJ, NEWOBJ or the extension registry (which build instances of other classes),
+#: nor BYTEARRAY8 (protocol 5's, which torch.save does not write: a garbled one made the C
+#: unpickler print a SystemError of its own).
 _OPCODES = frozenset((
     "PROTO", "FRAME", "STOP", "MARK", "POP", "POP_MARK", "DUP", "NONE", "NEWTRUE", "NEWFALSE", "INT", "BININT",
     "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT", "STRING", "BINSTRING", "SHORT_BINSTRING",
-    "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
+    "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
     "BINUNICODE8", "EMPTY_LIST", "APPEND", "APPENDS", "LIST", "EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3",
     "EMPTY_DICT", "DICT", "SETITEM", "SETITEMS", "EMPTY_SET", "ADDITEMS", "FROZENSET", "GLOBAL", "STACK_GLOBAL",
     "REDUCE", "BUILD", "PERSID", "BINPERSID", "GET", "BINGET", "LONG_BINGET", "PUT", "BINPUT", "LONG_BINPUT",
@@ -744,7 +749,9 @@ def _checked(path: Path, loaded: object, *, rows: bool = True) -> Checkpoint:
     """What was read, checked to be shaped like a checkpoint."""
     if not isinstance(loaded, dict) or not {"embeddings", "sequence_ids"} <= set(loaded):
         raise CheckpointError(path, "not a checkpoint (no 'embeddings' and 'sequence_ids' in it)")
-    embeddings, ids, metadata = loaded["embeddings"], loaded["sequence_ids"], loaded.get("metadata") or {}
+    embeddings, ids, metadata = loaded["embeddings"], loaded["sequence_ids"], loaded.get("metadata")
+    if metadata is None:  # (not `or`: the truth of an array is an error)
+        metadata = {}
     embeddings = _checked_embeddings(path, embeddings)
     ids = _checked_ids(path, ids, embeddings.shape[0])
     plain = _checked_metadata(path, metadata)
@@ -782,7 +789,8 @@ def _checked_ids(path: Path, ids: object, rows: int) -> list[str]:
 def _checked_metadata(path: Path, metadata: object) -> dict[str, Any]:
     """A checkpoint's metadata, checked to be a dict of plain data, as plain data."""
     if not isinstance(metadata, dict):
-        raise CheckpointError(path, f"its metadata is a {type(metadata).__name__}, not a dict")
+        kind = "an array" if isinstance(metadata, _Array | np.ndarray) else f"a {type(metadata).__name__}"
+        raise CheckpointError(path, f"its metadata is {kind}, not a dict")
     try:
         plain = _plain(metadata)
     except _Refused as err:

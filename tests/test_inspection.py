@@ -493,6 +493,9 @@ def test_a_merge_seen_rank_by_rank_agrees_with_its_shards(tmp_path, demo):
     with pytest.raises(MergeError, match="give world_size"):
         RunInspection.from_merged(again, run.index)
     assert np.array_equal(RunInspection.from_merged(again, run.index, world_size=8).missing, found.missing)
+    for wrong in (0, -2, True, 2.5):  # (as inspect_run refuses them, in one line: 0 was taken for "not given")
+        with pytest.raises(MergeError, match=f"world_size must be a positive integer, got {wrong!r}"):
+            RunInspection.from_merged(merged, world_size=wrong)
 
 
 def test_a_merge_that_checked_no_ids_is_seen_by_what_it_holds(tmp_path, demo):

@@ -382,6 +382,7 @@ class RunInspection:
 def _merged_world_size(path: str | os.PathLike[str], recorded: dict[int, Any], given: int | None) -> int:
     """The world size of a merge: the one given, else the highest rank among the shards it
     recorded, plus one (refused, in one line, where it recorded none named by rank)."""
+    _refuse_world_size(given)
     size = given or (max(recorded) + 1 if recorded else None)
     if size is None:
         msg = f"{path}: its shards are not named shard_<rank>.h5 (a merge of merges?): give world_size"

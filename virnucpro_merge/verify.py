@@ -29,7 +29,7 @@ from ._files import file_key
 from .checksums import ALGORITHM, ID_TABLE, ROW_TABLE, ids_crc, nonfinite_rows, read_checksums, rows_checksum
 from .crosscheck import rows_against_checkpoints
 from .errors import MergeError, ShardError, UnreadableShardError, shown_id
-from .ids import SortedHashes, id_hashes, utf8_ids
+from .ids import SortedHashes, as_bytes, id_hashes, utf8_ids
 from .ranks import checkpoints_of, folder_shards, listed
 from .report import report_problems
 from .shards import (
@@ -461,23 +461,19 @@ class _Checker:
         step = max(1, _BLOCK_BYTES // max(1, source.shape[1] * 4))
         done = 0
         for chunk in iter_id_chunks(handle, shard, step):
-            where, found = ordered.find(id_hashes(utf8_ids(chunk)))  # (as the index hashed them: their bytes)
-            if not np.all(found):
-                lost = [chunk[i] for i in np.flatnonzero(~found)[:1]]
-                self.problem(f"{shown_id(lost[0])} of {shard} is not in it")
+            rows = _merged_rows(utf8_ids(chunk), ids, ordered, order)
+            lost = np.flatnonzero(rows < 0)
+            if lost.size:
+                self.problem(f"{shown_id(chunk[int(lost[0])])} of {shard} is not in it")
                 return done
-            rows = order[where]
             mine = source[done : done + len(chunk)].astype("<f4")
             theirs = _read_rows(emb, rows)
             same = (mine.view(np.uint32) == theirs.view(np.uint32)).all(axis=1)
             if not same.all():
                 first = int(np.flatnonzero(~same)[0])
-                row = int(rows[first])
-                stored = ids[row]
-                if (stored.decode() if isinstance(stored, bytes) else stored) == chunk[first]:
-                    self.problem(f"row {row} ({shown_id(chunk[first])}) differs from row {done + first} of {shard} "
-                                 f"({int((~same).sum())} of this block's {len(chunk)} rows differ)")
-                    return done + len(chunk)  # (this block's rows were compared: some differ)
+                self.problem(f"row {int(rows[first])} ({shown_id(chunk[first])}) differs from row {done + first} of "
+                             f"{shard} ({int((~same).sum())} of this block's {len(chunk)} rows differ)")
+                return done + len(chunk)  # (this block's rows were compared: some differ)
             done += len(chunk)
         return done
 
@@ -504,6 +500,36 @@ def _covers(table: np.ndarray, total: int) -> bool:
         return total == 0
     starts, stops = table[:, 0], table[:, 1]
     return bool(starts[0] == 0 and stops[-1] == total and np.all(stops[:-1] == starts[1:]) and np.all(stops > starts))
+
+
+def _merged_rows(wanted: list[bytes], ids: h5py.Dataset, ordered: SortedHashes, order: np.ndarray) -> np.ndarray:
+    """The merged file's row of each of the IDs ``wanted`` (their UTF-8 bytes), or -1 where it
+    holds none: found by hash among the merged IDs' (``ordered``, rows ``order``), each match
+    checked by the ID's bytes (a hash only suggests), the IDs that share a hash told apart."""
+    hashes = id_hashes(wanted)
+    where, found = ordered.find(hashes)
+    rows = np.where(found, order[where], -1)
+    stored = _read_ids(ids, rows[found])
+    at = np.flatnonzero(found)
+    for i in [int(at[k]) for k, held in enumerate(stored) if held != wanted[at[k]]]:  # (a collision: rare)
+        start, stop = where[i], where[i] + 1
+        while stop < ordered.ordered.size and ordered.ordered[stop] == hashes[i]:
+            stop += 1
+        sharing = order[start:stop]
+        rows[i] = next((int(row) for row, held in zip(sharing.tolist(), _read_ids(ids, sharing), strict=True)
+                        if held == wanted[i]), -1)
+    return rows
+
+
+def _read_ids(ids: h5py.Dataset, rows: np.ndarray) -> list[bytes]:
+    """The merged IDs at ``rows`` (in any order, repeats allowed), as their UTF-8 bytes."""
+    if not rows.size:
+        return []
+    distinct, back = np.unique(rows, return_inverse=True)
+    low, high = int(distinct[0]), int(distinct[-1])
+    spanned = high - low + 1 <= 2 * distinct.size  # (then one span read: the rows of a shard's block lie together)
+    held = ids[low : high + 1][distinct - low] if spanned else ids[distinct]
+    return [as_bytes(held[k]) for k in back.tolist()]
 
 
 def _read_rows(emb: h5py.Dataset, rows: np.ndarray) -> np.ndarray:

@@ -153,3 +153,51 @@ def test_index_order_places_rows_by_their_ids_not_their_hashes(make_shard, tmp_p
     assert seq == ref_seq == ["gggggg", "a", "f", "ccc", "bb", "ee", "dddd", "xx"]
     np.testing.assert_array_equal(emb, ref_emb)
     assert read_merge_report(ordered)["missing_positions"] == [2]
+
+
+def test_index_order_reads_every_kind_of_shard(tmp_path):
+    """Contiguous float32 shards are read as raw bytes, the others through HDF5 (float16, chunked
+    and compressed, big-endian): the same rows in the same places either way, and each rank's
+    health summed up as in a merge in shard order."""
+    run = make_demo_run(tmp_path / "run", n_sequences=400, truncated=(), absent=(), empty=(), short={})
+    for rank, how in ((1, "float16"), (2, "gzip"), (3, "big-endian")):
+        emb, names = read_datasets(run.shard_files[rank])
+        with h5py.File(run.shard_files[rank], "w") as f:
+            f.create_dataset("sequence_ids", data=np.array(names, dtype=h5py.string_dtype()))
+            if how == "gzip":
+                f.create_dataset("embeddings", data=emb, chunks=(7, emb.shape[1]), compression="gzip")
+            else:
+                f.create_dataset("embeddings", data=emb.astype("float16" if how == "float16" else ">f4"))
+    index_ids = read_expected_ids(run.index)
+    plain = aggregate_shards(run.shard_files, tmp_path / "plain.h5", index_ids)
+    ordered = aggregate_shards(run.shard_files, tmp_path / "ordered.h5", index_ids, order="index", chunk_size=64)
+    emb, seq = read_datasets(ordered)
+    ref_emb, ref_seq = reference(plain, index_ids)
+    assert seq == ref_seq == index_ids
+    np.testing.assert_array_equal(emb, ref_emb)
+    assert [s["health"] for s in read_merge_report(ordered)["shards"]] == \
+        [s["health"] for s in read_merge_report(plain)["shards"]]
+
+
+_FEW_FILES = """
+import resource, sys
+from virnucpro_merge import aggregate_shards, read_expected_ids
+from virnucpro_merge.synthetic import make_demo_run
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+run = make_demo_run(sys.argv[1] + "/run", n_sequences=1000, world_size=100, truncated=(), absent=(), empty=(),
+                    short={})
+aggregate_shards(run.shard_files, sys.argv[1] + "/o.h5", read_expected_ids(run.index), order="index", chunk_size=50)
+print("merged")
+"""
+
+
+def test_index_order_of_more_shards_than_the_process_may_open(tmp_path):
+    """100 shards, every block reads from each, and the process may open 64 files: it keeps
+    fewer open at once (and merges)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _FEW_FILES, str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.stdout.split() == ["merged"], done.stderr[-2000:]

@@ -4,38 +4,44 @@ Stride distribution interleaves a run: worker ``r`` of ``N`` holds index positio
 ``r, r+N, ...``. To write rows in index order with bounded memory, the output is
 filled block by block (``chunk_size`` rows): each block's rows are gathered from
 every shard that holds some of them (one contiguous span read per shard for a
-stride run), then written in one piece.
+stride run), then written in one piece. A contiguous float32 shard's span is read
+as raw bytes (one ``preadv``, its file kept open as a plain file: at 1,024 shards,
+every block reads from every shard); another's through HDF5.
 
 Where each index position's row is found comes from the planning step's check of the
 IDs, which kept each row's place in the index (4 to 8 bytes an ID; found by the IDs'
 64-bit hashes, each match checked by its bytes: a hash collision cannot put a row in the
-wrong place). Every ID is compared again, as a string, with the ID read from the shard as
-its row is written.
+wrong place). The index's IDs are written from the index; only the IDs the index does
+not hold (written last) are read from the shards again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import os
+import resource
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import h5py
 import numpy as np
 
 from .._files import OpenFiles
 from ..checksums import Checksums, IdSink, nonfinite_rows, row_sums
-from ..errors import ExpectedIdsError, ShardError, UnreadableShardError
+from ..errors import ExpectedIdsError, UnreadableShardError
 from ..health import RankTally
 from ..ids import IdLookup
 from ..plan import MergePlan, ShardPlan
 from ..shards import embeddings_of, first_line, open_shard_file, read_id_rows, read_rows
-from .copy import OUTPUT_DTYPE, BlockWriter
+from .copy import OUTPUT_DTYPE, BlockWriter, raw_copyable
 
 __all__ = ["RowOrder", "index_lookup", "index_order", "write_in_order"]
 
 # Read a shard's span covering a block's rows when it is at most this many times
 # longer than the rows wanted (always true for stride runs); else read row by row.
-_MAX_OPEN = 32  # shard files kept open at once
+_MAX_OPEN = 32  # shard files kept open at once by HDF5
+_MAX_RAW_OPEN = 4096  # shard files kept open at once as plain files (fewer where the process may open fewer)
 _BLOCK_BYTES = 32 * 2**20  # each of the two block buffers holds at most this (and chunk_size rows)
 
 
@@ -74,6 +80,70 @@ def index_order(plan: MergePlan) -> RowOrder:
         ordered_ids=np.fromiter(plan.ids.lookup.ids(np.flatnonzero(found)), dtype=object, count=int(found.sum())),
         missing_positions=np.flatnonzero(~found),
     )
+
+
+class _Sources:
+    """Where the rows of ordered blocks are read: the raw bytes of contiguous float32 shards
+    (plain files), the others' through HDF5; the IDs through HDF5."""
+
+    def __init__(self, scratch_rows: int, dim: int) -> None:
+        self.h5: OpenFiles[Path, h5py.File] = OpenFiles(open_shard_file, _MAX_OPEN)
+        self.raw: OpenFiles[Path, BinaryIO] = OpenFiles(_open_raw, _raw_limit())
+        self.scratch = np.empty((scratch_rows, dim), OUTPUT_DTYPE)
+
+    def gather(self, shard: ShardPlan, local: np.ndarray, block: np.ndarray, slots: np.ndarray) -> None:
+        """``block[slots]`` = the shard's rows ``local`` (sorted)."""
+        try:
+            span = int(local[-1]) - int(local[0]) + 1
+            if raw_copyable(shard) and span <= self.scratch.shape[0]:
+                block[slots] = self._span(shard, int(local[0]), span)[local - local[0]]
+            else:
+                _gather(embeddings_of(self.h5.get(shard.source), shard.source), local, block, slots)
+        except OSError as err:
+            raise UnreadableShardError(shard.origin, f"cannot read rows ({first_line(err)})") from err
+
+    def _span(self, shard: ShardPlan, first: int, count: int) -> np.ndarray:
+        """The shard's rows ``first`` to ``first + count`` as raw bytes, in the scratch buffer."""
+        assert shard.data_offset is not None
+        rows = self.scratch[:count]
+        got = os.preadv(self.raw.get(shard.source).fileno(), [rows.data.cast("B")],
+                        shard.data_offset + first * rows.shape[1] * OUTPUT_DTYPE.itemsize)
+        if got < rows.nbytes:
+            raise UnreadableShardError(shard.origin, "truncated: the embeddings end early")
+        return rows
+
+    def ids(self, shard: ShardPlan, local: np.ndarray) -> np.ndarray:
+        """The shard's IDs at rows ``local`` (sorted), as str."""
+        try:
+            return read_id_rows(self.h5.get(shard.source), shard.source, local, text=True)
+        except OSError as err:
+            raise UnreadableShardError(shard.origin, f"cannot read rows ({first_line(err)})") from err
+
+    def close(self) -> None:
+        self.h5.close()
+        self.raw.close()
+
+
+def _open_raw(path: Path) -> BinaryIO:
+    return open(path, "rb", buffering=0)  # (closed by OpenFiles)
+
+
+def _raw_limit() -> int:
+    """Plain files kept open at once: :data:`_MAX_RAW_OPEN`, or half what this process may open."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(_MAX_OPEN, min(_MAX_RAW_OPEN, soft // 2 if soft != resource.RLIM_INFINITY else _MAX_RAW_OPEN))
+
+
+def _by_shard(owner: np.ndarray, source: np.ndarray, shards: Sequence[ShardPlan]
+              ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """A block's rows shard by shard: the shard's number, the rows' places in the block, and
+    their rows in the shard (sorted)."""
+    by_owner = np.lexsort((source, owner))  # (by shard, then by row: a shard's rows in their order)
+    ends = np.flatnonzero(np.diff(owner[by_owner])) + 1
+    for slots in np.split(by_owner, ends):
+        if slots.size:
+            k = int(owner[slots[0]])
+            yield k, slots, source[slots] - shards[k].offset
 
 
 def _gather(dset: h5py.Dataset, local: np.ndarray, block: np.ndarray, slots: np.ndarray) -> None:
@@ -124,65 +194,42 @@ def write_in_order(
     ordered = order.ordered_ids.size
     for start in range(0, ordered, block_rows):  # the index's IDs first, before the disk is busy
         ids_out[start : min(start + block_rows, ordered)] = order.ordered_ids[start : start + block_rows]
-    handles: OpenFiles[Path, h5py.File] = OpenFiles(open_shard_file, _MAX_OPEN)
+    sources = _Sources(block_rows, plan.embedding_dim)
     try:
         for turn, out_start in enumerate(range(0, order.source_rows.size, block_rows)):
             source = order.source_rows[out_start : out_start + block_rows]
             owner = np.searchsorted(starts, source, side="right") - 1
             block = buffers[turn % 2][: source.size]
-            block_ids = np.empty(source.size, dtype=object)
-            for k in np.unique(owner):
-                shard = shards[k]
-                slots = np.flatnonzero(owner == k)
-                local = source[slots] - shard.offset
-                sort = np.argsort(local, kind="stable")
-                slots, local = slots[sort], local[sort]
-                handle = handles.get(shard.source)
-                try:
-                    _gather(embeddings_of(handle, shard.source), local, block, slots)
-                    block_ids[slots] = read_id_rows(handle, shard.source, local, text=True)
-                except OSError as err:
-                    raise UnreadableShardError(shard.origin, f"cannot read rows ({first_line(err)})") from err
+            first_extra = max(ordered - out_start, 0)  # (the block's rows from here on: IDs not in the index)
+            extra = np.empty(max(source.size - first_extra, 0), dtype=object)
+            groups = list(_by_shard(owner, source, shards))
+            for k, slots, local in groups:
+                sources.gather(shards[k], local, block, slots)
+                wanted = slots >= first_extra
+                if wanted.any():
+                    extra[slots[wanted] - first_extra] = sources.ids(shards[k], local[wanted])
             sums = row_sums(block)
             checksums.add_rows(out_start, block, sums)
             bad = _nonfinite_mask(block)
             if bad is not None:
                 for k, n in zip(*np.unique(owner[bad], return_counts=True), strict=True):
                     nonfinite[str(shards[k].path)] += int(n)
-            _tally(block, sums, bad, owner, source, shards, tallies or {})
-            _check_ids(block_ids, order, out_start, shards, owner)
+            _tally(block, sums, bad, groups, shards, tallies or {})
             writer.write(block, out_start)  # waits for the write of two blocks ago
-            if out_start + source.size > ordered:  # IDs not in the index, read from the shards
-                first = max(out_start, ordered)
-                ids_out[first : out_start + source.size] = block_ids[first - out_start :]
+            if extra.size:
+                ids_out[out_start + first_extra : out_start + source.size] = extra
         writer.wait()
     finally:
-        handles.close()
+        sources.close()
     return nonfinite
 
 
-def _tally(block: np.ndarray, sums: np.ndarray, bad: np.ndarray | None, owner: np.ndarray, source: np.ndarray,
-           shards: Sequence[ShardPlan], tallies: Mapping[str, RankTally]) -> None:
+def _tally(block: np.ndarray, sums: np.ndarray, bad: np.ndarray | None,
+           groups: Sequence[tuple[int, np.ndarray, np.ndarray]], shards: Sequence[ShardPlan],
+           tallies: Mapping[str, RankTally]) -> None:
     """Each shard's rows of an ordered block, summed up in its tally (with their rows in the shard)."""
-    for k in np.unique(owner):
+    for k, mine, local in groups:
         tally = tallies.get(str(shards[k].path))
         if tally is not None:
-            mine = np.flatnonzero(owner == k)
             nonfinite = 0 if bad is None else int(bad[mine].sum())
-            tally.add(block[mine], sums[mine], nonfinite, rows=source[mine] - shards[k].offset)
-
-
-def _check_ids(block_ids: np.ndarray, order: RowOrder, out_start: int, shards: Sequence[ShardPlan],
-               owner: np.ndarray) -> None:
-    """Each ordered row's ID, read from its shard, must be the index's ID at that place."""
-    stop = min(out_start + block_ids.size, order.ordered_ids.size)
-    if stop <= out_start:
-        return
-    expected = order.ordered_ids[out_start:stop]
-    got = block_ids[: stop - out_start]
-    if not np.array_equal(got, expected):
-        bad = int(np.flatnonzero(got != expected)[0])
-        raise ShardError(
-            shards[owner[bad]].origin,
-            f"row for {expected[bad]!r} holds {got[bad]!r} (64-bit hash collision; please report)",
-        )
+            tally.add(block[mine], sums[mine], nonfinite, rows=local)

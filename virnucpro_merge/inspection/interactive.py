@@ -38,6 +38,7 @@ from .views import (
     counts_title,
     health_title,
     missing_title,
+    norms_on_a_log_scale,
     nothing_held,
     ranks_in_focus,
 )
@@ -410,12 +411,11 @@ def _known_norms(found: InspectionView) -> tuple[list[RankView], list[RankHealth
 
 
 def _norm_axis(q: np.ndarray) -> tuple[bool, float, float]:
-    """The row norms' axis from the ranks' quantiles ``q``: whether it is a log one (the positive
-    medians more than tenfold apart), its floor (0 on a linear one; on a log one, below the least
-    positive norm: where more than 5 % of a rank's rows are all zero, its 5 % norm is 0) and the
-    top of the ranks' columns."""
-    medians = q[:, 2][q[:, 2] > 0]
-    log = bool(medians.size) and float(medians.max()) > 10 * float(medians.min())
+    """The row norms' axis from the ranks' quantiles ``q``: whether it is a log one (as the
+    static picture's: ``norms_on_a_log_scale``), its floor (0 on a linear one; on a log one,
+    below the least positive norm: where more than 5 % of a rank's rows are all zero, its 5 %
+    norm is 0) and the top of the ranks' columns."""
+    log = norms_on_a_log_scale(q[:, 2])
     low = float(q[q > 0].min()) * 0.8 if log else 0.0
     return log, low, float(q[:, 4].max()) * (1.5 if log else 1.05)
 

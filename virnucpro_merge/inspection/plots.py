@@ -54,6 +54,7 @@ from .views import (
     counts_title,
     health_title,
     missing_title,
+    norms_on_a_log_scale,
     nothing_held,
     ranks_in_focus,
 )
@@ -599,8 +600,7 @@ def _draw_norms(ax: Axes, ranks: np.ndarray, q: np.ndarray, flagged: list[int], 
 def _median_and_scale(ax: Axes, medians: np.ndarray) -> None:
     """The median of the ranks' ``medians`` dashed; a log scale when they differ by more than ten times."""
     ax.axhline(float(np.median(medians)), color="#8C8C8C", linewidth=0.8, linestyle="--", zorder=0)
-    positive = medians[medians > 0]
-    if positive.size and positive.max() > 10 * positive.min():
+    if norms_on_a_log_scale(medians):
         ax.set_yscale("log")
 
 

@@ -19,7 +19,7 @@ from ..statuses import FAILED, OK, PREEMPTED, STALLED
 
 __all__ = ["RankView", "InspectionView", "RankProgressView", "ProgressView", "FEW_RANKS", "ranks_in_focus", "bar_of",
            "nothing_held", "HEALTHY_COLOR", "FLAGGED_COLOR", "counts_title", "missing_title", "health_title",
-           "duration_words", "progress_in_focus", "ALL_RANKS_UP_TO"]
+           "duration_words", "progress_in_focus", "ALL_RANKS_UP_TO", "norms_on_a_log_scale"]
 
 #: The colours of a rank's row norms: as most ranks', and standing out.
 HEALTHY_COLOR, FLAGGED_COLOR = "#6A8CAF", "#D55E00"
@@ -183,6 +183,18 @@ def health_title(flagged: int, ranks: int) -> str:
     if flagged:
         return f"Row norms per rank: {flagged:,} of {ranks:,} ranks stand out"
     return f"Row norms per rank: none of {ranks:,} stands out"
+
+
+def norms_on_a_log_scale(medians: Sequence[float] | np.ndarray) -> bool:
+    """Whether the row-norms picture (matplotlib and Bokeh alike) has a log scale: the ranks'
+    positive median norms more than ten times apart.
+
+    >>> norms_on_a_log_scale([1.0, 3.0, 0.0]), norms_on_a_log_scale([1.0, 30.0])
+    (False, True)
+    """
+    positive = np.asarray(medians, dtype=float)
+    positive = positive[positive > 0]
+    return bool(positive.size) and float(positive.max()) > 10 * float(positive.min())
 
 
 class RankProgressView(Protocol):

@@ -56,6 +56,41 @@ except KeyboardInterrupt:
 """
 
 
+_BUSY = """
+import multiprocessing, os, signal, sys, time
+from virnucpro_merge._processes import pool
+
+how = getattr(signal, sys.argv[1])
+try:
+    with pool(2) as workers:
+        assert all(f.result() == 1 for f in [workers.submit(abs, -1) for _ in range(4)])  # (both started)
+        busy = [workers.submit(time.sleep, 30) for _ in range(4)]
+        time.sleep(0.5)  # (two of them running)
+        os.killpg(0, how)  # what a terminal (SIGINT) or a batch system (SIGTERM) sends the whole group
+        busy[0].result()
+except KeyboardInterrupt:
+    print("interrupted")
+print("workers left:", len(multiprocessing.active_children()))
+"""
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
+def test_busy_workers_end_at_once_on_a_signal_to_the_group(how):
+    """Workers running long tasks end at once, quietly, and none is left running on its own
+    (ignoring Ctrl-C, they ran their task to its end, and a second Ctrl-C left them orphans)."""
+    import subprocess
+
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", _BUSY, how], capture_output=True, text=True, timeout=60,
+                          start_new_session=True)
+    assert time.monotonic() - started < 20, "(the tasks sleep 30 s)"
+    assert "Traceback" not in done.stderr, done.stderr
+    if how == "SIGINT":
+        assert done.stdout.splitlines() == ["interrupted", "workers left: 0"]
+    else:
+        assert done.returncode == -15  # (the process that made the pool: the default of SIGTERM)
+
+
 def test_ctrl_c_at_a_terminal_is_left_to_the_process_that_made_the_pool():
     """The workers, idle or busy, do not each print a traceback of their own KeyboardInterrupt:
     the process that made the pool stops them (what the CLI's own handler did for the CLI)."""

@@ -37,8 +37,9 @@ def pool(workers: int, *, initializer: Callable[..., object] | None = None,
     no fork to be had: then do the work here.
 
     On the way out by an exception (Ctrl-C too), the tasks not yet started are cancelled.
-    A Ctrl-C at a terminal reaches the workers too: they leave it to this process (which
-    stops them), instead of each printing its own traceback.
+    A Ctrl-C at a terminal (or a SIGTERM to the job) reaches the workers too: each ends
+    at once, quietly, as the signal's default does (not a traceback each, and not left
+    running its task, or past this process's end).
     """
     if workers < 2 or not sys.platform.startswith("linux"):
         yield None
@@ -54,8 +55,10 @@ def pool(workers: int, *, initializer: Callable[..., object] | None = None,
 
 
 def _start_worker(initializer: Callable[..., object] | None, initargs: tuple[Any, ...]) -> None:
-    """A pool worker's start: Ctrl-C left to the process that made the pool, then ``initializer``."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """A pool worker's start: Ctrl-C and SIGTERM end it as they end a process by default
+    (not through the handlers it was forked with), then ``initializer``."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if initializer is not None:
         initializer(*initargs)
 

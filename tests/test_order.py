@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -181,23 +183,53 @@ def test_index_order_reads_every_kind_of_shard(tmp_path):
 
 _FEW_FILES = """
 import resource, sys
+import h5py
 from virnucpro_merge import aggregate_shards, read_expected_ids
 from virnucpro_merge.synthetic import make_demo_run
 
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 run = make_demo_run(sys.argv[1] + "/run", n_sequences=1000, world_size=100, truncated=(), absent=(), empty=(),
                     short={})
+for shard in run.shard_files[::2]:  # (half of them float16: read through HDF5)
+    with h5py.File(shard, "r+") as f:
+        rows = f["embeddings"][:]
+        del f["embeddings"]
+        f["embeddings"] = rows.astype("float16")
 aggregate_shards(run.shard_files, sys.argv[1] + "/o.h5", read_expected_ids(run.index), order="index", chunk_size=50)
 print("merged")
 """
 
 
 def test_index_order_of_more_shards_than_the_process_may_open(tmp_path):
-    """100 shards, every block reads from each, and the process may open 64 files: it keeps
-    fewer open at once (and merges)."""
+    """100 shards, half of them float32 (read as raw bytes) and half float16 (through HDF5),
+    every block reads from each, and the process may open 64 files: both kinds together keep
+    fewer open (and it merges)."""
     import subprocess
     import sys
 
     done = subprocess.run([sys.executable, "-c", _FEW_FILES, str(tmp_path)], capture_output=True, text=True,
                           timeout=300)
     assert done.stdout.split() == ["merged"], done.stderr[-2000:]
+
+
+def test_the_first_shards_stay_open_the_others_are_opened_for_each_read(tmp_path, monkeypatch):
+    """Every block reads the shards in the same order: with fewer kept open than shards, the
+    least recently used would be the next one wanted (every read an open). The first ones stay
+    open instead."""
+    from virnucpro_merge._write import reorder
+
+    run = make_demo_run(tmp_path / "run", n_sequences=400, world_size=10, truncated=(), absent=(), empty=(), short={})
+    opened: list[str] = []
+
+    def counted(path, *args, **kwargs):
+        opened.append(Path(path).name)
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(reorder, "_raw_limit", lambda: 3)
+    monkeypatch.setattr(reorder, "open", counted, raising=False)
+    index_ids = read_expected_ids(run.index)
+    ordered = aggregate_shards(run.shard_files, tmp_path / "o.h5", index_ids, order="index", chunk_size=40)
+    assert read_datasets(ordered)[1] == index_ids
+    blocks = 400 // 40
+    assert sorted(set(opened)) == sorted(f"shard_{r}.h5" for r in range(10))
+    assert len(opened) == 3 + 7 * blocks  # (the first three once, the other seven every block)

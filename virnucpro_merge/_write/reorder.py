@@ -5,8 +5,9 @@ Stride distribution interleaves a run: worker ``r`` of ``N`` holds index positio
 filled block by block (``chunk_size`` rows): each block's rows are gathered from
 every shard that holds some of them (one contiguous span read per shard for a
 stride run), then written in one piece. A contiguous float32 shard's span is read
-as raw bytes (one ``preadv``, its file kept open as a plain file: at 1,024 shards,
-every block reads from every shard); another's through HDF5.
+as raw bytes (one ``preadv``; the first shards' files kept open as plain files, as many as
+the process may open: at 1,024 shards, every block reads from every shard); another's
+through HDF5.
 
 Where each index position's row is found comes from the planning step's check of the
 IDs, which kept each row's place in the index (4 to 8 bytes an ID; found by the IDs'
@@ -41,7 +42,7 @@ __all__ = ["RowOrder", "index_lookup", "index_order", "write_in_order"]
 # Read a shard's span covering a block's rows when it is at most this many times
 # longer than the rows wanted (always true for stride runs); else read row by row.
 _MAX_OPEN = 32  # shard files kept open at once by HDF5
-_MAX_RAW_OPEN = 4096  # shard files kept open at once as plain files (fewer where the process may open fewer)
+_MAX_RAW_OPEN = 4096  # shard files kept open as plain files (fewer where the process may open fewer)
 _BLOCK_BYTES = 32 * 2**20  # each of the two block buffers holds at most this (and chunk_size rows)
 
 
@@ -88,7 +89,11 @@ class _Sources:
 
     def __init__(self, scratch_rows: int, dim: int) -> None:
         self.h5: OpenFiles[Path, h5py.File] = OpenFiles(open_shard_file, _MAX_OPEN)
-        self.raw: OpenFiles[Path, BinaryIO] = OpenFiles(_open_raw, _raw_limit())
+        # Every block reads the shards in the same order: past as many as are kept open, the
+        # least recently used would be the next one wanted. The first ones stay open, the others
+        # are opened for each read.
+        self.raw: dict[Path, BinaryIO] = {}
+        self.raw_limit = _raw_limit()
         self.scratch = np.empty((scratch_rows, dim), OUTPUT_DTYPE)
 
     def gather(self, shard: ShardPlan, local: np.ndarray, block: np.ndarray, slots: np.ndarray) -> None:
@@ -106,8 +111,15 @@ class _Sources:
         """The shard's rows ``first`` to ``first + count`` as raw bytes, in the scratch buffer."""
         assert shard.data_offset is not None
         rows = self.scratch[:count]
-        got = os.preadv(self.raw.get(shard.source).fileno(), [rows.data.cast("B")],
-                        shard.data_offset + first * rows.shape[1] * OUTPUT_DTYPE.itemsize)
+        at = shard.data_offset + first * rows.shape[1] * OUTPUT_DTYPE.itemsize
+        kept = self.raw.get(shard.source)
+        if kept is None and len(self.raw) < self.raw_limit:
+            kept = self.raw[shard.source] = open(shard.source, "rb", buffering=0)  # noqa: SIM115 (closed in close)
+        if kept is not None:
+            got = os.preadv(kept.fileno(), [rows.data.cast("B")], at)
+        else:
+            with open(shard.source, "rb", buffering=0) as once:
+                got = os.preadv(once.fileno(), [rows.data.cast("B")], at)
         if got < rows.nbytes:
             raise UnreadableShardError(shard.origin, "truncated: the embeddings end early")
         return rows
@@ -121,17 +133,16 @@ class _Sources:
 
     def close(self) -> None:
         self.h5.close()
-        self.raw.close()
-
-
-def _open_raw(path: Path) -> BinaryIO:
-    return open(path, "rb", buffering=0)  # (closed by OpenFiles)
+        while self.raw:
+            self.raw.popitem()[1].close()
 
 
 def _raw_limit() -> int:
-    """Plain files kept open at once: :data:`_MAX_RAW_OPEN`, or half what this process may open."""
+    """Plain files kept open: :data:`_MAX_RAW_OPEN` at most, and with the HDF5 files kept open,
+    half of what this process may open."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return max(_MAX_OPEN, min(_MAX_RAW_OPEN, soft // 2 if soft != resource.RLIM_INFINITY else _MAX_RAW_OPEN))
+    room = _MAX_RAW_OPEN if soft == resource.RLIM_INFINITY else soft // 2 - _MAX_OPEN
+    return max(0, min(_MAX_RAW_OPEN, room))
 
 
 def _by_shard(owner: np.ndarray, source: np.ndarray, shards: Sequence[ShardPlan]

@@ -496,6 +496,8 @@ def test_a_merge_seen_rank_by_rank_agrees_with_its_shards(tmp_path, demo):
     for wrong in (0, -2, True, 2.5):  # (as inspect_run refuses them, in one line: 0 was taken for "not given")
         with pytest.raises(MergeError, match=f"world_size must be a positive integer, got {wrong!r}"):
             RunInspection.from_merged(merged, world_size=wrong)
+    with pytest.raises(MergeError, match="it recorded rank 7, which is not below the world size 5"):
+        RunInspection.from_merged(merged, world_size=5)  # (ranks 5-7 were dropped, rank 4 blamed for their IDs)
 
 
 def test_a_merge_that_checked_no_ids_is_seen_by_what_it_holds(tmp_path, demo):

@@ -387,6 +387,9 @@ def _merged_world_size(path: str | os.PathLike[str], recorded: dict[int, Any], g
     if size is None:
         msg = f"{path}: its shards are not named shard_<rank>.h5 (a merge of merges?): give world_size"
         raise MergeError(msg)
+    if recorded and max(recorded) >= size:
+        msg = f"{path}: it recorded rank {max(recorded)}, which is not below the world size {size}"
+        raise MergeError(msg)
     return size
 
 

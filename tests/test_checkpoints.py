@@ -363,10 +363,15 @@ def test_damaged_zip_metadata_is_one_line(tmp_path):
     (_checkpoint(metadata=_embedded(np.zeros(1, np.float32))), {}, "its metadata is an array, not a dict"),
     (_checkpoint(embeddings=_tensor(_storage("0", -1), 0, (1, 2), (2, 1))), {},
      "refused a persistent reference ('storage', torch.FloatStorage, '0', 'cpu', -1)"),
+    (_checkpoint(embeddings=_g("numpy.core.multiarray", "_reconstruct") + _t(_g("torch", "float16"), _t(_i(0)), _u("b"))
+                 + b"R"), {}, "refused numpy array reconstruction of torch.float16:"),
+    (_checkpoint(embeddings=_g("numpy.core.multiarray", "_reconstruct") + _t(_g("numpy", "dtype"), _t(_i(0)), _u("b"))
+                 + b"R"), {}, "refused numpy array reconstruction of <Callable>:"),
 ], ids=["a stride-0 tensor of 64 MB from 4 bytes", "numpy.ndarray called", "a memo index of 2**25",
         "a global, its argument two lines", "a name of two lines", "another module", "OBJ", "BYTEARRAY8",
         "metadata an array (its truth is an error)", "metadata an array of one zero (taken for no metadata)",
-        "a storage's count below 0 (said the same way every time)"])
+        "a storage's count below 0 (said the same way every time)", "a torch dtype as an array's class",
+        "a function as an array's class"])
 def test_crafted_pickles_cost_nothing_and_say_so_in_one_line(tmp_path, body, members, problem):
     bad = _archive_with(tmp_path / "batch_00000.pt", body, **members)
     with pytest.raises(CheckpointError) as err:
@@ -417,6 +422,13 @@ def test_small_arrays_and_torch_dtypes_in_the_metadata_are_read_as_plain_data(tm
                                    steps=_embedded(np.arange(3, dtype=np.int64))))
     saved = _archive_with(tmp_path / "batch_00000.pt", body, **{"data/0": np.float32(0.5).tobytes()})
     assert read_checkpoint(saved).metadata == {"loss": 0.5, "model_dtype": "torch.float16", "steps": [0, 1, 2]}
+
+
+@pytest.mark.parametrize("empty", [_l(), _u(""), _i(0), b"N", b")"], ids=["[]", "''", "0", "None", "()"])
+def test_empty_metadata_is_no_metadata(tmp_path, empty):
+    """As it always was (an array is refused: its truth is an error, not emptiness)."""
+    saved = _archive_with(tmp_path / "batch_00000.pt", _checkpoint(metadata=empty))
+    assert read_checkpoint(saved).metadata == {}
 
 
 def test_a_large_array_in_the_metadata_is_refused(tmp_path):

@@ -224,6 +224,9 @@ class _Frozen:
         msg = f"setting {name!r}"
         raise _Refused(msg)
 
+    def __repr__(self) -> str:  # (as a refusal shows it: the same words every time, no address)
+        return f"<{type(self).__name__.lstrip('_')}>"
+
 
 class _Callable(_Frozen):
     """An allowed function, called through REDUCE."""
@@ -248,7 +251,7 @@ class _TorchStorage(_Frozen):
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "dtype", dtype)
 
-    def __repr__(self) -> str:  # (as a refusal shows it: the same words every time, no address)
+    def __repr__(self) -> str:
         return f"torch.{self.name}"
 
 
@@ -261,11 +264,17 @@ class _TorchDtype(_Frozen):
     def __init__(self, name: str) -> None:
         object.__setattr__(self, "name", name)
 
+    def __repr__(self) -> str:
+        return f"torch.{self.name}"
+
 
 class _NdarrayClass(_Frozen):
     """``numpy.ndarray`` as a pickle names it for :func:`_reconstruct`: not a thing to call."""
 
     __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "numpy.ndarray"
 
 
 #: torch's storage classes a checkpoint may hold, with the numpy dtype of their bytes
@@ -750,8 +759,8 @@ def _checked(path: Path, loaded: object, *, rows: bool = True) -> Checkpoint:
     if not isinstance(loaded, dict) or not {"embeddings", "sequence_ids"} <= set(loaded):
         raise CheckpointError(path, "not a checkpoint (no 'embeddings' and 'sequence_ids' in it)")
     embeddings, ids, metadata = loaded["embeddings"], loaded["sequence_ids"], loaded.get("metadata")
-    if metadata is None:  # (not `or`: the truth of an array is an error)
-        metadata = {}
+    if metadata is None or (not isinstance(metadata, _Array | np.ndarray) and not metadata):  # (none, or empty:
+        metadata = {}  # no metadata; not the truth of an array, which is an error)
     embeddings = _checked_embeddings(path, embeddings)
     ids = _checked_ids(path, ids, embeddings.shape[0])
     plain = _checked_metadata(path, metadata)

@@ -338,6 +338,28 @@ def test_a_ctrl_c_swallowed_on_the_way_still_ends_the_command(monkeypatch, capsy
     assert "interrupted" in capsys.readouterr().err
 
 
+def _killed() -> None:
+    os.kill(os.getpid(), 9)  # (SIGKILL: what the OOM killer sends)
+
+
+def test_a_worker_killed_is_one_line(monkeypatch, capsys, tmp_path):
+    """A process sharing the work killed (the OOM killer, say) was a BrokenProcessPool traceback."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("pools are forked on Linux only")
+    from virnucpro_merge import cli
+    from virnucpro_merge._processes import pool
+
+    def sharing(args):
+        with pool(2) as workers:
+            return workers.submit(_killed).result()
+
+    monkeypatch.setitem(cli.COMMANDS, "info", sharing)
+    assert cli.main(["info", str(tmp_path / "s.h5")]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["virnucpro-merge: error: a process sharing the work ended before its part was done "
+                                "(killed? out of memory?); the output was left as it was"]
+
+
 def test_info_on_a_merge_in_index_order(tmp_path, capsys):
     """Its shards have no offset (None): the text table shows none, as the HTML one does (one owner of the rows)."""
     from virnucpro_merge import aggregate_shards, read_merge_report

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -649,6 +650,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; the output was left as it was", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenProcessPool:  # (a process sharing the work was killed: out of memory, say; or by a Ctrl-C)
+        if _Interrupt.seen:
+            print(f"{PROG}: interrupted; the output was left as it was", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        print(f"{PROG}: error: a process sharing the work ended before its part was done (killed? out of "
+              "memory?); the output was left as it was", file=sys.stderr)
+        return EXIT_USAGE
     except _Terminated:
         print(f"{PROG}: terminated; the output was left as it was", file=sys.stderr)
         return EXIT_TERMINATED

@@ -51,8 +51,17 @@ class RowOrder:
     """Output row ``i`` is global source row ``source_rows[i]`` (shards concatenated)."""
 
     source_rows: np.ndarray
-    ordered_ids: np.ndarray  # the index's IDs of the first ``len(ordered_ids)`` output rows
+    index: IdLookup  # the index's IDs
+    ordered: np.ndarray  # the index positions of the first ``len(ordered)`` output rows
     missing_positions: np.ndarray  # index positions with no row (missing sequences)
+
+    def ordered_ids(self, start: int, stop: int) -> np.ndarray:
+        """The IDs of output rows ``start`` to ``stop`` (below ``len(ordered)``) as their UTF-8
+        bytes, as a shard stores them (read from the index's lookup a block at a time: no
+        Python str an ID held)."""
+        block = np.empty(min(stop, self.ordered.size) - start, dtype=object)
+        block[:] = self.index.encoded[self.ordered[start:stop]].tolist()
+        return block
 
 
 def index_lookup(index_ids: Collection[str] | IdLookup) -> IdLookup:
@@ -78,7 +87,8 @@ def index_order(plan: MergePlan) -> RowOrder:
     found = row_at >= 0
     return RowOrder(
         source_rows=np.concatenate([row_at[found], np.flatnonzero(places < 0)]),  # extra IDs go last
-        ordered_ids=np.fromiter(plan.ids.lookup.ids(np.flatnonzero(found)), dtype=object, count=int(found.sum())),
+        index=plan.ids.lookup,
+        ordered=np.flatnonzero(found),
         missing_positions=np.flatnonzero(~found),
     )
 
@@ -202,9 +212,9 @@ def write_in_order(
     block_rows = max(1, min(block_rows, _BLOCK_BYTES // row_bytes))
     buffers = [np.empty((min(block_rows, order.source_rows.size), plan.embedding_dim), OUTPUT_DTYPE)
                for _ in range(2)]
-    ordered = order.ordered_ids.size
+    ordered = order.ordered.size
     for start in range(0, ordered, block_rows):  # the index's IDs first, before the disk is busy
-        ids_out[start : min(start + block_rows, ordered)] = order.ordered_ids[start : start + block_rows]
+        ids_out[start : min(start + block_rows, ordered)] = order.ordered_ids(start, start + block_rows)
     sources = _Sources(block_rows, plan.embedding_dim)
     try:
         for turn, out_start in enumerate(range(0, order.source_rows.size, block_rows)):

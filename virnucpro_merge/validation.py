@@ -118,7 +118,6 @@ class IdIndex:
         # Every ID's hash is kept without expected IDs (row_hashes); else only the unexpected
         # IDs' (an expected one found twice is told by its position, marked twice), and, when
         # asked, every row's place in the expected IDs (row_places).
-        self._keep_all = self.lookup is None
         self._places: list[np.ndarray] | None = [] if keep_places and self.lookup is not None else None
         self._marked_twice = False
         self.shards: list[Path] = []
@@ -149,7 +148,7 @@ class IdIndex:
             extra.extend(other.decode("utf-8", "surrogateescape") for other in others)
         self._hashes.append(np.concatenate(hashes) if hashes else np.empty(0, np.int64))
         if self._places is not None:
-            self._places.append(np.concatenate(places) if places else np.empty(0, np.int64))
+            self._places.append(np.concatenate(places) if places else np.empty(0, np.int32))
         if found:
             marks = np.concatenate(found)
             ordered = np.sort(marks)  # (quicker than np.unique for a chunk's worth)
@@ -187,7 +186,7 @@ class IdIndex:
     def row_hashes(self) -> np.ndarray:
         """Every ID's hash, in row order of the accepted shards (one after another): kept
         without expected IDs."""
-        assert self._keep_all, "an IdIndex without expected IDs keeps every ID's hash"
+        assert self.lookup is None, "an IdIndex without expected IDs keeps every ID's hash"
         return self._joined_hashes()
 
     def row_places(self) -> np.ndarray:

@@ -45,6 +45,7 @@ from .shards import (
     iter_id_chunks,
     open_shard,
     read_report_summary,
+    read_rows,
 )
 from .sources import source_problems
 from .statuses import ShardStatus
@@ -512,10 +513,7 @@ def _merged_rows(wanted: list[bytes], ids: h5py.Dataset, ordered: SortedHashes, 
     stored = _read_ids(ids, rows[found])
     at = np.flatnonzero(found)
     for i in [int(at[k]) for k, held in enumerate(stored) if held != wanted[at[k]]]:  # (a collision: rare)
-        start, stop = where[i], where[i] + 1
-        while stop < ordered.ordered.size and ordered.ordered[stop] == hashes[i]:
-            stop += 1
-        sharing = order[start:stop]
+        sharing = order[where[i] : int(np.searchsorted(ordered.ordered, hashes[i], side="right"))]
         rows[i] = next((int(row) for row, held in zip(sharing.tolist(), _read_ids(ids, sharing), strict=True)
                         if held == wanted[i]), -1)
     return rows
@@ -526,9 +524,7 @@ def _read_ids(ids: h5py.Dataset, rows: np.ndarray) -> list[bytes]:
     if not rows.size:
         return []
     distinct, back = np.unique(rows, return_inverse=True)
-    low, high = int(distinct[0]), int(distinct[-1])
-    spanned = high - low + 1 <= 2 * distinct.size  # (then one span read: the rows of a shard's block lie together)
-    held = ids[low : high + 1][distinct - low] if spanned else ids[distinct]
+    held = read_rows(ids, distinct)
     return [as_bytes(held[k]) for k in back.tolist()]
 
 

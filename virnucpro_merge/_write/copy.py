@@ -38,6 +38,7 @@ from . import sysio
 __all__ = [
     "OUTPUT_DTYPE",
     "raw_copyable",
+    "read_raw_rows",
     "nonfinite_rows",
     "scan_rows",
     "finish_tally",
@@ -132,13 +133,21 @@ def count_nonfinite_raw(shard: ShardPlan, chunk_size: int, checksums: Checksums,
             if stop is not None and stop.is_set():
                 break
             rows = window[: chunk_end - chunk_start]
-            got = os.preadv(src.fileno(), [rows.data.cast("B")], shard.data_offset + chunk_start * row_bytes)
-            if got < rows.nbytes:
-                raise UnreadableShardError(shard.origin, "truncated: the embeddings end early")
+            read_raw_rows(src.fileno(), shard, chunk_start, rows)
             nonfinite += scan_rows(rows, shard.offset + chunk_start, checksums, tally)
         else:  # (not stopped: summed up here, on the scan's thread, beside the copy of the next shard)
             finish_tally(shard, tally)
     return nonfinite
+
+
+def read_raw_rows(fd: int, shard: ShardPlan, first: int, rows: np.ndarray) -> None:
+    """Read a raw-copyable shard's rows from ``first`` on into ``rows`` (C-contiguous float32)
+    from its open file ``fd``, as the bytes its contiguous dataset stores; one that ends
+    early is truncated."""
+    assert shard.data_offset is not None
+    got = os.preadv(fd, [rows.data.cast("B")], shard.data_offset + first * shard.embedding_dim * OUTPUT_DTYPE.itemsize)
+    if got < rows.nbytes:
+        raise UnreadableShardError(shard.origin, "truncated: the embeddings end early")
 
 
 def copy_ids(shard: ShardPlan, ids_out: IdSink, chunk_size: int) -> None:

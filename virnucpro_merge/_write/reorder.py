@@ -18,7 +18,6 @@ not hold (written last) are read from the shards again.
 
 from __future__ import annotations
 
-import os
 import resource
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,12 +34,10 @@ from ..health import RankTally
 from ..ids import IdLookup
 from ..plan import MergePlan, ShardPlan
 from ..shards import embeddings_of, first_line, open_shard_file, read_id_rows, read_rows
-from .copy import OUTPUT_DTYPE, BlockWriter, raw_copyable
+from .copy import OUTPUT_DTYPE, BlockWriter, raw_copyable, read_raw_rows
 
 __all__ = ["RowOrder", "index_lookup", "index_order", "write_in_order"]
 
-# Read a shard's span covering a block's rows when it is at most this many times
-# longer than the rows wanted (always true for stride runs); else read row by row.
 _MAX_OPEN = 32  # shard files kept open at once by HDF5
 _MAX_RAW_OPEN = 4096  # shard files kept open as plain files (fewer where the process may open fewer)
 _BLOCK_BYTES = 32 * 2**20  # each of the two block buffers holds at most this (and chunk_size rows)
@@ -119,19 +116,15 @@ class _Sources:
 
     def _span(self, shard: ShardPlan, first: int, count: int) -> np.ndarray:
         """The shard's rows ``first`` to ``first + count`` as raw bytes, in the scratch buffer."""
-        assert shard.data_offset is not None
         rows = self.scratch[:count]
-        at = shard.data_offset + first * rows.shape[1] * OUTPUT_DTYPE.itemsize
         kept = self.raw.get(shard.source)
         if kept is None and len(self.raw) < self.raw_limit:
             kept = self.raw[shard.source] = open(shard.source, "rb", buffering=0)  # noqa: SIM115 (closed in close)
         if kept is not None:
-            got = os.preadv(kept.fileno(), [rows.data.cast("B")], at)
+            read_raw_rows(kept.fileno(), shard, first, rows)
         else:
             with open(shard.source, "rb", buffering=0) as once:
-                got = os.preadv(once.fileno(), [rows.data.cast("B")], at)
-        if got < rows.nbytes:
-            raise UnreadableShardError(shard.origin, "truncated: the embeddings end early")
+                read_raw_rows(once.fileno(), shard, first, rows)
         return rows
 
     def ids(self, shard: ShardPlan, local: np.ndarray) -> np.ndarray:

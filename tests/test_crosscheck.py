@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
+import virnucpro_merge._processes
 from virnucpro_merge import aggregate_shards, read_merge_report
 from virnucpro_merge.checkpoints import rank_checkpoints, read_checkpoint
 from virnucpro_merge.crosscheck import rows_against_checkpoints
@@ -215,7 +216,7 @@ def test_comparisons_shared_out_to_processes_say_the_same_and_their_warnings_are
     damaged.write_bytes(damaged.read_bytes()[:-40])
     here = crosscheck.compare_many(run.shard_files, run.directory / "checkpoints")
     monkeypatch.setattr(crosscheck, "_SHARED_FROM", 0)
-    monkeypatch.setattr(crosscheck, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(virnucpro_merge._processes, "usable_cpus", lambda: 2)
     with caplog.at_level(logging.WARNING, logger="virnucpro_merge"):
         there = crosscheck.compare_many(run.shard_files, run.directory / "checkpoints")
     assert there == here

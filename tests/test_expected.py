@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import virnucpro_merge._processes
 from virnucpro_merge import ExpectedIdsError, read_expected_ids
 from virnucpro_merge.cli import main
 from virnucpro_merge.expected import (
@@ -89,7 +90,7 @@ def test_bad_files_give_one_line_errors(tmp_path, monkeypatch, content, words, r
 
     if reader.endswith("in ranges"):
         monkeypatch.setattr(ranges, "_LOOKUP_RANGE", 3)
-        monkeypatch.setattr(ranges, "usable_cpus", lambda: 3)
+        monkeypatch.setattr(virnucpro_merge._processes, "usable_cpus", lambda: 3)
     read = read_expected_ids if reader == "read_expected_ids" else ranges.read_expected_lookup
     name = "expected.json" if isinstance(content, str) and content.startswith("{") else "expected.txt"
     path = write(tmp_path, name, content)
@@ -519,7 +520,7 @@ def test_an_expected_id_holding_a_nul_is_refused_by_every_reader(tmp_path, monke
         with pytest.raises(ExpectedIdsError, match=says):
             read(path)
     monkeypatch.setattr(ranges, "_LOOKUP_RANGE", 4)
-    monkeypatch.setattr(ranges, "usable_cpus", lambda: 3)
+    monkeypatch.setattr(virnucpro_merge._processes, "usable_cpus", lambda: 3)
     with pytest.raises(ExpectedIdsError, match=says):
         ranges.read_expected_lookup(path)
     shard = write_shard(tmp_path / "shard_0.h5", ["seq1"], np.zeros((1, 2), "f4"))
@@ -565,7 +566,7 @@ def test_a_plain_list_in_ranges_is_read_in_numpy_and_gives_the_same_lookup(tmp_p
     ids = [f"contig_{i:06d}" for i in range(3000)] + ["x", "contig_000007", "y" * 30]
     path = write(tmp_path, "ids.txt", "\n".join(ids) + "\n")
     monkeypatch.setattr(ranges, "_LOOKUP_RANGE", 4096)
-    monkeypatch.setattr(ranges, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(virnucpro_merge._processes, "usable_cpus", lambda: 2)
     in_ranges = ranges.read_expected_lookup(path)  # (forked processes)
 
     calls = []

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+import virnucpro_merge._processes
 import virnucpro_merge.expected._ranges
 import virnucpro_merge.inspection.run
 from virnucpro_merge import MergeError, read_expected_ids, validate_shard_completeness
@@ -37,9 +38,8 @@ def processes(request, monkeypatch):
     the shards scanned, and the expected-ID file read in byte ranges, by several processes."""
     if request.param == "several processes":
         monkeypatch.setattr(virnucpro_merge.inspection.run, "_SHARED_FROM", 0)
-        monkeypatch.setattr(virnucpro_merge.inspection.run, "usable_cpus", lambda: 3)
+        monkeypatch.setattr(virnucpro_merge._processes, "usable_cpus", lambda: 3)
         monkeypatch.setattr(virnucpro_merge.expected._ranges, "_LOOKUP_RANGE", 256)
-        monkeypatch.setattr(virnucpro_merge.expected._ranges, "usable_cpus", lambda: 3)
     return request.param
 
 
@@ -286,7 +286,7 @@ def test_inspections_in_two_threads_at_once(tmp_path, monkeypatch):
     import threading
 
     monkeypatch.setattr(virnucpro_merge.inspection.run, "_SHARED_FROM", 0)
-    monkeypatch.setattr(virnucpro_merge.inspection.run, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(virnucpro_merge._processes, "usable_cpus", lambda: 2)
     runs = [make_demo_run(tmp_path / name, n_sequences=400, world_size=4, dim=2, truncated=(), absent=(k,),
                           empty=(), short={}) for k, name in enumerate("ab")]
     found: dict[int, list] = {0: [], 1: []}

@@ -123,6 +123,32 @@ print(int(asked), libc.mallinfo2().hblks - before)
 """
 
 
+_A_LARGE_BLOCK_IN_A_WORKER = """
+import ctypes, sys
+import numpy as np
+from virnucpro_merge._processes import hand_back_large_frees, pool
+
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+
+def blocks_from_the_system(_=None):
+    first = np.ones(2**20)
+    del first
+    before = libc.mallinfo2().hblks
+    block = np.ones(2**19)
+    return libc.mallinfo2().hblks - before
+
+asked = hand_back_large_frees()
+here = blocks_from_the_system()
+with pool(2) as workers:
+    print(int(asked), here, *workers.map(blocks_from_the_system, range(2)))
+"""
+
+
 def _glibc_has_mallinfo2() -> bool:
     import ctypes
 
@@ -149,3 +175,18 @@ def test_large_frees_are_handed_back_to_the_system():
                     for how in ("keep", "hand back"))
     assert handed == [1, 1], "asked, and the block had from the system"
     assert kept == [0, 0], "(by default, from what glibc kept)"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not _glibc_has_mallinfo2(), reason="glibc's allocator")
+def test_pool_workers_keep_large_frees_for_reuse():
+    """A worker reads a piece at a time and lets it go: it keeps its freed blocks for the next
+    piece rather than fault every page of each in anew (at 10^7 IDs, validate's processes took
+    half the page faults and 1.3 s less system time), though the command line that forked it
+    hands large frees back."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    found = subprocess.run([sys.executable, "-c", _A_LARGE_BLOCK_IN_A_WORKER], capture_output=True, text=True,
+                           check=True, env=env).stdout.split()
+    assert [int(v) for v in found] == [1, 1, 0, 0], "handed back here; kept in each worker"

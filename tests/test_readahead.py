@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+from virnucpro_merge import _processes as processes_module
 from virnucpro_merge import aggregate_shards, read_merge_report
 from virnucpro_merge import readahead as readahead_module
 from virnucpro_merge._processes import pool
@@ -136,6 +137,8 @@ def test_a_merge_reading_ahead_writes_what_one_reading_here_writes(tmp_path, mon
     monkeypatch.setattr(readahead_module, "FROM_ROWS", 0)
     monkeypatch.setattr(readahead_module, "FROM_SHARDS", 0)
     monkeypatch.setattr(readahead_module, "PIECE_ROWS", 16)  # many pieces, some tasks of several shards
+    monkeypatch.setattr(readahead_module, "_METAS_A_TASK", 1)  # (a task each: as many processes as cores)
+    monkeypatch.setattr(processes_module, "usable_cpus", lambda: 2)
     calls = []
     monkeypatch.setattr(readahead_module, "pool", _counting(readahead_module.pool, calls))
     ahead = _merged(run, tmp_path / "ahead.h5", run.index, **options)
@@ -175,7 +178,7 @@ def test_ids_looked_up_where_they_are_read_are_where_the_lookup_finds_them(tmp_p
     from virnucpro_merge.readahead import read_ahead
 
     monkeypatch.setattr(readahead_module, "FROM_ROWS", 1 if forked else 10**9)
-    monkeypatch.setattr(readahead_module, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(processes_module, "usable_cpus", lambda: 2)
     monkeypatch.setattr(readahead_module, "PIECE_ROWS", 5)
     shards = _shards(tmp_path, [9, 0, 6])  # IDs s0 ... s14
     lookup = IdLookup.from_ids([f"s{i}" for i in range(0, 20, 2)] + ["s4"])  # half of them, s4 twice
@@ -203,7 +206,7 @@ def test_a_check_that_writes_nothing_gets_the_ids_found_without_their_bytes(tmp_
     from virnucpro_merge.validation import IdIndex
 
     monkeypatch.setattr(readahead_module, "FROM_ROWS", 1 if forked else 10**9)
-    monkeypatch.setattr(readahead_module, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(processes_module, "usable_cpus", lambda: 2)
     monkeypatch.setattr(readahead_module, "PIECE_ROWS", 4)
     shards = _shards(tmp_path, [7, 5])  # s0 ... s11
     lookup = IdLookup.from_ids([f"s{i}" for i in range(0, 16, 3)])  # s0 s3 s6 s9 s12 s15
@@ -229,7 +232,8 @@ def test_what_this_process_does_meanwhile_is_done_once_while_processes_read_meta
     from virnucpro_merge.readahead import read_metas
 
     monkeypatch.setattr(readahead_module, "FROM_SHARDS", 1 if forked else 10**9)
-    monkeypatch.setattr(readahead_module, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(readahead_module, "_METAS_A_TASK", 1)
+    monkeypatch.setattr(processes_module, "usable_cpus", lambda: 2)
     paths = [shard.source for shard in _shards(tmp_path, [3, 4])]
     done = []
     found = read_metas(paths, meanwhile=lambda: done.append(os.getpid()))
@@ -246,7 +250,7 @@ def test_a_merge_makes_the_lookup_of_expected_ids_once(tmp_path, monkeypatch, ro
     from virnucpro_merge.ids import IdLookup
 
     monkeypatch.setattr(readahead_module, "FROM_SHARDS", 2)
-    monkeypatch.setattr(readahead_module, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(processes_module, "usable_cpus", lambda: 2)
     if not room:
         monkeypatch.setattr(merge_module, "room_problem", lambda output, size: "no room (as the test says)")
     made = []
@@ -267,7 +271,7 @@ def test_a_lookup_of_bytes_objects_is_not_looked_in_by_forked_processes(tmp_path
     from virnucpro_merge.validation import IdIndex
 
     monkeypatch.setattr(readahead_module, "FROM_ROWS", 1)
-    monkeypatch.setattr(readahead_module, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(processes_module, "usable_cpus", lambda: 2)
     shards = _shards(tmp_path, [5, 4])
     lookup = IdLookup.from_ids([f"s{i}" for i in range(0, 12, 2)] + ["x" * 2000])
     assert not lookup.shared_without_copy
@@ -288,7 +292,7 @@ def test_the_ids_of_few_shards_beside_many_bytes_of_embeddings_are_read_here(tmp
     from virnucpro_merge.readahead import BYTES_AN_ID, FROM_SHARDS, read_ahead
 
     monkeypatch.setattr(readahead_module, "FROM_ROWS", 1)
-    monkeypatch.setattr(readahead_module, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(processes_module, "usable_cpus", lambda: 2)
     shards = _shards(tmp_path, [5, 4])
 
     def forked(**options):
@@ -301,3 +305,66 @@ def test_the_ids_of_few_shards_beside_many_bytes_of_embeddings_are_read_here(tmp
     assert len(shards) < FROM_SHARDS
     monkeypatch.setattr(readahead_module, "FROM_SHARDS", 2)
     assert forked(copied=10**12)
+
+
+@pytest.mark.parametrize(("cores", "copied", "shards", "readers", "metas"), [
+    (1, 0, 100, 1, 1),  # one core: read here
+    (2, 0, 100, 2, 2),
+    (6, 0, 100, 6, 6),  # a check: one reader a core
+    (64, 0, 100, 8, 8),  # ... up to MAX_PROCESSES, whose answers this process can take in
+    (6, 10**6, 100, 2, 6),  # a merge: its copy and scan take the other cores
+    (6, 0, 3, 6, 3),  # no more processes than tasks (here a shard's metadata each)
+])
+def test_processes_reading_ahead_follow_the_cores(tmp_path, monkeypatch, cores, copied, shards, readers, metas):
+    """A check of a large run shares the reading out to one process a usable core (a batch
+    job's share of a node), at most MAX_PROCESSES; a merge keeps two readers, beside its copy."""
+    from virnucpro_merge.readahead import read_ahead, read_metas
+
+    monkeypatch.setattr(processes_module, "usable_cpus", lambda: cores)
+    monkeypatch.setattr(readahead_module, "FROM_ROWS", 0)
+    monkeypatch.setattr(readahead_module, "FROM_SHARDS", 0)
+    monkeypatch.setattr(readahead_module, "_METAS_A_TASK", 1)
+    calls = []
+    monkeypatch.setattr(readahead_module, "pool", lambda workers, **kwargs: calls.append(workers) or pool(1))
+    listed = [ShardIds(tmp_path / f"shard_{i}.h5", tmp_path / f"shard_{i}.h5", 10) for i in range(shards)]
+    with read_ahead(listed, copied=copied):
+        pass
+    read_metas([shard.source for shard in listed])
+    assert calls == [readers, metas]
+
+
+@pytest.mark.parametrize("forked", [True, False])
+def test_the_first_ids_read_ahead_are_those_read_here(tmp_path, monkeypatch, forked):
+    """A shard's first IDs (fewer where it holds fewer), or why they cannot be read, the same
+    read by forked processes as here: what the world size of a run folder is inferred from."""
+    from virnucpro_merge.readahead import read_first_ids
+
+    monkeypatch.setattr(readahead_module, "FROM_SHARDS", 0 if forked else 10**9)
+    monkeypatch.setattr(readahead_module, "_METAS_A_TASK", 1)
+    monkeypatch.setattr(processes_module, "usable_cpus", lambda: 2)
+    calls = []
+    monkeypatch.setattr(readahead_module, "pool", _counting(readahead_module.pool, calls))
+    shards = [shard.source for shard in _shards(tmp_path, [5, 0, 2])]
+    (tmp_path / "text.h5").write_text("not HDF5")
+    found = read_first_ids([shards[0], tmp_path / "none.h5", shards[1], tmp_path / "text.h5", shards[2]], 3)
+    assert calls == [2 if forked else 1]
+    assert [f if isinstance(f, list) else str(f).split(": ")[0] for f in found] == \
+        [["s0", "s1", "s2"], str(tmp_path / "none.h5"), [], str(tmp_path / "text.h5"), ["s5", "s6"]]
+    assert all(isinstance(f, ShardError) for f in (found[1], found[3]))
+
+
+def test_a_dead_last_rank_is_found_with_the_first_ids_read_ahead(tmp_path, monkeypatch):
+    """The world size from the IDs' index positions, the shards read by forked processes."""
+    from virnucpro_merge.ranks import folder_shards
+
+    run = make_demo_run(tmp_path / "run", n_sequences=400, world_size=8, dim=4, truncated=(2,), absent=(6, 7),
+                        empty=(), short={})
+    monkeypatch.setattr(readahead_module, "FROM_SHARDS", 0)
+    monkeypatch.setattr(readahead_module, "_METAS_A_TASK", 1)
+    monkeypatch.setattr(processes_module, "usable_cpus", lambda: 2)
+    calls = []
+    monkeypatch.setattr(readahead_module, "pool", _counting(readahead_module.pool, calls))
+    assert [p.name for p in folder_shards(run.directory, index_ids=run.sequence_ids)] == \
+        [f"shard_{rank}.h5" for rank in range(8)]
+    assert calls == [2]
+    assert len(folder_shards(run.directory)) == 6, "(without the index: up to the last rank found)"

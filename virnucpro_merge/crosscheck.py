@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._processes import pool, usable_cpus
+from ._processes import pool, pool_size
 from .checkpoints import Checkpoint, CheckpointFile, checkpointed_ids, rank_checkpoints, read_checkpoint
 from .errors import CheckpointError, MergeError, shown_id
 from .ranks import rank_of
@@ -191,8 +191,8 @@ def _bits(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
         return np.ascontiguousarray(rows, dtype=dtype).view(f"u{np.dtype(dtype).itemsize}")
 
 
-#: Bytes of checkpoints from which the comparisons are shared out to processes, and how many at most.
-_SHARED_FROM, _MAX_PROCESSES = 64 * 2**20, 8
+#: Bytes of checkpoints from which the comparisons are shared out to processes.
+_SHARED_FROM = 64 * 2**20
 
 
 class _Kept(logging.Handler):
@@ -242,7 +242,7 @@ def compare_many(shards: Sequence[Path], checkpoints: Path, *, rows: bool = True
     """
     folders = [checkpoints / f"shard_{rank}" for shard in shards if (rank := rank_of(shard)) is not None]
     total = sum(rank_checkpoints(folder).size for folder in folders) if rows else 0
-    workers = min(usable_cpus(), _MAX_PROCESSES, len(shards)) if total >= _SHARED_FROM else 1
+    workers = pool_size(len(shards)) if total >= _SHARED_FROM else 1
     with pool(workers) as executor:
         if executor is None:
             return {shard: _outcome(shard, checkpoints, rows) for shard in shards}

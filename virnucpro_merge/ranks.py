@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import MergeError, ShardError
 from .manifest import MANIFEST_NAME, read_manifest
-from .shards import iter_id_chunks, open_shard
+from .readahead import read_first_ids
 
 __all__ = [
     "INDEX_NAME",
@@ -228,19 +228,14 @@ def sample_steps(paths: Sequence[Path], index_ids: Iterable[str], sample: int = 
     """Rank -> ``stride_step`` of the first ``sample`` IDs of each readable shard named by rank.
 
     The index is read only as far as those IDs lie (in a stride run, the first
-    ``sample`` x N positions); unreadable shards are passed over.
+    ``sample`` x N positions); unreadable shards are passed over. The shards are read by
+    forked processes where there are many (:func:`~virnucpro_merge.readahead.read_first_ids`).
     """
+    ranked = [(rank, path) for path in paths if (rank := rank_of(path)) is not None and path.is_file()]
     wanted: dict[str, int] = {}
-    for path in paths:
-        rank = rank_of(path)
-        if rank is None or not path.is_file():
-            continue
-        try:
-            with open_shard(path) as handle:
-                first = next(iter_id_chunks(handle, path, chunk=sample), [])
-        except ShardError:
-            continue
-        wanted.update(dict.fromkeys(first, rank))
+    for (rank, _), first in zip(ranked, read_first_ids([path for _, path in ranked], sample), strict=True):
+        if not isinstance(first, ShardError):
+            wanted.update(dict.fromkeys(first, rank))
     found: dict[int, list[int]] = {}
     left = len(wanted)
     for position, sequence_id in enumerate(index_ids):

@@ -28,14 +28,15 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from ._processes import pool, usable_cpus
+from ._processes import pool, pool_size
 from .errors import ShardError
 from .ids import FoundIds, HashedIds, IdLookup
-from .shards import ID_CHUNK, ShardMeta, iter_id_byte_chunks, open_shard, read_shard_meta
+from .shards import ID_CHUNK, ShardMeta, iter_id_byte_chunks, iter_id_chunks, open_shard, read_shard_meta
 
-__all__ = ["ReadAhead", "read_ahead", "ShardIds", "read_metas", "FROM_ROWS", "FROM_SHARDS", "BYTES_AN_ID",
-           "PIECE_ROWS"]
+__all__ = ["ReadAhead", "read_ahead", "ShardIds", "read_metas", "read_first_ids", "FROM_ROWS", "FROM_SHARDS",
+           "BYTES_AN_ID", "PIECE_ROWS"]
 
 logger = logging.getLogger("virnucpro_merge")
 
@@ -184,13 +185,15 @@ class ReadAhead:
 @contextmanager
 def read_ahead(shards: Sequence[ShardIds], lookup: IdLookup | None = None, *, ids: bool = True, copied: int = 0
                ) -> Iterator[ReadAhead]:
-    """A :class:`ReadAhead` of ``shards``, with forked processes where they pay: two, when
-    there are two cores or more and :data:`FROM_ROWS` IDs or more, unless this process
-    copies ``copied`` bytes of embeddings meanwhile (a merge) and the IDs weigh little
-    beside them: fewer than :data:`FROM_SHARDS` shards with more than :data:`BYTES_AN_ID`
-    an ID. (Measured: 8 shards of 62,500 rows of 1,280 floats merged in 1.6 s with the IDs
-    read here, 2.4-2.9 s with forked readers, whose work slowed the copy; 1,024 shards of
-    1,000 rows, 3.6 s against 4.0 s; 8 shards of 250,000 rows of 64, 2.3 s against 2.6 s.)
+    """A :class:`ReadAhead` of ``shards``, with forked processes where they pay: when there
+    are two cores or more and :data:`FROM_ROWS` IDs or more, one a core
+    (:func:`~virnucpro_merge._processes.pool_size`) for a check, and two where this process
+    copies ``copied`` bytes of embeddings meanwhile (a merge: the copy and its scan take
+    the others), unless the IDs weigh little beside those: fewer than :data:`FROM_SHARDS`
+    shards with more than :data:`BYTES_AN_ID` an ID. (Measured: 8 shards of 62,500 rows of
+    1,280 floats merged in 1.6 s with the IDs read here, 2.4-2.9 s with forked readers,
+    whose work slowed the copy; 1,024 shards of 1,000 rows, 3.6 s against 4.0 s; 8 shards
+    of 250,000 rows of 64, 2.3 s against 2.6 s.)
 
     With ``lookup``, the IDs are looked up in it where they are read (a forked process has it
     without a copy, unless it holds bytes objects: then here): as
@@ -200,7 +203,7 @@ def read_ahead(shards: Sequence[ShardIds], lookup: IdLookup | None = None, *, id
     """
     rows = sum(s.rows for s in shards)
     weighty = len(shards) >= FROM_SHARDS or copied <= rows * BYTES_AN_ID
-    workers = 2 if usable_cpus() >= 2 and rows >= FROM_ROWS and weighty else 1
+    workers = 1 if rows < FROM_ROWS or not weighty else min(pool_size(), 2) if copied else pool_size()
     look_up = None if lookup is None or not lookup.shared_without_copy else _LookUp(lookup, ids)
     with pool(workers, initializer=_use, initargs=(look_up,)) as executor:
         yield ReadAhead(shards, executor, _IN_FLIGHT * workers if executor is not None else 1, look_up)
@@ -209,8 +212,8 @@ def read_ahead(shards: Sequence[ShardIds], lookup: IdLookup | None = None, *, id
 def read_metas(paths: Sequence[Path], *, storage: bool = True, meanwhile: Callable[[], object] | None = None
                ) -> list[ShardMeta | ShardError]:
     """Each shard's metadata (:func:`~virnucpro_merge.shards.read_shard_meta`), or the error
-    reading it gave, in order: by two forked processes from :data:`FROM_SHARDS` shards
-    (call it before starting threads), else here. ``meanwhile()`` is called once the
+    reading it gave, in order: by forked processes, one a core, from :data:`FROM_SHARDS`
+    shards (call it before starting threads), else here. ``meanwhile()`` is called once the
     processes are at work (and not at all without them): what this process has to do
     anyway, done while it waits.
 
@@ -220,8 +223,31 @@ def read_metas(paths: Sequence[Path], *, storage: bool = True, meanwhile: Callab
     >>> found[0].num_sequences, str(found[1])
     (1, 'none.h5: file does not exist')
     """
-    read = functools.partial(_meta, storage=storage)
-    workers = 2 if usable_cpus() >= 2 and len(paths) >= FROM_SHARDS else 1
+    return _each_shard(functools.partial(_meta, storage=storage), paths, meanwhile)
+
+
+def read_first_ids(paths: Sequence[Path], count: int) -> list[list[str] | ShardError]:
+    """The first ``count`` IDs of each shard (fewer where it holds fewer), or the error
+    reading them gave, in order: shared out as :func:`read_metas` shares the metadata
+    (opening a shard costs about half a millisecond: at 1,024 shards, 0.6-1.1 s here).
+
+    >>> import numpy as np
+    >>> from virnucpro_merge.synthetic import write_shard
+    >>> found = read_first_ids([write_shard("s.h5", ["a", "b", "c"], np.ones((3, 2), np.float32)), Path("x.h5")], 2)
+    >>> found[0], str(found[1])
+    (['a', 'b'], 'x.h5: file does not exist')
+    """
+    return _each_shard(functools.partial(_first_ids, count=count), paths)
+
+
+_Found = TypeVar("_Found")
+
+
+def _each_shard(read: Callable[[Path], _Found], paths: Sequence[Path],
+                meanwhile: Callable[[], object] | None = None) -> list[_Found]:
+    """``read(path)`` of each path, in order: by forked processes, one a core, from
+    :data:`FROM_SHARDS` paths, else here; ``meanwhile()`` done while they work."""
+    workers = pool_size(-(-len(paths) // _METAS_A_TASK)) if len(paths) >= FROM_SHARDS else 1
     with pool(workers) as executor:
         if executor is None:
             return [read(path) for path in paths]
@@ -229,6 +255,14 @@ def read_metas(paths: Sequence[Path], *, storage: bool = True, meanwhile: Callab
         if meanwhile is not None:
             meanwhile()
         return list(found)
+
+
+def _first_ids(path: Path, *, count: int) -> list[str] | ShardError:
+    try:
+        with open_shard(path) as handle:
+            return next(iter_id_chunks(handle, path, chunk=count), [])
+    except ShardError as err:
+        return err
 
 
 def _meta(path: Path, *, storage: bool) -> ShardMeta | ShardError:

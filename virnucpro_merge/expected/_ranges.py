@@ -12,7 +12,7 @@ from typing import BinaryIO, Literal, overload
 
 import numpy as np
 
-from .._processes import pool, usable_cpus
+from .._processes import pool, pool_size
 from ..errors import ExpectedIdsError
 from ..ids import MAX_WIDTH, IdLookup, encode_and_hash_ids, encode_ids, hash_order, id_hashes
 from ._index import Chain, IndexReader, JsonText
@@ -243,8 +243,8 @@ def _read_in_ranges(path: Path, workers: int, range_bytes: int, shown_as: object
     return [block for block, _ in parts]
 
 
-#: Processes reading a large expected-ID file at once, at most; and the bytes each takes at a time.
-_MAX_PROCESSES, _LOOKUP_RANGE = 8, 8 * 2**20
+#: The bytes of a large expected-ID file each process takes at a time.
+_LOOKUP_RANGE = 8 * 2**20
 
 
 def read_expected_lookup(path: str | os.PathLike[str], *, shown_as: object = None) -> IdLookup:
@@ -260,6 +260,6 @@ def read_expected_lookup(path: str | os.PathLike[str], *, shown_as: object = Non
     >>> found.n, found.distinct, list(found.ids())
     (3, 2, ['seq1', 'seq2', 'seq1'])
     """
-    return IdLookup(iter_encoded_id_blocks(path, workers=min(usable_cpus(), _MAX_PROCESSES), max_width=MAX_WIDTH,
+    return IdLookup(iter_encoded_id_blocks(path, workers=pool_size(), max_width=MAX_WIDTH,
                                            range_bytes=_LOOKUP_RANGE, shown_as=shown_as, hashed="ordered",
                                            require_ids=True))

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, overload
 import numpy as np
 from tqdm import tqdm
 
-from .._processes import pool, usable_cpus
+from .._processes import pool, pool_size
 from ..checkpoints import model_dtype_of, rank_checkpoints, read_checkpoint
 from ..checks import expected_in_memory
 from ..errors import CheckpointError, MergeError, ShardError
@@ -419,7 +419,6 @@ def _merged_shard(rank: int, record: dict[str, Any] | None, assigned: int, lacki
 
 # --------------------------------------------------------------------------- the expected IDs
 
-_MAX_PROCESSES = 8  # processes reading the shards at once
 _SHARED_FROM = 200_000  # expected IDs from which the shards are scanned by several processes
 
 
@@ -493,7 +492,7 @@ def _scan_inherited(rank: int) -> _Scan:
 def _scans(paths: Sequence[Path], lookup: IdLookup, present: np.ndarray, *, progress: bool = False) -> list[_Scan]:
     """Every rank's scan: shared out to forked processes that are handed the lookup, where
     there are enough IDs to gain by it, else here, rank by rank (with ``progress``, a bar)."""
-    size = min(usable_cpus(), _MAX_PROCESSES, len(paths)) if lookup.n >= _SHARED_FROM else 1
+    size = pool_size(len(paths)) if lookup.n >= _SHARED_FROM else 1
     with pool(size, initializer=_inherit, initargs=(lookup, paths)) as workers, \
             tqdm(total=len(paths), unit="rank", desc="Reading the shards' IDs", disable=not progress) as bar:
         found = (_scan(rank, path, lookup) for rank, path in enumerate(paths)) if workers is None \

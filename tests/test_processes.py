@@ -103,27 +103,7 @@ def test_ctrl_c_at_a_terminal_is_left_to_the_process_that_made_the_pool():
     assert "KeyboardInterrupt" not in done.stderr, done.stderr
 
 
-_A_LARGE_BLOCK_AFTER_A_LARGER_FREE = """
-import ctypes, sys
-import numpy as np
-from virnucpro_merge._processes import hand_back_large_frees
-
-class Info(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
-
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = Info
-asked = sys.argv[1] == "hand back" and hand_back_large_frees()
-first = np.ones(2**20)  # 8 MiB, freed: by default glibc keeps blocks up to 8 MiB from here on
-del first
-before = libc.mallinfo2().hblks
-block = np.ones(2**19)  # 4 MiB: from the system (handed back when freed), or from what glibc keeps
-print(int(asked), libc.mallinfo2().hblks - before)
-"""
-
-
-_A_LARGE_BLOCK_IN_A_WORKER = """
+_BLOCKS_FROM_THE_SYSTEM = """
 import ctypes, sys
 import numpy as np
 from virnucpro_merge._processes import hand_back_large_frees, pool
@@ -136,16 +116,18 @@ libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = Info
 
 def blocks_from_the_system(_=None):
-    first = np.ones(2**20)
+    first = np.ones(2**20)  # 8 MiB, freed: by default glibc keeps blocks up to 8 MiB from here on
     del first
     before = libc.mallinfo2().hblks
-    block = np.ones(2**19)
+    block = np.ones(2**19)  # 4 MiB: from the system (handed back when freed), or from what glibc keeps
     return libc.mallinfo2().hblks - before
 
-asked = hand_back_large_frees()
-here = blocks_from_the_system()
-with pool(2) as workers:
-    print(int(asked), here, *workers.map(blocks_from_the_system, range(2)))
+asked = sys.argv[1] != "keep" and hand_back_large_frees()
+if sys.argv[1] == "in workers":
+    with pool(2) as workers:
+        print(int(asked), blocks_from_the_system(), *workers.map(blocks_from_the_system, range(2)))
+else:
+    print(int(asked), blocks_from_the_system())
 """
 
 
@@ -170,7 +152,7 @@ def test_large_frees_are_handed_back_to_the_system():
 
     # (glibc's defaults: Dask's nanny, started by other tests, sets MALLOC_TRIM_THRESHOLD_ in this environment)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    kept, handed = ([int(v) for v in subprocess.run([sys.executable, "-c", _A_LARGE_BLOCK_AFTER_A_LARGER_FREE, how],
+    kept, handed = ([int(v) for v in subprocess.run([sys.executable, "-c", _BLOCKS_FROM_THE_SYSTEM, how],
                                                     capture_output=True, text=True, check=True, env=env).stdout.split()]
                     for how in ("keep", "hand back"))
     assert handed == [1, 1], "asked, and the block had from the system"
@@ -187,6 +169,6 @@ def test_pool_workers_keep_large_frees_for_reuse():
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    found = subprocess.run([sys.executable, "-c", _A_LARGE_BLOCK_IN_A_WORKER], capture_output=True, text=True,
-                           check=True, env=env).stdout.split()
+    found = subprocess.run([sys.executable, "-c", _BLOCKS_FROM_THE_SYSTEM, "in workers"], capture_output=True,
+                           text=True, check=True, env=env).stdout.split()
     assert [int(v) for v in found] == [1, 1, 0, 0], "handed back here; kept in each worker"

@@ -50,6 +50,9 @@ _MAD_FLOOR = 0.01  # a MAD is never taken below this share of the median (identi
 #: every SAMPLE-th row after them (by row number).
 SAMPLE, ALL_ROWS = 32, 256
 _CONFIRM_AT_MOST = 10_000  # candidate identical rows confirmed by their bytes, at most, per rank
+#: Blocks a tally keeps apart before joining what it kept of them (an index-order merge hands each
+#: rank a few rows a block: 10^7 rows over 256 ranks were 760,000 small arrays, 91 MB of them headers).
+_JOIN_AFTER = 64
 #: Below this magnitude, a row's squares summed in float32 cannot overflow (rows up to 2**20 wide).
 _SQUARE_SAFE = 1e15
 
@@ -114,6 +117,7 @@ class RankTally:
     _norms: list[np.ndarray] = field(default_factory=list)
     _sums: list[np.ndarray] = field(default_factory=list)
     _where: list[np.ndarray] = field(default_factory=list)
+    _loose: int = 0  # blocks kept since the last join
     health: RankHealth | None = None  # (once finished)
 
     def add(self, block: np.ndarray, sums: np.ndarray, nonfinite: int, rows: np.ndarray | None = None,
@@ -131,8 +135,6 @@ class RankTally:
         if not block.shape[0]:
             return
         first = self.rows
-        self._where.append(np.arange(first, first + block.shape[0]) if rows is None else rows)
-        self._sums.append(sums)
         self.rows += block.shape[0]
         zero = np.flatnonzero(sums == 0)  # (an all-zero row sums to 0; anything else hardly ever)
         if zero.size:
@@ -146,10 +148,26 @@ class RankTally:
             sample = sample[np.isfinite(sample).all(axis=1)]
         wide = np.float64 if nonfinite or max(high, -low) > _SQUARE_SAFE else np.float32  # (float32 squares
         squares = np.einsum("ij,ij->i", sample, sample, dtype=wide).astype(np.float64)  # overflow past 1.8e19)
-        self._norms.append(np.sqrt(squares))
+        self._keep(sums, np.arange(first, first + block.shape[0]) if rows is None else rows, np.sqrt(squares))
         self.finite_values += sample.size
         self.value_sum += float(sample.sum(axis=1, dtype=wide).sum(dtype=np.float64))
         self.square_sum += float(squares.sum())
+
+    def _keep(self, sums: np.ndarray, where: np.ndarray, norms: np.ndarray) -> None:
+        """Keep a block's row sums, their row numbers and its norms; every :data:`_JOIN_AFTER`
+        blocks, those kept since the last join as one array each (row numbers in 4 bytes
+        where they fit)."""
+        for kept, part in ((self._sums, sums), (self._where, where), (self._norms, norms)):
+            kept.append(part)
+        self._loose += 1
+        if self._loose < _JOIN_AFTER:
+            return
+        self._loose = 0
+        for kept in self._sums, self._where, self._norms:
+            kept[-_JOIN_AFTER:] = [np.concatenate(kept[-_JOIN_AFTER:])]
+        where = self._where[-1]
+        if where.size and where.max() < 2**31:
+            self._where[-1] = where.astype(np.int32)
 
     def finish(self, rows_of: Callable[[np.ndarray], np.ndarray] | None = None, dtype: str | None = None,
                model_dtypes: Sequence[str] = ()) -> RankHealth:
@@ -164,7 +182,7 @@ class RankTally:
         identical, example = (0, None)
         if rows_of is not None and self._sums:
             identical, example = _identical(np.concatenate(self._sums), np.concatenate(self._where), rows_of)
-        self._norms, self._sums, self._where = [], [], []
+        self._norms, self._sums, self._where, self._loose = [], [], [], 0
         self.health = RankHealth(rows=self.rows, norm_quantiles=quantiles, mean=mean, std=spread**0.5,
                           zero_rows=self.zero_rows, saturated_rows=self.saturated_rows, identical_rows=identical,
                           identical_example=example, dtype=dtype, model_dtypes=tuple(sorted(set(model_dtypes))))

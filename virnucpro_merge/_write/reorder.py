@@ -74,20 +74,23 @@ def index_lookup(index_ids: Collection[str] | IdLookup) -> IdLookup:
 def index_order(plan: MergePlan) -> RowOrder:
     """Work out where each output row comes from: from each row's place in the index, as
     the check of the IDs found it (by hash, then by the ID's bytes: ``plan.ids``, planned
-    with ``keep_ids`` against an :func:`index_lookup`)."""
+    with ``keep_ids`` against an :func:`index_lookup`). Rows and places are kept in 4 bytes
+    each where they fit (at 10^7 IDs, 80 MB less at the merge's peak)."""
     assert plan.ids is not None
     assert plan.ids.lookup is not None
     places = plan.ids.row_places()
-    expected = np.flatnonzero(places >= 0)
-    row_at = np.full(plan.ids.lookup.n, -1, np.int64)
-    row_at[places[expected]] = expected  # (one row a place: the plan refused a duplicate)
+    narrow = np.dtype(np.int32 if max(places.size, plan.ids.lookup.n) < 2**31 else np.int64)
+    rows, placed = np.arange(places.size, dtype=narrow), places >= 0
+    row_at: np.ndarray = np.full(plan.ids.lookup.n, -1, narrow)
+    row_at[places[placed]] = rows[placed]  # (one row a place: the plan refused a duplicate)
+    extra = rows[~placed]  # (the rows of IDs the index does not hold: written last)
+    del rows, placed
     found = row_at >= 0
-    return RowOrder(
-        source_rows=np.concatenate([row_at[found], np.flatnonzero(places < 0)]),  # extra IDs go last
-        index=plan.ids.lookup,
-        ordered=np.flatnonzero(found),
-        missing_positions=np.flatnonzero(~found),
-    )
+    source_rows = np.concatenate([row_at[found], extra])
+    del row_at, extra
+    positions = np.arange(plan.ids.lookup.n, dtype=narrow)
+    return RowOrder(source_rows=source_rows, index=plan.ids.lookup, ordered=positions[found],
+                    missing_positions=positions[~found])
 
 
 class _Sources:

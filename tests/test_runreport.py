@@ -639,3 +639,22 @@ def test_the_reports_kernel_hands_large_frees_back(tmp_path):
     manager = kernel_manager(tmp_path)
     spec = manager.kernel_spec_manager.get_kernel_spec(manager.kernel_name)
     assert hand_back_environment().items() <= spec.env.items()
+
+
+def test_a_run_that_repeats_ids_is_invalid_whatever_else_it_lacks(tmp_path):
+    """A rank that repeats sequence IDs misses none of its own: it was left out of the ranks
+    to look at, and the verdict said INCOMPLETE (re-run the absent rank) where no merge
+    takes the run, --partial neither (validate said INVALID)."""
+    from virnucpro_merge.inspection import inspect_run
+    from virnucpro_merge.inspection.runreport import run_summary
+
+    run = make_demo_run(tmp_path / "run", n_sequences=200, world_size=4, dim=4, duplicated=(1,), truncated=(),
+                        absent=(3,), empty=(), short={})
+    summary = run_summary(inspect_run(run.directory))
+    assert summary["verdict"] == "invalid"
+    assert summary["ranks_by_status"] == {"duplicated": [1], "absent": [3]}
+    assert summary["line"] == ("INVALID: sequence IDs repeated (ranks 1), which a merge refuses; "
+                               "50 of 200 sequences missing (25.00%); ranks to re-run: 1 (absent 3)")
+    assert main(["validate", str(run.directory), "--expected", str(run.index)]) == 1
+    with pytest.raises(ValueError, match="Duplicate sequence ID found"):
+        aggregate_shards(run.shard_files, tmp_path / "out.h5", run.sequence_ids, partial=True)

@@ -12,25 +12,32 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from .ranks import rank_of, rank_ranges
 from .shards import ABSENT
 from .statuses import ABSENT as ABSENT_STATUS
-from .statuses import EMPTY, FAILED
+from .statuses import DUPLICATED, EMPTY, FAILED
 from .statuses import INCOMPLETE as INCOMPLETE_RANK
 
-__all__ = ["COMPLETE", "INCOMPLETE", "NOT_CHECKED", "verdict_of", "verdict_line", "ranks_missing", "rank_problems"]
+__all__ = ["COMPLETE", "INCOMPLETE", "INVALID", "NOT_CHECKED", "verdict_of", "verdict_line", "ranks_missing",
+           "rank_problems"]
 
 #: The verdicts, as the JSON files and the exit statuses carry them.
-COMPLETE, INCOMPLETE, NOT_CHECKED = "complete", "incomplete", "not checked"
+COMPLETE, INCOMPLETE, INVALID, NOT_CHECKED = "complete", "incomplete", "invalid", "not checked"
 
 
 def verdict_of(expected: int | None, missing: int, problems: Mapping[str, Sequence[int]]) -> str:
-    """``"complete"`` (``COMPLETE``) when every expected sequence is there (a dead worker's
-    included, when its checkpoints held them), ``"not checked"`` (``NOT_CHECKED``) when no
-    expected IDs were given and no rank has a problem, else ``"incomplete"`` (``INCOMPLETE``).
+    """``"invalid"`` (``INVALID``) when a rank repeats sequence IDs (``problems`` names it
+    ``duplicated``: a merge refuses the run, ``--partial`` too), else ``"complete"``
+    (``COMPLETE``) when every expected sequence is there (a dead worker's included, when its
+    checkpoints held them), ``"not checked"`` (``NOT_CHECKED``) when no expected IDs were given
+    and no rank has a problem, else ``"incomplete"`` (``INCOMPLETE``).
 
     >>> verdict_of(100, 0, {}), verdict_of(100, 3, {}), verdict_of(None, 0, {}), verdict_of(None, 0, {"absent": [2]})
     ('complete', 'incomplete', 'not checked', 'incomplete')
     >>> verdict_of(100, 0, {"absent": [2]})  # (rank 2's sequences are all there all the same)
     'complete'
+    >>> verdict_of(100, 0, {"duplicated": [5]})
+    'invalid'
     """
+    if problems.get(DUPLICATED):
+        return INVALID
     if expected is not None:
         return INCOMPLETE if missing else COMPLETE
     return INCOMPLETE if any(problems.values()) else NOT_CHECKED
@@ -48,18 +55,28 @@ def verdict_line(expected: int | None, missing: int, problems: Mapping[str, Sequ
     INCOMPLETE: 10,451 of 1,000,000 sequences missing (1.05%); ranks to re-run: 4 (absent 17, 333, 1023; failed 3)
     >>> print(verdict_line(None, 0, {"failed": [3]}))
     INCOMPLETE: ranks to re-run: 1 (failed 3); no expected IDs, so no sequence is known missing
+    >>> print(*verdict_line(4000, 10, {"duplicated": [7], "absent": [2]}).split("; "), sep="\\n")
+    INVALID: sequence IDs repeated (ranks 7), which a merge refuses
+    10 of 4,000 sequences missing (0.25%)
+    ranks to re-run: 1 (absent 2)
+    >>> print(verdict_line(4000, 0, {"duplicated": [7, 8]}))
+    INVALID: sequence IDs repeated (ranks 7-8), which a merge refuses
     """
-    named = {status: ranks for status, ranks in problems.items() if ranks}
+    named = {status: ranks for status, ranks in problems.items() if ranks and status != DUPLICATED}
     ranks = f"ranks to re-run: {sum(map(len, named.values())):,} (" + "; ".join(
         f"{status} {rank_ranges(sorted(ranks), most=6)}" for status, ranks in named.items()) + ")" if named else ""
-    verdict = verdict_of(expected, missing, named)
+    verdict = verdict_of(expected, missing, problems)
+    counted = "" if expected is None else \
+        f"{missing:,} of {expected:,} sequences missing" + (f" ({missing / expected:.2%})" if expected else "")
+    if verdict == INVALID:
+        return "; ".join([f"INVALID: sequence IDs repeated (ranks {rank_ranges(sorted(problems[DUPLICATED]), most=6)})"
+                          ", which a merge refuses", *([counted] if missing else []), *([ranks] if ranks else [])])
     if verdict == COMPLETE:
         return f"COMPLETE: all {expected:,} expected sequences are there"
     if expected is None:
         return (f"INCOMPLETE: {ranks}; no expected IDs, so no sequence is known missing" if named
                 else "NOT CHECKED: no expected IDs were given (every shard is readable)")
-    share = f" ({missing / expected:.2%})" if expected else ""
-    return f"INCOMPLETE: {missing:,} of {expected:,} sequences missing{share}" + (f"; {ranks}" if ranks else "")
+    return f"INCOMPLETE: {counted}" + (f"; {ranks}" if ranks else "")
 
 
 def ranks_missing(missing: Collection[str], expected_in_order: Iterable[str], world_size: int) -> dict[int, int]:

@@ -47,8 +47,8 @@ from ..outputs import atomic_output, refuse_overwriting
 from ..plan import shard_paths
 from ..ranks import checkpoints_of, folder_shards, in_rank_order, index_beside, rank_ranges
 from ..report import read_merge_report
-from ..statuses import OK
-from ..verdict import verdict_line, verdict_of
+from ..statuses import DUPLICATED, OK
+from ..verdict import INVALID, verdict_line, verdict_of
 from .interactive import bokeh_available, embed_page_figures
 from .tables import health_words, rank_problem
 from .views import InspectionView, RankView
@@ -147,10 +147,11 @@ def run_summary(found: InspectionView) -> dict[str, Any]:
 
 
 def _ranks_to_rerun(found: InspectionView) -> dict[str, list[int]]:
-    """The ranks of each status but ``ok`` (where completeness was checked, those that lack sequences)."""
+    """The ranks of each status but ``ok`` (where completeness was checked, those that lack
+    sequences, and those that repeat IDs: a merge refuses them, whatever else they hold)."""
     checked = found.expected_from is not None  # (then a rank none of whose sequences is missing is not to re-run)
     return {status: kept for status, ranks in found.by_status.items() if status != OK
-            if (kept := [r for r in ranks if not checked or found.shards[r].missing])}
+            if (kept := [r for r in ranks if not checked or status == DUPLICATED or found.shards[r].missing])}
 
 
 def _rank_record(found: InspectionView, shard: RankView, said: dict[int, str] | None) -> dict[str, Any]:
@@ -227,6 +228,7 @@ def _exporter(*, show_code: bool) -> Any:
 _VERDICT_STYLE = {  # (the statuses' colours: statuses.py)
     "complete": "background:#e6f4ee;border-left:6px solid #009E73",
     "incomplete": "background:#fbece4;border-left:6px solid #D55E00",
+    "invalid": "background:#fbece4;border-left:6px solid #D55E00",
     "not checked": "background:#f0f0f0;border-left:6px solid #999999",
 }
 
@@ -609,6 +611,10 @@ def _next_steps(outcome: dict[str, Any] | None, shards: list[Path], index: Path 
     if run.get("verdict") == "complete":
         return [] if merged is not None else [f"merge it: virnucpro-merge aggregate {shlex.quote(str(folder))}"
                                                f"{expected} -o {quoted}"]
+    if run.get("verdict") == INVALID:  # (no merge takes a run that repeats IDs, --partial neither)
+        repeated = rank_ranges(run.get("ranks_by_status", {}).get(DUPLICATED, []))
+        return [f"remove the repeated sequence IDs (ranks {repeated}: the table below says which) before merging: "
+                "a merge refuses them, --partial too"]
     steps = [] if merged is not None else [f"merge what there is: virnucpro-merge aggregate "
                                            f"{shlex.quote(str(folder))}{expected} --partial -o {quoted}"]
     if fasta is not None:

@@ -105,6 +105,8 @@ class TestAggregate:
         (run_dir / "shard_1.h5").unlink()
         expected.write_text("\n".join(i for i in ALL_IDS if i not in read_merge_report(out)["missing_ids"]))
         assert main([*command[:1], *(str(p) for p in sorted(run_dir.glob("shard_*.h5"))), *command[2:]]) == 0
+        assert main(command) == 0, "rank 1 absent, but none of the expected sequences missing: nothing to fail on"
+        assert "written, but COMPLETE" not in capsys.readouterr().err
         assert main(["aggregate", str(run_dir), "-o", str(out), "--fail-on-missing"]) == 2
 
     def test_chunk_size_and_progress(self, run_dir, capsys):
@@ -452,3 +454,38 @@ def test_on_a_terminal_the_bar_shows_unless_quiet(run_dir, capsys, monkeypatch):
     assert "Checking the IDs" in capsys.readouterr().err
     assert main(["-q", "validate", str(run_dir), "--expected", str(run_dir / "ids.txt")]) == 0
     assert "Checking the IDs" not in capsys.readouterr().err
+
+
+def test_a_shells_glob_of_shard_files_is_judged_as_the_folder_is(tmp_path, capsys):
+    """``shard_*.h5`` lists shard_10 before shard_2 and leaves out the dead workers' files: the
+    files were taken as ranks 0, 1, 2, ... in that order, the world size their count, and the
+    ranks to re-run were wrong (764 of a 1,024-rank run with 7)."""
+    from virnucpro_merge.synthetic import make_demo_run
+
+    run = make_demo_run(tmp_path / "run", n_sequences=600, world_size=12, dim=4, truncated=(3,), absent=(5, 11),
+                        empty=(), short={7: 0.5})
+    globbed = sorted(str(p) for p in run.directory.glob("shard_*.h5"))
+    assert globbed[2].endswith("shard_10.h5")
+    said = {}
+    for name, shards in (("folder", [str(run.directory)]), ("glob", globbed)):
+        assert main(["validate", *shards, "--expected", str(run.index), "--json"]) == 1
+        said[name] = json.loads(capsys.readouterr().out)
+    assert said["glob"]["line"] == said["folder"]["line"]
+    assert said["glob"]["ranks_to_rerun"] == said["folder"]["ranks_to_rerun"] == \
+        {"incomplete": [7], "absent": [5, 11], "failed": [3]}
+    assert said["glob"]["shards"] == 12
+
+
+@pytest.mark.parametrize("command", [["validate"], ["aggregate", "--partial", "-o", "out.h5"]])
+def test_a_mistyped_run_folder_is_said_to_be_no_run(tmp_path, capsys, command, monkeypatch):
+    """Not one dead worker: validate said 'all missing' (exit 1), a partial merge wrote a file of
+    no sequence (exit 0)."""
+    from virnucpro_merge.synthetic import make_demo_run
+
+    run = make_demo_run(tmp_path / "run", n_sequences=40, world_size=2, dim=4, truncated=(), absent=(), empty=(),
+                        short={})
+    monkeypatch.chdir(tmp_path)
+    assert main([command[0], "runn", *command[1:], "--expected", str(run.index)]) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said == "virnucpro-merge: error: runn: no such run folder or shard file"
+    assert not (tmp_path / "out.h5").exists()

@@ -386,8 +386,8 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
         print(f"{PROG}: error: {output}: written, but {len(flags):,} embedding health "
               f"flag{'' if len(flags) == 1 else 's'} (the first: {flags[0]})", file=sys.stderr)
         return EXIT_INVALID
-    if not report["partial"]:
-        logger.info("%s", line)
+    if not report["partial"] or verdict_of(report.get("num_expected"), report["num_missing"], problems) == COMPLETE:
+        logger.info("%s", line)  # (a dead worker none of whose sequences is missing: nothing to fail on)
         return EXIT_OK
     if args.fail_on_missing:
         print(f"{PROG}: error: {output}: written, but {line}", file=sys.stderr)

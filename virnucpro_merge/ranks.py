@@ -289,6 +289,13 @@ def folder_shards(
         found[rank] = entry
     if not found:
         return _ranks_of_checkpoints(directory, world_size)
+    return _all_ranks(found, directory, world_size, index_ids)
+
+
+def _all_ranks(found: Mapping[int, Path], directory: Path, world_size: int | None,
+               index_ids: Iterable[str] | None) -> list[Path]:
+    """The shards ``found`` (rank -> file of ``directory``) at their ranks, 0 to N - 1, the
+    others absent files beside them; N as :func:`folder_shards` says."""
     size = max(found) + 1
     if world_size is not None:
         if world_size < size:
@@ -330,11 +337,18 @@ def in_rank_order(paths: Sequence[Path]) -> list[Path]:
     >>> in_rank_order([Path("run/shard_10.h5"), Path("run/shard_2.h5"), Path("run/shard_0.h5")])[:3]
     [PosixPath('run/shard_0.h5'), PosixPath('run/shard_1.h5'), PosixPath('run/shard_2.h5')]
     """
+    found = _by_rank(paths)
+    return list(paths) if found is None else [found.get(rank, shard_path(Path(paths[0]).parent, rank))
+                                              for rank in range(max(found) + 1)]
+
+
+def _by_rank(paths: Sequence[Path]) -> dict[int, Path] | None:
+    """The files at their ranks, when every one is a ``shard_<rank>.h5`` of one folder and no
+    rank is named twice; else None (their order is their ranks)."""
     ranks = [rank_of(p) for p in paths]
     if not paths or None in ranks or len(set(ranks)) != len(ranks) or len({Path(p).parent for p in paths}) != 1:
-        return list(paths)
-    found = {rank: path for rank, path in zip(ranks, paths, strict=True) if rank is not None}
-    return [found.get(rank, shard_path(Path(paths[0]).parent, rank)) for rank in range(max(found) + 1)]
+        return None
+    return {rank: Path(path) for rank, path in zip(ranks, paths, strict=True) if rank is not None}
 
 
 def rank_ranges(ranks: Sequence[int], most: int = 12) -> str:
@@ -370,7 +384,16 @@ def expand_shard_args(
 
     A directory stands for its ``shard_<rank>.h5`` files in numeric rank order
     (``shard_2`` before ``shard_10``), as :func:`folder_shards` lists them (with
-    ``world_size`` and ``index_ids``); a file stands for itself.
+    ``world_size`` and ``index_ids``). Files stand for themselves: ``shard_<rank>.h5`` files
+    of one folder (what a shell's ``shard_*.h5`` gives) are placed at their ranks as the
+    folder's would be, the ranks between and after them absent; others are one a rank, in
+    the order given. A path that does not exist is a dead worker's shard when named as a
+    shard file (``.h5``), else a mistyped folder.
+
+    Raises
+    ------
+    MergeError
+        A path that does not exist and is not named as a shard file; see :func:`folder_shards`.
 
     Examples
     --------
@@ -379,14 +402,27 @@ def expand_shard_args(
     ...                     truncated=(), absent=(), empty=(), short={})
     >>> expand_shard_args(["run/"])
     [PosixPath('run/shard_0.h5'), PosixPath('run/shard_1.h5'), PosixPath('run/shard_2.h5')]
-    >>> expand_shard_args(["run/shard_2.h5", "run/shard_0.h5"])  # files: as given
-    [PosixPath('run/shard_2.h5'), PosixPath('run/shard_0.h5')]
+    >>> expand_shard_args(["run/shard_2.h5", "run/shard_0.h5"])  # at their ranks, rank 1 absent
+    [PosixPath('run/shard_0.h5'), PosixPath('run/shard_1.h5'), PosixPath('run/shard_2.h5')]
+    >>> expand_shard_args(["runn"])
+    Traceback (most recent call last):
+    ...
+    virnucpro_merge.errors.MergeError: runn: no such run folder or shard file
     """
     paths: list[Path] = []
+    folders = False
     for arg in args:
         path = Path(arg)
         if path.is_dir():
+            folders = True
             paths.extend(folder_shards(path, world_size=world_size, index_ids=index_ids))
-        else:
+        elif path.exists() or path.suffix.lower() in _SHARD_SUFFIXES:
             paths.append(path)
-    return paths
+        else:
+            msg = f"{path}: no such run folder or shard file"
+            raise MergeError(msg)
+    found = None if folders else _by_rank(paths)
+    return paths if found is None else _all_ranks(found, paths[0].parent, world_size, index_ids)
+
+
+_SHARD_SUFFIXES = (".h5", ".hdf5", ".hdf")  # (a path that does not exist, named so: a dead worker's shard)

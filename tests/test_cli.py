@@ -489,3 +489,27 @@ def test_a_mistyped_run_folder_is_said_to_be_no_run(tmp_path, capsys, command, m
     said = capsys.readouterr().err.strip().splitlines()[-1]
     assert said == "virnucpro-merge: error: runn: no such run folder or shard file"
     assert not (tmp_path / "out.h5").exists()
+
+
+def test_a_text_list_in_index_order_names_the_ranks_the_index_names(tmp_path, capsys):
+    """validate placed the missing IDs at their ranks only with the run's JSON index: with the
+    same IDs as a text list it named the absent and failed ranks alone (re-running those left
+    the incomplete and empty ranks' sequences missing), where the report named them all. A
+    list in another order still places nothing (its positions are not the ranks')."""
+    import random
+
+    from virnucpro_merge.synthetic import make_demo_run
+
+    run = make_demo_run(tmp_path / "run", n_sequences=600, world_size=12, dim=4, truncated=(3,), absent=(5, 11),
+                        empty=(8,), short={7: 0.5})
+    in_order, shuffled = tmp_path / "ids.txt", tmp_path / "shuffled.txt"
+    in_order.write_text("\n".join(run.sequence_ids) + "\n")
+    ids = list(run.sequence_ids)
+    random.Random(1).shuffle(ids)
+    shuffled.write_text("\n".join(ids) + "\n")
+    said = {}
+    for name, listed in (("index", run.index), ("text", in_order), ("shuffled", shuffled)):
+        assert main(["validate", str(run.directory), "--expected", str(listed), "--json", "--world-size", "12"]) == 1
+        said[name] = json.loads(capsys.readouterr().out)["ranks_to_rerun"]
+    assert said["text"] == said["index"] == {"incomplete": [7], "empty": [8], "absent": [5, 11], "failed": [3]}
+    assert said["shuffled"] == {"absent": [5, 11], "failed": [3]}

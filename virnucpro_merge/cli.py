@@ -38,7 +38,15 @@ from .inspection.tables import format_report
 from .merge import CHUNK_SIZE, LAYOUTS, ORDERS, OUTPUT_IS_THE_EXPECTED_FILE, aggregate_shards, materialize
 from .outputs import refuse_overwriting
 from .plan import failed_summary
-from .ranks import checkpoints_of, expand_shard_args, folder_shards, index_beside, run_index
+from .ranks import (
+    checkpoints_of,
+    expand_shard_args,
+    folder_shards,
+    index_beside,
+    run_index,
+    sample_steps,
+    world_size_of,
+)
 from .report import read_merge_report
 from .rerun import checkpointed_missing, write_missing_fasta
 from .salvage import scratch_folder
@@ -325,14 +333,20 @@ def _own_problem(error: str | None, salvage: dict[str, Any] | None) -> str | Non
 def _problems(shards: Sequence[tuple[str, str | None, int]], missing: list[str],
               expected: IdLookup | Path | None, given: Path | None) -> dict[str, list[int]]:
     """The ranks to re-run (:func:`~virnucpro_merge.verdict.rank_problems`); the missing IDs are
-    placed at their ranks by their positions in the expected IDs only when those are the run's
-    sequence index (``given``, a JSON file: in index order, as the ranks were given them)."""
+    placed at their ranks by their positions in the expected IDs where those are the run's
+    index positions: the run's sequence index (``given``, a JSON file), or a list whose
+    positions the shards' first IDs agree with (a stride of the world size, as a report
+    finds them: a list in another order places nothing)."""
     if not missing:
         return rank_problems(shards, {} if given is not None else None)
-    if given is None or not given.is_file() or detect_form(given)[0] != "json":
+    if given is None or not given.is_file() or expected is None:
         return rank_problems(shards, None)
-    order = iter_expected_ids(expected) if isinstance(expected, Path) else expected.ids() if expected else []
-    return rank_problems(shards, ranks_missing(missing, order, len(shards)))
+    if detect_form(given)[0] != "json":
+        order = iter_expected_ids(expected) if isinstance(expected, Path) else expected.ids()
+        if world_size_of(sample_steps([Path(path) for path, _, _ in shards], order)) != len(shards):
+            return rank_problems(shards, None)
+    placed = iter_expected_ids(expected) if isinstance(expected, Path) else expected
+    return rank_problems(shards, ranks_missing(missing, placed, len(shards)))
 
 
 def _id_namer(merged: Path) -> Callable[[int], str]:

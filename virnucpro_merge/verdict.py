@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
+import numpy as np
+
+from .ids import IdLookup, utf8_ids
 from .ranks import rank_of, rank_ranges
 from .shards import ABSENT
 from .statuses import ABSENT as ABSENT_STATUS
-from .statuses import DUPLICATED, EMPTY, FAILED
+from .statuses import DUPLICATED, EMPTY, FAILED, STATUSES
 from .statuses import INCOMPLETE as INCOMPLETE_RANK
 
 __all__ = ["COMPLETE", "INCOMPLETE", "INVALID", "NOT_CHECKED", "verdict_of", "verdict_line", "ranks_missing",
@@ -52,7 +55,7 @@ def verdict_line(expected: int | None, missing: int, problems: Mapping[str, Sequ
     >>> print(verdict_line(4000, 0, {}))
     COMPLETE: all 4,000 expected sequences are there
     >>> print(verdict_line(1_000_000, 10_451, {"absent": [17, 333, 1023], "failed": [3]}))
-    INCOMPLETE: 10,451 of 1,000,000 sequences missing (1.05%); ranks to re-run: 4 (absent 17, 333, 1023; failed 3)
+    INCOMPLETE: 10,451 of 1,000,000 sequences missing (1.05%); ranks to re-run: 4 (failed 3; absent 17, 333, 1023)
     >>> print(verdict_line(None, 0, {"failed": [3]}))
     INCOMPLETE: ranks to re-run: 1 (failed 3); no expected IDs, so no sequence is known missing
     >>> print(*verdict_line(4000, 10, {"duplicated": [7], "absent": [2]}).split("; "), sep="\\n")
@@ -62,7 +65,7 @@ def verdict_line(expected: int | None, missing: int, problems: Mapping[str, Sequ
     >>> print(verdict_line(4000, 0, {"duplicated": [7, 8]}))
     INVALID: sequence IDs repeated (ranks 7-8), which a merge refuses
     """
-    named = {status: ranks for status, ranks in problems.items() if ranks and status != DUPLICATED}
+    named = {status: problems[status] for status in _in_order(problems) if problems[status] and status != DUPLICATED}
     ranks = f"ranks to re-run: {sum(map(len, named.values())):,} (" + "; ".join(
         f"{status} {rank_ranges(sorted(ranks), most=6)}" for status, ranks in named.items()) + ")" if named else ""
     verdict = verdict_of(expected, missing, problems)
@@ -79,14 +82,22 @@ def verdict_line(expected: int | None, missing: int, problems: Mapping[str, Sequ
     return f"INCOMPLETE: {counted}" + (f"; {ranks}" if ranks else "")
 
 
-def ranks_missing(missing: Collection[str], expected_in_order: Iterable[str], world_size: int) -> dict[int, int]:
+def ranks_missing(missing: Collection[str], expected_in_order: Iterable[str] | IdLookup, world_size: int
+                  ) -> dict[int, int]:
     """How many of ``missing`` each rank was given: rank ``r`` of ``world_size`` is given the
     index positions ``r, r + N, ...`` of ``expected_in_order`` (read once; the missing IDs
-    alone are held).
+    alone are held; in a lookup, they are looked up: at 10^7 IDs, reading every one took
+    4.6 s to place 10,000).
 
     >>> ranks_missing({"c", "f"}, "abcdef", 3)
     {2: 2}
+    >>> ranks_missing({"c", "f"}, IdLookup.from_ids(list("abcdef")), 3)
+    {2: 2}
     """
+    if isinstance(expected_in_order, IdLookup):
+        at, _, _ = expected_in_order.positions(utf8_ids(missing))
+        return {rank: int(count) for rank, count in enumerate(np.bincount(at % world_size, minlength=world_size))
+                if count}
     wanted, found = set(missing), Counter[int]()
     if wanted:
         for position, sequence_id in enumerate(expected_in_order):
@@ -108,7 +119,7 @@ def rank_problems(shards: Sequence[tuple[str, str | None, int]], missing: Mappin
 
     >>> rank_problems([("run/shard_0.h5", None, 4), ("run/shard_1.h5", None, 2), ("run/shard_2.h5",
     ...                "file does not exist", 0), ("run/shard_3.h5", "not an HDF5 file", 0)], {1: 2, 2: 4, 3: 4})
-    {'incomplete': [1], 'absent': [2], 'failed': [3]}
+    {'incomplete': [1], 'failed': [3], 'absent': [2]}
     """
     found: dict[str, list[int]] = {}
     for position, (path, problem, rows) in enumerate(shards):
@@ -119,4 +130,9 @@ def rank_problems(shards: Sequence[tuple[str, str | None, int]], missing: Mappin
             else None if missing is None else EMPTY if not rows else INCOMPLETE_RANK
         if status is not None:
             found.setdefault(status, []).append(rank)
-    return found
+    return {status: sorted(found[status]) for status in _in_order(found)}
+
+
+def _in_order(problems: Iterable[str]) -> list[str]:
+    """Statuses in the order every face lists them (``statuses.STATUSES``: a report's table's)."""
+    return sorted(problems, key=lambda status: STATUSES.index(status) if status in STATUSES else len(STATUSES))

@@ -513,3 +513,21 @@ def test_a_text_list_in_index_order_names_the_ranks_the_index_names(tmp_path, ca
         said[name] = json.loads(capsys.readouterr().out)["ranks_to_rerun"]
     assert said["text"] == said["index"] == {"incomplete": [7], "empty": [8], "absent": [5, 11], "failed": [3]}
     assert said["shuffled"] == {"absent": [5, 11], "failed": [3]}
+
+
+def test_an_error_a_ctrl_c_causes_on_its_way_is_told_as_the_interruption(monkeypatch, capsys):
+    """A Ctrl-C during a report reached nbclient inside its event loop, which then failed an
+    assertion of its own: a traceback and exit 1, where the command was interrupted (130)."""
+    import contextlib
+    import signal
+
+    from virnucpro_merge import cli
+
+    def interrupted_in_a_library(args):
+        with contextlib.suppress(KeyboardInterrupt):  # (swallowed inside the library, which then fails its own way)
+            signal.raise_signal(signal.SIGINT)
+        raise AssertionError
+
+    monkeypatch.setitem(cli.COMMANDS, "info", interrupted_in_a_library)
+    assert main(["info", "whatever.h5"]) == 130
+    assert capsys.readouterr().err.strip() == "virnucpro-merge: interrupted; the output was left as it was"

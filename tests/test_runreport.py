@@ -658,3 +658,31 @@ def test_a_run_that_repeats_ids_is_invalid_whatever_else_it_lacks(tmp_path):
     assert main(["validate", str(run.directory), "--expected", str(run.index)]) == 1
     with pytest.raises(ValueError, match="Duplicate sequence ID found"):
         aggregate_shards(run.shard_files, tmp_path / "out.h5", run.sequence_ids, partial=True)
+
+
+_CTRL_C_WHILE_THE_NOTEBOOK_RUNS = """
+import os, signal, sys
+import nbclient.client
+from virnucpro_merge.cli import main
+
+real = nbclient.client.NotebookClient.async_execute_cell
+async def execute_cell(self, cell, cell_index, *args, **kwargs):
+    if cell_index == 3:  # (nbclient has its own handlers of SIGINT and SIGTERM by now)
+        os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+    return await real(self, cell, cell_index, *args, **kwargs)
+nbclient.client.NotebookClient.async_execute_cell = execute_cell
+sys.exit(main(["report", sys.argv[2], "-o", sys.argv[3], "--no-progress"]))
+"""
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_ctrl_c_while_the_report_runs_says_interrupted(tmp_path, signal_name):
+    """nbclient takes Ctrl-C and SIGTERM itself while it runs the notebook, stops the kernel,
+    then fails an assertion of its own: a traceback and exit 1."""
+    run = make_demo_run(tmp_path / "run", n_sequences=200, world_size=4, dim=4)
+    done = subprocess.run([sys.executable, "-c", _CTRL_C_WHILE_THE_NOTEBOOK_RUNS, signal_name, str(run.directory),
+                           str(tmp_path / "r.html")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == "virnucpro-merge: interrupted; the output was left as it was"
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "r.html").exists()

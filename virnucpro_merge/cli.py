@@ -89,7 +89,9 @@ class _Interrupt:
 @contextlib.contextmanager
 def _signals_unwind() -> Iterator[None]:
     """While a command runs, turn SIGTERM into an exception, and make sure a Ctrl-C is
-    never lost (main thread only)."""
+    never lost (main thread only): an error raised after it is the Ctrl-C's doing (a
+    library's own, as nbclient's when the report's kernel is stopped under it), and is
+    told as the interruption it is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -99,6 +101,10 @@ def _signals_unwind() -> Iterator[None]:
         yield
         if _Interrupt.seen:  # the KeyboardInterrupt was swallowed on the way: the command is not done
             raise KeyboardInterrupt
+    except Exception as err:
+        if _Interrupt.seen:
+            raise KeyboardInterrupt from err
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous[0])
         signal.signal(signal.SIGINT, previous[1])

@@ -262,13 +262,18 @@ def _execute_and_render(nb: Any, timeout: int, *, show_code: bool, facts: dict[s
             exporter = _exporter(show_code=show_code)
             client.execute()
         except CellExecutionError as err:
+            _refuse_a_signal(client, err)
             problem = f"{err.ename}: {err.evalue}".strip().splitlines()[0] if err.ename else str(err).splitlines()[0]
             msg = f"the report notebook stopped: {problem}"
             raise MergeError(msg) from err
         except (DeadKernelError, RuntimeError) as err:  # (nbclient's words for a kernel that died or never came up)
+            _refuse_a_signal(client, err)
             last = _last_line(said)
             msg = f"the report's kernel died: {last or str(err).strip().splitlines()[0]}"
             raise MergeError(msg) from err
+        except Exception as err:
+            _refuse_a_signal(client, err)
+            raise
         finally:
             if client.kc is not None:
                 client.kc.stop_channels()
@@ -293,6 +298,16 @@ def _execute_and_render(nb: Any, timeout: int, *, show_code: bool, facts: dict[s
                                 "health": _health_line(run.get("health_flags"))}
     body, _ = exporter.from_notebook_node(nb, resources=resources)
     return body, outcome
+
+
+def _refuse_a_signal(client: Any, err: Exception) -> None:
+    """Raise KeyboardInterrupt where ``err`` is what a Ctrl-C (or a SIGTERM) left: while it
+    runs the notebook, nbclient takes both signals itself and stops the kernel, then fails
+    in its own way (an assertion: a traceback); the kernel, in the terminal's process
+    group too, may stop its cell with a KeyboardInterrupt of its own."""
+    stopped = getattr(client, "_async_cleanup_kernel_future", None) is not None  # (set by nbclient's handler only)
+    if stopped or getattr(err, "ename", None) == "KeyboardInterrupt":
+        raise KeyboardInterrupt from err
 
 
 def _last_line(path: Path) -> str:

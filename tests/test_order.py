@@ -78,7 +78,10 @@ def test_strict_and_complete(tmp_path):
         (dict(expected_sequence_ids={"a"}), "in index order \\(a list, not a set\\)"),
         (dict(expected_sequence_ids=None), "in index order"),
         (dict(expected_sequence_ids=["a"], layout="virtual"), "needs layout='contiguous'"),
-        (dict(expected_sequence_ids=["a", "a"]), "without repeated sequence IDs"),
+        (dict(expected_sequence_ids=["a", "a"]), "without repeated sequence IDs \\(a is there 2 times, at positions "
+                                                 "0, 1\\)"),
+        (dict(expected_sequence_ids=["b", "a", "b", "a", "b", "b"]), "\\(b is there 4 times, at positions 0, 2, 4, "
+                                                                   "...\\)$"),
         (dict(expected_sequence_ids=["a"], order="random"), "order must be one of"),
     ],
 )

@@ -36,7 +36,7 @@ from .health import report_flags
 from .ids import IdLookup
 from .inspection.tables import format_report
 from .merge import CHUNK_SIZE, LAYOUTS, ORDERS, OUTPUT_IS_THE_EXPECTED_FILE, aggregate_shards, materialize
-from .outputs import refuse_overwriting
+from .outputs import check_output_folder, refuse_overwriting
 from .plan import failed_summary
 from .ranks import (
     checkpoints_of,
@@ -369,6 +369,7 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
     if args.fail_on_missing and not args.partial:
         msg = "--fail-on-missing goes with --partial (a strict merge fails on anything missing anyway)"
         raise MergeError(msg)
+    check_output_folder(Path(args.output))  # (before the expected IDs and the shards are read: said at once)
     if args.expected is not None:  # before it is read: a pipe could not be read twice
         refuse_overwriting(args.output, [args.expected], OUTPUT_IS_THE_EXPECTED_FILE)
     if args.order == "index" and args.expected is None:

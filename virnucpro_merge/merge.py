@@ -27,7 +27,7 @@ from .checks import expected_in_memory, plan_merge
 from .checksums import IdSink
 from .errors import MergeError, NonFiniteError, OutputError, UnreadableShardError, twins_note
 from .ids import IdLookup
-from .outputs import refuse_overwriting, room_problem
+from .outputs import check_output_folder, refuse_overwriting, room_problem
 from .plan import MergePlan, ShardPlan, check_ids, draft_plan, failed_summary, shard_paths
 from .ranks import checkpoints_of
 from .readahead import ReadAhead, read_ahead
@@ -229,6 +229,7 @@ def aggregate_shards(
     paths = shard_paths(shard_files)
     _check_arguments(chunk_size, layout, order, expected_sequence_ids, fail_on_nonfinite, client)
     output = Path(output_path)
+    check_output_folder(output)  # (before reading every shard: said at once)
     refuse_overwriting(output, paths, _OUTPUT_IS_AN_INPUT)
     if isinstance(expected_sequence_ids, os.PathLike):
         refuse_overwriting(output, [Path(expected_sequence_ids)], OUTPUT_IS_THE_EXPECTED_FILE)

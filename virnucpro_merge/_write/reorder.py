@@ -29,7 +29,7 @@ import numpy as np
 
 from .._files import OpenFiles
 from ..checksums import Checksums, IdSink, nonfinite_rows, row_sums
-from ..errors import ExpectedIdsError, UnreadableShardError
+from ..errors import ExpectedIdsError, UnreadableShardError, shown_id
 from ..health import RankTally
 from ..ids import IdLookup
 from ..plan import MergePlan, ShardPlan
@@ -66,7 +66,10 @@ def index_lookup(index_ids: Collection[str] | IdLookup) -> IdLookup:
     no one place for it)."""
     lookup = IdLookup.of(index_ids)
     if lookup.distinct != lookup.n:
-        msg = "order='index' needs an index without repeated sequence IDs"
+        twice = min((positions for positions in lookup.by_bytes.values() if len(positions) > 1), key=min)
+        said = shown_id(lookup.encoded[twice[0]].decode("utf-8", "surrogateescape"))
+        msg = (f"order='index' needs an index without repeated sequence IDs ({said} is there {len(twice)} times, "
+               f"at positions {', '.join(map(str, twice[:3]))}{', ...' if len(twice) > 3 else ''})")
         raise ExpectedIdsError(msg)
     return lookup
 

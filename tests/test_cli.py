@@ -474,6 +474,10 @@ def test_a_shells_glob_of_shard_files_is_judged_as_the_folder_is(tmp_path, capsy
     assert said["glob"]["ranks_to_rerun"] == said["folder"]["ranks_to_rerun"] == \
         {"incomplete": [7], "absent": [5, 11], "failed": [3]}
     assert said["glob"]["shards"] == 12
+    # a few of the folder's shards, named on purpose: those alone, as given (not the folder's others)
+    for named in ([globbed[5]], [globbed[5], globbed[0]]):  # (shard_4; shard_4 and shard_0)
+        assert main(["validate", *named, "--expected", str(run.index), "--json"]) == 1
+        assert json.loads(capsys.readouterr().out)["shards"] == len(named)
 
 
 @pytest.mark.parametrize("command", [["validate"], ["aggregate", "--partial", "-o", "out.h5"]])
@@ -491,28 +495,33 @@ def test_a_mistyped_run_folder_is_said_to_be_no_run(tmp_path, capsys, command, m
     assert not (tmp_path / "out.h5").exists()
 
 
-def test_a_text_list_in_index_order_names_the_ranks_the_index_names(tmp_path, capsys):
-    """validate placed the missing IDs at their ranks only with the run's JSON index: with the
-    same IDs as a text list it named the absent and failed ranks alone (re-running those left
-    the incomplete and empty ranks' sequences missing), where the report named them all. A
-    list in another order still places nothing (its positions are not the ranks')."""
-    import random
+def test_missing_ids_are_placed_at_ranks_only_by_the_index_and_shards_at_their_ranks(tmp_path, capsys):
+    """The ranks that lack sequences are named from the IDs' places in the run's sequence
+    index, never from a text list (one ID repeated in it shifts every place after it: a
+    wrong rank named with confidence), nor for inputs that are not the ranks' shards at
+    their ranks (a merged file beside a re-run shard: 'incomplete 0, 0')."""
+    import numpy as np
 
-    from virnucpro_merge.synthetic import make_demo_run
+    from virnucpro_merge import aggregate_shards
+    from virnucpro_merge.synthetic import make_demo_run, write_shard
 
     run = make_demo_run(tmp_path / "run", n_sequences=600, world_size=12, dim=4, truncated=(3,), absent=(5, 11),
                         empty=(8,), short={7: 0.5})
-    in_order, shuffled = tmp_path / "ids.txt", tmp_path / "shuffled.txt"
-    in_order.write_text("\n".join(run.sequence_ids) + "\n")
+    listed = tmp_path / "ids.txt"
     ids = list(run.sequence_ids)
-    random.Random(1).shuffle(ids)
-    shuffled.write_text("\n".join(ids) + "\n")
+    listed.write_text("\n".join(ids[:60] + ids[59:]) + "\n")  # (index order, one ID repeated at line 61)
     said = {}
-    for name, listed in (("index", run.index), ("text", in_order), ("shuffled", shuffled)):
-        assert main(["validate", str(run.directory), "--expected", str(listed), "--json", "--world-size", "12"]) == 1
+    for name, given in (("index", run.index), ("text", listed)):
+        assert main(["validate", str(run.directory), "--expected", str(given), "--json", "--world-size", "12"]) == 1
         said[name] = json.loads(capsys.readouterr().out)["ranks_to_rerun"]
-    assert said["text"] == said["index"] == {"incomplete": [7], "empty": [8], "absent": [5, 11], "failed": [3]}
-    assert said["shuffled"] == {"absent": [5, 11], "failed": [3]}
+    assert said["index"] == {"incomplete": [7], "empty": [8], "failed": [3], "absent": [5, 11]}
+    assert said["text"] == {"failed": [3], "absent": [5, 11]}, "only what the files themselves say"
+    merged = aggregate_shards(run.shard_files, tmp_path / "partial.h5", run.sequence_ids, partial=True)
+    rerun = tmp_path / "rerun"
+    rerun.mkdir()
+    write_shard(rerun / "shard_0.h5", ids[5:12:6], np.ones((2, 4), np.float32))  # (two of rank 5's)
+    assert main(["validate", str(merged), str(rerun / "shard_0.h5"), "--expected", str(run.index), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["ranks_to_rerun"] == {}, "not placed: these are not ranks 0 and 1"
 
 
 def test_an_error_a_ctrl_c_causes_on_its_way_is_told_as_the_interruption(monkeypatch, capsys):

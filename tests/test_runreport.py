@@ -653,7 +653,7 @@ def test_a_run_that_repeats_ids_is_invalid_whatever_else_it_lacks(tmp_path):
     summary = run_summary(inspect_run(run.directory))
     assert summary["verdict"] == "invalid"
     assert summary["ranks_by_status"] == {"duplicated": [1], "absent": [3]}
-    assert summary["line"] == ("INVALID: sequence IDs repeated (ranks 1), which a merge refuses; "
+    assert summary["line"] == ("INVALID: sequence IDs repeated (rank 1), which a merge refuses; "
                                "50 of 200 sequences missing (25.00%); ranks to re-run: 1 (absent 3)")
     assert main(["validate", str(run.directory), "--expected", str(run.index)]) == 1
     with pytest.raises(ValueError, match="Duplicate sequence ID found"):
@@ -686,3 +686,20 @@ def test_a_ctrl_c_while_the_report_runs_says_interrupted(tmp_path, signal_name):
     assert done.stderr.strip().splitlines()[-1] == "virnucpro-merge: interrupted; the output was left as it was"
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "r.html").exists()
+
+
+def test_a_signal_nbclient_took_is_an_interruption_even_when_the_notebook_ended():
+    """nbclient's own handler stops the kernel and says only that a signal came (its clean-up
+    future): the notebook may still have ended as the signal came, the page unfinished."""
+    from types import SimpleNamespace
+
+    from virnucpro_merge.inspection.runreport import _refuse_a_signal
+
+    _refuse_a_signal(SimpleNamespace(), None)  # (none came: nothing to say)
+    _refuse_a_signal(SimpleNamespace(), RuntimeError("kernel died"))
+    with pytest.raises(KeyboardInterrupt):
+        _refuse_a_signal(SimpleNamespace(_async_cleanup_kernel_future=object()), None)
+    stopped_cell = RuntimeError("the kernel's cell")
+    stopped_cell.ename = "KeyboardInterrupt"  # (as nbclient's CellExecutionError names what the cell raised)
+    with pytest.raises(KeyboardInterrupt):
+        _refuse_a_signal(SimpleNamespace(), stopped_cell)

@@ -43,9 +43,8 @@ from .ranks import (
     expand_shard_args,
     folder_shards,
     index_beside,
+    rank_of,
     run_index,
-    sample_steps,
-    world_size_of,
 )
 from .report import read_merge_report
 from .rerun import checkpointed_missing, write_missing_fasta
@@ -303,12 +302,14 @@ def _dask_client(args: argparse.Namespace) -> Iterator[Any]:
         yield client
 
 
-def _expected_for(args: argparse.Namespace, client: object | None) -> IdLookup | Path | None:
+def _expected_for(args: argparse.Namespace) -> IdLookup | Path | None:
     """The expected IDs: read here, once (a pipe cannot be read twice), into a lookup (no
-    Python str an ID), or (on a cluster) the file, streamed by each worker."""
+    Python str an ID), or (on a cluster: --scheduler or --workers) the file, streamed by each
+    worker. Read before the cluster's client starts its threads (the shards' first IDs may
+    be read by forked processes next)."""
     if args.expected is None:
         return None
-    return args.expected if client is not None else read_expected_lookup(args.expected)
+    return args.expected if args.scheduler or args.workers else read_expected_lookup(args.expected)
 
 
 def _shards_for(args: argparse.Namespace, expected: IdLookup | Path | None) -> list[Path]:
@@ -339,18 +340,17 @@ def _own_problem(error: str | None, salvage: dict[str, Any] | None) -> str | Non
 def _problems(shards: Sequence[tuple[str, str | None, int]], missing: list[str],
               expected: IdLookup | Path | None, given: Path | None) -> dict[str, list[int]]:
     """The ranks to re-run (:func:`~virnucpro_merge.verdict.rank_problems`); the missing IDs are
-    placed at their ranks by their positions in the expected IDs where those are the run's
-    index positions: the run's sequence index (``given``, a JSON file), or a list whose
-    positions the shards' first IDs agree with (a stride of the world size, as a report
-    finds them: a list in another order places nothing)."""
+    placed at their ranks by their positions in the expected IDs only when those are the run's
+    sequence index (``given``, a JSON file: in index order, as the ranks were given them)
+    and no input named as a rank's shard stands at another place (a merged file beside re-run
+    shards: their places are not their ranks). A text list is not placed: its order is not known
+    to be the index's all the way (one ID repeated shifts every position after it)."""
     if not missing:
         return rank_problems(shards, {} if given is not None else None)
-    if given is None or not given.is_file() or expected is None:
+    at_their_ranks = all(rank_of(path) in (None, place) for place, (path, _, _) in enumerate(shards))
+    if given is None or not given.is_file() or expected is None or not at_their_ranks or \
+            detect_form(given)[0] != "json":
         return rank_problems(shards, None)
-    if detect_form(given)[0] != "json":
-        order = iter_expected_ids(expected) if isinstance(expected, Path) else expected.ids()
-        if world_size_of(sample_steps([Path(path) for path, _, _ in shards], order)) != len(shards):
-            return rank_problems(shards, None)
     placed = iter_expected_ids(expected) if isinstance(expected, Path) else expected
     return rank_problems(shards, ranks_missing(missing, placed, len(shards)))
 
@@ -380,22 +380,24 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
         logger.info("hint: %s is this run's sequence index; with --expected %s the merge also checks "
                     "that no sequence is missing", hint, hint)
     progress, redirect = _progress(args)
-    with redirect, _dask_client(args) as client:
-        expected = _expected_for(args, client)
-        output = aggregate_shards(
-            _shards_for(args, expected),
-            args.output,
-            expected,
-            chunk_size=args.chunk_size,
-            partial=args.partial,
-            progress=progress,
-            fail_on_nonfinite=args.fail_on_nonfinite,
-            layout=args.layout,
-            order=args.order,
-            client=client,
-            durable=not args.no_fsync,
-            checkpoints=args.checkpoints,
-        )
+    with redirect:
+        expected = _expected_for(args)
+        shards = _shards_for(args, expected)
+        with _dask_client(args) as client:
+            output = aggregate_shards(
+                shards,
+                args.output,
+                expected,
+                chunk_size=args.chunk_size,
+                partial=args.partial,
+                progress=progress,
+                fail_on_nonfinite=args.fail_on_nonfinite,
+                layout=args.layout,
+                order=args.order,
+                client=client,
+                durable=not args.no_fsync,
+                checkpoints=args.checkpoints,
+            )
     report = read_merge_report(output)
     problems = _problems([(s["path"], _own_problem(s.get("error"), s.get("salvage")), s["num_sequences"])
                           for s in report["shards"]], report["missing_ids"], expected, args.expected)
@@ -423,18 +425,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         msg = "validate needs --expected FILE" + (f" (this run's sequence index is {hint})" if hint else "")
         raise MergeError(msg)
     progress, redirect = _progress(args)
-    with redirect, _dask_client(args) as client, scratch_folder() as scratch:
-        expected = _expected_for(args, client)
+    with redirect:
+        expected = _expected_for(args)
         shards = _shards_for(args, expected)
-        try:
-            plan = plan_merge(shards, expected, partial=True, client=client, storage=False,
-                              checkpoints=checkpoints_of(shards, args.checkpoints), scratch=scratch,
-                              progress=progress)
-        except ValidationError as err:  # (a duplicate: the verdict first all the same, and the JSON)
-            line = f"INVALID: {err}"
-            print(json.dumps({"verdict": "invalid", "line": line, "exit_status": EXIT_INVALID}, indent=1)
-                  if args.json else line)
-            raise
+        with _dask_client(args) as client, scratch_folder() as scratch:
+            try:
+                plan = plan_merge(shards, expected, partial=True, client=client, storage=False,
+                                  checkpoints=checkpoints_of(shards, args.checkpoints), scratch=scratch,
+                                  progress=progress)
+            except ValidationError as err:  # (a duplicate: the verdict first all the same, and the JSON)
+                line = f"INVALID: {err}"
+                print(json.dumps({"verdict": "invalid", "line": line, "exit_status": EXIT_INVALID}, indent=1)
+                      if args.json else line)
+                raise
     failed = _problems([(str(s.path), _own_problem(s.error, None if s.salvage is None else s.salvage.summary()),
                          s.num_sequences) for s in plan.shards], plan.missing_ids, expected, args.expected)
     line = verdict_line(plan.num_expected, len(plan.missing_ids), failed)

@@ -278,6 +278,14 @@ def folder_shards(
     [PosixPath('run/shard_0.h5'), PosixPath('run/shard_1.h5'), PosixPath('run/shard_2.h5')]
     """
     directory = Path(directory)
+    found = _rank_files(directory)
+    if not found:
+        return _ranks_of_checkpoints(directory, world_size)
+    return _all_ranks(found, directory, world_size, index_ids)
+
+
+def _rank_files(directory: Path) -> dict[int, Path]:
+    """A folder's ``shard_<rank>.h5`` files by rank (two claiming one rank: refused)."""
     found: dict[int, Path] = {}
     for entry in sorted(directory.iterdir()):
         rank = rank_of(entry)
@@ -287,9 +295,7 @@ def folder_shards(
             msg = f"{directory}: {found[rank].name} and {entry.name} both claim rank {rank}"
             raise MergeError(msg)
         found[rank] = entry
-    if not found:
-        return _ranks_of_checkpoints(directory, world_size)
-    return _all_ranks(found, directory, world_size, index_ids)
+    return found
 
 
 def _all_ranks(found: Mapping[int, Path], directory: Path, world_size: int | None,
@@ -384,11 +390,11 @@ def expand_shard_args(
 
     A directory stands for its ``shard_<rank>.h5`` files in numeric rank order
     (``shard_2`` before ``shard_10``), as :func:`folder_shards` lists them (with
-    ``world_size`` and ``index_ids``). Files stand for themselves: ``shard_<rank>.h5`` files
-    of one folder (what a shell's ``shard_*.h5`` gives) are placed at their ranks as the
-    folder's would be, the ranks between and after them absent; others are one a rank, in
-    the order given. A path that does not exist is a dead worker's shard when named as a
-    shard file (``.h5``), else a mistyped folder.
+    ``world_size`` and ``index_ids``). Files stand for themselves, one a rank in the order
+    given; but all of a folder's ``shard_<rank>.h5`` files (what a shell's ``shard_*.h5``
+    gives, ``shard_10`` before ``shard_2``) stand for the folder, placed at their ranks, the
+    ranks between and after them absent. A path that does not exist is a dead worker's shard
+    when named as a shard file (``.h5``, ``.hdf5``), else a mistyped folder.
 
     Raises
     ------
@@ -402,8 +408,10 @@ def expand_shard_args(
     ...                     truncated=(), absent=(), empty=(), short={})
     >>> expand_shard_args(["run/"])
     [PosixPath('run/shard_0.h5'), PosixPath('run/shard_1.h5'), PosixPath('run/shard_2.h5')]
-    >>> expand_shard_args(["run/shard_2.h5", "run/shard_0.h5"])  # at their ranks, rank 1 absent
+    >>> expand_shard_args(["run/shard_2.h5", "run/shard_0.h5", "run/shard_1.h5"])  # the folder's all
     [PosixPath('run/shard_0.h5'), PosixPath('run/shard_1.h5'), PosixPath('run/shard_2.h5')]
+    >>> expand_shard_args(["run/shard_2.h5", "run/shard_0.h5"])  # two of them: as given
+    [PosixPath('run/shard_2.h5'), PosixPath('run/shard_0.h5')]
     >>> expand_shard_args(["runn"])
     Traceback (most recent call last):
     ...
@@ -422,7 +430,9 @@ def expand_shard_args(
             msg = f"{path}: no such run folder or shard file"
             raise MergeError(msg)
     found = None if folders else _by_rank(paths)
-    return paths if found is None else _all_ranks(found, paths[0].parent, world_size, index_ids)
+    if found is None or set(found.values()) != set(_rank_files(paths[0].parent).values()):
+        return paths  # (a few of a folder's shards, named on purpose: those, as given)
+    return _all_ranks(found, paths[0].parent, world_size, index_ids)
 
 
 _SHARD_SUFFIXES = (".h5", ".hdf5", ".hdf")  # (a path that does not exist, named so: a dead worker's shard)

@@ -18,8 +18,8 @@ from .statuses import ABSENT as ABSENT_STATUS
 from .statuses import DUPLICATED, EMPTY, FAILED, STATUSES
 from .statuses import INCOMPLETE as INCOMPLETE_RANK
 
-__all__ = ["COMPLETE", "INCOMPLETE", "INVALID", "NOT_CHECKED", "verdict_of", "verdict_line", "ranks_missing",
-           "rank_problems"]
+__all__ = ["COMPLETE", "INCOMPLETE", "INVALID", "NOT_CHECKED", "verdict_of", "verdict_line", "ranks_named",
+           "ranks_missing", "rank_problems"]
 
 #: The verdicts, as the JSON files and the exit statuses carry them.
 COMPLETE, INCOMPLETE, INVALID, NOT_CHECKED = "complete", "incomplete", "invalid", "not checked"
@@ -59,7 +59,7 @@ def verdict_line(expected: int | None, missing: int, problems: Mapping[str, Sequ
     >>> print(verdict_line(None, 0, {"failed": [3]}))
     INCOMPLETE: ranks to re-run: 1 (failed 3); no expected IDs, so no sequence is known missing
     >>> print(*verdict_line(4000, 10, {"duplicated": [7], "absent": [2]}).split("; "), sep="\\n")
-    INVALID: sequence IDs repeated (ranks 7), which a merge refuses
+    INVALID: sequence IDs repeated (rank 7), which a merge refuses
     10 of 4,000 sequences missing (0.25%)
     ranks to re-run: 1 (absent 2)
     >>> print(verdict_line(4000, 0, {"duplicated": [7, 8]}))
@@ -72,14 +72,23 @@ def verdict_line(expected: int | None, missing: int, problems: Mapping[str, Sequ
     counted = "" if expected is None else \
         f"{missing:,} of {expected:,} sequences missing" + (f" ({missing / expected:.2%})" if expected else "")
     if verdict == INVALID:
-        return "; ".join([f"INVALID: sequence IDs repeated (ranks {rank_ranges(sorted(problems[DUPLICATED]), most=6)})"
-                          ", which a merge refuses", *([counted] if missing else []), *([ranks] if ranks else [])])
+        return "; ".join([f"INVALID: sequence IDs repeated ({ranks_named(problems[DUPLICATED])}), which a merge "
+                          "refuses", *([counted] if missing else []), *([ranks] if ranks else [])])
     if verdict == COMPLETE:
         return f"COMPLETE: all {expected:,} expected sequences are there"
     if expected is None:
         return (f"INCOMPLETE: {ranks}; no expected IDs, so no sequence is known missing" if named
                 else "NOT CHECKED: no expected IDs were given (every shard is readable)")
     return f"INCOMPLETE: {counted}" + (f"; {ranks}" if ranks else "")
+
+
+def ranks_named(ranks: Sequence[int]) -> str:
+    """``rank 7``, ``ranks 7-8, 10``: ranks in a sentence.
+
+    >>> ranks_named([7]), ranks_named([10, 7, 8])
+    ('rank 7', 'ranks 7-8, 10')
+    """
+    return f"rank{'s' if len(ranks) > 1 else ''} {rank_ranges(sorted(ranks), most=6)}"
 
 
 def ranks_missing(missing: Collection[str], expected_in_order: Iterable[str] | IdLookup, world_size: int

@@ -48,7 +48,7 @@ from ..plan import shard_paths
 from ..ranks import checkpoints_of, folder_shards, in_rank_order, index_beside, rank_ranges
 from ..report import read_merge_report
 from ..statuses import DUPLICATED, OK
-from ..verdict import INVALID, verdict_line, verdict_of
+from ..verdict import INVALID, ranks_named, verdict_line, verdict_of
 from .interactive import bokeh_available, embed_page_figures
 from .tables import health_words, rank_problem
 from .views import InspectionView, RankView
@@ -261,6 +261,7 @@ def _execute_and_render(nb: Any, timeout: int, *, show_code: bool, facts: dict[s
                 km.start_kernel(cwd=str(workdir), stdin=subprocess.DEVNULL, stdout=kernel_log, stderr=kernel_log)
             exporter = _exporter(show_code=show_code)
             client.execute()
+            _refuse_a_signal(client, None)  # (one that came as the last cell ended: not a finished page)
         except CellExecutionError as err:
             _refuse_a_signal(client, err)
             problem = f"{err.ename}: {err.evalue}".strip().splitlines()[0] if err.ename else str(err).splitlines()[0]
@@ -300,7 +301,7 @@ def _execute_and_render(nb: Any, timeout: int, *, show_code: bool, facts: dict[s
     return body, outcome
 
 
-def _refuse_a_signal(client: Any, err: Exception) -> None:
+def _refuse_a_signal(client: Any, err: Exception | None) -> None:
     """Raise KeyboardInterrupt where ``err`` is what a Ctrl-C (or a SIGTERM) left: while it
     runs the notebook, nbclient takes both signals itself and stops the kernel, then fails
     in its own way (an assertion: a traceback); the kernel, in the terminal's process
@@ -626,18 +627,20 @@ def _next_steps(outcome: dict[str, Any] | None, shards: list[Path], index: Path 
     if run.get("verdict") == "complete":
         return [] if merged is not None else [f"merge it: virnucpro-merge aggregate {shlex.quote(str(folder))}"
                                                f"{expected} -o {quoted}"]
-    if run.get("verdict") == INVALID:  # (no merge takes a run that repeats IDs, --partial neither)
-        repeated = rank_ranges(run.get("ranks_by_status", {}).get(DUPLICATED, []))
-        return [f"remove the repeated sequence IDs (ranks {repeated}: the table below says which) before merging: "
-                "a merge refuses them, --partial too"]
-    steps = [] if merged is not None else [f"merge what there is: virnucpro-merge aggregate "
-                                           f"{shlex.quote(str(folder))}{expected} --partial -o {quoted}"]
+    invalid = run.get("verdict") == INVALID  # (no merge takes a run that repeats IDs, --partial neither)
+    steps: list[str] = []
+    if invalid:
+        steps.append(f"remove the repeated sequence IDs ({ranks_named(run['ranks_by_status'][DUPLICATED])}: the "
+                     "table below says which) before merging: a merge refuses them, --partial too")
+    elif merged is None:
+        steps.append(f"merge what there is: virnucpro-merge aggregate {shlex.quote(str(folder))}{expected} --partial "
+                     f"-o {quoted}")
     if fasta is not None:
         steps.append(f"embed again the sequences of {fasta} (the pipeline's input for the re-run)")
     elif (outcome or {}).get("written"):
         steps.append(f"re-run the IDs listed in {rerun.absolute()} (virnucpro-merge rerun "
                      f"{shlex.quote(str(rerun.absolute()))} --index INDEX -o rerun.fasta writes their FASTA)")
-    if steps:
+    if steps and not invalid:
         steps.append(f"then merge the re-run shards with it: virnucpro-merge aggregate {quoted} RERUN_SHARDS..."
                      f"{expected} -o {shlex.quote(str(target.with_name(target.stem + '-complete.h5')))}")
     return steps

@@ -518,3 +518,18 @@ def test_inspect_run_shows_progress_when_asked(demo, capsys):
     again = inspect_run(run.shard_files, run.sequence_ids, progress=True)
     assert "Reading the shards' IDs" in capsys.readouterr().err
     assert again.missing_ids == found.missing_ids
+
+
+def test_a_few_of_a_folders_shards_named_are_those_alone(tmp_path):
+    """Shard files at their ranks only when they are all of the folder's (a shell's glob): a
+    few named on purpose had the folder's other files read too (as the merge did, for a
+    moment, merging them)."""
+    from virnucpro_merge.ranks import in_rank_order
+
+    run = make_demo_run(tmp_path / "run", n_sequences=60, world_size=4, dim=4, truncated=(), absent=(1,), empty=(),
+                        short={})
+    named = [run.shard_files[2], run.shard_files[0]]
+    assert in_rank_order(named) == named
+    assert [s.path for s in inspect_run(named, run.sequence_ids).shards] == named
+    every = [p for p in run.shard_files if p.exists()][::-1]  # (the glob: rank 1 died)
+    assert in_rank_order(every) == list(run.shard_files)

@@ -335,26 +335,33 @@ def _ranks_of_checkpoints(directory: Path, world_size: int | None) -> list[Path]
 
 
 def in_rank_order(paths: Sequence[Path]) -> list[Path]:
-    """Shard files placed at the ranks that wrote them, when every one is a
-    ``shard_<rank>.h5`` of one folder and no rank is named twice (what a shell's
-    ``shard_*.h5`` gives, ``shard_10`` before ``shard_2``): the ranks between them are
-    absent files beside them. Other lists are taken as given (their order is their ranks).
+    """Shard files placed at the ranks that wrote them, when they are all of one folder's
+    ``shard_<rank>.h5`` files (what a shell's ``shard_*.h5`` gives, ``shard_10`` before
+    ``shard_2``): the ranks between them are absent files beside them. Other lists (a few
+    of a folder's shards, named on purpose) are taken as given (their order is their ranks).
 
     >>> in_rank_order([Path("run/shard_10.h5"), Path("run/shard_2.h5"), Path("run/shard_0.h5")])[:3]
     [PosixPath('run/shard_0.h5'), PosixPath('run/shard_1.h5'), PosixPath('run/shard_2.h5')]
     """
-    found = _by_rank(paths)
+    found = _a_folders_all(paths)
     return list(paths) if found is None else [found.get(rank, shard_path(Path(paths[0]).parent, rank))
                                               for rank in range(max(found) + 1)]
 
 
-def _by_rank(paths: Sequence[Path]) -> dict[int, Path] | None:
-    """The files at their ranks, when every one is a ``shard_<rank>.h5`` of one folder and no
-    rank is named twice; else None (their order is their ranks)."""
+def _a_folders_all(paths: Sequence[Path]) -> dict[int, Path] | None:
+    """The files at their ranks, when they are all of one folder's ``shard_<rank>.h5`` files
+    (a shell's ``shard_*.h5``), no rank named twice; else None (a few of them named on
+    purpose, or other files: their order is their ranks, and no file beside them is taken)."""
     ranks = [rank_of(p) for p in paths]
     if not paths or None in ranks or len(set(ranks)) != len(ranks) or len({Path(p).parent for p in paths}) != 1:
         return None
-    return {rank: Path(path) for rank, path in zip(ranks, paths, strict=True) if rank is not None}
+    found = {rank: Path(path) for rank, path in zip(ranks, paths, strict=True) if rank is not None}
+    folder = Path(paths[0]).parent
+    try:
+        beside = {entry for entry in folder.iterdir() if rank_of(entry) is not None}
+    except OSError:  # (no such folder: no file in it is left out)
+        beside = set()
+    return found if beside <= set(found.values()) else None
 
 
 def rank_ranges(ranks: Sequence[int], most: int = 12) -> str:
@@ -429,10 +436,8 @@ def expand_shard_args(
         else:
             msg = f"{path}: no such run folder or shard file"
             raise MergeError(msg)
-    found = None if folders else _by_rank(paths)
-    if found is None or set(found.values()) != set(_rank_files(paths[0].parent).values()):
-        return paths  # (a few of a folder's shards, named on purpose: those, as given)
-    return _all_ranks(found, paths[0].parent, world_size, index_ids)
+    found = None if folders else _a_folders_all(paths)
+    return paths if found is None else _all_ranks(found, paths[0].parent, world_size, index_ids)
 
 
 _SHARD_SUFFIXES = (".h5", ".hdf5", ".hdf")  # (a path that does not exist, named so: a dead worker's shard)
